@@ -1,0 +1,1 @@
+//! Partitions and the rules between them, as data.

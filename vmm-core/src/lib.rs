@@ -1,0 +1,6 @@
+//! One Bulkhead partition: a KVM virtual machine with its memory map, vCPUs, boot
+//! path and devices. No GUI and no policy language here: the caller hands in a plain,
+//! resolved [`builder::VmConfig`].
+
+pub mod devices;
+pub mod vstate;

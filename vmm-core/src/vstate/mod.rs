@@ -1,0 +1,1 @@
+//! VM-level state: the KVM VM, guest memory, vCPUs.
