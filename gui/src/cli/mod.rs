@@ -1,7 +1,10 @@
 //! The command line. Without a subcommand `bulkhead` opens the desktop app.
 
+pub mod image;
+pub mod manpage;
 pub mod policy;
 pub mod run;
+pub mod up;
 
 use std::process::ExitCode;
 
@@ -25,12 +28,23 @@ pub enum Command {
     /// Check and explain the partition policy.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Start the configured partitions headless and print their states.
+    Up(up::UpArgs),
+    /// Build or locate the guest image (Debian kernel + initramfs) in the cache.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Write the man pages into a directory (used by packaging).
+    #[command(hide = true)]
+    Man(manpage::ManArgs),
 }
 
 pub fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Some(Command::Run(args)) => run::run(args),
         Some(Command::Policy(cmd)) => policy::run(cmd),
+        Some(Command::Up(args)) => up::run(args),
+        Some(Command::Image(cmd)) => image::run(cmd),
+        Some(Command::Man(args)) => manpage::run(args),
         None => {
             eprintln!("bulkhead: the desktop app is not built yet; try `bulkhead run --help`");
             ExitCode::from(2)
