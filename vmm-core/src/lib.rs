@@ -2,5 +2,9 @@
 //! path and devices. No GUI and no policy language here: the caller hands in a plain,
 //! resolved [`builder::VmConfig`].
 
+pub mod acpi;
+pub mod control;
 pub mod devices;
+pub mod layout;
+pub mod sandbox;
 pub mod vstate;

@@ -1,0 +1,1 @@
+//! ACPI tables the VMM writes into guest memory (RSDP, XSDT, FADT, MADT, DSDT).

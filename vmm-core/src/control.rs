@@ -1,0 +1,1 @@
+//! The control protocol between the supervisor and a partition process.

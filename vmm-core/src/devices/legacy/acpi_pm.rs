@@ -1,0 +1,1 @@
+//! ACPI power management registers (hardware-reduced sleep control, reset).

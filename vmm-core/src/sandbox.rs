@@ -1,0 +1,1 @@
+//! Confining a partition process before guest code runs.
