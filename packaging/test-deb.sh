@@ -132,7 +132,7 @@ install_rc=$?
 cat "$work/install.log"
 check "dpkg -i installs the package" [ "$install_rc" -eq 0 ]
 check "the package is configured" sh -c "dpkg -s $PKG | grep -q '^Status: install ok installed'"
-check "first install explains the kvm group" grep -q 'adduser YOUR_USER kvm' "$work/install.log"
+check "first install explains the kvm group" grep -q 'usermod -aG kvm YOUR_USER' "$work/install.log"
 
 version=$(dpkg-deb -f "$deb" Version)
 upstream=${version%-*}
@@ -170,7 +170,7 @@ check "dpkg -i over the installed package succeeds" [ "$reinstall_rc" -eq 0 ]
 check "a local edit of /etc/bulkhead/partitions.toml survives the upgrade" \
     grep -q 'local edit by test-deb.sh' /etc/bulkhead/partitions.toml
 check "the reinstall does not print the first-install note again" \
-    sh -c "! grep -q 'adduser YOUR_USER kvm' '$work/reinstall.log'"
+    sh -c "! grep -q 'usermod -aG kvm YOUR_USER' '$work/reinstall.log'"
 check "bulkhead still runs after the upgrade" sh -c "bulkhead --version >/dev/null"
 
 dpkg -r "$PKG" >/dev/null 2>&1
