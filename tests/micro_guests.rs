@@ -1,1 +1,243 @@
+//! Micro-guests: hand-assembled 64-bit programs run on the host's /dev/kvm (hardware or
+//! a software KVM such as kvm-pvm). They prove the VMM's exits, devices, framebuffer
+//! dirty log and failure handling without a Linux kernel.
 
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bulkhead_tests::asm::Asm;
+use vmm_core::builder::{self, BootSource, VmConfig};
+use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
+use vmm_core::devices::legacy::SerialSink;
+use vmm_core::devices::StopReason;
+use vmm_core::hostcheck;
+use vmm_core::layout::FRAMEBUFFER_ADDR;
+use vmm_core::vmm::RunningPartition;
+
+const LOAD_ADDR: u64 = 0x10_0000;
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+fn start(asm: &Asm, display: Option<(u32, u32)>) -> (RunningPartition, Captured) {
+    let (kvm, virt) = hostcheck::open_kvm().expect("micro-guests need /dev/kvm");
+    eprintln!("micro-guest runner: /dev/kvm ({virt:?})");
+    let out = Captured::default();
+    let config = VmConfig {
+        mem_mib: 16,
+        vcpus: 1,
+        boot: BootSource::Raw {
+            code: asm.code.clone(),
+            load_addr: LOAD_ADDR,
+        },
+        display: display.map(|(w, h)| FramebufferLayout::new(w, h).unwrap()),
+        serial: SerialSink::new(Box::new(out.clone())),
+    };
+    let partition = builder::build(&kvm, config).expect("build micro-guest");
+    (partition.start().expect("start micro-guest"), out)
+}
+
+#[test]
+fn serial_output_reaches_the_sink_and_reset_ends_the_partition() {
+    let mut asm = Asm::new();
+    asm.print("hello from a micro-guest\n").reset();
+    let (p, out) = start(&asm, None);
+    assert_eq!(p.wait_timeout(TIMEOUT), Some(StopReason::Reset));
+    assert_eq!(out.text(), "hello from a micro-guest\n");
+}
+
+#[test]
+fn framebuffer_writes_are_reported_as_exactly_the_dirty_pages() {
+    let layout = FramebufferLayout::new(1024, 768).unwrap();
+    let mut asm = Asm::new();
+    // Three full rows (= three pages at 1024x32bpp) starting at row 10, in orange.
+    asm.mov_rdi(FRAMEBUFFER_ADDR + 10 * 4096)
+        .mov_ecx(3 * 1024)
+        .mov_eax(0x00f5_7900)
+        .rep_stosd();
+    // One pixel at the start of row 100, in blue.
+    asm.mov_rbx(FRAMEBUFFER_ADDR + 100 * 4096)
+        .mov_eax(0x0034_65a4)
+        .store_eax_rbx();
+    asm.print("drawn").reset();
+    let (p, out) = start(&asm, Some((1024, 768)));
+    assert_eq!(
+        p.wait_timeout(TIMEOUT),
+        Some(StopReason::Reset),
+        "{}",
+        out.text()
+    );
+    let damage = p.take_damage().unwrap();
+    assert_eq!(
+        damage,
+        vec![
+            DamageRect {
+                x: 0,
+                y: 10,
+                w: 1024,
+                h: 3
+            },
+            DamageRect {
+                x: 0,
+                y: 100,
+                w: 1024,
+                h: 1
+            },
+        ]
+    );
+    // The log was consumed: nothing new since.
+    assert_eq!(p.take_dirty_pages().unwrap(), 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let png_path = dir.path().join("fb.png");
+    p.save_screenshot(&png_path).unwrap();
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&png_path).unwrap(),
+    ));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (layout.width, layout.height));
+    let px = |x: usize, y: usize| {
+        let i = (y * 1024 + x) * 3;
+        [buf[i], buf[i + 1], buf[i + 2]]
+    };
+    assert_eq!(px(500, 11), [0xf5, 0x79, 0x00]);
+    assert_eq!(px(0, 100), [0x34, 0x65, 0xa4]);
+    assert_eq!(px(1, 100), [0, 0, 0]);
+    assert_eq!(px(500, 13), [0, 0, 0]);
+}
+
+#[test]
+fn an_idle_guest_reports_no_damage() {
+    let mut asm = Asm::new();
+    asm.print("idle").spin();
+    let (p, out) = start(&asm, Some((1024, 768)));
+    while !out.text().contains("idle") {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(p.take_damage().unwrap().is_empty());
+    assert_eq!(p.finish(), StopReason::Stopped);
+}
+
+#[test]
+fn triple_fault_ends_the_partition_as_crashed_with_the_reason_and_rip() {
+    let mut asm = Asm::new();
+    asm.print("about to fault\n");
+    asm.ud2();
+    let (p, out) = start(&asm, None);
+    let reason = p.wait_timeout(TIMEOUT);
+    assert!(out.text().contains("about to fault"));
+    match reason {
+        Some(StopReason::Crashed(msg)) => {
+            assert!(msg.contains("triple fault"), "{msg}");
+            assert!(msg.contains("RIP 0x"), "{msg}");
+            assert!(!msg.contains('\n'));
+        }
+        other => panic!("expected a crash, got {other:?}"),
+    }
+}
+
+#[test]
+fn unmapped_ports_and_mmio_read_as_all_ones_and_writes_are_ignored() {
+    let mut asm = Asm::new();
+    // Port reads and writes nobody claims, of every width.
+    asm.mov_dx(0x1234).in_al().cmp_al(0xff);
+    let fail1 = asm.jne();
+    asm.mov_dx(0x5678)
+        .mov_eax(0xdead_beef)
+        .out_eax()
+        .in_eax()
+        .cmp_eax(0xffff_ffff);
+    let fail2 = asm.jne();
+    // Wide and odd-width accesses to real devices' ports must not confuse them.
+    asm.mov_dx(0x3f9).out_eax().mov_dx(0x64).in_eax();
+    // MMIO in the hole where no device lives, and past the end of the 16 MiB of RAM.
+    for addr in [0xd000_0000u64, 0xfeb0_0000, 0xc000_0000, 0x8000_0000] {
+        asm.mov_rbx(addr)
+            .mov_eax(0x1234_5678)
+            .store_eax_rbx()
+            .load_eax_rbx()
+            .cmp_eax(0xffff_ffff);
+        let fail = asm.jne();
+        asm.print(".");
+        let skip = asm.jmp();
+        asm.bind(fail).print("N").bind(skip);
+    }
+    asm.print("Y").reset();
+    asm.bind(fail1).bind(fail2).print("N").reset();
+    let (p, out) = start(&asm, None);
+    assert_eq!(p.wait_timeout(TIMEOUT), Some(StopReason::Reset));
+    assert_eq!(out.text(), "....Y");
+}
+
+#[test]
+fn a_guest_that_never_stops_is_stopped_by_the_host() {
+    let mut asm = Asm::new();
+    asm.print("spinning").spin();
+    let (p, out) = start(&asm, None);
+    assert_eq!(p.wait_timeout(Duration::from_millis(300)), None);
+    assert_eq!(p.finish(), StopReason::Stopped);
+    assert_eq!(out.text(), "spinning");
+}
+
+#[test]
+fn two_vcpus_start_and_the_boot_vcpu_runs_the_guest() {
+    let (kvm, _) = hostcheck::open_kvm().unwrap();
+    let mut asm = Asm::new();
+    asm.print("smp").reset();
+    let out = Captured::default();
+    let config = VmConfig {
+        mem_mib: 16,
+        vcpus: 2,
+        boot: BootSource::Raw {
+            code: asm.code.clone(),
+            load_addr: LOAD_ADDR,
+        },
+        display: None,
+        serial: SerialSink::new(Box::new(out.clone())),
+    };
+    let p = builder::build(&kvm, config).unwrap().start().unwrap();
+    assert_eq!(p.wait_timeout(TIMEOUT), Some(StopReason::Reset));
+    assert_eq!(out.text(), "smp");
+    assert_eq!(p.finish(), StopReason::Reset);
+}
+
+#[test]
+fn out_of_range_configs_are_refused_before_any_guest_runs() {
+    let (kvm, _) = hostcheck::open_kvm().unwrap();
+    let cfg = |vcpus, mem_mib| VmConfig {
+        mem_mib,
+        vcpus,
+        boot: BootSource::Raw {
+            code: vec![0xf4],
+            load_addr: LOAD_ADDR,
+        },
+        display: None,
+        serial: SerialSink::new(Box::new(io::sink())),
+    };
+    let e = builder::build(&kvm, cfg(9, 16)).err().unwrap();
+    assert_eq!(e.to_string(), "9 vCPUs requested; a partition has 1..=8");
+    let e = builder::build(&kvm, cfg(0, 16)).err().unwrap();
+    assert!(e.to_string().contains("0 vCPUs"));
+    let e = builder::build(&kvm, cfg(1, 1)).err().unwrap();
+    assert!(e.to_string().contains("1 MiB"), "{e}");
+}

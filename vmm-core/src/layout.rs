@@ -8,6 +8,7 @@ pub const GDT_ADDR: u64 = 0x500;
 pub const BOOT_PARAMS_ADDR: u64 = 0x7000;
 pub const PML4_ADDR: u64 = 0x9000;
 pub const PDPTE_ADDR: u64 = 0xa000;
+/// Four page directories, 0xb000..0xf000.
 pub const PDE_ADDR: u64 = 0xb000;
 pub const CMDLINE_ADDR: u64 = 0x20000;
 pub const CMDLINE_MAX: usize = 0x1_0000;

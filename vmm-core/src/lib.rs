@@ -3,8 +3,12 @@
 //! resolved [`builder::VmConfig`].
 
 pub mod acpi;
+pub mod arch;
+pub mod builder;
 pub mod control;
 pub mod devices;
+pub mod hostcheck;
 pub mod layout;
 pub mod sandbox;
+pub mod vmm;
 pub mod vstate;

@@ -1,1 +1,5 @@
 //! VM-level state: the KVM VM, guest memory, vCPUs.
+
+pub mod memory;
+pub mod vcpu;
+pub mod vm;

@@ -1,0 +1,113 @@
+//! Just enough x86-64 machine code for micro-guests: port I/O, stores, string fills,
+//! compare-and-branch. Each method emits one instruction.
+
+#[derive(Default)]
+pub struct Asm {
+    pub code: Vec<u8>,
+}
+
+/// A forward branch whose 8-bit displacement is patched by [`Asm::bind`].
+pub struct Label(usize);
+
+impl Asm {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn emit(&mut self, bytes: &[u8]) -> &mut Self {
+        self.code.extend_from_slice(bytes);
+        self
+    }
+
+    pub fn mov_dx(&mut self, v: u16) -> &mut Self {
+        self.emit(&[0x66, 0xba]).emit(&v.to_le_bytes())
+    }
+    pub fn mov_al(&mut self, v: u8) -> &mut Self {
+        self.emit(&[0xb0, v])
+    }
+    pub fn mov_eax(&mut self, v: u32) -> &mut Self {
+        self.emit(&[0xb8]).emit(&v.to_le_bytes())
+    }
+    pub fn mov_ecx(&mut self, v: u32) -> &mut Self {
+        self.emit(&[0xb9]).emit(&v.to_le_bytes())
+    }
+    pub fn mov_rdi(&mut self, v: u64) -> &mut Self {
+        self.emit(&[0x48, 0xbf]).emit(&v.to_le_bytes())
+    }
+    pub fn mov_rbx(&mut self, v: u64) -> &mut Self {
+        self.emit(&[0x48, 0xbb]).emit(&v.to_le_bytes())
+    }
+    /// `out dx, al`
+    pub fn out_al(&mut self) -> &mut Self {
+        self.emit(&[0xee])
+    }
+    /// `out dx, eax`
+    pub fn out_eax(&mut self) -> &mut Self {
+        self.emit(&[0xef])
+    }
+    /// `in al, dx`
+    pub fn in_al(&mut self) -> &mut Self {
+        self.emit(&[0xec])
+    }
+    /// `in eax, dx`
+    pub fn in_eax(&mut self) -> &mut Self {
+        self.emit(&[0xed])
+    }
+    /// `rep stosd`: store eax at [rdi], ecx times.
+    pub fn rep_stosd(&mut self) -> &mut Self {
+        self.emit(&[0xf3, 0xab])
+    }
+    /// `mov eax, [rbx]`
+    pub fn load_eax_rbx(&mut self) -> &mut Self {
+        self.emit(&[0x8b, 0x03])
+    }
+    /// `mov [rbx], eax`
+    pub fn store_eax_rbx(&mut self) -> &mut Self {
+        self.emit(&[0x89, 0x03])
+    }
+    /// `cmp eax, imm32`
+    pub fn cmp_eax(&mut self, v: u32) -> &mut Self {
+        self.emit(&[0x3d]).emit(&v.to_le_bytes())
+    }
+    /// `cmp al, imm8`
+    pub fn cmp_al(&mut self, v: u8) -> &mut Self {
+        self.emit(&[0x3c, v])
+    }
+    /// `jne` to a label bound later.
+    pub fn jne(&mut self) -> Label {
+        self.emit(&[0x75, 0]);
+        Label(self.code.len())
+    }
+    /// `jmp` to a label bound later.
+    pub fn jmp(&mut self) -> Label {
+        self.emit(&[0xeb, 0]);
+        Label(self.code.len())
+    }
+    pub fn bind(&mut self, label: Label) -> &mut Self {
+        let disp = self.code.len() - label.0;
+        self.code[label.0 - 1] = u8::try_from(disp).expect("branch within 127 bytes");
+        self
+    }
+    /// `ud2`: an invalid opcode; with no IDT this escalates to a triple fault.
+    pub fn ud2(&mut self) -> &mut Self {
+        self.emit(&[0x0f, 0x0b])
+    }
+    /// `jmp $`
+    pub fn spin(&mut self) -> &mut Self {
+        self.emit(&[0xeb, 0xfe])
+    }
+
+    /// Writes `text` to COM1.
+    pub fn print(&mut self, text: &str) -> &mut Self {
+        self.mov_dx(0x3f8);
+        for b in text.bytes() {
+            self.mov_al(b).out_al();
+        }
+        self
+    }
+
+    /// Pulses the i8042 reset line: the partition ends with a reset status.
+    pub fn reset(&mut self) -> &mut Self {
+        self.mov_dx(0x64).mov_al(0xfe).out_al().spin()
+    }
+}

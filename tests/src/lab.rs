@@ -1,0 +1,1 @@
+//! The lab runner (filled in below).

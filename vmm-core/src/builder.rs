@@ -1,0 +1,277 @@
+//! Assembles a partition's VM from a plain [`VmConfig`]: memory, framebuffer slot,
+//! legacy devices, boot payload, vCPUs.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::Kvm;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, MmapRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::{boot, cpuid, mptable, regs};
+use crate::devices::framebuffer::FramebufferLayout;
+use crate::devices::legacy::{cmos, i8042, serial, Cmos, SerialConsole, SerialSink, I8042};
+use crate::devices::{Bus, BusDevice, StopHandle};
+use crate::layout::{FRAMEBUFFER_ADDR, FRAMEBUFFER_MAX_SIZE};
+use crate::vstate::memory::{self, MemoryError};
+use crate::vstate::vcpu::{EntryPoint, Vcpu, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+
+pub const MAX_VCPUS: u8 = 8;
+/// Initial stack of the boot vCPU, below the page tables.
+const BOOT_STACK: u64 = 0x8ff0;
+
+/// What the boot vCPU runs first.
+#[derive(Debug, Clone)]
+pub enum BootSource {
+    /// A Linux bzImage through the 64-bit boot protocol.
+    Linux {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
+    /// Flat 64-bit code at `load_addr`, entered in long mode at its first byte with the
+    /// low 1 GiB identity-mapped. For micro-guests built by tests.
+    Raw { code: Vec<u8>, load_addr: u64 },
+}
+
+/// A partition, fully resolved: no policy language, only what the VM needs.
+pub struct VmConfig {
+    pub mem_mib: u64,
+    pub vcpus: u8,
+    pub boot: BootSource,
+    pub display: Option<FramebufferLayout>,
+    pub serial: SerialSink,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0} vCPUs requested; a partition has 1..={MAX_VCPUS}")]
+    VcpuCount(u8),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("CPUID: {0}")]
+    Cpuid(#[from] cpuid::CpuidError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error("framebuffer of {size:#x} bytes exceeds the {FRAMEBUFFER_MAX_SIZE:#x}-byte window")]
+    FramebufferTooLarge { size: u64 },
+    #[error("micro-guest code of {len} bytes at {addr:#x} does not fit guest memory: {reason}")]
+    RawCode {
+        addr: u64,
+        len: usize,
+        reason: String,
+    },
+    #[error("creating an eventfd for {what}: {source}")]
+    EventFd {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("device bus: {0}")]
+    Bus(#[from] crate::devices::BusError),
+    #[error("starting vCPU thread {index}: {source}")]
+    Thread { index: u8, source: std::io::Error },
+}
+
+/// The guest framebuffer: its own memory region and memslot with dirty logging.
+pub struct Framebuffer {
+    pub layout: FramebufferLayout,
+    pub region: MmapRegion,
+    pub slot: u32,
+}
+
+impl Framebuffer {
+    /// A copy of the pixel bytes as they are now.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let len = self.layout.bytes().min(self.region.size());
+        let mut out = vec![0u8; len];
+        // SAFETY: the region is a live mapping of at least `len` bytes for as long as
+        // `self` exists; `out` is a distinct allocation of `len` bytes. The guest may write
+        // concurrently: bytes have no invalid values, so the worst case is a torn pixel.
+        unsafe { std::ptr::copy_nonoverlapping(self.region.as_ptr(), out.as_mut_ptr(), len) };
+        out
+    }
+}
+
+/// A built, not yet running partition.
+pub struct Partition {
+    // Field order is drop order: the VM (and its vCPU fds) go before the memory they map.
+    pub(crate) vm: Vm,
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) framebuffer: Option<Framebuffer>,
+    pub(crate) memory: GuestMemoryMmap,
+    pub(crate) pio: Bus,
+    pub(crate) mmio: Bus,
+    pub(crate) stop: Arc<StopHandle>,
+    pub(crate) serial: Arc<Mutex<SerialConsole>>,
+}
+
+impl Partition {
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    pub fn stop_handle(&self) -> Arc<StopHandle> {
+        self.stop.clone()
+    }
+
+    /// Adds a port I/O device (used to attach devices built outside this module).
+    pub fn add_pio_device(
+        &mut self,
+        device: Arc<Mutex<dyn BusDevice>>,
+        base: u64,
+        len: u64,
+    ) -> Result<(), BuildError> {
+        Ok(self.pio.insert(device, base, len)?)
+    }
+
+    pub fn add_mmio_device(
+        &mut self,
+        device: Arc<Mutex<dyn BusDevice>>,
+        base: u64,
+        len: u64,
+    ) -> Result<(), BuildError> {
+        Ok(self.mmio.insert(device, base, len)?)
+    }
+
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+}
+
+pub fn build(kvm: &Kvm, config: VmConfig) -> Result<Partition, BuildError> {
+    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+        return Err(BuildError::VcpuCount(config.vcpus));
+    }
+    let memory = memory::create_guest_memory(config.mem_mib)?;
+    let mut vm = Vm::new(kvm)?;
+    vm.register_guest_memory(&memory)?;
+    let framebuffer = config
+        .display
+        .map(|layout| attach_framebuffer(&mut vm, layout))
+        .transpose()?;
+
+    let stop = StopHandle::new().map_err(|source| BuildError::EventFd {
+        what: "stop",
+        source,
+    })?;
+    let (pio, serial) = legacy_devices(&vm, stop.clone(), config.serial)?;
+
+    regs::write_boot_tables(&memory)?;
+    mptable::write(&memory, config.vcpus)?;
+    let base_cpuid = cpuid::supported(kvm);
+    let entry = match &config.boot {
+        BootSource::Linux {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            let info = boot::load_linux(
+                &memory,
+                &boot::LinuxBoot {
+                    kernel,
+                    initrd: initrd.as_deref(),
+                    cmdline,
+                    framebuffer: config.display,
+                    acpi_rsdp: None,
+                },
+            )?;
+            EntryPoint {
+                rip: info.entry,
+                rsi: info.boot_params,
+                rsp: BOOT_STACK,
+            }
+        }
+        BootSource::Raw { code, load_addr } => {
+            memory
+                .write_slice(code, GuestAddress(*load_addr))
+                .map_err(|e| BuildError::RawCode {
+                    addr: *load_addr,
+                    len: code.len(),
+                    reason: e.to_string(),
+                })?;
+            EntryPoint {
+                rip: *load_addr,
+                rsi: 0,
+                rsp: BOOT_STACK,
+            }
+        }
+    };
+    let base_cpuid = match (&config.boot, base_cpuid) {
+        (_, Ok(c)) => c,
+        // Micro-guests do not need kvm-clock; stock kernels do.
+        (BootSource::Raw { .. }, Err(cpuid::CpuidError::NoKvmLeaves)) => {
+            cpuid::supported_unchecked(kvm)?
+        }
+        (_, Err(e)) => return Err(e.into()),
+    };
+
+    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+    for index in 0..config.vcpus {
+        let vcpu = Vcpu::new(vm.fd(), index)?;
+        vcpu.configure(&base_cpuid, config.vcpus, (index == 0).then_some(entry))?;
+        vcpus.push(vcpu);
+    }
+
+    Ok(Partition {
+        vm,
+        vcpus,
+        framebuffer,
+        memory,
+        pio,
+        mmio: Bus::new(),
+        stop,
+        serial,
+    })
+}
+
+fn attach_framebuffer(vm: &mut Vm, layout: FramebufferLayout) -> Result<Framebuffer, BuildError> {
+    let size = layout.region_size();
+    if size > FRAMEBUFFER_MAX_SIZE {
+        return Err(BuildError::FramebufferTooLarge { size });
+    }
+    let region = memory::create_framebuffer_memory(size as usize)?;
+    let slot = vm.register_framebuffer(&region, FRAMEBUFFER_ADDR)?;
+    Ok(Framebuffer {
+        layout,
+        region,
+        slot,
+    })
+}
+
+fn legacy_devices(
+    vm: &Vm,
+    stop: Arc<StopHandle>,
+    sink: SerialSink,
+) -> Result<(Bus, Arc<Mutex<SerialConsole>>), BuildError> {
+    let mut pio = Bus::new();
+    let com1_irq =
+        Arc::new(
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|source| BuildError::EventFd {
+                what: "COM1 IRQ",
+                source,
+            })?,
+        );
+    vm.register_irqfd(&com1_irq, serial::COM1_IRQ)?;
+    let serial = Arc::new(Mutex::new(SerialConsole::new(com1_irq, sink)));
+    pio.insert(serial.clone(), u64::from(serial::COM1_PORT), 8)?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(stop))),
+        u64::from(i8042::I8042_PORT),
+        i8042::I8042_LEN,
+    )?;
+    pio.insert(
+        Arc::new(Mutex::new(Cmos::default())),
+        u64::from(cmos::CMOS_PORT),
+        cmos::CMOS_LEN,
+    )?;
+    Ok((pio, serial))
+}

@@ -1,0 +1,117 @@
+//! What the host's `/dev/kvm` can do, said in one line.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+
+use kvm_ioctls::Kvm;
+
+pub const KVM_PATH: &str = "/dev/kvm";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Virtualization {
+    /// VT-x or AMD-V: stock Linux guests run.
+    Hardware,
+    /// A software hypervisor behind /dev/kvm (e.g. kvm-pvm): only tiny guests run.
+    Software { name: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("{KVM_PATH} does not exist: enable virtualization (VT-x/AMD-V) in the firmware and load kvm_intel or kvm_amd")]
+    NoKvm,
+    #[error("permission denied opening {KVM_PATH}: add your user to the `kvm` group (sudo adduser $USER kvm) and log in again")]
+    NotPermitted,
+    #[error("opening {KVM_PATH}: {0}")]
+    Open(std::io::Error),
+    #[error("{KVM_PATH} answers but KVM API version is unusable: {0}")]
+    Api(kvm_ioctls::Error),
+    #[error("no hardware virtualization: stock Linux guests cannot run on this host ({KVM_PATH} is {name}, a software hypervisor)")]
+    SoftwareOnly { name: String },
+}
+
+/// Opens /dev/kvm and classifies it.
+pub fn open_kvm() -> Result<(Kvm, Virtualization), HostError> {
+    match OpenOptions::new().read(true).write(true).open(KVM_PATH) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(HostError::NoKvm),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(HostError::NotPermitted)
+        }
+        Err(e) => return Err(HostError::Open(e)),
+    }
+    let kvm = Kvm::new().map_err(HostError::Api)?;
+    Ok((
+        kvm,
+        classify(Path::new("/proc/cpuinfo"), Path::new("/sys/module")),
+    ))
+}
+
+/// Like [`open_kvm`], but refuses a software-only KVM: for booting stock kernels.
+pub fn open_kvm_for_linux() -> Result<Kvm, HostError> {
+    match open_kvm()? {
+        (kvm, Virtualization::Hardware) => Ok(kvm),
+        (_, Virtualization::Software { name }) => Err(HostError::SoftwareOnly { name }),
+    }
+}
+
+fn classify(cpuinfo: &Path, modules: &Path) -> Virtualization {
+    if modules.join("kvm_pvm").exists() {
+        return Virtualization::Software {
+            name: "kvm-pvm".into(),
+        };
+    }
+    let flags = std::fs::read_to_string(cpuinfo).unwrap_or_default();
+    let hw = flags
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    if hw {
+        Virtualization::Hardware
+    } else {
+        Virtualization::Software {
+            name: "a KVM without vmx/svm".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pvm_module_means_software_even_with_svm_flags() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("kvm_pvm")).unwrap();
+        let cpu = d.path().join("cpuinfo");
+        std::fs::write(&cpu, "flags\t: fpu svm\n").unwrap();
+        assert!(matches!(
+            classify(&cpu, d.path()),
+            Virtualization::Software { .. }
+        ));
+    }
+
+    #[test]
+    fn svm_or_vmx_flag_means_hardware() {
+        let d = tempfile::tempdir().unwrap();
+        let cpu = d.path().join("cpuinfo");
+        std::fs::write(&cpu, "flags\t: fpu vmx sse\n").unwrap();
+        assert_eq!(classify(&cpu, d.path()), Virtualization::Hardware);
+        std::fs::write(&cpu, "flags\t: fpu sse\n").unwrap();
+        assert!(matches!(
+            classify(&cpu, d.path()),
+            Virtualization::Software { .. }
+        ));
+    }
+
+    #[test]
+    fn software_only_message_is_the_one_line_users_see() {
+        let e = HostError::SoftwareOnly {
+            name: "kvm-pvm".into(),
+        };
+        let msg = e.to_string();
+        assert!(msg
+            .starts_with("no hardware virtualization: stock Linux guests cannot run on this host"));
+        assert!(!msg.contains('\n'));
+        assert!(HostError::NotPermitted.to_string().contains("`kvm` group"));
+    }
+}

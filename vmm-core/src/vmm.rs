@@ -1,0 +1,180 @@
+//! A running partition: vCPU threads, waiting for a stop, damage and screenshots.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::os::fd::AsRawFd;
+use std::os::unix::thread::JoinHandleExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::builder::{BuildError, Framebuffer, Partition};
+use crate::devices::framebuffer::{write_png, DamageRect, FramebufferError};
+use crate::devices::legacy::SerialConsole;
+use crate::devices::{StopHandle, StopReason};
+use crate::vstate::vcpu::{install_kick_handler, kick_signal};
+use crate::vstate::vm::{Vm, VmError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScreenshotError {
+    #[error("this partition has no display")]
+    NoDisplay,
+    #[error("creating {path}: {source}")]
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("encoding {path}: {source}")]
+    Encode {
+        path: String,
+        source: FramebufferError,
+    },
+}
+
+pub struct RunningPartition {
+    // Threads are joined (in `finish`/`Drop`) before the VM and memory drop.
+    threads: Vec<JoinHandle<()>>,
+    vm: Vm,
+    framebuffer: Option<Framebuffer>,
+    _memory: vm_memory::GuestMemoryMmap,
+    stop: Arc<StopHandle>,
+    serial: Arc<Mutex<SerialConsole>>,
+}
+
+impl Partition {
+    /// Starts one thread per vCPU.
+    pub fn start(self) -> Result<RunningPartition, BuildError> {
+        install_kick_handler();
+        let pio = Arc::new(self.pio);
+        let mmio = Arc::new(self.mmio);
+        let mut threads = Vec::new();
+        for vcpu in self.vcpus {
+            let index = vcpu.index();
+            let (pio, mmio, stop) = (pio.clone(), mmio.clone(), self.stop.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || vcpu.run(pio, mmio, stop))
+                .map_err(|source| BuildError::Thread { index, source });
+            match handle {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    self.stop.request(StopReason::Stopped);
+                    kick_and_join(&mut threads);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(RunningPartition {
+            threads,
+            vm: self.vm,
+            framebuffer: self.framebuffer,
+            _memory: self.memory,
+            stop: self.stop,
+            serial: self.serial,
+        })
+    }
+}
+
+fn kick_and_join(threads: &mut Vec<JoinHandle<()>>) {
+    // A kick can land just before a thread enters KVM_RUN and be lost, so repeat it until
+    // every thread has seen the stop flag.
+    while threads.iter().any(|t| !t.is_finished()) {
+        for t in threads.iter().filter(|t| !t.is_finished()) {
+            // SAFETY: the pthread handle belongs to a thread that has not been joined (we
+            // hold its JoinHandle), so it is valid; the signal has a no-op handler
+            // installed by `install_kick_handler`.
+            unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for t in threads.drain(..) {
+        if t.join().is_err() {
+            tracing::error!("a vCPU thread panicked");
+        }
+    }
+}
+
+impl RunningPartition {
+    pub fn stop_handle(&self) -> Arc<StopHandle> {
+        self.stop.clone()
+    }
+
+    pub fn serial(&self) -> Arc<Mutex<SerialConsole>> {
+        self.serial.clone()
+    }
+
+    pub fn framebuffer(&self) -> Option<&Framebuffer> {
+        self.framebuffer.as_ref()
+    }
+
+    /// Waits up to `timeout` for the partition to stop; `None` if still running.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<StopReason> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.stop.reason() {
+                return Some(r);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.stop.event().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1.
+            unsafe { libc::poll(&mut pfd, 1, ms) };
+        }
+    }
+
+    /// Pages written by the guest since the last call, as rectangles.
+    pub fn take_damage(&self) -> Result<Vec<DamageRect>, VmError> {
+        let Some(fb) = &self.framebuffer else {
+            return Ok(Vec::new());
+        };
+        let bitmap = self.vm.dirty_log(fb.slot, fb.region.size())?;
+        Ok(fb.layout.damage_from_dirty_bitmap(&bitmap))
+    }
+
+    /// Number of framebuffer pages written since the last call (consumes the dirty log).
+    pub fn take_dirty_pages(&self) -> Result<u64, VmError> {
+        let Some(fb) = &self.framebuffer else {
+            return Ok(0);
+        };
+        let bitmap = self.vm.dirty_log(fb.slot, fb.region.size())?;
+        Ok(bitmap.iter().map(|w| u64::from(w.count_ones())).sum())
+    }
+
+    pub fn save_screenshot(&self, path: &Path) -> Result<(), ScreenshotError> {
+        let fb = self
+            .framebuffer
+            .as_ref()
+            .ok_or(ScreenshotError::NoDisplay)?;
+        let name = path.display().to_string();
+        let file = File::create(path).map_err(|source| ScreenshotError::Create {
+            path: name.clone(),
+            source,
+        })?;
+        write_png(&fb.layout, &fb.snapshot(), BufWriter::new(file))
+            .map_err(|source| ScreenshotError::Encode { path: name, source })
+    }
+
+    /// Stops the guest (if it has not stopped by itself) and joins the vCPU threads.
+    pub fn finish(mut self) -> StopReason {
+        self.stop.request(StopReason::Stopped);
+        kick_and_join(&mut self.threads);
+        self.stop.reason().unwrap_or(StopReason::Stopped)
+    }
+}
+
+impl Drop for RunningPartition {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.stop.request(StopReason::Stopped);
+            kick_and_join(&mut self.threads);
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! vCPUs: initial state and the run loop that turns exits into bus accesses or a stop.
+
+use std::sync::{Arc, Once};
+
+use kvm_bindings::CpuId;
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+
+use crate::arch::{cpuid, regs};
+use crate::devices::{Bus, StopHandle, StopReason};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("creating vCPU {index}: {source}")]
+    Create {
+        index: u8,
+        source: kvm_ioctls::Error,
+    },
+    #[error("setting CPUID of vCPU {index}: {source}")]
+    Cpuid {
+        index: u8,
+        source: kvm_ioctls::Error,
+    },
+    #[error("initial state of vCPU {index}: {source}")]
+    Regs { index: u8, source: regs::RegsError },
+}
+
+/// Where the boot vCPU starts. Application processors wait for the guest's INIT/SIPI.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryPoint {
+    pub rip: u64,
+    pub rsi: u64,
+    pub rsp: u64,
+}
+
+pub struct Vcpu {
+    fd: VcpuFd,
+    index: u8,
+}
+
+/// The signal used to kick a vCPU thread out of `KVM_RUN`.
+pub fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) kick handler once per process, so the signal only interrupts
+/// `KVM_RUN` with EINTR instead of killing the process.
+pub fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick) {
+            tracing::error!("installing the vCPU kick handler: {e}");
+        }
+    });
+}
+
+impl Vcpu {
+    pub fn new(vm: &VmFd, index: u8) -> Result<Self, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|source| VcpuError::Create { index, source })?;
+        Ok(Self { fd, index })
+    }
+
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// CPUID, MSRs, FPU and LINT pins for every vCPU; long-mode registers for the boot
+    /// vCPU when `entry` is given.
+    pub fn configure(
+        &self,
+        base_cpuid: &CpuId,
+        cpu_count: u8,
+        entry: Option<EntryPoint>,
+    ) -> Result<(), VcpuError> {
+        let index = self.index;
+        let cpuid = cpuid::for_vcpu(base_cpuid, index, cpu_count);
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(|source| VcpuError::Cpuid { index, source })?;
+        let r = |source| VcpuError::Regs { index, source };
+        regs::setup_msrs(&self.fd).map_err(r)?;
+        regs::setup_fpu(&self.fd).map_err(r)?;
+        regs::setup_lint(&self.fd).map_err(r)?;
+        if let Some(e) = entry {
+            regs::setup_sregs(&self.fd).map_err(r)?;
+            regs::setup_regs(&self.fd, e.rip, e.rsi, e.rsp).map_err(r)?;
+        }
+        Ok(())
+    }
+
+    fn rip(&self) -> u64 {
+        self.fd.get_regs().map(|r| r.rip).unwrap_or(u64::MAX)
+    }
+
+    /// Runs the guest until a stop is requested, by a device, by this loop on a fatal exit,
+    /// or by the host (which then kicks this thread with [`kick_signal`]).
+    pub fn run(mut self, pio: Arc<Bus>, mmio: Arc<Bus>, stop: Arc<StopHandle>) {
+        while !stop.is_stopped() {
+            if let Some(reason) = self.run_once(&pio, &mmio) {
+                stop.request(reason);
+            }
+        }
+    }
+
+    fn run_once(&mut self, pio: &Bus, mmio: &Bus) -> Option<StopReason> {
+        let index = self.index;
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return None,
+            Err(e) => {
+                let rip = self.rip();
+                return Some(StopReason::Crashed(format!(
+                    "vCPU {index}: KVM_RUN failed: {e} (RIP {rip:#x})"
+                )));
+            }
+        };
+        match exit {
+            VcpuExit::IoIn(port, data) => {
+                if !pio.read(u64::from(port), data) {
+                    data.fill(0xff);
+                }
+                None
+            }
+            VcpuExit::IoOut(port, data) => {
+                pio.write(u64::from(port), data);
+                None
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                if !mmio.read(addr, data) {
+                    data.fill(0xff);
+                }
+                None
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                mmio.write(addr, data);
+                None
+            }
+            VcpuExit::Hlt => None,
+            VcpuExit::Intr => None,
+            VcpuExit::SystemEvent(kind, _) => Some(match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => StopReason::PowerOff,
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => StopReason::Reset,
+                other => StopReason::Crashed(format!("vCPU {index}: system event {other}")),
+            }),
+            other => {
+                let what = describe_fatal_exit(&other);
+                let rip = self.rip();
+                Some(StopReason::Crashed(format!(
+                    "vCPU {index}: {what} at RIP {rip:#x}"
+                )))
+            }
+        }
+    }
+}
+
+fn describe_fatal_exit(exit: &VcpuExit) -> String {
+    match exit {
+        VcpuExit::Shutdown => "triple fault (KVM_EXIT_SHUTDOWN)".into(),
+        VcpuExit::FailEntry(reason, cpu) => {
+            format!("VM entry failed (KVM_EXIT_FAIL_ENTRY, reason {reason:#x}, cpu {cpu})")
+        }
+        VcpuExit::InternalError => "emulation failure (KVM_EXIT_INTERNAL_ERROR)".into(),
+        VcpuExit::Exception => "unhandled exception (KVM_EXIT_EXCEPTION)".into(),
+        VcpuExit::Unsupported(code) => format!("unsupported exit reason {code}"),
+        other => format!("unexpected exit {other:?}"),
+    }
+}

@@ -1,0 +1,113 @@
+//! The KVM VM: in-kernel irqchip and PIT, memory slots, irqfds, dirty logging.
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MmapRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::layout::KVM_TSS_ADDR;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("creating the KVM VM: {0}")]
+    Create(kvm_ioctls::Error),
+    #[error("KVM_SET_TSS_ADDR at {KVM_TSS_ADDR:#x}: {0}")]
+    Tss(kvm_ioctls::Error),
+    #[error("creating the in-kernel irqchip: {0}")]
+    Irqchip(kvm_ioctls::Error),
+    #[error("creating the in-kernel PIT: {0}")]
+    Pit(kvm_ioctls::Error),
+    #[error("registering memory slot {slot} at {gpa:#x} ({size:#x} bytes): {source}")]
+    Slot {
+        slot: u32,
+        gpa: u64,
+        size: u64,
+        source: kvm_ioctls::Error,
+    },
+    #[error("registering irqfd for GSI {gsi}: {source}")]
+    Irqfd { gsi: u32, source: kvm_ioctls::Error },
+    #[error("reading the dirty log of slot {slot}: {source}")]
+    DirtyLog {
+        slot: u32,
+        source: kvm_ioctls::Error,
+    },
+}
+
+pub struct Vm {
+    fd: VmFd,
+    next_slot: u32,
+}
+
+impl Vm {
+    pub fn new(kvm: &Kvm) -> Result<Self, VmError> {
+        let fd = kvm.create_vm().map_err(VmError::Create)?;
+        fd.set_tss_address(KVM_TSS_ADDR as usize)
+            .map_err(VmError::Tss)?;
+        fd.create_irq_chip().map_err(VmError::Irqchip)?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(VmError::Pit)?;
+        Ok(Self { fd, next_slot: 0 })
+    }
+
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    fn add_slot(&mut self, gpa: u64, size: u64, host: u64, flags: u32) -> Result<u32, VmError> {
+        let slot = self.next_slot;
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host,
+        };
+        // SAFETY: `host` points at a live mapping of `size` bytes owned by the caller's
+        // GuestMemoryMmap / MmapRegion, which the partition keeps alive as long as the VM
+        // fd (the VM is dropped first or together with them, never after).
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(|source| VmError::Slot {
+            slot,
+            gpa,
+            size,
+            source,
+        })?;
+        self.next_slot += 1;
+        Ok(slot)
+    }
+
+    pub fn register_guest_memory(&mut self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+        for region in mem.iter() {
+            let host = region.as_ptr() as u64;
+            self.add_slot(region.start_addr().raw_value(), region.len(), host, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Maps the framebuffer region at `gpa` with dirty-page logging; returns the slot.
+    pub fn register_framebuffer(&mut self, region: &MmapRegion, gpa: u64) -> Result<u32, VmError> {
+        self.add_slot(
+            gpa,
+            region.size() as u64,
+            region.as_ptr() as u64,
+            KVM_MEM_LOG_DIRTY_PAGES,
+        )
+    }
+
+    /// Pages of `slot` written since the last call (one bit per 4 KiB page).
+    pub fn dirty_log(&self, slot: u32, size: usize) -> Result<Vec<u64>, VmError> {
+        self.fd
+            .get_dirty_log(slot, size)
+            .map_err(|source| VmError::DirtyLog { slot, source })
+    }
+
+    pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.fd
+            .register_irqfd(evt, gsi)
+            .map_err(|source| VmError::Irqfd { gsi, source })
+    }
+}
