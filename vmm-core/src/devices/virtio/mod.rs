@@ -1,1 +1,106 @@
 //! virtio devices over the virtio-mmio transport.
+//!
+//! [`mmio::VirtioMmioDevice`] is the transport (virtio 1.x "modern" register layout only)
+//! and the [`VirtioDevice`] trait is what a device model implements: its type, queues,
+//! feature bits, config space and the work done when a queue has buffers. The three device
+//! models are [`input::VirtioInput`] (keyboard, absolute tablet), [`console::VirtioConsole`]
+//! (one port, the guest agent's byte stream) and [`rng::VirtioRng`].
+//!
+//! # Threading
+//!
+//! A transport lives in an `Arc<Mutex<VirtioMmioDevice<D>>>` shared by the MMIO bus (vCPU
+//! threads) and the host-side handles ([`input::InputEventSender`],
+//! [`console::ConsoleHandle`]). Everything that touches a queue happens with that mutex
+//! held: a QueueNotify write processes the queue on the vCPU thread that wrote it, and a
+//! host handle pushing data (input events, console bytes) processes the receive queue on the
+//! caller's thread. The guest is told about used buffers through the [`InterruptLine`]
+//! (an irqfd in a VM), so nobody ever waits on the guest while holding the lock.
+//!
+//! # Guest memory
+//!
+//! Devices hold their own clone of the `GuestMemoryMmap` (a vector of `Arc`ed regions, so a
+//! clone is cheap and shares the mappings). Partitions have a fixed memory map for their
+//! whole life (no hotplug), so a snapshot taken at construction stays correct.
+//!
+//! # What the guest needs
+//!
+//! The Debian 6.1 generic kernel (`linux-image-6.1.0-*-amd64`) has the virtio core as
+//! modules; see [`GUEST_MODULES`] for the list the guest initramfs loads, in order.
+
+pub mod console;
+pub mod input;
+pub mod mmio;
+pub mod queue;
+pub mod rng;
+
+pub use mmio::VirtioMmioDevice;
+pub use queue::{Chain, QueueError, Queues};
+
+/// Kernel modules (paths below `/lib/modules/<version>/kernel/`) the guest initramfs
+/// must `insmod`, in this order, for virtio-mmio devices declared in ACPI plus
+/// virtio-input, virtio-console and virtio-rng, on Debian's `linux-image-6.1.0-*-amd64`
+/// (checked against 6.1.0-56's `modules.dep` and `config-6.1.0-56-amd64`).
+///
+/// Built in (`=y`) and so absent from the list: ACPI, PNPACPI, 8250 (+ `8250_pnp`),
+/// `input` core, `evdev`, `hvc_console` (`CONFIG_HVC_DRIVER=y`), `hw_random` core
+/// (`CONFIG_HW_RANDOM=y`), vesafb/fbcon.
+pub const GUEST_MODULES: &[&str] = &[
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio_mmio.ko",
+    "drivers/virtio/virtio_input.ko",
+    "drivers/char/virtio_console.ko",
+    "drivers/char/hw_random/virtio-rng.ko",
+];
+
+/// virtio device ids (virtio 1.2, section 5).
+pub mod device_type {
+    pub const CONSOLE: u32 = 3;
+    pub const RNG: u32 = 4;
+    pub const INPUT: u32 = 18;
+}
+
+/// Device status bits (virtio 1.2, 2.1).
+pub mod status {
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    pub const FAILED: u32 = 0x80;
+}
+
+/// Feature bit every modern device offers and every driver must accept.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// A device model behind the virtio-mmio transport.
+///
+/// The transport owns negotiation, status, queue setup and interrupts; the device only sees
+/// queues once the driver has set `DRIVER_OK`. Everything the guest hands over (config
+/// offsets, descriptor chains) is untrusted: implementations return a [`QueueError`]
+/// rather than panic, and the transport then marks the device `DEVICE_NEEDS_RESET`.
+pub trait VirtioDevice: Send {
+    /// The virtio device id (see [`device_type`]).
+    fn device_type(&self) -> u32;
+
+    /// Maximum size of each queue (powers of two); the length is the queue count.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// Device-specific feature bits offered besides [`VIRTIO_F_VERSION_1`].
+    fn device_features(&self) -> u64 {
+        0
+    }
+
+    /// Reads `data.len()` bytes of config space at `offset`. Out-of-range bytes read as 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes config space. Read-only or out-of-range bytes are ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+
+    /// Consumes available buffers of queue `index` (which is ready and valid). Called on a
+    /// guest notification, once after `DRIVER_OK`, and when a host handle has new data.
+    fn process_queue(&mut self, index: usize, queues: &mut Queues<'_>) -> Result<(), QueueError>;
+
+    /// Forgets all per-driver state; the driver wrote 0 to the status register.
+    fn reset(&mut self);
+}

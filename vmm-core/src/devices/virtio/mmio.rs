@@ -1,0 +1,473 @@
+//! The virtio-mmio transport, version 2 (virtio 1.2, section 4.2.2), modern devices only.
+//!
+//! Registers are 32 bits wide and must be accessed with aligned 32-bit loads and stores;
+//! anything else reads as zero and is ignored on write. The device-specific config space
+//! starts at 0x100 and takes 8-, 16-, 32- and 64-bit accesses. A driver that breaks the
+//! protocol in a way the device cannot recover from (bad queue layout, malformed chains)
+//! finds `DEVICE_NEEDS_RESET` in the status register and a config-change interrupt.
+
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::queue::{QueueError, Queues};
+use super::{status, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::{BusDevice, InterruptLine};
+
+/// "virt" in little endian.
+pub const MMIO_MAGIC: u32 = 0x7472_6976;
+pub const MMIO_VERSION: u32 = 2;
+/// Vendor id reported to the guest ("BLKH" would not fit any registry; any value works).
+pub const MMIO_VENDOR_ID: u32 = 0x4b48_4c42;
+
+/// Register offsets.
+pub mod reg {
+    pub const MAGIC: u64 = 0x000;
+    pub const VERSION: u64 = 0x004;
+    pub const DEVICE_ID: u64 = 0x008;
+    pub const VENDOR_ID: u64 = 0x00c;
+    pub const DEVICE_FEATURES: u64 = 0x010;
+    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
+    pub const DRIVER_FEATURES: u64 = 0x020;
+    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    pub const QUEUE_SEL: u64 = 0x030;
+    pub const QUEUE_NUM_MAX: u64 = 0x034;
+    pub const QUEUE_NUM: u64 = 0x038;
+    pub const QUEUE_READY: u64 = 0x044;
+    pub const QUEUE_NOTIFY: u64 = 0x050;
+    pub const INTERRUPT_STATUS: u64 = 0x060;
+    pub const INTERRUPT_ACK: u64 = 0x064;
+    pub const STATUS: u64 = 0x070;
+    pub const QUEUE_DESC_LOW: u64 = 0x080;
+    pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
+    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
+    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    pub const SHM_SEL: u64 = 0x0ac;
+    pub const SHM_LEN_LOW: u64 = 0x0b0;
+    pub const SHM_LEN_HIGH: u64 = 0x0b4;
+    pub const SHM_BASE_LOW: u64 = 0x0b8;
+    pub const SHM_BASE_HIGH: u64 = 0x0bc;
+    pub const CONFIG_GENERATION: u64 = 0x0fc;
+    pub const CONFIG: u64 = 0x100;
+}
+
+/// InterruptStatus bits.
+pub const INT_USED_BUFFER: u32 = 1;
+pub const INT_CONFIG_CHANGE: u32 = 2;
+
+/// A virtio device model behind a virtio-mmio register window.
+pub struct VirtioMmioDevice<D: VirtioDevice> {
+    device: D,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<dyn InterruptLine>,
+    queues: Vec<Queue>,
+    queue_select: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    status: u32,
+    interrupt_status: u32,
+    config_generation: u32,
+}
+
+/// What [`VirtioMmioDevice::new`] can fail on (a device model bug, never the guest).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MmioError {
+    #[error("queue {index} has maximum size {size}, which is not a power of two in 1..=32768")]
+    BadQueueSize { index: usize, size: u16 },
+    #[error("device declares {count} queues, the transport supports at most 64")]
+    TooManyQueues { count: usize },
+}
+
+impl<D: VirtioDevice> VirtioMmioDevice<D> {
+    /// Wraps `device`; `interrupt` is the line (irqfd) for this window's GSI.
+    pub fn new(
+        device: D,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn InterruptLine>,
+    ) -> Result<Self, MmioError> {
+        let sizes = device.queue_max_sizes();
+        if sizes.len() > 64 {
+            return Err(MmioError::TooManyQueues { count: sizes.len() });
+        }
+        let queues = sizes
+            .iter()
+            .enumerate()
+            .map(|(index, &size)| {
+                Queue::new(size).map_err(|_| MmioError::BadQueueSize { index, size })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            device,
+            mem,
+            interrupt,
+            queues,
+            queue_select: 0,
+            device_features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            status: 0,
+            interrupt_status: 0,
+            config_generation: 0,
+        })
+    }
+
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
+    /// The status register as the driver sees it.
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    /// The driver finished initialisation and the device has not failed.
+    pub fn is_active(&self) -> bool {
+        self.status & status::DRIVER_OK != 0
+            && self.status & (status::DEVICE_NEEDS_RESET | status::FAILED) == 0
+    }
+
+    pub fn needs_reset(&self) -> bool {
+        self.status & status::DEVICE_NEEDS_RESET != 0
+    }
+
+    fn offered_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | self.device.device_features()
+    }
+
+    /// Runs the device on queue `index` if the device is active; raises the used-buffer
+    /// interrupt when buffers were returned, or marks the device broken on a queue error.
+    /// Host-side handles call this after giving the device new data.
+    pub fn process_queue(&mut self, index: usize) {
+        if !self.is_active() || !self.queues.get(index).is_some_and(|q| q.ready()) {
+            return;
+        }
+        let mut queues = Queues::new(&self.mem, &mut self.queues);
+        let result = self.device.process_queue(index, &mut queues);
+        let used = queues.used_mask();
+        if used != 0 {
+            self.raise(INT_USED_BUFFER);
+        }
+        if let Err(e) = result {
+            self.fail(&e);
+        }
+    }
+
+    fn process_all_queues(&mut self) {
+        for index in 0..self.queues.len() {
+            self.process_queue(index);
+        }
+    }
+
+    fn raise(&mut self, bits: u32) {
+        self.interrupt_status |= bits;
+        if let Err(e) = self.interrupt.trigger() {
+            warn!(error = %e, "virtio-mmio: cannot raise interrupt");
+        }
+    }
+
+    /// Marks the device broken (virtio 1.2, 2.1.2): the driver must reset it.
+    fn fail(&mut self, err: &QueueError) {
+        warn!(device = self.device.device_type(), error = %err, "virtio device needs reset");
+        let was_running = self.status & status::DRIVER_OK != 0;
+        self.status |= status::DEVICE_NEEDS_RESET;
+        if was_running {
+            self.raise(INT_CONFIG_CHANGE);
+        }
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.queue_select = 0;
+        self.device_features_select = 0;
+        self.driver_features_select = 0;
+        self.driver_features = 0;
+        self.status = 0;
+        self.interrupt_status = 0;
+        self.config_generation = self.config_generation.wrapping_add(1);
+    }
+
+    fn selected_queue(&self) -> Option<&Queue> {
+        self.queues.get(self.queue_select as usize)
+    }
+
+    fn read_register(&self, offset: u64) -> u32 {
+        match offset {
+            reg::MAGIC => MMIO_MAGIC,
+            reg::VERSION => MMIO_VERSION,
+            reg::DEVICE_ID => self.device.device_type(),
+            reg::VENDOR_ID => MMIO_VENDOR_ID,
+            reg::DEVICE_FEATURES => match self.device_features_select {
+                0 => self.offered_features() as u32,
+                1 => (self.offered_features() >> 32) as u32,
+                _ => 0,
+            },
+            reg::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
+            reg::QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            reg::INTERRUPT_STATUS => self.interrupt_status,
+            reg::STATUS => self.status,
+            // No shared memory regions: their length reads as all ones (virtio 1.2, 4.2.2).
+            reg::SHM_LEN_LOW | reg::SHM_LEN_HIGH => u32::MAX,
+            reg::SHM_BASE_LOW | reg::SHM_BASE_HIGH => u32::MAX,
+            reg::CONFIG_GENERATION => self.config_generation,
+            _ => {
+                debug!(
+                    offset,
+                    "virtio-mmio: read of write-only or unknown register"
+                );
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        match offset {
+            reg::DEVICE_FEATURES_SEL => self.device_features_select = value,
+            reg::DRIVER_FEATURES_SEL => self.driver_features_select = value,
+            reg::DRIVER_FEATURES => self.write_driver_features(value),
+            reg::QUEUE_SEL => self.queue_select = value,
+            reg::QUEUE_NUM
+            | reg::QUEUE_READY
+            | reg::QUEUE_DESC_LOW
+            | reg::QUEUE_DESC_HIGH
+            | reg::QUEUE_DRIVER_LOW
+            | reg::QUEUE_DRIVER_HIGH
+            | reg::QUEUE_DEVICE_LOW
+            | reg::QUEUE_DEVICE_HIGH => self.write_queue_register(offset, value),
+            reg::QUEUE_NOTIFY => self.notify(value),
+            reg::INTERRUPT_ACK => self.interrupt_status &= !value,
+            reg::STATUS => self.write_status(value),
+            reg::SHM_SEL => {}
+            _ => debug!(
+                offset,
+                value, "virtio-mmio: write to read-only or unknown register"
+            ),
+        }
+    }
+
+    fn write_driver_features(&mut self, value: u32) {
+        let negotiating = self.status & status::DRIVER != 0
+            && self.status & status::FEATURES_OK == 0
+            && !self.needs_reset();
+        if !negotiating {
+            debug!(
+                value,
+                "virtio-mmio: driver features written outside negotiation"
+            );
+            return;
+        }
+        match self.driver_features_select {
+            0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(value),
+            1 => {
+                self.driver_features =
+                    (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+            }
+            _ => debug!(value, "virtio-mmio: driver features for a selector past 1"),
+        }
+    }
+
+    /// Queue layout may change only between FEATURES_OK and DRIVER_OK, on a queue that is
+    /// not ready. Values the device cannot use break it (NEEDS_RESET), rather than leaving
+    /// it half configured.
+    fn write_queue_register(&mut self, offset: u64, value: u32) {
+        let configuring = self.status & status::FEATURES_OK != 0
+            && self.status & status::DRIVER_OK == 0
+            && !self.needs_reset();
+        let index = self.queue_select as usize;
+        let mem = &self.mem;
+        let Some(queue) = self.queues.get_mut(index).filter(|_| configuring) else {
+            debug!(
+                offset,
+                value,
+                index,
+                "virtio-mmio: queue register written out of order or for a missing queue"
+            );
+            return;
+        };
+        if offset == reg::QUEUE_READY {
+            match value {
+                0 => queue.set_ready(false),
+                1 if queue.ready() => {}
+                1 => {
+                    queue.set_ready(true);
+                    if !queue.is_valid(mem) {
+                        queue.set_ready(false);
+                        let e = QueueError::Memory {
+                            queue: index,
+                            reason: "rings do not fit in guest memory".to_string(),
+                        };
+                        self.fail(&e);
+                    }
+                }
+                _ => debug!(value, "virtio-mmio: QueueReady takes 0 or 1"),
+            }
+            return;
+        }
+        if queue.ready() {
+            debug!(
+                offset,
+                index, "virtio-mmio: layout of a ready queue written"
+            );
+            return;
+        }
+        let result = match offset {
+            reg::QUEUE_NUM => u16::try_from(value)
+                .map_err(|_| virtio_queue::Error::InvalidSize)
+                .and_then(|size| queue.try_set_size(size)),
+            reg::QUEUE_DESC_LOW => set_low(queue.desc_table(), value, |a| {
+                queue.try_set_desc_table_address(a)
+            }),
+            reg::QUEUE_DESC_HIGH => set_high(queue.desc_table(), value, |a| {
+                queue.try_set_desc_table_address(a)
+            }),
+            reg::QUEUE_DRIVER_LOW => set_low(queue.avail_ring(), value, |a| {
+                queue.try_set_avail_ring_address(a)
+            }),
+            reg::QUEUE_DRIVER_HIGH => set_high(queue.avail_ring(), value, |a| {
+                queue.try_set_avail_ring_address(a)
+            }),
+            reg::QUEUE_DEVICE_LOW => set_low(queue.used_ring(), value, |a| {
+                queue.try_set_used_ring_address(a)
+            }),
+            reg::QUEUE_DEVICE_HIGH => set_high(queue.used_ring(), value, |a| {
+                queue.try_set_used_ring_address(a)
+            }),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            let e = QueueError::Memory {
+                queue: index,
+                reason: format!("register {offset:#x} = {value:#x} rejected: {e}"),
+            };
+            self.fail(&e);
+        }
+    }
+
+    fn notify(&mut self, value: u32) {
+        if !self.is_active() {
+            debug!(
+                value,
+                "virtio-mmio: notification while the device is not running"
+            );
+            return;
+        }
+        self.process_queue(value as usize);
+    }
+
+    fn write_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        // NEEDS_RESET belongs to the device; the driver can neither set nor clear it.
+        let requested = value & !status::DEVICE_NEEDS_RESET;
+        let current = self.status & !status::DEVICE_NEEDS_RESET;
+        if requested & current != current {
+            debug!(
+                current,
+                requested, "virtio-mmio: driver tried to clear status bits without a reset"
+            );
+            return;
+        }
+        let added = requested & !current;
+        let mut new = current | (added & (status::ACKNOWLEDGE | status::DRIVER | status::FAILED));
+        if added & status::FEATURES_OK != 0 {
+            if new & status::DRIVER != 0 && self.features_acceptable() {
+                new |= status::FEATURES_OK;
+            } else {
+                debug!(
+                    features = self.driver_features,
+                    "virtio-mmio: FEATURES_OK refused"
+                );
+            }
+        }
+        let activate =
+            added & status::DRIVER_OK != 0 && new & status::FEATURES_OK != 0 && !self.needs_reset();
+        if activate {
+            new |= status::DRIVER_OK;
+        } else if added & status::DRIVER_OK != 0 {
+            debug!("virtio-mmio: DRIVER_OK before FEATURES_OK ignored");
+        }
+        self.status = new | (self.status & status::DEVICE_NEEDS_RESET);
+        if activate {
+            // Buffers made available before DRIVER_OK and data the host queued meanwhile.
+            self.process_all_queues();
+        }
+    }
+
+    fn features_acceptable(&self) -> bool {
+        let unknown = self.driver_features & !self.offered_features();
+        unknown == 0 && self.driver_features & VIRTIO_F_VERSION_1 != 0
+    }
+}
+
+fn set_low(
+    old: u64,
+    low: u32,
+    set: impl FnOnce(vm_memory::GuestAddress) -> Result<(), virtio_queue::Error>,
+) -> Result<(), virtio_queue::Error> {
+    set(vm_memory::GuestAddress(
+        (old & !0xffff_ffff) | u64::from(low),
+    ))
+}
+
+fn set_high(
+    old: u64,
+    high: u32,
+    set: impl FnOnce(vm_memory::GuestAddress) -> Result<(), virtio_queue::Error>,
+) -> Result<(), virtio_queue::Error> {
+    set(vm_memory::GuestAddress(
+        (old & 0xffff_ffff) | (u64::from(high) << 32),
+    ))
+}
+
+impl<D: VirtioDevice> BusDevice for VirtioMmioDevice<D> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= reg::CONFIG {
+            data.fill(0);
+            self.device.read_config(offset - reg::CONFIG, data);
+            return;
+        }
+        if data.len() != 4 || offset % 4 != 0 {
+            debug!(
+                offset,
+                len = data.len(),
+                "virtio-mmio: register read not 32-bit aligned"
+            );
+            data.fill(0);
+            return;
+        }
+        data.copy_from_slice(&self.read_register(offset).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= reg::CONFIG {
+            self.device.write_config(offset - reg::CONFIG, data);
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            debug!(
+                offset,
+                len = data.len(),
+                "virtio-mmio: register write not 32 bits wide"
+            );
+            return;
+        };
+        if offset % 4 != 0 {
+            debug!(offset, "virtio-mmio: unaligned register write");
+            return;
+        }
+        self.write_register(offset, u32::from_le_bytes(bytes));
+    }
+}

@@ -1,0 +1,281 @@
+//! Checked access to a device's virtqueues: every chain a device sees has been walked to
+//! its end and every buffer lies inside guest memory.
+//!
+//! `virtio-queue` does the ring bookkeeping; its chain iterator stops silently on a loop,
+//! a bad index or an unreadable descriptor, so [`Queues::pop`] re-checks that a chain really
+//! ended (its last descriptor has no NEXT flag) and that each buffer is backed by guest RAM.
+
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+
+/// A descriptor chain the device may use: at most `queue size` buffers, all in guest RAM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub head: u16,
+    pub buffers: Vec<Buffer>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffer {
+    pub addr: GuestAddress,
+    pub len: u32,
+    /// Device-writable (VIRTQ_DESC_F_WRITE); otherwise device-readable.
+    pub writable: bool,
+}
+
+/// Why a queue cannot be used any more; the transport answers with DEVICE_NEEDS_RESET.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QueueError {
+    #[error("queue {queue}: available index {avail_idx} is more than the queue size ahead of {next_avail}")]
+    AvailIndex {
+        queue: usize,
+        avail_idx: u16,
+        next_avail: u16,
+    },
+    #[error("queue {queue}: chain at head {head} does not end within the queue (loop, bad next index or over 4 GiB)")]
+    UnterminatedChain { queue: usize, head: u16 },
+    #[error(
+        "queue {queue}: chain at head {head} has a buffer {addr:#x}+{len:#x} outside guest memory"
+    )]
+    BufferOutOfRange {
+        queue: usize,
+        head: u16,
+        addr: u64,
+        len: u32,
+    },
+    #[error(
+        "queue {queue}: chain at head {head} has {have} writable bytes, the device needs {need}"
+    )]
+    BufferTooSmall {
+        queue: usize,
+        head: u16,
+        have: u64,
+        need: u64,
+    },
+    #[error("queue {queue}: guest memory access failed: {reason}")]
+    Memory { queue: usize, reason: String },
+}
+
+/// The queues of an active device, lent to [`super::VirtioDevice::process_queue`].
+pub struct Queues<'a> {
+    mem: &'a GuestMemoryMmap,
+    queues: &'a mut [Queue],
+    /// Bit `i` set: queue `i` got used buffers since the transport last looked.
+    used_mask: u64,
+}
+
+impl<'a> Queues<'a> {
+    pub(crate) fn new(mem: &'a GuestMemoryMmap, queues: &'a mut [Queue]) -> Self {
+        Self {
+            mem,
+            queues,
+            used_mask: 0,
+        }
+    }
+
+    pub fn mem(&self) -> &GuestMemoryMmap {
+        self.mem
+    }
+
+    pub(crate) fn used_mask(&self) -> u64 {
+        self.used_mask
+    }
+
+    /// Whether queue `index` exists and the driver made it ready.
+    pub fn is_ready(&self, index: usize) -> bool {
+        self.queues.get(index).is_some_and(|q| q.ready())
+    }
+
+    /// Size the driver chose for queue `index` (0 when the queue does not exist).
+    pub fn size(&self, index: usize) -> u16 {
+        self.queues.get(index).map_or(0, |q| q.size())
+    }
+
+    /// Takes the next available chain of queue `index`, checked; `Ok(None)` when the ring
+    /// is empty or the queue is not ready.
+    pub fn pop(&mut self, index: usize) -> Result<Option<Chain>, QueueError> {
+        let mem = self.mem;
+        let Some(queue) = self.queues.get_mut(index).filter(|q| q.ready()) else {
+            return Ok(None);
+        };
+        let next_avail = queue.next_avail();
+        let mut iter = match queue.iter(mem) {
+            Ok(iter) => iter,
+            Err(virtio_queue::Error::InvalidAvailRingIndex) => {
+                let avail_idx = queue
+                    .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                    .map(|w| w.0)
+                    .unwrap_or(0);
+                return Err(QueueError::AvailIndex {
+                    queue: index,
+                    avail_idx,
+                    next_avail,
+                });
+            }
+            Err(e) => {
+                return Err(QueueError::Memory {
+                    queue: index,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let Some(desc_chain) = iter.next() else {
+            return Ok(None);
+        };
+        let head = desc_chain.head_index();
+        let descriptors: Vec<Descriptor> = desc_chain.collect();
+        // The crate's iterator yields nothing for a head index past the table and stops
+        // early on loops or bad links; a proper chain always ends on a descriptor without
+        // NEXT.
+        let terminated = descriptors.last().is_some_and(|d| !d.has_next());
+        if !terminated {
+            return Err(QueueError::UnterminatedChain { queue: index, head });
+        }
+        let mut buffers = Vec::with_capacity(descriptors.len());
+        for d in descriptors {
+            let in_ram = d.len() == 0
+                || mem.check_range(
+                    d.addr(),
+                    d.len() as usize,
+                    if d.is_write_only() {
+                        Permissions::Write
+                    } else {
+                        Permissions::Read
+                    },
+                );
+            if !in_ram {
+                return Err(QueueError::BufferOutOfRange {
+                    queue: index,
+                    head,
+                    addr: d.addr().0,
+                    len: d.len(),
+                });
+            }
+            buffers.push(Buffer {
+                addr: d.addr(),
+                len: d.len(),
+                writable: d.is_write_only(),
+            });
+        }
+        Ok(Some(Chain { head, buffers }))
+    }
+
+    /// Puts the last popped chain of queue `index` back, for a device that cannot take it
+    /// yet (back-pressure). Only valid right after a successful [`Queues::pop`].
+    pub fn undo_pop(&mut self, index: usize) {
+        if let Some(q) = self.queues.get_mut(index) {
+            q.go_to_previous_position();
+        }
+    }
+
+    /// Returns chain `head` to the driver with `len` bytes written.
+    pub fn add_used(&mut self, index: usize, head: u16, len: u32) -> Result<(), QueueError> {
+        let mem = self.mem;
+        let queue = self.queues.get_mut(index).ok_or(QueueError::Memory {
+            queue: index,
+            reason: "no such queue".to_string(),
+        })?;
+        queue
+            .add_used(mem, head, len)
+            .map_err(|e| QueueError::Memory {
+                queue: index,
+                reason: e.to_string(),
+            })?;
+        self.used_mask |= 1 << index;
+        Ok(())
+    }
+
+    /// Copies `data` into the writable buffers of `chain`; returns the bytes written
+    /// (fewer than `data.len()` when the buffers are smaller).
+    pub fn write_to_chain(
+        &self,
+        index: usize,
+        chain: &Chain,
+        data: &[u8],
+    ) -> Result<usize, QueueError> {
+        let mut written = 0usize;
+        for b in chain.buffers.iter().filter(|b| b.writable) {
+            if written == data.len() {
+                break;
+            }
+            let n = (b.len as usize).min(data.len() - written);
+            self.mem
+                .write_slice(&data[written..written + n], b.addr)
+                .map_err(|e| QueueError::Memory {
+                    queue: index,
+                    reason: e.to_string(),
+                })?;
+            written += n;
+        }
+        Ok(written)
+    }
+
+    /// Reads up to `limit` bytes from the readable buffers of `chain`.
+    pub fn read_from_chain(
+        &self,
+        index: usize,
+        chain: &Chain,
+        limit: usize,
+    ) -> Result<Vec<u8>, QueueError> {
+        let mut out = Vec::new();
+        for b in chain.buffers.iter().filter(|b| !b.writable) {
+            let n = (b.len as usize).min(limit - out.len());
+            if n == 0 {
+                break;
+            }
+            let start = out.len();
+            out.resize(start + n, 0);
+            self.mem
+                .read_slice(&mut out[start..], b.addr)
+                .map_err(|e| QueueError::Memory {
+                    queue: index,
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(out)
+    }
+}
+
+impl Chain {
+    /// Total bytes the device may write.
+    pub fn writable_len(&self) -> u64 {
+        self.buffers
+            .iter()
+            .filter(|b| b.writable)
+            .map(|b| u64::from(b.len))
+            .sum()
+    }
+
+    /// Total bytes the device may read.
+    pub fn readable_len(&self) -> u64 {
+        self.buffers
+            .iter()
+            .filter(|b| !b.writable)
+            .map(|b| u64::from(b.len))
+            .sum()
+    }
+
+    /// The same chain without its first `n` writable bytes (for filling it in pieces).
+    pub fn skip_writable(&self, mut n: usize) -> Chain {
+        let mut buffers = Vec::with_capacity(self.buffers.len());
+        for b in self.buffers.iter().filter(|b| b.writable) {
+            let len = b.len as usize;
+            if n >= len {
+                n -= len;
+                continue;
+            }
+            buffers.push(Buffer {
+                // In range: the buffer was checked against guest memory by `Queues::pop`.
+                addr: GuestAddress(b.addr.0 + n as u64),
+                len: (len - n) as u32,
+                writable: true,
+            });
+            n = 0;
+        }
+        Chain {
+            head: self.head,
+            buffers,
+        }
+    }
+}
