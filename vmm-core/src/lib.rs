@@ -5,8 +5,10 @@
 pub mod acpi;
 pub mod arch;
 pub mod builder;
+pub mod cli;
 pub mod control;
 pub mod devices;
+pub mod guest_image;
 pub mod hostcheck;
 pub mod layout;
 pub mod sandbox;

@@ -1,0 +1,318 @@
+//! The default guest image: Debian's generic kernel and an initramfs made from
+//! `busybox-static`, the virtio modules and the project's init, built from Debian
+//! packages into the XDG cache and reused while its recipe is unchanged.
+
+pub mod cpio;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cpio::CpioWriter;
+
+const INIT: &str = include_str!("../../../assets/guest/init");
+const MODULES: &str = include_str!("../../../assets/guest/modules");
+const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
+const BUSYBOX_PACKAGE: &str = "busybox-static";
+const STAMP: &str = "image.stamp";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("`{tool}` not found: the guest image is built from Debian packages; on Debian or Ubuntu install it (sudo apt-get install {package}), elsewhere pass --kernel and --initrd yourself")]
+    MissingTool { tool: String, package: String },
+    #[error("`{command}` failed: {detail}{hint}")]
+    Command {
+        command: String,
+        detail: String,
+        hint: &'static str,
+    },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ImageError + 'a {
+    move |source| ImageError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// A bootable kernel and initramfs on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestImage {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub kernel_version: String,
+}
+
+/// `$XDG_CACHE_HOME/bulkhead`, or `~/.cache/bulkhead`.
+pub fn cache_root() -> PathBuf {
+    cache_root_from(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
+}
+
+fn cache_root_from(xdg: Option<std::ffi::OsString>, home: Option<std::ffi::OsString>) -> PathBuf {
+    if let Some(dir) = xdg.filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("bulkhead");
+    }
+    PathBuf::from(home.unwrap_or_else(|| "/tmp".into())).join(".cache/bulkhead")
+}
+
+pub fn default_image_dir() -> PathBuf {
+    cache_root().join("images/default")
+}
+
+/// The recipe's fingerprint: a change to init or the module list rebuilds the image.
+fn recipe_fingerprint(kernel_package: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in INIT
+        .bytes()
+        .chain(MODULES.bytes())
+        .chain(kernel_package.bytes())
+    {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    format!("{kernel_package} {h:016x}")
+}
+
+fn image_in(dir: &Path, kernel_version: &str) -> GuestImage {
+    GuestImage {
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.cpio"),
+        kernel_version: kernel_version.to_string(),
+    }
+}
+
+/// The cached default image, if it was built and its recipe is current.
+pub fn locate(dir: &Path) -> Option<GuestImage> {
+    let stamp = fs::read_to_string(dir.join(STAMP)).ok()?;
+    let mut lines = stamp.lines();
+    let fingerprint = lines.next()?;
+    let version = lines.next()?;
+    let package = fingerprint.split(' ').next()?;
+    let image = image_in(dir, version);
+    let current = recipe_fingerprint(package) == fingerprint;
+    (current && image.kernel.is_file() && image.initrd.is_file()).then_some(image)
+}
+
+fn need_tool(tool: &str, package: &str) -> Result<(), ImageError> {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if found {
+        Ok(())
+    } else {
+        Err(ImageError::MissingTool {
+            tool: tool.into(),
+            package: package.into(),
+        })
+    }
+}
+
+fn run(cmd: &mut Command, hint: &'static str) -> Result<String, ImageError> {
+    let command = format!("{cmd:?}").replace('"', "");
+    let out = cmd.output().map_err(|e| ImageError::Command {
+        command: command.clone(),
+        detail: e.to_string(),
+        hint,
+    })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let detail = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty() && !l.starts_with("W:"))
+            .unwrap_or("no error output")
+            .to_string();
+        return Err(ImageError::Command {
+            command,
+            detail,
+            hint,
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The versioned kernel package `linux-image-amd64` depends on, e.g.
+/// `linux-image-6.1.0-56-amd64`.
+pub fn resolve_kernel_package() -> Result<String, ImageError> {
+    need_tool("apt-cache", "apt")?;
+    let out = run(
+        Command::new("apt-cache").args(["depends", "--important", KERNEL_META_PACKAGE]),
+        "; run `sudo apt-get update` and try again",
+    )?;
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends:"))
+        .map(str::trim)
+        .find(|p| p.starts_with("linux-image-") && p.ends_with("-amd64"))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            ImageError::Unexpected(format!(
+                "apt-cache lists no linux-image-*-amd64 dependency of {KERNEL_META_PACKAGE}; run `sudo apt-get update`"
+            ))
+        })
+}
+
+/// Downloads `packages` with `apt-get download` into `dir` and unpacks each into
+/// `dir/root`. Returns the unpacked root.
+pub fn fetch_and_unpack(packages: &[&str], dir: &Path) -> Result<PathBuf, ImageError> {
+    need_tool("apt-get", "apt")?;
+    need_tool("dpkg-deb", "dpkg")?;
+    let debs = dir.join("debs");
+    let root = dir.join("root");
+    fs::create_dir_all(&debs).map_err(io_err("creating", &debs))?;
+    fs::create_dir_all(&root).map_err(io_err("creating", &root))?;
+    run(
+        Command::new("apt-get")
+            .args(["-q", "-o", "APT::Sandbox::User=root", "download"])
+            .args(packages)
+            .current_dir(&debs),
+        "; run `sudo apt-get update` and try again",
+    )?;
+    for entry in fs::read_dir(&debs).map_err(io_err("reading", &debs))? {
+        let path = entry.map_err(io_err("reading", &debs))?.path();
+        if path.extension().is_some_and(|e| e == "deb") {
+            run(Command::new("dpkg-deb").arg("-x").arg(&path).arg(&root), "")?;
+        }
+    }
+    Ok(root)
+}
+
+fn module_names() -> impl Iterator<Item = &'static str> {
+    MODULES
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
+/// The newc initramfs: busybox, the modules, init. `extra` files are added verbatim.
+pub fn build_initramfs(
+    root: &Path,
+    kernel_version: &str,
+    extra: &[(&str, u32, &[u8])],
+) -> Result<Vec<u8>, ImageError> {
+    let busybox_path = root.join("bin/busybox");
+    let busybox = fs::read(&busybox_path).map_err(io_err("reading", &busybox_path))?;
+    let mut w = CpioWriter::new(Vec::new());
+    let wr = |e: std::io::Error| ImageError::Unexpected(format!("writing cpio: {e}"));
+    for d in [
+        "bin",
+        "dev",
+        "etc",
+        "etc/bulkhead",
+        "lib",
+        "lib/modules",
+        "proc",
+        "sys",
+        "tmp",
+        "run",
+    ] {
+        w.dir(d).map_err(wr)?;
+    }
+    w.file("bin/busybox", 0o755, &busybox).map_err(wr)?;
+    w.symlink("bin/sh", "busybox").map_err(wr)?;
+    w.file("init", 0o755, INIT.as_bytes()).map_err(wr)?;
+    let mod_root = root.join("lib/modules").join(kernel_version).join("kernel");
+    let mut order = String::new();
+    for m in module_names() {
+        let src = mod_root.join(format!("{m}.ko"));
+        let data = fs::read(&src).map_err(io_err("reading module", &src))?;
+        let base = m.rsplit('/').next().unwrap_or(m);
+        w.file(&format!("lib/modules/{base}.ko"), 0o644, &data)
+            .map_err(wr)?;
+        order.push_str(base);
+        order.push('\n');
+    }
+    w.file("etc/bulkhead/modules", 0o644, order.as_bytes())
+        .map_err(wr)?;
+    for (path, mode, data) in extra {
+        w.file(path, *mode, data).map_err(wr)?;
+    }
+    w.finish().map_err(wr)
+}
+
+/// Builds (or reuses) the default image in `dir`, reporting each step to `progress`.
+pub fn build_default(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<GuestImage, ImageError> {
+    if let Some(image) = locate(dir) {
+        progress(&format!("guest image up to date in {}", dir.display()));
+        return Ok(image);
+    }
+    progress("[1/4] resolving Debian's generic kernel package");
+    let package = resolve_kernel_package()?;
+    let version = package
+        .strip_prefix("linux-image-")
+        .unwrap_or(&package)
+        .to_string();
+    let work = dir.join("work");
+    let _ = fs::remove_dir_all(&work);
+    progress(&format!(
+        "[2/4] downloading {package} and {BUSYBOX_PACKAGE}"
+    ));
+    let root = fetch_and_unpack(&[&package, BUSYBOX_PACKAGE], &work)?;
+    progress("[3/4] writing the initramfs");
+    let initrd = build_initramfs(&root, &version, &[])?;
+    let image = image_in(dir, &version);
+    fs::write(&image.initrd, initrd).map_err(io_err("writing", &image.initrd))?;
+    let vmlinuz = root.join("boot").join(format!("vmlinuz-{version}"));
+    fs::copy(&vmlinuz, &image.kernel).map_err(io_err("copying kernel", &vmlinuz))?;
+    progress("[4/4] cleaning up");
+    let _ = fs::remove_dir_all(&work);
+    let stamp = format!("{}\n{version}\n", recipe_fingerprint(&package));
+    let stamp_path = dir.join(STAMP);
+    fs::write(&stamp_path, stamp).map_err(io_err("writing", &stamp_path))?;
+    progress(&format!("guest image ready: {}", dir.display()));
+    Ok(image)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_list_is_in_dependency_order() {
+        let names: Vec<_> = module_names()
+            .map(|m| m.rsplit('/').next().unwrap())
+            .collect();
+        let pos = |n| names.iter().position(|m| *m == n).unwrap();
+        assert!(pos("virtio_ring") < pos("virtio"));
+        assert!(pos("virtio") < pos("virtio_mmio"));
+        assert!(pos("virtio_mmio") < pos("virtio_input"));
+    }
+
+    #[test]
+    fn a_stale_or_missing_stamp_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(locate(dir.path()).is_none());
+        fs::write(dir.path().join("vmlinuz"), b"k").unwrap();
+        fs::write(dir.path().join("initrd.cpio"), b"i").unwrap();
+        fs::write(dir.path().join(STAMP), "linux-image-x 0000\n6.1\n").unwrap();
+        assert!(locate(dir.path()).is_none());
+        let stamp = format!("{}\n6.1.0-1-amd64\n", recipe_fingerprint("linux-image-x"));
+        fs::write(dir.path().join(STAMP), stamp).unwrap();
+        let image = locate(dir.path()).unwrap();
+        assert_eq!(image.kernel_version, "6.1.0-1-amd64");
+    }
+
+    #[test]
+    fn cache_root_follows_xdg_then_home() {
+        assert_eq!(
+            cache_root_from(Some("/x/cache".into()), Some("/home/u".into())),
+            PathBuf::from("/x/cache/bulkhead")
+        );
+        assert_eq!(
+            cache_root_from(Some("".into()), Some("/home/u".into())),
+            PathBuf::from("/home/u/.cache/bulkhead")
+        );
+    }
+}
