@@ -32,6 +32,10 @@ pub mod input;
 pub mod mmio;
 pub mod queue;
 pub mod rng;
+#[cfg(test)]
+pub(crate) mod test_utils;
+#[cfg(test)]
+mod tests;
 
 pub use mmio::VirtioMmioDevice;
 pub use queue::{Chain, QueueError, Queues};
