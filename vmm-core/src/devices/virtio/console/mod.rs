@@ -193,6 +193,12 @@ impl ConsoleHandle {
         n
     }
 
+    /// Whether the guest driver runs. Bytes written earlier are kept until the driver's
+    /// initial reset, which drops them (they would belong to no session).
+    pub fn is_ready(&self) -> bool {
+        self.lock().is_active()
+    }
+
     /// Bytes waiting for the guest to post receive buffers.
     pub fn pending_to_guest(&self) -> usize {
         self.lock().device().to_guest.len()
@@ -203,3 +209,6 @@ impl ConsoleHandle {
         self.lock().device().output_evt.try_clone()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -424,3 +424,6 @@ impl InputEventSender {
         ])
     }
 }
+
+#[cfg(test)]
+mod tests;
