@@ -42,19 +42,28 @@ pub use queue::{Chain, QueueError, Queues};
 
 /// Kernel modules (paths below `/lib/modules/<version>/kernel/`) the guest initramfs
 /// must `insmod`, in this order, for virtio-mmio devices declared in ACPI plus
-/// virtio-input, virtio-console and virtio-rng, on Debian's `linux-image-6.1.0-*-amd64`
-/// (checked against 6.1.0-56's `modules.dep` and `config-6.1.0-56-amd64`).
+/// virtio-input, virtio-console and virtio-rng, on Debian's `linux-image-6.1.0-*-amd64`.
+/// Checked against 6.1.0-56 (6.1.192-2): the `.modinfo` `depends=` fields
+/// (`virtio` needs `virtio_ring`; `virtio_mmio`, `virtio_input`, `virtio_console` and
+/// `virtio-rng` need both) and `config-6.1.0-56-amd64`. The package ships no
+/// `modules.dep`; the `.ko` files are not compressed.
 ///
-/// Built in (`=y`) and so absent from the list: ACPI, PNPACPI, 8250 (+ `8250_pnp`),
-/// `input` core, `evdev`, `hvc_console` (`CONFIG_HVC_DRIVER=y`), `hw_random` core
-/// (`CONFIG_HW_RANDOM=y`), vesafb/fbcon.
+/// Built in (`=y`), so not in the list: ACPI and PNPACPI (the `LNRO0005` nodes and the
+/// PNP serial/RTC nodes), `8250` + `8250_pnp`, the input core and the VT keyboard
+/// handler (keys reach the console without evdev), `hvc_console` (`CONFIG_HVC_DRIVER`),
+/// `rng-core` (`CONFIG_HW_RANDOM`, gives `/dev/hwrng`), `virtio_anchor`, i8042/atkbd,
+/// rtc_cmos, vesafb and fbcon.
+///
+/// `evdev` is last: it is only needed for `/dev/input/event*` (a guest-side test reading
+/// tablet events, or a GUI stack in the guest); virtio_input works without it.
 pub const GUEST_MODULES: &[&str] = &[
-    "drivers/virtio/virtio.ko",
     "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
     "drivers/virtio/virtio_mmio.ko",
     "drivers/virtio/virtio_input.ko",
     "drivers/char/virtio_console.ko",
     "drivers/char/hw_random/virtio-rng.ko",
+    "drivers/input/evdev.ko",
 ];
 
 /// virtio device ids (virtio 1.2, section 5).
