@@ -1,1 +1,0 @@
-//! The control protocol between the supervisor and a partition process.

@@ -1,0 +1,239 @@
+//! What travels over the control socket: [`Command`]s from the supervisor to a partition
+//! process and [`Event`]s back.
+//!
+//! Every variable-length field has a fixed cap so one message always fits in
+//! [`super::MAX_MESSAGE`] bytes; senders split long data with [`Event::serial_chunks`] and
+//! [`Event::damage_chunks`], and receivers re-check the caps with [`Event::validate`] /
+//! [`Command::validate`] because the other side is not trusted to have done so.
+
+use serde::{Deserialize, Serialize};
+
+use crate::devices::framebuffer::{DamageRect, FramebufferLayout};
+
+/// Bumped on any incompatible change to [`Command`] or [`Event`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Serial bytes per [`Event::Serial`]. JSON spends up to 4 bytes per byte, so
+/// 4096 bytes stay well inside the 64 KiB frame.
+pub const MAX_SERIAL_CHUNK: usize = 4096;
+/// Rectangles per [`Event::Damage`].
+pub const MAX_DAMAGE_RECTS: usize = 512;
+/// Input events per [`Command::Input`].
+pub const MAX_INPUT_EVENTS: usize = 256;
+/// Bytes of any string field (names, reasons, service arguments).
+pub const MAX_TEXT: usize = 1024;
+
+/// Which virtio-input device an input event is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum InputDevice {
+    Keyboard,
+    /// The absolute pointer.
+    Tablet,
+}
+
+/// One Linux evdev event (`struct input_event` without the timestamp), as virtio-input
+/// hands it to the guest. A batch ends with `EV_SYN`/`SYN_REPORT` like on real hardware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct InputEvent {
+    pub kind: InputDevice,
+    pub ev_type: u16,
+    pub code: u16,
+    pub value: i32,
+}
+
+/// Supervisor → partition process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// First message on a new connection.
+    Hello {
+        version: u32,
+    },
+    /// Start the vCPUs. Sent once, after the partition's `Hello` (and `Framebuffer`, if
+    /// any) arrived, so the supervisor has mapped the framebuffer before the guest draws.
+    Start,
+    Pause,
+    Resume,
+    /// Ask the guest to power off (ACPI power button); the supervisor kills the process
+    /// if it has not exited within its timeout.
+    Stop,
+    Input {
+        events: Vec<InputEvent>,
+    },
+    /// Make the framebuffer memfd consistent (flush pending damage) and answer
+    /// [`Event::ScreenshotReady`]; the pixels themselves are read from shared memory.
+    Screenshot {
+        id: u64,
+    },
+    /// Answer with [`Event::Stats`].
+    Stats {
+        id: u64,
+    },
+    /// The supervisor's decision on an [`Event::ServiceRequest`].
+    ServiceReply {
+        id: u64,
+        allowed: bool,
+    },
+}
+
+/// What the virtual machine inside a partition process is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmState {
+    /// Process is up, VM built, vCPUs not started yet (waiting for [`Command::Start`]).
+    Ready,
+    Running,
+    Paused,
+    /// A stop was requested; the guest is shutting down.
+    Stopping,
+    /// The guest powered off; the process is about to exit 0.
+    PoweredOff,
+    /// The guest faulted (triple fault, internal KVM error); the process is about to
+    /// exit non-zero.
+    GuestFault {
+        reason: String,
+    },
+}
+
+/// Counters reported by [`Event::Stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStats {
+    /// Resident memory of the partition process, KiB.
+    pub rss_kib: u64,
+    pub uptime_ms: u64,
+    pub vcpu_exits: u64,
+    pub damage_events: u64,
+}
+
+/// Partition process → supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// First message on a new connection.
+    Hello {
+        version: u32,
+        /// The partition name the process was started for.
+        name: String,
+        pid: u32,
+    },
+    /// Carries exactly one fd (SCM_RIGHTS): the framebuffer memfd, sealed against
+    /// shrinking, at least `layout.bytes()` long.
+    Framebuffer {
+        layout: FramebufferLayout,
+    },
+    State(VmState),
+    /// Pixels changed inside these rectangles since the previous `Damage`.
+    Damage {
+        rects: Vec<DamageRect>,
+    },
+    /// Bytes the guest wrote to its serial console.
+    Serial {
+        bytes: Vec<u8>,
+    },
+    /// The guest agent asks for an inter-partition service (clipboard, file copy, …).
+    ServiceRequest {
+        id: u64,
+        service: String,
+        argument: String,
+        target: String,
+    },
+    ScreenshotReady {
+        id: u64,
+    },
+    Stats {
+        id: u64,
+        stats: PartitionStats,
+    },
+}
+
+/// A message failed its size caps.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("{field} holds {len} items, more than the limit {max}")]
+    TooMany {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+}
+
+fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), LimitError> {
+    if len > max {
+        return Err(LimitError::TooMany { field, len, max });
+    }
+    Ok(())
+}
+
+/// A message type that may carry file descriptors.
+pub trait Message: Serialize + serde::de::DeserializeOwned {
+    /// How many fds travel with this message (SCM_RIGHTS).
+    fn fd_count(&self) -> usize;
+}
+
+impl Message for Command {
+    fn fd_count(&self) -> usize {
+        0
+    }
+}
+
+impl Message for Event {
+    fn fd_count(&self) -> usize {
+        match self {
+            Event::Framebuffer { .. } => 1,
+            _ => 0,
+        }
+    }
+}
+
+impl Command {
+    /// Checks every cap; the partition process calls this on what it receives.
+    pub fn validate(&self) -> Result<(), LimitError> {
+        match self {
+            Command::Input { events } => check_len("input events", events.len(), MAX_INPUT_EVENTS),
+            _ => Ok(()),
+        }
+    }
+
+    /// Splits input events into [`Command::Input`] messages within the cap.
+    pub fn input_chunks(events: &[InputEvent]) -> impl Iterator<Item = Command> + '_ {
+        events
+            .chunks(MAX_INPUT_EVENTS)
+            .map(|c| Command::Input { events: c.to_vec() })
+    }
+}
+
+impl Event {
+    /// Checks every cap; the supervisor calls this on what it receives.
+    pub fn validate(&self) -> Result<(), LimitError> {
+        match self {
+            Event::Hello { name, .. } => check_len("partition name", name.len(), MAX_TEXT),
+            Event::State(VmState::GuestFault { reason }) => {
+                check_len("fault reason", reason.len(), MAX_TEXT)
+            }
+            Event::Damage { rects } => check_len("damage rects", rects.len(), MAX_DAMAGE_RECTS),
+            Event::Serial { bytes } => check_len("serial bytes", bytes.len(), MAX_SERIAL_CHUNK),
+            Event::ServiceRequest {
+                service,
+                argument,
+                target,
+                ..
+            } => {
+                check_len("service name", service.len(), MAX_TEXT)?;
+                check_len("service argument", argument.len(), MAX_TEXT)?;
+                check_len("service target", target.len(), MAX_TEXT)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Splits serial output into [`Event::Serial`] messages within the cap.
+    pub fn serial_chunks(bytes: &[u8]) -> impl Iterator<Item = Event> + '_ {
+        bytes
+            .chunks(MAX_SERIAL_CHUNK)
+            .map(|c| Event::Serial { bytes: c.to_vec() })
+    }
+
+    /// Splits damage into [`Event::Damage`] messages within the cap.
+    pub fn damage_chunks(rects: &[DamageRect]) -> impl Iterator<Item = Event> + '_ {
+        rects
+            .chunks(MAX_DAMAGE_RECTS)
+            .map(|c| Event::Damage { rects: c.to_vec() })
+    }
+}

@@ -1,0 +1,181 @@
+//! The control protocol between the supervisor and a partition process.
+//!
+//! One `socketpair(AF_UNIX, SOCK_STREAM)` per partition. Each frame is a `u32`
+//! little-endian payload length followed by that many bytes of JSON ([`Command`] one way,
+//! [`Event`] the other); payloads above [`MAX_MESSAGE`] (64 KiB) are refused before
+//! anything is read. File descriptors ride along with `SCM_RIGHTS` on the frame's first
+//! byte. Any malformed, oversized or unexpected frame ends the connection: the supervisor
+//! marks that partition crashed and no other partition notices.
+//!
+//! # Integration: what `bulkhead-vmm` does
+//!
+//! 1. The supervisor starts `bulkhead-vmm … --control-fd N` with its end of the socket
+//!    pair inherited as fd `N` (stdin is `/dev/null`, stderr is the log). Early in `main`
+//!    take it with [`control_stream_from_inherited_fd`], then call
+//!    [`PartitionEndpoint::handshake`] with the partition name: it sends
+//!    [`Event::Hello`] and checks the supervisor's [`Command::Hello`] version.
+//! 2. Build the VM. Create the framebuffer with [`Memfd::create`], map it with
+//!    [`Memfd::map_shared_rw`] and register that mapping as the framebuffer memslot
+//!    (`KVM_MEM_LOG_DIRTY_PAGES`), then send [`Event::Framebuffer`] with the memfd attached:
+//!    `endpoint.events.send_with_fds(&Event::Framebuffer { layout }, &[memfd.as_fd()])`.
+//!    A partition without a display skips this.
+//! 3. Apply the sandbox ([`crate::sandbox::apply_process_sandbox`], keeping the control
+//!    fd, `/dev/kvm`'s and disk fds), send [`Event::State`]`(`[`VmState::Ready`]`)` and wait
+//!    for [`Command::Start`]. Start the vCPU and device threads; each installs its
+//!    seccomp profile first. Send `State(Running)`.
+//! 4. While running: after each dirty-log pass send [`Event::damage_chunks`] of the
+//!    rectangles (nothing when nothing changed); forward serial output with
+//!    [`Event::serial_chunks`]; answer [`Command::Stats`] and [`Command::Screenshot`]
+//!    (flush damage first, then `ScreenshotReady`); apply [`Command::Input`] to
+//!    virtio-input; [`Command::Pause`]/[`Command::Resume`] answer with `State`.
+//!    Validate every received command with [`Command::validate`].
+//! 5. On [`Command::Stop`] send `State(Stopping)`, press the ACPI power button, and when
+//!    the guest is off send `State(PoweredOff)` and exit 0. On a guest fault send
+//!    `State(GuestFault { reason })` and exit 1. If the socket closes (supervisor gone),
+//!    exit: a partition never outlives its supervisor's connection.
+//!
+//! The [`MessageWriter`] is used from several threads in practice; wrap it in a `Mutex`.
+
+mod framing;
+mod memfd;
+mod messages;
+mod scm;
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+pub use framing::{MessageReader, MessageWriter, Received, MAX_MESSAGE};
+pub use memfd::{MappedRegion, Memfd, MemfdError};
+pub use messages::{
+    Command, Event, InputDevice, InputEvent, LimitError, Message, PartitionStats, VmState,
+    MAX_DAMAGE_RECTS, MAX_INPUT_EVENTS, MAX_SERIAL_CHUNK, MAX_TEXT, PROTOCOL_VERSION,
+};
+pub use scm::MAX_FDS_PER_MESSAGE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket I/O failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("peer closed the control socket")]
+    Closed,
+    #[error("control socket closed inside a {expected}-byte read after {got} bytes")]
+    Truncated { expected: usize, got: usize },
+    #[error("message length 0 is not a message")]
+    Empty,
+    #[error("message length {len} exceeds the maximum {max}")]
+    Oversized { len: usize, max: usize },
+    #[error("malformed message: {0}")]
+    Malformed(serde_json::Error),
+    #[error("message needs {expected} fds but {got} arrived with it")]
+    FdMismatch { expected: usize, got: usize },
+    #[error("{0}")]
+    TooManyFds(String),
+    #[error("message breaks a size limit: {0}")]
+    Limit(#[from] LimitError),
+    #[error("encoding message: {0}")]
+    Encode(serde_json::Error),
+    #[error("encoded message is {len} bytes, more than the maximum {max}; split it")]
+    TooLargeToSend { len: usize, max: usize },
+    #[error("peer speaks protocol version {got}, this build speaks {want}")]
+    Version { got: u32, want: u32 },
+    #[error("expected Hello as the first message, got {got}")]
+    NoHello { got: String },
+    #[error("fd {fd} is not an open socket: {reason}")]
+    NotASocket { fd: RawFd, reason: String },
+}
+
+impl ControlError {
+    /// True when the peer misbehaved (as opposed to the connection simply ending or an
+    /// OS error on our side).
+    pub fn is_protocol_violation(&self) -> bool {
+        !matches!(
+            self,
+            ControlError::Io(_) | ControlError::Closed | ControlError::Encode(_)
+        )
+    }
+}
+
+/// Takes ownership of the control socket a partition process inherited as `fd`, after
+/// checking it is an open Unix socket, and marks it close-on-exec.
+///
+/// # Safety
+/// `fd` must not be owned by anything else in this process (call once, early in `main`,
+/// with the number from `--control-fd`).
+pub unsafe fn control_stream_from_inherited_fd(fd: RawFd) -> Result<UnixStream, ControlError> {
+    let not_socket = |reason: String| ControlError::NotASocket { fd, reason };
+    // SAFETY: an all-zero `stat` is a valid out-buffer for fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes only into `st`, which lives across the call.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return Err(not_socket(io::Error::last_os_error().to_string()));
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(not_socket(format!("file mode {:#o}", st.st_mode)));
+    }
+    // SAFETY: F_SETFD with an int flag touches no memory.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(not_socket(io::Error::last_os_error().to_string()));
+    }
+    // SAFETY: the caller guarantees nobody else owns `fd`; it is open (fstat succeeded).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(UnixStream::from(owned))
+}
+
+/// The partition process's end: commands in, events out.
+pub struct PartitionEndpoint {
+    pub commands: MessageReader<Command>,
+    pub events: MessageWriter<Event>,
+}
+
+impl PartitionEndpoint {
+    /// Sends [`Event::Hello`] for `name` and waits for a matching [`Command::Hello`].
+    pub fn handshake(stream: UnixStream, name: &str) -> Result<PartitionEndpoint, ControlError> {
+        let mut events = MessageWriter::new(stream.try_clone()?);
+        let mut commands = MessageReader::new(stream);
+        events.send(&Event::Hello {
+            version: PROTOCOL_VERSION,
+            name: name.to_string(),
+            pid: std::process::id(),
+        })?;
+        match commands.recv()?.message {
+            Command::Hello { version } if version == PROTOCOL_VERSION => {}
+            Command::Hello { version } => {
+                return Err(ControlError::Version {
+                    got: version,
+                    want: PROTOCOL_VERSION,
+                })
+            }
+            other => return Err(ControlError::NoHello { got: brief(&other) }),
+        }
+        Ok(PartitionEndpoint { commands, events })
+    }
+}
+
+/// Checks the first event from a partition process; returns its name and pid.
+pub fn check_partition_hello(first: &Event) -> Result<(String, u32), ControlError> {
+    match first {
+        Event::Hello { version, name, pid } if *version == PROTOCOL_VERSION => {
+            first.validate()?;
+            Ok((name.clone(), *pid))
+        }
+        Event::Hello { version, .. } => Err(ControlError::Version {
+            got: *version,
+            want: PROTOCOL_VERSION,
+        }),
+        other => Err(ControlError::NoHello { got: brief(other) }),
+    }
+}
+
+/// A peer's message for an error line, cut short: it may be 64 KiB of hostile text.
+fn brief(message: &impl std::fmt::Debug) -> String {
+    let mut text = format!("{message:?}");
+    if let Some((cut, _)) = text.char_indices().nth(80) {
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,511 @@
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+
+use super::*;
+use crate::devices::framebuffer::{DamageRect, FramebufferLayout};
+
+/// A writer, the reader on the other end, and a raw handle on the writer's side for
+/// sending bytes the writer never would.
+fn pair<M: Message>() -> (MessageWriter<M>, MessageReader<M>, UnixStream) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let raw = a.try_clone().unwrap();
+    (MessageWriter::new(a), MessageReader::new(b), raw)
+}
+
+fn round_trip<M: Message + PartialEq + std::fmt::Debug>(message: M) {
+    let (mut w, mut r, _) = pair::<M>();
+    w.send(&message).unwrap();
+    let got = r.recv().unwrap();
+    assert_eq!(got.message, message);
+    assert!(got.fds.is_empty());
+}
+
+fn every_command() -> Vec<Command> {
+    vec![
+        Command::Hello {
+            version: PROTOCOL_VERSION,
+        },
+        Command::Start,
+        Command::Pause,
+        Command::Resume,
+        Command::Stop,
+        Command::Input {
+            events: vec![
+                InputEvent {
+                    kind: InputDevice::Keyboard,
+                    ev_type: 1,
+                    code: 30,
+                    value: 1,
+                },
+                InputEvent {
+                    kind: InputDevice::Tablet,
+                    ev_type: 3,
+                    code: 0,
+                    value: -5,
+                },
+            ],
+        },
+        Command::Screenshot { id: 7 },
+        Command::Stats { id: u64::MAX },
+        Command::ServiceReply {
+            id: 3,
+            allowed: true,
+        },
+    ]
+}
+
+fn every_event_without_fds() -> Vec<Event> {
+    vec![
+        Event::Hello {
+            version: PROTOCOL_VERSION,
+            name: "work".into(),
+            pid: 42,
+        },
+        Event::State(VmState::Ready),
+        Event::State(VmState::Running),
+        Event::State(VmState::Paused),
+        Event::State(VmState::Stopping),
+        Event::State(VmState::PoweredOff),
+        Event::State(VmState::GuestFault {
+            reason: "triple fault".into(),
+        }),
+        Event::Damage {
+            rects: vec![DamageRect {
+                x: 0,
+                y: 8,
+                w: 640,
+                h: 2,
+            }],
+        },
+        Event::Serial {
+            bytes: (0..=255).collect(),
+        },
+        Event::ServiceRequest {
+            id: 1,
+            service: "bulkhead.Clipboard".into(),
+            argument: "+text".into(),
+            target: "work".into(),
+        },
+        Event::ScreenshotReady { id: 9 },
+        Event::Stats {
+            id: 2,
+            stats: PartitionStats {
+                rss_kib: 1,
+                uptime_ms: 2,
+                vcpu_exits: 3,
+                damage_events: 4,
+            },
+        },
+    ]
+}
+
+#[test]
+fn every_command_survives_a_round_trip() {
+    for c in every_command() {
+        round_trip(c);
+    }
+}
+
+#[test]
+fn every_event_survives_a_round_trip() {
+    for e in every_event_without_fds() {
+        round_trip(e);
+    }
+}
+
+#[test]
+fn largest_valid_messages_fit_in_one_frame() {
+    let worst_rect = DamageRect {
+        x: u32::MAX,
+        y: u32::MAX,
+        w: u32::MAX,
+        h: u32::MAX,
+    };
+    let text = "\u{1}".repeat(MAX_TEXT);
+    let worst = [
+        Event::Damage {
+            rects: vec![worst_rect; MAX_DAMAGE_RECTS],
+        },
+        Event::Serial {
+            bytes: vec![255; MAX_SERIAL_CHUNK],
+        },
+        Event::ServiceRequest {
+            id: u64::MAX,
+            service: text.clone(),
+            argument: text.clone(),
+            target: text,
+        },
+    ];
+    for e in worst {
+        e.validate().unwrap();
+        round_trip(e);
+    }
+    let input = Command::Input {
+        events: vec![
+            InputEvent {
+                kind: InputDevice::Keyboard,
+                ev_type: u16::MAX,
+                code: u16::MAX,
+                value: i32::MIN,
+            };
+            MAX_INPUT_EVENTS
+        ],
+    };
+    input.validate().unwrap();
+    round_trip(input);
+}
+
+#[test]
+fn chunk_helpers_respect_the_caps() {
+    let bytes = vec![7u8; MAX_SERIAL_CHUNK * 2 + 1];
+    let chunks: Vec<_> = Event::serial_chunks(&bytes).collect();
+    assert_eq!(chunks.len(), 3);
+    chunks.iter().for_each(|c| c.validate().unwrap());
+    let rects = vec![
+        DamageRect {
+            x: 0,
+            y: 0,
+            w: 1,
+            h: 1
+        };
+        MAX_DAMAGE_RECTS + 1
+    ];
+    assert_eq!(Event::damage_chunks(&rects).count(), 2);
+    let events = vec![
+        InputEvent {
+            kind: InputDevice::Tablet,
+            ev_type: 0,
+            code: 0,
+            value: 0
+        };
+        MAX_INPUT_EVENTS * 3
+    ];
+    assert_eq!(Command::input_chunks(&events).count(), 3);
+}
+
+#[test]
+fn validate_rejects_messages_over_the_caps() {
+    let too_long = Event::Serial {
+        bytes: vec![0; MAX_SERIAL_CHUNK + 1],
+    };
+    assert!(too_long.validate().is_err());
+    let too_many = Event::Damage {
+        rects: vec![
+            DamageRect {
+                x: 0,
+                y: 0,
+                w: 1,
+                h: 1
+            };
+            MAX_DAMAGE_RECTS + 1
+        ],
+    };
+    assert!(too_many.validate().is_err());
+    let long_name = Event::Hello {
+        version: 1,
+        name: "x".repeat(MAX_TEXT + 1),
+        pid: 1,
+    };
+    assert!(check_partition_hello(&long_name).is_err());
+}
+
+#[test]
+fn writer_refuses_a_message_larger_than_the_frame() {
+    let (mut w, _r, _) = pair::<Event>();
+    let huge = Event::Serial {
+        bytes: vec![200; MAX_MESSAGE],
+    };
+    assert!(matches!(
+        w.send(&huge),
+        Err(ControlError::TooLargeToSend { .. })
+    ));
+}
+
+#[test]
+fn oversized_length_is_refused_before_reading_the_payload() {
+    let (_w, mut r, mut raw) = pair::<Event>();
+    // Announce 4 GiB - 1 and send nothing more: the reader must fail at once rather
+    // than wait for (or allocate) the payload.
+    raw.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    match r.recv() {
+        Err(ControlError::Oversized { len, max }) => {
+            assert_eq!(len, u32::MAX as usize);
+            assert_eq!(max, MAX_MESSAGE);
+        }
+        other => panic!("expected Oversized, got {other:?}"),
+    }
+}
+
+#[test]
+fn length_just_over_the_maximum_is_refused() {
+    let (_w, mut r, mut raw) = pair::<Event>();
+    raw.write_all(&((MAX_MESSAGE + 1) as u32).to_le_bytes())
+        .unwrap();
+    assert!(matches!(r.recv(), Err(ControlError::Oversized { .. })));
+}
+
+#[test]
+fn garbage_payload_is_malformed() {
+    let (_w, mut r, mut raw) = pair::<Event>();
+    let junk = b"\xff\x00not json{{";
+    raw.write_all(&(junk.len() as u32).to_le_bytes()).unwrap();
+    raw.write_all(junk).unwrap();
+    let err = r.recv().unwrap_err();
+    assert!(matches!(err, ControlError::Malformed(_)), "{err:?}");
+    assert!(err.is_protocol_violation());
+}
+
+#[test]
+fn valid_json_of_the_wrong_shape_is_malformed() {
+    let (_w, mut r, mut raw) = pair::<Event>();
+    let wrong = br#"{"Damage":{"rects":"lots"}}"#;
+    raw.write_all(&(wrong.len() as u32).to_le_bytes()).unwrap();
+    raw.write_all(wrong).unwrap();
+    assert!(matches!(r.recv(), Err(ControlError::Malformed(_))));
+}
+
+#[test]
+fn text_garbage_reads_as_an_oversized_length() {
+    let (_w, mut r, mut raw) = pair::<Event>();
+    raw.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert!(matches!(r.recv(), Err(ControlError::Oversized { .. })));
+}
+
+#[test]
+fn zero_length_is_refused() {
+    let (_w, mut r, mut raw) = pair::<Event>();
+    raw.write_all(&0u32.to_le_bytes()).unwrap();
+    assert!(matches!(r.recv(), Err(ControlError::Empty)));
+}
+
+#[test]
+fn truncated_header_and_payload_are_reported() {
+    let (w, mut r, mut raw) = pair::<Event>();
+    raw.write_all(&[1, 0]).unwrap();
+    drop(raw);
+    drop(w);
+    assert!(matches!(
+        r.recv(),
+        Err(ControlError::Truncated {
+            expected: 4,
+            got: 2
+        })
+    ));
+
+    let (w, mut r, mut raw) = pair::<Event>();
+    raw.write_all(&100u32.to_le_bytes()).unwrap();
+    raw.write_all(b"{\"State\":").unwrap();
+    drop(raw);
+    drop(w);
+    assert!(matches!(
+        r.recv(),
+        Err(ControlError::Truncated {
+            expected: 100,
+            got: 9
+        })
+    ));
+}
+
+#[test]
+fn clean_close_between_frames_is_closed_not_a_violation() {
+    let (w, mut r, raw) = pair::<Event>();
+    drop(raw);
+    drop(w);
+    let err = r.recv().unwrap_err();
+    assert!(matches!(err, ControlError::Closed));
+    assert!(!err.is_protocol_violation());
+}
+
+#[test]
+fn framebuffer_event_without_its_fd_is_refused() {
+    let (_w, mut r, mut raw) = pair::<Event>();
+    let msg = serde_json::to_vec(&Event::Framebuffer {
+        layout: FramebufferLayout::new(64, 64).unwrap(),
+    })
+    .unwrap();
+    raw.write_all(&(msg.len() as u32).to_le_bytes()).unwrap();
+    raw.write_all(&msg).unwrap();
+    assert!(matches!(
+        r.recv(),
+        Err(ControlError::FdMismatch {
+            expected: 1,
+            got: 0
+        })
+    ));
+}
+
+#[test]
+fn fd_on_a_message_that_takes_none_is_refused() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut r = MessageReader::<Event>::new(b);
+    let msg = serde_json::to_vec(&Event::State(VmState::Running)).unwrap();
+    let mut frame = (msg.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&msg);
+    let memfd = Memfd::create("stray", 4096).unwrap();
+    scm::send_with_fds(a.as_fd(), &frame, &[memfd.as_fd()]).unwrap();
+    assert!(matches!(
+        r.recv(),
+        Err(ControlError::FdMismatch {
+            expected: 0,
+            got: 1
+        })
+    ));
+}
+
+#[test]
+fn writer_refuses_wrong_fd_count() {
+    let (mut w, _r, _) = pair::<Event>();
+    let layout = FramebufferLayout::new(64, 64).unwrap();
+    assert!(matches!(
+        w.send(&Event::Framebuffer { layout }),
+        Err(ControlError::FdMismatch { .. })
+    ));
+}
+
+#[test]
+fn passed_memfd_shares_memory_with_the_sender() {
+    let (mut w, mut r, _) = pair::<Event>();
+    let layout = FramebufferLayout::new(64, 64).unwrap();
+    let memfd = Memfd::create("fb", layout.region_size() as usize).unwrap();
+    let sender_map = memfd.map_shared_rw().unwrap();
+    w.send_with_fds(&Event::Framebuffer { layout }, &[memfd.as_fd()])
+        .unwrap();
+    let got = r.recv().unwrap();
+    assert_eq!(got.message, Event::Framebuffer { layout });
+    let [fd]: [_; 1] = got.fds.try_into().unwrap();
+    let received = Memfd::from_received(fd).unwrap();
+    assert_eq!(received.size(), memfd.size());
+    let reader_map = received.map_readonly().unwrap();
+
+    // Written after the fd crossed the socket: only shared memory can carry it.
+    sender_map.write_at(1000, b"pixels!").unwrap();
+    let mut seen = [0u8; 7];
+    reader_map.read_at(1000, &mut seen).unwrap();
+    assert_eq!(&seen, b"pixels!");
+}
+
+#[test]
+fn messages_after_an_fd_message_stay_in_order() {
+    let (mut w, mut r, _) = pair::<Event>();
+    let layout = FramebufferLayout::new(64, 64).unwrap();
+    let memfd = Memfd::create("fb", layout.region_size() as usize).unwrap();
+    w.send(&Event::State(VmState::Ready)).unwrap();
+    w.send_with_fds(&Event::Framebuffer { layout }, &[memfd.as_fd()])
+        .unwrap();
+    w.send(&Event::State(VmState::Running)).unwrap();
+    assert_eq!(r.recv().unwrap().fds.len(), 0);
+    assert_eq!(r.recv().unwrap().fds.len(), 1);
+    let last = r.recv().unwrap();
+    assert_eq!(last.message, Event::State(VmState::Running));
+    assert!(last.fds.is_empty());
+}
+
+#[test]
+fn readonly_mapping_refuses_writes_and_out_of_range_reads() {
+    let memfd = Memfd::create("ro", 8192).unwrap();
+    let ro = memfd.map_readonly().unwrap();
+    assert!(matches!(ro.write_at(0, b"x"), Err(MemfdError::ReadOnly)));
+    let mut buf = [0u8; 2];
+    assert!(matches!(
+        ro.read_at(8191, &mut buf),
+        Err(MemfdError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        ro.read_at(usize::MAX, &mut buf),
+        Err(MemfdError::OutOfRange { .. })
+    ));
+}
+
+#[test]
+fn memfd_size_is_sealed() {
+    let memfd = Memfd::create("sealed", 8192).unwrap();
+    let file = memfd.try_clone_file().unwrap();
+    assert!(file.set_len(10).is_err(), "shrinking must be refused");
+    assert!(file.set_len(1 << 20).is_err(), "growing must be refused");
+}
+
+#[test]
+fn unsealed_memfd_is_refused_by_the_receiver() {
+    let name = std::ffi::CString::new("unsealed").unwrap();
+    // SAFETY: valid C string; the returned fd is owned below.
+    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(raw >= 0);
+    // SAFETY: fresh fd from memfd_create, owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let file = std::fs::File::from(fd);
+    file.set_len(4096).unwrap();
+    assert!(Memfd::from_received(file.into()).is_err());
+}
+
+#[test]
+fn a_pipe_is_not_accepted_as_a_memfd() {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two ints pipe writes.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both fds are fresh from pipe(); each is owned exactly once.
+    let (r, _w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    assert!(matches!(
+        Memfd::from_received(r),
+        Err(MemfdError::NotMemfd(_))
+    ));
+}
+
+#[test]
+fn handshake_accepts_the_same_version_and_rejects_another() {
+    let (sup, part) = UnixStream::pair().unwrap();
+    let t = std::thread::spawn(move || PartitionEndpoint::handshake(part, "mail").map(|_| ()));
+    let mut sr = MessageReader::<Event>::new(sup.try_clone().unwrap());
+    let mut sw = MessageWriter::<Command>::new(sup);
+    let (name, pid) = check_partition_hello(&sr.recv().unwrap().message).unwrap();
+    assert_eq!(name, "mail");
+    assert_eq!(pid, std::process::id());
+    sw.send(&Command::Hello {
+        version: PROTOCOL_VERSION,
+    })
+    .unwrap();
+    t.join().unwrap().unwrap();
+
+    let (sup, part) = UnixStream::pair().unwrap();
+    let t = std::thread::spawn(move || PartitionEndpoint::handshake(part, "mail").map(|_| ()));
+    let mut sw = MessageWriter::<Command>::new(sup);
+    sw.send(&Command::Hello {
+        version: PROTOCOL_VERSION + 1,
+    })
+    .unwrap();
+    assert!(matches!(
+        t.join().unwrap(),
+        Err(ControlError::Version { .. })
+    ));
+    let old = Event::Hello {
+        version: 0,
+        name: "x".into(),
+        pid: 1,
+    };
+    assert!(matches!(
+        check_partition_hello(&old),
+        Err(ControlError::Version { got: 0, .. })
+    ));
+    assert!(matches!(
+        check_partition_hello(&Event::State(VmState::Running)),
+        Err(ControlError::NoHello { .. })
+    ));
+}
+
+#[test]
+fn inherited_fd_must_be_a_socket() {
+    let file = tempfile::tempfile().unwrap();
+    let raw = std::os::fd::IntoRawFd::into_raw_fd(file);
+    // SAFETY: `raw` was just released by `file`; on error the function does not take it,
+    // so close it here.
+    let res = unsafe { control_stream_from_inherited_fd(raw) };
+    assert!(matches!(res, Err(ControlError::NotASocket { .. })));
+    // SAFETY: `raw` is still open and owned by no one.
+    drop(unsafe { OwnedFd::from_raw_fd(raw) });
+
+    let (a, _b) = UnixStream::pair().unwrap();
+    let raw = std::os::fd::IntoRawFd::into_raw_fd(a);
+    // SAFETY: `raw` was released by `a` and is owned by no one else.
+    let stream = unsafe { control_stream_from_inherited_fd(raw) }.unwrap();
+    drop(stream);
+}

@@ -1,1 +1,0 @@
-//! Confining a partition process before guest code runs.

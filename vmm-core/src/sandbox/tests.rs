@@ -1,0 +1,398 @@
+//! Each test runs the sandbox in a forked child, since seccomp, Landlock and
+//! namespaces cannot be undone and would break the test runner. A forked child has a
+//! single thread, which is also what `unshare(CLONE_NEWUSER)` requires.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use super::*;
+
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// Runs `f` in a forked child and reports how the child ended; `f`'s return value is
+/// its exit code.
+fn in_child(f: impl FnOnce() -> i32) -> Outcome {
+    // SAFETY: fork has no memory-safety preconditions; the child only runs `f` and then
+    // `_exit`s without returning into the test harness. glibc keeps malloc usable in the
+    // child of a multi-threaded parent.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
+        // SAFETY: ends the child without running the parent's atexit handlers or
+        // destructors twice.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child, writing into a live int.
+    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(rc, pid);
+    if libc::WIFSIGNALED(status) {
+        Outcome::Signaled(libc::WTERMSIG(status))
+    } else {
+        Outcome::Exited(libc::WEXITSTATUS(status))
+    }
+}
+
+fn under_profile(profile: SeccompProfile, f: impl FnOnce() -> i32) -> Outcome {
+    in_child(move || {
+        if set_no_new_privs().is_err() {
+            return 90;
+        }
+        if install(profile).is_err() {
+            return 91;
+        }
+        f()
+    })
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn open_read(path: &Path) -> Result<(), i32> {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid NUL-terminated path; the fd is closed right away.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: closing the fd we just opened.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+fn open_write(path: &Path) -> Result<(), i32> {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: as in open_read.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: closing the fd we just opened.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+#[test]
+fn ioctl_numbers_match_the_kernel_headers() {
+    assert_eq!(KVM_RUN, 0xAE80);
+    assert_eq!(KVM_GET_DIRTY_LOG, 0x4010_AE42);
+}
+
+#[test]
+fn every_profile_compiles() {
+    for p in [
+        SeccompProfile::Main,
+        SeccompProfile::Device,
+        SeccompProfile::Vcpu,
+    ] {
+        let programs = p.compile(Violation::KillProcess).unwrap();
+        assert!(!programs.is_empty());
+    }
+}
+
+#[test]
+fn socket_creation_kills_a_vcpu_thread_with_sigsys() {
+    let outcome = under_profile(SeccompProfile::Vcpu, || {
+        // SAFETY: socket() takes integers only.
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        0
+    });
+    assert_eq!(outcome, Outcome::Signaled(libc::SIGSYS));
+}
+
+#[test]
+fn execve_kills_every_profile_with_sigsys() {
+    for profile in [
+        SeccompProfile::Main,
+        SeccompProfile::Device,
+        SeccompProfile::Vcpu,
+    ] {
+        let outcome = under_profile(profile, || {
+            let sh = c"/bin/sh";
+            let argv = [sh.as_ptr(), std::ptr::null()];
+            let envp = [std::ptr::null()];
+            // SAFETY: NUL-terminated path and null-terminated argv/envp arrays.
+            unsafe { libc::execve(sh.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            0
+        });
+        assert_eq!(outcome, Outcome::Signaled(libc::SIGSYS), "{profile:?}");
+    }
+}
+
+#[test]
+fn opening_files_kills_vcpu_and_device_threads() {
+    for profile in [SeccompProfile::Device, SeccompProfile::Vcpu] {
+        let outcome = under_profile(profile, || {
+            let _ = open_read(Path::new("/etc/hostname"));
+            0
+        });
+        assert_eq!(outcome, Outcome::Signaled(libc::SIGSYS), "{profile:?}");
+    }
+}
+
+#[test]
+fn executable_mappings_are_forbidden() {
+    let outcome = under_profile(SeccompProfile::Device, || {
+        // SAFETY: an anonymous mapping that is never used.
+        unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        0
+    });
+    assert_eq!(outcome, Outcome::Signaled(libc::SIGSYS));
+}
+
+#[test]
+fn ioctl_off_the_table_is_forbidden() {
+    let outcome = under_profile(SeccompProfile::Vcpu, || {
+        let mut ws = [0u16; 4];
+        // SAFETY: TIOCGWINSZ writes a winsize (4 u16) into `ws`.
+        unsafe { libc::ioctl(0, libc::TIOCGWINSZ, ws.as_mut_ptr()) };
+        0
+    });
+    assert_eq!(outcome, Outcome::Signaled(libc::SIGSYS));
+}
+
+#[test]
+fn fork_is_forbidden_but_threads_start_under_main() {
+    let threads = under_profile(SeccompProfile::Main, || {
+        // clone3 answers ENOSYS, so glibc falls back to clone(CLONE_THREAD …).
+        match std::thread::spawn(|| 7).join() {
+            Ok(7) => 0,
+            _ => 1,
+        }
+    });
+    assert_eq!(threads, Outcome::Exited(0));
+
+    let fork = under_profile(SeccompProfile::Main, || {
+        // SAFETY: if fork succeeded (it must not), the child exits at once.
+        if unsafe { libc::fork() } == 0 {
+            // SAFETY: ends the grandchild immediately.
+            unsafe { libc::_exit(0) };
+        }
+        0
+    });
+    assert_eq!(fork, Outcome::Signaled(libc::SIGSYS));
+}
+
+#[test]
+fn allowed_work_runs_under_each_profile() {
+    for profile in [
+        SeccompProfile::Main,
+        SeccompProfile::Device,
+        SeccompProfile::Vcpu,
+    ] {
+        let outcome = under_profile(profile, || {
+            let v: Vec<u8> = (0..100_000).map(|i| i as u8).collect();
+            let mut out = std::io::sink();
+            let _ = out.write_all(&v);
+            // SAFETY: getpid touches no memory.
+            let _ = unsafe { libc::getpid() };
+            let _ = std::time::Instant::now();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            0
+        });
+        assert_eq!(outcome, Outcome::Exited(0), "{profile:?}");
+    }
+}
+
+#[test]
+fn log_mode_reports_without_killing() {
+    let outcome = in_child(|| {
+        if set_no_new_privs().is_err()
+            || install_with(SeccompProfile::Vcpu, Violation::Log).is_err()
+        {
+            return 91;
+        }
+        // SAFETY: socket() takes integers only; the fd is closed.
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+        if fd < 0 {
+            return 2;
+        }
+        // SAFETY: closing our own fd.
+        unsafe { libc::close(fd) };
+        0
+    });
+    assert_eq!(outcome, Outcome::Exited(0));
+}
+
+fn landlock_abi() -> Option<u32> {
+    match landlock_support() {
+        LandlockSupport::Available { abi } => Some(abi),
+        LandlockSupport::Unavailable { reason } => {
+            eprintln!("skipping Landlock assertions: {reason}");
+            None
+        }
+    }
+}
+
+#[test]
+fn landlock_opens_listed_files_and_refuses_the_rest() {
+    let Some(abi) = landlock_abi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = dir.path().join("disk.img");
+    let secret = dir.path().join("secret");
+    std::fs::write(&allowed, b"disk").unwrap();
+    std::fs::write(&secret, b"secret").unwrap();
+    let rules = vec![AllowedPath::new(&allowed, Access::Read)];
+    let outcome = in_child(move || {
+        if set_no_new_privs().is_err() || landlock::restrict_self(&rules, abi).is_err() {
+            return 90;
+        }
+        if open_read(&allowed).is_err() {
+            return 1;
+        }
+        if open_write(&allowed) != Err(libc::EACCES) {
+            return 2;
+        }
+        if open_read(&secret) != Err(libc::EACCES) {
+            return 3;
+        }
+        if open_read(Path::new("/etc/passwd")) != Err(libc::EACCES) {
+            return 4;
+        }
+        0
+    });
+    assert_eq!(outcome, Outcome::Exited(0));
+}
+
+fn rlimit(resource: libc::__rlimit_resource_t) -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the live `r`.
+    unsafe { libc::getrlimit(resource, &mut r) };
+    r.rlim_cur
+}
+
+fn fd_is_open(fd: i32) -> bool {
+    // SAFETY: F_GETFD on any int is harmless; it fails with EBADF if closed.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+fn net_ns() -> std::io::Result<std::path::PathBuf> {
+    std::fs::read_link("/proc/self/ns/net")
+}
+
+#[test]
+fn full_sandbox_closes_fds_limits_resources_and_isolates() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("private.img");
+    std::fs::write(&image, b"private").unwrap();
+    let host_net = net_ns().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let outcome = in_child(move || {
+        let stray = std::fs::File::open("/dev/null").unwrap();
+        let kept = std::fs::File::open("/dev/null").unwrap();
+        let config = SandboxConfig {
+            allowed_paths: vec![AllowedPath::new(&image, Access::ReadWrite)],
+            keep_fds: vec![kept.as_raw_fd()],
+            max_open_files: 64,
+            address_space: Some(address_space_for_guest(256 << 20, 8 << 20)),
+            namespaces: true,
+        };
+        let Ok(report) = apply_process_sandbox(&config) else {
+            return 90;
+        };
+        if fd_is_open(stray.as_raw_fd()) || !fd_is_open(kept.as_raw_fd()) {
+            return 1;
+        }
+        std::mem::forget(stray);
+        if rlimit(libc::RLIMIT_CORE) != 0 || rlimit(libc::RLIMIT_NOFILE) != 64 {
+            return 2;
+        }
+        if rlimit(libc::RLIMIT_AS) != (256 << 20) + (8 << 20) + ADDRESS_SPACE_HEADROOM {
+            return 3;
+        }
+        if report.namespaces != Namespaces::None && net_ns().ok() == Some(host_net.clone()) {
+            return 4;
+        }
+        if report.namespaces == Namespaces::None && report.warnings.is_empty() {
+            return 5;
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return 6;
+        }
+        if matches!(report.landlock, LandlockSupport::Available { .. }) {
+            if open_write(&image).is_err() {
+                return 7;
+            }
+            if open_read(Path::new("/etc/passwd")) != Err(libc::EACCES) {
+                return 8;
+            }
+        }
+        0
+    });
+    drop(listener);
+    assert_eq!(outcome, Outcome::Exited(0));
+}
+
+#[test]
+fn this_host_gives_full_namespaces_and_landlock() {
+    // Documents what the development host provides; a host without them gets the
+    // degraded path covered above, with warnings.
+    let outcome = in_child(|| {
+        let Ok(report) = apply_process_sandbox(&SandboxConfig::default()) else {
+            return 90;
+        };
+        match (
+            report.namespaces,
+            report.landlock,
+            report.warnings.is_empty(),
+        ) {
+            (Namespaces::UserAndAll, LandlockSupport::Available { .. }, true) => 0,
+            (Namespaces::None, _, _) => 1,
+            (Namespaces::AllWithoutUser, _, _) => 2,
+            _ => 3,
+        }
+    });
+    assert_eq!(outcome, Outcome::Exited(0));
+}
+
+#[test]
+fn missing_allowlisted_path_is_an_error_naming_it() {
+    let Some(abi) = landlock_abi() else { return };
+    let outcome = in_child(move || {
+        let _ = set_no_new_privs();
+        let rules = vec![AllowedPath::new("/nonexistent/bulkhead.img", Access::Read)];
+        match landlock::restrict_self(&rules, abi) {
+            Err(e) if e.to_string().contains("/nonexistent/bulkhead.img") => 0,
+            _ => 1,
+        }
+    });
+    assert_eq!(outcome, Outcome::Exited(0));
+}
+
+#[test]
+fn threads_started_under_main_can_narrow_to_their_own_profile() {
+    let outcome = under_profile(SeccompProfile::Main, || {
+        let vcpu = std::thread::spawn(|| {
+            if install(SeccompProfile::Vcpu).is_err() {
+                return 1;
+            }
+            // SAFETY: getpid touches no memory.
+            unsafe { libc::getpid() };
+            0
+        });
+        vcpu.join().unwrap_or(2)
+    });
+    assert_eq!(outcome, Outcome::Exited(0));
+}
