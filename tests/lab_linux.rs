@@ -1,1 +1,117 @@
+//! The stock Debian kernel boots in a Bulkhead partition: reaches our init, binds vesafb,
+//! draws fbcon text and a pattern we can see in the screenshot, and powers off cleanly.
+//! Runs directly on /dev/kvm with VT-x/AMD-V, otherwise in the lab (the output says which).
 
+use bulkhead_tests::lab::{run_guest, GuestRun, RunOutput, Screenshot, READY_MARKER};
+
+const RED: [u8; 3] = [0xcc, 0x00, 0x00];
+const GREEN: [u8; 3] = [0x73, 0xd2, 0x16];
+
+/// `rows` rows of one colour in the framebuffer's XRGB byte order (B, G, R, X).
+fn rows_of(colour: [u8; 3], width: usize, rows: usize) -> Vec<u8> {
+    let px = [colour[2], colour[1], colour[0], 0];
+    px.iter().copied().cycle().take(width * 4 * rows).collect()
+}
+
+/// Clears the console, writes a line of text on tty1, and the red/green bands at row 600.
+fn draw_script(width: usize) -> String {
+    let row_bytes = width * 4;
+    format!(
+        r#"
+dmesg | grep -q 'fb0: VESA VGA frame buffer device' && echo VESAFB-BOUND
+dmesg | grep -o 'vesafb: mode is [0-9x]*' | head -n 1
+echo "vCPUs: $(nproc)"
+printf '\033[2J\033[H\033[?25l' > /dev/tty1
+echo "BULKHEAD FBCON TEXT" > /dev/tty1
+dd if=/bands.bin of=/dev/fb0 bs={row_bytes} seek=600 2>/dev/null && echo BANDS-WRITTEN
+echo SHOT-NOW
+sleep 1
+poweroff -f
+"#
+    )
+}
+
+fn run_drawing_guest(name: &str, vcpus: u8, width: u32, height: u32) -> RunOutput {
+    let mut bands = rows_of(RED, width as usize, 32);
+    bands.extend(rows_of(GREEN, width as usize, 32));
+    let run = GuestRun {
+        vcpus,
+        display: Some((width, height)),
+        test_script: draw_script(width as usize),
+        test_files: vec![("bands.bin".into(), 0o644, bands)],
+        screenshot_on: Some("SHOT-NOW".into()),
+        ..GuestRun::default()
+    };
+    let out = run_guest(&run);
+    eprintln!("{}", out.summary());
+    out.save_artifacts(name);
+    out
+}
+
+fn assert_drawn(out: &RunOutput, vcpus: u8, width: u32, height: u32) {
+    assert!(
+        out.serial.contains(READY_MARKER),
+        "guest never reached init\n{}",
+        out.diagnostics()
+    );
+    assert!(out.serial.contains("VESAFB-BOUND"), "vesafb did not bind");
+    assert!(out
+        .serial
+        .contains(&format!("vesafb: mode is {width}x{height}x32")));
+    assert!(out.serial.contains(&format!("vCPUs: {vcpus}")));
+    assert!(out.serial.contains("BANDS-WRITTEN"));
+    let png = out.screenshot.as_deref().expect("no screenshot taken");
+    let shot = Screenshot::decode(png);
+    assert_eq!((shot.width, shot.height), (width as usize, height as usize));
+    for x in [0, width as usize / 2, width as usize - 1] {
+        assert_eq!(shot.pixel(x, 600), RED, "red band at ({x}, 600)");
+        assert_eq!(shot.pixel(x, 631), RED);
+        assert_eq!(shot.pixel(x, 632), GREEN, "green band at ({x}, 632)");
+        assert_eq!(shot.pixel(x, 663), GREEN);
+    }
+    // "BULKHEAD FBCON TEXT" is 19 cells of 8x16 in the first text row; the rest of that
+    // row is empty after the clear.
+    let text = shot.lit_pixels(0, 0, 19 * 8, 16);
+    let right_of_text = shot.lit_pixels(21 * 8, 0, width as usize, 16);
+    assert!(
+        text > 150,
+        "only {text} lit pixels where fbcon text should be"
+    );
+    assert_eq!(right_of_text, 0, "unexpected pixels right of the text");
+    assert_eq!(out.exit_code, 0, "{}", out.summary());
+    assert!(
+        out.vmm_stderr.contains("partition powered off"),
+        "{}",
+        out.vmm_stderr
+    );
+}
+
+#[test]
+fn debian_kernel_boots_to_init_draws_on_vesafb_and_powers_off_cleanly() {
+    let out = run_drawing_guest("boot-1vcpu-1024x768", 1, 1024, 768);
+    assert_drawn(&out, 1, 1024, 768);
+}
+
+#[test]
+fn two_vcpus_at_1280x800_boot_draw_and_power_off() {
+    let out = run_drawing_guest("boot-2vcpu-1280x800", 2, 1280, 800);
+    assert_drawn(&out, 2, 1280, 800);
+}
+
+#[test]
+fn guest_reboot_ends_the_partition_with_a_clean_status() {
+    let run = GuestRun {
+        display: None,
+        test_script: "echo REBOOTING\nreboot -f".into(),
+        ..GuestRun::default()
+    };
+    let out = run_guest(&run);
+    eprintln!("{}", out.summary());
+    assert!(out.serial.contains("REBOOTING"));
+    assert_eq!(out.exit_code, 0);
+    assert!(
+        out.vmm_stderr.contains("partition rebooted"),
+        "{}",
+        out.diagnostics()
+    );
+}

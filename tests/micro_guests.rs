@@ -241,3 +241,17 @@ fn out_of_range_configs_are_refused_before_any_guest_runs() {
     let e = builder::build(&kvm, cfg(1, 1)).err().unwrap();
     assert!(e.to_string().contains("1 MiB"), "{e}");
 }
+
+#[test]
+fn acpi_sleep_control_s5_write_powers_the_partition_off() {
+    let mut asm = Asm::new();
+    // SLP_TYP=5, SLP_EN: what Linux's acpi_power_off writes on a hardware-reduced FADT.
+    asm.print("bye")
+        .mov_dx(0x3c0)
+        .mov_al((5 << 2) | (1 << 5))
+        .out_al()
+        .spin();
+    let (p, out) = start(&asm, None);
+    assert_eq!(p.wait_timeout(TIMEOUT), Some(StopReason::PowerOff));
+    assert_eq!(out.text(), "bye");
+}

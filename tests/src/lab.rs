@@ -1,1 +1,535 @@
-//! The lab runner (filled in below).
+//! Runs the real `bulkhead-vmm` against the stock Debian guest: directly on `/dev/kvm`
+//! when the host has VT-x/AMD-V, otherwise inside the hardware-virtualization lab (QEMU
+//! TCG with emulated SVM, a Debian kernel loading kvm-amd, our static VMM inside it).
+//! See ../shared/lab/README.md for why and how.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use vmm_core::guest_image::{self, cpio::CpioWriter, GuestImage};
+use vmm_core::hostcheck::{self, Virtualization};
+
+pub const READY_MARKER: &str = "BULKHEAD-READY";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runner {
+    /// The host's /dev/kvm has hardware virtualization.
+    Direct,
+    /// QEMU TCG with nested SVM.
+    Lab,
+}
+
+impl std::fmt::Display for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Runner::Direct => write!(f, "direct (/dev/kvm with hardware virtualization)"),
+            Runner::Lab => write!(f, "lab (QEMU TCG, emulated SVM, kvm-amd inside)"),
+        }
+    }
+}
+
+pub fn runner() -> Runner {
+    if std::env::var_os("BULKHEAD_FORCE_LAB").is_some() {
+        return Runner::Lab;
+    }
+    match hostcheck::open_kvm() {
+        Ok((_, Virtualization::Hardware)) => Runner::Direct,
+        _ => Runner::Lab,
+    }
+}
+
+/// One guest boot: how to run the VMM and what the guest's /test.sh does.
+#[derive(Debug, Clone)]
+pub struct GuestRun {
+    pub mem_mib: u64,
+    pub vcpus: u8,
+    pub display: Option<(u32, u32)>,
+    pub cmdline: String,
+    /// Body of /test.sh in the guest (busybox sh), run after the ready marker.
+    pub test_script: String,
+    /// Extra files for the guest's test archive: (path, mode, bytes).
+    pub test_files: Vec<(String, u32, Vec<u8>)>,
+    /// Take the screenshot when this appears on the guest serial console.
+    pub screenshot_on: Option<String>,
+    /// Seconds before the VMM stops the guest.
+    pub timeout_s: u64,
+}
+
+impl Default for GuestRun {
+    fn default() -> Self {
+        Self {
+            mem_mib: 256,
+            vcpus: 1,
+            display: Some((1024, 768)),
+            cmdline: vmm_core::cli::DEFAULT_CMDLINE.to_string(),
+            test_script: String::new(),
+            test_files: Vec::new(),
+            screenshot_on: None,
+            timeout_s: 120,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RunOutput {
+    pub runner: Runner,
+    /// The VMM's exit code.
+    pub exit_code: i32,
+    /// Everything the guest wrote to its serial console.
+    pub serial: String,
+    /// The VMM's stderr (its one-line status at the end).
+    pub vmm_stderr: String,
+    pub screenshot: Option<Vec<u8>>,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+    /// Raw console of the lab machine (empty when direct), for diagnostics.
+    pub lab_console: String,
+}
+
+impl RunOutput {
+    /// What the run printed, for test output and failure messages.
+    pub fn summary(&self) -> String {
+        format!(
+            "runner: {}\nexit code: {}\nwall time: {:.1} s\n--- vmm stderr ---\n{}\n--- guest serial ---\n{}",
+            self.runner,
+            self.exit_code,
+            self.elapsed.as_secs_f64(),
+            self.vmm_stderr,
+            self.serial,
+        )
+    }
+
+    /// The summary plus the end of the lab machine's console (which holds the reason when
+    /// the lab itself failed).
+    pub fn diagnostics(&self) -> String {
+        let console: String = self
+            .lab_console
+            .lines()
+            .filter(|l| {
+                !l.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '+' || c == '/')
+                    || l.contains(' ')
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        format!(
+            "{}\n--- lab console ---\n{}",
+            self.summary(),
+            tail(&console, 3000)
+        )
+    }
+
+    /// Keeps the screenshot and serial log under `$BULKHEAD_TEST_ARTIFACTS/<name>.*`.
+    pub fn save_artifacts(&self, name: &str) {
+        let Some(dir) = std::env::var_os("BULKHEAD_TEST_ARTIFACTS") else {
+            return;
+        };
+        let dir = PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join(format!("{name}.serial.log")), &self.serial);
+        if let Some(png) = &self.screenshot {
+            let _ = std::fs::write(dir.join(format!("{name}.png")), png);
+        }
+    }
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    let start = s.len().saturating_sub(n);
+    let start = (start..s.len())
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(s.len());
+    &s[start..]
+}
+
+fn lab_dir() -> PathBuf {
+    guest_image::cache_root().join("lab")
+}
+
+/// The default guest image, built once per test process.
+pub fn guest() -> &'static GuestImage {
+    static IMAGE: OnceLock<GuestImage> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        guest_image::build_default(&guest_image::default_image_dir(), &mut |s| {
+            eprintln!("guest image: {s}")
+        })
+        .expect("building the default guest image")
+    })
+}
+
+/// The static `bulkhead-vmm`: `$BULKHEAD_VMM_STATIC`, or built now.
+pub fn static_vmm() -> PathBuf {
+    static VMM: OnceLock<PathBuf> = OnceLock::new();
+    VMM.get_or_init(|| {
+        if let Some(p) = std::env::var_os("BULKHEAD_VMM_STATIC") {
+            return PathBuf::from(p);
+        }
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let target = workspace.join("target/lab-static");
+        eprintln!("building the static bulkhead-vmm into {}", target.display());
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "vmm-core",
+                "--bin",
+                "bulkhead-vmm",
+            ])
+            .args(["--target", "x86_64-unknown-linux-gnu"])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(&workspace)
+            .status()
+            .expect("running cargo");
+        assert!(status.success(), "building the static bulkhead-vmm failed");
+        target.join("x86_64-unknown-linux-gnu/release/bulkhead-vmm")
+    })
+    .clone()
+}
+
+/// The lab machine's kernel and modules (the same Debian kernel package) and busybox.
+fn lab_root() -> PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let dir = lab_dir();
+        let root = dir.join("root");
+        let version = &guest().kernel_version;
+        let ready = root.join(format!("boot/vmlinuz-{version}")).is_file()
+            && root.join("bin/busybox").is_file();
+        if !ready {
+            let _ = std::fs::remove_dir_all(&dir);
+            let package = format!("linux-image-{version}");
+            eprintln!("lab: fetching {package} and busybox-static");
+            guest_image::fetch_and_unpack(&[&package, "busybox-static"], &dir)
+                .expect("fetching the lab machine's kernel");
+        }
+        root
+    })
+    .clone()
+}
+
+/// The guest initramfs with a second archive holding /test.sh appended.
+fn guest_initrd_with_test(run: &GuestRun) -> Vec<u8> {
+    let mut bytes = std::fs::read(&guest().initrd).expect("reading guest initrd");
+    let mut w = CpioWriter::new(Vec::new());
+    let script = format!("#!/bin/sh\n{}\n", run.test_script);
+    w.file("test.sh", 0o755, script.as_bytes()).unwrap();
+    for (path, mode, data) in &run.test_files {
+        w.file(path, *mode, data).unwrap();
+    }
+    bytes.extend_from_slice(&w.finish().unwrap());
+    bytes
+}
+
+fn vmm_args(run: &GuestRun, kernel: &str, initrd: &str, serial: &str, shot: &str) -> Vec<String> {
+    let mut args = vec![
+        "run".to_string(),
+        format!("--kernel={kernel}"),
+        format!("--initrd={initrd}"),
+        format!("--mem={}M", run.mem_mib),
+        format!("--vcpus={}", run.vcpus),
+        format!("--cmdline={}", run.cmdline),
+        format!("--serial={serial}"),
+        format!("--timeout={}", run.timeout_s),
+    ];
+    match run.display {
+        Some((w, h)) => args.push(format!("--display={w}x{h}")),
+        None => args.push("--display=none".into()),
+    }
+    if run.display.is_some() {
+        args.push(format!("--screenshot={shot}"));
+        if let Some(m) = &run.screenshot_on {
+            args.push(format!("--screenshot-on={m}"));
+        }
+    }
+    args
+}
+
+pub fn run_guest(run: &GuestRun) -> RunOutput {
+    // One guest at a time: the lab machine alone keeps both cores busy.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let runner = runner();
+    eprintln!("Linux guest runner: {runner}");
+    match runner {
+        Runner::Direct => run_direct(run),
+        Runner::Lab => run_in_lab(run),
+    }
+}
+
+fn run_direct(run: &GuestRun) -> RunOutput {
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd");
+    std::fs::write(&initrd, guest_initrd_with_test(run)).unwrap();
+    let serial = dir.path().join("serial.log");
+    let shot = dir.path().join("shot.png");
+    let p = |p: &Path| p.display().to_string();
+    let started = Instant::now();
+    let out = Command::new(static_vmm())
+        .args(vmm_args(
+            run,
+            &p(&guest().kernel),
+            &p(&initrd),
+            &p(&serial),
+            &p(&shot),
+        ))
+        .output()
+        .expect("running bulkhead-vmm");
+    RunOutput {
+        runner: Runner::Direct,
+        exit_code: out.status.code().unwrap_or(-1),
+        serial: std::fs::read_to_string(&serial).unwrap_or_default(),
+        vmm_stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        screenshot: std::fs::read(&shot).ok(),
+        elapsed: started.elapsed(),
+        lab_console: String::new(),
+    }
+}
+
+const LAB_MODULES: [&str; 4] = [
+    "virt/lib/irqbypass",
+    "drivers/crypto/ccp/ccp",
+    "arch/x86/kvm/kvm",
+    "arch/x86/kvm/kvm-amd",
+];
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn lab_init(vmm_args: &[String]) -> String {
+    let args: Vec<String> = vmm_args.iter().map(|a| shell_quote(a)).collect();
+    let modules: Vec<&str> = LAB_MODULES
+        .iter()
+        .map(|m| m.rsplit('/').next().unwrap())
+        .collect();
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in {modules}; do insmod /modules/$m.ko || echo "LAB: insmod $m failed"; done
+[ -e /dev/kvm ] || echo "LAB: no /dev/kvm in the lab machine"
+echo "===LAB-VMM-START==="
+/bulkhead-vmm {args} 2>/vmm.err
+echo "===LAB-VMM-EXIT $?==="
+echo "===LAB-SERIAL-BEGIN==="
+base64 /guest.log
+echo "===LAB-SERIAL-END==="
+echo "===LAB-STDERR-BEGIN==="
+base64 /vmm.err
+echo "===LAB-STDERR-END==="
+if [ -f /shot.png ]; then
+  echo "===LAB-PNG-BEGIN==="
+  base64 /shot.png
+  echo "===LAB-PNG-END==="
+fi
+poweroff -f
+"#,
+        modules = modules.join(" "),
+        args = args.join(" "),
+    )
+}
+
+fn outer_cpio(run: &GuestRun) -> Vec<u8> {
+    let root = lab_root();
+    let version = &guest().kernel_version;
+    let read =
+        |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
+    let mut w = CpioWriter::new(Vec::new());
+    for d in ["bin", "dev", "proc", "sys", "tmp", "modules", "guest"] {
+        w.dir(d).unwrap();
+    }
+    w.file("bin/busybox", 0o755, &read(&root.join("bin/busybox")))
+        .unwrap();
+    w.symlink("bin/sh", "busybox").unwrap();
+    let kmods = root.join("lib/modules").join(version).join("kernel");
+    for m in LAB_MODULES {
+        let base = m.rsplit('/').next().unwrap();
+        w.file(
+            &format!("modules/{base}.ko"),
+            0o644,
+            &read(&kmods.join(format!("{m}.ko"))),
+        )
+        .unwrap();
+    }
+    w.file("bulkhead-vmm", 0o755, &read(&static_vmm())).unwrap();
+    w.file("guest/vmlinuz", 0o644, &read(&guest().kernel))
+        .unwrap();
+    w.file("guest/initrd", 0o644, &guest_initrd_with_test(run))
+        .unwrap();
+    let args = vmm_args(
+        run,
+        "/guest/vmlinuz",
+        "/guest/initrd",
+        "/guest.log",
+        "/shot.png",
+    );
+    w.file("init", 0o755, lab_init(&args).as_bytes()).unwrap();
+    w.finish().unwrap()
+}
+
+fn section<'a>(console: &'a str, name: &str) -> Option<&'a str> {
+    let begin = format!("==={name}-BEGIN===");
+    let end = format!("==={name}-END===");
+    let start = console.find(&begin)? + begin.len();
+    let stop = console[start..].find(&end)? + start;
+    Some(&console[start..stop])
+}
+
+fn decode_b64(text: &str) -> Vec<u8> {
+    fn val(c: u8) -> Option<u32> {
+        match c {
+            b'A'..=b'Z' => Some(u32::from(c - b'A')),
+            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    }
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for v in text.bytes().filter_map(val) {
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+fn run_in_lab(run: &GuestRun) -> RunOutput {
+    let qemu = "qemu-system-x86_64";
+    assert!(
+        Command::new(qemu).arg("--version").output().is_ok(),
+        "{qemu} not found: the lab needs it (apt-get install qemu-system-x86)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cpio = dir.path().join("outer.cpio");
+    std::fs::write(&cpio, outer_cpio(run)).unwrap();
+    let outer_kernel = lab_root().join(format!("boot/vmlinuz-{}", guest().kernel_version));
+    let outer_mem = run.mem_mib + 1024;
+    let started = Instant::now();
+    let mut child = Command::new(qemu)
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+        ])
+        .args(["-accel", "tcg,thread=multi", "-cpu", "EPYC-Rome,+svm,+npt"])
+        .args(["-m", &format!("{outer_mem}M"), "-smp", "2", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&outer_kernel)
+        .arg("-initrd")
+        .arg(&cpio)
+        .args(["-append", "console=ttyS0 quiet loglevel=3 panic=-1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the lab machine");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let limit = Duration::from_secs(run.timeout_s + 120);
+    while child.try_wait().ok().flatten().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.wait();
+    let console = String::from_utf8_lossy(&reader.join().unwrap_or_default()).replace('\r', "");
+    let exit_code = console
+        .split("===LAB-VMM-EXIT ")
+        .nth(1)
+        .and_then(|s| s.split("===").next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(-1);
+    let text = |name| {
+        String::from_utf8_lossy(&decode_b64(section(&console, name).unwrap_or("")))
+            .replace('\r', "")
+    };
+    RunOutput {
+        runner: Runner::Lab,
+        exit_code,
+        serial: text("LAB-SERIAL"),
+        vmm_stderr: text("LAB-STDERR"),
+        screenshot: section(&console, "LAB-PNG").map(decode_b64),
+        elapsed: started.elapsed(),
+        lab_console: console,
+    }
+}
+
+/// A decoded RGB screenshot.
+pub struct Screenshot {
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<u8>,
+}
+
+impl Screenshot {
+    pub fn decode(png_bytes: &[u8]) -> Screenshot {
+        let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
+        let mut reader = decoder.read_info().expect("PNG header");
+        let mut buf = vec![0; reader.output_buffer_size().expect("PNG size")];
+        let info = reader.next_frame(&mut buf).expect("PNG data");
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        buf.truncate(info.buffer_size());
+        Screenshot {
+            width: info.width as usize,
+            height: info.height as usize,
+            rgb: buf,
+        }
+    }
+
+    pub fn pixel(&self, x: usize, y: usize) -> [u8; 3] {
+        let i = (y * self.width + x) * 3;
+        [self.rgb[i], self.rgb[i + 1], self.rgb[i + 2]]
+    }
+
+    /// Pixels that are neither black nor `ignore` inside a rectangle.
+    pub fn lit_pixels(&self, x0: usize, y0: usize, x1: usize, y1: usize) -> usize {
+        (y0..y1)
+            .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+            .filter(|&(x, y)| self.pixel(x, y) != [0, 0, 0])
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_decoder_matches_known_vectors_and_skips_newlines() {
+        assert_eq!(decode_b64("aGVsbG8="), b"hello");
+        assert_eq!(decode_b64("aGVs\nbG8gd29y\nbGQ="), b"hello world");
+    }
+
+    #[test]
+    fn sections_are_found_between_markers() {
+        let c = "noise\n===X-BEGIN===\nabc\n===X-END===\n";
+        assert_eq!(section(c, "X"), Some("\nabc\n"));
+        assert_eq!(section(c, "Y"), None);
+    }
+
+    #[test]
+    fn shell_quoting_survives_single_quotes() {
+        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
+    }
+}

@@ -8,11 +8,13 @@ use kvm_ioctls::Kvm;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, MmapRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::acpi::{self, AcpiConfig, IsaDevice};
 use crate::arch::{boot, cpuid, mptable, regs};
 use crate::devices::framebuffer::FramebufferLayout;
+use crate::devices::legacy::acpi_pm::{self, AcpiPm};
 use crate::devices::legacy::{cmos, i8042, serial, Cmos, SerialConsole, SerialSink, I8042};
 use crate::devices::{Bus, BusDevice, StopHandle};
-use crate::layout::{FRAMEBUFFER_ADDR, FRAMEBUFFER_MAX_SIZE};
+use crate::layout::{ACPI_SLEEP_CONTROL_PORT, FRAMEBUFFER_ADDR, FRAMEBUFFER_MAX_SIZE};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{EntryPoint, Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
@@ -60,6 +62,8 @@ pub enum BuildError {
     Boot(#[from] boot::BootError),
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
+    #[error("ACPI tables: {0}")]
+    Acpi(#[from] acpi::AcpiError),
     #[error(transparent)]
     Regs(#[from] regs::RegsError),
     #[error("framebuffer of {size:#x} bytes exceeds the {FRAMEBUFFER_MAX_SIZE:#x}-byte window")]
@@ -167,6 +171,14 @@ pub fn build(kvm: &Kvm, config: VmConfig) -> Result<Partition, BuildError> {
 
     regs::write_boot_tables(&memory)?;
     mptable::write(&memory, config.vcpus)?;
+    let rsdp = acpi::create_acpi_tables(
+        &memory,
+        &AcpiConfig {
+            vcpus: config.vcpus,
+            virtio: &[],
+            isa: &[IsaDevice::COM1, IsaDevice::RTC],
+        },
+    )?;
     let base_cpuid = cpuid::supported(kvm);
     let entry = match &config.boot {
         BootSource::Linux {
@@ -181,7 +193,7 @@ pub fn build(kvm: &Kvm, config: VmConfig) -> Result<Partition, BuildError> {
                     initrd: initrd.as_deref(),
                     cmdline,
                     framebuffer: config.display,
-                    acpi_rsdp: None,
+                    acpi_rsdp: Some(rsdp.0),
                 },
             )?;
             EntryPoint {
@@ -264,7 +276,7 @@ fn legacy_devices(
     let serial = Arc::new(Mutex::new(SerialConsole::new(com1_irq, sink)));
     pio.insert(serial.clone(), u64::from(serial::COM1_PORT), 8)?;
     pio.insert(
-        Arc::new(Mutex::new(I8042::new(stop))),
+        Arc::new(Mutex::new(I8042::new(stop.clone()))),
         u64::from(i8042::I8042_PORT),
         i8042::I8042_LEN,
     )?;
@@ -272,6 +284,11 @@ fn legacy_devices(
         Arc::new(Mutex::new(Cmos::default())),
         u64::from(cmos::CMOS_PORT),
         cmos::CMOS_LEN,
+    )?;
+    pio.insert(
+        Arc::new(Mutex::new(AcpiPm::new(stop))),
+        u64::from(ACPI_SLEEP_CONTROL_PORT),
+        acpi_pm::PORT_RANGE_LEN,
     )?;
     Ok((pio, serial))
 }
