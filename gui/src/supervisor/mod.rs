@@ -1,0 +1,315 @@
+//! The supervisor: one sandboxed `bulkhead-vmm` process per partition, watched from
+//! here, used the same way by the desktop app and by `bulkhead run` / `bulkhead up`.
+//!
+//! Each partition gets a socket pair (its end inherited as fd 3, `--control-fd 3`), a
+//! thread reading its events and a thread waiting for it to exit. The GUI polls
+//! [`Supervisor::statuses`], [`Supervisor::take_damage`] and reads pixels through
+//! [`Supervisor::framebuffer`] (shared memory, read-only); it drives partitions with the
+//! command methods. A partition that dies, is killed, or breaks the protocol becomes
+//! `Crashed` with the reason; the others never notice. See `vmm_core::control` for the
+//! protocol and the sequence a partition process follows.
+
+mod framebuffer;
+mod partition;
+mod spawn;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use vmm_core::control::{Command, ControlError, InputEvent, PartitionStats};
+use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
+
+pub use framebuffer::{FramebufferOfferError, SharedFramebuffer};
+pub use partition::{
+    HANDSHAKE_TIMEOUT, KILL_WAIT, MAX_PENDING_DAMAGE, MAX_PENDING_SERVICE_REQUESTS,
+    MAX_SERIAL_BUFFER, SEND_TIMEOUT,
+};
+pub use spawn::{signal_name, CONTROL_FD};
+
+use partition::Slot;
+
+/// How long [`Supervisor`]'s `Drop` waits for partitions to power off before killing.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What to do when a partition crashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Never,
+    /// Restart automatically, at most `max_retries` times until the next manual start.
+    OnCrash {
+        max_retries: u32,
+    },
+}
+
+/// How to start one partition process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchSpec {
+    pub name: String,
+    /// The `bulkhead-vmm` binary.
+    pub program: PathBuf,
+    /// Arguments before the `--control-fd 3` the supervisor appends.
+    pub args: Vec<OsString>,
+    pub restart: RestartPolicy,
+}
+
+/// A partition as the GUI shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PartitionState {
+    /// Not started, or stopped on request.
+    #[default]
+    Stopped,
+    /// Process started, guest not running yet.
+    Booting,
+    Running,
+    Paused,
+    /// Asked to power off, not exited yet.
+    Stopping,
+    /// Died, was killed, broke the protocol, or the guest faulted.
+    Crashed {
+        reason: String,
+    },
+    /// Ended on its own with this status (the guest powered off).
+    Exited {
+        status: i32,
+    },
+}
+
+impl PartitionState {
+    pub fn is_crashed(&self) -> bool {
+        matches!(self, PartitionState::Crashed { .. })
+    }
+}
+
+/// A snapshot for polling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionStatus {
+    pub state: PartitionState,
+    /// Set while the process exists.
+    pub pid: Option<u32>,
+    /// Automatic restarts since the last manual start.
+    pub restarts: u32,
+    /// Damage messages received since start (all processes of this partition).
+    pub damage_events: u64,
+    pub framebuffer: Option<FramebufferLayout>,
+    pub stats: Option<PartitionStats>,
+    /// How the previous process ended, for a person.
+    pub last_exit: Option<String>,
+    /// The last stop had to kill the process.
+    pub killed_after_timeout: bool,
+}
+
+/// An inter-partition request from a guest agent, for the policy to decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRequest {
+    pub id: u64,
+    pub service: String,
+    pub argument: String,
+    pub target: String,
+}
+
+/// Called (from supervisor threads) whenever a partition changes; the GUI passes a
+/// closure that requests a repaint.
+pub type NotifyFn = Arc<dyn Fn() + Send + Sync>;
+type Notify = Arc<RwLock<Option<NotifyFn>>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("no partition named {0:?}")]
+    UnknownPartition(String),
+    #[error("partition name {0:?} appears more than once in the launch list")]
+    DuplicateName(String),
+    #[error("partition {name:?} is already running (pid {pid})")]
+    AlreadyRunning { name: String, pid: u32 },
+    #[error("partition {0:?} is not running")]
+    NotRunning(String),
+    #[error("starting partition {name:?} with {}: {source}", program.display())]
+    Spawn {
+        name: String,
+        program: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("sending {command} to partition {name:?}: {source}")]
+    Send {
+        name: String,
+        command: &'static str,
+        source: ControlError,
+    },
+}
+
+/// Owns every partition process; stops them all when dropped.
+pub struct Supervisor {
+    slots: BTreeMap<String, Arc<Slot>>,
+    notify: Notify,
+    next_request_id: AtomicU64,
+}
+
+impl Supervisor {
+    /// Takes the launch list; starts nothing yet.
+    pub fn new(specs: Vec<LaunchSpec>) -> Result<Supervisor, SupervisorError> {
+        let notify: Notify = Arc::new(RwLock::new(None));
+        let mut slots = BTreeMap::new();
+        for spec in specs {
+            let name = spec.name.clone();
+            let slot = Arc::new(Slot::new(spec, Arc::clone(&notify)));
+            if slots.insert(name.clone(), slot).is_some() {
+                return Err(SupervisorError::DuplicateName(name));
+            }
+        }
+        Ok(Supervisor {
+            slots,
+            notify,
+            next_request_id: AtomicU64::new(1),
+        })
+    }
+
+    /// Sets the change callback (replacing any earlier one).
+    pub fn set_notify(&self, f: NotifyFn) {
+        if let Ok(mut guard) = self.notify.write() {
+            *guard = Some(f);
+        }
+    }
+
+    fn slot(&self, name: &str) -> Result<&Arc<Slot>, SupervisorError> {
+        self.slots
+            .get(name)
+            .ok_or_else(|| SupervisorError::UnknownPartition(name.to_string()))
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.slots.keys().cloned().collect()
+    }
+
+    /// Starts every partition that is not running; returns the ones that failed.
+    pub fn start_all(&self) -> Vec<SupervisorError> {
+        self.slots
+            .values()
+            .filter(|s| !s.is_alive())
+            .filter_map(|s| partition::start(s, true).err())
+            .collect()
+    }
+
+    pub fn start(&self, name: &str) -> Result<(), SupervisorError> {
+        partition::start(self.slot(name)?, true)
+    }
+
+    /// Asks the partition to power off; kills it after `timeout`.
+    pub fn stop(&self, name: &str, timeout: Duration) -> Result<(), SupervisorError> {
+        partition::stop_slots(std::slice::from_ref(self.slot(name)?), timeout);
+        Ok(())
+    }
+
+    /// Stops (if running) and starts again, resetting the automatic-restart count.
+    pub fn restart(&self, name: &str, timeout: Duration) -> Result<(), SupervisorError> {
+        let slot = self.slot(name)?;
+        partition::stop_slots(std::slice::from_ref(slot), timeout);
+        partition::start(slot, true)
+    }
+
+    /// Asks every partition to power off, waits up to `timeout` in total, then kills
+    /// the ones still running.
+    pub fn stop_all(&self, timeout: Duration) {
+        let slots: Vec<_> = self.slots.values().cloned().collect();
+        partition::stop_slots(&slots, timeout);
+    }
+
+    pub fn pause(&self, name: &str) -> Result<(), SupervisorError> {
+        partition::send(self.slot(name)?, &Command::Pause)
+    }
+
+    pub fn resume(&self, name: &str) -> Result<(), SupervisorError> {
+        partition::send(self.slot(name)?, &Command::Resume)
+    }
+
+    /// Sends keyboard/pointer events to one partition (the focused one: the caller
+    /// decides focus, nothing here broadcasts).
+    pub fn send_input(&self, name: &str, events: &[InputEvent]) -> Result<(), SupervisorError> {
+        let slot = self.slot(name)?;
+        for command in Command::input_chunks(events) {
+            partition::send(slot, &command)?;
+        }
+        Ok(())
+    }
+
+    /// Asks for fresh stats; they appear in [`PartitionStatus::stats`].
+    pub fn request_stats(&self, name: &str) -> Result<u64, SupervisorError> {
+        let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        partition::send(self.slot(name)?, &Command::Stats { id })?;
+        Ok(id)
+    }
+
+    /// Asks the partition to flush its damage; when the id shows up in
+    /// [`Supervisor::take_screenshots_ready`], the framebuffer is current.
+    pub fn request_screenshot(&self, name: &str) -> Result<u64, SupervisorError> {
+        let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        partition::send(self.slot(name)?, &Command::Screenshot { id })?;
+        Ok(id)
+    }
+
+    pub fn reply_service(&self, name: &str, id: u64, allowed: bool) -> Result<(), SupervisorError> {
+        partition::send(self.slot(name)?, &Command::ServiceReply { id, allowed })
+    }
+
+    pub fn status(&self, name: &str) -> Result<PartitionStatus, SupervisorError> {
+        Ok(self.slot(name)?.status())
+    }
+
+    pub fn statuses(&self) -> Vec<(String, PartitionStatus)> {
+        self.slots
+            .iter()
+            .map(|(name, slot)| (name.clone(), slot.status()))
+            .collect()
+    }
+
+    /// The partition's screen, once it has offered one.
+    pub fn framebuffer(
+        &self,
+        name: &str,
+    ) -> Result<Option<Arc<SharedFramebuffer>>, SupervisorError> {
+        Ok(self.slot(name)?.framebuffer())
+    }
+
+    /// Rectangles damaged since the previous call.
+    pub fn take_damage(&self, name: &str) -> Result<Vec<DamageRect>, SupervisorError> {
+        Ok(self.slot(name)?.take_damage())
+    }
+
+    /// Serial console bytes since the previous call (at most [`MAX_SERIAL_BUFFER`]).
+    pub fn take_serial(&self, name: &str) -> Result<Vec<u8>, SupervisorError> {
+        Ok(self.slot(name)?.take_serial())
+    }
+
+    pub fn take_service_requests(
+        &self,
+        name: &str,
+    ) -> Result<Vec<ServiceRequest>, SupervisorError> {
+        Ok(self.slot(name)?.take_service_requests())
+    }
+
+    pub fn take_screenshots_ready(&self, name: &str) -> Result<Vec<u64>, SupervisorError> {
+        Ok(self.slot(name)?.take_screenshots_ready())
+    }
+
+    /// Blocks until `pred` holds for the partition or `timeout` passes; returns the
+    /// last status and whether `pred` held. For the CLI and tests; the GUI polls.
+    pub fn wait_until(
+        &self,
+        name: &str,
+        timeout: Duration,
+        pred: impl FnMut(&PartitionStatus) -> bool,
+    ) -> Result<(PartitionStatus, bool), SupervisorError> {
+        Ok(self.slot(name)?.wait_until(timeout, pred))
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.stop_all(DEFAULT_STOP_TIMEOUT);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,615 @@
+//! One supervised partition: its process, the thread reading its events, the thread
+//! waiting for it to exit, and everything the GUI may ask about it.
+//!
+//! Everything a partition sends is untrusted. A message that breaks the protocol cuts
+//! that partition off (socket shut, process killed, state `Crashed`); no other partition
+//! shares a thread, a lock or a buffer with it.
+
+use std::collections::VecDeque;
+use std::net::Shutdown;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::process::{Child, ExitStatus};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+use vmm_core::control::{
+    check_partition_hello, Command, ControlError, Event, Memfd, MessageReader, MessageWriter,
+    PartitionStats, VmState, PROTOCOL_VERSION,
+};
+use vmm_core::devices::framebuffer::DamageRect;
+
+use super::framebuffer::SharedFramebuffer;
+use super::spawn::{describe_signal, spawn_partition, Pidfd};
+use super::{
+    LaunchSpec, Notify, PartitionState, PartitionStatus, RestartPolicy, ServiceRequest,
+    SupervisorError,
+};
+
+/// A partition that has not said Hello by then is cut off.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A partition that does not read its commands for this long is cut off.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long to wait for the kernel to reap a process after SIGKILL.
+pub const KILL_WAIT: Duration = Duration::from_secs(5);
+/// Damage rectangles kept between two GUI polls; beyond this they collapse to the
+/// whole screen, so a flood costs bounded memory.
+pub const MAX_PENDING_DAMAGE: usize = 1024;
+/// Serial bytes kept between two polls (the oldest are dropped).
+pub const MAX_SERIAL_BUFFER: usize = 64 * 1024;
+/// Service requests kept between two polls (the oldest are dropped).
+pub const MAX_PENDING_SERVICE_REQUESTS: usize = 64;
+const MAX_READY_SCREENSHOTS: usize = 16;
+/// How long the reaper waits for the event reader to drain after the process exited.
+const READER_DRAIN: Duration = Duration::from_secs(1);
+
+pub struct Slot {
+    pub spec: LaunchSpec,
+    inner: Mutex<Inner>,
+    changed: Condvar,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct Inner {
+    state: PartitionState,
+    /// Bumped at every spawn, so threads of an earlier process never touch a later one.
+    generation: u64,
+    pid: Option<u32>,
+    /// Set while the process exists (spawned and not yet reaped).
+    pidfd: Option<Arc<Pidfd>>,
+    writer: Option<Arc<Mutex<MessageWriter<Command>>>>,
+    socket: Option<UnixStream>,
+    stop_requested: bool,
+    killed_after_timeout: bool,
+    violation: Option<String>,
+    guest_fault: Option<String>,
+    restarts: u32,
+    framebuffer: Option<Arc<SharedFramebuffer>>,
+    damage: Vec<DamageRect>,
+    damage_events: u64,
+    serial: VecDeque<u8>,
+    services: VecDeque<ServiceRequest>,
+    screenshots_ready: VecDeque<u64>,
+    stats: Option<PartitionStats>,
+    last_exit: Option<String>,
+}
+
+impl Slot {
+    pub fn new(spec: LaunchSpec, notify: Notify) -> Slot {
+        Slot {
+            spec,
+            inner: Mutex::new(Inner::default()),
+            changed: Condvar::new(),
+            notify,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock must not take the other partitions' queries
+        // down with it; the data is plain state that stays consistent per field.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn changed(&self) {
+        self.changed.notify_all();
+        if let Ok(guard) = self.notify.read() {
+            if let Some(f) = guard.as_ref() {
+                f();
+            }
+        }
+    }
+
+    pub fn status(&self) -> PartitionStatus {
+        let inner = self.lock();
+        PartitionStatus {
+            state: inner.state.clone(),
+            pid: inner.pid.filter(|_| inner.pidfd.is_some()),
+            restarts: inner.restarts,
+            damage_events: inner.damage_events,
+            framebuffer: inner.framebuffer.as_ref().map(|f| f.layout()),
+            stats: inner.stats,
+            last_exit: inner.last_exit.clone(),
+            killed_after_timeout: inner.killed_after_timeout,
+        }
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.lock().pidfd.is_some()
+    }
+
+    pub fn framebuffer(&self) -> Option<Arc<SharedFramebuffer>> {
+        self.lock().framebuffer.clone()
+    }
+
+    pub fn take_damage(&self) -> Vec<DamageRect> {
+        std::mem::take(&mut self.lock().damage)
+    }
+
+    pub fn take_serial(&self) -> Vec<u8> {
+        self.lock().serial.drain(..).collect()
+    }
+
+    pub fn take_service_requests(&self) -> Vec<ServiceRequest> {
+        self.lock().services.drain(..).collect()
+    }
+
+    pub fn take_screenshots_ready(&self) -> Vec<u64> {
+        self.lock().screenshots_ready.drain(..).collect()
+    }
+
+    /// Waits until `pred` holds or `timeout` passes; returns the last status seen and
+    /// whether `pred` held.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&PartitionStatus) -> bool,
+    ) -> (PartitionStatus, bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status();
+            if pred(&status) {
+                return (status, true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return (status, false);
+            }
+            let guard = self.lock();
+            // Re-checked at the top of the loop; a short slice bounds a missed wake-up.
+            let slice = (deadline - now).min(Duration::from_millis(50));
+            drop(self.changed.wait_timeout(guard, slice));
+        }
+    }
+}
+
+/// Spawns the partition process and its two threads.
+pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorError> {
+    let mut inner = slot.lock();
+    if inner.pidfd.is_some() {
+        return Err(SupervisorError::AlreadyRunning {
+            name: slot.spec.name.clone(),
+            pid: inner.pid.unwrap_or(0),
+        });
+    }
+    let spawned = spawn_partition(&slot.spec).map_err(|source| SupervisorError::Spawn {
+        name: slot.spec.name.clone(),
+        program: slot.spec.program.clone(),
+        source,
+    })?;
+    let pid = spawned.child.id();
+    let io_err = |source: std::io::Error| SupervisorError::Spawn {
+        name: slot.spec.name.clone(),
+        program: slot.spec.program.clone(),
+        source,
+    };
+    let reader_stream = spawned.socket.try_clone().map_err(io_err)?;
+    let control = spawned.socket.try_clone().map_err(io_err)?;
+    spawned
+        .socket
+        .set_write_timeout(Some(SEND_TIMEOUT))
+        .map_err(io_err)?;
+    reader_stream
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(io_err)?;
+    let mut writer = MessageWriter::new(spawned.socket);
+    // Queued in the socket buffer; the partition reads it after sending its own Hello.
+    let hello = writer.send(&Command::Hello {
+        version: PROTOCOL_VERSION,
+    });
+
+    inner.generation += 1;
+    let generation = inner.generation;
+    if reset_restarts {
+        inner.restarts = 0;
+    }
+    inner.state = PartitionState::Booting;
+    inner.pid = Some(pid);
+    inner.pidfd = Some(Arc::new(spawned.pidfd));
+    inner.writer = Some(Arc::new(Mutex::new(writer)));
+    inner.socket = Some(control);
+    inner.stop_requested = false;
+    inner.killed_after_timeout = false;
+    inner.violation = None;
+    inner.guest_fault = None;
+    inner.framebuffer = None;
+    inner.damage.clear();
+    inner.stats = None;
+    drop(inner);
+    info!(partition = %slot.spec.name, pid, "partition process started");
+
+    let reader = MessageReader::new(reader_stream);
+    // Dropped when the reader thread ends, so the reaper can let it drain the last
+    // events (a guest fault report, say) before deciding how the process ended.
+    let (reader_alive, reader_done) = mpsc::channel::<()>();
+    let s = Arc::clone(slot);
+    std::thread::Builder::new()
+        .name(format!("events-{}", slot.spec.name))
+        .spawn(move || {
+            read_events(&s, generation, reader);
+            drop(reader_alive);
+        })
+        .map_err(io_err)?;
+    let s = Arc::clone(slot);
+    let child = spawned.child;
+    std::thread::Builder::new()
+        .name(format!("reaper-{}", slot.spec.name))
+        .spawn(move || reap(&s, generation, child, reader_done))
+        .map_err(io_err)?;
+    if let Err(e) = hello {
+        cut_off(slot, generation, format!("sending Hello failed: {e}"));
+    }
+    slot.changed();
+    Ok(())
+}
+
+/// Sends one command; a partition that does not read its socket is cut off.
+pub fn send(slot: &Slot, command: &Command) -> Result<(), SupervisorError> {
+    let (writer, generation) = {
+        let inner = slot.lock();
+        match (&inner.writer, inner.pidfd.is_some()) {
+            (Some(w), true) => (Arc::clone(w), inner.generation),
+            _ => return Err(SupervisorError::NotRunning(slot.spec.name.clone())),
+        }
+    };
+    let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());
+    match writer.send(command) {
+        Ok(()) => Ok(()),
+        Err(ControlError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            drop(writer);
+            cut_off(
+                slot,
+                generation,
+                format!("did not read its control socket for {SEND_TIMEOUT:?}"),
+            );
+            Err(SupervisorError::NotRunning(slot.spec.name.clone()))
+        }
+        Err(source) => Err(SupervisorError::Send {
+            name: slot.spec.name.clone(),
+            command: command_name(command),
+            source,
+        }),
+    }
+}
+
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Hello { .. } => "Hello",
+        Command::Start => "Start",
+        Command::Pause => "Pause",
+        Command::Resume => "Resume",
+        Command::Stop => "Stop",
+        Command::Input { .. } => "Input",
+        Command::Screenshot { .. } => "Screenshot",
+        Command::Stats { .. } => "Stats",
+        Command::ServiceReply { .. } => "ServiceReply",
+    }
+}
+
+/// Marks the partition as broken, shuts its socket and kills its process.
+pub fn cut_off(slot: &Slot, generation: u64, reason: String) {
+    let mut inner = slot.lock();
+    if inner.generation != generation || inner.violation.is_some() {
+        return;
+    }
+    warn!(partition = %slot.spec.name, %reason, "cutting off partition: protocol violation");
+    inner.violation = Some(reason.clone());
+    inner.state = PartitionState::Crashed {
+        reason: format!("protocol violation: {reason}"),
+    };
+    if let Some(socket) = &inner.socket {
+        let _ = socket.shutdown(Shutdown::Both);
+    }
+    if let Some(pidfd) = &inner.pidfd {
+        if let Err(e) = pidfd.kill() {
+            warn!(partition = %slot.spec.name, "killing cut-off partition: {e}");
+        }
+    }
+    drop(inner);
+    slot.changed();
+}
+
+fn read_events(slot: &Arc<Slot>, generation: u64, mut reader: MessageReader<Event>) {
+    if let Err(reason) = handshake(slot, generation, &mut reader) {
+        cut_off(slot, generation, reason);
+        return;
+    }
+    loop {
+        let received = match reader.recv() {
+            Ok(r) => r,
+            Err(e) if e.is_protocol_violation() => {
+                cut_off(slot, generation, e.to_string());
+                return;
+            }
+            // Closed or an I/O error: the process is gone or going; the reaper reports.
+            Err(_) => return,
+        };
+        if let Err(reason) = handle_event(slot, generation, received.message, received.fds) {
+            cut_off(slot, generation, reason);
+            return;
+        }
+    }
+}
+
+fn handshake(
+    slot: &Slot,
+    generation: u64,
+    reader: &mut MessageReader<Event>,
+) -> Result<(), String> {
+    let first = match reader.recv() {
+        Ok(r) => r.message,
+        Err(ControlError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(format!("no Hello within {HANDSHAKE_TIMEOUT:?}"));
+        }
+        Err(e) if e.is_protocol_violation() => return Err(e.to_string()),
+        // Died before saying anything: the reaper reports how.
+        Err(_) => return Ok(()),
+    };
+    let (name, pid) = check_partition_hello(&first).map_err(|e| e.to_string())?;
+    if name != slot.spec.name {
+        return Err(format!(
+            "says it is partition {name:?}, was started as {:?}",
+            slot.spec.name
+        ));
+    }
+    info!(partition = %name, pid, "partition said hello");
+    reader
+        .stream()
+        .set_read_timeout(None)
+        .map_err(|e| format!("clearing the handshake timeout: {e}"))?;
+    if slot.lock().generation == generation {
+        // The only failure worth reporting (not reading) cuts the partition off itself.
+        let _ = send(slot, &Command::Start);
+    }
+    Ok(())
+}
+
+/// Applies one event; `Err` is a protocol violation.
+fn handle_event(
+    slot: &Slot,
+    generation: u64,
+    event: Event,
+    fds: Vec<OwnedFd>,
+) -> Result<(), String> {
+    event.validate().map_err(|e| e.to_string())?;
+    let framebuffer = match (&event, fds.into_iter().next()) {
+        (Event::Framebuffer { layout }, Some(fd)) => {
+            let memfd = Memfd::from_received(fd).map_err(|e| e.to_string())?;
+            Some(Arc::new(
+                SharedFramebuffer::adopt(*layout, &memfd).map_err(|e| e.to_string())?,
+            ))
+        }
+        _ => None,
+    };
+    let mut inner = slot.lock();
+    if inner.generation != generation {
+        return Ok(());
+    }
+    match event {
+        Event::Hello { .. } => return Err("sent Hello twice".to_string()),
+        Event::Framebuffer { .. } => {
+            if inner.framebuffer.is_some() {
+                return Err("offered a second framebuffer".to_string());
+            }
+            inner.framebuffer = framebuffer;
+        }
+        Event::State(state) => apply_vm_state(&mut inner, state),
+        Event::Damage { rects } => {
+            let fb = inner
+                .framebuffer
+                .clone()
+                .ok_or("sent damage without a framebuffer")?;
+            if let Some(bad) = rects.iter().find(|r| !fb.contains(r)) {
+                return Err(format!("damage rectangle {bad:?} lies outside the screen"));
+            }
+            inner.damage.extend(rects);
+            if inner.damage.len() > MAX_PENDING_DAMAGE {
+                let l = fb.layout();
+                inner.damage = vec![DamageRect {
+                    x: 0,
+                    y: 0,
+                    w: l.width,
+                    h: l.height,
+                }];
+            }
+            inner.damage_events += 1;
+        }
+        Event::Serial { bytes } => {
+            inner.serial.extend(bytes);
+            let excess = inner.serial.len().saturating_sub(MAX_SERIAL_BUFFER);
+            inner.serial.drain(..excess);
+        }
+        Event::ServiceRequest {
+            id,
+            service,
+            argument,
+            target,
+        } => {
+            if inner.services.len() >= MAX_PENDING_SERVICE_REQUESTS {
+                warn!(partition = %slot.spec.name, "service request queue full; dropping the oldest");
+                inner.services.pop_front();
+            }
+            inner.services.push_back(ServiceRequest {
+                id,
+                service,
+                argument,
+                target,
+            });
+        }
+        Event::ScreenshotReady { id } => {
+            if inner.screenshots_ready.len() >= MAX_READY_SCREENSHOTS {
+                inner.screenshots_ready.pop_front();
+            }
+            inner.screenshots_ready.push_back(id);
+        }
+        Event::Stats { stats, .. } => inner.stats = Some(stats),
+    }
+    drop(inner);
+    slot.changed();
+    Ok(())
+}
+
+fn apply_vm_state(inner: &mut Inner, state: VmState) {
+    let alive_state = |inner: &Inner| !matches!(inner.state, PartitionState::Crashed { .. });
+    match state {
+        VmState::Ready => {}
+        VmState::Running if alive_state(inner) && !inner.stop_requested => {
+            inner.state = PartitionState::Running
+        }
+        VmState::Paused if alive_state(inner) && !inner.stop_requested => {
+            inner.state = PartitionState::Paused
+        }
+        VmState::Stopping if alive_state(inner) => inner.state = PartitionState::Stopping,
+        VmState::GuestFault { reason } => inner.guest_fault = Some(reason),
+        _ => {}
+    }
+}
+
+/// Waits for the process to end, records how, and restarts it if the policy says so.
+fn reap(slot: &Arc<Slot>, generation: u64, mut child: Child, reader_done: mpsc::Receiver<()>) {
+    let status = child.wait();
+    // The socket reaches end-of-file once the process is gone; bounded in case a
+    // descendant still holds it.
+    let _ = reader_done.recv_timeout(READER_DRAIN);
+    let restart_after = {
+        let mut inner = slot.lock();
+        let (state, exit) = final_state(&inner, status);
+        info!(partition = %slot.spec.name, %exit, "partition process ended");
+        inner.state = state;
+        inner.last_exit = Some(exit);
+        inner.pidfd = None;
+        inner.writer = None;
+        inner.socket = None;
+        restart_delay(slot, &mut inner)
+    };
+    slot.changed();
+    if let Some(delay) = restart_after {
+        std::thread::sleep(delay);
+        let still_wanted = {
+            let inner = slot.lock();
+            inner.generation == generation
+                && inner.pidfd.is_none()
+                && matches!(inner.state, PartitionState::Crashed { .. })
+        };
+        if still_wanted {
+            if let Err(e) = start(slot, false) {
+                warn!(partition = %slot.spec.name, "restart failed: {e}");
+                let mut inner = slot.lock();
+                inner.state = PartitionState::Crashed {
+                    reason: format!("restart failed: {e}"),
+                };
+                drop(inner);
+                slot.changed();
+            }
+        }
+    }
+}
+
+fn final_state(inner: &Inner, status: std::io::Result<ExitStatus>) -> (PartitionState, String) {
+    use std::os::unix::process::ExitStatusExt;
+    let exit = match &status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(sig)) => describe_signal(sig),
+            _ => format!("ended: {s}"),
+        },
+        Err(e) => format!("could not be waited for: {e}"),
+    };
+    let exit = if inner.killed_after_timeout {
+        format!("{exit} after ignoring the stop request")
+    } else {
+        exit
+    };
+    let state = if let Some(v) = &inner.violation {
+        PartitionState::Crashed {
+            reason: format!("protocol violation: {v}"),
+        }
+    } else if inner.stop_requested {
+        PartitionState::Stopped
+    } else if let Some(fault) = &inner.guest_fault {
+        PartitionState::Crashed {
+            reason: format!("guest fault: {fault}"),
+        }
+    } else {
+        match status.as_ref().ok().and_then(|s| s.code()) {
+            Some(0) => PartitionState::Exited { status: 0 },
+            _ => PartitionState::Crashed {
+                reason: exit.clone(),
+            },
+        }
+    };
+    (state, exit)
+}
+
+fn restart_delay(slot: &Slot, inner: &mut Inner) -> Option<Duration> {
+    let RestartPolicy::OnCrash { max_retries } = slot.spec.restart else {
+        return None;
+    };
+    // A partition that broke the protocol is treated as compromised: it stays off until
+    // someone restarts it by hand.
+    if !matches!(inner.state, PartitionState::Crashed { .. })
+        || inner.violation.is_some()
+        || inner.restarts >= max_retries
+    {
+        return None;
+    }
+    inner.restarts += 1;
+    // 100 ms, 200 ms, 400 ms … up to 5 s: a partition that dies at once cannot spin.
+    let delay = Duration::from_millis(100 << inner.restarts.min(6)).min(Duration::from_secs(5));
+    info!(partition = %slot.spec.name, attempt = inner.restarts, ?delay, "restarting crashed partition");
+    Some(delay)
+}
+
+/// Asks every slot to stop, waits up to `timeout` in total, then kills the rest.
+pub fn stop_slots(slots: &[Arc<Slot>], timeout: Duration) {
+    let mut stopping = Vec::new();
+    for slot in slots {
+        let mut inner = slot.lock();
+        if inner.pidfd.is_none() {
+            continue;
+        }
+        inner.stop_requested = true;
+        if !matches!(inner.state, PartitionState::Crashed { .. }) {
+            inner.state = PartitionState::Stopping;
+        }
+        drop(inner);
+        slot.changed();
+        // A partition that cannot take the request is killed below like any other.
+        let _ = send(slot, &Command::Stop);
+        stopping.push(slot);
+    }
+    let deadline = Instant::now() + timeout;
+    for slot in &stopping {
+        let left = deadline.saturating_duration_since(Instant::now());
+        slot.wait_until(left, |s| s.pid.is_none());
+    }
+    for slot in &stopping {
+        let mut inner = slot.lock();
+        let Some(pidfd) = inner.pidfd.clone() else {
+            continue;
+        };
+        inner.killed_after_timeout = true;
+        drop(inner);
+        warn!(partition = %slot.spec.name, ?timeout, "partition ignored the stop request; killing it");
+        if let Err(e) = pidfd.kill() {
+            warn!(partition = %slot.spec.name, "SIGKILL failed: {e}");
+        }
+    }
+    for slot in &stopping {
+        let (_, reaped) = slot.wait_until(KILL_WAIT, |s| s.pid.is_none());
+        if !reaped {
+            warn!(partition = %slot.spec.name, "process still not reaped {KILL_WAIT:?} after SIGKILL");
+        }
+    }
+}

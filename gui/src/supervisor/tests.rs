@@ -1,0 +1,508 @@
+//! Supervisor tests against real child processes.
+//!
+//! The partition processes here are this test binary re-executed with a filter that runs
+//! only [`fake_partition_process`]: a stand-in for `bulkhead-vmm` at the process
+//! boundary (it speaks the real protocol over the real socket, shares a real memfd and
+//! installs the real seccomp profile), without a VM behind it.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vmm_core::control::{
+    control_stream_from_inherited_fd, Command, Event, InputDevice, InputEvent, Memfd,
+    MessageWriter, PartitionEndpoint, PartitionStats, VmState,
+};
+use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
+
+use super::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn fake_test_name() -> String {
+    let path = module_path!();
+    let without_crate = path.split_once("::").map_or(path, |(_, rest)| rest);
+    format!("{without_crate}::fake_partition_process")
+}
+
+fn fake(name: &str, mode: &str, restart: RestartPolicy) -> LaunchSpec {
+    LaunchSpec {
+        name: name.to_string(),
+        program: std::env::current_exe().unwrap(),
+        args: [
+            fake_test_name().as_str(),
+            "--exact",
+            "--quiet",
+            "--test-threads=1",
+            "--",
+            &format!("mode={mode}"),
+            &format!("name={name}"),
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect(),
+        restart,
+    }
+}
+
+fn supervisor(specs: Vec<LaunchSpec>) -> Supervisor {
+    let sup = Supervisor::new(specs).unwrap();
+    assert!(sup.start_all().is_empty());
+    sup
+}
+
+fn wait_state(
+    sup: &Supervisor,
+    name: &str,
+    pred: impl Fn(&PartitionState) -> bool,
+) -> PartitionStatus {
+    let (status, ok) = sup.wait_until(name, WAIT, |s| pred(&s.state)).unwrap();
+    assert!(ok, "{name}: condition not reached, last status {status:?}");
+    status
+}
+
+fn wait_running(sup: &Supervisor, name: &str) -> PartitionStatus {
+    wait_state(sup, name, |s| *s == PartitionState::Running)
+}
+
+/// Waits until the partition has sent `more` further damage events.
+fn wait_more_damage(sup: &Supervisor, name: &str, more: u64) {
+    let start = sup.status(name).unwrap().damage_events;
+    let (status, ok) = sup
+        .wait_until(name, WAIT, |s| s.damage_events >= start + more)
+        .unwrap();
+    assert!(ok, "{name} stopped rendering: {status:?}");
+}
+
+fn kill9(pid: u32) {
+    // SAFETY: kill takes integers only; `pid` is our live child (checked by the caller
+    // via a status with a pid).
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+}
+
+fn reason(status: &PartitionStatus) -> String {
+    match &status.state {
+        PartitionState::Crashed { reason } => reason.clone(),
+        other => panic!("expected Crashed, got {other:?}"),
+    }
+}
+
+#[test]
+fn kill_minus_nine_crashes_only_that_partition_and_restart_brings_it_back() {
+    let sup = supervisor(vec![
+        fake("a", "normal", RestartPolicy::Never),
+        fake("b", "normal", RestartPolicy::Never),
+        fake("c", "normal", RestartPolicy::Never),
+    ]);
+    for n in ["a", "b", "c"] {
+        wait_running(&sup, n);
+    }
+    let pid = sup.status("b").unwrap().pid.unwrap();
+    kill9(pid);
+    let crashed = wait_state(&sup, "b", PartitionState::is_crashed);
+    assert_eq!(reason(&crashed), "killed by SIGKILL");
+    assert_eq!(crashed.pid, None);
+
+    wait_more_damage(&sup, "a", 5);
+    wait_more_damage(&sup, "c", 5);
+    assert_eq!(sup.status("a").unwrap().state, PartitionState::Running);
+    assert_eq!(sup.status("c").unwrap().state, PartitionState::Running);
+
+    sup.restart("b", Duration::from_secs(2)).unwrap();
+    let back = wait_running(&sup, "b");
+    assert_ne!(back.pid, Some(pid));
+    wait_more_damage(&sup, "b", 5);
+}
+
+#[test]
+fn on_crash_policy_restarts_until_retries_run_out() {
+    let sup = supervisor(vec![fake(
+        "r",
+        "normal",
+        RestartPolicy::OnCrash { max_retries: 1 },
+    )]);
+    let first = wait_running(&sup, "r").pid.unwrap();
+    kill9(first);
+    let (status, ok) = sup
+        .wait_until("r", WAIT, |s| {
+            s.restarts == 1 && s.state == PartitionState::Running && s.pid != Some(first)
+        })
+        .unwrap();
+    assert!(ok, "no automatic restart: {status:?}");
+
+    kill9(status.pid.unwrap());
+    let (status, _) = sup
+        .wait_until("r", Duration::from_secs(2), |s| {
+            s.state == PartitionState::Running && s.restarts > 1
+        })
+        .unwrap();
+    assert!(
+        status.state.is_crashed(),
+        "retries exhausted, must stay crashed: {status:?}"
+    );
+    assert_eq!(status.restarts, 1);
+}
+
+#[test]
+fn garbage_on_the_socket_cuts_off_only_that_partition() {
+    let sup = supervisor(vec![
+        fake("good", "normal", RestartPolicy::OnCrash { max_retries: 3 }),
+        fake("junk", "garbage", RestartPolicy::OnCrash { max_retries: 3 }),
+        fake("huge", "oversized", RestartPolicy::Never),
+        fake("offscreen", "bad_damage", RestartPolicy::Never),
+        fake("liar", "wrong_name", RestartPolicy::Never),
+    ]);
+    let cases = [
+        ("junk", "message length"),
+        ("huge", "exceeds the maximum"),
+        ("offscreen", "outside the screen"),
+        ("liar", "says it is partition"),
+    ];
+    for (name, why) in cases {
+        let status = wait_state(&sup, name, PartitionState::is_crashed);
+        let r = reason(&status);
+        assert!(
+            r.starts_with("protocol violation: ") && r.contains(why),
+            "{name}: {r}"
+        );
+        let (status, gone) = sup.wait_until(name, WAIT, |s| s.pid.is_none()).unwrap();
+        assert!(gone, "{name}: cut-off process must be killed: {status:?}");
+    }
+    // Protocol violations are not crashes to retry: a hostile partition stays off.
+    let junk = sup.status("junk").unwrap();
+    assert_eq!(junk.restarts, 0);
+    assert!(junk.state.is_crashed());
+
+    wait_running(&sup, "good");
+    wait_more_damage(&sup, "good", 5);
+}
+
+#[test]
+fn forbidden_syscall_kills_the_partition_and_is_reported() {
+    let sup = supervisor(vec![
+        fake("bad", "forbidden_syscall", RestartPolicy::Never),
+        fake("ok", "normal", RestartPolicy::Never),
+    ]);
+    let status = wait_state(&sup, "bad", PartitionState::is_crashed);
+    let r = reason(&status);
+    assert!(
+        r.contains("SIGSYS") && r.contains("forbidden system call"),
+        "{r}"
+    );
+    wait_more_damage(&sup, "ok", 3);
+}
+
+#[test]
+fn stop_all_kills_a_partition_that_ignores_stop() {
+    let sup = supervisor(vec![
+        fake(
+            "stubborn",
+            "ignore_stop",
+            RestartPolicy::OnCrash { max_retries: 3 },
+        ),
+        fake(
+            "polite",
+            "normal",
+            RestartPolicy::OnCrash { max_retries: 3 },
+        ),
+    ]);
+    wait_running(&sup, "stubborn");
+    wait_running(&sup, "polite");
+    sup.stop_all(Duration::from_millis(1500));
+
+    let stubborn = sup.status("stubborn").unwrap();
+    assert_eq!(stubborn.state, PartitionState::Stopped);
+    assert_eq!(stubborn.pid, None);
+    assert!(stubborn.killed_after_timeout);
+    let exit = stubborn.last_exit.unwrap();
+    assert!(
+        exit.contains("SIGKILL") && exit.contains("ignoring the stop"),
+        "{exit}"
+    );
+
+    let polite = sup.status("polite").unwrap();
+    assert_eq!(polite.state, PartitionState::Stopped);
+    assert!(!polite.killed_after_timeout);
+    assert_eq!(polite.last_exit.as_deref(), Some("exited with status 0"));
+    // A requested stop is not a crash: no restart happens.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sup.status("polite").unwrap().pid, None);
+}
+
+#[test]
+fn framebuffer_pixels_arrive_through_shared_memory() {
+    let sup = supervisor(vec![fake("fb", "normal", RestartPolicy::Never)]);
+    wait_running(&sup, "fb");
+    wait_more_damage(&sup, "fb", 3);
+    let fb = sup.framebuffer("fb").unwrap().expect("framebuffer offered");
+    assert_eq!(fb.layout(), FramebufferLayout::new(64, 64).unwrap());
+    let damage = sup.take_damage("fb").unwrap();
+    assert!(!damage.is_empty());
+    assert!(damage.iter().all(|r| fb.contains(r)));
+
+    // The fake writes its frame counter into pixel (0,0) after the memfd crossed the
+    // socket; only shared memory can carry the later values.
+    let first = fb.pixel(0, 0).unwrap();
+    wait_more_damage(&sup, "fb", 3);
+    let later = fb.pixel(0, 0).unwrap();
+    assert!(later > first, "pixel did not change: {first} -> {later}");
+    let mut rect = Vec::new();
+    fb.read_rect(
+        DamageRect {
+            x: 0,
+            y: 0,
+            w: 2,
+            h: 2,
+        },
+        &mut rect,
+    )
+    .unwrap();
+    assert_eq!(rect.len(), 16);
+    assert!(fb
+        .read_rect(
+            DamageRect {
+                x: 63,
+                y: 0,
+                w: 2,
+                h: 1
+            },
+            &mut rect
+        )
+        .is_err());
+}
+
+#[test]
+fn commands_reach_the_partition_and_answers_come_back() {
+    let sup = supervisor(vec![fake("cmd", "normal", RestartPolicy::Never)]);
+    wait_running(&sup, "cmd");
+    sup.pause("cmd").unwrap();
+    wait_state(&sup, "cmd", |s| *s == PartitionState::Paused);
+    sup.resume("cmd").unwrap();
+    wait_running(&sup, "cmd");
+
+    let key = |value| InputEvent {
+        kind: InputDevice::Keyboard,
+        ev_type: 1,
+        code: 30,
+        value,
+    };
+    sup.send_input("cmd", &[key(1), key(0)]).unwrap();
+    sup.request_stats("cmd").unwrap();
+    let shot = sup.request_screenshot("cmd").unwrap();
+    let (status, ok) = sup.wait_until("cmd", WAIT, |s| s.stats.is_some()).unwrap();
+    assert!(ok, "{status:?}");
+    assert_eq!(status.stats.unwrap().uptime_ms, 1234);
+
+    let mut serial = Vec::new();
+    let mut ready = Vec::new();
+    for _ in 0..200 {
+        serial.extend(sup.take_serial("cmd").unwrap());
+        ready.extend(sup.take_screenshots_ready("cmd").unwrap());
+        if serial.ends_with(b"input:2\n") && ready.contains(&shot) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        serial.ends_with(b"input:2\n"),
+        "{:?}",
+        String::from_utf8_lossy(&serial)
+    );
+    assert!(ready.contains(&shot));
+}
+
+#[test]
+fn partition_exiting_with_an_error_shows_crashed_with_the_status() {
+    let sup = supervisor(vec![fake("x", "exit3", RestartPolicy::Never)]);
+    let status = wait_state(&sup, "x", PartitionState::is_crashed);
+    assert_eq!(reason(&status), "guest fault: triple fault");
+    assert_eq!(status.last_exit.as_deref(), Some("exited with status 3"));
+}
+
+#[test]
+fn launch_errors_name_what_failed() {
+    let dup = Supervisor::new(vec![
+        fake("same", "normal", RestartPolicy::Never),
+        fake("same", "normal", RestartPolicy::Never),
+    ]);
+    assert!(matches!(dup, Err(SupervisorError::DuplicateName(n)) if n == "same"));
+
+    let mut missing = fake("ghost", "normal", RestartPolicy::Never);
+    missing.program = "/nonexistent/bulkhead-vmm".into();
+    let sup = Supervisor::new(vec![missing]).unwrap();
+    let err = sup.start("ghost").unwrap_err();
+    assert!(
+        err.to_string().contains("/nonexistent/bulkhead-vmm"),
+        "{err}"
+    );
+    assert!(matches!(
+        sup.status("nope"),
+        Err(SupervisorError::UnknownPartition(_))
+    ));
+    assert!(matches!(
+        sup.pause("ghost"),
+        Err(SupervisorError::NotRunning(_))
+    ));
+}
+
+// ---- the fake partition process ----
+
+/// Entry point of the fake partition process. In a normal test run it is given no
+/// `--control-fd` and returns at once; re-executed by [`fake`], it never returns.
+#[test]
+fn fake_partition_process() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |key: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(key))
+            .map(str::to_string)
+    };
+    let Some(fd) = args
+        .iter()
+        .position(|a| a == "--control-fd")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+    else {
+        return;
+    };
+    let mode = arg("mode=").unwrap();
+    let name = arg("name=").unwrap();
+    // SAFETY: fd 3 was inherited from the supervisor and nothing here owns it yet.
+    let stream = unsafe { control_stream_from_inherited_fd(fd) }.unwrap();
+    std::process::exit(run_fake(stream, &mode, &name));
+}
+
+fn run_fake(stream: UnixStream, mode: &str, name: &str) -> i32 {
+    let mut raw = stream.try_clone().unwrap();
+    let said = if mode == "wrong_name" {
+        "someone-else"
+    } else {
+        name
+    };
+    let Ok(PartitionEndpoint {
+        mut commands,
+        mut events,
+    }) = PartitionEndpoint::handshake(stream, said)
+    else {
+        return 10;
+    };
+    let layout = FramebufferLayout::new(64, 64).unwrap();
+    let memfd = Memfd::create("fake-fb", layout.region_size() as usize).unwrap();
+    let pixels = memfd.map_shared_rw().unwrap();
+    events
+        .send_with_fds(&Event::Framebuffer { layout }, &[memfd.as_fd()])
+        .unwrap();
+    events.send(&Event::State(VmState::Ready)).unwrap();
+    if commands.recv().map(|r| r.message).ok() != Some(Command::Start) {
+        return 11;
+    }
+    events.send(&Event::State(VmState::Running)).unwrap();
+    match mode {
+        "garbage" => {
+            raw.write_all(b"this is not a frame at all").unwrap();
+            idle()
+        }
+        "oversized" => {
+            raw.write_all(&u32::MAX.to_le_bytes()).unwrap();
+            idle()
+        }
+        "bad_damage" => {
+            let rects = vec![DamageRect {
+                x: 60,
+                y: 0,
+                w: 10,
+                h: 1,
+            }];
+            events.send(&Event::Damage { rects }).unwrap();
+            idle()
+        }
+        "forbidden_syscall" => {
+            vmm_core::sandbox::set_no_new_privs().unwrap();
+            vmm_core::sandbox::install(vmm_core::sandbox::SeccompProfile::Vcpu).unwrap();
+            // SAFETY: socket() takes integers; the filter kills us before it returns.
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            12
+        }
+        "exit3" => {
+            let fault = VmState::GuestFault {
+                reason: "triple fault".into(),
+            };
+            events.send(&Event::State(fault)).unwrap();
+            3
+        }
+        _ => {
+            let events = Arc::new(Mutex::new(events));
+            let obey_stop = mode != "ignore_stop";
+            let e = Arc::clone(&events);
+            std::thread::spawn(move || serve_commands(commands, e, obey_stop));
+            render(&events, &pixels)
+        }
+    }
+}
+
+fn idle() -> i32 {
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Writes a frame counter into pixel (0,0) and reports the damage, like a guest
+/// drawing and the dirty log noticing.
+fn render(events: &Mutex<MessageWriter<Event>>, pixels: &vmm_core::control::MappedRegion) -> i32 {
+    for frame in 1u32.. {
+        pixels.write_at(0, &frame.to_le_bytes()).unwrap();
+        let damage = Event::Damage {
+            rects: vec![DamageRect {
+                x: 0,
+                y: 0,
+                w: 1,
+                h: 1,
+            }],
+        };
+        if events.lock().unwrap().send(&damage).is_err() {
+            return 20;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    21
+}
+
+fn serve_commands(
+    mut commands: vmm_core::control::MessageReader<Command>,
+    events: Arc<Mutex<MessageWriter<Event>>>,
+    obey_stop: bool,
+) {
+    let send = |e: Event| {
+        let _ = events.lock().unwrap().send(&e);
+    };
+    while let Ok(received) = commands.recv() {
+        let command = received.message;
+        command.validate().unwrap();
+        match command {
+            Command::Stop if obey_stop => {
+                send(Event::State(VmState::Stopping));
+                send(Event::State(VmState::PoweredOff));
+                std::process::exit(0);
+            }
+            Command::Pause => send(Event::State(VmState::Paused)),
+            Command::Resume => send(Event::State(VmState::Running)),
+            Command::Input { events } => send(Event::Serial {
+                bytes: format!("input:{}\n", events.len()).into_bytes(),
+            }),
+            Command::Stats { id } => send(Event::Stats {
+                id,
+                stats: PartitionStats {
+                    uptime_ms: 1234,
+                    ..PartitionStats::default()
+                },
+            }),
+            Command::Screenshot { id } => send(Event::ScreenshotReady { id }),
+            _ => {}
+        }
+    }
+    // Supervisor gone: a partition never outlives its connection.
+    std::process::exit(0);
+}
