@@ -8,9 +8,11 @@
 //! 2. sets rlimits: no core dumps, a small open-file limit, no locked memory, and an
 //!    optional address-space cap (guest RAM is mapped into this process and counts
 //!    against it, so the cap must be RAM plus headroom: [`address_space_for_guest`]);
-//! 3. moves into new user, mount, IPC, network, UTS and PID namespaces where the host
-//!    allows (no network devices at all; the PID namespace applies to children, which
-//!    seccomp forbids anyway);
+//! 3. moves into new user, mount, IPC, network and UTS namespaces where the host allows
+//!    (no network devices at all). Not a PID namespace: after `unshare(CLONE_NEWPID)` the
+//!    kernel refuses `clone(CLONE_THREAD)`, and the VMM needs threads; other processes
+//!    stay out of reach through seccomp (no `kill`, `ptrace`, `fork`), Landlock (no
+//!    `/proc` access, signals scoped to the sandbox) instead;
 //! 4. sets `no_new_privs`;
 //! 5. applies a Landlock allowlist: only the listed paths can be opened, no TCP, no
 //!    abstract sockets, no signals out of the sandbox.
@@ -79,10 +81,10 @@ impl Default for SandboxConfig {
 /// Which namespaces the process ended up in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Namespaces {
-    /// New user namespace plus mount, IPC, network, UTS and PID.
+    /// New user namespace plus mount, IPC, network and UTS.
     UserAndAll,
-    /// No user namespace (not permitted), but mount, IPC, network, UTS and PID (the
-    /// process is privileged).
+    /// No user namespace (not permitted), but mount, IPC, network and UTS (the process
+    /// is privileged).
     AllWithoutUser,
     None,
 }
@@ -232,11 +234,9 @@ fn set_rlimit(
     Ok(())
 }
 
-const NS_FLAGS: libc::c_int = libc::CLONE_NEWNS
-    | libc::CLONE_NEWIPC
-    | libc::CLONE_NEWNET
-    | libc::CLONE_NEWUTS
-    | libc::CLONE_NEWPID;
+/// No CLONE_NEWPID: it would stop this process from creating threads (see above).
+const NS_FLAGS: libc::c_int =
+    libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET | libc::CLONE_NEWUTS;
 
 fn enter_namespaces(warnings: &mut Vec<String>) -> Namespaces {
     // SAFETY: getuid/getgid cannot fail and touch no memory.

@@ -218,6 +218,9 @@ const COMMON: &[SyscallRule] = &[
     any("brk", libc::SYS_brk),
     any("rt_sigreturn", libc::SYS_rt_sigreturn),
     any("rt_sigprocmask", libc::SYS_rt_sigprocmask),
+    // abort() resets SIGABRT's handler before raising it; without this a panic would be
+    // reported as a seccomp kill instead of SIGABRT.
+    any("rt_sigaction", libc::SYS_rt_sigaction),
     any("sigaltstack", libc::SYS_sigaltstack),
     any("set_robust_list", libc::SYS_set_robust_list),
     any("rseq", libc::SYS_rseq),

@@ -396,3 +396,45 @@ fn threads_started_under_main_can_narrow_to_their_own_profile() {
     });
     assert_eq!(outcome, Outcome::Exited(0));
 }
+
+#[test]
+fn the_vmm_sequence_sandbox_then_main_then_thread_profiles_runs() {
+    // What bulkhead-vmm does: sandbox the process, confine the main thread, start a vCPU
+    // and a device thread that narrow further, and do their kind of work.
+    let outcome = in_child(|| {
+        let Ok(_report) = apply_process_sandbox(&SandboxConfig::default()) else {
+            return 90;
+        };
+        if install(SeccompProfile::Main).is_err() {
+            return 91;
+        }
+        let spawn = |profile| {
+            std::thread::spawn(move || {
+                if install(profile).is_err() {
+                    return 1;
+                }
+                let v: Vec<u64> = (0..10_000).collect();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                i32::from(v.len() != 10_000) * 2
+            })
+        };
+        let vcpu = spawn(SeccompProfile::Vcpu);
+        let device = spawn(SeccompProfile::Device);
+        let a = vcpu.join().unwrap_or(3);
+        let b = device.join().unwrap_or(3);
+        a * 10 + b
+    });
+    assert_eq!(outcome, Outcome::Exited(0));
+}
+
+#[test]
+fn abort_under_a_profile_is_reported_as_sigabrt_not_as_seccomp() {
+    for profile in [
+        SeccompProfile::Main,
+        SeccompProfile::Device,
+        SeccompProfile::Vcpu,
+    ] {
+        let outcome = under_profile(profile, || std::process::abort());
+        assert_eq!(outcome, Outcome::Signaled(libc::SIGABRT), "{profile:?}");
+    }
+}
