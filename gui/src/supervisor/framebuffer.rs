@@ -47,7 +47,7 @@ impl SharedFramebuffer {
         }
         Ok(Self {
             layout,
-            map: memfd.map_readonly()?,
+            map: memfd.map_readonly_prefix(layout.bytes())?,
         })
     }
 

@@ -7,7 +7,7 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -154,12 +154,16 @@ fn garbage_on_the_socket_cuts_off_only_that_partition() {
         fake("huge", "oversized", RestartPolicy::Never),
         fake("offscreen", "bad_damage", RestartPolicy::Never),
         fake("liar", "wrong_name", RestartPolicy::Never),
+        fake("tiny", "small_fb", RestartPolicy::Never),
+        fake("shrinkable", "unsealed_fb", RestartPolicy::Never),
     ]);
     let cases = [
         ("junk", "message length"),
         ("huge", "exceeds the maximum"),
         ("offscreen", "outside the screen"),
         ("liar", "says it is partition"),
+        ("tiny", "the layout needs"),
+        ("shrinkable", "F_SEAL_SHRINK missing"),
     ];
     for (name, why) in cases {
         let status = wait_state(&sup, name, PartitionState::is_crashed);
@@ -392,9 +396,22 @@ fn run_fake(stream: UnixStream, mode: &str, name: &str) -> i32 {
     let layout = FramebufferLayout::new(64, 64).unwrap();
     let memfd = Memfd::create("fake-fb", layout.region_size() as usize).unwrap();
     let pixels = memfd.map_shared_rw().unwrap();
+    let offered = match mode {
+        "small_fb" => OwnedFd::from(
+            Memfd::create("small", 4096)
+                .unwrap()
+                .try_clone_file()
+                .unwrap(),
+        ),
+        "unsealed_fb" => unsealed_memfd(layout.bytes()),
+        _ => OwnedFd::from(memfd.try_clone_file().unwrap()),
+    };
     events
-        .send_with_fds(&Event::Framebuffer { layout }, &[memfd.as_fd()])
+        .send_with_fds(&Event::Framebuffer { layout }, &[offered.as_fd()])
         .unwrap();
+    if mode.ends_with("_fb") {
+        return idle();
+    }
     events.send(&Event::State(VmState::Ready)).unwrap();
     if commands.recv().map(|r| r.message).ok() != Some(Command::Start) {
         return 11;
@@ -441,6 +458,17 @@ fn run_fake(stream: UnixStream, mode: &str, name: &str) -> i32 {
             render(&events, &pixels)
         }
     }
+}
+
+fn unsealed_memfd(size: usize) -> OwnedFd {
+    let name = c"unsealed";
+    // SAFETY: valid C string; the new fd is owned right below.
+    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(raw >= 0);
+    // SAFETY: fresh fd from memfd_create, owned by nothing else.
+    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    file.set_len(size as u64).unwrap();
+    file.into()
 }
 
 fn idle() -> i32 {

@@ -121,6 +121,19 @@ impl Memfd {
     pub fn map_readonly(&self) -> Result<MappedRegion, MemfdError> {
         MappedRegion::map(self.fd.as_fd(), self.size, false)
     }
+
+    /// Maps only the first `len` bytes read-only: a peer chooses the memfd's size, so
+    /// the receiver maps what it needs rather than whatever it was given.
+    pub fn map_readonly_prefix(&self, len: usize) -> Result<MappedRegion, MemfdError> {
+        if len == 0 || len > self.size {
+            return Err(MemfdError::OutOfRange {
+                offset: 0,
+                len,
+                size: self.size,
+            });
+        }
+        MappedRegion::map(self.fd.as_fd(), len, false)
+    }
 }
 
 impl AsRawFd for Memfd {

@@ -509,3 +509,17 @@ fn inherited_fd_must_be_a_socket() {
     let stream = unsafe { control_stream_from_inherited_fd(raw) }.unwrap();
     drop(stream);
 }
+
+#[test]
+fn readonly_prefix_maps_only_what_is_asked() {
+    let memfd = Memfd::create("big", 1 << 20).unwrap();
+    let rw = memfd.map_shared_rw().unwrap();
+    rw.write_at(10, b"abc").unwrap();
+    let prefix = memfd.map_readonly_prefix(4096).unwrap();
+    assert_eq!(prefix.len(), 4096);
+    let mut got = [0u8; 3];
+    prefix.read_at(10, &mut got).unwrap();
+    assert_eq!(&got, b"abc");
+    assert!(memfd.map_readonly_prefix((1 << 20) + 1).is_err());
+    assert!(memfd.map_readonly_prefix(0).is_err());
+}
