@@ -4,7 +4,7 @@
 //! `audit.log.1`, the old `.1` becomes `.2`, and so on up to `keep` files.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -116,8 +116,13 @@ impl AuditLog {
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(&self.path)
             .map_err(err)?;
+        if ends_torn(&mut f).map_err(err)? {
+            // A crash cut the last record short: start ours on a fresh line.
+            line.insert(0, '\n');
+        }
         // One write per record so concurrent appenders never interleave inside a line.
         f.write_all(line.as_bytes()).map_err(err)?;
         f.sync_data().map_err(err)
@@ -185,6 +190,18 @@ impl AuditLog {
         }
         Ok(out)
     }
+}
+
+/// Does the file end without a newline (a record cut short)?
+fn ends_torn(f: &mut File) -> io::Result<bool> {
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    f.seek(SeekFrom::Start(len - 1))?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 /// What the reader found.
@@ -405,8 +422,18 @@ mod tests {
             .unwrap()
             .write_all(b"{\"time\":\"20")
             .unwrap();
+        log.record(
+            &Request::file_copy("c", "d"),
+            &decision(Verdict::Deny { notify: true }),
+        )
+        .unwrap();
         let out = log.read(&AuditFilter::default()).unwrap();
-        assert_eq!(out.records.len(), 1);
+        assert_eq!(
+            out.records.len(),
+            2,
+            "the record after the torn one is intact"
+        );
+        assert_eq!(out.records[1].request, Request::file_copy("c", "d"));
         assert_eq!(out.unreadable_lines, 1);
     }
 }
