@@ -203,7 +203,7 @@ proptest! {
     #[test]
     fn a_service_no_rule_mentions_is_denied(text in rules_text(), req in request()) {
         let text = text.lines().filter(|l| !l.trim_start().starts_with('*')).collect::<Vec<_>>().join("\n");
-        if let Request::Service { service, source, target, argument } = &req {
+        if let Request::Service { source, target, argument, .. } = &req {
             let req = Request::Service { service: "never.Mentioned".into(), argument: argument.clone(), source: source.clone(), target: target.clone() };
             prop_assert_eq!(policy(&text).decide(&req).verdict, Verdict::Deny { notify: true });
         }
