@@ -45,9 +45,6 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Some(Command::Up(args)) => up::run(args),
         Some(Command::Image(cmd)) => image::run(cmd),
         Some(Command::Man(args)) => manpage::run(args),
-        None => {
-            eprintln!("bulkhead: the desktop app is not built yet; try `bulkhead run --help`");
-            ExitCode::from(2)
-        }
+        None => crate::app::run_desktop(),
     }
 }

@@ -1,0 +1,202 @@
+//! Audit log panel: every inter-partition decision, filterable.
+
+use std::path::{Path, PathBuf};
+
+use egui::Ui;
+use isolation_policy::{AuditFilter, AuditLog, AuditRecord, Request};
+
+/// Where the audit log lives: `$BULKHEAD_AUDIT_DIR`, else `$XDG_STATE_HOME/bulkhead`, else
+/// `~/.local/state/bulkhead`.
+pub fn default_audit_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("BULKHEAD_AUDIT_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    Some(state.join("bulkhead"))
+}
+
+/// One decision as the panel shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub time: String,
+    pub service: String,
+    pub source: String,
+    pub target: String,
+    pub decision: String,
+    pub rule: String,
+}
+
+impl AuditRow {
+    pub fn from_record(r: &AuditRecord) -> Self {
+        let service = match &r.request {
+            Request::Service {
+                service,
+                argument: Some(a),
+                ..
+            } => format!("{service}+{a}"),
+            Request::Service { service, .. } => service.clone(),
+            other => other.to_string(),
+        };
+        let target = r
+            .target
+            .clone()
+            .or_else(|| r.request.target().map(String::from))
+            .unwrap_or_else(|| "-".into());
+        Self {
+            time: r.time.clone(),
+            service,
+            source: r.request.source().to_string(),
+            target,
+            decision: r.decision.clone(),
+            rule: r.rule.as_ref().map_or_else(
+                || "no rule (default deny)".to_string(),
+                |rule| rule.to_string(),
+            ),
+        }
+    }
+
+    /// Case-insensitive match of `filter` against every column.
+    pub fn matches(&self, filter: &str) -> bool {
+        if filter.trim().is_empty() {
+            return true;
+        }
+        let f = filter.to_lowercase();
+        [
+            &self.time,
+            &self.service,
+            &self.source,
+            &self.target,
+            &self.decision,
+            &self.rule,
+        ]
+        .iter()
+        .any(|c| c.to_lowercase().contains(&f))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct AuditPanel {
+    pub rows: Vec<AuditRow>,
+    pub filter: String,
+    /// Where the rows came from, or why there are none.
+    pub source_note: String,
+    dir: Option<PathBuf>,
+}
+
+impl AuditPanel {
+    /// Reads the audit log in `dir` (newest 5000 decisions).
+    pub fn open(dir: &Path) -> Self {
+        let mut panel = Self {
+            dir: Some(dir.to_path_buf()),
+            ..Self::default()
+        };
+        panel.reload();
+        panel
+    }
+
+    pub fn reload(&mut self) {
+        let Some(dir) = &self.dir else {
+            self.source_note = "no audit log directory".into();
+            return;
+        };
+        let filter = AuditFilter {
+            last: Some(5000),
+            ..AuditFilter::default()
+        };
+        let read = AuditLog::open(
+            dir,
+            isolation_policy::audit::DEFAULT_MAX_BYTES,
+            isolation_policy::audit::DEFAULT_KEEP,
+        )
+        .and_then(|log| log.read(&filter).map(|r| (log.path().to_path_buf(), r)));
+        match read {
+            Ok((path, readout)) => {
+                self.rows = readout.records.iter().map(AuditRow::from_record).collect();
+                self.source_note = format!("{}", path.display());
+                if readout.unreadable_lines > 0 {
+                    self.source_note.push_str(&format!(
+                        " ({} unreadable lines skipped)",
+                        readout.unreadable_lines
+                    ));
+                }
+            }
+            Err(e) => self.source_note = format!("cannot read the audit log: {e}"),
+        }
+    }
+
+    pub fn filtered(&self) -> impl Iterator<Item = &AuditRow> {
+        self.rows.iter().filter(|r| r.matches(&self.filter))
+    }
+
+    pub fn show(&mut self, ui: &mut Ui) {
+        ui.heading("Audit log");
+        ui.horizontal(|ui| {
+            ui.label("Filter:");
+            ui.add(
+                egui::TextEdit::singleline(&mut self.filter)
+                    .hint_text("service, partition, decision…"),
+            );
+            if ui.button("Reload").clicked() {
+                self.reload();
+            }
+        });
+        if !self.source_note.is_empty() {
+            ui.weak(&self.source_note);
+        }
+        let rows: Vec<AuditRow> = self.filtered().cloned().collect();
+        ui.weak(format!("{} of {} decisions", rows.len(), self.rows.len()));
+        egui::ScrollArea::vertical()
+            .id_salt("audit")
+            .auto_shrink([false, false])
+            .show(ui, |ui| {
+                egui::Grid::new("audit_grid").striped(true).show(ui, |ui| {
+                    for h in ["time", "service", "from", "to", "decision", "rule"] {
+                        ui.strong(h);
+                    }
+                    ui.end_row();
+                    for r in &rows {
+                        ui.monospace(&r.time);
+                        ui.label(&r.service);
+                        ui.label(&r.source);
+                        ui.label(&r.target);
+                        ui.label(&r.decision);
+                        ui.weak(&r.rule);
+                        ui.end_row();
+                    }
+                });
+            });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(service: &str, decision: &str) -> AuditRow {
+        AuditRow {
+            time: "2026-11-26T09:00:00Z".into(),
+            service: service.into(),
+            source: "work".into(),
+            target: "browser".into(),
+            decision: decision.into(),
+            rule: "policy.rules:3".into(),
+        }
+    }
+
+    #[test]
+    fn filter_matches_any_column_ignoring_case() {
+        let mut p = AuditPanel::default();
+        p.rows = vec![
+            row("bulkhead.Clipboard", "allow"),
+            row("bulkhead.OpenURL", "deny"),
+        ];
+        p.filter = "DENY".into();
+        let names: Vec<_> = p.filtered().map(|r| r.service.as_str()).collect();
+        assert_eq!(names, vec!["bulkhead.OpenURL"]);
+        p.filter = "  ".into();
+        assert_eq!(p.filtered().count(), 2);
+    }
+}

@@ -1,0 +1,138 @@
+//! The launcher: every configured partition with its label, kind, state and figures,
+//! and the buttons that drive it.
+
+use egui::{Color32, RichText, Sense, Ui};
+
+use super::model::{format_uptime, PartitionState};
+use super::{Action, PartitionSlot};
+
+pub fn show(
+    ui: &mut Ui,
+    slots: &[PartitionSlot],
+    focused: Option<usize>,
+    actions: &mut Vec<Action>,
+) {
+    ui.heading("Partitions");
+    if slots.is_empty() {
+        ui.label("No partitions configured. Add one in the Policy panel.");
+        return;
+    }
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        for (i, slot) in slots.iter().enumerate() {
+            row(ui, i, slot, focused == Some(i), actions);
+            ui.add_space(6.0);
+        }
+    });
+}
+
+fn row(ui: &mut Ui, i: usize, slot: &PartitionSlot, focused: bool, actions: &mut Vec<Action>) {
+    let info = slot.backend.info();
+    let state = slot.backend.state();
+    let stroke = if focused {
+        egui::Stroke::new(2.0, info.label.color())
+    } else {
+        ui.visuals().widgets.noninteractive.bg_stroke
+    };
+    egui::Frame::group(ui.style())
+        .stroke(stroke)
+        .show(ui, |ui| {
+            ui.set_width(ui.available_width());
+            ui.horizontal(|ui| {
+                swatch(ui, info.label.color());
+                ui.strong(format!("[{}]", info.name));
+                ui.weak(&info.kind);
+                ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                    ui.label(state_text(&state));
+                });
+            });
+            if let Some(disclaimer) = info.source.disclaimer() {
+                ui.label(
+                    RichText::new(disclaimer)
+                        .italics()
+                        .color(ui.visuals().warn_fg_color),
+                );
+            }
+            if let PartitionState::Crashed { reason } = &state {
+                ui.colored_label(ui.visuals().error_fg_color, format!("reason: {reason}"));
+            }
+            figures(ui, slot, &state);
+            buttons(ui, i, &state, slot.popped_out, actions);
+            if let Some(err) = &slot.last_error {
+                ui.colored_label(ui.visuals().error_fg_color, err);
+            }
+        });
+}
+
+fn swatch(ui: &mut Ui, color: Color32) {
+    let (rect, _) = ui.allocate_exact_size(egui::vec2(14.0, 14.0), Sense::hover());
+    ui.painter().rect_filled(rect, 2.0, color);
+}
+
+fn state_text(state: &PartitionState) -> RichText {
+    let color = match state {
+        PartitionState::Running => Color32::from_rgb(0x4e, 0x9a, 0x06),
+        PartitionState::Booting => Color32::from_rgb(0xc4, 0xa0, 0x00),
+        PartitionState::Paused => Color32::from_rgb(0x72, 0x9f, 0xcf),
+        PartitionState::Crashed { .. } => Color32::from_rgb(0xef, 0x29, 0x29),
+        PartitionState::Stopped => Color32::GRAY,
+    };
+    RichText::new(state.word()).color(color).strong()
+}
+
+fn figures(ui: &mut Ui, slot: &PartitionSlot, state: &PartitionState) {
+    let info = slot.backend.info();
+    let stats = slot.backend.stats();
+    ui.horizontal_wrapped(|ui| {
+        ui.weak(format!("{} MiB", info.memory_mib));
+        ui.weak(format!("{} vCPU", info.vcpus));
+        ui.weak(format!("{}×{}", info.display.0, info.display.1));
+        if matches!(state, PartitionState::Running | PartitionState::Paused) {
+            ui.label(format!(
+                "CPU {:.0}%  up {}  {} MiB in use",
+                stats.cpu_percent,
+                format_uptime(stats.uptime),
+                stats.memory_mib
+            ));
+        }
+    });
+}
+
+fn buttons(ui: &mut Ui, i: usize, state: &PartitionState, popped: bool, actions: &mut Vec<Action>) {
+    ui.horizontal(|ui| {
+        let mut button = |ui: &mut Ui, text: &str, enabled: bool, action: Action| {
+            if ui.add_enabled(enabled, egui::Button::new(text)).clicked() {
+                actions.push(action);
+            }
+        };
+        button(ui, "Start", state.can_start(), Action::Start(i));
+        button(
+            ui,
+            "Stop",
+            *state != PartitionState::Stopped,
+            Action::Stop(i),
+        );
+        if *state == PartitionState::Paused {
+            button(ui, "Resume", true, Action::Resume(i));
+        } else {
+            button(
+                ui,
+                "Pause",
+                *state == PartitionState::Running,
+                Action::Pause(i),
+            );
+        }
+        button(
+            ui,
+            "Restart",
+            *state != PartitionState::Stopped,
+            Action::Restart(i),
+        );
+        if state.has_display() {
+            if popped {
+                button(ui, "Pop in", true, Action::PopIn(i));
+            } else {
+                button(ui, "Pop out", true, Action::PopOut(i));
+            }
+        }
+    });
+}

@@ -1,0 +1,472 @@
+//! The desktop app: state in [`BulkheadApp`], one module per panel, logic apart from
+//! drawing (panels return actions; [`BulkheadApp::apply`] carries them out).
+
+pub mod audit_log;
+pub mod backend;
+pub mod launcher;
+pub mod model;
+pub mod partition_view;
+pub mod policy_editor;
+pub mod run;
+pub mod serial_console;
+
+use std::time::Duration;
+
+use crate::display::texture::GuestTexture;
+use crate::input::router::{InputRouter, ViewGeometry};
+
+pub use backend::{BackendError, PartitionBackend, SoftwareBackend};
+pub use model::{Label, PartitionInfo, PartitionState, PartitionStats, SourceKind};
+pub use run::run_desktop;
+
+/// How partition views are arranged in the central area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ViewLayout {
+    Tabs,
+    Tiles,
+}
+
+/// What the user chose to see; remembered between runs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UiPrefs {
+    pub layout: ViewLayout,
+    pub show_launcher: bool,
+    pub show_serial: bool,
+    pub show_policy: bool,
+    pub show_audit: bool,
+}
+
+impl Default for UiPrefs {
+    fn default() -> Self {
+        Self {
+            layout: ViewLayout::Tiles,
+            show_launcher: true,
+            show_serial: false,
+            show_policy: false,
+            show_audit: false,
+        }
+    }
+}
+
+/// A user request from a panel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start(usize),
+    Stop(usize),
+    Pause(usize),
+    Resume(usize),
+    Restart(usize),
+    /// Focus a partition (keyboard still with the host).
+    Focus(usize),
+    /// Focus and give it the keyboard (a click into its pixels).
+    Capture(usize),
+    ReleaseKeyboard,
+    PopOut(usize),
+    PopIn(usize),
+    ShowTab(usize),
+}
+
+/// One partition (or software source) and what the app keeps about it.
+pub struct PartitionSlot {
+    pub backend: Box<dyn PartitionBackend>,
+    pub texture: GuestTexture,
+    pub serial: serial_console::SerialLog,
+    pub popped_out: bool,
+    /// The last refused action or frame problem, shown in the launcher.
+    pub last_error: Option<String>,
+    /// Where its pixels were drawn this frame (for pointer input).
+    geometry: Option<ViewGeometry>,
+    had_damage: bool,
+}
+
+impl PartitionSlot {
+    pub fn new(backend: Box<dyn PartitionBackend>) -> Self {
+        let name = backend.info().name.clone();
+        Self {
+            backend,
+            texture: GuestTexture::new(format!("partition-{name}")),
+            serial: serial_console::SerialLog::default(),
+            popped_out: false,
+            last_error: None,
+            geometry: None,
+            had_damage: false,
+        }
+    }
+
+    /// Where its guest pixels were drawn in the last frame.
+    pub fn geometry(&self) -> Option<ViewGeometry> {
+        self.geometry
+    }
+
+    /// Collects state, pixels and serial output from the backend.
+    fn poll(&mut self, ctx: &egui::Context) {
+        self.backend.poll();
+        let mut bytes = Vec::new();
+        self.backend.read_serial(&mut bytes);
+        self.serial.push(&bytes);
+        self.had_damage = false;
+        let has_display = self.backend.state().has_display();
+        match self.backend.frame() {
+            Some(frame) => {
+                self.had_damage = !frame.damage.is_empty();
+                if let Err(e) = self.texture.update(ctx, frame) {
+                    self.last_error = Some(e.to_string());
+                }
+            }
+            None if !has_display => self.texture.clear(),
+            None => {}
+        }
+    }
+}
+
+pub struct BulkheadApp {
+    pub slots: Vec<PartitionSlot>,
+    pub router: InputRouter,
+    pub prefs: UiPrefs,
+    pub selected_tab: usize,
+    pub serial_tab: usize,
+    pub policy: policy_editor::PolicyEditor,
+    pub audit: audit_log::AuditPanel,
+    /// Which renderer draws this window, shown in the status bar.
+    pub renderer: String,
+    frames: u64,
+    first_frame_marker: Option<std::path::PathBuf>,
+}
+
+const PREFS_KEY: &str = "bulkhead-ui-prefs";
+
+impl BulkheadApp {
+    pub fn new(backends: Vec<Box<dyn PartitionBackend>>) -> Self {
+        Self {
+            slots: backends.into_iter().map(PartitionSlot::new).collect(),
+            router: InputRouter::default(),
+            prefs: UiPrefs::default(),
+            selected_tab: 0,
+            serial_tab: 0,
+            policy: policy_editor::PolicyEditor::default(),
+            audit: audit_log::AuditPanel::default(),
+            renderer: "test".into(),
+            frames: 0,
+            first_frame_marker: None,
+        }
+    }
+
+    /// Restores remembered preferences and wires backends to wake the UI.
+    pub fn with_creation_context(mut self, cc: &eframe::CreationContext<'_>) -> Self {
+        if let Some(prefs) = cc
+            .storage
+            .and_then(|s| eframe::get_value::<UiPrefs>(s, PREFS_KEY))
+        {
+            self.prefs = prefs;
+        }
+        for slot in &mut self.slots {
+            slot.backend.set_waker(cc.egui_ctx.clone());
+        }
+        self
+    }
+
+    pub fn with_first_frame_marker(mut self, path: Option<std::path::PathBuf>) -> Self {
+        self.first_frame_marker = path;
+        self
+    }
+
+    /// Carries out one user request. Refusals are kept for the launcher to show.
+    pub fn apply(&mut self, action: Action) {
+        let result = match action {
+            Action::Start(i) => self.on_backend(i, |b| b.start()),
+            Action::Stop(i) => {
+                self.router.forget(i);
+                self.on_backend(i, |b| b.stop())
+            }
+            Action::Pause(i) => self.on_backend(i, |b| b.pause()),
+            Action::Resume(i) => self.on_backend(i, |b| b.resume()),
+            Action::Restart(i) => {
+                self.router.forget(i);
+                self.on_backend(i, |b| b.restart())
+            }
+            Action::Focus(i) => {
+                self.focus(i);
+                Ok(())
+            }
+            Action::Capture(i) => {
+                self.focus(i);
+                self.router.capture();
+                Ok(())
+            }
+            Action::ReleaseKeyboard => {
+                let routed = self.router.release();
+                self.deliver(routed);
+                Ok(())
+            }
+            Action::PopOut(i) | Action::PopIn(i) => {
+                if let Some(slot) = self.slots.get_mut(i) {
+                    slot.popped_out = matches!(action, Action::PopOut(_));
+                }
+                Ok(())
+            }
+            Action::ShowTab(i) => {
+                self.selected_tab = i;
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!("{e}");
+            if let Some(slot) = action_index(action).and_then(|i| self.slots.get_mut(i)) {
+                slot.last_error = Some(e.to_string());
+            }
+        }
+    }
+
+    fn on_backend(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&mut dyn PartitionBackend) -> Result<(), BackendError>,
+    ) -> Result<(), BackendError> {
+        let Some(slot) = self.slots.get_mut(i) else {
+            return Ok(());
+        };
+        slot.last_error = None;
+        f(slot.backend.as_mut())
+    }
+
+    fn focus(&mut self, i: usize) {
+        if i >= self.slots.len() {
+            return;
+        }
+        let routed = self.router.focus(Some(i));
+        self.deliver(routed);
+        self.selected_tab = i;
+    }
+
+    fn deliver(&mut self, routed: crate::input::router::Routed) {
+        let Some(i) = routed.target else { return };
+        if routed.events.is_empty() {
+            return;
+        }
+        if let Some(slot) = self.slots.get_mut(i) {
+            if let Err(e) = slot.backend.send_input(&routed.events) {
+                tracing::debug!("input not delivered: {e}");
+            }
+        }
+    }
+
+    /// The focused partition's index, if any.
+    pub fn focused(&self) -> Option<usize> {
+        self.router.state().focused
+    }
+
+    pub fn keyboard_captured(&self) -> bool {
+        self.router.state().keyboard_captured
+    }
+
+    /// One frame: poll backends, draw every panel, route input, schedule the next frame.
+    pub fn frame(&mut self, ui: &mut egui::Ui) {
+        let ctx = ui.ctx().clone();
+        for slot in &mut self.slots {
+            slot.poll(&ctx);
+            slot.geometry = None;
+        }
+        let mut actions = Vec::new();
+        self.top_bar(ui, &mut actions);
+        if self.prefs.show_launcher {
+            egui::Panel::left("launcher")
+                .resizable(true)
+                .default_size(300.0)
+                .show(ui, |ui| {
+                    launcher::show(ui, &self.slots, self.focused(), &mut actions)
+                });
+        }
+        if self.prefs.show_policy {
+            egui::Panel::right("policy")
+                .resizable(true)
+                .default_size(420.0)
+                .show(ui, |ui| self.policy.show(ui));
+        }
+        if self.prefs.show_serial || self.prefs.show_audit {
+            egui::Panel::bottom("bottom")
+                .resizable(true)
+                .default_size(200.0)
+                .show(ui, |ui| self.bottom_panels(ui));
+        }
+        egui::CentralPanel::default().show(ui, |ui| {
+            partition_view::show_all(ui, self, &mut actions);
+        });
+        self.pop_outs(&ctx, &mut actions);
+        for action in actions {
+            self.apply(action);
+        }
+        self.route_root_input(ui);
+        self.schedule(&ctx);
+        self.mark_first_frame();
+    }
+
+    fn top_bar(&mut self, ui: &mut egui::Ui, actions: &mut Vec<Action>) {
+        egui::Panel::top("top_bar").show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.strong("Bulkhead");
+                ui.separator();
+                ui.toggle_value(&mut self.prefs.show_launcher, "Partitions");
+                ui.toggle_value(&mut self.prefs.show_policy, "Policy");
+                ui.toggle_value(&mut self.prefs.show_serial, "Serial");
+                ui.toggle_value(&mut self.prefs.show_audit, "Audit log");
+                ui.separator();
+                ui.selectable_value(&mut self.prefs.layout, ViewLayout::Tiles, "Tiles");
+                ui.selectable_value(&mut self.prefs.layout, ViewLayout::Tabs, "Tabs");
+                ui.separator();
+                self.capture_badge(ui, actions);
+                ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                    ui.weak(format!("renderer: {}", self.renderer));
+                });
+            });
+        });
+    }
+
+    fn capture_badge(&self, ui: &mut egui::Ui, actions: &mut Vec<Action>) {
+        let state = self.router.state();
+        match state.focused.and_then(|i| self.slots.get(i)) {
+            Some(slot) if state.keyboard_captured => {
+                let info = slot.backend.info();
+                let text = egui::RichText::new(format!(
+                    "Keyboard captured by [{}] — {} releases",
+                    info.name,
+                    crate::input::RELEASE_SHORTCUT_TEXT
+                ))
+                .color(info.label.text_color())
+                .background_color(info.label.color())
+                .strong();
+                if ui
+                    .button(text)
+                    .on_hover_text("Click to release the keyboard")
+                    .clicked()
+                {
+                    actions.push(Action::ReleaseKeyboard);
+                }
+            }
+            Some(slot) => {
+                ui.label(format!(
+                    "focused: [{}] — click inside it to type",
+                    slot.backend.info().name
+                ));
+            }
+            None => {
+                ui.weak("no partition focused");
+            }
+        }
+    }
+
+    fn bottom_panels(&mut self, ui: &mut egui::Ui) {
+        if self.prefs.show_serial && self.prefs.show_audit {
+            ui.columns(2, |cols| {
+                serial_console::show(&mut cols[0], &self.slots, &mut self.serial_tab);
+                self.audit.show(&mut cols[1]);
+            });
+        } else if self.prefs.show_serial {
+            serial_console::show(ui, &self.slots, &mut self.serial_tab);
+        } else {
+            self.audit.show(ui);
+        }
+    }
+
+    fn pop_outs(&mut self, ctx: &egui::Context, actions: &mut Vec<Action>) {
+        for i in 0..self.slots.len() {
+            if !self.slots[i].popped_out {
+                continue;
+            }
+            let info = self.slots[i].backend.info().clone();
+            let id = egui::ViewportId::from_hash_of(("partition", &info.name));
+            let builder = egui::ViewportBuilder::default()
+                .with_title(format!("[{}] — Bulkhead", info.name))
+                .with_inner_size([
+                    info.display.0 as f32 / 2.0 + 16.0,
+                    info.display.1 as f32 / 2.0 + 40.0,
+                ]);
+            ctx.show_viewport_immediate(id, builder, |ui, _class| {
+                egui::CentralPanel::default().show(ui, |ui| {
+                    partition_view::show_one(ui, self, i, actions);
+                });
+                if ui.input(|input| input.viewport().close_requested()) {
+                    actions.push(Action::PopIn(i));
+                }
+                self.route_input(ui, Some(i));
+            });
+        }
+    }
+
+    fn route_root_input(&mut self, ui: &egui::Ui) {
+        let focused = self.focused();
+        // A popped-out partition gets its input from its own window.
+        let in_root = focused.filter(|&i| self.slots.get(i).is_some_and(|s| !s.popped_out));
+        if focused.is_some() && in_root.is_none() {
+            return;
+        }
+        self.route_input(ui, in_root);
+    }
+
+    /// Sends this viewport's input to the focused partition if it is `shown_here`.
+    fn route_input(&mut self, ui: &egui::Ui, shown_here: Option<usize>) {
+        let Some(i) = shown_here.filter(|&i| Some(i) == self.focused()) else {
+            return;
+        };
+        let geometry = self.slots.get(i).and_then(|s| s.geometry);
+        let (events, modifiers) = ui.input(|input| (input.events.clone(), input.modifiers));
+        let routed = self.router.route(&events, geometry, modifiers);
+        self.deliver(routed);
+    }
+
+    fn schedule(&self, ctx: &egui::Context) {
+        let busy = self
+            .slots
+            .iter()
+            .any(|s| s.had_damage || matches!(s.backend.state(), PartitionState::Booting));
+        let running = self
+            .slots
+            .iter()
+            .any(|s| s.backend.state() == PartitionState::Running);
+        if busy {
+            ctx.request_repaint_after(Duration::from_millis(16));
+        } else if running {
+            // Poll for damage and refresh the resource figures; an idle partition costs
+            // a poll, no uploads.
+            ctx.request_repaint_after(Duration::from_millis(100));
+        }
+    }
+
+    fn mark_first_frame(&mut self) {
+        self.frames += 1;
+        // The second call means the first frame has been presented.
+        if self.frames == 2 {
+            tracing::info!("first frame presented ({} partitions)", self.slots.len());
+            if let Some(path) = &self.first_frame_marker {
+                if let Err(e) = std::fs::write(path, b"first frame\n") {
+                    tracing::warn!("writing first-frame marker {}: {e}", path.display());
+                }
+            }
+        }
+    }
+}
+
+fn action_index(action: Action) -> Option<usize> {
+    match action {
+        Action::Start(i)
+        | Action::Stop(i)
+        | Action::Pause(i)
+        | Action::Resume(i)
+        | Action::Restart(i)
+        | Action::Focus(i)
+        | Action::Capture(i)
+        | Action::PopOut(i)
+        | Action::PopIn(i)
+        | Action::ShowTab(i) => Some(i),
+        Action::ReleaseKeyboard => None,
+    }
+}
+
+impl eframe::App for BulkheadApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.frame(ui);
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, PREFS_KEY, &self.prefs);
+    }
+}

@@ -1,0 +1,190 @@
+//! What the app knows about a partition, independent of where it runs.
+
+use std::time::Duration;
+
+use egui::Color32;
+
+/// Qubes OS trust labels, with their exact colours (DESIGN.md, "Trust UX").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Label {
+    Red,
+    Orange,
+    Yellow,
+    Green,
+    Gray,
+    Blue,
+    Purple,
+    Black,
+}
+
+impl Label {
+    pub const ALL: [Label; 8] = [
+        Label::Red,
+        Label::Orange,
+        Label::Yellow,
+        Label::Green,
+        Label::Gray,
+        Label::Blue,
+        Label::Purple,
+        Label::Black,
+    ];
+
+    pub fn color(self) -> Color32 {
+        match self {
+            Label::Red => Color32::from_rgb(0xcc, 0x00, 0x00),
+            Label::Orange => Color32::from_rgb(0xf5, 0x79, 0x00),
+            Label::Yellow => Color32::from_rgb(0xed, 0xd4, 0x00),
+            Label::Green => Color32::from_rgb(0x73, 0xd2, 0x16),
+            Label::Gray => Color32::from_rgb(0x55, 0x55, 0x55),
+            Label::Blue => Color32::from_rgb(0x34, 0x65, 0xa4),
+            Label::Purple => Color32::from_rgb(0x75, 0x50, 0x7b),
+            Label::Black => Color32::from_rgb(0x00, 0x00, 0x00),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Label::Red => "red",
+            Label::Orange => "orange",
+            Label::Yellow => "yellow",
+            Label::Green => "green",
+            Label::Gray => "gray",
+            Label::Blue => "blue",
+            Label::Purple => "purple",
+            Label::Black => "black",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.name() == name)
+    }
+
+    /// Text colour readable on top of the label colour (title bars).
+    pub fn text_color(self) -> Color32 {
+        match self {
+            Label::Yellow | Label::Green | Label::Orange => Color32::BLACK,
+            _ => Color32::WHITE,
+        }
+    }
+}
+
+/// Where a display source's pixels come from. A software source is never a partition,
+/// and everything that shows one says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A KVM partition process.
+    Partition,
+    /// Pixels drawn by the host (tests, hosts without hardware virtualization).
+    SoftwareFramebuffer,
+}
+
+impl SourceKind {
+    pub fn disclaimer(self) -> Option<&'static str> {
+        match self {
+            SourceKind::Partition => None,
+            SourceKind::SoftwareFramebuffer => Some("software framebuffer — not a partition"),
+        }
+    }
+}
+
+/// A partition as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionInfo {
+    pub name: String,
+    pub label: Label,
+    /// What it is for, e.g. "browser", "mail", "work".
+    pub kind: String,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub display: (u32, u32),
+    pub source: SourceKind,
+}
+
+/// Lifecycle state as the launcher shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionState {
+    Stopped,
+    Booting,
+    Running,
+    Paused,
+    Crashed { reason: String },
+}
+
+impl PartitionState {
+    pub fn word(&self) -> &'static str {
+        match self {
+            PartitionState::Stopped => "stopped",
+            PartitionState::Booting => "booting",
+            PartitionState::Running => "running",
+            PartitionState::Paused => "paused",
+            PartitionState::Crashed { .. } => "crashed",
+        }
+    }
+
+    /// Has a framebuffer worth showing.
+    pub fn has_display(&self) -> bool {
+        matches!(
+            self,
+            PartitionState::Booting | PartitionState::Running | PartitionState::Paused
+        )
+    }
+
+    pub fn can_start(&self) -> bool {
+        matches!(
+            self,
+            PartitionState::Stopped | PartitionState::Crashed { .. }
+        )
+    }
+}
+
+/// Resource figures for the launcher.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PartitionStats {
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    /// Percent of one host CPU over the last second.
+    pub cpu_percent: f32,
+    pub uptime: Duration,
+}
+
+/// `1h 02m`, `3m 07s`, `12s`.
+pub fn format_uptime(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_colours_are_the_qubes_colours() {
+        assert_eq!(Label::Red.color(), Color32::from_hex("#cc0000").unwrap());
+        assert_eq!(Label::Orange.color(), Color32::from_hex("#f57900").unwrap());
+        assert_eq!(Label::Yellow.color(), Color32::from_hex("#edd400").unwrap());
+        assert_eq!(Label::Green.color(), Color32::from_hex("#73d216").unwrap());
+        assert_eq!(Label::Gray.color(), Color32::from_hex("#555555").unwrap());
+        assert_eq!(Label::Blue.color(), Color32::from_hex("#3465a4").unwrap());
+        assert_eq!(Label::Purple.color(), Color32::from_hex("#75507b").unwrap());
+        assert_eq!(Label::Black.color(), Color32::from_hex("#000000").unwrap());
+    }
+
+    #[test]
+    fn label_names_round_trip() {
+        for l in Label::ALL {
+            assert_eq!(Label::from_name(l.name()), Some(l));
+        }
+        assert_eq!(Label::from_name("pink"), None);
+    }
+
+    #[test]
+    fn uptime_reads_like_a_person_would_write_it() {
+        assert_eq!(format_uptime(Duration::from_secs(12)), "12s");
+        assert_eq!(format_uptime(Duration::from_secs(187)), "3m 07s");
+        assert_eq!(format_uptime(Duration::from_secs(3720)), "1h 02m");
+    }
+}

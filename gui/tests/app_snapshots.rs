@@ -1,0 +1,241 @@
+//! The desktop app rendered headless (egui_kittest on wgpu; lavapipe on machines without a
+//! GPU) and driven through AccessKit. Snapshots live in `tests/snapshots/`; update them
+//! with `UPDATE_SNAPSHOTS=1 cargo test -p bulkhead --test app_snapshots`.
+
+use std::sync::{Arc, Mutex};
+
+use bulkhead::app::backend::PartitionBackend;
+use bulkhead::app::{
+    BulkheadApp, Label, PartitionInfo, PartitionState, SoftwareBackend, SourceKind, ViewLayout,
+};
+use bulkhead::display::software::Pattern;
+use bulkhead::input::InputEvent;
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+
+fn info(name: &str, label: Label, display: (u32, u32)) -> PartitionInfo {
+    PartitionInfo {
+        name: name.into(),
+        label,
+        kind: name.into(),
+        memory_mib: 512,
+        vcpus: 2,
+        display,
+        source: SourceKind::SoftwareFramebuffer,
+    }
+}
+
+fn software(name: &str, label: Label, display: (u32, u32), pattern: Pattern) -> SoftwareBackend {
+    SoftwareBackend::new(info(name, label, display), pattern)
+}
+
+fn running(name: &str, label: Label) -> SoftwareBackend {
+    let mut b = software(name, label, (320, 240), Pattern::Still);
+    b.start_running().unwrap();
+    b
+}
+
+fn harness(app: BulkheadApp, size: (f32, f32)) -> Harness<'static, BulkheadApp> {
+    Harness::builder()
+        .with_size(egui::vec2(size.0, size.1))
+        .wgpu()
+        .build_ui_state(|ui, app: &mut BulkheadApp| app.frame(ui), app)
+}
+
+fn state_of(h: &Harness<'_, BulkheadApp>, i: usize) -> PartitionState {
+    h.state().slots[i].backend.state()
+}
+
+#[test]
+fn launcher_shows_every_state_with_its_label_and_reason() {
+    let browser = running("browser", Label::Red);
+    let mut mail =
+        software("mail", Label::Yellow, (320, 240), Pattern::Still).with_boot_polls(1000);
+    mail.start().unwrap();
+    let mut work = running("work", Label::Blue);
+    work.pause().unwrap();
+    let mut dev = running("dev", Label::Green);
+    dev.simulate_crash("guest triple fault at rip 0x1000");
+    let vault = software("vault", Label::Black, (320, 240), Pattern::Still);
+    let backends: Vec<Box<dyn PartitionBackend>> = vec![
+        Box::new(browser),
+        Box::new(mail),
+        Box::new(work),
+        Box::new(dev),
+        Box::new(vault),
+    ];
+    let mut h = harness(BulkheadApp::new(backends), (1280.0, 860.0));
+    h.run_steps(1);
+
+    for word in ["running", "booting", "paused", "crashed", "stopped"] {
+        assert!(
+            h.query_all_by_label(word).next().is_some(),
+            "no partition shown as {word}"
+        );
+    }
+    h.get_by_label("reason: guest triple fault at rip 0x1000");
+    assert_eq!(
+        h.get_all_by_label("software framebuffer — not a partition")
+            .count(),
+        5,
+        "every software source must say it is not a partition"
+    );
+    // Live figures (CPU, uptime) change from run to run; everything else must not.
+    let live: Vec<egui::Rect> = h
+        .query_all_by_label_contains("CPU ")
+        .map(|n| n.rect())
+        .collect();
+    assert_eq!(
+        live.len(),
+        2,
+        "running and paused partitions show live figures"
+    );
+    for r in live {
+        h.mask(r);
+    }
+    h.snapshot("launcher_states");
+}
+
+/// Reads the pixel at (x, y) points (the harness renders at 1 pixel per point).
+fn rgb(image: &image::RgbaImage, x: f32, y: f32) -> [u8; 3] {
+    let p = image.get_pixel(x as u32, y as u32).0;
+    [p[0], p[1], p[2]]
+}
+
+#[test]
+fn partition_view_border_is_the_exact_label_colour_outside_the_guest_pixels() {
+    let backends: Vec<Box<dyn PartitionBackend>> = vec![Box::new(running("browser", Label::Red))];
+    let mut app = BulkheadApp::new(backends);
+    app.prefs.show_launcher = false;
+    app.prefs.layout = ViewLayout::Tabs;
+    let mut h = harness(app, (800.0, 600.0));
+    h.run_steps(2);
+    let geo = h.state().slots[0].geometry().expect("view drawn");
+    let image = h.render().unwrap();
+    let red = [0xcc, 0x00, 0x00];
+    let img = geo.image_rect;
+    let mid_y = img.center().y;
+    let mid_x = img.center().x;
+    for d in 1..=4 {
+        let d = d as f32 - 0.5;
+        assert_eq!(rgb(&image, img.left() - d, mid_y), red, "left border {d}");
+        assert_eq!(rgb(&image, img.right() + d, mid_y), red, "right border {d}");
+        assert_eq!(
+            rgb(&image, mid_x, img.bottom() + d),
+            red,
+            "bottom border {d}"
+        );
+    }
+    // The title bar's far end (past its text) is label colour too.
+    assert_eq!(
+        rgb(&image, img.right() - 2.0, img.top() - 3.0),
+        red,
+        "title bar"
+    );
+    // Inside: the guest's own pixels, the test card's first (light grey) bar.
+    assert_eq!(
+        rgb(&image, img.left() + 3.0, img.top() + 3.0),
+        [192, 192, 192]
+    );
+    h.get_by_label("software framebuffer view [browser]");
+    h.snapshot("partition_view_red");
+}
+
+#[test]
+fn clicking_start_boots_the_partition_then_it_runs() {
+    let stopped = software("work", Label::Blue, (320, 240), Pattern::TestCard);
+    let mut h = harness(BulkheadApp::new(vec![Box::new(stopped)]), (1000.0, 700.0));
+    h.run_steps(1);
+    assert_eq!(state_of(&h, 0), PartitionState::Stopped);
+    h.get_by_label("Start").click();
+    h.run_steps(2);
+    assert_ne!(state_of(&h, 0), PartitionState::Stopped);
+    h.run_steps(4);
+    assert_eq!(state_of(&h, 0), PartitionState::Running);
+    h.get_by_label("Pause").click();
+    h.run_steps(2);
+    assert_eq!(state_of(&h, 0), PartitionState::Paused);
+    h.get_by_label("Resume").click();
+    h.run_steps(2);
+    assert_eq!(state_of(&h, 0), PartitionState::Running);
+    h.get_by_label("Stop").click();
+    h.run_steps(1);
+    assert_eq!(state_of(&h, 0), PartitionState::Stopped);
+}
+
+fn two_running() -> (
+    BulkheadApp,
+    Arc<Mutex<Vec<InputEvent>>>,
+    Arc<Mutex<Vec<InputEvent>>>,
+) {
+    let browser = running("browser", Label::Red);
+    let mail = running("mail", Label::Yellow);
+    let (b_log, m_log) = (browser.input_log(), mail.input_log());
+    let mut app = BulkheadApp::new(vec![Box::new(browser), Box::new(mail)]);
+    app.prefs.show_launcher = false;
+    (app, b_log, m_log)
+}
+
+#[test]
+fn keyboard_reaches_only_the_partition_clicked_into() {
+    let (app, browser_log, mail_log) = two_running();
+    let mut h = harness(app, (1000.0, 500.0));
+    h.run_steps(2);
+    h.get_by_label("software framebuffer view [mail]").click();
+    h.run_steps(2);
+    assert_eq!(h.state().focused(), Some(1));
+    assert!(h.state().keyboard_captured());
+    h.get_by_label_contains("Keyboard captured by [mail]");
+    h.key_press(egui::Key::A);
+    h.run_steps(1);
+    let mail = mail_log.lock().unwrap().clone();
+    assert!(
+        mail.contains(&InputEvent::Key {
+            code: 30,
+            pressed: true
+        }),
+        "{mail:?}"
+    );
+    assert!(
+        mail.contains(&InputEvent::Key {
+            code: 30,
+            pressed: false
+        }),
+        "{mail:?}"
+    );
+    assert!(
+        browser_log.lock().unwrap().is_empty(),
+        "unfocused partition heard input"
+    );
+}
+
+#[test]
+fn release_shortcut_returns_the_keyboard_to_the_host() {
+    let (app, _browser_log, mail_log) = two_running();
+    let mut h = harness(app, (1000.0, 500.0));
+    h.run_steps(2);
+    h.get_by_label("software framebuffer view [mail]").click();
+    h.run_steps(2);
+    assert!(h.state().keyboard_captured());
+    let ctrl_alt = egui::Modifiers {
+        ctrl: true,
+        alt: true,
+        ..Default::default()
+    };
+    h.key_press_modifiers(ctrl_alt, egui::Key::G);
+    h.run_steps(1);
+    assert!(!h.state().keyboard_captured());
+    assert_eq!(
+        h.state().focused(),
+        Some(1),
+        "focus stays, only the keyboard is released"
+    );
+    let before = mail_log.lock().unwrap().len();
+    h.key_press(egui::Key::B);
+    h.run_steps(1);
+    assert_eq!(
+        mail_log.lock().unwrap().len(),
+        before,
+        "keys after release stay with the host"
+    );
+}

@@ -1,0 +1,141 @@
+//! The real `bulkhead` binary in a real X window (Xvfb): it must present a first frame,
+//! and a screenshot of the screen must show the partitions' label colours.
+//!
+//! Skips with a message when Xvfb or ImageMagick's `import` is not installed
+//! (`apt-get install -y xvfb imagemagick`). `BULKHEAD_UPDATE_SCREENSHOT=1` also copies the
+//! screenshot to `assets/screenshot.png` for the README.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kills what it holds when the test ends, however it ends.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn installed(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+fn free_display() -> u32 {
+    let base = 90 + std::process::id() % 200;
+    (base..base + 100)
+        .find(|n| !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists())
+        .expect("a free X display number")
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ready() {
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn count_colour(img: &image::RgbImage, rgb: [u8; 3]) -> usize {
+    img.pixels().filter(|p| p.0 == rgb).count()
+}
+
+#[test]
+fn real_window_presents_a_frame_with_the_label_colours() {
+    if !installed("Xvfb") || !installed("import") {
+        eprintln!("SKIPPED: Xvfb or ImageMagick `import` not installed (apt-get install -y xvfb imagemagick)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let display = free_display();
+    let _xvfb = Reap(
+        Command::new("Xvfb")
+            .args([
+                &format!(":{display}"),
+                "-screen",
+                "0",
+                "1280x800x24",
+                "-nolisten",
+                "tcp",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{display}"));
+    wait_for("Xvfb", Duration::from_secs(20), || socket.exists());
+
+    let marker = dir.path().join("first-frame");
+    let log = std::fs::File::create(dir.path().join("app.log")).unwrap();
+    let _app = Reap(
+        Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .env("DISPLAY", format!(":{display}"))
+            .env_remove("WAYLAND_DISPLAY")
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path().join("data"))
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .env("BULKHEAD_FIRST_FRAME_FILE", &marker)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let log_path = dir.path().join("app.log");
+    let show_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let t0 = Instant::now();
+    while !marker.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no first frame within 120 s; app log:\n{}",
+            show_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Let the software sources finish booting and draw their test cards.
+    std::thread::sleep(Duration::from_secs(3));
+
+    let shot = dir.path().join("screen.png");
+    let status = Command::new("import")
+        .args(["-display", &format!(":{display}"), "-window", "root"])
+        .arg(&shot)
+        .status()
+        .unwrap();
+    assert!(status.success(), "import failed");
+    let img = image::open(&shot).unwrap().to_rgb8();
+    assert_eq!((img.width(), img.height()), (1280, 800));
+
+    let distinct: std::collections::HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+    assert!(
+        distinct.len() > 20,
+        "screen looks blank: {} colours",
+        distinct.len()
+    );
+    let log_text = show_log();
+    assert!(
+        log_text.contains("renderer:"),
+        "renderer choice not logged:\n{log_text}"
+    );
+    for (name, rgb) in [
+        ("red", [0xcc, 0x00, 0x00]),
+        ("yellow", [0xed, 0xd4, 0x00]),
+        ("blue", [0x34, 0x65, 0xa4]),
+    ] {
+        let n = count_colour(&img, rgb);
+        assert!(
+            n > 500,
+            "label colour {name} covers only {n} pixels; log:\n{log_text}"
+        );
+    }
+    if std::env::var_os("BULKHEAD_UPDATE_SCREENSHOT").is_some() {
+        let dest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/screenshot.png");
+        std::fs::copy(&shot, dest).unwrap();
+    }
+}
