@@ -42,6 +42,29 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     }
 }
 
+/// The label colours of the shipped partitions, read from the policy the app will show
+/// (black is left out: it proves nothing on a dark screen).
+fn label_colours(policy: &Path) -> Vec<(String, [u8; 3])> {
+    let text = std::fs::read_to_string(policy.join("partitions.toml")).unwrap();
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("label = \""))
+        .filter_map(|l| l.strip_suffix('"'))
+        .filter_map(|name| {
+            let rgb = match name {
+                "red" => [0xcc, 0x00, 0x00],
+                "orange" => [0xf5, 0x79, 0x00],
+                "yellow" => [0xed, 0xd4, 0x00],
+                "green" => [0x73, 0xd2, 0x16],
+                "gray" => [0x55, 0x55, 0x55],
+                "blue" => [0x34, 0x65, 0xa4],
+                "purple" => [0x75, 0x50, 0x7b],
+                _ => return None,
+            };
+            Some((name.to_string(), rgb))
+        })
+        .collect()
+}
+
 fn count_colour(img: &image::RgbImage, rgb: [u8; 3]) -> usize {
     img.pixels().filter(|p| p.0 == rgb).count()
 }
@@ -53,6 +76,7 @@ fn real_window_presents_a_frame_with_the_label_colours() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/policy");
     let display = free_display();
     let _xvfb = Reap(
         Command::new("Xvfb")
@@ -82,6 +106,8 @@ fn real_window_presents_a_frame_with_the_label_colours() {
             .env("XDG_DATA_HOME", dir.path().join("data"))
             .env("XDG_CONFIG_HOME", dir.path().join("config"))
             .env("BULKHEAD_FIRST_FRAME_FILE", &marker)
+            .env("BULKHEAD_POLICY_DIR", &policy)
+            .env("BULKHEAD_AUDIT_DIR", dir.path().join("audit"))
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -109,6 +135,9 @@ fn real_window_presents_a_frame_with_the_label_colours() {
         .status()
         .unwrap();
     assert!(status.success(), "import failed");
+    let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join("xvfb-screen.png");
+    std::fs::copy(&shot, &kept).unwrap();
+    eprintln!("screenshot: {}", kept.display());
     let img = image::open(&shot).unwrap().to_rgb8();
     assert_eq!((img.width(), img.height()), (1280, 800));
 
@@ -123,11 +152,12 @@ fn real_window_presents_a_frame_with_the_label_colours() {
         log_text.contains("renderer:"),
         "renderer choice not logged:\n{log_text}"
     );
-    for (name, rgb) in [
-        ("red", [0xcc, 0x00, 0x00]),
-        ("yellow", [0xed, 0xd4, 0x00]),
-        ("blue", [0x34, 0x65, 0xa4]),
-    ] {
+    let colours = label_colours(&policy);
+    assert!(
+        colours.len() >= 2,
+        "shipped policy has too few coloured labels: {colours:?}"
+    );
+    for (name, rgb) in colours {
         let n = count_colour(&img, rgb);
         assert!(
             n > 500,
