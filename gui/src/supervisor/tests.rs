@@ -352,6 +352,83 @@ fn launch_errors_name_what_failed() {
     ));
 }
 
+// ---- benchmark ----
+
+const FLOOD_EVENTS: u64 = 20_000;
+
+/// CPU time (user + system) of this whole process so far.
+fn cpu_time() -> Duration {
+    // SAFETY: an all-zero rusage is a valid out-buffer; getrusage writes only into it.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(r.ru_utime) + tv(r.ru_stime)
+}
+
+/// Baseline: the bare protocol cost, reading the same flood with a plain reader and no
+/// bookkeeping.
+fn bare_reader_cpu() -> Duration {
+    let spec = fake("bare", "flood", RestartPolicy::Never);
+    let mut spawned = super::spawn::spawn_partition(&spec).unwrap();
+    let mut reader =
+        vmm_core::control::MessageReader::<Event>::new(spawned.socket.try_clone().unwrap());
+    let mut writer = MessageWriter::<Command>::new(spawned.socket);
+    let before = cpu_time();
+    writer
+        .send(&Command::Hello {
+            version: vmm_core::control::PROTOCOL_VERSION,
+        })
+        .unwrap();
+    reader.recv().unwrap();
+    writer.send(&Command::Start).unwrap();
+    let mut damage = 0;
+    while let Ok(r) = reader.recv() {
+        if matches!(r.message, Event::Damage { .. }) {
+            damage += 1;
+        }
+    }
+    let spent = cpu_time() - before;
+    spawned.child.wait().unwrap();
+    assert_eq!(damage, FLOOD_EVENTS);
+    spent
+}
+
+fn supervisor_cpu() -> Duration {
+    let sup = Supervisor::new(vec![fake("flood", "flood", RestartPolicy::Never)]).unwrap();
+    let before = cpu_time();
+    sup.start("flood").unwrap();
+    let (status, ok) = sup
+        .wait_until("flood", Duration::from_secs(120), |s| {
+            s.pid.is_none() && s.damage_events > 0
+        })
+        .unwrap();
+    let spent = cpu_time() - before;
+    assert!(ok, "{status:?}");
+    assert_eq!(status.damage_events, FLOOD_EVENTS);
+    spent
+}
+
+/// Supervisor CPU per damage event against the bare protocol cost, in one run.
+/// `cargo test -p bulkhead --lib supervisor::tests::bench_ -- --ignored --nocapture --test-threads=1`
+#[test]
+#[ignore = "benchmark: run explicitly"]
+fn bench_supervisor_cost_per_damage_event() {
+    // Warm up both paths once, then measure each three times and keep the best.
+    bare_reader_cpu();
+    supervisor_cpu();
+    let best = |f: fn() -> Duration| (0..3).map(|_| f()).min().unwrap();
+    let bare = best(bare_reader_cpu);
+    let sup = best(supervisor_cpu);
+    let per = |d: Duration| d.as_nanos() as f64 / FLOOD_EVENTS as f64;
+    println!(
+        "damage events: {FLOOD_EVENTS}; bare protocol read {:.0} ns/event; supervisor {:.0} ns/event; ratio {:.2}",
+        per(bare),
+        per(sup),
+        per(sup) / per(bare)
+    );
+}
+
 // ---- the fake partition process ----
 
 /// Entry point of the fake partition process. In a normal test run it is given no
@@ -442,6 +519,21 @@ fn run_fake(stream: UnixStream, mode: &str, name: &str) -> i32 {
             // SAFETY: socket() takes integers; the filter kills us before it returns.
             unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
             12
+        }
+        "flood" => {
+            let damage = Event::Damage {
+                rects: vec![DamageRect {
+                    x: 0,
+                    y: 0,
+                    w: 64,
+                    h: 1,
+                }],
+            };
+            for _ in 0..FLOOD_EVENTS {
+                events.send(&damage).unwrap();
+            }
+            events.send(&Event::State(VmState::PoweredOff)).unwrap();
+            0
         }
         "exit3" => {
             let fault = VmState::GuestFault {
