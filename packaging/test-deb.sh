@@ -50,13 +50,21 @@ case "$(basename "$deb")" in
 esac
 
 export DEBIAN_FRONTEND=noninteractive
+# apt_install LOG PACKAGE...: a fresh container has no package lists yet, so on failure
+# fetch them once and try again.
+apt_install() {
+    log=$1
+    shift
+    apt-get install -y --no-install-recommends "$@" >"$log" 2>&1 ||
+        { apt-get update -qq >>"$log" 2>&1 && apt-get install -y --no-install-recommends "$@" >>"$log" 2>&1; }
+}
 missing=""
 command -v lintian >/dev/null || missing="$missing lintian"
 command -v desktop-file-validate >/dev/null || missing="$missing desktop-file-utils"
 command -v man >/dev/null || missing="$missing man-db"
 if [ -n "$missing" ]; then
     # shellcheck disable=SC2086 # word splitting intended: one package per word
-    apt-get install -y --no-install-recommends $missing >"$work/apt-tools.log" 2>&1 ||
+    apt_install "$work/apt-tools.log" $missing ||
         { cat "$work/apt-tools.log"; bad "install test tools:$missing"; finish; }
 fi
 
@@ -113,7 +121,7 @@ fi
 # What dpkg -i cannot fetch by itself: the declared dependencies, from apt.
 deps=$(printf '%s' "$depends" | tr ',' '\n' | sed 's/|.*//; s/(.*)//; s/^ *//; s/ *$//' | grep -v '^$' | tr '\n' ' ')
 # shellcheck disable=SC2086 # one package per word
-apt-get install -y --no-install-recommends $deps >"$work/apt-deps.log" 2>&1 ||
+apt_install "$work/apt-deps.log" $deps ||
     { cat "$work/apt-deps.log"; bad "install the declared dependencies with apt"; finish; }
 
 # Caches that triggers of other packages rebuild whenever any package adds icons, desktop
@@ -132,6 +140,8 @@ install_rc=$?
 cat "$work/install.log"
 check "dpkg -i installs the package" [ "$install_rc" -eq 0 ]
 check "the package is configured" sh -c "dpkg -s $PKG | grep -q '^Status: install ok installed'"
+check "every path dpkg -L lists for the package exists" \
+    sh -c "dpkg -L $PKG | while read -r path; do [ -e \"\$path\" ] || { echo \"  missing: \$path\"; exit 1; }; done"
 check "first install explains the kvm group" grep -q 'usermod -aG kvm YOUR_USER' "$work/install.log"
 
 version=$(dpkg-deb -f "$deb" Version)
