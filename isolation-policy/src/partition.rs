@@ -167,7 +167,8 @@ const RULE_KEYS: &[&str] = &["action", "protocol", "destination", "ports"];
 const CLIPBOARD_KEYS: &[&str] = &["copy_out", "paste_in"];
 const FILE_KEYS: &[&str] = &["send", "receive"];
 
-/// Parse `partitions.toml`; returns the partitions that could be read and every problem.
+/// Parse `partitions.toml`; returns every partition table found (fields with errors keep
+/// their defaults) and every problem.
 pub fn parse_partitions(file: &Path, text: &str) -> (Vec<Partition>, Vec<Diagnostic>) {
     let mut r = Reader {
         file,
@@ -475,7 +476,6 @@ impl Reader<'_> {
         t: &Table,
         key_span: Option<Range<usize>>,
     ) -> Option<Partition> {
-        let errors_before = self.diags.len();
         let header = t.span().or(key_span);
         let (line, _) = self.pos(&header);
         let mut p = Partition::with_defaults(name, Label::Red);
@@ -624,7 +624,9 @@ impl Reader<'_> {
             ),
             None => {}
         }
-        (self.diags.len() == errors_before).then_some(p)
+        // Kept even with errors (bad fields hold defaults) so rules can still be checked
+        // against every partition name; no policy is built while any error remains.
+        Some(p)
     }
 
     fn tags(&mut self, item: &Item, what: &str) -> BTreeSet<String> {

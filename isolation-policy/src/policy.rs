@@ -308,8 +308,11 @@ impl Sources {
             report.extend(diags);
             rules.extend(rs);
         }
-        // Names can only be checked against a partition file that parsed.
-        if !report.errors().any(|d| d.location.file == ppath) {
+        // Names can only be checked against a partition file that is valid TOML.
+        let toml_ok = !report
+            .errors()
+            .any(|d| d.location.file == ppath && d.message.starts_with("TOML syntax"));
+        if toml_ok {
             report.extend(check_rule_names(&rules, &partitions));
         }
         let policy = (!report.has_errors()).then(|| Policy {

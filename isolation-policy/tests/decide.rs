@@ -392,3 +392,35 @@ fn spec_resolves_plain_values_for_the_vmm() {
     assert!(p.spec("ghost").is_none());
     assert_eq!(p.specs().len(), 6);
 }
+
+#[test]
+fn rule_errors_are_reported_alongside_partition_errors() {
+    let sources = Sources {
+        dir: PathBuf::from("p"),
+        partitions: "[partition.a]\nlabel = \"red\"\nvcpus = 0\n[partition.b]\nlabel = \"pink\"\n"
+            .into(),
+        rule_files: vec![(
+            PathBuf::from("p/policy.d/50-x.policy"),
+            "s * a b allow\ns * a c allow\n".into(),
+        )],
+    };
+    let (policy, report) = sources.check();
+    assert!(policy.is_none());
+    let lines: Vec<String> = report.errors().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("p/partitions.toml:3:9:"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with("p/partitions.toml:5:9:"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].starts_with("p/policy.d/50-x.policy:2:7: error: rule names partition `c`"),
+        "{}",
+        lines[2]
+    );
+}
