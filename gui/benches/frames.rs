@@ -1,15 +1,23 @@
-//! GUI frame cost with three partitions' worth of 1024×768 software sources: all changing
-//! every frame (live) against all idle, in one run, on the software renderer (wgpu on
-//! lavapipe through egui_kittest, which also reads every frame back).
+//! GUI frame cost with three 1024×768 software sources, all changing every frame (live)
+//! against all idle, measured in one run on software rendering:
+//!
+//! 1. the real window: eframe with glow on llvmpipe under X (Xvfb is started when there is
+//!    no `DISPLAY`), each scenario in a fresh process because winit allows one event loop
+//!    per process;
+//! 2. headless: egui_kittest's wgpu renderer on lavapipe, which also reads every frame back.
 //!
 //! `cargo bench -p bulkhead --bench frames` (FRAMES=n to change the count).
 
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bulkhead::app::backend::PartitionBackend;
 use bulkhead::app::{BulkheadApp, Label, PartitionInfo, SoftwareBackend, SourceKind};
 use bulkhead::display::software::Pattern;
 use egui_kittest::Harness;
+
+const WARMUP: u32 = 10;
 
 fn cpu_time() -> Duration {
     // SAFETY: getrusage only writes the zeroed struct we own; RUSAGE_SELF is always valid.
@@ -51,13 +59,149 @@ fn app(pattern: Pattern) -> BulkheadApp {
     app
 }
 
+fn pattern_named(name: &str) -> Pattern {
+    if name == "live" {
+        Pattern::FullMotion
+    } else {
+        Pattern::Still
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
 struct Figures {
     fps: f64,
     cpu_ms_per_frame: f64,
-    pixels_uploaded_per_frame: f64,
+    pixels_per_frame: f64,
 }
 
-fn measure(pattern: Pattern, frames: u32) -> Figures {
+impl Figures {
+    fn line(&self) -> String {
+        format!(
+            "{:.1} fps, {:.2} ms CPU/frame, {:.0} pixels uploaded/frame",
+            self.fps, self.cpu_ms_per_frame, self.pixels_per_frame
+        )
+    }
+}
+
+fn uploaded(app: &BulkheadApp) -> u64 {
+    app.slots.iter().map(|s| s.texture.stats().pixels).sum()
+}
+
+/// Counts frames in the real window and closes it after `frames` measured ones.
+struct Measured {
+    app: BulkheadApp,
+    frames: u32,
+    seen: u32,
+    start: Option<(Instant, Duration, u64)>,
+    result: std::sync::Arc<std::sync::Mutex<Option<Figures>>>,
+}
+
+impl eframe::App for Measured {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.app.frame(ui);
+        self.seen += 1;
+        if self.seen == WARMUP {
+            self.start = Some((Instant::now(), cpu_time(), uploaded(&self.app)));
+        }
+        if let Some((wall0, cpu0, px0)) = self.start {
+            if self.seen == WARMUP + self.frames {
+                let n = f64::from(self.frames);
+                let figures = Figures {
+                    fps: n / wall0.elapsed().as_secs_f64(),
+                    cpu_ms_per_frame: (cpu_time() - cpu0).as_secs_f64() * 1000.0 / n,
+                    pixels_per_frame: (uploaded(&self.app) - px0) as f64 / n,
+                };
+                *self.result.lock().unwrap() = Some(figures);
+                ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+            }
+        }
+        ui.ctx().request_repaint();
+    }
+}
+
+/// Child process: one scenario in a real window.
+fn window_scenario(pattern: &str, frames: u32) {
+    let result = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let shared = std::sync::Arc::clone(&result);
+    let options = eframe::NativeOptions {
+        renderer: eframe::Renderer::Glow,
+        glow_options: eframe::egui_glow::GlowConfiguration {
+            vsync: false,
+            ..Default::default()
+        },
+        persist_window: false,
+        viewport: egui::ViewportBuilder::default().with_inner_size([1280.0, 800.0]),
+        ..Default::default()
+    };
+    let pattern = pattern_named(pattern);
+    eframe::run_native(
+        "bulkhead-bench",
+        options,
+        Box::new(move |_cc| {
+            Ok(Box::new(Measured {
+                app: app(pattern),
+                frames,
+                seen: 0,
+                start: None,
+                result: shared,
+            }))
+        }),
+    )
+    .expect("window runs");
+    let figures = result.lock().unwrap().expect("measured frames");
+    println!(
+        "RESULT {} {} {}",
+        figures.fps, figures.cpu_ms_per_frame, figures.pixels_per_frame
+    );
+}
+
+fn run_window(pattern: &str, frames: u32, display: &str) -> Option<Figures> {
+    let out = Command::new(std::env::current_exe().ok()?)
+        .args(["--scenario", pattern, "--frames", &frames.to_string()])
+        .env("DISPLAY", display)
+        .env_remove("WAYLAND_DISPLAY")
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find_map(|l| l.strip_prefix("RESULT "))?;
+    let v: Vec<f64> = line.split(' ').filter_map(|x| x.parse().ok()).collect();
+    (v.len() == 3).then(|| Figures {
+        fps: v[0],
+        cpu_ms_per_frame: v[1],
+        pixels_per_frame: v[2],
+    })
+}
+
+/// A display to open windows on: `$DISPLAY`, or a private Xvfb.
+fn display() -> Option<(String, Option<std::process::Child>)> {
+    if let Ok(d) = std::env::var("DISPLAY") {
+        return Some((d, None));
+    }
+    let n = (150 + std::process::id() % 100..400)
+        .find(|n| !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists())?;
+    let child = Command::new("Xvfb")
+        .args([
+            &format!(":{n}"),
+            "-screen",
+            "0",
+            "1280x800x24",
+            "-nolisten",
+            "tcp",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let socket = format!("/tmp/.X11-unix/X{n}");
+    let t0 = Instant::now();
+    while !Path::new(&socket).exists() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some((format!(":{n}"), Some(child)))
+}
+
+fn headless(pattern: Pattern, frames: u32) -> Figures {
     let mut h = Harness::builder()
         .with_size(egui::vec2(1280.0, 800.0))
         .wgpu()
@@ -66,49 +210,71 @@ fn measure(pattern: Pattern, frames: u32) -> Figures {
     for _ in 0..3 {
         h.step();
     }
-    let pixels_before: u64 = h
-        .state()
-        .slots
-        .iter()
-        .map(|s| s.texture.stats().pixels)
-        .sum();
+    let px0 = uploaded(h.state());
     let (wall0, cpu0) = (Instant::now(), cpu_time());
     for _ in 0..frames {
         h.step();
     }
-    let (wall, cpu) = (wall0.elapsed(), cpu_time() - cpu0);
-    let pixels_after: u64 = h
-        .state()
-        .slots
-        .iter()
-        .map(|s| s.texture.stats().pixels)
-        .sum();
+    let n = f64::from(frames);
     Figures {
-        fps: f64::from(frames) / wall.as_secs_f64(),
-        cpu_ms_per_frame: cpu.as_secs_f64() * 1000.0 / f64::from(frames),
-        pixels_uploaded_per_frame: (pixels_after - pixels_before) as f64 / f64::from(frames),
+        fps: n / wall0.elapsed().as_secs_f64(),
+        cpu_ms_per_frame: (cpu_time() - cpu0).as_secs_f64() * 1000.0 / n,
+        pixels_per_frame: (uploaded(h.state()) - px0) as f64 / n,
     }
 }
 
+fn report(title: &str, idle: Figures, live: Figures) {
+    println!("{title}");
+    println!("  3 idle 1024x768: {}", idle.line());
+    println!("  3 live 1024x768: {}", live.line());
+    println!(
+        "  live/idle: {:.2}x CPU per frame, {:.2}x frame time",
+        live.cpu_ms_per_frame / idle.cpu_ms_per_frame,
+        idle.fps / live.fps
+    );
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--scenario") {
+        let frames = args
+            .iter()
+            .position(|a| a == "--frames")
+            .and_then(|j| args.get(j + 1))
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(60);
+        window_scenario(&args[i + 1], frames);
+        return;
+    }
     let frames: u32 = std::env::var("FRAMES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
-    let idle = measure(Pattern::Still, frames);
-    let live = measure(Pattern::FullMotion, frames);
-    println!(
-        "renderer: wgpu via egui_kittest (software adapter), 1280x800 window, {frames} frames each"
-    );
-    for (name, f) in [("3 idle 1024x768", &idle), ("3 live 1024x768", &live)] {
-        println!(
-            "{name}: {:.1} fps, {:.2} ms CPU/frame, {:.0} pixels uploaded/frame",
-            f.fps, f.cpu_ms_per_frame, f.pixels_uploaded_per_frame
-        );
+        .unwrap_or(120);
+    match display() {
+        Some((d, mut xvfb)) => {
+            let idle = run_window("idle", frames, &d);
+            let live = run_window("live", frames, &d);
+            match (idle, live) {
+                (Some(idle), Some(live)) => report(
+                    &format!("real window, glow on llvmpipe (X display {d}), 1280x800, {frames} frames each"),
+                    idle,
+                    live,
+                ),
+                _ => println!("real window: could not measure (no GL under X?)"),
+            }
+            if let Some(x) = xvfb.as_mut() {
+                let _ = x.kill();
+                let _ = x.wait();
+            }
+        }
+        None => println!("real window: skipped (no DISPLAY and no Xvfb)"),
     }
-    println!(
-        "live/idle: {:.2}x CPU per frame, {:.2}x frame time",
-        live.cpu_ms_per_frame / idle.cpu_ms_per_frame,
-        idle.fps / live.fps
+    let headless_frames = (frames / 4).max(10);
+    let idle = headless(Pattern::Still, headless_frames);
+    let live = headless(Pattern::FullMotion, headless_frames);
+    report(
+        &format!("headless, egui_kittest wgpu on lavapipe with readback, 1280x800, {headless_frames} frames each"),
+        idle,
+        live,
     );
 }

@@ -239,3 +239,29 @@ fn release_shortcut_returns_the_keyboard_to_the_host() {
         "keys after release stay with the host"
     );
 }
+
+#[test]
+fn pop_out_moves_the_view_to_its_own_window_and_back() {
+    let (app, _b, _m) = two_running();
+    let mut h = harness(app, (1000.0, 600.0));
+    h.run_steps(2);
+    h.state_mut().prefs.show_launcher = true;
+    h.run_steps(1);
+    h.get_all_by_label("Pop out").next().unwrap().click();
+    h.run_steps(3);
+    assert!(h.state().slots[0].popped_out);
+    // Still shown (as its own viewport, embedded here), with its border and title.
+    h.get_by_label("software framebuffer view [browser]");
+    h.get_by_label("Pop in").click();
+    h.run_steps(2);
+    assert!(!h.state().slots[0].popped_out);
+}
+
+#[test]
+fn serial_panel_shows_what_the_source_wrote() {
+    let (mut app, _b, _m) = two_running();
+    app.prefs.show_serial = true;
+    let mut h = harness(app, (1000.0, 600.0));
+    h.run_steps(2);
+    h.get_by_label_contains("[browser] software framebuffer 320x240 started");
+}

@@ -154,3 +154,31 @@ fn what_if_names_the_deciding_rule() {
     assert!(answer.starts_with("allow"), "{answer}");
     assert!(answer.contains("50-default.policy:"), "{answer}");
 }
+
+#[test]
+fn audit_panel_reads_decisions_and_filters_them() {
+    use bulkhead::app::audit_log::AuditPanel;
+    use isolation_policy::{AuditLog, Policy, Request};
+
+    let (tmp, policy) = policy_copy();
+    let (policy, _) = Policy::load(&policy).unwrap();
+    let log = AuditLog::open(&tmp.path().join("audit"), 1 << 20, 2).unwrap();
+    for request in [
+        Request::service("bulkhead.OpenIn", Some("url"), "mail", "@dispvm"),
+        Request::service("bulkhead.FileCopy", None, "work", "vault"),
+    ] {
+        log.record(&request, &policy.decide(&request)).unwrap();
+    }
+    let mut panel = AuditPanel::open(&tmp.path().join("audit"));
+    assert_eq!(panel.rows.len(), 2, "{}", panel.source_note);
+    assert_eq!(panel.rows[0].service, "bulkhead.OpenIn+url");
+    assert_eq!(panel.rows[0].decision, "allow");
+    assert!(
+        panel.rows[0].rule.contains("50-default.policy"),
+        "{:?}",
+        panel.rows[0]
+    );
+    panel.filter = "vault".into();
+    let shown: Vec<_> = panel.filtered().map(|r| r.service.clone()).collect();
+    assert_eq!(shown, vec!["bulkhead.FileCopy".to_string()]);
+}

@@ -380,7 +380,12 @@ impl BulkheadApp {
                     info.display.0 as f32 / 2.0 + 16.0,
                     info.display.1 as f32 / 2.0 + 40.0,
                 ]);
-            ctx.show_viewport_immediate(id, builder, |ui, _class| {
+            let half = egui::vec2(info.display.0 as f32 / 2.0, info.display.1 as f32 / 2.0);
+            ctx.show_viewport_immediate(id, builder, |ui, class| {
+                if class == egui::ViewportClass::EmbeddedWindow {
+                    // No native window here (e.g. tests): give the view room in the egui one.
+                    ui.set_min_size(half);
+                }
                 egui::CentralPanel::default().show(ui, |ui| {
                     partition_view::show_one(ui, self, i, actions);
                 });
