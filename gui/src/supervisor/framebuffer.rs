@@ -87,6 +87,26 @@ impl SharedFramebuffer {
         Ok(())
     }
 
+    /// Copies the pixels of `rect` into `frame`, a whole-screen buffer with this
+    /// framebuffer's layout, at the same position.
+    pub fn copy_rect_into(&self, rect: DamageRect, frame: &mut [u8]) -> Result<(), MemfdError> {
+        let bytes = self.layout.bytes();
+        if !self.contains(&rect) || frame.len() != bytes {
+            return Err(MemfdError::OutOfRange {
+                offset: 0,
+                len: frame.len(),
+                size: bytes,
+            });
+        }
+        let stride = self.layout.stride as usize;
+        let row = rect.w as usize * BYTES_PER_PIXEL as usize;
+        for y in rect.y as usize..(rect.y + rect.h) as usize {
+            let offset = y * stride + rect.x as usize * BYTES_PER_PIXEL as usize;
+            self.map.read_at(offset, &mut frame[offset..offset + row])?;
+        }
+        Ok(())
+    }
+
     /// Copies the whole screen into `out`.
     pub fn read_all(&self, out: &mut Vec<u8>) -> Result<(), MemfdError> {
         out.resize(self.layout.bytes(), 0);

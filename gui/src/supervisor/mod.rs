@@ -9,6 +9,7 @@
 //! `Crashed` with the reason; the others never notice. See `vmm_core::control` for the
 //! protocol and the sequence a partition process follows.
 
+mod backend;
 mod framebuffer;
 mod partition;
 mod spawn;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use vmm_core::control::{Command, ControlError, InputEvent, PartitionStats};
 use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 
+pub use backend::{to_wire, SupervisedPartition};
 pub use framebuffer::{FramebufferOfferError, SharedFramebuffer};
 pub use partition::{
     HANDSHAKE_TIMEOUT, KILL_WAIT, MAX_PENDING_DAMAGE, MAX_PENDING_SERVICE_REQUESTS,

@@ -352,6 +352,111 @@ fn launch_errors_name_what_failed() {
     ));
 }
 
+// ---- the app's backend over the supervisor ----
+
+fn app_info(name: &str) -> crate::app::model::PartitionInfo {
+    crate::app::model::PartitionInfo {
+        name: name.to_string(),
+        label: crate::app::model::Label::Blue,
+        kind: "work".to_string(),
+        memory_mib: 256,
+        vcpus: 1,
+        display: (64, 64),
+        source: crate::app::model::SourceKind::SoftwareFramebuffer,
+    }
+}
+
+#[test]
+fn app_backend_shows_shared_pixels_forwards_input_and_reports_a_crash() {
+    use crate::app::backend::PartitionBackend;
+    use crate::app::model::{PartitionState as AppState, SourceKind};
+
+    let sup = Arc::new(Supervisor::new(vec![fake("app", "normal", RestartPolicy::Never)]).unwrap());
+    let mut backend = SupervisedPartition::new(app_info("app"), Arc::clone(&sup)).unwrap();
+    assert_eq!(backend.info().source, SourceKind::Partition);
+    assert!(SupervisedPartition::new(app_info("nobody"), Arc::clone(&sup)).is_err());
+    backend.start().unwrap();
+    wait_running(&sup, "app");
+    wait_more_damage(&sup, "app", 3);
+
+    backend.poll();
+    let frame = backend.frame().expect("a running partition has a frame");
+    assert_eq!(frame.layout, FramebufferLayout::new(64, 64).unwrap());
+    assert!(!frame.damage.is_empty(), "the first frame is all damage");
+    let first = u32::from_le_bytes(frame.pixels[0..4].try_into().unwrap());
+    assert!(first > 0);
+
+    wait_more_damage(&sup, "app", 3);
+    backend.poll();
+    let frame = backend.frame().unwrap();
+    assert!(frame.damage.contains(&DamageRect {
+        x: 0,
+        y: 0,
+        w: 1,
+        h: 1
+    }));
+    let later = u32::from_le_bytes(frame.pixels[0..4].try_into().unwrap());
+    assert!(
+        later > first,
+        "damaged pixel not copied: {first} -> {later}"
+    );
+
+    let key = crate::input::InputEvent::Key {
+        code: 30,
+        pressed: true,
+    };
+    backend.send_input(&[key]).unwrap();
+    let mut serial = Vec::new();
+    for _ in 0..200 {
+        backend.poll();
+        backend.read_serial(&mut serial);
+        if serial.ends_with(b"input:2\n") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        serial.ends_with(b"input:2\n"),
+        "key + SYN_REPORT reach the partition"
+    );
+
+    kill9(sup.status("app").unwrap().pid.unwrap());
+    wait_state(&sup, "app", PartitionState::is_crashed);
+    assert_eq!(
+        backend.state(),
+        AppState::Crashed {
+            reason: "killed by SIGKILL".to_string()
+        }
+    );
+    assert!(backend.frame().is_none());
+}
+
+#[test]
+fn app_input_becomes_evdev_for_the_right_device() {
+    use crate::input::InputEvent as App;
+    let wire = to_wire(&[
+        App::Key {
+            code: 30,
+            pressed: true,
+        },
+        App::PointerAbs { x: 5, y: 6 },
+    ]);
+    let kinds: Vec<_> = wire
+        .iter()
+        .map(|e| (e.kind, e.ev_type, e.code, e.value))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (InputDevice::Keyboard, 1, 30, 1),
+            (InputDevice::Keyboard, 0, 0, 0),
+            (InputDevice::Tablet, 3, 0, 5),
+            (InputDevice::Tablet, 3, 1, 6),
+            (InputDevice::Tablet, 0, 0, 0),
+        ]
+    );
+}
+
 // ---- benchmark ----
 
 const FLOOD_EVENTS: u64 = 20_000;
