@@ -190,7 +190,7 @@ pub fn static_vmm() -> PathBuf {
 }
 
 /// The lab machine's kernel and modules (the same Debian kernel package) and busybox.
-fn lab_root() -> PathBuf {
+pub fn lab_root() -> PathBuf {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
         let dir = lab_dir();
@@ -288,14 +288,14 @@ fn run_direct(run: &GuestRun) -> RunOutput {
     }
 }
 
-const LAB_MODULES: [&str; 4] = [
+pub const LAB_MODULES: [&str; 4] = [
     "virt/lib/irqbypass",
     "drivers/crypto/ccp/ccp",
     "arch/x86/kvm/kvm",
     "arch/x86/kvm/kvm-amd",
 ];
 
-fn shell_quote(s: &str) -> String {
+pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 

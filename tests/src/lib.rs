@@ -2,4 +2,5 @@
 //! micro-guests, and the hardware-virtualization lab runner.
 
 pub mod asm;
+pub mod bench;
 pub mod lab;
