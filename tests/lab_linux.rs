@@ -115,3 +115,50 @@ fn guest_reboot_ends_the_partition_with_a_clean_status() {
         out.diagnostics()
     );
 }
+
+#[test]
+fn virtio_mmio_devices_declared_in_acpi_are_probed_by_the_stock_drivers() {
+    let script = r#"
+echo "virtio devices: $(ls /sys/bus/virtio/devices | wc -l)"
+for d in /sys/bus/virtio/devices/*; do echo "virtio $(basename $d) id=$(cat $d/device) driver=$(basename $(readlink $d/driver))"; done
+grep -q 'Name="Bulkhead virtio keyboard"' /proc/bus/input/devices && echo KEYBOARD-PRESENT
+grep -q 'Name="Bulkhead virtio tablet"' /proc/bus/input/devices && echo TABLET-PRESENT
+[ -c /dev/hvc0 ] && echo HVC0-PRESENT
+echo "rng: $(cat /sys/class/misc/hw_random/rng_current)"
+bytes=$(head -c 64 /dev/hwrng | od -An -tx1 | tr -d ' \n')
+echo "hwrng bytes: ${#bytes}"
+[ "$bytes" != "$(printf '%0128d' 0)" ] && echo HWRNG-NONZERO
+poweroff -f
+"#;
+    let run = GuestRun {
+        test_script: script.into(),
+        ..GuestRun::default()
+    };
+    let out = run_guest(&run);
+    eprintln!("{}", out.summary());
+    out.save_artifacts("virtio-probe");
+    let s = &out.serial;
+    assert!(s.contains("virtio devices: 4"), "{}", out.diagnostics());
+    // Device ids: 18 input, 3 console, 4 entropy; all bound to their drivers.
+    for (id, driver) in [
+        ("0x0012", "virtio_input"),
+        ("0x0003", "virtio_console"),
+        ("0x0004", "virtio_rng"),
+    ] {
+        assert!(
+            s.contains(&format!("id={id} driver={driver}")),
+            "{id} not bound to {driver}\n{s}"
+        );
+    }
+    for marker in [
+        "KEYBOARD-PRESENT",
+        "TABLET-PRESENT",
+        "HVC0-PRESENT",
+        "HWRNG-NONZERO",
+    ] {
+        assert!(s.contains(marker), "{marker} missing\n{s}");
+    }
+    assert!(s.contains("rng: virtio_rng"), "{s}");
+    assert!(s.contains("hwrng bytes: 128"), "{s}");
+    assert_eq!(out.exit_code, 0);
+}

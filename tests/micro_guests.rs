@@ -171,7 +171,7 @@ fn unmapped_ports_and_mmio_read_as_all_ones_and_writes_are_ignored() {
     // Wide and odd-width accesses to real devices' ports must not confuse them.
     asm.mov_dx(0x3f9).out_eax().mov_dx(0x64).in_eax();
     // MMIO in the hole where no device lives, and past the end of the 16 MiB of RAM.
-    for addr in [0xd000_0000u64, 0xfeb0_0000, 0xc000_0000, 0x8000_0000] {
+    for addr in [0xd0f0_0000u64, 0xfeb0_0000, 0xc000_0000, 0x8000_0000] {
         asm.mov_rbx(addr)
             .mov_eax(0x1234_5678)
             .store_eax_rbx()

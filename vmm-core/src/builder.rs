@@ -8,12 +8,18 @@ use kvm_ioctls::Kvm;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, MmapRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::acpi::VirtioMmioSlot;
 use crate::acpi::{self, AcpiConfig, IsaDevice};
 use crate::arch::{boot, cpuid, mptable, regs};
 use crate::devices::framebuffer::FramebufferLayout;
 use crate::devices::legacy::acpi_pm::{self, AcpiPm};
 use crate::devices::legacy::{cmos, i8042, serial, Cmos, SerialConsole, SerialSink, I8042};
-use crate::devices::{Bus, BusDevice, StopHandle};
+use crate::devices::virtio::console::{ConsoleHandle, VirtioConsole};
+use crate::devices::virtio::input::{InputEventSender, VirtioInput};
+use crate::devices::virtio::mmio::{MmioError, VirtioMmioDevice};
+use crate::devices::virtio::rng::VirtioRng;
+use crate::devices::virtio::VirtioDevice;
+use crate::devices::{Bus, BusDevice, InterruptLine, StopHandle};
 use crate::layout::{ACPI_SLEEP_CONTROL_PORT, FRAMEBUFFER_ADDR, FRAMEBUFFER_MAX_SIZE};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{EntryPoint, Vcpu, VcpuError};
@@ -79,6 +85,11 @@ pub enum BuildError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("virtio device {name}: {source}")]
+    Virtio {
+        name: &'static str,
+        source: MmioError,
+    },
     #[error("device bus: {0}")]
     Bus(#[from] crate::devices::BusError),
     #[error("starting vCPU thread {index}: {source}")]
@@ -116,6 +127,17 @@ pub struct Partition {
     pub(crate) mmio: Bus,
     pub(crate) stop: Arc<StopHandle>,
     pub(crate) serial: Arc<Mutex<SerialConsole>>,
+    pub(crate) virtio: VirtioHandles,
+}
+
+/// Host-side ends of the partition's virtio devices.
+#[derive(Clone)]
+pub struct VirtioHandles {
+    pub keyboard: InputEventSender,
+    /// Absolute pointer; present when the partition has a display.
+    pub tablet: Option<InputEventSender>,
+    /// The guest agent's byte stream (`/dev/hvc0` in the guest).
+    pub console: ConsoleHandle,
 }
 
 impl Partition {
@@ -168,6 +190,8 @@ pub fn build(kvm: &Kvm, config: VmConfig) -> Result<Partition, BuildError> {
         source,
     })?;
     let (pio, serial) = legacy_devices(&vm, stop.clone(), config.serial)?;
+    let mut mmio = Bus::new();
+    let (virtio, slots) = virtio_devices(&vm, &mut mmio, &memory, config.display)?;
 
     regs::write_boot_tables(&memory)?;
     mptable::write(&memory, config.vcpus)?;
@@ -175,7 +199,7 @@ pub fn build(kvm: &Kvm, config: VmConfig) -> Result<Partition, BuildError> {
         &memory,
         &AcpiConfig {
             vcpus: config.vcpus,
-            virtio: &[],
+            virtio: &slots,
             isa: &[IsaDevice::COM1, IsaDevice::RTC],
         },
     )?;
@@ -239,9 +263,10 @@ pub fn build(kvm: &Kvm, config: VmConfig) -> Result<Partition, BuildError> {
         framebuffer,
         memory,
         pio,
-        mmio: Bus::new(),
+        mmio,
         stop,
         serial,
+        virtio,
     })
 }
 
@@ -291,4 +316,73 @@ fn legacy_devices(
         acpi_pm::PORT_RANGE_LEN,
     )?;
     Ok((pio, serial))
+}
+
+/// Places one virtio device in window `n` with its irqfd.
+fn attach_virtio<D: VirtioDevice + 'static>(
+    vm: &Vm,
+    mmio: &mut Bus,
+    memory: &GuestMemoryMmap,
+    n: u32,
+    name: &'static str,
+    device: D,
+) -> Result<(Arc<Mutex<VirtioMmioDevice<D>>>, VirtioMmioSlot), BuildError> {
+    let slot = VirtioMmioSlot::standard(n);
+    let irq = Arc::new(
+        EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|source| BuildError::EventFd { what: name, source })?,
+    );
+    vm.register_irqfd(&irq, slot.gsi)?;
+    let line: Arc<dyn InterruptLine> = irq;
+    let dev = VirtioMmioDevice::new(device, memory.clone(), line)
+        .map_err(|source| BuildError::Virtio { name, source })?;
+    let dev = Arc::new(Mutex::new(dev));
+    mmio.insert(dev.clone(), slot.base, slot.size)?;
+    Ok((dev, slot))
+}
+
+fn virtio_devices(
+    vm: &Vm,
+    mmio: &mut Bus,
+    memory: &GuestMemoryMmap,
+    display: Option<FramebufferLayout>,
+) -> Result<(VirtioHandles, Vec<VirtioMmioSlot>), BuildError> {
+    let mut slots = Vec::new();
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n - 1
+    };
+    let (kbd, s) = attach_virtio(
+        vm,
+        mmio,
+        memory,
+        next(),
+        "keyboard",
+        VirtioInput::keyboard(),
+    )?;
+    slots.push(s);
+    let tablet = match display {
+        Some(fb) => {
+            let tablet = VirtioInput::tablet(fb.width, fb.height);
+            let (dev, s) = attach_virtio(vm, mmio, memory, next(), "tablet", tablet)?;
+            slots.push(s);
+            Some(InputEventSender::new(dev))
+        }
+        None => None,
+    };
+    let console = VirtioConsole::new().map_err(|source| BuildError::EventFd {
+        what: "virtio-console",
+        source,
+    })?;
+    let (con, s) = attach_virtio(vm, mmio, memory, next(), "console", console)?;
+    slots.push(s);
+    let (_, s) = attach_virtio(vm, mmio, memory, next(), "rng", VirtioRng::new())?;
+    slots.push(s);
+    let handles = VirtioHandles {
+        keyboard: InputEventSender::new(kbd),
+        tablet,
+        console: ConsoleHandle::new(con),
+    };
+    Ok((handles, slots))
 }

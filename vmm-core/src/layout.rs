@@ -27,7 +27,8 @@ pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
 /// virtio-mmio windows: device `n` at `VIRTIO_MMIO_BASE + n * VIRTIO_MMIO_SIZE`.
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
-pub const VIRTIO_MMIO_MAX_DEVICES: u64 = 16;
+/// GSIs 16..=23: KVM's in-kernel IO-APIC has 24 pins.
+pub const VIRTIO_MMIO_MAX_DEVICES: u64 = 8;
 /// IO-APIC pins for virtio-mmio devices, in order (edge-triggered, active high). The
 /// legacy ISA pins below 16 stay for serial (4), i8042 (1, 12) and RTC (8).
 pub const VIRTIO_IRQ_BASE: u32 = 16;

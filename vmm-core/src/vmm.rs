@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::builder::{BuildError, Framebuffer, Partition};
+use crate::builder::{BuildError, Framebuffer, Partition, VirtioHandles};
 use crate::devices::framebuffer::{write_png, DamageRect, FramebufferError};
 use crate::devices::legacy::SerialConsole;
 use crate::devices::{StopHandle, StopReason};
@@ -40,6 +40,7 @@ pub struct RunningPartition {
     _memory: vm_memory::GuestMemoryMmap,
     stop: Arc<StopHandle>,
     serial: Arc<Mutex<SerialConsole>>,
+    virtio: VirtioHandles,
 }
 
 impl Partition {
@@ -72,6 +73,7 @@ impl Partition {
             _memory: self.memory,
             stop: self.stop,
             serial: self.serial,
+            virtio: self.virtio,
         })
     }
 }
@@ -102,6 +104,11 @@ impl RunningPartition {
 
     pub fn serial(&self) -> Arc<Mutex<SerialConsole>> {
         self.serial.clone()
+    }
+
+    /// Keyboard, tablet and console of the running guest.
+    pub fn virtio(&self) -> &VirtioHandles {
+        &self.virtio
     }
 
     pub fn framebuffer(&self) -> Option<&Framebuffer> {

@@ -1,0 +1,36 @@
+#!/bin/bash
+# Every test Bulkhead has, in one command: formatting, lints, unit and property tests,
+# micro-guests on /dev/kvm, Linux guests (directly or in the QEMU lab), GUI snapshots
+# and a real window under Xvfb, and the .deb install/remove check.
+# Installs what it needs first. Everything is built once, in the release profile.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step "dependencies"
+packaging/install-deps.sh --test
+
+step "format"
+cargo fmt --all -- --check
+
+step "lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "static partition binary (for the lab and the package)"
+RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
+    -p vmm-core --bin bulkhead-vmm --target x86_64-unknown-linux-gnu
+export BULKHEAD_VMM_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/bulkhead-vmm"
+
+step "guest image"
+cargo build --release --locked -p vmm-core --bin bulkhead-vmm
+cargo build --release --locked -p bulkhead
+target/release/bulkhead image build
+
+step "tests"
+export BULKHEAD_TEST_ARTIFACTS="$PWD/target/test-artifacts"
+cargo test --release --locked --workspace
+
+step "package"
+deb=$(packaging/build-deb.sh --no-build | tail -n 1)
+packaging/test-deb.sh "$deb"
