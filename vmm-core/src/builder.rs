@@ -318,6 +318,9 @@ fn legacy_devices(
     Ok((pio, serial))
 }
 
+/// A virtio device as both the MMIO bus and its host-side handle hold it.
+type SharedVirtio<D> = Arc<Mutex<VirtioMmioDevice<D>>>;
+
 /// Places one virtio device in window `n` with its irqfd.
 fn attach_virtio<D: VirtioDevice + 'static>(
     vm: &Vm,
@@ -326,7 +329,7 @@ fn attach_virtio<D: VirtioDevice + 'static>(
     n: u32,
     name: &'static str,
     device: D,
-) -> Result<(Arc<Mutex<VirtioMmioDevice<D>>>, VirtioMmioSlot), BuildError> {
+) -> Result<(SharedVirtio<D>, VirtioMmioSlot), BuildError> {
     let slot = VirtioMmioSlot::standard(n);
     let irq = Arc::new(
         EventFd::new(libc::EFD_NONBLOCK)
