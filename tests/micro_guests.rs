@@ -255,3 +255,30 @@ fn acpi_sleep_control_s5_write_powers_the_partition_off() {
     assert_eq!(p.wait_timeout(TIMEOUT), Some(StopReason::PowerOff));
     assert_eq!(out.text(), "bye");
 }
+
+#[test]
+fn a_paused_partition_runs_no_guest_code_until_resumed() {
+    let mut asm = Asm::new();
+    // Print dots forever.
+    asm.mov_dx(0x3f8).mov_al(b'.');
+    let top = asm.code.len();
+    asm.out_al();
+    let back = (top as isize - (asm.code.len() as isize + 2)) as i8;
+    asm.code.extend_from_slice(&[0xeb, back as u8]);
+    let (p, out) = start(&asm, None);
+    while out.text().len() < 10 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    p.pause();
+    assert!(p.is_paused());
+    let frozen = out.text().len();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(out.text().len(), frozen, "guest ran while paused");
+    p.resume();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while out.text().len() == frozen && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(out.text().len() > frozen, "guest did not run after resume");
+    assert_eq!(p.finish(), StopReason::Stopped);
+}

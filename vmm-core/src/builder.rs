@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::Kvm;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, MmapRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::VirtioMmioSlot;
 use crate::acpi::{self, AcpiConfig, IsaDevice};
 use crate::arch::{boot, cpuid, mptable, regs};
+use crate::control::{MappedRegion, Memfd, MemfdError};
 use crate::devices::framebuffer::FramebufferLayout;
 use crate::devices::legacy::acpi_pm::{self, AcpiPm};
 use crate::devices::legacy::{cmos, i8042, serial, Cmos, SerialConsole, SerialSink, I8042};
@@ -96,22 +97,24 @@ pub enum BuildError {
     Thread { index: u8, source: std::io::Error },
 }
 
-/// The guest framebuffer: its own memory region and memslot with dirty logging.
+/// The guest framebuffer: a sealed memfd (so the supervisor can map the same pixels),
+/// mapped here as its own memslot with dirty logging.
 pub struct Framebuffer {
     pub layout: FramebufferLayout,
-    pub region: MmapRegion,
     pub slot: u32,
+    // The mapping is dropped before the memfd; the VM (which uses the mapping) is dropped
+    // before both, see `Partition`'s field order.
+    pub region: MappedRegion,
+    pub memfd: Memfd,
 }
 
 impl Framebuffer {
-    /// A copy of the pixel bytes as they are now.
+    /// A copy of the pixel bytes as they are now (the guest may be writing: a pixel can
+    /// be torn, nothing worse).
     pub fn snapshot(&self) -> Vec<u8> {
-        let len = self.layout.bytes().min(self.region.size());
-        let mut out = vec![0u8; len];
-        // SAFETY: the region is a live mapping of at least `len` bytes for as long as
-        // `self` exists; `out` is a distinct allocation of `len` bytes. The guest may write
-        // concurrently: bytes have no invalid values, so the worst case is a torn pixel.
-        unsafe { std::ptr::copy_nonoverlapping(self.region.as_ptr(), out.as_mut_ptr(), len) };
+        let mut out = vec![0u8; self.layout.bytes().min(self.region.len())];
+        // The length is clamped to the mapping above, so this cannot fail.
+        let _ = self.region.read_at(0, &mut out);
         out
     }
 }
@@ -275,12 +278,18 @@ fn attach_framebuffer(vm: &mut Vm, layout: FramebufferLayout) -> Result<Framebuf
     if size > FRAMEBUFFER_MAX_SIZE {
         return Err(BuildError::FramebufferTooLarge { size });
     }
-    let region = memory::create_framebuffer_memory(size as usize)?;
+    let fb_err = |e: MemfdError| MemoryError::Framebuffer {
+        bytes: size as usize,
+        reason: e.to_string(),
+    };
+    let memfd = Memfd::create("bulkhead-framebuffer", size as usize).map_err(fb_err)?;
+    let region = memfd.map_shared_rw().map_err(fb_err)?;
     let slot = vm.register_framebuffer(&region, FRAMEBUFFER_ADDR)?;
     Ok(Framebuffer {
         layout,
-        region,
         slot,
+        region,
+        memfd,
     })
 }
 

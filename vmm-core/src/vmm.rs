@@ -13,7 +13,7 @@ use crate::builder::{BuildError, Framebuffer, Partition, VirtioHandles};
 use crate::devices::framebuffer::{write_png, DamageRect, FramebufferError};
 use crate::devices::legacy::SerialConsole;
 use crate::devices::{StopHandle, StopReason};
-use crate::vstate::vcpu::{install_kick_handler, kick_signal};
+use crate::vstate::vcpu::{install_kick_handler, kick_signal, PauseGate};
 use crate::vstate::vm::{Vm, VmError};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,8 @@ pub struct RunningPartition {
     stop: Arc<StopHandle>,
     serial: Arc<Mutex<SerialConsole>>,
     virtio: VirtioHandles,
+    gate: Arc<PauseGate>,
+    started: Instant,
 }
 
 impl Partition {
@@ -49,13 +51,15 @@ impl Partition {
         install_kick_handler();
         let pio = Arc::new(self.pio);
         let mmio = Arc::new(self.mmio);
+        let gate = Arc::new(PauseGate::default());
         let mut threads = Vec::new();
         for vcpu in self.vcpus {
             let index = vcpu.index();
-            let (pio, mmio, stop) = (pio.clone(), mmio.clone(), self.stop.clone());
+            let (pio, mmio, stop, gate) =
+                (pio.clone(), mmio.clone(), self.stop.clone(), gate.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
-                .spawn(move || vcpu.run(pio, mmio, stop))
+                .spawn(move || vcpu.run(pio, mmio, stop, gate))
                 .map_err(|source| BuildError::Thread { index, source });
             match handle {
                 Ok(h) => threads.push(h),
@@ -74,6 +78,8 @@ impl Partition {
             stop: self.stop,
             serial: self.serial,
             virtio: self.virtio,
+            gate,
+            started: Instant::now(),
         })
     }
 }
@@ -104,6 +110,34 @@ impl RunningPartition {
 
     pub fn serial(&self) -> Arc<Mutex<SerialConsole>> {
         self.serial.clone()
+    }
+
+    /// How long the vCPUs have been running (paused time included).
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Parks every vCPU outside the guest; returns once all of them are parked.
+    pub fn pause(&self) {
+        self.gate.set_paused(true);
+        while self.gate.parked() < self.threads.iter().filter(|t| !t.is_finished()).count()
+            && !self.stop.is_stopped()
+        {
+            for t in self.threads.iter().filter(|t| !t.is_finished()) {
+                // SAFETY: as in `kick_and_join`: the thread is alive and not joined, and
+                // the kick signal has a no-op handler.
+                unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    pub fn resume(&self) {
+        self.gate.set_paused(false);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.gate.is_paused()
     }
 
     /// Keyboard, tablet and console of the running guest.
@@ -142,7 +176,7 @@ impl RunningPartition {
         let Some(fb) = &self.framebuffer else {
             return Ok(Vec::new());
         };
-        let bitmap = self.vm.dirty_log(fb.slot, fb.region.size())?;
+        let bitmap = self.vm.dirty_log(fb.slot, fb.region.len())?;
         Ok(fb.layout.damage_from_dirty_bitmap(&bitmap))
     }
 
@@ -151,7 +185,7 @@ impl RunningPartition {
         let Some(fb) = &self.framebuffer else {
             return Ok(0);
         };
-        let bitmap = self.vm.dirty_log(fb.slot, fb.region.size())?;
+        let bitmap = self.vm.dirty_log(fb.slot, fb.region.len())?;
         Ok(bitmap.iter().map(|w| u64::from(w.count_ones())).sum())
     }
 

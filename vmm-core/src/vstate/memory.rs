@@ -1,6 +1,6 @@
 //! Guest RAM and the framebuffer's separate memory region.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap, MmapRegion};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::layout::{ram_regions, MMIO_HOLE_START};
 
@@ -35,12 +35,4 @@ pub fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
 /// Low RAM end: where the MMIO hole or the end of RAM starts.
 pub fn low_ram_end(mib: u64) -> u64 {
     (mib << 20).min(MMIO_HOLE_START)
-}
-
-/// Anonymous shared memory for the framebuffer, mapped into the guest as its own slot.
-pub fn create_framebuffer_memory(bytes: usize) -> Result<MmapRegion, MemoryError> {
-    MmapRegion::new(bytes).map_err(|e| MemoryError::Framebuffer {
-        bytes,
-        reason: e.to_string(),
-    })
 }

@@ -1,6 +1,8 @@
 //! vCPUs: initial state and the run loop that turns exits into bus accesses or a stop.
 
-use std::sync::{Arc, Once};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::time::Duration;
 
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -35,6 +37,46 @@ pub struct EntryPoint {
 pub struct Vcpu {
     fd: VcpuFd,
     index: u8,
+}
+
+/// Holds vCPU threads outside `KVM_RUN` while the partition is paused.
+#[derive(Default)]
+pub struct PauseGate {
+    paused: Mutex<bool>,
+    wake: Condvar,
+    parked: AtomicUsize,
+}
+
+impl PauseGate {
+    pub fn set_paused(&self, paused: bool) {
+        *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = paused;
+        self.wake.notify_all();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *self.paused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// vCPU threads currently waiting at the gate.
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::SeqCst)
+    }
+
+    fn wait_while_paused(&self, stop: &StopHandle) {
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        if !*paused {
+            return;
+        }
+        self.parked.fetch_add(1, Ordering::SeqCst);
+        while *paused && !stop.is_stopped() {
+            // The timeout lets a stop request end the wait without a notify.
+            paused = match self.wake.wait_timeout(paused, Duration::from_millis(50)) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The signal used to kick a vCPU thread out of `KVM_RUN`.
@@ -97,8 +139,15 @@ impl Vcpu {
 
     /// Runs the guest until a stop is requested, by a device, by this loop on a fatal exit,
     /// or by the host (which then kicks this thread with [`kick_signal`]).
-    pub fn run(mut self, pio: Arc<Bus>, mmio: Arc<Bus>, stop: Arc<StopHandle>) {
+    pub fn run(
+        mut self,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        stop: Arc<StopHandle>,
+        gate: Arc<PauseGate>,
+    ) {
         while !stop.is_stopped() {
+            gate.wait_while_paused(&stop);
             if let Some(reason) = self.run_once(&pio, &mmio) {
                 stop.request(reason);
             }

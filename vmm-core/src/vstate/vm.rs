@@ -4,9 +4,10 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MmapRegion};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::control::MappedRegion;
 use crate::layout::KVM_TSS_ADDR;
 
 #[derive(Debug, thiserror::Error)]
@@ -89,13 +90,13 @@ impl Vm {
     }
 
     /// Maps the framebuffer region at `gpa` with dirty-page logging; returns the slot.
-    pub fn register_framebuffer(&mut self, region: &MmapRegion, gpa: u64) -> Result<u32, VmError> {
-        self.add_slot(
-            gpa,
-            region.size() as u64,
-            region.as_ptr() as u64,
-            KVM_MEM_LOG_DIRTY_PAGES,
-        )
+    pub fn register_framebuffer(
+        &mut self,
+        region: &MappedRegion,
+        gpa: u64,
+    ) -> Result<u32, VmError> {
+        let host = region.as_ptr() as u64;
+        self.add_slot(gpa, region.len() as u64, host, KVM_MEM_LOG_DIRTY_PAGES)
     }
 
     /// Pages of `slot` written since the last call (one bit per 4 KiB page).
