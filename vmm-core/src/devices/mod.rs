@@ -28,6 +28,15 @@ impl InterruptLine for EventFd {
     }
 }
 
+/// Answers a read of an 8-bit register: the value in the first byte, zeros above it
+/// whatever width the guest used.
+pub fn byte_register_read(data: &mut [u8], value: u8) {
+    data.fill(0);
+    if let Some(first) = data.first_mut() {
+        *first = value;
+    }
+}
+
 /// Why a partition stopped running guest code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {

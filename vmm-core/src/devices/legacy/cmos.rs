@@ -3,7 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::devices::BusDevice;
+use crate::devices::{byte_register_read, BusDevice};
 
 pub const CMOS_PORT: u16 = 0x70;
 pub const CMOS_LEN: u64 = 2;
@@ -97,10 +97,7 @@ impl BusDevice for Cmos {
             1 => self.register(self.index),
             _ => 0xff,
         };
-        data.fill(0);
-        if let Some(first) = data.first_mut() {
-            *first = value;
-        }
+        byte_register_read(data, value);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::devices::{BusDevice, StopHandle, StopReason};
+use crate::devices::{byte_register_read, BusDevice, StopHandle, StopReason};
 
 pub const I8042_PORT: u16 = 0x60;
 /// Ports 0x60..=0x64; 0x61 belongs to the PIT speaker and is handled by KVM.
@@ -86,10 +86,7 @@ impl BusDevice for I8042 {
             4 => self.status(),
             _ => 0xff,
         };
-        data.fill(0);
-        if let Some(first) = data.first_mut() {
-            *first = value;
-        }
+        byte_register_read(data, value);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
