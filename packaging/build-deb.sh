@@ -64,6 +64,7 @@ for page in "$staging"/man/*.1; do
     gzip -9n "$page"
 done
 
-cargo deb -p bulkhead --no-build
+# Its own stdout (the path) goes to stderr: this script prints the path once, last.
+cargo deb -p bulkhead --no-build >&2
 deb=$(ls -t "$target_dir"/debian/bulkhead_*_amd64.deb | head -n 1)
 echo "$deb"

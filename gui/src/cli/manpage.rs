@@ -1,10 +1,160 @@
-//! `bulkhead manpage`
+//! `bulkhead man DIR`: write the man pages (roff) generated from the CLI definition.
+//!
+//! Packaging runs this on the release binary, so the pages always match the binary that
+//! ships: `bulkhead.1` plus one page per visible subcommand (`bulkhead-policy-check.1`, …),
+//! the naming `git` and `cargo` use.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub struct ManArgs {}
+use clap::CommandFactory;
 
-pub fn run(_args: ManArgs) -> ExitCode {
-    ExitCode::SUCCESS
+/// Manual section for user commands.
+const SECTION: &str = "1";
+
+#[derive(Debug, clap::Args)]
+pub struct ManArgs {
+    /// Directory to write the pages into; created if missing.
+    pub out_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManError {
+    #[error("cannot create man page directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write man page {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub fn run(args: ManArgs) -> ExitCode {
+    match write_pages(&args.out_dir) {
+        Ok(paths) => {
+            for path in paths {
+                println!("{}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("bulkhead man: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes one page for `bulkhead` and one per visible subcommand, at any depth.
+/// Returns the written paths, parents before children.
+pub fn write_pages(out_dir: &Path) -> Result<Vec<PathBuf>, ManError> {
+    std::fs::create_dir_all(out_dir).map_err(|source| ManError::CreateDir {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    // `help` as a subcommand would get a page of its own; `--help` is documented instead.
+    let mut cmd = crate::cli::Cli::command().disable_help_subcommand(true);
+    // Building fills in each subcommand's display name ("bulkhead-policy-check"),
+    // which names both the page and the file.
+    cmd.build();
+    let mut written = Vec::new();
+    write_tree(&cmd, out_dir, &mut written)?;
+    Ok(written)
+}
+
+fn write_tree(
+    cmd: &clap::Command,
+    out_dir: &Path,
+    written: &mut Vec<PathBuf>,
+) -> Result<(), ManError> {
+    written.push(write_page(cmd, out_dir)?);
+    for sub in cmd.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+        write_tree(sub, out_dir, written)?;
+    }
+    Ok(())
+}
+
+fn write_page(cmd: &clap::Command, out_dir: &Path) -> Result<PathBuf, ManError> {
+    let man = clap_mangen::Man::new(cmd.clone())
+        .section(SECTION)
+        .manual("Bulkhead Manual")
+        .source(format!("Bulkhead {}", env!("CARGO_PKG_VERSION")));
+    let path = out_dir.join(man.get_filename());
+    let mut roff = Vec::new();
+    man.render(&mut roff)
+        .and_then(|()| std::fs::File::create(&path))
+        .and_then(|mut file| file.write_all(&roff))
+        .map_err(|source| ManError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn writes_a_page_for_bulkhead_and_each_visible_subcommand() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = write_pages(dir.path()).unwrap();
+
+        let names = page_names(dir.path());
+        assert_eq!(names.len(), written.len());
+        assert!(names.contains(&"bulkhead.1".to_string()));
+        for sub in crate::cli::Cli::command()
+            .get_subcommands()
+            .filter(|sub| !sub.is_hide_set())
+        {
+            let expected = format!("bulkhead-{}.1", sub.get_name());
+            assert!(names.contains(&expected), "{expected} missing from {names:?}");
+        }
+    }
+
+    #[test]
+    fn hidden_man_subcommand_and_help_get_no_page() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pages(dir.path()).unwrap();
+
+        let names = page_names(dir.path());
+        assert!(!names.contains(&"bulkhead-man.1".to_string()));
+        assert!(!names.iter().any(|name| name.ends_with("-help.1")), "{names:?}");
+    }
+
+    #[test]
+    fn main_page_is_roff_titled_bulkhead_and_lists_subcommands() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pages(dir.path()).unwrap();
+
+        let page = std::fs::read_to_string(dir.path().join("bulkhead.1")).unwrap();
+        assert!(page.starts_with(".ie \\n(.g .ds Aq"), "not roff: {page:.80}");
+        assert!(page.contains(".TH bulkhead 1"), "{page}");
+        assert!(page.contains("bulkhead\\-policy(1)"), "{page}");
+        assert!(page.contains(env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn unwritable_directory_is_reported_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, b"file").unwrap();
+
+        let err = write_pages(&blocker.join("man1")).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("not-a-dir/man1"), "{message}");
+        assert!(matches!(err, ManError::CreateDir { .. }));
+    }
 }
