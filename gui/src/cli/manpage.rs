@@ -120,7 +120,10 @@ mod tests {
             .filter(|sub| !sub.is_hide_set())
         {
             let expected = format!("bulkhead-{}.1", sub.get_name());
-            assert!(names.contains(&expected), "{expected} missing from {names:?}");
+            assert!(
+                names.contains(&expected),
+                "{expected} missing from {names:?}"
+            );
         }
     }
 
@@ -131,7 +134,10 @@ mod tests {
 
         let names = page_names(dir.path());
         assert!(!names.contains(&"bulkhead-man.1".to_string()));
-        assert!(!names.iter().any(|name| name.ends_with("-help.1")), "{names:?}");
+        assert!(
+            !names.iter().any(|name| name.ends_with("-help.1")),
+            "{names:?}"
+        );
     }
 
     #[test]
@@ -140,7 +146,10 @@ mod tests {
         write_pages(dir.path()).unwrap();
 
         let page = std::fs::read_to_string(dir.path().join("bulkhead.1")).unwrap();
-        assert!(page.starts_with(".ie \\n(.g .ds Aq"), "not roff: {page:.80}");
+        assert!(
+            page.starts_with(".ie \\n(.g .ds Aq"),
+            "not roff: {page:.80}"
+        );
         assert!(page.contains(".TH bulkhead 1"), "{page}");
         assert!(page.contains("bulkhead\\-policy(1)"), "{page}");
         assert!(page.contains(env!("CARGO_PKG_VERSION")));
