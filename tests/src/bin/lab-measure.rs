@@ -128,6 +128,8 @@ struct Sample {
     anon_kib: u64,
     guest_kib: u64,
     excluded_kib: u64,
+    /// Anonymous KiB inside the guest RAM and framebuffer mappings.
+    excluded_anon_kib: u64,
 }
 
 impl Sample {
@@ -136,10 +138,9 @@ impl Sample {
             .saturating_sub(self.guest_kib + self.excluded_kib)
     }
 
-    /// Anonymous memory beyond guest RAM and the framebuffer (both are anonymous).
+    /// Anonymous memory outside the guest RAM and framebuffer mappings.
     fn anon_overhead_kib(&self) -> u64 {
-        self.anon_kib
-            .saturating_sub(self.guest_kib + self.excluded_kib)
+        self.anon_kib.saturating_sub(self.excluded_anon_kib)
     }
 }
 
@@ -161,7 +162,9 @@ fn classify(
     for m in maps {
         s.rss_kib += m.rss_kib;
         s.anon_kib += m.anon_kib;
-        let anonymous = m.path.is_empty() || m.path.starts_with("[anon");
+        // Guest memory is anonymous or, when shared with another process, a memfd.
+        let anonymous =
+            m.path.is_empty() || m.path.starts_with("[anon") || m.path.starts_with("/memfd:");
         if !anonymous {
             continue;
         }
@@ -173,8 +176,9 @@ fn classify(
             }
             Some(fb) if m.size_kib == fb => s.excluded_kib += m.rss_kib,
             _ if m.size_kib >= guest_mem_kib => s.guest_kib += m.rss_kib,
-            _ => {}
+            _ => continue,
         }
+        s.excluded_anon_kib += m.anon_kib;
     }
     s
 }
@@ -431,6 +435,24 @@ Anonymous:        103072 kB
         assert_eq!(asked, [(0x7effff000000, 3 << 20)]);
         assert_eq!(s.excluded_kib, 3000);
         assert_eq!(s.guest_kib, 100072);
+        assert_eq!(s.overhead_kib(), 0);
+    }
+
+    #[test]
+    fn framebuffer_in_a_memfd_mapping_is_excluded() {
+        let memfd = "\
+7f0010000000-7f0010300000 rw-s 00000000 00:01 77 /memfd:bulkhead-framebuffer (deleted)
+Size:               3072 kB
+Rss:                3072 kB
+Anonymous:             0 kB
+";
+        let s = classify(
+            &parse_smaps(memfd),
+            256 * 1024,
+            Some(3 << 20),
+            &mut |_, _| 0,
+        );
+        assert_eq!(s.excluded_kib, 3072);
         assert_eq!(s.overhead_kib(), 0);
     }
 
