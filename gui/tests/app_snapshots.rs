@@ -163,11 +163,10 @@ fn clicking_start_boots_the_partition_then_it_runs() {
     assert_eq!(state_of(&h, 0), PartitionState::Stopped);
 }
 
-fn two_running() -> (
-    BulkheadApp,
-    Arc<Mutex<Vec<InputEvent>>>,
-    Arc<Mutex<Vec<InputEvent>>>,
-) {
+/// What a software source received, shared with the test.
+type InputLog = Arc<Mutex<Vec<InputEvent>>>;
+
+fn two_running() -> (BulkheadApp, InputLog, InputLog) {
     let browser = running("browser", Label::Red);
     let mail = running("mail", Label::Yellow);
     let (b_log, m_log) = (browser.input_log(), mail.input_log());

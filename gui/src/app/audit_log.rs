@@ -115,7 +115,7 @@ impl AuditPanel {
         match read {
             Ok((path, readout)) => {
                 self.rows = readout.records.iter().map(AuditRow::from_record).collect();
-                self.source_note = format!("{}", path.display());
+                self.source_note = path.display().to_string();
                 if readout.unreadable_lines > 0 {
                     self.source_note.push_str(&format!(
                         " ({} unreadable lines skipped)",
@@ -188,12 +188,14 @@ mod tests {
 
     #[test]
     fn filter_matches_any_column_ignoring_case() {
-        let mut p = AuditPanel::default();
-        p.rows = vec![
-            row("bulkhead.Clipboard", "allow"),
-            row("bulkhead.OpenURL", "deny"),
-        ];
-        p.filter = "DENY".into();
+        let mut p = AuditPanel {
+            rows: vec![
+                row("bulkhead.Clipboard", "allow"),
+                row("bulkhead.OpenURL", "deny"),
+            ],
+            filter: "DENY".into(),
+            ..AuditPanel::default()
+        };
         let names: Vec<_> = p.filtered().map(|r| r.service.as_str()).collect();
         assert_eq!(names, vec!["bulkhead.OpenURL"]);
         p.filter = "  ".into();
