@@ -6,13 +6,13 @@ use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bulkhead_tests::asm::Asm;
 use vmm_core::builder::{self, BootSource, VmConfig};
 use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 use vmm_core::devices::legacy::SerialSink;
 use vmm_core::devices::StopReason;
 use vmm_core::hostcheck;
 use vmm_core::layout::FRAMEBUFFER_ADDR;
+use vmm_core::microguest::{self, Asm};
 use vmm_core::vmm::RunningPartition;
 
 const LOAD_ADDR: u64 = 0x10_0000;
@@ -280,5 +280,40 @@ fn a_paused_partition_runs_no_guest_code_until_resumed() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(out.text().len() > frozen, "guest did not run after resume");
+    assert_eq!(p.finish(), StopReason::Stopped);
+}
+
+#[test]
+fn the_built_in_test_card_paints_label_bands_and_keeps_damaging_the_top_rows() {
+    let mut asm = Asm::new();
+    asm.code = microguest::test_card(FRAMEBUFFER_ADDR, 1024, 768);
+    let (p, out) = start(&asm, Some((1024, 768)));
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !out.text().contains("TEST-CARD-READY") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "test card never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pixels = p.framebuffer().unwrap().snapshot();
+    let px = |x: usize, y: usize| {
+        u32::from_le_bytes(pixels[(y * 1024 + x) * 4..][..4].try_into().unwrap())
+    };
+    for (band, colour) in microguest::TEST_CARD_COLOURS.iter().enumerate() {
+        let y = band * 96 + 48;
+        assert_eq!(px(512, y) & 0xff_ffff, *colour, "band {band}");
+    }
+    // The full paint was one damage; afterwards only the animated rows change.
+    let _ = p.take_damage().unwrap();
+    let mut seen = Vec::new();
+    while seen.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no animation damage");
+        seen = p.take_damage().unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for r in &seen {
+        assert!(r.y + r.h <= microguest::TEST_CARD_ANIMATED_ROWS, "{r:?}");
+    }
     assert_eq!(p.finish(), StopReason::Stopped);
 }

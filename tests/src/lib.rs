@@ -1,6 +1,5 @@
-//! Test harness shared by the integration tests: a tiny x86-64 assembler for
-//! micro-guests, and the hardware-virtualization lab runner.
+//! Test harness shared by the integration tests: the hardware-virtualization lab runner
+//! and the boot benchmark. Micro-guests are assembled with `vmm_core::microguest`.
 
-pub mod asm;
 pub mod bench;
 pub mod lab;

@@ -174,6 +174,10 @@ impl Partition {
     pub fn vm(&self) -> &Vm {
         &self.vm
     }
+
+    pub fn framebuffer(&self) -> Option<&Framebuffer> {
+        self.framebuffer.as_ref()
+    }
 }
 
 pub fn build(kvm: &Kvm, config: VmConfig) -> Result<Partition, BuildError> {

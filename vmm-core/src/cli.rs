@@ -32,7 +32,7 @@ pub struct VmmCli {
 #[derive(Debug, Subcommand)]
 pub enum VmmCommand {
     /// Boot a kernel (or the default guest image) and run it until it stops.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Say what this host's /dev/kvm can run.
     Check,
 }
@@ -113,6 +113,16 @@ pub struct RunArgs {
     /// Stop the partition after this many seconds (exit code 4).
     #[arg(long)]
     pub timeout: Option<u64>,
+    /// Boot the built-in test card (a micro-guest painting the label colours) instead of
+    /// Linux; it runs on any KVM, software-only ones included.
+    #[arg(long, conflicts_with_all = ["kernel", "initrd"])]
+    pub test_card: bool,
+    /// The partition's name, as the supervisor knows it.
+    #[arg(long, default_value = "partition")]
+    pub name: String,
+    /// Run supervised: speak the control protocol on this inherited socket fd.
+    #[arg(long)]
+    pub control_fd: Option<i32>,
 }
 
 /// `--display`: a size, or `none`.
@@ -174,6 +184,17 @@ fn serial_sink(target: &str) -> Result<SerialSink, String> {
 }
 
 fn boot_source(args: &RunArgs) -> Result<BootSource, String> {
+    if args.test_card {
+        let (w, h) = args
+            .display
+            .0
+            .map(|d| (d.0, d.1))
+            .ok_or("the test card needs a display; drop --display none")?;
+        return Ok(BootSource::Raw {
+            code: crate::microguest::test_card(crate::layout::FRAMEBUFFER_ADDR, w, h),
+            load_addr: crate::layout::HIMEM_START,
+        });
+    }
     let (kernel, initrd) = match &args.kernel {
         Some(k) => (k.clone(), args.initrd.clone()),
         None => {
@@ -193,13 +214,15 @@ fn boot_source(args: &RunArgs) -> Result<BootSource, String> {
     })
 }
 
-pub fn run(args: &RunArgs) -> Result<i32, String> {
-    let kvm = hostcheck::open_kvm_for_linux().map_err(|e| e.to_string())?;
-    let mut serial = serial_sink(&args.serial)?;
-    let (marker_tx, marker_rx) = mpsc::channel();
-    if let Some(marker) = &args.screenshot_on {
-        serial.watch_marker(marker, marker_tx);
+/// Opens KVM (a software-only KVM is fine for the test card, not for Linux) and
+/// resolves the partition's configuration.
+fn vm_config(args: &RunArgs, serial: SerialSink) -> Result<(kvm_ioctls::Kvm, VmConfig), String> {
+    let kvm = if args.test_card {
+        hostcheck::open_kvm().map(|(kvm, _)| kvm)
+    } else {
+        hostcheck::open_kvm_for_linux()
     }
+    .map_err(|e| e.to_string())?;
     let config = VmConfig {
         mem_mib: args.mem.0,
         vcpus: args.vcpus,
@@ -212,6 +235,20 @@ pub fn run(args: &RunArgs) -> Result<i32, String> {
             .map_err(|e| e.to_string())?,
         serial,
     };
+    Ok((kvm, config))
+}
+
+pub fn run(args: &RunArgs) -> Result<i32, String> {
+    if let Some(fd) = args.control_fd {
+        return crate::partition::run_supervised(args, fd, |sink| vm_config(args, sink))
+            .map_err(|e| e.to_string());
+    }
+    let mut serial = serial_sink(&args.serial)?;
+    let (marker_tx, marker_rx) = mpsc::channel();
+    if let Some(marker) = &args.screenshot_on {
+        serial.watch_marker(marker, marker_tx);
+    }
+    let (kvm, config) = vm_config(args, serial)?;
     let started = Instant::now();
     let partition = builder::build(&kvm, config)
         .map_err(|e| e.to_string())?

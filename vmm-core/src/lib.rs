@@ -11,6 +11,8 @@ pub mod devices;
 pub mod guest_image;
 pub mod hostcheck;
 pub mod layout;
+pub mod microguest;
+pub mod partition;
 pub mod sandbox;
 pub mod vmm;
 pub mod vstate;

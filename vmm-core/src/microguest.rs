@@ -1,5 +1,6 @@
-//! Just enough x86-64 machine code for micro-guests: port I/O, stores, string fills,
-//! compare-and-branch. Each method emits one instruction.
+//! Micro-guests: just enough x86-64 machine code for tiny guests (port I/O, stores,
+//! string fills, compare-and-branch; each method emits one instruction), and the built-in
+//! test card, a real KVM display source that runs even on a software-only KVM.
 
 #[derive(Default)]
 pub struct Asm {
@@ -85,6 +86,7 @@ impl Asm {
     }
     pub fn bind(&mut self, label: Label) -> &mut Self {
         let disp = self.code.len() - label.0;
+        // Micro-guests are written by hand: a longer branch is a bug in the guest's source.
         self.code[label.0 - 1] = u8::try_from(disp).expect("branch within 127 bytes");
         self
     }
@@ -110,4 +112,66 @@ impl Asm {
     pub fn reset(&mut self) -> &mut Self {
         self.mov_dx(0x64).mov_al(0xfe).out_al().spin()
     }
+}
+
+impl Asm {
+    /// `inc ebx`
+    pub fn inc_ebx(&mut self) -> &mut Self {
+        self.emit(&[0xff, 0xc3])
+    }
+    /// `mov eax, ebx`
+    pub fn mov_eax_ebx(&mut self) -> &mut Self {
+        self.emit(&[0x89, 0xd8])
+    }
+    /// `loop $`: spins `ecx` times (a delay that needs no timer).
+    pub fn loop_self(&mut self) -> &mut Self {
+        self.emit(&[0xe2, 0xfe])
+    }
+    /// Current position, for a backward jump.
+    pub fn here(&self) -> usize {
+        self.code.len()
+    }
+    /// `jmp` back to `target` (a position from [`Asm::here`]) with a 32-bit displacement.
+    pub fn jmp_back(&mut self, target: usize) -> &mut Self {
+        let disp = target as i64 - (self.code.len() as i64 + 5);
+        self.emit(&[0xe9]).emit(&(disp as i32).to_le_bytes())
+    }
+}
+
+/// The eight label colours, as bands of the test card (XRGB).
+pub const TEST_CARD_COLOURS: [u32; 8] = [
+    0x00cc_0000,
+    0x00f5_7900,
+    0x00ed_d400,
+    0x0073_d216,
+    0x0055_5555,
+    0x0034_65a4,
+    0x0075_507b,
+    0x0000_0000,
+];
+
+/// Rows at the top of the test card that change colour every frame.
+pub const TEST_CARD_ANIMATED_ROWS: u32 = 16;
+
+/// A guest that paints eight vertical-order bands in the label colours, then forever
+/// repaints the top rows with a changing colour, so a display shows steady damage.
+pub fn test_card(framebuffer: u64, width: u32, height: u32) -> Vec<u8> {
+    let mut asm = Asm::new();
+    let pixels = width * height;
+    asm.mov_rdi(framebuffer);
+    for (i, colour) in TEST_CARD_COLOURS.iter().enumerate() {
+        let band = pixels / 8 + if i == 7 { pixels % 8 } else { 0 };
+        asm.mov_eax(*colour).mov_ecx(band).rep_stosd();
+    }
+    asm.print("TEST-CARD-READY\n");
+    let top = asm.here();
+    asm.inc_ebx()
+        .mov_eax_ebx()
+        .mov_rdi(framebuffer)
+        .mov_ecx(width * TEST_CARD_ANIMATED_ROWS)
+        .rep_stosd()
+        .mov_ecx(0x2_0000)
+        .loop_self()
+        .jmp_back(top);
+    asm.code
 }
