@@ -58,7 +58,11 @@ staging="$target_dir/release/deb-staging"
 rm -rf "$staging"
 mkdir -p "$staging/man"
 cp "$vmm" "$staging/bulkhead-vmm"
-"$bulkhead" man "$staging/man" >/dev/null
+# The pages carry the date of the newest changelog entry, so rebuilds are identical.
+changelog_date=$(sed -n 's/^ -- .*>  //p' packaging/changelog | head -n 1)
+man_date=$(date -u -d "$changelog_date" +%Y-%m-%d) ||
+    die "cannot read the date of the newest entry in packaging/changelog"
+"$bulkhead" man --date "$man_date" "$staging/man" >/dev/null
 for page in "$staging"/man/*.1; do
     # -n: no name or timestamp in the header, so the package is reproducible.
     gzip -9n "$page"

@@ -17,6 +17,10 @@ const SECTION: &str = "1";
 pub struct ManArgs {
     /// Directory to write the pages into; created if missing.
     pub out_dir: PathBuf,
+    /// Date printed in the pages' footer (packaging passes the changelog's date, so
+    /// rebuilding gives the same bytes). Default: today, UTC, as YYYY-MM-DD.
+    #[arg(long)]
+    pub date: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +38,8 @@ pub enum ManError {
 }
 
 pub fn run(args: ManArgs) -> ExitCode {
-    match write_pages(&args.out_dir) {
+    let date = args.date.unwrap_or_else(today_utc);
+    match write_pages(&args.out_dir, &date) {
         Ok(paths) => {
             for path in paths {
                 println!("{}", path.display());
@@ -50,7 +55,7 @@ pub fn run(args: ManArgs) -> ExitCode {
 
 /// Writes one page for `bulkhead` and one per visible subcommand, at any depth.
 /// Returns the written paths, parents before children.
-pub fn write_pages(out_dir: &Path) -> Result<Vec<PathBuf>, ManError> {
+pub fn write_pages(out_dir: &Path, date: &str) -> Result<Vec<PathBuf>, ManError> {
     std::fs::create_dir_all(out_dir).map_err(|source| ManError::CreateDir {
         path: out_dir.to_path_buf(),
         source,
@@ -61,25 +66,29 @@ pub fn write_pages(out_dir: &Path) -> Result<Vec<PathBuf>, ManError> {
     // which names both the page and the file.
     cmd.build();
     let mut written = Vec::new();
-    write_tree(&cmd, out_dir, &mut written)?;
+    write_tree(&cmd, out_dir, date, &mut written)?;
     Ok(written)
 }
 
 fn write_tree(
     cmd: &clap::Command,
     out_dir: &Path,
+    date: &str,
     written: &mut Vec<PathBuf>,
 ) -> Result<(), ManError> {
-    written.push(write_page(cmd, out_dir)?);
+    written.push(write_page(cmd, out_dir, date)?);
     for sub in cmd.get_subcommands().filter(|sub| !sub.is_hide_set()) {
-        write_tree(sub, out_dir, written)?;
+        write_tree(sub, out_dir, date, written)?;
     }
     Ok(())
 }
 
-fn write_page(cmd: &clap::Command, out_dir: &Path) -> Result<PathBuf, ManError> {
+fn write_page(cmd: &clap::Command, out_dir: &Path, date: &str) -> Result<PathBuf, ManError> {
+    // The date must not be empty: roff drops an empty .TH argument, which shifts the
+    // source and manual names into the wrong fields.
     let man = clap_mangen::Man::new(cmd.clone())
         .section(SECTION)
+        .date(date)
         .manual("Bulkhead Manual")
         .source(format!("Bulkhead {}", env!("CARGO_PKG_VERSION")));
     let path = out_dir.join(man.get_filename());
@@ -92,6 +101,28 @@ fn write_page(cmd: &clap::Command, out_dir: &Path) -> Result<PathBuf, ManError> 
             source,
         })?;
     Ok(path)
+}
+
+/// Today's date (UTC) as YYYY-MM-DD, from the system clock.
+fn today_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    civil_date(secs / 86_400)
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_date(days: u64) -> String {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
 }
 
 #[cfg(test)]
@@ -110,7 +141,7 @@ mod tests {
     #[test]
     fn writes_a_page_for_bulkhead_and_each_visible_subcommand() {
         let dir = tempfile::tempdir().unwrap();
-        let written = write_pages(dir.path()).unwrap();
+        let written = write_pages(dir.path(), "2026-11-26").unwrap();
 
         let names = page_names(dir.path());
         assert_eq!(names.len(), written.len());
@@ -130,7 +161,7 @@ mod tests {
     #[test]
     fn hidden_man_subcommand_and_help_get_no_page() {
         let dir = tempfile::tempdir().unwrap();
-        write_pages(dir.path()).unwrap();
+        write_pages(dir.path(), "2026-11-26").unwrap();
 
         let names = page_names(dir.path());
         assert!(!names.contains(&"bulkhead-man.1".to_string()));
@@ -143,16 +174,30 @@ mod tests {
     #[test]
     fn main_page_is_roff_titled_bulkhead_and_lists_subcommands() {
         let dir = tempfile::tempdir().unwrap();
-        write_pages(dir.path()).unwrap();
+        write_pages(dir.path(), "2026-11-26").unwrap();
 
         let page = std::fs::read_to_string(dir.path().join("bulkhead.1")).unwrap();
         assert!(
             page.starts_with(".ie \\n(.g .ds Aq"),
             "not roff: {page:.80}"
         );
-        assert!(page.contains(".TH bulkhead 1"), "{page}");
+        let title = page.lines().find(|line| line.starts_with(".TH ")).unwrap();
+        // Every .TH field in its place: name, section, date, source, manual.
+        assert!(title.starts_with(".TH bulkhead 1 2026"), "{title}");
+        let source = format!("\"Bulkhead {}\"", env!("CARGO_PKG_VERSION"));
+        assert!(
+            title.ends_with(&format!("{source} \"Bulkhead Manual\"")),
+            "{title}"
+        );
         assert!(page.contains("bulkhead\\-policy(1)"), "{page}");
         assert!(page.contains(env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn civil_date_converts_days_since_the_epoch() {
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(11_016), "2000-02-29");
+        assert_eq!(civil_date(20_418), "2025-11-26");
     }
 
     #[test]
@@ -161,7 +206,7 @@ mod tests {
         let blocker = dir.path().join("not-a-dir");
         std::fs::write(&blocker, b"file").unwrap();
 
-        let err = write_pages(&blocker.join("man1")).unwrap_err();
+        let err = write_pages(&blocker.join("man1"), "2026-11-26").unwrap_err();
         let message = err.to_string();
         assert!(message.contains("not-a-dir/man1"), "{message}");
         assert!(matches!(err, ManError::CreateDir { .. }));
