@@ -17,10 +17,12 @@ pub enum Virtualization {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error("{KVM_PATH} does not exist: enable virtualization (VT-x/AMD-V) in the firmware and load kvm_intel or kvm_amd")]
+    #[error("{KVM_PATH} does not exist: enable virtualization (Intel VT-x or AMD-V) in the firmware settings, then run \"sudo modprobe kvm_intel\" (or kvm_amd)")]
     NoKvm,
-    #[error("permission denied opening {KVM_PATH}: add your user to the `kvm` group (sudo adduser $USER kvm) and log in again")]
-    NotPermitted,
+    #[error("permission denied opening {KVM_PATH}: your user {user:?} is not in the `kvm` group: run \"sudo usermod -aG kvm {user}\", then log out and back in")]
+    NotPermitted { user: String },
+    #[error("permission denied opening {KVM_PATH}: your user is in the `kvm` group, but this login session is not yet: log out and back in")]
+    SessionNotInGroup,
     #[error("opening {KVM_PATH}: {0}")]
     Open(std::io::Error),
     #[error("{KVM_PATH} answers but KVM API version is unusable: {0}")]
@@ -35,7 +37,7 @@ pub fn open_kvm() -> Result<(Kvm, Virtualization), HostError> {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(HostError::NoKvm),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            return Err(HostError::NotPermitted)
+            return Err(permission_error())
         }
         Err(e) => return Err(HostError::Open(e)),
     }
@@ -51,6 +53,28 @@ pub fn open_kvm_for_linux() -> Result<Kvm, HostError> {
     match open_kvm()? {
         (kvm, Virtualization::Hardware) => Ok(kvm),
         (_, Virtualization::Software { name }) => Err(HostError::SoftwareOnly { name }),
+    }
+}
+
+/// Tells "not in the group" apart from "in the group, but not in this session".
+fn permission_error() -> HostError {
+    let user = std::env::var("USER").unwrap_or_else(|_| "YOUR_USER".into());
+    let listed = std::fs::read_to_string("/etc/group")
+        .ok()
+        .and_then(|g| {
+            g.lines().find(|l| l.starts_with("kvm:")).map(|l| {
+                l.rsplit(':')
+                    .next()
+                    .unwrap_or("")
+                    .split(',')
+                    .any(|m| m == user)
+            })
+        })
+        .unwrap_or(false);
+    if listed {
+        HostError::SessionNotInGroup
+    } else {
+        HostError::NotPermitted { user }
     }
 }
 
@@ -112,6 +136,9 @@ mod tests {
         assert!(msg
             .starts_with("no hardware virtualization: stock Linux guests cannot run on this host"));
         assert!(!msg.contains('\n'));
-        assert!(HostError::NotPermitted.to_string().contains("`kvm` group"));
+        let e = HostError::NotPermitted {
+            user: "alice".into(),
+        };
+        assert!(e.to_string().contains("sudo usermod -aG kvm alice"), "{e}");
     }
 }
