@@ -4,3 +4,4 @@
 pub mod app;
 pub mod display;
 pub mod input;
+pub mod supervisor;

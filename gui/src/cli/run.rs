@@ -12,18 +12,6 @@ pub struct RunArgs {
     pub vmm: vmm_core::cli::RunArgs,
 }
 
-/// The partition binary: `$BULKHEAD_VMM`, else next to this executable, else on PATH.
-pub fn vmm_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("BULKHEAD_VMM") {
-        return PathBuf::from(p);
-    }
-    let sibling = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join("bulkhead-vmm")))
-        .filter(|p| p.is_file());
-    sibling.unwrap_or_else(|| PathBuf::from("bulkhead-vmm"))
-}
-
 fn forwarded_args(a: &vmm_core::cli::RunArgs) -> Vec<String> {
     let mut args = vec![
         "run".to_string(),
@@ -54,7 +42,7 @@ fn forwarded_args(a: &vmm_core::cli::RunArgs) -> Vec<String> {
 }
 
 pub fn run(args: RunArgs) -> ExitCode {
-    let binary = vmm_binary();
+    let binary = bulkhead::supervisor::launch::vmm_binary();
     let err = Command::new(&binary).args(forwarded_args(&args.vmm)).exec();
     eprintln!(
         "bulkhead: starting the partition process {}: {err} (install bulkhead-vmm next to bulkhead or set BULKHEAD_VMM)",

@@ -1,10 +1,124 @@
-//! `bulkhead up`
+//! `bulkhead up`: the configured partitions, headless, through the same supervisor the
+//! desktop app uses.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bulkhead::supervisor::launch::{launch_spec, Engine};
+use bulkhead::supervisor::{PartitionState, Supervisor};
 
 #[derive(Debug, clap::Args)]
-pub struct UpArgs {}
+pub struct UpArgs {
+    /// Policy directory (default: $BULKHEAD_POLICY_DIR, ~/.config/bulkhead, /etc/bulkhead).
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// Start every partition, not only those with `autostart = true`.
+    #[arg(long)]
+    pub all: bool,
+    /// Run the built-in test card in every partition instead of Linux.
+    #[arg(long)]
+    pub test_card: bool,
+    /// Stop everything after this many seconds (default: run until Ctrl-C).
+    #[arg(long = "for")]
+    pub duration: Option<u64>,
+}
 
-pub fn run(_args: UpArgs) -> ExitCode {
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn describe(state: &PartitionState) -> String {
+    match state {
+        PartitionState::Crashed { reason } => format!("crashed: {reason}"),
+        PartitionState::Exited { status } => format!("exited ({status})"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+fn settled(state: &PartitionState) -> bool {
+    !matches!(state, PartitionState::Booting | PartitionState::Stopped)
+}
+
+pub fn run(args: UpArgs) -> ExitCode {
+    let dir = args
+        .dir
+        .unwrap_or_else(isolation_policy::default_policy_dir);
+    let policy = match isolation_policy::Policy::load(&dir) {
+        Ok((policy, _)) => policy,
+        Err(e) => {
+            eprintln!("bulkhead: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (engine, notice) = if args.test_card {
+        (Engine::TestCard, None)
+    } else {
+        Engine::for_host()
+    };
+    if let Some(n) = notice {
+        eprintln!("bulkhead: {n}");
+    }
+    let specs: Vec<_> = policy
+        .specs()
+        .iter()
+        .filter(|s| args.all || s.autostart)
+        .map(|s| launch_spec(s, engine))
+        .collect();
+    if specs.is_empty() {
+        eprintln!(
+            "bulkhead: no partition to start in {} (use --all)",
+            dir.display()
+        );
+        return ExitCode::from(1);
+    }
+    let supervisor = match Supervisor::new(specs) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bulkhead: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        )
+    };
+    for e in supervisor.start_all() {
+        eprintln!("bulkhead: {e}");
+    }
+    let started = Instant::now();
+    let deadline = args.duration.map(|s| started + Duration::from_secs(s));
+    let mut printed = Vec::new();
+    loop {
+        let states: Vec<(String, String)> = supervisor
+            .statuses()
+            .into_iter()
+            .map(|(name, st)| (name, describe(&st.state)))
+            .collect();
+        let all_settled = supervisor
+            .statuses()
+            .iter()
+            .all(|(_, st)| settled(&st.state));
+        if states != printed && (all_settled || started.elapsed() > Duration::from_secs(60)) {
+            for (name, state) in &states {
+                println!("{name:<12} {state}");
+            }
+            println!();
+            printed = states;
+        }
+        if INTERRUPTED.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    supervisor.stop_all(Duration::from_secs(5));
+    for (name, st) in supervisor.statuses() {
+        println!("{name:<12} {}", describe(&st.state));
+    }
     ExitCode::SUCCESS
 }

@@ -11,6 +11,7 @@
 
 mod backend;
 mod framebuffer;
+pub mod launch;
 mod partition;
 mod spawn;
 

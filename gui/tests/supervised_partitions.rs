@@ -1,0 +1,140 @@
+//! Real partition processes under the supervisor: three `bulkhead-vmm` processes, each a
+//! KVM VM running the built-in test card (it runs on a software-only KVM too). One is
+//! killed with SIGKILL; the others keep rendering through shared memory; it restarts.
+
+use std::time::Duration;
+
+use bulkhead::supervisor::launch::vmm_binary;
+use bulkhead::supervisor::{LaunchSpec, PartitionState, RestartPolicy, Supervisor};
+use vmm_core::microguest::TEST_CARD_COLOURS;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn test_card(name: &str) -> LaunchSpec {
+    LaunchSpec {
+        name: name.into(),
+        program: vmm_binary(),
+        args: [
+            "run",
+            "--test-card",
+            "--mem=16M",
+            "--display=1024x768",
+            "--serial=-",
+        ]
+        .iter()
+        .map(Into::into)
+        .chain([format!("--name={name}").into()])
+        .collect(),
+        restart: RestartPolicy::Never,
+    }
+}
+
+fn damage_count(sup: &Supervisor, name: &str) -> u64 {
+    sup.status(name).unwrap().damage_events
+}
+
+fn wait_for_more_damage(sup: &Supervisor, name: &str, after: u64) {
+    let (_, ok) = sup
+        .wait_until(name, WAIT, |s| s.damage_events > after)
+        .unwrap();
+    assert!(
+        ok,
+        "{name} sent no damage after {after} events: {:?}",
+        sup.status(name)
+    );
+}
+
+#[test]
+fn killing_one_of_three_partitions_leaves_the_others_rendering_and_restart_works() {
+    let binary = vmm_binary();
+    assert!(
+        binary.is_file(),
+        "{} missing: build it first (cargo build -p vmm-core --bin bulkhead-vmm) or set BULKHEAD_VMM",
+        binary.display()
+    );
+    let names = ["browser", "mail", "work"];
+    let sup = Supervisor::new(names.iter().map(|n| test_card(n)).collect()).unwrap();
+    assert!(sup.start_all().is_empty());
+    for n in names {
+        let (st, ok) = sup
+            .wait_until(n, WAIT, |s| {
+                s.state == PartitionState::Running && s.damage_events > 0
+            })
+            .unwrap();
+        assert!(ok, "{n} did not start rendering: {st:?}");
+    }
+
+    // The pixels arrive through the shared framebuffer, not the socket.
+    let fb = sup
+        .framebuffer("work")
+        .unwrap()
+        .expect("framebuffer shared");
+    let (_, painted) = sup
+        .wait_until("work", WAIT, |_| {
+            fb.pixel(512, 96 + 48).map(|p| p & 0xff_ffff) == Some(TEST_CARD_COLOURS[1])
+        })
+        .unwrap();
+    assert!(
+        painted,
+        "orange band never appeared in the shared framebuffer"
+    );
+
+    let victim = sup.status("mail").unwrap().pid.expect("mail has a pid");
+    // SAFETY: kill(2) on a pid we started and still supervise; no memory is involved.
+    assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+    let (st, ok) = sup
+        .wait_until("mail", WAIT, |s| {
+            matches!(s.state, PartitionState::Crashed { .. })
+        })
+        .unwrap();
+    assert!(ok, "mail not shown as crashed: {st:?}");
+    match &st.state {
+        PartitionState::Crashed { reason } => assert!(reason.contains("SIGKILL"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+
+    for n in ["browser", "work"] {
+        assert_eq!(sup.status(n).unwrap().state, PartitionState::Running);
+        wait_for_more_damage(&sup, n, damage_count(&sup, n));
+    }
+
+    sup.restart("mail", Duration::from_secs(5)).unwrap();
+    let (st, ok) = sup
+        .wait_until("mail", WAIT, |s| s.state == PartitionState::Running)
+        .unwrap();
+    assert!(ok, "mail did not come back: {st:?}");
+    assert_ne!(st.pid, Some(victim));
+    wait_for_more_damage(&sup, "mail", damage_count(&sup, "mail"));
+
+    sup.stop_all(Duration::from_secs(5));
+    for n in names {
+        let st = sup.status(n).unwrap();
+        assert!(!st.killed_after_timeout, "{n} had to be killed on stop");
+    }
+}
+
+#[test]
+fn a_partition_process_that_cannot_boot_is_reported_not_hidden() {
+    // A Linux partition on a host without the kernel it names fails with a clear reason.
+    let spec = LaunchSpec {
+        name: "broken".into(),
+        program: vmm_binary(),
+        args: ["run", "--kernel=/nonexistent/vmlinuz", "--name=broken"]
+            .iter()
+            .map(Into::into)
+            .collect(),
+        restart: RestartPolicy::Never,
+    };
+    let sup = Supervisor::new(vec![spec]).unwrap();
+    sup.start("broken").unwrap();
+    let (st, ok) = sup
+        .wait_until("broken", WAIT, |s| {
+            matches!(
+                s.state,
+                PartitionState::Crashed { .. } | PartitionState::Exited { .. }
+            )
+        })
+        .unwrap();
+    assert!(ok, "{st:?}");
+    assert_ne!(st.state, PartitionState::Exited { status: 0 }, "{st:?}");
+}
