@@ -13,7 +13,7 @@ use crate::control::{
 };
 use crate::devices::legacy::SerialSink;
 use crate::devices::StopReason;
-use crate::sandbox::{self, SandboxConfig};
+use crate::sandbox::{self, SandboxConfig, SeccompProfile};
 use crate::vmm::RunningPartition;
 
 /// How often damage and serial output are forwarded (about one display frame).
@@ -73,8 +73,11 @@ pub fn run_supervised(
         }
     }
     let running = partition
-        .start()
+        .start_with(Some(SeccompProfile::Vcpu))
         .map_err(|e| PartitionError::Setup(e.to_string()))?;
+    // Threads made from here on (the control reader) inherit the main thread's filter.
+    sandbox::install(SeccompProfile::Main)
+        .map_err(|e| PartitionError::Setup(format!("seccomp filter for the main thread: {e}")))?;
     events.send(&Event::State(VmState::Running))?;
 
     let (cmd_tx, cmd_rx) = mpsc::channel();

@@ -48,6 +48,15 @@ pub struct RunningPartition {
 impl Partition {
     /// Starts one thread per vCPU.
     pub fn start(self) -> Result<RunningPartition, BuildError> {
+        self.start_with(None)
+    }
+
+    /// Starts one thread per vCPU, each confined to `vcpu_filter` before it first enters
+    /// the guest (the supervised, sandboxed partition process uses this).
+    pub fn start_with(
+        self,
+        vcpu_filter: Option<crate::sandbox::SeccompProfile>,
+    ) -> Result<RunningPartition, BuildError> {
         install_kick_handler();
         let pio = Arc::new(self.pio);
         let mmio = Arc::new(self.mmio);
@@ -59,7 +68,17 @@ impl Partition {
                 (pio.clone(), mmio.clone(), self.stop.clone(), gate.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
-                .spawn(move || vcpu.run(pio, mmio, stop, gate))
+                .spawn(move || {
+                    if let Some(profile) = vcpu_filter {
+                        if let Err(e) = crate::sandbox::install(profile) {
+                            stop.request(StopReason::Crashed(format!(
+                                "vCPU {index}: seccomp filter not installed: {e}"
+                            )));
+                            return;
+                        }
+                    }
+                    vcpu.run(pio, mmio, stop, gate)
+                })
                 .map_err(|source| BuildError::Thread { index, source });
             match handle {
                 Ok(h) => threads.push(h),
