@@ -3,7 +3,7 @@
 
 use egui::{Color32, RichText, Sense, Ui};
 
-use super::model::{format_uptime, PartitionState};
+use super::model::{format_uptime, LabelStyle, PartitionState};
 use super::{Action, PartitionSlot};
 
 pub fn show(

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::display::texture::GuestTexture;
 use crate::input::router::{InputRouter, ViewGeometry};
+use model::LabelStyle;
 
 pub use backend::{BackendError, PartitionBackend, SoftwareBackend};
 pub use model::{Label, PartitionInfo, PartitionState, PartitionStats, SourceKind};

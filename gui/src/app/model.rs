@@ -4,63 +4,24 @@ use std::time::Duration;
 
 use egui::Color32;
 
-/// Qubes OS trust labels, with their exact colours (DESIGN.md, "Trust UX").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum Label {
-    Red,
-    Orange,
-    Yellow,
-    Green,
-    Gray,
-    Blue,
-    Purple,
-    Black,
+/// The trust labels come from the policy crate (one definition of the exact colours);
+/// the app only adds how to paint them.
+pub use isolation_policy::Label;
+
+/// How the app paints a label.
+pub trait LabelStyle {
+    fn color(self) -> Color32;
+    /// Text colour readable on top of the label colour (title bars).
+    fn text_color(self) -> Color32;
 }
 
-impl Label {
-    pub const ALL: [Label; 8] = [
-        Label::Red,
-        Label::Orange,
-        Label::Yellow,
-        Label::Green,
-        Label::Gray,
-        Label::Blue,
-        Label::Purple,
-        Label::Black,
-    ];
-
-    pub fn color(self) -> Color32 {
-        match self {
-            Label::Red => Color32::from_rgb(0xcc, 0x00, 0x00),
-            Label::Orange => Color32::from_rgb(0xf5, 0x79, 0x00),
-            Label::Yellow => Color32::from_rgb(0xed, 0xd4, 0x00),
-            Label::Green => Color32::from_rgb(0x73, 0xd2, 0x16),
-            Label::Gray => Color32::from_rgb(0x55, 0x55, 0x55),
-            Label::Blue => Color32::from_rgb(0x34, 0x65, 0xa4),
-            Label::Purple => Color32::from_rgb(0x75, 0x50, 0x7b),
-            Label::Black => Color32::from_rgb(0x00, 0x00, 0x00),
-        }
+impl LabelStyle for Label {
+    fn color(self) -> Color32 {
+        let [r, g, b] = self.rgb();
+        Color32::from_rgb(r, g, b)
     }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Label::Red => "red",
-            Label::Orange => "orange",
-            Label::Yellow => "yellow",
-            Label::Green => "green",
-            Label::Gray => "gray",
-            Label::Blue => "blue",
-            Label::Purple => "purple",
-            Label::Black => "black",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|l| l.name() == name)
-    }
-
-    /// Text colour readable on top of the label colour (title bars).
-    pub fn text_color(self) -> Color32 {
+    fn text_color(self) -> Color32 {
         match self {
             Label::Yellow | Label::Green | Label::Orange => Color32::BLACK,
             _ => Color32::WHITE,
@@ -176,9 +137,9 @@ mod tests {
     #[test]
     fn label_names_round_trip() {
         for l in Label::ALL {
-            assert_eq!(Label::from_name(l.name()), Some(l));
+            assert_eq!(l.name().parse::<Label>().ok(), Some(l));
         }
-        assert_eq!(Label::from_name("pink"), None);
+        assert_eq!("pink".parse::<Label>().ok(), None);
     }
 
     #[test]

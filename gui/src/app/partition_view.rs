@@ -4,7 +4,7 @@
 
 use egui::{pos2, vec2, Color32, Rect, RichText, Sense, Stroke, Ui, UiBuilder};
 
-use super::model::{PartitionState, SourceKind};
+use super::model::{LabelStyle, PartitionState, SourceKind};
 use super::{Action, BulkheadApp, ViewLayout};
 use crate::input::router::ViewGeometry;
 

@@ -51,7 +51,7 @@ pub fn choose_renderer() -> (RendererChoice, String) {
 pub fn info_from_spec(spec: &isolation_policy::PartitionSpec) -> PartitionInfo {
     PartitionInfo {
         name: spec.name.clone(),
-        label: Label::from_name(&spec.label).unwrap_or(Label::Gray),
+        label: spec.label.parse::<Label>().unwrap_or(Label::Gray),
         kind: spec.kind.name().to_string(),
         memory_mib: spec.memory_mib,
         vcpus: spec.vcpus,

@@ -2,6 +2,7 @@
 
 use egui::Ui;
 
+use super::model::LabelStyle;
 use super::PartitionSlot;
 
 /// Bytes kept per partition; older output is dropped first.
