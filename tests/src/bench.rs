@@ -16,7 +16,7 @@ use vmm_core::guest_image::cpio::CpioWriter;
 
 use crate::lab::{self, Runner};
 
-pub const QEMU: &str = "qemu-system-x86_64";
+pub use crate::lab::QEMU;
 
 /// Firmware and option ROMs QEMU's `pc` machine opens for a `-kernel` boot under KVM
 /// (seen with strace), plus the TCG accelerator module it probes.
@@ -512,27 +512,13 @@ fn run_lab(cfg: &BenchConfig) -> BenchOutput {
     let cpio = dir.path().join("bench.cpio");
     std::fs::write(&cpio, &cpio_bytes).expect("writing the lab initramfs");
     let outer_mem = cfg.lab_mem_mib(cpio_bytes.len() as u64);
-    let outer_kernel =
-        lab::lab_root().join(format!("boot/vmlinuz-{}", lab::guest().kernel_version));
     eprintln!(
         "lab machine: {outer_mem} MiB, initramfs {} MiB, {} boots",
         cpio_bytes.len() >> 20,
         schedule(cfg).len()
     );
     let started = Instant::now();
-    let mut child = Command::new(QEMU)
-        .args(["-nodefaults", "-no-user-config", "-display", "none"])
-        .args(["-serial", "stdio"])
-        .args(["-accel", "tcg,thread=multi", "-cpu", "EPYC-Rome,+svm,+npt"])
-        .args(["-m", &format!("{outer_mem}M"), "-smp", "2", "-no-reboot"])
-        .arg("-kernel")
-        .arg(&outer_kernel)
-        .arg("-initrd")
-        .arg(&cpio)
-        .args(["-append", "console=ttyS0 quiet loglevel=3 panic=-1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+    let mut child = lab::lab_machine(outer_mem, &cpio)
         .spawn()
         .expect("starting the lab machine");
     let mut stdout = child.stdout.take().expect("lab stdout");

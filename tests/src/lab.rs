@@ -405,37 +405,45 @@ fn decode_b64(text: &str) -> Vec<u8> {
     out
 }
 
+/// The QEMU command for the lab machine: TCG with emulated SVM and nested paging, the
+/// outer Debian kernel, `initramfs` as its root, serial console on stdout.
+pub fn lab_machine(outer_mem_mib: u64, initramfs: &Path) -> Command {
+    let outer_kernel = lab_root().join(format!("boot/vmlinuz-{}", guest().kernel_version));
+    let mut cmd = Command::new(QEMU);
+    cmd.args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .args(["-serial", "stdio"])
+        .args(["-accel", "tcg,thread=multi", "-cpu", "EPYC-Rome,+svm,+npt"])
+        .args([
+            "-m",
+            &format!("{outer_mem_mib}M"),
+            "-smp",
+            "2",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(outer_kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", "console=ttyS0 quiet loglevel=3 panic=-1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    cmd
+}
+
+pub const QEMU: &str = "qemu-system-x86_64";
+
 fn run_in_lab(run: &GuestRun) -> RunOutput {
-    let qemu = "qemu-system-x86_64";
     assert!(
-        Command::new(qemu).arg("--version").output().is_ok(),
-        "{qemu} not found: the lab needs it (apt-get install qemu-system-x86)"
+        Command::new(QEMU).arg("--version").output().is_ok(),
+        "{QEMU} not found: the lab needs it (apt-get install qemu-system-x86)"
     );
     let dir = tempfile::tempdir().unwrap();
     let cpio = dir.path().join("outer.cpio");
     std::fs::write(&cpio, outer_cpio(run)).unwrap();
-    let outer_kernel = lab_root().join(format!("boot/vmlinuz-{}", guest().kernel_version));
     let outer_mem = run.mem_mib + 1024;
     let started = Instant::now();
-    let mut child = Command::new(qemu)
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-        ])
-        .args(["-accel", "tcg,thread=multi", "-cpu", "EPYC-Rome,+svm,+npt"])
-        .args(["-m", &format!("{outer_mem}M"), "-smp", "2", "-no-reboot"])
-        .arg("-kernel")
-        .arg(&outer_kernel)
-        .arg("-initrd")
-        .arg(&cpio)
-        .args(["-append", "console=ttyS0 quiet loglevel=3 panic=-1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+    let mut child = lab_machine(outer_mem, &cpio)
         .spawn()
         .expect("starting the lab machine");
     let mut stdout = child.stdout.take().unwrap();
