@@ -662,22 +662,31 @@ impl Policy {
         }
     }
 
-    fn decide_network(&self, source: &str, dest: &NetTarget) -> Decision {
+    /// The partition `source`, if it exists and has a network; else the denial.
+    fn online_partition(&self, source: &str) -> Result<&Partition, Decision> {
         let Some(p) = self.partition(source) else {
-            return Decision::deny(
+            return Err(Decision::deny(
                 None,
                 format!("denied: `{source}` is not a defined partition"),
                 Vec::new(),
-            );
+            ));
         };
         if p.network.mode == NetworkMode::Offline {
             let r = setting_ref(p, "network.mode", "\"offline\"");
-            return Decision::deny(
+            return Err(Decision::deny(
                 Some(r),
                 format!("denied: `{source}` is offline"),
                 Vec::new(),
-            );
+            ));
         }
+        Ok(p)
+    }
+
+    fn decide_network(&self, source: &str, dest: &NetTarget) -> Decision {
+        let p = match self.online_partition(source) {
+            Ok(p) => p,
+            Err(denied) => return denied,
+        };
         let mut chain = Vec::new();
         for rule in &p.network.rules {
             let r = RuleRef {
@@ -719,21 +728,10 @@ impl Policy {
     }
 
     fn decide_dns(&self, source: &str) -> Decision {
-        let Some(p) = self.partition(source) else {
-            return Decision::deny(
-                None,
-                format!("denied: `{source}` is not a defined partition"),
-                Vec::new(),
-            );
+        let p = match self.online_partition(source) {
+            Ok(p) => p,
+            Err(denied) => return denied,
         };
-        if p.network.mode == NetworkMode::Offline {
-            let r = setting_ref(p, "network.mode", "\"offline\"");
-            return Decision::deny(
-                Some(r),
-                format!("denied: `{source}` is offline"),
-                Vec::new(),
-            );
-        }
         let r = setting_ref(p, "network.dns", &p.network.dns.to_string());
         if p.network.dns {
             Decision {
