@@ -663,21 +663,21 @@ impl Policy {
     }
 
     /// The partition `source`, if it exists and has a network; else the denial.
-    fn online_partition(&self, source: &str) -> Result<&Partition, Decision> {
+    fn online_partition(&self, source: &str) -> Result<&Partition, Box<Decision>> {
         let Some(p) = self.partition(source) else {
-            return Err(Decision::deny(
+            return Err(Box::new(Decision::deny(
                 None,
                 format!("denied: `{source}` is not a defined partition"),
                 Vec::new(),
-            ));
+            )));
         };
         if p.network.mode == NetworkMode::Offline {
             let r = setting_ref(p, "network.mode", "\"offline\"");
-            return Err(Decision::deny(
+            return Err(Box::new(Decision::deny(
                 Some(r),
                 format!("denied: `{source}` is offline"),
                 Vec::new(),
-            ));
+            )));
         }
         Ok(p)
     }
@@ -685,7 +685,7 @@ impl Policy {
     fn decide_network(&self, source: &str, dest: &NetTarget) -> Decision {
         let p = match self.online_partition(source) {
             Ok(p) => p,
-            Err(denied) => return denied,
+            Err(denied) => return *denied,
         };
         let mut chain = Vec::new();
         for rule in &p.network.rules {
@@ -730,7 +730,7 @@ impl Policy {
     fn decide_dns(&self, source: &str) -> Decision {
         let p = match self.online_partition(source) {
             Ok(p) => p,
-            Err(denied) => return denied,
+            Err(denied) => return *denied,
         };
         let r = setting_ref(p, "network.dns", &p.network.dns.to_string());
         if p.network.dns {
