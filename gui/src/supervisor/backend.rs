@@ -25,6 +25,81 @@ pub struct SupervisedPartition {
     damage: Vec<DamageRect>,
     serial: Vec<u8>,
     started: Option<Instant>,
+    usage: ProcessUsage,
+}
+
+/// CPU and memory of the partition process, sampled from /proc about once a second.
+#[derive(Default)]
+struct ProcessUsage {
+    last: Option<(u32, Instant, u64)>,
+    cpu_percent: f32,
+    rss_mib: Option<u32>,
+}
+
+impl ProcessUsage {
+    const PERIOD: Duration = Duration::from_secs(1);
+
+    fn sample(&mut self, pid: Option<u32>) {
+        let Some(pid) = pid else {
+            *self = ProcessUsage::default();
+            return;
+        };
+        let now = Instant::now();
+        if let Some((last_pid, at, _)) = self.last {
+            if last_pid == pid && now.duration_since(at) < Self::PERIOD {
+                return;
+            }
+        }
+        let Some(ticks) = cpu_ticks(pid) else {
+            *self = ProcessUsage::default();
+            return;
+        };
+        if let Some((last_pid, at, last_ticks)) = self.last {
+            let secs = now.duration_since(at).as_secs_f32();
+            if last_pid == pid && secs > 0.0 {
+                let used = ticks.saturating_sub(last_ticks) as f32 / clock_ticks_per_second();
+                self.cpu_percent = 100.0 * used / secs;
+            }
+        }
+        self.last = Some((pid, now, ticks));
+        self.rss_mib = rss_mib(pid);
+    }
+}
+
+/// utime + stime of `pid` in clock ticks (fields 14 and 15 of /proc/PID/stat; the command
+/// name before them may hold spaces, so count from the closing parenthesis).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn rss_mib(pid: u32) -> Option<u32> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    u32::try_from(pages * page_size() / (1 << 20)).ok()
+}
+
+fn clock_ticks_per_second() -> f32 {
+    // SAFETY: sysconf only reads a configuration value.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f32
+    } else {
+        100.0
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
 }
 
 impl SupervisedPartition {
@@ -42,6 +117,7 @@ impl SupervisedPartition {
             damage: Vec::new(),
             serial: Vec::new(),
             started: None,
+            usage: ProcessUsage::default(),
         })
     }
 
@@ -148,9 +224,9 @@ impl PartitionBackend for SupervisedPartition {
 
     fn stats(&self) -> PartitionStats {
         PartitionStats {
-            memory_mib: self.info.memory_mib,
+            memory_mib: self.usage.rss_mib.unwrap_or(0),
             vcpus: self.info.vcpus,
-            cpu_percent: 0.0,
+            cpu_percent: self.usage.cpu_percent,
             uptime: self.started.map_or(Duration::ZERO, |t| t.elapsed()),
         }
     }
@@ -204,6 +280,8 @@ impl PartitionBackend for SupervisedPartition {
     }
 
     fn poll(&mut self) {
+        let pid = self.supervisor.status(self.name()).ok().and_then(|s| s.pid);
+        self.usage.sample(pid);
         self.refresh_framebuffer();
         self.copy_damage();
         if let Ok(bytes) = self.supervisor.take_serial(self.name()) {
@@ -236,5 +314,32 @@ impl PartitionBackend for SupervisedPartition {
     fn set_waker(&mut self, ctx: egui::Context) {
         self.supervisor
             .set_notify(Arc::new(move || ctx.request_repaint()));
+    }
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[test]
+    fn cpu_and_memory_of_a_busy_process_are_measured_from_proc() {
+        let me = std::process::id();
+        let mut usage = ProcessUsage::default();
+        usage.sample(Some(me));
+        let until = Instant::now() + ProcessUsage::PERIOD + Duration::from_millis(300);
+        let mut x = 0u64;
+        while Instant::now() < until {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        usage.sample(Some(me));
+        assert!(
+            usage.cpu_percent > 20.0,
+            "busy loop measured at {}%",
+            usage.cpu_percent
+        );
+        assert!(usage.rss_mib.is_some());
+        usage.sample(None);
+        assert_eq!(usage.cpu_percent, 0.0);
     }
 }
