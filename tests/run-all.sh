@@ -29,7 +29,10 @@ target/release/bulkhead image build
 
 step "tests"
 export BULKHEAD_TEST_ARTIFACTS="$PWD/target/test-artifacts"
-cargo test --release --locked --workspace
+cargo test --release --locked --workspace --exclude bulkhead-tests
+
+step "micro-guests and Linux guests (the output names the runner: direct /dev/kvm or the lab)"
+cargo test --release --locked -p bulkhead-tests -- --nocapture --test-threads=1
 
 step "package"
 deb=$(packaging/build-deb.sh --no-build | tail -n 1)
