@@ -8,9 +8,13 @@
 //!
 //! `cargo bench -p bulkhead --bench frames` (FRAMES=n to change the count).
 
-use std::path::Path;
+#[path = "../tests/support/xvfb.rs"]
+mod xvfb;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use xvfb::Xvfb;
 
 use bulkhead::app::backend::PartitionBackend;
 use bulkhead::app::{BulkheadApp, Label, PartitionInfo, SoftwareBackend, SourceKind};
@@ -173,32 +177,14 @@ fn run_window(pattern: &str, frames: u32, display: &str) -> Option<Figures> {
     })
 }
 
-/// A display to open windows on: `$DISPLAY`, or a private Xvfb.
-fn display() -> Option<(String, Option<std::process::Child>)> {
+/// A display to open windows on: `$DISPLAY`, or a private Xvfb (kept alive by the
+/// returned guard).
+fn display() -> Option<(String, Option<Xvfb>)> {
     if let Ok(d) = std::env::var("DISPLAY") {
         return Some((d, None));
     }
-    let n = (150 + std::process::id() % 100..400)
-        .find(|n| !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists())?;
-    let child = Command::new("Xvfb")
-        .args([
-            &format!(":{n}"),
-            "-screen",
-            "0",
-            "1280x800x24",
-            "-nolisten",
-            "tcp",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let socket = format!("/tmp/.X11-unix/X{n}");
-    let t0 = Instant::now();
-    while !Path::new(&socket).exists() && t0.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Some((format!(":{n}"), Some(child)))
+    let xvfb = Xvfb::start()?;
+    Some((xvfb.display.clone(), Some(xvfb)))
 }
 
 fn headless(pattern: Pattern, frames: u32) -> Figures {
@@ -251,7 +237,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(120);
     match display() {
-        Some((d, mut xvfb)) => {
+        Some((d, _xvfb)) => {
             let idle = run_window("idle", frames, &d);
             let live = run_window("live", frames, &d);
             match (idle, live) {
@@ -261,10 +247,6 @@ fn main() {
                     live,
                 ),
                 _ => println!("real window: could not measure (no GL under X?)"),
-            }
-            if let Some(x) = xvfb.as_mut() {
-                let _ = x.kill();
-                let _ = x.wait();
             }
         }
         None => println!("real window: skipped (no DISPLAY and no Xvfb)"),

@@ -5,9 +5,14 @@
 //! (`apt-get install -y xvfb imagemagick`). `BULKHEAD_UPDATE_SCREENSHOT=1` also copies the
 //! screenshot to `assets/screenshot.png` for the README.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "support/xvfb.rs"]
+mod xvfb;
+
+use std::path::Path;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+
+use xvfb::Xvfb;
 
 /// Kills what it holds when the test ends, however it ends.
 struct Reap(Child);
@@ -22,24 +27,6 @@ impl Drop for Reap {
 fn installed(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-}
-
-fn free_display() -> u32 {
-    let base = 90 + std::process::id() % 200;
-    (base..base + 100)
-        .find(|n| !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists())
-        .expect("a free X display number")
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !ready() {
-        assert!(
-            t0.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The label colours of the shipped partitions, read from the policy the app will show
@@ -77,30 +64,14 @@ fn real_window_presents_a_frame_with_the_label_colours() {
     }
     let dir = tempfile::tempdir().unwrap();
     let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/policy");
-    let display = free_display();
-    let _xvfb = Reap(
-        Command::new("Xvfb")
-            .args([
-                &format!(":{display}"),
-                "-screen",
-                "0",
-                "1280x800x24",
-                "-nolisten",
-                "tcp",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{display}"));
-    wait_for("Xvfb", Duration::from_secs(20), || socket.exists());
+    let xvfb = Xvfb::start().expect("Xvfb did not start within 20 s");
+    let display = &xvfb.display;
 
     let marker = dir.path().join("first-frame");
     let log = std::fs::File::create(dir.path().join("app.log")).unwrap();
     let _app = Reap(
         Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-            .env("DISPLAY", format!(":{display}"))
+            .env("DISPLAY", display)
             .env_remove("WAYLAND_DISPLAY")
             .env("HOME", dir.path())
             .env("XDG_DATA_HOME", dir.path().join("data"))
@@ -130,7 +101,7 @@ fn real_window_presents_a_frame_with_the_label_colours() {
 
     let shot = dir.path().join("screen.png");
     let status = Command::new("import")
-        .args(["-display", &format!(":{display}"), "-window", "root"])
+        .args(["-display", display.as_str(), "-window", "root"])
         .arg(&shot)
         .status()
         .unwrap();
