@@ -95,15 +95,12 @@ pub fn run(args: UpArgs) -> ExitCode {
     let deadline = args.duration.map(|s| started + Duration::from_secs(s));
     let mut printed = Vec::new();
     loop {
-        let states: Vec<(String, String)> = supervisor
-            .statuses()
+        let statuses = supervisor.statuses();
+        let all_settled = statuses.iter().all(|(_, st)| settled(&st.state));
+        let states: Vec<(String, String)> = statuses
             .into_iter()
             .map(|(name, st)| (name, describe(&st.state)))
             .collect();
-        let all_settled = supervisor
-            .statuses()
-            .iter()
-            .all(|(_, st)| settled(&st.state));
         if states != printed && (all_settled || started.elapsed() > Duration::from_secs(60)) {
             for (name, state) in &states {
                 println!("{name:<12} {state}");
