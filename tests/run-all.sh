@@ -17,10 +17,12 @@ cargo fmt --all -- --check
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "static partition binary (for the lab and the package)"
+step "static partition binary (for the lab and the package) and the lab's supervisor driver"
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
-    -p vmm-core --bin bulkhead-vmm --target x86_64-unknown-linux-gnu
+    -p vmm-core --bin bulkhead-vmm -p bulkhead-tests --bin lab-supervise \
+    --target x86_64-unknown-linux-gnu
 export BULKHEAD_VMM_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/bulkhead-vmm"
+export BULKHEAD_LAB_SUPERVISE_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/lab-supervise"
 
 step "guest image"
 cargo build --release --locked -p vmm-core --bin bulkhead-vmm

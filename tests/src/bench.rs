@@ -37,16 +37,26 @@ pub enum Variant {
     Qemu,
     /// `bulkhead-vmm --display WxH`: what the framebuffer costs.
     OursFramebuffer,
+    /// The same as [`Variant::OursFramebuffer`], run the way the app runs partitions: a
+    /// sandboxed, seccomp-filtered process under the supervisor (`lab-supervise`),
+    /// framebuffer shared over the control socket. Memory is the partition process's.
+    OursSupervised,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 3] = [Variant::Ours, Variant::Qemu, Variant::OursFramebuffer];
+    pub const ALL: [Variant; 4] = [
+        Variant::Ours,
+        Variant::Qemu,
+        Variant::OursFramebuffer,
+        Variant::OursSupervised,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Variant::Ours => "ours",
             Variant::Qemu => "qemu",
             Variant::OursFramebuffer => "ours-fb",
+            Variant::OursSupervised => "ours-sup",
         }
     }
 }
@@ -91,6 +101,7 @@ impl BenchConfig {
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub lab_measure: String,
+    pub lab_supervise: String,
     pub vmm: String,
     pub qemu: String,
     pub kernel: String,
@@ -102,6 +113,7 @@ impl Paths {
     pub fn in_lab() -> Self {
         Self {
             lab_measure: "/lab-measure".into(),
+            lab_supervise: "/lab-supervise".into(),
             vmm: "/bulkhead-vmm".into(),
             qemu: format!("/usr/bin/{QEMU}"),
             kernel: "/guest/vmlinuz".into(),
@@ -113,23 +125,36 @@ impl Paths {
 /// The command booting the guest for one variant; the serial console goes to stdout.
 pub fn boot_command(variant: Variant, cfg: &BenchConfig, p: &Paths) -> Vec<String> {
     match variant {
+        Variant::OursSupervised => {
+            // lab-measure stops it at the marker; until then the driver just watches.
+            let mut cmd = vec![
+                p.lab_supervise.clone(),
+                "--out".into(),
+                "/tmp/bench-supervised".into(),
+                "--timeout-s".into(),
+                cfg.boot_timeout_s.to_string(),
+                "wait-exit".into(),
+                "--".into(),
+                p.vmm.clone(),
+                "run".into(),
+            ];
+            cmd.extend(guest_flags(cfg, p));
+            cmd.push(format!("--display={}x{}", cfg.display.0, cfg.display.1));
+            cmd
+        }
         Variant::Ours | Variant::OursFramebuffer => {
             let display = match variant {
                 Variant::OursFramebuffer => format!("{}x{}", cfg.display.0, cfg.display.1),
                 _ => "none".into(),
             };
-            vec![
-                p.vmm.clone(),
-                "run".into(),
-                format!("--kernel={}", p.kernel),
-                format!("--initrd={}", p.initrd),
-                format!("--mem={}M", cfg.mem_mib),
-                "--vcpus=1".into(),
-                format!("--cmdline={}", cfg.cmdline),
+            let mut cmd = vec![p.vmm.clone(), "run".into()];
+            cmd.extend(guest_flags(cfg, p));
+            cmd.extend([
                 "--serial=-".into(),
                 format!("--display={display}"),
                 format!("--timeout={}", cfg.boot_timeout_s),
-            ]
+            ]);
+            cmd
         }
         Variant::Qemu => [
             p.qemu.as_str(),
@@ -163,6 +188,17 @@ pub fn boot_command(variant: Variant, cfg: &BenchConfig, p: &Paths) -> Vec<Strin
     }
 }
 
+/// Kernel, initrd, memory, vCPUs and command line: the same for every variant of ours.
+fn guest_flags(cfg: &BenchConfig, p: &Paths) -> [String; 5] {
+    [
+        format!("--kernel={}", p.kernel),
+        format!("--initrd={}", p.initrd),
+        format!("--mem={}M", cfg.mem_mib),
+        "--vcpus=1".into(),
+        format!("--cmdline={}", cfg.cmdline),
+    ]
+}
+
 /// `lab-measure … -- <boot command>` for one variant.
 pub fn measure_command(variant: Variant, cfg: &BenchConfig, p: &Paths) -> Vec<String> {
     let mut cmd = vec![
@@ -180,9 +216,12 @@ pub fn measure_command(variant: Variant, cfg: &BenchConfig, p: &Paths) -> Vec<St
         "1000".into(),
         "--show-maps".into(),
     ];
-    if variant == Variant::OursFramebuffer {
+    if matches!(variant, Variant::OursFramebuffer | Variant::OursSupervised) {
         cmd.push("--exclude-size".into());
         cmd.push(cfg.framebuffer_bytes().to_string());
+    }
+    if variant == Variant::OursSupervised {
+        cmd.push("--measure-child".into());
     }
     cmd.push("--".into());
     cmd.extend(boot_command(variant, cfg, p));
@@ -421,6 +460,13 @@ pub fn bench_cpio(cfg: &BenchConfig) -> Vec<u8> {
         0o755,
         &read(&static_lab_measure()),
     );
+    add_file(
+        &mut w,
+        &mut dirs,
+        &p.lab_supervise,
+        0o755,
+        &read(&lab::static_lab_supervise()),
+    );
     add_file(&mut w, &mut dirs, &p.kernel, 0o644, &read(&guest.kernel));
     add_file(&mut w, &mut dirs, &p.initrd, 0o644, &read(&guest.initrd));
     for f in qemu_files() {
@@ -482,6 +528,7 @@ fn run_direct(cfg: &BenchConfig) -> BenchOutput {
     let guest = lab::guest();
     let p = Paths {
         lab_measure: static_lab_measure().display().to_string(),
+        lab_supervise: lab::static_lab_supervise().display().to_string(),
         vmm: lab::static_vmm().display().to_string(),
         qemu: QEMU.into(),
         kernel: guest.kernel.display().to_string(),
@@ -687,6 +734,17 @@ mod tests {
         assert!(fb.contains("--display=1024x768"));
         let ours = measure_command(Variant::Ours, &cfg, &p).join(" ");
         assert!(!ours.contains("--exclude-size"));
+    }
+
+    #[test]
+    fn the_supervised_variant_measures_the_partition_process_under_lab_supervise() {
+        let cfg = BenchConfig::default();
+        let p = Paths::in_lab();
+        let cmd = measure_command(Variant::OursSupervised, &cfg, &p).join(" ");
+        assert!(cmd.contains("--exclude-size 3145728 --measure-child -- /lab-supervise"));
+        assert!(cmd.contains("wait-exit -- /bulkhead-vmm run --kernel=/guest/vmlinuz"));
+        assert!(cmd.contains("--display=1024x768"));
+        assert!(!cmd.contains("--serial"), "serial comes through the supervisor");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! TCG with emulated SVM, a Debian kernel loading kvm-amd, our static VMM inside it).
 //! See ../shared/lab/README.md for why and how.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -56,6 +57,9 @@ pub struct GuestRun {
     pub screenshot_on: Option<String>,
     /// Seconds before the VMM stops the guest.
     pub timeout_s: u64,
+    /// Run the partition through the real supervisor (`lab-supervise`) with these steps
+    /// instead of a bare `bulkhead-vmm run`; its output files land in [`RunOutput::files`].
+    pub supervise: Option<Vec<String>>,
 }
 
 impl Default for GuestRun {
@@ -69,6 +73,7 @@ impl Default for GuestRun {
             test_files: Vec::new(),
             screenshot_on: None,
             timeout_s: 120,
+            supervise: None,
         }
     }
 }
@@ -87,6 +92,8 @@ pub struct RunOutput {
     pub elapsed: Duration,
     /// Raw console of the lab machine (empty when direct), for diagnostics.
     pub lab_console: String,
+    /// What `lab-supervise` wrote into its output directory, by file name.
+    pub files: BTreeMap<String, Vec<u8>>,
 }
 
 impl RunOutput {
@@ -132,6 +139,17 @@ impl RunOutput {
         if let Some(png) = &self.screenshot {
             let _ = std::fs::write(dir.join(format!("{name}.png")), png);
         }
+        for (file, bytes) in &self.files {
+            let _ = std::fs::write(dir.join(format!("{name}.{file}")), bytes);
+        }
+    }
+
+    /// A text file from [`RunOutput::files`], empty when missing.
+    pub fn file_text(&self, name: &str) -> String {
+        self.files
+            .get(name)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -161,32 +179,42 @@ pub fn guest() -> &'static GuestImage {
 /// The static `bulkhead-vmm`: `$BULKHEAD_VMM_STATIC`, or built now.
 pub fn static_vmm() -> PathBuf {
     static VMM: OnceLock<PathBuf> = OnceLock::new();
-    VMM.get_or_init(|| {
-        if let Some(p) = std::env::var_os("BULKHEAD_VMM_STATIC") {
-            return PathBuf::from(p);
-        }
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let target = workspace.join("target/lab-static");
-        eprintln!("building the static bulkhead-vmm into {}", target.display());
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "vmm-core",
-                "--bin",
-                "bulkhead-vmm",
-            ])
-            .args(["--target", "x86_64-unknown-linux-gnu"])
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .env("CARGO_TARGET_DIR", &target)
-            .current_dir(&workspace)
-            .status()
-            .expect("running cargo");
-        assert!(status.success(), "building the static bulkhead-vmm failed");
-        target.join("x86_64-unknown-linux-gnu/release/bulkhead-vmm")
-    })
-    .clone()
+    VMM.get_or_init(|| static_binary("BULKHEAD_VMM_STATIC", "vmm-core", "bulkhead-vmm"))
+        .clone()
+}
+
+/// The static supervisor driver: `$BULKHEAD_LAB_SUPERVISE_STATIC`, or built now.
+pub fn static_lab_supervise() -> PathBuf {
+    static DRIVER: OnceLock<PathBuf> = OnceLock::new();
+    DRIVER
+        .get_or_init(|| {
+            static_binary(
+                "BULKHEAD_LAB_SUPERVISE_STATIC",
+                "bulkhead-tests",
+                "lab-supervise",
+            )
+        })
+        .clone()
+}
+
+/// `$env` if set (tests/run-all.sh builds these once), otherwise a static build now.
+fn static_binary(env: &str, package: &str, bin: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = workspace.join("target/lab-static");
+    eprintln!("building the static {bin} into {}", target.display());
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "-p", package, "--bin", bin])
+        .args(["--target", "x86_64-unknown-linux-gnu"])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(&workspace)
+        .status()
+        .expect("running cargo");
+    assert!(status.success(), "building the static {bin} failed");
+    target.join("x86_64-unknown-linux-gnu/release").join(bin)
 }
 
 /// The lab machine's kernel and modules (the same Debian kernel package) and busybox.
@@ -221,6 +249,49 @@ fn guest_initrd_with_test(run: &GuestRun) -> Vec<u8> {
     }
     bytes.extend_from_slice(&w.finish().unwrap());
     bytes
+}
+
+/// The partition process's flags when the supervisor runs it: serial, screenshots and the
+/// time limit are the supervisor's business.
+fn partition_args(run: &GuestRun, kernel: &str, initrd: &str) -> Vec<String> {
+    let display = match run.display {
+        Some((w, h)) => format!("--display={w}x{h}"),
+        None => "--display=none".into(),
+    };
+    vec![
+        "run".to_string(),
+        format!("--kernel={kernel}"),
+        format!("--initrd={initrd}"),
+        format!("--mem={}M", run.mem_mib),
+        format!("--vcpus={}", run.vcpus),
+        format!("--cmdline={}", run.cmdline),
+        display,
+    ]
+}
+
+/// Where a supervised run finds its programs and puts its output.
+struct SupervisedPaths<'a> {
+    driver: &'a str,
+    vmm: &'a str,
+    kernel: &'a str,
+    initrd: &'a str,
+    out: &'a str,
+}
+
+/// `lab-supervise … -- bulkhead-vmm …` for a supervised run.
+fn supervised_command(run: &GuestRun, steps: &[String], p: &SupervisedPaths) -> Vec<String> {
+    let mut cmd = vec![
+        p.driver.to_string(),
+        "--out".into(),
+        p.out.into(),
+        "--timeout-s".into(),
+        run.timeout_s.to_string(),
+    ];
+    cmd.extend(steps.iter().cloned());
+    cmd.push("--".into());
+    cmd.push(p.vmm.into());
+    cmd.extend(partition_args(run, p.kernel, p.initrd));
+    cmd
 }
 
 fn vmm_args(run: &GuestRun, kernel: &str, initrd: &str, serial: &str, shot: &str) -> Vec<String> {
@@ -265,27 +336,58 @@ fn run_direct(run: &GuestRun) -> RunOutput {
     std::fs::write(&initrd, guest_initrd_with_test(run)).unwrap();
     let serial = dir.path().join("serial.log");
     let shot = dir.path().join("shot.png");
+    let out_dir = dir.path().join("out");
     let p = |p: &Path| p.display().to_string();
-    let started = Instant::now();
-    let out = Command::new(static_vmm())
-        .args(vmm_args(
+    let (kernel, initrd) = (p(&guest().kernel), p(&initrd));
+    let command = match &run.supervise {
+        Some(steps) => supervised_command(
             run,
-            &p(&guest().kernel),
-            &p(&initrd),
-            &p(&serial),
-            &p(&shot),
-        ))
+            steps,
+            &SupervisedPaths {
+                driver: &p(&static_lab_supervise()),
+                vmm: &p(&static_vmm()),
+                kernel: &kernel,
+                initrd: &initrd,
+                out: &p(&out_dir),
+            },
+        ),
+        None => {
+            let mut c = vec![p(&static_vmm())];
+            c.extend(vmm_args(run, &kernel, &initrd, &p(&serial), &p(&shot)));
+            c
+        }
+    };
+    let started = Instant::now();
+    let out = Command::new(&command[0])
+        .args(&command[1..])
         .output()
         .expect("running bulkhead-vmm");
+    let serial = match run.supervise {
+        Some(_) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        None => std::fs::read_to_string(&serial).unwrap_or_default(),
+    };
     RunOutput {
         runner: Runner::Direct,
         exit_code: out.status.code().unwrap_or(-1),
-        serial: std::fs::read_to_string(&serial).unwrap_or_default(),
+        serial,
         vmm_stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         screenshot: std::fs::read(&shot).ok(),
         elapsed: started.elapsed(),
         lab_console: String::new(),
+        files: read_dir_files(&out_dir),
     }
+}
+
+fn read_dir_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return BTreeMap::new();
+    };
+    entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            Some((e.file_name().into_string().ok()?, std::fs::read(e.path()).ok()?))
+        })
+        .collect()
 }
 
 pub const LAB_MODULES: [&str; 4] = [
@@ -299,8 +401,11 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-fn lab_init(vmm_args: &[String]) -> String {
-    let args: Vec<String> = vmm_args.iter().map(|a| shell_quote(a)).collect();
+/// The lab machine's /init: load kvm-amd, run `command` (stdout is the guest serial log
+/// for a supervised run; a bare VMM writes it to /guest.log itself), then print the
+/// results base64-encoded between markers.
+fn lab_init(command: &[String], stdout: &str) -> String {
+    let command: Vec<String> = command.iter().map(|a| shell_quote(a)).collect();
     let modules: Vec<&str> = LAB_MODULES
         .iter()
         .map(|m| m.rsplit('/').next().unwrap())
@@ -315,7 +420,8 @@ mount -t devtmpfs devtmpfs /dev
 for m in {modules}; do insmod /modules/$m.ko || echo "LAB: insmod $m failed"; done
 [ -e /dev/kvm ] || echo "LAB: no /dev/kvm in the lab machine"
 echo "===LAB-VMM-START==="
-/bulkhead-vmm {args} 2>/vmm.err
+mkdir -p /out
+{command} 2>/vmm.err >{stdout}
 echo "===LAB-VMM-EXIT $?==="
 echo "===LAB-SERIAL-BEGIN==="
 base64 /guest.log
@@ -328,10 +434,15 @@ if [ -f /shot.png ]; then
   base64 /shot.png
   echo "===LAB-PNG-END==="
 fi
+for f in $(ls /out); do
+  echo "===LAB-FILE-$f-BEGIN==="
+  base64 "/out/$f"
+  echo "===LAB-FILE-$f-END==="
+done
 poweroff -f
 "#,
         modules = modules.join(" "),
-        args = args.join(" "),
+        command = command.join(" "),
     )
 }
 
@@ -358,18 +469,36 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
         .unwrap();
     }
     w.file("bulkhead-vmm", 0o755, &read(&static_vmm())).unwrap();
+    if run.supervise.is_some() {
+        w.file("lab-supervise", 0o755, &read(&static_lab_supervise()))
+            .unwrap();
+    }
     w.file("guest/vmlinuz", 0o644, &read(&guest().kernel))
         .unwrap();
     w.file("guest/initrd", 0o644, &guest_initrd_with_test(run))
         .unwrap();
-    let args = vmm_args(
-        run,
-        "/guest/vmlinuz",
-        "/guest/initrd",
-        "/guest.log",
-        "/shot.png",
-    );
-    w.file("init", 0o755, lab_init(&args).as_bytes()).unwrap();
+    let (kernel, initrd) = ("/guest/vmlinuz", "/guest/initrd");
+    let command = match &run.supervise {
+        Some(steps) => supervised_command(
+            run,
+            steps,
+            &SupervisedPaths {
+                driver: "/lab-supervise",
+                vmm: "/bulkhead-vmm",
+                kernel,
+                initrd,
+                out: "/out",
+            },
+        ),
+        None => {
+            let mut c = vec!["/bulkhead-vmm".to_string()];
+            c.extend(vmm_args(run, kernel, initrd, "/guest.log", "/shot.png"));
+            c
+        }
+    };
+    let stdout = if run.supervise.is_some() { "/guest.log" } else { "/dev/null" };
+    w.file("init", 0o755, lab_init(&command, stdout).as_bytes())
+        .unwrap();
     w.finish().unwrap()
 }
 
@@ -379,6 +508,20 @@ fn section<'a>(console: &'a str, name: &str) -> Option<&'a str> {
     let start = console.find(&begin)? + begin.len();
     let stop = console[start..].find(&end)? + start;
     Some(&console[start..stop])
+}
+
+/// Every `===LAB-FILE-<name>-BEGIN===` section, decoded.
+fn lab_files(console: &str) -> BTreeMap<String, Vec<u8>> {
+    console
+        .split("===LAB-FILE-")
+        .skip(1)
+        .filter_map(|rest| {
+            let name = rest.split("-BEGIN===").next()?;
+            let body = section(console, &format!("LAB-FILE-{name}"))?;
+            Some((name.to_string(), decode_b64(body)))
+        })
+        .filter(|(name, _)| !name.contains("END"))
+        .collect()
 }
 
 fn decode_b64(text: &str) -> Vec<u8> {
@@ -479,6 +622,7 @@ fn run_in_lab(run: &GuestRun) -> RunOutput {
         vmm_stderr: text("LAB-STDERR"),
         screenshot: section(&console, "LAB-PNG").map(decode_b64),
         elapsed: started.elapsed(),
+        files: lab_files(&console),
         lab_console: console,
     }
 }
@@ -534,6 +678,16 @@ mod tests {
         let c = "noise\n===X-BEGIN===\nabc\n===X-END===\n";
         assert_eq!(section(c, "X"), Some("\nabc\n"));
         assert_eq!(section(c, "Y"), None);
+    }
+
+    #[test]
+    fn lab_files_are_decoded_by_name() {
+        let c = "x\n===LAB-FILE-final.txt-BEGIN===\naGVsbG8=\n===LAB-FILE-final.txt-END===\n\
+                 ===LAB-FILE-a.png-BEGIN===\nAAE=\n===LAB-FILE-a.png-END===\n";
+        let files = lab_files(c);
+        assert_eq!(files.len(), 2);
+        assert_eq!(files["final.txt"], b"hello");
+        assert_eq!(files["a.png"], [0, 1]);
     }
 
     #[test]

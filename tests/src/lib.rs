@@ -2,4 +2,5 @@
 //! and the boot benchmark. Micro-guests are assembled with `vmm_core::microguest`.
 
 pub mod bench;
+pub mod keymap;
 pub mod lab;

@@ -9,6 +9,7 @@
 //! `Crashed` with the reason; the others never notice. See `vmm_core::control` for the
 //! protocol and the sequence a partition process follows.
 
+#[cfg(feature = "desktop")]
 mod backend;
 mod framebuffer;
 pub mod launch;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use vmm_core::control::{Command, ControlError, InputEvent, PartitionStats};
 use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 
+#[cfg(feature = "desktop")]
 pub use backend::{to_wire, SupervisedPartition};
 pub use framebuffer::{FramebufferOfferError, SharedFramebuffer};
 pub use partition::{

@@ -148,6 +148,16 @@ fn main() -> ExitCode {
             fmt_opt(o.median_overhead_kib),
         );
     }
+    if let (Some(f), Some(s)) = (fb, by(Variant::OursSupervised)) {
+        println!(
+            "supervised (sandboxed process, seccomp, shared framebuffer): boot {} ms vs {} ms \
+             bare; partition process overhead {} KiB vs {} KiB bare",
+            fmt_opt(s.median_ms),
+            fmt_opt(f.median_ms),
+            fmt_opt(s.median_overhead_kib),
+            fmt_opt(f.median_overhead_kib),
+        );
+    }
     let failed: usize = summaries.iter().map(|s| s.failed_runs).sum();
     let expected = cfg.runs * Variant::ALL.len();
     if out.measures.len() < expected || failed > 0 {

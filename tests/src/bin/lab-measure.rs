@@ -5,8 +5,11 @@
 //!
 //! ```text
 //! lab-measure --label ours --marker BULKHEAD-READY --guest-mem-mib 256 \
-//!     [--exclude-size BYTES] [--timeout-s 300] [--sample-ms 250] -- <command…>
+//!     [--exclude-size BYTES] [--timeout-s 300] [--sample-ms 250] [--measure-child] -- <command…>
 //! ```
+//!
+//! With `--measure-child` the memory figures are those of the command's first child
+//! process: the sandboxed partition process when the command is a supervisor.
 //!
 //! Prints one line:
 //! `MEASURE label=… ok=1 ms=… rss_kib=… guest_kib=… excluded_kib=… overhead_kib=…
@@ -19,7 +22,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: lab-measure --label NAME --marker TEXT --guest-mem-mib MIB \
-[--exclude-size BYTES] [--timeout-s S] [--sample-ms MS] [--show-maps] -- COMMAND [ARGS…]";
+[--exclude-size BYTES] [--timeout-s S] [--sample-ms MS] [--show-maps] [--measure-child] \
+-- COMMAND [ARGS…]";
 
 struct Options {
     label: String,
@@ -31,6 +35,8 @@ struct Options {
     sample: Duration,
     /// Print the large anonymous mappings at the marker (stderr).
     show_maps: bool,
+    /// Measure the command's child process, not the command.
+    measure_child: bool,
     command: Vec<String>,
 }
 
@@ -42,6 +48,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
     let mut timeout_s = 300u64;
     let mut sample_ms = 1000u64;
     let mut show_maps = false;
+    let mut measure_child = false;
     let mut it = args.iter();
     let number = |flag: &str, v: Option<&String>| -> Result<u64, String> {
         let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -57,6 +64,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             "--timeout-s" => timeout_s = number(a, it.next())?,
             "--sample-ms" => sample_ms = number(a, it.next())?,
             "--show-maps" => show_maps = true,
+            "--measure-child" => measure_child = true,
             "--" => break,
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -75,6 +83,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         timeout: Duration::from_secs(timeout_s),
         sample: Duration::from_millis(sample_ms.max(10)),
         show_maps,
+        measure_child,
         command,
     })
 }
@@ -221,6 +230,25 @@ fn sample(pid: u32, opts: &Options, show_maps: bool) -> Option<Sample> {
     ))
 }
 
+/// The first child process of any thread of `pid` (the supervisor spawns the partition
+/// process from whichever thread starts it).
+fn first_child(pid: u32) -> Option<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks.filter_map(|t| t.ok()).find_map(|t| {
+        let children = std::fs::read_to_string(t.path().join("children")).ok()?;
+        children.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// The process whose memory is measured.
+fn measured_pid(pid: u32, opts: &Options) -> Option<u32> {
+    if opts.measure_child {
+        first_child(pid)
+    } else {
+        Some(pid)
+    }
+}
+
 fn status_kib(pid: u32, key: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     text.lines()
@@ -296,7 +324,7 @@ fn run(opts: &Options) -> Result<String, String> {
         if started.elapsed() > opts.timeout {
             break Err("timed out waiting for the marker");
         }
-        if let Some(s) = sample(pid, opts, false) {
+        if let Some(s) = measured_pid(pid, opts).and_then(|p| sample(p, opts, false)) {
             peak_overhead = peak_overhead.max(s.overhead_kib());
             samples += 1;
         }
@@ -313,9 +341,16 @@ fn run(opts: &Options) -> Result<String, String> {
             ));
         }
     };
+    let measured = measured_pid(pid, opts).ok_or("the command has no child process")?;
     let at_marker =
-        sample(pid, opts, opts.show_maps).ok_or("reading smaps at the marker failed")?;
-    let hwm_kib = status_kib(pid, "VmHWM");
+        sample(measured, opts, opts.show_maps).ok_or("reading smaps at the marker failed")?;
+    let hwm_kib = status_kib(measured, "VmHWM");
+    if measured != pid {
+        // The partition process would exit once its supervisor is gone; killing it now
+        // keeps its memory out of the next measurement.
+        // SAFETY: kill(2) with a pid we just read from /proc and a valid signal number.
+        unsafe { libc::kill(measured as libc::pid_t, libc::SIGKILL) };
+    }
     stop(&mut child);
     let _ = reader.join();
     samples += 1;

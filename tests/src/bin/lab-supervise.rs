@@ -1,0 +1,446 @@
+//! `lab-supervise`: runs one partition through Bulkhead's real supervisor (the same code as
+//! the desktop app, `bulkhead run` and `bulkhead up`) and drives it through the control
+//! interface with a list of steps: wait for serial or console text, type keys, move the
+//! tablet, write to the virtio console, take screenshots from the shared framebuffer,
+//! stop. Runs inside the lab machine (or on a VT-x/AMD-V host), so it is built static.
+//!
+//! ```text
+//! lab-supervise --out DIR [--timeout-s S] STEP… -- /path/bulkhead-vmm run --kernel … --initrd …
+//! ```
+//!
+//! Steps: `wait-serial:TEXT`, `wait-console:TEXT`, `wait-console-bytes:N`, `type:TEXT`,
+//! `tablet:X,Y`, `click`, `console:TEXT`, `console-pattern:N`, `screenshot:NAME`,
+//! `sleep:MS`, `stop`, `wait-exit`. In TEXT, `\n` is a newline (Enter when typed).
+//!
+//! Serial bytes go to stdout as they arrive (so `lab-measure` can watch for a marker);
+//! `DIR/console.bin` holds what the guest wrote to /dev/hvc0, `DIR/NAME.png` the
+//! screenshots, `DIR/events.log` state changes, and `DIR/final.txt` one line:
+//! `FINAL exited=<code>`, `FINAL crashed=<reason>` or `FINAL running`. Exits 0 when every
+//! step completed, 1 otherwise (the failed step is on stderr and in `DIR/events.log`).
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use bulkhead::supervisor::{LaunchSpec, PartitionState, RestartPolicy, Supervisor};
+use bulkhead_tests::keymap::{self, EV_ABS, EV_KEY, EV_SYN};
+use vmm_core::control::{InputDevice, InputEvent};
+use vmm_core::devices::framebuffer::write_png;
+
+const NAME: &str = "lab";
+const USAGE: &str = "usage: lab-supervise --out DIR [--timeout-s S] STEP… -- VMM ARGS…";
+/// Pause between typed characters: the guest driver refills its 64 event buffers between
+/// batches, and a batch that does not fit is dropped like a key pressed too early.
+const KEY_GAP: Duration = Duration::from_millis(40);
+const POLL: Duration = Duration::from_millis(20);
+const BTN_LEFT: u16 = 0x110;
+const ABS_X: u16 = 0;
+const ABS_Y: u16 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    WaitSerial(String),
+    WaitConsole(String),
+    WaitConsoleBytes(usize),
+    Type(String),
+    Tablet(i32, i32),
+    Click,
+    Console(String),
+    /// `n` bytes of [`pattern`] to the guest's console.
+    ConsolePattern(usize),
+    Screenshot(String),
+    Sleep(Duration),
+    Stop,
+    WaitExit,
+}
+
+struct Options {
+    out: PathBuf,
+    timeout: Duration,
+    steps: Vec<Step>,
+    program: PathBuf,
+    args: Vec<OsString>,
+}
+
+/// The bytes `console-pattern:N` sends: every byte value, in an order that is not
+/// simply 0..=255 so a shifted or dropped byte shows.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i.wrapping_mul(7).wrapping_add(3) % 256) as u8).collect()
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("\\n", "\n")
+}
+
+fn parse_step(s: &str) -> Result<Step, String> {
+    let (verb, arg) = s.split_once(':').unwrap_or((s, ""));
+    let number = |what: &str| -> Result<usize, String> {
+        arg.parse()
+            .map_err(|_| format!("step `{s}`: {what} `{arg}` is not a whole number"))
+    };
+    Ok(match verb {
+        "wait-serial" => Step::WaitSerial(unescape(arg)),
+        "wait-console" => Step::WaitConsole(unescape(arg)),
+        "wait-console-bytes" => Step::WaitConsoleBytes(number("byte count")?),
+        "type" => Step::Type(unescape(arg)),
+        "tablet" => {
+            let (x, y) = arg
+                .split_once(',')
+                .ok_or_else(|| format!("step `{s}`: expected tablet:X,Y"))?;
+            let coord = |v: &str| {
+                v.parse::<i32>()
+                    .map_err(|_| format!("step `{s}`: `{v}` is not a coordinate"))
+            };
+            Step::Tablet(coord(x)?, coord(y)?)
+        }
+        "click" => Step::Click,
+        "console" => Step::Console(unescape(arg)),
+        "console-pattern" => Step::ConsolePattern(number("byte count")?),
+        "screenshot" if !arg.is_empty() && !arg.contains('/') => Step::Screenshot(arg.into()),
+        "sleep" => Step::Sleep(Duration::from_millis(number("milliseconds")? as u64)),
+        "stop" => Step::Stop,
+        "wait-exit" => Step::WaitExit,
+        _ => return Err(format!("unknown step `{s}`\n{USAGE}")),
+    })
+}
+
+fn parse_options(args: &[String]) -> Result<Options, String> {
+    let mut out = None;
+    let mut timeout = Duration::from_secs(300);
+    let mut steps = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--out" => out = Some(PathBuf::from(it.next().ok_or("--out needs a value")?)),
+            "--timeout-s" => {
+                let v = it.next().ok_or("--timeout-s needs a value")?;
+                let s: u64 = v
+                    .parse()
+                    .map_err(|_| format!("--timeout-s `{v}` is not a whole number"))?;
+                timeout = Duration::from_secs(s);
+            }
+            "--" => break,
+            step => steps.push(parse_step(step)?),
+        }
+    }
+    let program = PathBuf::from(it.next().ok_or(USAGE)?);
+    Ok(Options {
+        out: out.ok_or(USAGE)?,
+        timeout,
+        steps,
+        program,
+        args: it.map(OsString::from).collect(),
+    })
+}
+
+/// The partition under test and everything it has said so far.
+struct Session {
+    sup: Supervisor,
+    started: Instant,
+    deadline: Instant,
+    serial: Vec<u8>,
+    console: Vec<u8>,
+    last_state: Option<PartitionState>,
+    events: BufWriter<File>,
+    out: PathBuf,
+}
+
+impl Session {
+    fn log(&mut self, line: &str) {
+        let ms = self.started.elapsed().as_millis();
+        let _ = writeln!(self.events, "{ms:>7} ms {line}");
+        let _ = self.events.flush();
+        eprintln!("lab-supervise: {line}");
+    }
+
+    /// Collects serial and console output and notes state changes.
+    fn pump(&mut self) -> Result<PartitionState, String> {
+        let serial = self.sup.take_serial(NAME).map_err(|e| e.to_string())?;
+        if !serial.is_empty() {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(&serial);
+            let _ = stdout.flush();
+            self.serial.extend_from_slice(&serial);
+        }
+        let console = self.sup.take_console(NAME).map_err(|e| e.to_string())?;
+        self.console.extend_from_slice(&console);
+        let state = self.sup.status(NAME).map_err(|e| e.to_string())?.state;
+        if self.last_state.as_ref() != Some(&state) {
+            self.log(&format!("state {state:?}"));
+            self.last_state = Some(state.clone());
+        }
+        Ok(state)
+    }
+
+    /// Pumps until `done` holds; fails on timeout or when the partition ends first.
+    fn wait_for(&mut self, what: &str, mut done: impl FnMut(&Session) -> bool) -> Result<(), String> {
+        loop {
+            let state = self.pump()?;
+            if done(self) {
+                return Ok(());
+            }
+            if matches!(state, PartitionState::Crashed { .. } | PartitionState::Exited { .. }) {
+                return Err(format!("partition ended ({state:?}) while waiting for {what}"));
+            }
+            if Instant::now() >= self.deadline {
+                return Err(format!("timed out waiting for {what}"));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn input(&mut self, events: &[InputEvent]) -> Result<(), String> {
+        self.sup
+            .send_input(NAME, events)
+            .map_err(|e| format!("sending input: {e}"))
+    }
+
+    fn type_text(&mut self, text: &str) -> Result<(), String> {
+        for c in text.chars() {
+            let keys = keymap::key_for(c).ok_or_else(|| format!("cannot type {c:?}"))?;
+            let events: Vec<InputEvent> = keymap::press_release(keys)
+                .into_iter()
+                .map(|(ev_type, code, value)| InputEvent {
+                    kind: InputDevice::Keyboard,
+                    ev_type,
+                    code,
+                    value,
+                })
+                .collect();
+            self.input(&events)?;
+            self.pump()?;
+            std::thread::sleep(KEY_GAP);
+        }
+        Ok(())
+    }
+
+    fn tablet(&mut self, raw: &[(u16, u16, i32)]) -> Result<(), String> {
+        let events: Vec<InputEvent> = raw
+            .iter()
+            .map(|&(ev_type, code, value)| InputEvent {
+                kind: InputDevice::Tablet,
+                ev_type,
+                code,
+                value,
+            })
+            .collect();
+        self.input(&events)?;
+        std::thread::sleep(KEY_GAP);
+        Ok(())
+    }
+
+    fn console_write(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.sup
+            .console_write(NAME, bytes)
+            .map_err(|e| format!("writing to the console: {e}"))
+    }
+
+    fn screenshot(&mut self, name: &str) -> Result<(), String> {
+        let id = self
+            .sup
+            .request_screenshot(NAME)
+            .map_err(|e| e.to_string())?;
+        let mut ready = Vec::new();
+        self.wait_for("the screenshot flush", |s| {
+            ready.extend(s.sup.take_screenshots_ready(NAME).unwrap_or_default());
+            ready.contains(&id)
+        })?;
+        let fb = self
+            .sup
+            .framebuffer(NAME)
+            .map_err(|e| e.to_string())?
+            .ok_or("the partition offered no framebuffer")?;
+        let mut pixels = Vec::new();
+        fb.read_all(&mut pixels).map_err(|e| e.to_string())?;
+        let path = self.out.join(format!("{name}.png"));
+        let file = File::create(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        write_png(&fb.layout(), &pixels, BufWriter::new(file)).map_err(|e| e.to_string())?;
+        self.log(&format!("screenshot {} from the shared framebuffer", path.display()));
+        Ok(())
+    }
+
+    fn run_step(&mut self, step: &Step) -> Result<(), String> {
+        match step {
+            Step::WaitSerial(text) => {
+                let needle = text.as_bytes().to_vec();
+                self.wait_for(&format!("serial {text:?}"), |s| contains(&s.serial, &needle))
+            }
+            Step::WaitConsole(text) => {
+                let needle = text.as_bytes().to_vec();
+                self.wait_for(&format!("console {text:?}"), |s| contains(&s.console, &needle))
+            }
+            Step::WaitConsoleBytes(n) => {
+                self.wait_for(&format!("{n} console bytes"), |s| s.console.len() >= *n)
+            }
+            Step::Type(text) => self.type_text(text),
+            Step::Tablet(x, y) => self.tablet(&[(EV_ABS, ABS_X, *x), (EV_ABS, ABS_Y, *y), (EV_SYN, 0, 0)]),
+            Step::Click => {
+                self.tablet(&[(EV_KEY, BTN_LEFT, 1), (EV_SYN, 0, 0)])?;
+                self.tablet(&[(EV_KEY, BTN_LEFT, 0), (EV_SYN, 0, 0)])
+            }
+            Step::Console(text) => self.console_write(text.as_bytes()),
+            Step::ConsolePattern(n) => self.console_write(&pattern(*n)),
+            Step::Screenshot(name) => self.screenshot(name),
+            Step::Sleep(d) => {
+                let until = Instant::now() + *d;
+                while Instant::now() < until {
+                    self.pump()?;
+                    std::thread::sleep(POLL);
+                }
+                Ok(())
+            }
+            Step::Stop => {
+                self.sup
+                    .stop(NAME, Duration::from_secs(10))
+                    .map_err(|e| e.to_string())?;
+                self.pump().map(|_| ())
+            }
+            Step::WaitExit => self.wait_for("the partition to end", |s| {
+                matches!(
+                    s.last_state,
+                    Some(PartitionState::Exited { .. } | PartitionState::Crashed { .. })
+                )
+            }),
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn final_line(state: Option<&PartitionState>) -> String {
+    match state {
+        Some(PartitionState::Exited { status }) => format!("FINAL exited={status}"),
+        Some(PartitionState::Crashed { reason }) => format!("FINAL crashed={reason}"),
+        other => format!("FINAL running ({other:?})"),
+    }
+}
+
+fn run(opts: Options) -> Result<bool, String> {
+    std::fs::create_dir_all(&opts.out)
+        .map_err(|e| format!("creating {}: {e}", opts.out.display()))?;
+    let events = File::create(opts.out.join("events.log")).map_err(|e| e.to_string())?;
+    let spec = LaunchSpec {
+        name: NAME.into(),
+        program: opts.program.clone(),
+        args: opts.args.clone(),
+        restart: RestartPolicy::Never,
+    };
+    let sup = Supervisor::new(vec![spec]).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut session = Session {
+        sup,
+        started,
+        deadline: started + opts.timeout,
+        serial: Vec::new(),
+        console: Vec::new(),
+        last_state: None,
+        events: BufWriter::new(events),
+        out: opts.out.clone(),
+    };
+    session.sup.start(NAME).map_err(|e| e.to_string())?;
+    let mut ok = true;
+    for step in &opts.steps {
+        session.log(&format!("step {step:?}"));
+        if let Err(e) = session.run_step(step) {
+            session.log(&format!("FAILED {step:?}: {e}"));
+            ok = false;
+            break;
+        }
+    }
+    let _ = session.pump();
+    write_outputs(&session, &opts.out)?;
+    Ok(ok)
+}
+
+fn write_outputs(session: &Session, out: &Path) -> Result<(), String> {
+    let write = |name: &str, bytes: &[u8]| {
+        std::fs::write(out.join(name), bytes).map_err(|e| format!("writing {name}: {e}"))
+    };
+    write("console.bin", &session.console)?;
+    write(
+        "final.txt",
+        format!("{}\n", final_line(session.last_state.as_ref())).as_bytes(),
+    )
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match parse_options(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("lab-supervise: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(opts) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("lab-supervise: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn steps_and_the_vmm_command_are_parsed_in_order() {
+        let o = parse_options(&strings(&[
+            "--out",
+            "/out",
+            "wait-serial:READY",
+            "type:ls\\n",
+            "tablet:10,20",
+            "console-pattern:300",
+            "--",
+            "/bulkhead-vmm",
+            "run",
+            "--mem=256M",
+        ]))
+        .unwrap();
+        assert_eq!(
+            o.steps,
+            vec![
+                Step::WaitSerial("READY".into()),
+                Step::Type("ls\n".into()),
+                Step::Tablet(10, 20),
+                Step::ConsolePattern(300),
+            ]
+        );
+        assert_eq!(o.program, PathBuf::from("/bulkhead-vmm"));
+        assert_eq!(o.args, vec![OsString::from("run"), OsString::from("--mem=256M")]);
+    }
+
+    #[test]
+    fn bad_steps_are_refused_with_the_step_named() {
+        let err = parse_options(&strings(&["--out", "/o", "tablet:1", "--", "x"]))
+            .err()
+            .unwrap();
+        assert!(err.contains("tablet:1"), "{err}");
+        assert!(parse_options(&strings(&["--out", "/o", "screenshot:../x", "--", "x"])).is_err());
+        assert!(parse_options(&strings(&["--out", "/o", "wait-serial:x"])).is_err());
+    }
+
+    #[test]
+    fn the_console_pattern_uses_every_byte_value() {
+        let p = pattern(256);
+        let mut seen = [false; 256];
+        for b in &p {
+            seen[usize::from(*b)] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
+        assert_ne!(p[..4], [0, 1, 2, 3]);
+    }
+}
