@@ -1,7 +1,9 @@
 //! `bulkhead-vmm run … --control-fd N`: a partition process run by the supervisor.
 //! Follows the sequence documented in [`crate::control`]: handshake, framebuffer memfd,
-//! sandbox, `Ready`, wait for `Start`, then damage/serial events out and commands in.
+//! sandbox, `Ready`, wait for `Start`, then damage/serial/console events out and commands
+//! (input, console bytes for the guest, …) in.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, RawFd};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -9,15 +11,20 @@ use std::time::Duration;
 use crate::builder::{self, VmConfig};
 use crate::control::{
     self, Command, ControlError, Event, InputDevice, MessageWriter, PartitionEndpoint,
-    PartitionStats, VmState,
+    PartitionStats, VmState, MAX_CONSOLE_CHUNK,
 };
 use crate::devices::legacy::SerialSink;
 use crate::devices::StopReason;
 use crate::sandbox::{self, SandboxConfig, SeccompProfile};
 use crate::vmm::RunningPartition;
 
-/// How often damage and serial output are forwarded (about one display frame).
+/// How often damage, serial and console output are forwarded (about one display frame).
 const FRAME: Duration = Duration::from_millis(16);
+/// Host-to-guest console bytes held while the guest does not take them; more is dropped.
+const MAX_CONSOLE_PENDING: usize = 64 * 1024;
+/// Guest console reads forwarded per frame: a guest writing as fast as this loop reads
+/// must not keep it from serving commands; the rest waits in the guest's ring.
+const MAX_CONSOLE_CHUNKS_PER_FRAME: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PartitionError {
@@ -125,105 +132,224 @@ fn serve(
     commands: &mpsc::Receiver<Result<Command, ControlError>>,
     serial: &mpsc::Receiver<Vec<u8>>,
 ) -> i32 {
-    let mut damage_events = 0u64;
+    let mut session = Session {
+        running,
+        events,
+        serial,
+        damage_events: 0,
+        console_out: ConsoleOutbox::new(MAX_CONSOLE_PENDING),
+    };
     loop {
         if let Some(reason) = running.wait_timeout(FRAME) {
-            let _ = forward_output(running, events, serial, &mut damage_events);
-            return final_state(events, reason);
+            let _ = session.forward_output();
+            return final_state(session.events, reason);
         }
-        if forward_output(running, events, serial, &mut damage_events).is_err() {
+        if session.forward_output().is_err() {
             return 1; // supervisor gone
         }
+        if let Some(code) = session.handle_commands(commands) {
+            return code;
+        }
+        session.feed_console();
+    }
+}
+
+/// What the serve loop keeps between frames.
+struct Session<'a> {
+    running: &'a RunningPartition,
+    events: &'a mut MessageWriter<Event>,
+    serial: &'a mpsc::Receiver<Vec<u8>>,
+    damage_events: u64,
+    /// [`Command::ConsoleWrite`] bytes the guest has not taken yet.
+    console_out: ConsoleOutbox,
+}
+
+impl Session<'_> {
+    /// Handles every command that has arrived; `Some(exit code)` ends the process.
+    fn handle_commands(
+        &mut self,
+        commands: &mpsc::Receiver<Result<Command, ControlError>>,
+    ) -> Option<i32> {
         loop {
             match commands.try_recv() {
                 Ok(Ok(cmd)) => {
-                    if let Err(e) = handle(running, events, cmd, &mut damage_events, serial) {
+                    if let Err(e) = self.handle(cmd) {
                         tracing::error!("control: {e}");
-                        running.stop_handle().request(StopReason::Stopped);
-                        return 1;
+                        self.running.stop_handle().request(StopReason::Stopped);
+                        return Some(1);
                     }
                 }
                 Ok(Err(e)) => {
                     // Closed or malformed: a partition never outlives its supervisor.
                     tracing::error!("control socket: {e}");
-                    return 1;
+                    return Some(1);
                 }
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => return 1,
+                Err(mpsc::TryRecvError::Empty) => return None,
+                Err(mpsc::TryRecvError::Disconnected) => return Some(1),
             }
         }
     }
+
+    fn forward_output(&mut self) -> Result<(), ControlError> {
+        self.forward_serial()?;
+        self.forward_console()?;
+        self.forward_damage()
+    }
+
+    fn forward_serial(&mut self) -> Result<(), ControlError> {
+        let mut bytes = Vec::new();
+        while let Ok(chunk) = self.serial.try_recv() {
+            bytes.extend_from_slice(&chunk);
+        }
+        for e in Event::serial_chunks(&bytes) {
+            self.events.send(&e)?;
+        }
+        Ok(())
+    }
+
+    /// Sends what the guest wrote to `/dev/hvc0`, one read per [`Event::Console`].
+    fn forward_console(&mut self) -> Result<(), ControlError> {
+        let console = &self.running.virtio().console;
+        let mut buf = [0u8; MAX_CONSOLE_CHUNK];
+        for _ in 0..MAX_CONSOLE_CHUNKS_PER_FRAME {
+            let n = console.read_from_guest(&mut buf);
+            if n == 0 {
+                break;
+            }
+            self.events.send(&Event::Console {
+                bytes: buf[..n].to_vec(),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn forward_damage(&mut self) -> Result<(), ControlError> {
+        let rects = self.running.take_damage().unwrap_or_default();
+        if !rects.is_empty() {
+            self.damage_events += 1;
+            for e in Event::damage_chunks(&rects) {
+                self.events.send(&e)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands pending console bytes to the guest, as many as it takes now.
+    fn feed_console(&mut self) {
+        let console = &self.running.virtio().console;
+        // Bytes given to the device before the driver's initial reset would be dropped
+        // by that reset, so they wait here until the driver is up.
+        if console.is_ready() {
+            self.console_out
+                .drain(|bytes| console.write_to_guest(bytes));
+        }
+    }
+
+    fn queue_console(&mut self, bytes: &[u8]) {
+        let dropped = self.console_out.push(bytes);
+        if dropped > 0 {
+            tracing::warn!(
+                "guest console not reading: dropped {dropped} byte(s) for it, \
+                 {MAX_CONSOLE_PENDING} already pending"
+            );
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) -> Result<(), ControlError> {
+        cmd.validate()?;
+        let running = self.running;
+        match cmd {
+            Command::Pause => {
+                running.pause();
+                self.events.send(&Event::State(VmState::Paused))
+            }
+            Command::Resume => {
+                running.resume();
+                self.events.send(&Event::State(VmState::Running))
+            }
+            Command::Stop => {
+                self.events.send(&Event::State(VmState::Stopping))?;
+                running.stop_handle().request(StopReason::Stopped);
+                Ok(())
+            }
+            Command::Input { events: input } => {
+                route_input(running, &input);
+                Ok(())
+            }
+            Command::ConsoleWrite { bytes } => {
+                self.queue_console(&bytes);
+                Ok(())
+            }
+            Command::Screenshot { id } => {
+                self.forward_output()?;
+                self.events.send(&Event::ScreenshotReady { id })
+            }
+            Command::Stats { id } => self.send_stats(id),
+            // No guest agent yet: service replies have nobody to go to.
+            Command::ServiceReply { .. } => Ok(()),
+            Command::Hello { .. } | Command::Start => {
+                Err(ControlError::Malformed(serde_json::Error::io(
+                    std::io::Error::other("Hello/Start after the partition started"),
+                )))
+            }
+        }
+    }
+
+    fn send_stats(&mut self, id: u64) -> Result<(), ControlError> {
+        let stats = PartitionStats {
+            rss_kib: peak_rss_kib(),
+            uptime_ms: self.running.uptime().as_millis() as u64,
+            vcpu_exits: 0,
+            damage_events: self.damage_events,
+        };
+        self.events.send(&Event::Stats { id, stats })
+    }
 }
 
-fn forward_output(
-    running: &RunningPartition,
-    events: &mut MessageWriter<Event>,
-    serial: &mpsc::Receiver<Vec<u8>>,
-    damage_events: &mut u64,
-) -> Result<(), ControlError> {
-    let mut bytes = Vec::new();
-    while let Ok(chunk) = serial.try_recv() {
-        bytes.extend_from_slice(&chunk);
-    }
-    for e in Event::serial_chunks(&bytes) {
-        events.send(&e)?;
-    }
-    let rects = running.take_damage().unwrap_or_default();
-    if !rects.is_empty() {
-        *damage_events += 1;
-        for e in Event::damage_chunks(&rects) {
-            events.send(&e)?;
-        }
-    }
-    Ok(())
+/// [`Command::ConsoleWrite`] bytes waiting for the guest console, in order. Bounded, so
+/// a supervisor writing to a guest that never reads cannot grow the process; below the
+/// bound nothing is lost while the guest driver is not up or its receive queue is full.
+struct ConsoleOutbox {
+    pending: VecDeque<u8>,
+    cap: usize,
 }
 
-fn handle(
-    running: &RunningPartition,
-    events: &mut MessageWriter<Event>,
-    cmd: Command,
-    damage_events: &mut u64,
-    serial: &mpsc::Receiver<Vec<u8>>,
-) -> Result<(), ControlError> {
-    cmd.validate()?;
-    match cmd {
-        Command::Pause => {
-            running.pause();
-            events.send(&Event::State(VmState::Paused))
+impl ConsoleOutbox {
+    fn new(cap: usize) -> Self {
+        Self {
+            pending: VecDeque::new(),
+            cap,
         }
-        Command::Resume => {
-            running.resume();
-            events.send(&Event::State(VmState::Running))
+    }
+
+    /// Appends what fits under the cap; returns how many bytes did not fit (the newest
+    /// ones: dropping from the front would splice the stream mid-message).
+    fn push(&mut self, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(self.cap - self.pending.len());
+        self.pending.extend(&bytes[..n]);
+        bytes.len() - n
+    }
+
+    /// Offers the pending bytes, oldest first, to `write`, which returns how many it
+    /// took; stops at the first write that takes less than offered.
+    fn drain(&mut self, mut write: impl FnMut(&[u8]) -> usize) {
+        loop {
+            let (front, _) = self.pending.as_slices();
+            let offered = front.len();
+            if offered == 0 {
+                return;
+            }
+            let taken = write(front).min(offered);
+            self.pending.drain(..taken);
+            if taken < offered {
+                return;
+            }
         }
-        Command::Stop => {
-            events.send(&Event::State(VmState::Stopping))?;
-            running.stop_handle().request(StopReason::Stopped);
-            Ok(())
-        }
-        Command::Input { events: input } => {
-            route_input(running, &input);
-            Ok(())
-        }
-        Command::Screenshot { id } => {
-            forward_output(running, events, serial, damage_events)?;
-            events.send(&Event::ScreenshotReady { id })
-        }
-        Command::Stats { id } => {
-            let stats = PartitionStats {
-                rss_kib: peak_rss_kib(),
-                uptime_ms: running.uptime().as_millis() as u64,
-                vcpu_exits: 0,
-                damage_events: *damage_events,
-            };
-            events.send(&Event::Stats { id, stats })
-        }
-        // No guest agent yet: service replies have nobody to go to.
-        Command::ServiceReply { .. } => Ok(()),
-        Command::Hello { .. } | Command::Start => {
-            Err(ControlError::Malformed(serde_json::Error::io(
-                std::io::Error::other("Hello/Start after the partition started"),
-            )))
-        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.pending.len()
     }
 }
 
@@ -267,4 +393,63 @@ fn final_state(events: &mut MessageWriter<Event>, reason: StopReason) -> i32 {
     };
     let _ = events.send(&Event::State(state));
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConsoleOutbox;
+
+    /// A guest receive queue that takes at most `room` bytes per call.
+    fn guest(room: usize, got: &mut Vec<u8>) -> impl FnMut(&[u8]) -> usize + '_ {
+        move |bytes| {
+            let n = bytes.len().min(room);
+            got.extend_from_slice(&bytes[..n]);
+            n
+        }
+    }
+
+    #[test]
+    fn console_bytes_wait_while_the_guest_takes_nothing() {
+        let mut out = ConsoleOutbox::new(100);
+        assert_eq!(out.push(b"hello"), 0);
+        let mut got = Vec::new();
+        out.drain(guest(0, &mut got));
+        assert!(got.is_empty());
+        assert_eq!(out.len(), 5);
+        out.drain(guest(usize::MAX, &mut got));
+        assert_eq!(got, b"hello");
+        assert_eq!(out.len(), 0);
+    }
+
+    #[test]
+    fn console_bytes_reach_the_guest_in_order_across_short_writes() {
+        let mut out = ConsoleOutbox::new(64);
+        let sent: Vec<u8> = (0..=255).cycle().take(5000).collect();
+        let mut got = Vec::new();
+        // Pushing while bytes are pending wraps the ring buffer, so drains see it in two
+        // slices; order must survive that.
+        let mut rest = &sent[..];
+        for room in [0, 7, 20].into_iter().cycle() {
+            if rest.is_empty() && out.len() == 0 {
+                break;
+            }
+            let n = rest.len().min(13).min(64 - out.len());
+            assert_eq!(out.push(&rest[..n]), 0);
+            rest = &rest[n..];
+            out.drain(guest(room, &mut got));
+        }
+        assert_eq!(got, sent);
+    }
+
+    #[test]
+    fn console_bytes_over_the_cap_are_dropped_and_counted() {
+        let mut out = ConsoleOutbox::new(8);
+        assert_eq!(out.push(b"12345"), 0);
+        assert_eq!(out.push(b"6789ab"), 3);
+        assert_eq!(out.push(b"c"), 1);
+        let mut got = Vec::new();
+        out.drain(guest(usize::MAX, &mut got));
+        assert_eq!(got, b"12345678", "the oldest bytes are kept, in order");
+        assert_eq!(out.push(b"after"), 0, "room again once the guest read");
+    }
 }

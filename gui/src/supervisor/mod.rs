@@ -30,8 +30,8 @@ use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 pub use backend::{to_wire, SupervisedPartition};
 pub use framebuffer::{FramebufferOfferError, SharedFramebuffer};
 pub use partition::{
-    HANDSHAKE_TIMEOUT, KILL_WAIT, MAX_PENDING_DAMAGE, MAX_PENDING_SERVICE_REQUESTS,
-    MAX_SERIAL_BUFFER, SEND_TIMEOUT,
+    HANDSHAKE_TIMEOUT, KILL_WAIT, MAX_CONSOLE_BUFFER, MAX_PENDING_DAMAGE,
+    MAX_PENDING_SERVICE_REQUESTS, MAX_SERIAL_BUFFER, SEND_TIMEOUT,
 };
 pub use spawn::{signal_name, CONTROL_FD};
 
@@ -239,6 +239,17 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Sends bytes to the guest's virtio-console (`/dev/hvc0`, the guest agent's
+    /// stream), split into protocol-sized chunks. The partition holds them, in order and
+    /// up to a bound, until the guest reads.
+    pub fn console_write(&self, name: &str, bytes: &[u8]) -> Result<(), SupervisorError> {
+        let slot = self.slot(name)?;
+        for command in Command::console_chunks(bytes) {
+            partition::send(slot, &command)?;
+        }
+        Ok(())
+    }
+
     /// Asks for fresh stats; they appear in [`PartitionStatus::stats`].
     pub fn request_stats(&self, name: &str) -> Result<u64, SupervisorError> {
         let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
@@ -285,6 +296,12 @@ impl Supervisor {
     /// Serial console bytes since the previous call (at most [`MAX_SERIAL_BUFFER`]).
     pub fn take_serial(&self, name: &str) -> Result<Vec<u8>, SupervisorError> {
         Ok(self.slot(name)?.take_serial())
+    }
+
+    /// Bytes the guest wrote to its virtio-console since the previous call (at most
+    /// [`MAX_CONSOLE_BUFFER`]; emptied when the partition process starts again).
+    pub fn take_console(&self, name: &str) -> Result<Vec<u8>, SupervisorError> {
+        Ok(self.slot(name)?.take_console())
     }
 
     pub fn take_service_requests(

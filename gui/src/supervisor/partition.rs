@@ -38,6 +38,8 @@ pub const KILL_WAIT: Duration = Duration::from_secs(5);
 pub const MAX_PENDING_DAMAGE: usize = 1024;
 /// Serial bytes kept between two polls (the oldest are dropped).
 pub const MAX_SERIAL_BUFFER: usize = 64 * 1024;
+/// Guest console (virtio-console) bytes kept between two polls (the oldest are dropped).
+pub const MAX_CONSOLE_BUFFER: usize = 256 * 1024;
 /// Service requests kept between two polls (the oldest are dropped).
 pub const MAX_PENDING_SERVICE_REQUESTS: usize = 64;
 const MAX_READY_SCREENSHOTS: usize = 16;
@@ -70,6 +72,8 @@ struct Inner {
     damage: Vec<DamageRect>,
     damage_events: u64,
     serial: VecDeque<u8>,
+    /// Guest console bytes of the current process only (see [`start`]).
+    console: VecDeque<u8>,
     services: VecDeque<ServiceRequest>,
     screenshots_ready: VecDeque<u64>,
     stats: Option<PartitionStats>,
@@ -129,6 +133,10 @@ impl Slot {
 
     pub fn take_serial(&self) -> Vec<u8> {
         self.lock().serial.drain(..).collect()
+    }
+
+    pub fn take_console(&self) -> Vec<u8> {
+        self.lock().console.drain(..).collect()
     }
 
     pub fn take_service_requests(&self) -> Vec<ServiceRequest> {
@@ -215,6 +223,9 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
     inner.guest_fault = None;
     inner.framebuffer = None;
     inner.damage.clear();
+    // A new process is a new guest-agent session: bytes of the previous one would
+    // splice into its stream mid-message.
+    inner.console.clear();
     inner.stats = None;
     drop(inner);
     info!(partition = %slot.spec.name, pid, "partition process started");
@@ -289,6 +300,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Screenshot { .. } => "Screenshot",
         Command::Stats { .. } => "Stats",
         Command::ServiceReply { .. } => "ServiceReply",
+        Command::ConsoleWrite { .. } => "ConsoleWrite",
     }
 }
 
@@ -429,6 +441,14 @@ fn handle_event(
             inner.serial.extend(bytes);
             let excess = inner.serial.len().saturating_sub(MAX_SERIAL_BUFFER);
             inner.serial.drain(..excess);
+        }
+        Event::Console { bytes } => {
+            inner.console.extend(bytes);
+            let excess = inner.console.len().saturating_sub(MAX_CONSOLE_BUFFER);
+            if excess > 0 {
+                warn!(partition = %slot.spec.name, "console output not taken; dropping the oldest {excess} byte(s)");
+                inner.console.drain(..excess);
+            }
         }
         Event::ServiceRequest {
             id,

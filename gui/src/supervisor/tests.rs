@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use vmm_core::control::{
     control_stream_from_inherited_fd, Command, Event, InputDevice, InputEvent, Memfd,
-    MessageWriter, PartitionEndpoint, PartitionStats, VmState,
+    MessageWriter, PartitionEndpoint, PartitionStats, VmState, MAX_CONSOLE_CHUNK,
 };
 use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 
@@ -156,6 +156,7 @@ fn garbage_on_the_socket_cuts_off_only_that_partition() {
         fake("liar", "wrong_name", RestartPolicy::Never),
         fake("tiny", "small_fb", RestartPolicy::Never),
         fake("shrinkable", "unsealed_fb", RestartPolicy::Never),
+        fake("chatty", "oversized_console", RestartPolicy::Never),
     ]);
     let cases = [
         ("junk", "message length"),
@@ -164,6 +165,7 @@ fn garbage_on_the_socket_cuts_off_only_that_partition() {
         ("liar", "says it is partition"),
         ("tiny", "the layout needs"),
         ("shrinkable", "F_SEAL_SHRINK missing"),
+        ("chatty", "console bytes holds 4097 items"),
     ];
     for (name, why) in cases {
         let status = wait_state(&sup, name, PartitionState::is_crashed);
@@ -316,6 +318,54 @@ fn commands_reach_the_partition_and_answers_come_back() {
         String::from_utf8_lossy(&serial)
     );
     assert!(ready.contains(&shot));
+}
+
+/// Takes console output until `len` bytes arrived or [`WAIT`] passed.
+fn take_console_until(sup: &Supervisor, name: &str, len: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while got.len() < len && std::time::Instant::now() < deadline {
+        got.extend(sup.take_console(name).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    got
+}
+
+#[test]
+fn console_bytes_round_trip_through_the_partition_process_in_order() {
+    let sup = supervisor(vec![
+        fake("agent", "normal", RestartPolicy::Never),
+        fake("bystander", "normal", RestartPolicy::Never),
+    ]);
+    wait_running(&sup, "agent");
+    wait_running(&sup, "bystander");
+    // Every byte value, more than three chunks, over two calls. The fake validates each
+    // command (so the chunks respect the cap) and answers with every byte inverted, so
+    // matching output can only have passed through the partition process.
+    let sent: Vec<u8> = (0..=255).cycle().take(3 * MAX_CONSOLE_CHUNK + 17).collect();
+    sup.console_write("agent", &sent[..100]).unwrap();
+    sup.console_write("agent", &sent[100..]).unwrap();
+    let want: Vec<u8> = sent.iter().map(|b| !b).collect();
+    let got = take_console_until(&sup, "agent", want.len());
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "console bytes changed or reordered on the way");
+    assert!(sup.take_console("agent").unwrap().is_empty());
+    assert!(
+        sup.take_console("bystander").unwrap().is_empty(),
+        "console bytes reach only the named partition"
+    );
+    assert_eq!(sup.status("agent").unwrap().state, PartitionState::Running);
+}
+
+#[test]
+fn console_output_beyond_the_buffer_keeps_the_newest_bytes() {
+    let sup = supervisor(vec![fake("loud", "console_flood", RestartPolicy::Never)]);
+    // The fake sends everything and exits 0; the event reader has drained by then.
+    wait_state(&sup, "loud", |s| matches!(s, PartitionState::Exited { .. }));
+    let got = sup.take_console("loud").unwrap();
+    let sent = console_flood_bytes();
+    assert_eq!(got.len(), MAX_CONSOLE_BUFFER);
+    assert!(got[..] == sent[sent.len() - MAX_CONSOLE_BUFFER..]);
 }
 
 #[test]
@@ -640,6 +690,18 @@ fn run_fake(stream: UnixStream, mode: &str, name: &str) -> i32 {
             events.send(&Event::State(VmState::PoweredOff)).unwrap();
             0
         }
+        "oversized_console" => {
+            let bytes = vec![b'!'; MAX_CONSOLE_CHUNK + 1];
+            events.send(&Event::Console { bytes }).unwrap();
+            idle()
+        }
+        "console_flood" => {
+            for e in Event::console_chunks(&console_flood_bytes()) {
+                events.send(&e).unwrap();
+            }
+            events.send(&Event::State(VmState::PoweredOff)).unwrap();
+            0
+        }
         "exit3" => {
             let fault = VmState::GuestFault {
                 reason: "triple fault".into(),
@@ -655,6 +717,14 @@ fn run_fake(stream: UnixStream, mode: &str, name: &str) -> i32 {
             render(&events, &pixels)
         }
     }
+}
+
+/// More console output than the supervisor keeps, with no repeating pattern at the
+/// buffer's size, so a wrong cut shows.
+fn console_flood_bytes() -> Vec<u8> {
+    (0..MAX_CONSOLE_BUFFER + 3 * MAX_CONSOLE_CHUNK + 7)
+        .map(|i| (i % 251) as u8)
+        .collect()
 }
 
 fn unsealed_memfd(size: usize) -> OwnedFd {
@@ -725,6 +795,9 @@ fn serve_commands(
                 },
             }),
             Command::Screenshot { id } => send(Event::ScreenshotReady { id }),
+            Command::ConsoleWrite { bytes } => send(Event::Console {
+                bytes: bytes.iter().map(|b| !b).collect(),
+            }),
             _ => {}
         }
     }

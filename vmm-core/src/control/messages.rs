@@ -2,8 +2,9 @@
 //! process and [`Event`]s back.
 //!
 //! Every variable-length field has a fixed cap so one message always fits in
-//! [`super::MAX_MESSAGE`] bytes; senders split long data with [`Event::serial_chunks`] and
-//! [`Event::damage_chunks`], and receivers re-check the caps with [`Event::validate`] /
+//! [`super::MAX_MESSAGE`] bytes; senders split long data with [`Event::serial_chunks`],
+//! [`Event::console_chunks`], [`Event::damage_chunks`], [`Command::input_chunks`] and
+//! [`Command::console_chunks`], and receivers re-check the caps with [`Event::validate`] /
 //! [`Command::validate`] because the other side is not trusted to have done so.
 
 use serde::{Deserialize, Serialize};
@@ -11,11 +12,15 @@ use serde::{Deserialize, Serialize};
 use crate::devices::framebuffer::{DamageRect, FramebufferLayout};
 
 /// Bumped on any incompatible change to [`Command`] or [`Event`].
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: [`Command::ConsoleWrite`] and [`Event::Console`].
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Serial bytes per [`Event::Serial`]. JSON spends up to 4 bytes per byte, so
 /// 4096 bytes stay well inside the 64 KiB frame.
 pub const MAX_SERIAL_CHUNK: usize = 4096;
+/// Console bytes per [`Command::ConsoleWrite`] and [`Event::Console`], for the same
+/// reason as [`MAX_SERIAL_CHUNK`].
+pub const MAX_CONSOLE_CHUNK: usize = 4096;
 /// Rectangles per [`Event::Damage`].
 pub const MAX_DAMAGE_RECTS: usize = 512;
 /// Input events per [`Command::Input`].
@@ -73,6 +78,10 @@ pub enum Command {
         id: u64,
         allowed: bool,
     },
+    /// Bytes for the guest's virtio-console (`/dev/hvc0`, the guest agent's stream).
+    ConsoleWrite {
+        bytes: Vec<u8>,
+    },
 }
 
 /// What the virtual machine inside a partition process is doing.
@@ -125,6 +134,10 @@ pub enum Event {
     },
     /// Bytes the guest wrote to its serial console.
     Serial {
+        bytes: Vec<u8>,
+    },
+    /// Bytes the guest wrote to its virtio-console (`/dev/hvc0`).
+    Console {
         bytes: Vec<u8>,
     },
     /// The guest agent asks for an inter-partition service (clipboard, file copy, …).
@@ -187,6 +200,9 @@ impl Command {
     pub fn validate(&self) -> Result<(), LimitError> {
         match self {
             Command::Input { events } => check_len("input events", events.len(), MAX_INPUT_EVENTS),
+            Command::ConsoleWrite { bytes } => {
+                check_len("console bytes", bytes.len(), MAX_CONSOLE_CHUNK)
+            }
             _ => Ok(()),
         }
     }
@@ -196,6 +212,14 @@ impl Command {
         events
             .chunks(MAX_INPUT_EVENTS)
             .map(|c| Command::Input { events: c.to_vec() })
+    }
+
+    /// Splits bytes for the guest console into [`Command::ConsoleWrite`] messages within
+    /// the cap.
+    pub fn console_chunks(bytes: &[u8]) -> impl Iterator<Item = Command> + '_ {
+        bytes
+            .chunks(MAX_CONSOLE_CHUNK)
+            .map(|c| Command::ConsoleWrite { bytes: c.to_vec() })
     }
 }
 
@@ -209,6 +233,7 @@ impl Event {
             }
             Event::Damage { rects } => check_len("damage rects", rects.len(), MAX_DAMAGE_RECTS),
             Event::Serial { bytes } => check_len("serial bytes", bytes.len(), MAX_SERIAL_CHUNK),
+            Event::Console { bytes } => check_len("console bytes", bytes.len(), MAX_CONSOLE_CHUNK),
             Event::ServiceRequest {
                 service,
                 argument,
@@ -228,6 +253,13 @@ impl Event {
         bytes
             .chunks(MAX_SERIAL_CHUNK)
             .map(|c| Event::Serial { bytes: c.to_vec() })
+    }
+
+    /// Splits guest console output into [`Event::Console`] messages within the cap.
+    pub fn console_chunks(bytes: &[u8]) -> impl Iterator<Item = Event> + '_ {
+        bytes
+            .chunks(MAX_CONSOLE_CHUNK)
+            .map(|c| Event::Console { bytes: c.to_vec() })
     }
 
     /// Splits damage into [`Event::Damage`] messages within the cap.

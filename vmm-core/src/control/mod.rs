@@ -25,10 +25,13 @@
 //!    seccomp profile first. Send `State(Running)`.
 //! 4. While running: after each dirty-log pass send [`Event::damage_chunks`] of the
 //!    rectangles (nothing when nothing changed); forward serial output with
-//!    [`Event::serial_chunks`]; answer [`Command::Stats`] and [`Command::Screenshot`]
-//!    (flush damage first, then `ScreenshotReady`); apply [`Command::Input`] to
-//!    virtio-input; [`Command::Pause`]/[`Command::Resume`] answer with `State`.
-//!    Validate every received command with [`Command::validate`].
+//!    [`Event::serial_chunks`] and guest console (virtio-console) output with
+//!    [`Event::console_chunks`]; hand [`Command::ConsoleWrite`] bytes to the guest
+//!    console in order, holding them (bounded) until its driver takes them; answer
+//!    [`Command::Stats`] and [`Command::Screenshot`] (flush damage first, then
+//!    `ScreenshotReady`); apply [`Command::Input`] to virtio-input;
+//!    [`Command::Pause`]/[`Command::Resume`] answer with `State`. Validate every received
+//!    command with [`Command::validate`].
 //! 5. On [`Command::Stop`] send `State(Stopping)`, press the ACPI power button, and when
 //!    the guest is off send `State(PoweredOff)` and exit 0. On a guest fault send
 //!    `State(GuestFault { reason })` and exit 1. If the socket closes (supervisor gone),
@@ -49,7 +52,8 @@ pub use framing::{MessageReader, MessageWriter, Received, MAX_MESSAGE};
 pub use memfd::{MappedRegion, Memfd, MemfdError};
 pub use messages::{
     Command, Event, InputDevice, InputEvent, LimitError, Message, PartitionStats, VmState,
-    MAX_DAMAGE_RECTS, MAX_INPUT_EVENTS, MAX_SERIAL_CHUNK, MAX_TEXT, PROTOCOL_VERSION,
+    MAX_CONSOLE_CHUNK, MAX_DAMAGE_RECTS, MAX_INPUT_EVENTS, MAX_SERIAL_CHUNK, MAX_TEXT,
+    PROTOCOL_VERSION,
 };
 pub use scm::MAX_FDS_PER_MESSAGE;
 

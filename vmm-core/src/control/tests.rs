@@ -52,6 +52,9 @@ fn every_command() -> Vec<Command> {
             id: 3,
             allowed: true,
         },
+        Command::ConsoleWrite {
+            bytes: b"agent\0\xff".to_vec(),
+        },
     ]
 }
 
@@ -80,6 +83,9 @@ fn every_event_without_fds() -> Vec<Event> {
         },
         Event::Serial {
             bytes: (0..=255).collect(),
+        },
+        Event::Console {
+            bytes: (0..=255).rev().collect(),
         },
         Event::ServiceRequest {
             id: 1,
@@ -522,4 +528,76 @@ fn readonly_prefix_maps_only_what_is_asked() {
     assert_eq!(&got, b"abc");
     assert!(memfd.map_readonly_prefix((1 << 20) + 1).is_err());
     assert!(memfd.map_readonly_prefix(0).is_err());
+}
+
+#[test]
+fn console_messages_at_the_cap_pass_and_one_byte_more_fails() {
+    let at_cap = vec![0xff; MAX_CONSOLE_CHUNK];
+    let over = vec![0xff; MAX_CONSOLE_CHUNK + 1];
+    Command::ConsoleWrite {
+        bytes: at_cap.clone(),
+    }
+    .validate()
+    .unwrap();
+    Event::Console {
+        bytes: at_cap.clone(),
+    }
+    .validate()
+    .unwrap();
+    assert!(matches!(
+        Command::ConsoleWrite {
+            bytes: over.clone()
+        }
+        .validate(),
+        Err(LimitError::TooMany { len, max, .. }) if len == MAX_CONSOLE_CHUNK + 1 && max == MAX_CONSOLE_CHUNK
+    ));
+    assert!(Event::Console { bytes: over }.validate().is_err());
+    // The worst case (every byte 255, four JSON characters each) still fits in a frame.
+    round_trip(Command::ConsoleWrite {
+        bytes: at_cap.clone(),
+    });
+    round_trip(Event::Console { bytes: at_cap });
+}
+
+#[test]
+fn console_chunking_splits_at_the_cap_and_keeps_every_byte_in_order() {
+    let bytes: Vec<u8> = (0..=255).cycle().take(MAX_CONSOLE_CHUNK * 2 + 5).collect();
+    let commands: Vec<_> = Command::console_chunks(&bytes).collect();
+    let lens: Vec<_> = commands
+        .iter()
+        .map(|c| match c {
+            Command::ConsoleWrite { bytes } => bytes.len(),
+            other => panic!("not a console write: {other:?}"),
+        })
+        .collect();
+    assert_eq!(lens, [MAX_CONSOLE_CHUNK, MAX_CONSOLE_CHUNK, 5]);
+    commands.iter().for_each(|c| c.validate().unwrap());
+    let rejoined: Vec<u8> = Event::console_chunks(&bytes)
+        .inspect(|e| e.validate().unwrap())
+        .flat_map(|e| match e {
+            Event::Console { bytes } => bytes,
+            other => panic!("not console output: {other:?}"),
+        })
+        .collect();
+    assert_eq!(rejoined, bytes);
+    assert_eq!(Command::console_chunks(&[]).count(), 0);
+    assert_eq!(
+        Event::console_chunks(&bytes[..MAX_CONSOLE_CHUNK]).count(),
+        1
+    );
+}
+
+#[test]
+fn oversized_console_event_from_a_partition_is_rejected_on_receipt() {
+    // The writer does not check caps, so a hostile partition can send this; the
+    // receiver's validate is what stops it.
+    let (mut w, mut r, _) = pair::<Event>();
+    let hostile = Event::Console {
+        bytes: vec![b'x'; MAX_CONSOLE_CHUNK + 1],
+    };
+    w.send(&hostile).unwrap();
+    let got = r.recv().unwrap().message;
+    let err = ControlError::from(got.validate().unwrap_err());
+    assert!(err.is_protocol_violation());
+    assert!(err.to_string().contains("console bytes"), "{err}");
 }
