@@ -63,6 +63,7 @@ fn console_reply() -> String {
 fn host_steps() -> Vec<String> {
     let mut steps = vec![
         "wait-serial:KEYS-READY".to_string(),
+        "sandbox-report".into(),
         format!("type:{TYPED}\\n"),
         "wait-serial:TYPED[".into(),
         "screenshot:keys".into(),
@@ -134,6 +135,42 @@ fn supervised_partition_runs_every_step_and_powers_off_cleanly() {
 }
 
 #[test]
+fn the_partition_process_runs_the_linux_guest_inside_its_sandbox() {
+    let out = booted();
+    let report = out.file_text("sandbox.txt");
+    let line = |key: &str| {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key:?} in the sandbox report:\n{report}"))
+            .trim()
+            .to_string()
+    };
+    // The VMM is PID 1 of its own PID namespace; its reaper waits outside.
+    let nspid = line("vmm NSpid:");
+    let pids: Vec<&str> = nspid.split_whitespace().collect();
+    assert_eq!(
+        pids.len(),
+        2,
+        "host pid and namespace pid expected:\n{report}"
+    );
+    assert_eq!(pids[1], "1", "{report}");
+    for role in ["reaper", "vmm"] {
+        assert_eq!(line(&format!("{role} NoNewPrivs:")), "1", "{report}");
+        let modes = line(&format!("{role} thread seccomp modes:"));
+        assert!(
+            !modes.is_empty() && modes.split_whitespace().all(|m| m == "2"),
+            "every {role} thread must be seccomp-filtered: {modes}"
+        );
+    }
+    // vCPU, control and main threads at least.
+    assert!(line("vmm thread seccomp modes:").split_whitespace().count() >= 3);
+    for ns in ["user", "mnt", "net", "ipc", "uts", "pid_for_children"] {
+        assert_eq!(line(&format!("ns {ns}:")), "own", "{report}");
+    }
+}
+
+#[test]
 fn typed_keys_appear_on_the_guest_console() {
     let out = booted();
     assert!(
@@ -172,7 +209,10 @@ fn guest_events(serial: &str) -> Vec<(u16, u16, i32)> {
         .lines()
         .filter_map(|l| l.strip_prefix("EV"))
         .filter_map(|l| {
-            let w: Vec<u32> = l.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+            let w: Vec<u32> = l
+                .split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect();
             (w.len() == 12).then(|| (w[8] as u16, w[9] as u16, (w[10] | (w[11] << 16)) as i32))
         })
         .collect()
@@ -204,13 +244,12 @@ fn bytes_round_trip_over_the_virtio_console() {
     let out = booted();
     assert!(out.serial.contains("CONSOLE-RAW"));
     assert!(
-        out.serial.contains(&format!("CONSOLE-LINE[{CONSOLE_LINE}]")),
+        out.serial
+            .contains(&format!("CONSOLE-LINE[{CONSOLE_LINE}]")),
         "the guest did not read the host's line from /dev/hvc0:\n{}",
         out.serial
     );
-    assert!(out
-        .serial
-        .contains(&format!("BLOB-ECHOED {PATTERN_BYTES}")));
+    assert!(out.serial.contains(&format!("BLOB-ECHOED {PATTERN_BYTES}")));
     let mut expected = console_reply().into_bytes();
     expected.extend(pattern(PATTERN_BYTES));
     let got = out.files.get("console.bin").cloned().unwrap_or_default();

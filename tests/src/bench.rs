@@ -744,7 +744,10 @@ mod tests {
         assert!(cmd.contains("--exclude-size 3145728 --measure-child -- /lab-supervise"));
         assert!(cmd.contains("wait-exit -- /bulkhead-vmm run --kernel=/guest/vmlinuz"));
         assert!(cmd.contains("--display=1024x768"));
-        assert!(!cmd.contains("--serial"), "serial comes through the supervisor");
+        assert!(
+            !cmd.contains("--serial"),
+            "serial comes through the supervisor"
+        );
     }
 
     #[test]

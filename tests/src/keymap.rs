@@ -23,9 +23,24 @@ const ROWS: &[(u16, &str, &str)] = &[
 
 pub fn key_for(c: char) -> Option<Keystroke> {
     match c {
-        '\n' => return Some(Keystroke { code: 28, shift: false }),
-        ' ' => return Some(Keystroke { code: 57, shift: false }),
-        '\t' => return Some(Keystroke { code: 15, shift: false }),
+        '\n' => {
+            return Some(Keystroke {
+                code: 28,
+                shift: false,
+            })
+        }
+        ' ' => {
+            return Some(Keystroke {
+                code: 57,
+                shift: false,
+            })
+        }
+        '\t' => {
+            return Some(Keystroke {
+                code: 15,
+                shift: false,
+            })
+        }
         _ => {}
     }
     ROWS.iter().find_map(|(first, plain, shifted)| {
@@ -63,15 +78,69 @@ mod tests {
     #[test]
     fn letters_digits_and_symbols_map_to_us_layout_codes() {
         let k = |c| key_for(c).unwrap();
-        assert_eq!(k('q'), Keystroke { code: 16, shift: false });
-        assert_eq!(k('a'), Keystroke { code: 30, shift: false });
-        assert_eq!(k('m'), Keystroke { code: 50, shift: false });
-        assert_eq!(k('0'), Keystroke { code: 11, shift: false });
-        assert_eq!(k('H'), Keystroke { code: 35, shift: true });
-        assert_eq!(k('*'), Keystroke { code: 9, shift: true });
-        assert_eq!(k('/'), Keystroke { code: 53, shift: false });
-        assert_eq!(k('|'), Keystroke { code: 43, shift: true });
-        assert_eq!(k('\n'), Keystroke { code: 28, shift: false });
+        assert_eq!(
+            k('q'),
+            Keystroke {
+                code: 16,
+                shift: false
+            }
+        );
+        assert_eq!(
+            k('a'),
+            Keystroke {
+                code: 30,
+                shift: false
+            }
+        );
+        assert_eq!(
+            k('m'),
+            Keystroke {
+                code: 50,
+                shift: false
+            }
+        );
+        assert_eq!(
+            k('0'),
+            Keystroke {
+                code: 11,
+                shift: false
+            }
+        );
+        assert_eq!(
+            k('H'),
+            Keystroke {
+                code: 35,
+                shift: true
+            }
+        );
+        assert_eq!(
+            k('*'),
+            Keystroke {
+                code: 9,
+                shift: true
+            }
+        );
+        assert_eq!(
+            k('/'),
+            Keystroke {
+                code: 53,
+                shift: false
+            }
+        );
+        assert_eq!(
+            k('|'),
+            Keystroke {
+                code: 43,
+                shift: true
+            }
+        );
+        assert_eq!(
+            k('\n'),
+            Keystroke {
+                code: 28,
+                shift: false
+            }
+        );
         assert_eq!(key_for('é'), None);
     }
 

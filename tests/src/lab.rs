@@ -385,7 +385,10 @@ fn read_dir_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     entries
         .filter_map(|e| {
             let e = e.ok()?;
-            Some((e.file_name().into_string().ok()?, std::fs::read(e.path()).ok()?))
+            Some((
+                e.file_name().into_string().ok()?,
+                std::fs::read(e.path()).ok()?,
+            ))
         })
         .collect()
 }
@@ -496,7 +499,11 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
             c
         }
     };
-    let stdout = if run.supervise.is_some() { "/guest.log" } else { "/dev/null" };
+    let stdout = if run.supervise.is_some() {
+        "/guest.log"
+    } else {
+        "/dev/null"
+    };
     w.file("init", 0o755, lab_init(&command, stdout).as_bytes())
         .unwrap();
     w.finish().unwrap()

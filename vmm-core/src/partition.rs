@@ -45,6 +45,8 @@ pub fn run_supervised(
     // Inherited fds other than stdio and the control socket are someone else's.
     sandbox::close_fds_except(&[control_fd])
         .map_err(|e| PartitionError::Setup(format!("closing inherited fds: {e}")))?;
+    // Before anything opens /dev/kvm or starts a thread (see sandbox::pid_namespace).
+    enter_pid_namespace()?;
     // SAFETY: `control_fd` comes from --control-fd, is used only here, and nothing else in
     // this process owns it (every other inherited fd was just closed).
     let stream = unsafe { control::control_stream_from_inherited_fd(control_fd) }?;
@@ -100,6 +102,26 @@ pub fn run_supervised(
         .map_err(|e| PartitionError::Setup(format!("starting the control thread: {e}")))?;
 
     Ok(serve(&running, &mut events, &cmd_rx, &serial_rx))
+}
+
+/// Forks into a new PID namespace where the host allows it; only the VMM side returns.
+fn enter_pid_namespace() -> Result<(), PartitionError> {
+    match sandbox::enter_pid_namespace() {
+        Ok(sandbox::PidNamespace::Entered { warnings }) => {
+            for w in &warnings {
+                tracing::warn!("sandbox: PID namespace: {w}");
+            }
+            tracing::info!("sandbox: PID 1 of a new PID namespace");
+            Ok(())
+        }
+        Ok(sandbox::PidNamespace::Refused(reason)) => {
+            tracing::warn!("sandbox: {reason}; the partition shares the host's PID namespace");
+            Ok(())
+        }
+        Err(e) => Err(PartitionError::Setup(format!(
+            "forking into a PID namespace: {e}"
+        ))),
+    }
 }
 
 /// Applies the process sandbox; each step the host refuses is logged, never silent.

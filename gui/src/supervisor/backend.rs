@@ -40,7 +40,7 @@ impl ProcessUsage {
     const PERIOD: Duration = Duration::from_secs(1);
 
     fn sample(&mut self, pid: Option<u32>) {
-        let Some(pid) = pid else {
+        let Some(pid) = pid.map(super::vm_process) else {
             *self = ProcessUsage::default();
             return;
         };

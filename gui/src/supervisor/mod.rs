@@ -33,7 +33,7 @@ pub use partition::{
     HANDSHAKE_TIMEOUT, KILL_WAIT, MAX_CONSOLE_BUFFER, MAX_PENDING_DAMAGE,
     MAX_PENDING_SERVICE_REQUESTS, MAX_SERIAL_BUFFER, SEND_TIMEOUT,
 };
-pub use spawn::{signal_name, CONTROL_FD};
+pub use spawn::{signal_name, vm_process, CONTROL_FD};
 
 use partition::Slot;
 

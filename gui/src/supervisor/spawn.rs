@@ -97,6 +97,16 @@ impl Pidfd {
     }
 }
 
+/// The process that runs the VM of partition process `pid`: its only child when the
+/// partition forked into a PID namespace (then `pid` is the reaper waiting outside it),
+/// otherwise `pid` itself. For CPU and memory figures.
+pub fn vm_process(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()
+        .and_then(|c| c.split_whitespace().next()?.parse().ok())
+        .unwrap_or(pid)
+}
+
 /// "SIGKILL", "SIGSYS", … for a signal number.
 pub fn signal_name(signal: i32) -> String {
     let name = match signal {

@@ -8,8 +8,8 @@
 //!     [--exclude-size BYTES] [--timeout-s 300] [--sample-ms 250] [--measure-child] -- <command…>
 //! ```
 //!
-//! With `--measure-child` the memory figures are those of the command's first child
-//! process: the sandboxed partition process when the command is a supervisor.
+//! With `--measure-child` the memory figures are those of the command's deepest first
+//! descendant: the sandboxed VMM process when the command is a supervisor.
 //!
 //! Prints one line:
 //! `MEASURE label=… ok=1 ms=… rss_kib=… guest_kib=… excluded_kib=… overhead_kib=…
@@ -240,13 +240,17 @@ fn first_child(pid: u32) -> Option<u32> {
     })
 }
 
-/// The process whose memory is measured.
+/// The process whose memory is measured: with `--measure-child`, the deepest first
+/// descendant (supervisor → partition process → the VMM it forked into its PID namespace).
 fn measured_pid(pid: u32, opts: &Options) -> Option<u32> {
-    if opts.measure_child {
-        first_child(pid)
-    } else {
-        Some(pid)
+    if !opts.measure_child {
+        return Some(pid);
     }
+    let mut leaf = first_child(pid)?;
+    while let Some(next) = first_child(leaf) {
+        leaf = next;
+    }
+    Some(leaf)
 }
 
 fn status_kib(pid: u32, key: &str) -> u64 {

@@ -10,7 +10,7 @@
 //!
 //! Steps: `wait-serial:TEXT`, `wait-console:TEXT`, `wait-console-bytes:N`, `type:TEXT`,
 //! `tablet:X,Y`, `click`, `console:TEXT`, `console-pattern:N`, `screenshot:NAME`,
-//! `sleep:MS`, `stop`, `wait-exit`. In TEXT, `\n` is a newline (Enter when typed).
+//! `sleep:MS`, `sandbox-report`, `stop`, `wait-exit`. In TEXT, `\n` is a newline (Enter when typed).
 //!
 //! Serial bytes go to stdout as they arrive (so `lab-measure` can watch for a marker);
 //! `DIR/console.bin` holds what the guest wrote to /dev/hvc0, `DIR/NAME.png` the
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use bulkhead::supervisor::{LaunchSpec, PartitionState, RestartPolicy, Supervisor};
+use bulkhead::supervisor::{vm_process, LaunchSpec, PartitionState, RestartPolicy, Supervisor};
 use bulkhead_tests::keymap::{self, EV_ABS, EV_KEY, EV_SYN};
 use vmm_core::control::{InputDevice, InputEvent};
 use vmm_core::devices::framebuffer::write_png;
@@ -53,6 +53,8 @@ enum Step {
     ConsolePattern(usize),
     Screenshot(String),
     Sleep(Duration),
+    /// Record how the running partition process is confined (`DIR/sandbox.txt`).
+    SandboxReport,
     Stop,
     WaitExit,
 }
@@ -68,7 +70,9 @@ struct Options {
 /// The bytes `console-pattern:N` sends: every byte value, in an order that is not
 /// simply 0..=255 so a shifted or dropped byte shows.
 pub fn pattern(n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i.wrapping_mul(7).wrapping_add(3) % 256) as u8).collect()
+    (0..n)
+        .map(|i| (i.wrapping_mul(7).wrapping_add(3) % 256) as u8)
+        .collect()
 }
 
 fn unescape(s: &str) -> String {
@@ -101,6 +105,7 @@ fn parse_step(s: &str) -> Result<Step, String> {
         "console-pattern" => Step::ConsolePattern(number("byte count")?),
         "screenshot" if !arg.is_empty() && !arg.contains('/') => Step::Screenshot(arg.into()),
         "sleep" => Step::Sleep(Duration::from_millis(number("milliseconds")? as u64)),
+        "sandbox-report" => Step::SandboxReport,
         "stop" => Step::Stop,
         "wait-exit" => Step::WaitExit,
         _ => return Err(format!("unknown step `{s}`\n{USAGE}")),
@@ -176,14 +181,23 @@ impl Session {
     }
 
     /// Pumps until `done` holds; fails on timeout or when the partition ends first.
-    fn wait_for(&mut self, what: &str, mut done: impl FnMut(&Session) -> bool) -> Result<(), String> {
+    fn wait_for(
+        &mut self,
+        what: &str,
+        mut done: impl FnMut(&Session) -> bool,
+    ) -> Result<(), String> {
         loop {
             let state = self.pump()?;
             if done(self) {
                 return Ok(());
             }
-            if matches!(state, PartitionState::Crashed { .. } | PartitionState::Exited { .. }) {
-                return Err(format!("partition ended ({state:?}) while waiting for {what}"));
+            if matches!(
+                state,
+                PartitionState::Crashed { .. } | PartitionState::Exited { .. }
+            ) {
+                return Err(format!(
+                    "partition ended ({state:?}) while waiting for {what}"
+                ));
             }
             if Instant::now() >= self.deadline {
                 return Err(format!("timed out waiting for {what}"));
@@ -258,7 +272,10 @@ impl Session {
         let path = self.out.join(format!("{name}.png"));
         let file = File::create(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
         write_png(&fb.layout(), &pixels, BufWriter::new(file)).map_err(|e| e.to_string())?;
-        self.log(&format!("screenshot {} from the shared framebuffer", path.display()));
+        self.log(&format!(
+            "screenshot {} from the shared framebuffer",
+            path.display()
+        ));
         Ok(())
     }
 
@@ -266,17 +283,23 @@ impl Session {
         match step {
             Step::WaitSerial(text) => {
                 let needle = text.as_bytes().to_vec();
-                self.wait_for(&format!("serial {text:?}"), |s| contains(&s.serial, &needle))
+                self.wait_for(&format!("serial {text:?}"), |s| {
+                    contains(&s.serial, &needle)
+                })
             }
             Step::WaitConsole(text) => {
                 let needle = text.as_bytes().to_vec();
-                self.wait_for(&format!("console {text:?}"), |s| contains(&s.console, &needle))
+                self.wait_for(&format!("console {text:?}"), |s| {
+                    contains(&s.console, &needle)
+                })
             }
             Step::WaitConsoleBytes(n) => {
                 self.wait_for(&format!("{n} console bytes"), |s| s.console.len() >= *n)
             }
             Step::Type(text) => self.type_text(text),
-            Step::Tablet(x, y) => self.tablet(&[(EV_ABS, ABS_X, *x), (EV_ABS, ABS_Y, *y), (EV_SYN, 0, 0)]),
+            Step::Tablet(x, y) => {
+                self.tablet(&[(EV_ABS, ABS_X, *x), (EV_ABS, ABS_Y, *y), (EV_SYN, 0, 0)])
+            }
             Step::Click => {
                 self.tablet(&[(EV_KEY, BTN_LEFT, 1), (EV_SYN, 0, 0)])?;
                 self.tablet(&[(EV_KEY, BTN_LEFT, 0), (EV_SYN, 0, 0)])
@@ -290,6 +313,19 @@ impl Session {
                     self.pump()?;
                     std::thread::sleep(POLL);
                 }
+                Ok(())
+            }
+            Step::SandboxReport => {
+                let pid = self
+                    .sup
+                    .status(NAME)
+                    .map_err(|e| e.to_string())?
+                    .pid
+                    .ok_or("the partition process is not running")?;
+                let report = sandbox_report(pid);
+                std::fs::write(self.out.join("sandbox.txt"), &report)
+                    .map_err(|e| format!("writing sandbox.txt: {e}"))?;
+                self.log(&format!("sandbox report for pid {pid}"));
                 Ok(())
             }
             Step::Stop => {
@@ -308,6 +344,54 @@ impl Session {
     }
 }
 
+/// How the partition process `pid` and the VMM it runs are confined, one `key: value`
+/// line each: per process its PID-namespace pids, no_new_privs and the seccomp mode of
+/// every thread; per namespace kind whether the VMM's differs from ours.
+fn sandbox_report(pid: u32) -> String {
+    let vm = vm_process(pid);
+    let mut out = String::new();
+    for (role, p) in [("reaper", pid), ("vmm", vm)] {
+        let status = |p: u32, key: &str| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| Some(l.strip_prefix(key)?.trim().to_string()))
+                .unwrap_or_default()
+        };
+        out += &format!("{role} NSpid: {}\n", status(p, "NSpid:"));
+        out += &format!("{role} NoNewPrivs: {}\n", status(p, "NoNewPrivs:"));
+        let tasks = std::fs::read_dir(format!("/proc/{p}/task"))
+            .map(|d| {
+                d.filter_map(|t| t.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let modes: Vec<String> = tasks
+            .iter()
+            .map(|t| {
+                std::fs::read_to_string(format!("/proc/{p}/task/{t}/status"))
+                    .unwrap_or_default()
+                    .lines()
+                    .find_map(|l| Some(l.strip_prefix("Seccomp:")?.trim().to_string()))
+                    .unwrap_or_default()
+            })
+            .collect();
+        out += &format!("{role} thread seccomp modes: {}\n", modes.join(" "));
+    }
+    for ns in ["user", "mnt", "net", "ipc", "uts", "pid_for_children"] {
+        let link = |p: String| std::fs::read_link(p).ok();
+        let ours = link(format!("/proc/self/ns/{ns}"));
+        let theirs = link(format!("/proc/{vm}/ns/{ns}"));
+        let verdict = match (ours, theirs) {
+            (Some(a), Some(b)) if a != b => "own",
+            (Some(_), Some(_)) => "shared",
+            _ => "unknown",
+        };
+        out += &format!("ns {ns}: {verdict}\n");
+    }
+    out
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -324,10 +408,13 @@ fn run(opts: Options) -> Result<bool, String> {
     std::fs::create_dir_all(&opts.out)
         .map_err(|e| format!("creating {}: {e}", opts.out.display()))?;
     let events = File::create(opts.out.join("events.log")).map_err(|e| e.to_string())?;
+    // The partition process names itself in its Hello; the supervisor checks it.
+    let mut args = opts.args.clone();
+    args.push(format!("--name={NAME}").into());
     let spec = LaunchSpec {
         name: NAME.into(),
         program: opts.program.clone(),
-        args: opts.args.clone(),
+        args,
         restart: RestartPolicy::Never,
     };
     let sup = Supervisor::new(vec![spec]).map_err(|e| e.to_string())?;
@@ -420,7 +507,10 @@ mod tests {
             ]
         );
         assert_eq!(o.program, PathBuf::from("/bulkhead-vmm"));
-        assert_eq!(o.args, vec![OsString::from("run"), OsString::from("--mem=256M")]);
+        assert_eq!(
+            o.args,
+            vec![OsString::from("run"), OsString::from("--mem=256M")]
+        );
     }
 
     #[test]

@@ -9,10 +9,8 @@
 //!    optional address-space cap (guest RAM is mapped into this process and counts
 //!    against it, so the cap must be RAM plus headroom: [`address_space_for_guest`]);
 //! 3. moves into new user, mount, IPC, network and UTS namespaces where the host allows
-//!    (no network devices at all). Not a PID namespace: after `unshare(CLONE_NEWPID)` the
-//!    kernel refuses `clone(CLONE_THREAD)`, and the VMM needs threads; other processes
-//!    stay out of reach through seccomp (no `kill`, `ptrace`, `fork`), Landlock (no
-//!    `/proc` access, signals scoped to the sandbox) instead;
+//!    (no network devices at all). The PID namespace comes earlier and differently,
+//!    before the VM exists: [`enter_pid_namespace`] (the process forks into it);
 //! 4. sets `no_new_privs`;
 //! 5. applies a Landlock allowlist: only the listed paths can be opened, no TCP, no
 //!    abstract sockets, no signals out of the sandbox.
@@ -25,6 +23,7 @@
 //! and what it creates later.
 
 mod landlock;
+mod pid_namespace;
 mod seccomp;
 
 use std::io;
@@ -35,6 +34,7 @@ use tracing::warn;
 pub use landlock::{
     support as landlock_support, Access, AllowedPath, LandlockError, LandlockSupport,
 };
+pub use pid_namespace::{enter_pid_namespace, PidNamespace};
 pub use seccomp::{
     install, install_programs, install_with, ArgFilter, SeccompError, SeccompProfile, SyscallRule,
     Violation, KVM_GET_DIRTY_LOG, KVM_RUN,
@@ -234,7 +234,8 @@ fn set_rlimit(
     Ok(())
 }
 
-/// No CLONE_NEWPID: it would stop this process from creating threads (see above).
+/// No CLONE_NEWPID: unshared here it would stop this process from creating threads; see
+/// [`enter_pid_namespace`].
 const NS_FLAGS: libc::c_int =
     libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET | libc::CLONE_NEWUTS;
 

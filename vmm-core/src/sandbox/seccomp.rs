@@ -43,6 +43,8 @@ pub enum SeccompProfile {
     Device,
     /// A vCPU thread.
     Vcpu,
+    /// The reaper left outside the PID namespace: waits for the VMM, ends like it.
+    Reaper,
 }
 
 /// What happens on a system call that is not on the table.
@@ -329,11 +331,27 @@ const MAIN_EXTRA: &[SyscallRule] = &[
     ),
 ];
 
+/// The reaper: wait, then re-raise the child's signal on itself or exit with its code.
+/// Nothing else, not even memory allocation.
+const REAPER: &[SyscallRule] = &[
+    any("wait4", libc::SYS_wait4),
+    any("rt_sigaction", libc::SYS_rt_sigaction),
+    any("rt_sigprocmask", libc::SYS_rt_sigprocmask),
+    any("rt_sigreturn", libc::SYS_rt_sigreturn),
+    any("getpid", libc::SYS_getpid),
+    any("gettid", libc::SYS_gettid),
+    with("tgkill", libc::SYS_tgkill, ArgFilter::OwnPid { arg: 0 }),
+    any("restart_syscall", libc::SYS_restart_syscall),
+    any("exit", libc::SYS_exit),
+    any("exit_group", libc::SYS_exit_group),
+];
+
 impl SeccompProfile {
     /// The full table for this profile.
     pub fn rules(self) -> Vec<SyscallRule> {
         let mut rules = COMMON.to_vec();
         match self {
+            SeccompProfile::Reaper => return REAPER.to_vec(),
             SeccompProfile::Vcpu => rules.extend_from_slice(VCPU),
             SeccompProfile::Device => rules.extend_from_slice(DEVICE),
             SeccompProfile::Main => {

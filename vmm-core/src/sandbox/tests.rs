@@ -93,6 +93,7 @@ fn every_profile_compiles() {
         SeccompProfile::Main,
         SeccompProfile::Device,
         SeccompProfile::Vcpu,
+        SeccompProfile::Reaper,
     ] {
         let programs = p.compile(Violation::KillProcess).unwrap();
         assert!(!programs.is_empty());
@@ -436,5 +437,103 @@ fn abort_under_a_profile_is_reported_as_sigabrt_not_as_seccomp() {
     ] {
         let outcome = under_profile(profile, || std::process::abort());
         assert_eq!(outcome, Outcome::Signaled(libc::SIGABRT), "{profile:?}");
+    }
+}
+
+fn enter_or_skip() -> Option<i32> {
+    match enter_pid_namespace() {
+        Ok(PidNamespace::Entered { .. }) => None,
+        Ok(PidNamespace::Refused(_)) => Some(43),
+        Err(_) => Some(44),
+    }
+}
+
+#[test]
+fn the_vmm_side_is_pid_1_and_the_reaper_ends_with_its_exit_code() {
+    let outcome = in_child(|| {
+        if let Some(code) = enter_or_skip() {
+            return code;
+        }
+        // PID 1, and a thread can still be started (the reason for the fork).
+        let thread_ok = std::thread::spawn(|| 7).join().ok() == Some(7);
+        match (std::process::id(), thread_ok) {
+            (1, true) => 42,
+            (1, false) => 2,
+            _ => 3,
+        }
+    });
+    assert_eq!(outcome, Outcome::Exited(42));
+}
+
+#[test]
+fn a_seccomp_kill_inside_the_namespace_ends_the_reaper_with_sigsys() {
+    let outcome = in_child(|| {
+        if let Some(code) = enter_or_skip() {
+            return code;
+        }
+        if set_no_new_privs().is_err() || install(SeccompProfile::Vcpu).is_err() {
+            return 91;
+        }
+        // SAFETY: socket() takes integers only.
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        0
+    });
+    assert_eq!(outcome, Outcome::Signaled(libc::SIGSYS));
+}
+
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Gone, or a zombie nobody needs to kill.
+fn is_dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+#[test]
+fn killing_the_reaper_takes_the_vmm_with_it() {
+    // SAFETY: as in `in_child`; the child only enters the namespace and sleeps.
+    let reaper = unsafe { libc::fork() };
+    assert!(reaper >= 0, "fork failed");
+    if reaper == 0 {
+        if let Some(code) = enter_or_skip() {
+            // SAFETY: ends the forked child without unwinding into the harness.
+            unsafe { libc::_exit(code) };
+        }
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let vmm = loop {
+        if let Some(&vmm) = children_of(reaper).first() {
+            break vmm;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no VMM process appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(reaper, libc::SIGKILL) };
+    let mut status = 0;
+    // SAFETY: waits for our own child, writing into a live int.
+    assert_eq!(unsafe { libc::waitpid(reaper, &mut status, 0) }, reaper);
+    while !is_dead(vmm) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the VMM {vmm} outlived its reaper"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
