@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bulkhead::supervisor::launch::vmm_binary;
-use bulkhead::supervisor::{LaunchSpec, PartitionState, RestartPolicy, Supervisor};
+use bulkhead::supervisor::{vm_process, LaunchSpec, PartitionState, RestartPolicy, Supervisor};
 use vmm_core::microguest::TEST_CARD_COLOURS;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -80,8 +80,12 @@ fn killing_one_of_three_partitions_leaves_the_others_rendering_and_restart_works
     );
 
     let victim = sup.status("mail").unwrap().pid.expect("mail has a pid");
-    // SAFETY: kill(2) on a pid we started and still supervise; no memory is involved.
-    assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+    // The VM runs in PID 1 of the partition's own PID namespace, under a reaper the
+    // supervisor watches; kill the process that holds the guest, as a person would.
+    let vmm = vm_process(victim);
+    assert_ne!(vmm, victim, "mail's VMM is not in its own PID namespace");
+    // SAFETY: kill(2) on a pid our supervisor started; no memory is involved.
+    assert_eq!(unsafe { libc::kill(vmm as i32, libc::SIGKILL) }, 0);
     let (st, ok) = sup
         .wait_until("mail", WAIT, |s| {
             matches!(s.state, PartitionState::Crashed { .. })

@@ -253,6 +253,8 @@ pub struct Measure {
     pub anon_overhead_kib: u64,
     pub peak_overhead_kib: u64,
     pub hwm_kib: u64,
+    /// Private memory of the reaper between supervisor and VMM (supervised variant).
+    pub helper_kib: u64,
     pub reason: String,
 }
 
@@ -282,6 +284,7 @@ pub fn parse_measure(line: &str) -> Option<Measure> {
         anon_overhead_kib: num("anon_overhead_kib"),
         peak_overhead_kib: num("peak_overhead_kib"),
         hwm_kib: num("hwm_kib"),
+        helper_kib: num("helper_kib"),
         reason,
     })
 }
@@ -620,6 +623,7 @@ pub struct Summary {
     pub median_excluded_kib: Option<f64>,
     pub median_guest_kib: Option<f64>,
     pub median_rss_kib: Option<f64>,
+    pub median_helper_kib: Option<f64>,
 }
 
 pub fn summarize(measures: &[Measure], variant: Variant) -> Summary {
@@ -643,6 +647,7 @@ pub fn summarize(measures: &[Measure], variant: Variant) -> Summary {
         median_excluded_kib: med(|m| m.excluded_kib),
         median_guest_kib: med(|m| m.guest_kib),
         median_rss_kib: med(|m| m.rss_kib),
+        median_helper_kib: med(|m| m.helper_kib),
     }
 }
 
@@ -655,7 +660,7 @@ mod tests {
         let m = parse_measure(
             "MEASURE label=ours ok=1 ms=7012 rss_kib=60000 guest_kib=50000 excluded_kib=0 \
              overhead_kib=10000 anon_overhead_kib=3000 peak_overhead_kib=11000 hwm_kib=61000 \
-             samples=30\r",
+             helper_kib=150 samples=30\r",
         )
         .unwrap();
         assert_eq!(m.label, "ours");
@@ -663,6 +668,7 @@ mod tests {
         assert_eq!(m.overhead_kib, 10000);
         assert_eq!(m.peak_overhead_kib, 11000);
         assert_eq!(m.hwm_kib, 61000);
+        assert_eq!(m.helper_kib, 150);
     }
 
     #[test]
@@ -701,14 +707,15 @@ mod tests {
             ..BenchConfig::default()
         };
         let s = schedule(&cfg);
-        assert_eq!(s.len(), 9);
-        for round in s.chunks(3) {
+        let n = Variant::ALL.len();
+        assert_eq!(s.len(), 3 * n);
+        for round in s.chunks(n) {
             for v in Variant::ALL {
                 assert_eq!(round.iter().filter(|&&x| x == v).count(), 1);
             }
         }
-        assert_ne!(s[0], s[3]);
-        assert_ne!(s[3], s[6]);
+        assert_ne!(s[0], s[n]);
+        assert_ne!(s[n], s[2 * n]);
     }
 
     #[test]
@@ -762,6 +769,7 @@ mod tests {
             anon_overhead_kib: 0,
             peak_overhead_kib: 0,
             hwm_kib: 0,
+            helper_kib: 0,
             reason: String::new(),
         };
         let all = [

@@ -151,10 +151,12 @@ fn main() -> ExitCode {
     if let (Some(f), Some(s)) = (fb, by(Variant::OursSupervised)) {
         println!(
             "supervised (sandboxed process, seccomp, shared framebuffer): boot {} ms vs {} ms \
-             bare; partition process overhead {} KiB vs {} KiB bare",
+             bare; partition process overhead {} KiB + {} KiB private to its reaper, vs {} KiB \
+             bare",
             fmt_opt(s.median_ms),
             fmt_opt(f.median_ms),
             fmt_opt(s.median_overhead_kib),
+            fmt_opt(s.median_helper_kib),
             fmt_opt(f.median_overhead_kib),
         );
     }

@@ -13,7 +13,9 @@
 //!
 //! Prints one line:
 //! `MEASURE label=… ok=1 ms=… rss_kib=… guest_kib=… excluded_kib=… overhead_kib=…
-//!  anon_overhead_kib=… peak_overhead_kib=… hwm_kib=… samples=…`
+//!  anon_overhead_kib=… peak_overhead_kib=… hwm_kib=… helper_kib=… samples=…`
+//! (`helper_kib`: private memory of the processes between the command and the measured
+//! one, with `--measure-child`)
 //! or `MEASURE label=… ok=0 reason=…` followed by the child's last output.
 
 use std::io::Read;
@@ -246,11 +248,38 @@ fn measured_pid(pid: u32, opts: &Options) -> Option<u32> {
     if !opts.measure_child {
         return Some(pid);
     }
-    let mut leaf = first_child(pid)?;
-    while let Some(next) = first_child(leaf) {
-        leaf = next;
+    descendants(pid).last().copied()
+}
+
+/// First child, its first child, … down to a process without children.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut chain = Vec::new();
+    let mut at = pid;
+    while let Some(next) = first_child(at) {
+        chain.push(next);
+        at = next;
     }
-    Some(leaf)
+    chain
+}
+
+/// Private memory (not shared with any other process) of the processes between the
+/// command and the measured one: the partition process's reaper. Part of what a
+/// partition costs, beyond the measured process.
+fn helpers_private_kib(pid: u32, opts: &Options) -> u64 {
+    if !opts.measure_child {
+        return 0;
+    }
+    let chain = descendants(pid);
+    let helpers = &chain[..chain.len().saturating_sub(1)];
+    helpers.iter().map(|p| private_kib(*p)).sum()
+}
+
+fn private_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
 }
 
 fn status_kib(pid: u32, key: &str) -> u64 {
@@ -349,6 +378,7 @@ fn run(opts: &Options) -> Result<String, String> {
     let at_marker =
         sample(measured, opts, opts.show_maps).ok_or("reading smaps at the marker failed")?;
     let hwm_kib = status_kib(measured, "VmHWM");
+    let helper_kib = helpers_private_kib(pid, opts);
     if measured != pid {
         // The partition process would exit once its supervisor is gone; killing it now
         // keeps its memory out of the next measurement.
@@ -361,7 +391,8 @@ fn run(opts: &Options) -> Result<String, String> {
     peak_overhead = peak_overhead.max(at_marker.overhead_kib());
     Ok(format!(
         "MEASURE label={} ok=1 ms={} rss_kib={} guest_kib={} excluded_kib={} overhead_kib={} \
-         anon_overhead_kib={} peak_overhead_kib={} hwm_kib={} samples={samples}",
+         anon_overhead_kib={} peak_overhead_kib={} hwm_kib={} helper_kib={helper_kib} \
+         samples={samples}",
         opts.label,
         at.duration_since(started).as_millis(),
         at_marker.rss_kib,
