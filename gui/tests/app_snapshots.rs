@@ -264,3 +264,31 @@ fn serial_panel_shows_what_the_source_wrote() {
     h.run_steps(2);
     h.get_by_label_contains("[browser] software framebuffer 320x240 started");
 }
+
+#[test]
+fn a_black_border_on_the_dark_theme_keeps_its_colour_and_gets_a_visible_edge() {
+    let backends: Vec<Box<dyn PartitionBackend>> = vec![Box::new(running("vault", Label::Black))];
+    let mut app = BulkheadApp::new(backends);
+    app.prefs.show_launcher = false;
+    app.prefs.layout = ViewLayout::Tabs;
+    let mut h = harness(app, (800.0, 600.0));
+    h.run_steps(2);
+    let geo = h.state().slots[0].geometry().expect("view drawn");
+    let image = h.render().unwrap();
+    let img = geo.image_rect;
+    let mid_y = img.center().y;
+    for d in 1..=4 {
+        let d = d as f32 - 0.5;
+        assert_eq!(
+            rgb(&image, img.left() - d, mid_y),
+            [0, 0, 0],
+            "left border {d}"
+        );
+    }
+    // Just outside the 4-point border: the neutral hairline, not the dark background.
+    let edge = rgb(&image, img.left() - 4.5, mid_y);
+    assert!(
+        edge.iter().all(|&c| c > 100),
+        "no visible edge outside the black border: {edge:?}"
+    );
+}

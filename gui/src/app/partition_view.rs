@@ -65,6 +65,31 @@ pub fn frame_geometry(avail: Rect, fb: (u32, u32), ppp: f32, focused: bool) -> V
     }
 }
 
+/// Grey of the hairline drawn around a border that would vanish into the background.
+pub const OUTLINE_GREY: u8 = 150;
+
+/// WCAG relative luminance of an sRGB colour.
+fn luminance(c: Color32) -> f32 {
+    let lin = |v: u8| {
+        let v = f32::from(v) / 255.0;
+        if v <= 0.04045 {
+            v / 12.92
+        } else {
+            ((v + 0.055) / 1.055).powf(2.4)
+        }
+    };
+    0.2126 * lin(c.r()) + 0.7152 * lin(c.g()) + 0.0722 * lin(c.b())
+}
+
+/// Whether a border in `label` colour is too close to `background` to see where it ends
+/// (black on the dark theme, yellow on the light one). The border keeps its exact label
+/// colour; a neutral hairline outside it shows its extent.
+pub fn needs_outline(label: Color32, background: Color32) -> bool {
+    let (a, b) = (luminance(label), luminance(background));
+    let contrast = (a.max(b) + 0.05) / (a.min(b) + 0.05);
+    contrast < 1.6
+}
+
 fn shows_a_view(state: &PartitionState) -> bool {
     state.has_display() || matches!(state, PartitionState::Crashed { .. })
 }
@@ -147,6 +172,13 @@ pub fn show_one(ui: &mut Ui, app: &mut BulkheadApp, i: usize, actions: &mut Vec<
             geo.outer,
             0.0,
             Stroke::new(2.0, ui.visuals().strong_text_color()),
+            egui::StrokeKind::Outside,
+        );
+    } else if needs_outline(info.label.color(), ui.visuals().panel_fill) {
+        painter.rect_stroke(
+            geo.outer,
+            0.0,
+            Stroke::new(1.0, Color32::from_gray(OUTLINE_GREY)),
             egui::StrokeKind::Outside,
         );
     }
@@ -265,6 +297,25 @@ mod tests {
         let aspect = g.image.width() / g.image.height();
         assert!((aspect - 1024.0 / 768.0).abs() < 0.01, "{aspect}");
         assert!(avail.contains_rect(g.outer));
+    }
+
+    #[test]
+    fn only_labels_that_vanish_into_the_theme_get_an_outline() {
+        use crate::app::model::Label;
+        let dark = egui::Visuals::dark().panel_fill;
+        let light = egui::Visuals::light().panel_fill;
+        assert!(needs_outline(Label::Black.color(), dark));
+        assert!(needs_outline(Label::Yellow.color(), light));
+        for label in [
+            Label::Red,
+            Label::Orange,
+            Label::Green,
+            Label::Blue,
+            Label::Purple,
+        ] {
+            assert!(!needs_outline(label.color(), dark), "{label:?} on dark");
+        }
+        assert!(!needs_outline(Label::Black.color(), light));
     }
 
     #[test]

@@ -375,7 +375,7 @@ fn handshake(
             slot.spec.name
         ));
     }
-    info!(partition = %name, pid, "partition said hello");
+    info!(partition = %name, reported_pid = pid, "partition said hello");
     reader
         .stream()
         .set_read_timeout(None)
