@@ -10,7 +10,9 @@
 
 use std::sync::OnceLock;
 
-use bulkhead_tests::lab::{run_guest, GuestRun, RunOutput, Screenshot, READY_MARKER};
+use bulkhead_tests::lab::{
+    run_guest, static_guest_evtest, GuestRun, RunOutput, Screenshot, READY_MARKER,
+};
 
 /// What the person "types": shifted and unshifted keys, digits, punctuation.
 const TYPED: &str = "Hello, Bulkhead! 6*7=42 (keys)";
@@ -31,6 +33,7 @@ fn guest_script() -> String {
         r#"
 ev=$(grep -A5 'Bulkhead virtio tablet' /proc/bus/input/devices | grep -o 'event[0-9]*' | head -n 1)
 echo "TABLET-NODE[$ev] ABS-CAPS[$(cat /sys/class/input/$ev/device/capabilities/abs)]"
+/evtest /dev/input/$ev
 exec 3<>/dev/hvc0
 stty raw -echo <&3 && echo CONSOLE-RAW
 printf '\033[2J\033[H\033[?25l' > /dev/tty1
@@ -90,8 +93,10 @@ fn host_steps() -> Vec<String> {
 fn supervised_run() -> &'static RunOutput {
     static RUN: OnceLock<RunOutput> = OnceLock::new();
     RUN.get_or_init(|| {
+        let evtest = std::fs::read(static_guest_evtest()).expect("reading guest-evtest");
         let run = GuestRun {
             test_script: guest_script(),
+            test_files: vec![("evtest".into(), 0o755, evtest)],
             supervise: Some(host_steps()),
             timeout_s: 240,
             ..GuestRun::default()
@@ -224,6 +229,13 @@ fn tablet_moves_arrive_as_absolute_events_in_the_guest() {
     assert!(
         out.serial.contains("ABS-CAPS[3]"),
         "the tablet should report exactly ABS_X and ABS_Y:\n{}",
+        out.serial
+    );
+    // The guest driver's view of the axes: the 1024x768 framebuffer's pixel range.
+    assert!(
+        out.serial
+            .contains("NAME[Bulkhead virtio tablet] ABS_X[min=0 max=1023] ABS_Y[min=0 max=767]"),
+        "evdev in the guest reports other ranges:\n{}",
         out.serial
     );
     let mut expected = Vec::new();

@@ -17,12 +17,13 @@ cargo fmt --all -- --check
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "static partition binary (for the lab and the package) and the lab's supervisor driver"
+step "static partition binary (for the lab and the package), the lab's supervisor driver, the guest's evtest"
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
-    -p vmm-core --bin bulkhead-vmm -p bulkhead-tests --bin lab-supervise \
+    -p vmm-core --bin bulkhead-vmm -p bulkhead-tests --bin lab-supervise --bin guest-evtest \
     --target x86_64-unknown-linux-gnu
 export BULKHEAD_VMM_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/bulkhead-vmm"
 export BULKHEAD_LAB_SUPERVISE_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/lab-supervise"
+export BULKHEAD_GUEST_EVTEST_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/guest-evtest"
 
 step "guest image"
 cargo build --release --locked -p vmm-core --bin bulkhead-vmm

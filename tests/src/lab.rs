@@ -197,6 +197,21 @@ pub fn static_lab_supervise() -> PathBuf {
         .clone()
 }
 
+/// The static `guest-evtest` for the guest's test archive:
+/// `$BULKHEAD_GUEST_EVTEST_STATIC`, or built now.
+pub fn static_guest_evtest() -> PathBuf {
+    static EVTEST: OnceLock<PathBuf> = OnceLock::new();
+    EVTEST
+        .get_or_init(|| {
+            static_binary(
+                "BULKHEAD_GUEST_EVTEST_STATIC",
+                "bulkhead-tests",
+                "guest-evtest",
+            )
+        })
+        .clone()
+}
+
 /// `$env` if set (tests/run-all.sh builds these once), otherwise a static build now.
 fn static_binary(env: &str, package: &str, bin: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env) {
