@@ -139,9 +139,25 @@ impl RunOutput {
         if let Some(png) = &self.screenshot {
             let _ = std::fs::write(dir.join(format!("{name}.png")), png);
         }
+        if !self.lab_console.is_empty() {
+            let _ = std::fs::write(
+                dir.join(format!("{name}.lab-console.log")),
+                &self.lab_console,
+            );
+        }
         for (file, bytes) in &self.files {
             let _ = std::fs::write(dir.join(format!("{name}.{file}")), bytes);
         }
+    }
+
+    /// How the lab machine ended (QEMU's status and CPU resets), for failure reports.
+    pub fn lab_failure(&self) -> String {
+        self.lab_console
+            .split("===LAB-QEMU ")
+            .nth(1)
+            .and_then(|s| s.split("===").next())
+            .unwrap_or("no lab machine")
+            .to_string()
     }
 
     /// A text file from [`RunOutput::files`], empty when missing.
@@ -598,17 +614,45 @@ pub fn lab_machine(outer_mem_mib: u64, initramfs: &Path) -> Command {
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
+/// How often a lab machine that died before reporting the VMM's exit is booted again.
+const LAB_ATTEMPTS: usize = 2;
+
 fn run_in_lab(run: &GuestRun) -> RunOutput {
     assert!(
         Command::new(QEMU).arg("--version").output().is_ok(),
         "{QEMU} not found: the lab needs it (apt-get install qemu-system-x86)"
     );
+    let mut attempt = 1;
+    loop {
+        let out = run_lab_machine(run);
+        // Our VMM's outcome, whatever it is, is reported by the lab's init. Without that
+        // line the lab machine itself died (QEMU TCG emulating SVM for kvm-amd); that says
+        // nothing about Bulkhead, so it gets one more boot, loudly.
+        if out.lab_console.contains("===LAB-VMM-EXIT") || attempt == LAB_ATTEMPTS {
+            return out;
+        }
+        eprintln!(
+            "LAB MACHINE FAILED (not the VMM under test) after {:.1} s, attempt {attempt} of \
+             {LAB_ATTEMPTS}: {}; booting it again",
+            out.elapsed.as_secs_f64(),
+            out.lab_failure(),
+        );
+        attempt += 1;
+    }
+}
+
+fn run_lab_machine(run: &GuestRun) -> RunOutput {
     let dir = tempfile::tempdir().unwrap();
     let cpio = dir.path().join("outer.cpio");
     std::fs::write(&cpio, outer_cpio(run)).unwrap();
+    // CPU resets of the lab machine: a triple fault in its kernel ends QEMU silently
+    // under -no-reboot; this log is how that shows.
+    let qemu_log = dir.path().join("qemu.log");
     let outer_mem = run.mem_mib + 1024;
     let started = Instant::now();
     let mut child = lab_machine(outer_mem, &cpio)
+        .args(["-d", "cpu_reset,guest_errors", "-D"])
+        .arg(&qemu_log)
         .spawn()
         .expect("starting the lab machine");
     let mut stdout = child.stdout.take().unwrap();
@@ -625,8 +669,14 @@ fn run_in_lab(run: &GuestRun) -> RunOutput {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = child.wait();
-    let console = String::from_utf8_lossy(&reader.join().unwrap_or_default()).replace('\r', "");
+    let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+    let mut console = String::from_utf8_lossy(&reader.join().unwrap_or_default()).replace('\r', "");
+    let resets = std::fs::read_to_string(&qemu_log)
+        .map(|l| l.matches("CPU Reset").count())
+        .unwrap_or(0);
+    console.push_str(&format!(
+        "\n===LAB-QEMU qemu {status}, {resets} CPU resets logged===\n"
+    ));
     let exit_code = console
         .split("===LAB-VMM-EXIT ")
         .nth(1)
