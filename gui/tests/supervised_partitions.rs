@@ -79,6 +79,26 @@ fn killing_one_of_three_partitions_leaves_the_others_rendering_and_restart_works
         "orange band never appeared in the shared framebuffer"
     );
 
+    // Stats come from the partition process: its vCPUs really ran the guest (the test
+    // card's serial line is port I/O, so it exits once it has painted the bands).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        sup.request_stats("work").unwrap();
+        let (st, ok) = sup
+            .wait_until("work", Duration::from_millis(500), |s| {
+                s.stats
+                    .is_some_and(|st| st.vcpu_exits > 0 && st.damage_events > 0)
+            })
+            .unwrap();
+        if ok {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no stats with vCPU exits and damage from work: {st:?}"
+        );
+    }
+
     let victim = sup.status("mail").unwrap().pid.expect("mail has a pid");
     // The VM runs in PID 1 of the partition's own PID namespace, under a reaper the
     // supervisor watches; kill the process that holds the guest, as a person would.

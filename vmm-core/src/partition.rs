@@ -321,7 +321,7 @@ impl Session<'_> {
         let stats = PartitionStats {
             rss_kib: peak_rss_kib(),
             uptime_ms: self.running.uptime().as_millis() as u64,
-            vcpu_exits: 0,
+            vcpu_exits: self.running.vcpu_exits(),
             damage_events: self.damage_events,
         };
         self.events.send(&Event::Stats { id, stats })

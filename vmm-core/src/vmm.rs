@@ -5,6 +5,7 @@ use std::io::BufWriter;
 use std::os::fd::AsRawFd;
 use std::os::unix::thread::JoinHandleExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -43,6 +44,8 @@ pub struct RunningPartition {
     virtio: VirtioHandles,
     gate: Arc<PauseGate>,
     started: Instant,
+    /// Returns from `KVM_RUN`, all vCPUs together.
+    vcpu_exits: Arc<AtomicU64>,
 }
 
 impl Partition {
@@ -61,11 +64,17 @@ impl Partition {
         let pio = Arc::new(self.pio);
         let mmio = Arc::new(self.mmio);
         let gate = Arc::new(PauseGate::default());
+        let vcpu_exits = Arc::new(AtomicU64::new(0));
         let mut threads = Vec::new();
         for vcpu in self.vcpus {
             let index = vcpu.index();
-            let (pio, mmio, stop, gate) =
-                (pio.clone(), mmio.clone(), self.stop.clone(), gate.clone());
+            let (pio, mmio, stop, gate, exits) = (
+                pio.clone(),
+                mmio.clone(),
+                self.stop.clone(),
+                gate.clone(),
+                vcpu_exits.clone(),
+            );
             let handle = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
@@ -77,7 +86,7 @@ impl Partition {
                             return;
                         }
                     }
-                    vcpu.run(pio, mmio, stop, gate)
+                    vcpu.run(pio, mmio, stop, gate, exits)
                 })
                 .map_err(|source| BuildError::Thread { index, source });
             match handle {
@@ -99,6 +108,7 @@ impl Partition {
             virtio: self.virtio,
             gate,
             started: Instant::now(),
+            vcpu_exits,
         })
     }
 }
@@ -157,6 +167,11 @@ impl RunningPartition {
 
     pub fn is_paused(&self) -> bool {
         self.gate.is_paused()
+    }
+
+    /// How often the vCPUs have left the guest (`KVM_RUN` returned), all together.
+    pub fn vcpu_exits(&self) -> u64 {
+        self.vcpu_exits.load(Ordering::Relaxed)
     }
 
     /// Keyboard, tablet and console of the running guest.

@@ -105,7 +105,9 @@ pub enum VmState {
 /// Counters reported by [`Event::Stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionStats {
-    /// Resident memory of the partition process, KiB.
+    /// Peak resident memory of the partition process (its high-water mark), KiB: the
+    /// sandbox keeps the process out of /proc, so the current figure is the supervisor's
+    /// to read.
     pub rss_kib: u64,
     pub uptime_ms: u64,
     pub vcpu_exits: u64,

@@ -1,6 +1,6 @@
 //! vCPUs: initial state and the run loop that turns exits into bus accesses or a stop.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::Duration;
 
@@ -139,16 +139,20 @@ impl Vcpu {
 
     /// Runs the guest until a stop is requested, by a device, by this loop on a fatal exit,
     /// or by the host (which then kicks this thread with [`kick_signal`]).
+    /// Every return from `KVM_RUN` counts in `exits` (shared by all vCPUs).
     pub fn run(
         mut self,
         pio: Arc<Bus>,
         mmio: Arc<Bus>,
         stop: Arc<StopHandle>,
         gate: Arc<PauseGate>,
+        exits: Arc<AtomicU64>,
     ) {
         while !stop.is_stopped() {
             gate.wait_while_paused(&stop);
-            if let Some(reason) = self.run_once(&pio, &mmio) {
+            let outcome = self.run_once(&pio, &mmio);
+            exits.fetch_add(1, Ordering::Relaxed);
+            if let Some(reason) = outcome {
                 stop.request(reason);
             }
         }
