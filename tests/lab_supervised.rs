@@ -75,6 +75,12 @@ fn host_steps() -> Vec<String> {
     steps.extend(MOVES.iter().map(|(x, y)| format!("tablet:{x},{y}")));
     steps.extend([
         "click".into(),
+        // Pause, stats and resume mid-session: the sandboxed process must serve them under
+        // its seccomp filters, and the guest must carry on (the console part needs it).
+        "pause".into(),
+        "stats".into(),
+        "sleep:500".into(),
+        "resume".into(),
         "wait-serial:CONSOLE-READY".into(),
         format!("console:{CONSOLE_LINE}\\n"),
         format!("wait-console:{}", console_reply().trim_end()),

@@ -10,7 +10,7 @@
 //!
 //! Steps: `wait-serial:TEXT`, `wait-console:TEXT`, `wait-console-bytes:N`, `type:TEXT`,
 //! `tablet:X,Y`, `click`, `console:TEXT`, `console-pattern:N`, `screenshot:NAME`,
-//! `sleep:MS`, `sandbox-report`, `stop`, `wait-exit`. In TEXT, `\n` is a newline (Enter when typed).
+//! `sleep:MS`, `sandbox-report`, `pause`, `resume`, `stats`, `stop`, `wait-exit`. In TEXT, `\n` is a newline (Enter when typed).
 //!
 //! Serial bytes go to stdout as they arrive (so `lab-measure` can watch for a marker);
 //! `DIR/console.bin` holds what the guest wrote to /dev/hvc0, `DIR/NAME.png` the
@@ -55,6 +55,10 @@ enum Step {
     Sleep(Duration),
     /// Record how the running partition process is confined (`DIR/sandbox.txt`).
     SandboxReport,
+    Pause,
+    Resume,
+    /// Ask for stats and wait for the answer (logged).
+    Stats,
     Stop,
     WaitExit,
 }
@@ -106,6 +110,9 @@ fn parse_step(s: &str) -> Result<Step, String> {
         "screenshot" if !arg.is_empty() && !arg.contains('/') => Step::Screenshot(arg.into()),
         "sleep" => Step::Sleep(Duration::from_millis(number("milliseconds")? as u64)),
         "sandbox-report" => Step::SandboxReport,
+        "pause" => Step::Pause,
+        "resume" => Step::Resume,
+        "stats" => Step::Stats,
         "stop" => Step::Stop,
         "wait-exit" => Step::WaitExit,
         _ => return Err(format!("unknown step `{s}`\n{USAGE}")),
@@ -326,6 +333,29 @@ impl Session {
                 std::fs::write(self.out.join("sandbox.txt"), &report)
                     .map_err(|e| format!("writing sandbox.txt: {e}"))?;
                 self.log(&format!("sandbox report for pid {pid}"));
+                Ok(())
+            }
+            Step::Pause => {
+                self.sup.pause(NAME).map_err(|e| e.to_string())?;
+                self.wait_for("the paused state", |s| {
+                    s.last_state == Some(PartitionState::Paused)
+                })
+            }
+            Step::Resume => {
+                self.sup.resume(NAME).map_err(|e| e.to_string())?;
+                self.wait_for("the running state", |s| {
+                    s.last_state == Some(PartitionState::Running)
+                })
+            }
+            Step::Stats => {
+                let before = self.sup.status(NAME).map_err(|e| e.to_string())?.stats;
+                self.sup.request_stats(NAME).map_err(|e| e.to_string())?;
+                let mut latest = None;
+                self.wait_for("stats", |s| {
+                    latest = s.sup.status(NAME).ok().and_then(|st| st.stats);
+                    latest.is_some() && latest != before
+                })?;
+                self.log(&format!("stats {latest:?}"));
                 Ok(())
             }
             Step::Stop => {
