@@ -102,9 +102,17 @@ fn rgb(image: &image::RgbaImage, x: f32, y: f32) -> [u8; 3] {
     [p[0], p[1], p[2]]
 }
 
-#[test]
-fn partition_view_border_is_the_exact_label_colour_outside_the_guest_pixels() {
-    let backends: Vec<Box<dyn PartitionBackend>> = vec![Box::new(running("browser", Label::Red))];
+/// One running partition shown alone in an 800x600 window, rendered: the harness, where
+/// its guest pixels went, and the picture.
+fn one_view(
+    name: &str,
+    label: Label,
+) -> (
+    Harness<'static, BulkheadApp>,
+    bulkhead::input::router::ViewGeometry,
+    image::RgbaImage,
+) {
+    let backends: Vec<Box<dyn PartitionBackend>> = vec![Box::new(running(name, label))];
     let mut app = BulkheadApp::new(backends);
     app.prefs.show_launcher = false;
     app.prefs.layout = ViewLayout::Tabs;
@@ -112,6 +120,12 @@ fn partition_view_border_is_the_exact_label_colour_outside_the_guest_pixels() {
     h.run_steps(2);
     let geo = h.state().slots[0].geometry().expect("view drawn");
     let image = h.render().unwrap();
+    (h, geo, image)
+}
+
+#[test]
+fn partition_view_border_is_the_exact_label_colour_outside_the_guest_pixels() {
+    let (mut h, geo, image) = one_view("browser", Label::Red);
     let red = [0xcc, 0x00, 0x00];
     let img = geo.image_rect;
     let mid_y = img.center().y;
@@ -267,14 +281,7 @@ fn serial_panel_shows_what_the_source_wrote() {
 
 #[test]
 fn a_black_border_on_the_dark_theme_keeps_its_colour_and_gets_a_visible_edge() {
-    let backends: Vec<Box<dyn PartitionBackend>> = vec![Box::new(running("vault", Label::Black))];
-    let mut app = BulkheadApp::new(backends);
-    app.prefs.show_launcher = false;
-    app.prefs.layout = ViewLayout::Tabs;
-    let mut h = harness(app, (800.0, 600.0));
-    h.run_steps(2);
-    let geo = h.state().slots[0].geometry().expect("view drawn");
-    let image = h.render().unwrap();
+    let (_, geo, image) = one_view("vault", Label::Black);
     let img = geo.image_rect;
     let mid_y = img.center().y;
     for d in 1..=4 {

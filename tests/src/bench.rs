@@ -334,32 +334,13 @@ fn qemu_files() -> Vec<PathBuf> {
     files
 }
 
-/// The static `lab-measure`: `$BULKHEAD_LAB_MEASURE_STATIC`, or built now (into
-/// `$CARGO_TARGET_DIR`, else the workspace's target/lab-static).
+/// The static `lab-measure`: `$BULKHEAD_LAB_MEASURE_STATIC`, or built now.
 pub fn static_lab_measure() -> PathBuf {
-    if let Some(p) = std::env::var_os("BULKHEAD_LAB_MEASURE_STATIC") {
-        return PathBuf::from(p);
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target/lab-static"));
-    eprintln!("building the static lab-measure into {}", target.display());
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-p", "bulkhead-tests"])
-        .args([
-            "--bin",
-            "lab-measure",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(&workspace)
-        .status()
-        .expect("running cargo");
-    assert!(status.success(), "building the static lab-measure failed");
-    target.join("x86_64-unknown-linux-gnu/release/lab-measure")
+    lab::static_binary(
+        "BULKHEAD_LAB_MEASURE_STATIC",
+        "bulkhead-tests",
+        "lab-measure",
+    )
 }
 
 /// The lab machine's /init: load kvm-amd, then every scheduled boot under lab-measure.

@@ -228,8 +228,9 @@ pub fn static_guest_evtest() -> PathBuf {
         .clone()
 }
 
-/// `$env` if set (tests/run-all.sh builds these once), otherwise a static build now.
-fn static_binary(env: &str, package: &str, bin: &str) -> PathBuf {
+/// `$env` if set (tests/run-all.sh builds these once), otherwise a static build now into
+/// the workspace's target/lab-static.
+pub fn static_binary(env: &str, package: &str, bin: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
@@ -325,21 +326,12 @@ fn supervised_command(run: &GuestRun, steps: &[String], p: &SupervisedPaths) -> 
     cmd
 }
 
+/// A bare `bulkhead-vmm run`: the partition's flags plus serial log, time limit and
+/// screenshot, which the VMM handles itself.
 fn vmm_args(run: &GuestRun, kernel: &str, initrd: &str, serial: &str, shot: &str) -> Vec<String> {
-    let mut args = vec![
-        "run".to_string(),
-        format!("--kernel={kernel}"),
-        format!("--initrd={initrd}"),
-        format!("--mem={}M", run.mem_mib),
-        format!("--vcpus={}", run.vcpus),
-        format!("--cmdline={}", run.cmdline),
-        format!("--serial={serial}"),
-        format!("--timeout={}", run.timeout_s),
-    ];
-    match run.display {
-        Some((w, h)) => args.push(format!("--display={w}x{h}")),
-        None => args.push("--display=none".into()),
-    }
+    let mut args = partition_args(run, kernel, initrd);
+    args.push(format!("--serial={serial}"));
+    args.push(format!("--timeout={}", run.timeout_s));
     if run.display.is_some() {
         args.push(format!("--screenshot={shot}"));
         if let Some(m) = &run.screenshot_on {
