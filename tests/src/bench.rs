@@ -346,10 +346,6 @@ pub fn static_lab_measure() -> PathBuf {
 /// The lab machine's /init: load kvm-amd, then every scheduled boot under lab-measure.
 pub fn bench_init(cfg: &BenchConfig) -> String {
     let p = Paths::in_lab();
-    let modules: Vec<&str> = lab::LAB_MODULES
-        .iter()
-        .filter_map(|m| m.rsplit('/').next())
-        .collect();
     let mut runs = String::new();
     for (i, variant) in schedule(cfg).into_iter().enumerate() {
         let cmd: Vec<String> = measure_command(variant, cfg, &p)
@@ -363,19 +359,8 @@ pub fn bench_init(cfg: &BenchConfig) -> String {
         ));
     }
     format!(
-        r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin:/usr/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-for m in {modules}; do insmod /modules/$m.ko || echo "LAB: insmod $m failed"; done
-[ -e /dev/kvm ] || echo "LAB: no /dev/kvm in the lab machine"
-echo "===BENCH-START==="
-{runs}echo "===BENCH-END==="
-poweroff -f
-"#,
-        modules = modules.join(" "),
+        "{}echo \"===BENCH-START===\"\n{runs}echo \"===BENCH-END===\"\npoweroff -f\n",
+        lab::lab_init_prologue()
     )
 }
 

@@ -432,20 +432,8 @@ pub fn shell_quote(s: &str) -> String {
 /// results base64-encoded between markers.
 fn lab_init(command: &[String], stdout: &str) -> String {
     let command: Vec<String> = command.iter().map(|a| shell_quote(a)).collect();
-    let modules: Vec<&str> = LAB_MODULES
-        .iter()
-        .map(|m| m.rsplit('/').next().unwrap())
-        .collect();
     format!(
-        r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-for m in {modules}; do insmod /modules/$m.ko || echo "LAB: insmod $m failed"; done
-[ -e /dev/kvm ] || echo "LAB: no /dev/kvm in the lab machine"
-echo "===LAB-VMM-START==="
+        r#"{prologue}echo "===LAB-VMM-START==="
 mkdir -p /out
 {command} 2>/vmm.err >{stdout}
 echo "===LAB-VMM-EXIT $?==="
@@ -467,8 +455,28 @@ for f in $(ls /out); do
 done
 poweroff -f
 "#,
-        modules = modules.join(" "),
+        prologue = lab_init_prologue(),
         command = command.join(" "),
+    )
+}
+
+/// The start of every lab machine's /init: busybox, /proc, /sys, /dev, kvm-amd.
+pub fn lab_init_prologue() -> String {
+    let modules: Vec<&str> = LAB_MODULES
+        .iter()
+        .filter_map(|m| m.rsplit('/').next())
+        .collect();
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/usr/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in {modules}; do insmod /modules/$m.ko || echo "LAB: insmod $m failed"; done
+[ -e /dev/kvm ] || echo "LAB: no /dev/kvm in the lab machine"
+"#,
+        modules = modules.join(" "),
     )
 }
 
