@@ -162,3 +162,34 @@ fn a_partition_process_that_cannot_boot_is_reported_not_hidden() {
     assert!(ok, "{st:?}");
     assert_ne!(st.state, PartitionState::Exited { status: 0 }, "{st:?}");
 }
+
+#[test]
+fn a_partition_with_restart_on_crash_comes_back_by_itself_after_kill_minus_nine() {
+    let mut spec = test_card("browser");
+    spec.restart = RestartPolicy::OnCrash { max_retries: 2 };
+    let sup = Supervisor::new(vec![spec]).unwrap();
+    sup.start("browser").unwrap();
+    let (st, ok) = sup
+        .wait_until("browser", WAIT, |s| {
+            s.state == PartitionState::Running && s.damage_events > 0
+        })
+        .unwrap();
+    assert!(ok, "browser did not start rendering: {st:?}");
+    let first = st.pid.expect("browser has a pid");
+    let vmm = vm_process(first);
+    // SAFETY: kill(2) on a pid our supervisor started; no memory is involved.
+    assert_eq!(unsafe { libc::kill(vmm as i32, libc::SIGKILL) }, 0);
+    let (st, ok) = sup
+        .wait_until("browser", WAIT, |s| {
+            s.restarts == 1 && s.state == PartitionState::Running && s.pid != Some(first)
+        })
+        .unwrap();
+    assert!(ok, "browser was not restarted by its policy: {st:?}");
+    assert!(
+        st.last_exit
+            .as_deref()
+            .is_some_and(|e| e.contains("SIGKILL")),
+        "{st:?}"
+    );
+    wait_for_more_damage(&sup, "browser", damage_count(&sup, "browser"));
+}
