@@ -44,8 +44,9 @@ pub struct RunningPartition {
     virtio: VirtioHandles,
     gate: Arc<PauseGate>,
     started: Instant,
-    /// Returns from `KVM_RUN`, all vCPUs together.
-    vcpu_exits: Arc<AtomicU64>,
+    /// Returns from `KVM_RUN`, one counter per vCPU so no two vCPU threads write the
+    /// same cache line on every exit.
+    vcpu_exits: Vec<Arc<AtomicU64>>,
 }
 
 impl Partition {
@@ -64,7 +65,7 @@ impl Partition {
         let pio = Arc::new(self.pio);
         let mmio = Arc::new(self.mmio);
         let gate = Arc::new(PauseGate::default());
-        let vcpu_exits = Arc::new(AtomicU64::new(0));
+        let mut vcpu_exits = Vec::new();
         let mut threads = Vec::new();
         for vcpu in self.vcpus {
             let index = vcpu.index();
@@ -73,8 +74,9 @@ impl Partition {
                 mmio.clone(),
                 self.stop.clone(),
                 gate.clone(),
-                vcpu_exits.clone(),
+                Arc::new(AtomicU64::new(0)),
             );
+            vcpu_exits.push(exits.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
@@ -171,7 +173,10 @@ impl RunningPartition {
 
     /// How often the vCPUs have left the guest (`KVM_RUN` returned), all together.
     pub fn vcpu_exits(&self) -> u64 {
-        self.vcpu_exits.load(Ordering::Relaxed)
+        self.vcpu_exits
+            .iter()
+            .map(|e| e.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Keyboard, tablet and console of the running guest.

@@ -39,8 +39,11 @@ struct ProcessUsage {
 impl ProcessUsage {
     const PERIOD: Duration = Duration::from_secs(1);
 
-    fn sample(&mut self, pid: Option<u32>) {
-        let Some(pid) = pid.map(super::vm_process) else {
+    /// `pid` is the partition process the supervisor knows; the figures are those of
+    /// `measured(pid)` (the app passes [`super::vm_process`]: the VMM it runs), looked up
+    /// only when a sample is due.
+    fn sample(&mut self, pid: Option<u32>, measured: impl Fn(u32) -> u32) {
+        let Some(pid) = pid else {
             *self = ProcessUsage::default();
             return;
         };
@@ -50,7 +53,8 @@ impl ProcessUsage {
                 return;
             }
         }
-        let Some(ticks) = cpu_ticks(pid) else {
+        let vm = measured(pid);
+        let Some(ticks) = cpu_ticks(vm) else {
             *self = ProcessUsage::default();
             return;
         };
@@ -62,7 +66,7 @@ impl ProcessUsage {
             }
         }
         self.last = Some((pid, now, ticks));
-        self.rss_mib = rss_mib(pid);
+        self.rss_mib = rss_mib(vm);
     }
 }
 
@@ -281,7 +285,7 @@ impl PartitionBackend for SupervisedPartition {
 
     fn poll(&mut self) {
         let pid = self.supervisor.status(self.name()).ok().and_then(|s| s.pid);
-        self.usage.sample(pid);
+        self.usage.sample(pid, super::vm_process);
         self.refresh_framebuffer();
         self.copy_damage();
         if let Ok(bytes) = self.supervisor.take_serial(self.name()) {
@@ -325,21 +329,21 @@ mod usage_tests {
     fn cpu_and_memory_of_a_busy_process_are_measured_from_proc() {
         let me = std::process::id();
         let mut usage = ProcessUsage::default();
-        usage.sample(Some(me));
+        usage.sample(Some(me), |p| p);
         let until = Instant::now() + ProcessUsage::PERIOD + Duration::from_millis(300);
         let mut x = 0u64;
         while Instant::now() < until {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
         }
         std::hint::black_box(x);
-        usage.sample(Some(me));
+        usage.sample(Some(me), |p| p);
         assert!(
             usage.cpu_percent > 20.0,
             "busy loop measured at {}%",
             usage.cpu_percent
         );
         assert!(usage.rss_mib.is_some());
-        usage.sample(None);
+        usage.sample(None, |p| p);
         assert_eq!(usage.cpu_percent, 0.0);
     }
 }

@@ -101,10 +101,12 @@ impl Pidfd {
 /// partition forked into a PID namespace (then `pid` is the reaper waiting outside it),
 /// otherwise `pid` itself. For CPU and memory figures.
 pub fn vm_process(pid: u32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .ok()
-        .and_then(|c| c.split_whitespace().next()?.parse().ok())
-        .unwrap_or(pid)
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    match children.split_whitespace().collect::<Vec<_>>()[..] {
+        [only] => only.parse().unwrap_or(pid),
+        _ => pid,
+    }
 }
 
 /// "SIGKILL", "SIGSYS", … for a signal number.

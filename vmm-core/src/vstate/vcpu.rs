@@ -139,7 +139,7 @@ impl Vcpu {
 
     /// Runs the guest until a stop is requested, by a device, by this loop on a fatal exit,
     /// or by the host (which then kicks this thread with [`kick_signal`]).
-    /// Every return from `KVM_RUN` counts in `exits` (shared by all vCPUs).
+    /// Every return from `KVM_RUN` counts in `exits` (this vCPU's own counter).
     pub fn run(
         mut self,
         pio: Arc<Bus>,
