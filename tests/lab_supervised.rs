@@ -10,6 +10,8 @@
 
 use std::sync::OnceLock;
 
+use bulkhead_tests::console_pattern;
+use bulkhead_tests::keymap::{BTN_LEFT, EV_ABS, EV_KEY, EV_SYN};
 use bulkhead_tests::lab::{
     run_guest, static_guest_evtest, GuestRun, RunOutput, Screenshot, READY_MARKER,
 };
@@ -20,10 +22,6 @@ const CONSOLE_LINE: &str = "ping from the host 42";
 const PATTERN_BYTES: usize = 6000;
 /// Tablet positions sent, in framebuffer pixels (1024x768: the last one is the corner).
 const MOVES: [(i32, i32); 3] = [(100, 200), (640, 400), (1023, 767)];
-const EV_SYN: u16 = 0;
-const EV_KEY: u16 = 1;
-const EV_ABS: u16 = 3;
-const BTN_LEFT: u16 = 0x110;
 /// 3 moves of (ABS_X, ABS_Y, SYN) and a click of (BTN_LEFT 1, SYN, BTN_LEFT 0, SYN).
 const TABLET_EVENTS: usize = 13;
 
@@ -123,11 +121,6 @@ fn booted() -> &'static RunOutput {
         out.diagnostics()
     );
     out
-}
-
-/// The same pattern `lab-supervise console-pattern:N` sends.
-fn pattern(n: usize) -> Vec<u8> {
-    (0..n).map(|i| ((i * 7 + 3) % 256) as u8).collect()
 }
 
 #[test]
@@ -269,7 +262,7 @@ fn bytes_round_trip_over_the_virtio_console() {
     );
     assert!(out.serial.contains(&format!("BLOB-ECHOED {PATTERN_BYTES}")));
     let mut expected = console_reply().into_bytes();
-    expected.extend(pattern(PATTERN_BYTES));
+    expected.extend(console_pattern(PATTERN_BYTES));
     let got = out.files.get("console.bin").cloned().unwrap_or_default();
     assert_eq!(got.len(), expected.len(), "console bytes received");
     assert!(got == expected, "console bytes differ from what was sent");

@@ -5,6 +5,10 @@ pub const EV_SYN: u16 = 0x00;
 pub const EV_KEY: u16 = 0x01;
 pub const EV_ABS: u16 = 0x03;
 pub const KEY_LEFTSHIFT: u16 = 42;
+/// The tablet's button and axes.
+pub const BTN_LEFT: u16 = 0x110;
+pub const ABS_X: u16 = 0x00;
+pub const ABS_Y: u16 = 0x01;
 
 /// A key and whether Shift is held for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

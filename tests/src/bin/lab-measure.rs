@@ -1,7 +1,7 @@
 //! `lab-measure`: runs one VMM process until a marker appears on its stdout (the guest's
 //! serial console) and reports how long that took and how much memory the process holds
 //! beyond guest RAM and the framebuffer. Runs inside the lab machine (or on a VT-x/AMD-V
-//! host), so it is std-only and built static.
+//! host), so it needs only std and libc and is built static.
 //!
 //! ```text
 //! lab-measure --label ours --marker BULKHEAD-READY --guest-mem-mib 256 \
