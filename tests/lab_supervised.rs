@@ -1,5 +1,5 @@
 //! The stock Debian guest run the way the app runs it: a sandboxed `bulkhead-vmm` process
-//! under the real supervisor (`lab-supervise` links `bulkhead::supervisor`), driven only
+//! under the real supervisor (`lab-supervise` links `bulkhead-supervisor`), driven only
 //! through the control socket. One boot serves every test here (the guest takes tens of
 //! seconds in the lab); each test checks one behaviour of it:
 //! keys typed through the control interface reach the guest's console (serial and the

@@ -4,29 +4,36 @@
 
 use std::time::Duration;
 
-use bulkhead::supervisor::launch::vmm_binary;
-use bulkhead::supervisor::{vm_process, LaunchSpec, PartitionState, RestartPolicy, Supervisor};
+use bulkhead_supervisor::{
+    vm_process, AutoRestart, BootFiles, LaunchSpec, ProcessState, Supervisor,
+};
+use vmm_core::launch::{AgentChannel, BootConfig, DisplaySize, LaunchConfig, NetworkConfig};
 use vmm_core::microguest::TEST_CARD_COLOURS;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn test_card(name: &str) -> LaunchSpec {
-    LaunchSpec {
+fn launch_config(name: &str, boot: BootConfig) -> LaunchConfig {
+    LaunchConfig {
         name: name.into(),
-        program: vmm_binary(),
-        args: [
-            "run",
-            "--test-card",
-            "--mem=16M",
-            "--display=1024x768",
-            "--serial=-",
-        ]
-        .iter()
-        .map(Into::into)
-        .chain([format!("--name={name}").into()])
-        .collect(),
-        restart: RestartPolicy::Never,
+        memory_mib: 16,
+        vcpus: 1,
+        display: Some(DisplaySize {
+            width: 1024,
+            height: 768,
+        }),
+        boot,
+        disks: Vec::new(),
+        network: NetworkConfig::None,
+        agent: AgentChannel::VirtioConsole,
     }
+}
+
+fn test_card(name: &str) -> LaunchSpec {
+    LaunchSpec::partition(
+        launch_config(name, BootConfig::TestCard),
+        BootFiles::None,
+        AutoRestart::Never,
+    )
 }
 
 fn damage_count(sup: &Supervisor, name: &str) -> u64 {
@@ -46,7 +53,7 @@ fn wait_for_more_damage(sup: &Supervisor, name: &str, after: u64) {
 
 #[test]
 fn killing_one_of_three_partitions_leaves_the_others_rendering_and_restart_works() {
-    let binary = vmm_binary();
+    let binary = bulkhead_supervisor::launch::vmm_binary();
     assert!(
         binary.is_file(),
         "{} missing: build it first (cargo build -p vmm-core --bin bulkhead-vmm) or set BULKHEAD_VMM",
@@ -58,7 +65,7 @@ fn killing_one_of_three_partitions_leaves_the_others_rendering_and_restart_works
     for n in names {
         let (st, ok) = sup
             .wait_until(n, WAIT, |s| {
-                s.state == PartitionState::Running && s.damage_events > 0
+                s.state == ProcessState::Running && s.damage_events > 0
             })
             .unwrap();
         assert!(ok, "{n} did not start rendering: {st:?}");
@@ -108,23 +115,23 @@ fn killing_one_of_three_partitions_leaves_the_others_rendering_and_restart_works
     assert_eq!(unsafe { libc::kill(vmm as i32, libc::SIGKILL) }, 0);
     let (st, ok) = sup
         .wait_until("mail", WAIT, |s| {
-            matches!(s.state, PartitionState::Crashed { .. })
+            matches!(s.state, ProcessState::Crashed { .. })
         })
         .unwrap();
     assert!(ok, "mail not shown as crashed: {st:?}");
     match &st.state {
-        PartitionState::Crashed { reason } => assert!(reason.contains("SIGKILL"), "{reason}"),
+        ProcessState::Crashed { reason } => assert!(reason.contains("SIGKILL"), "{reason}"),
         other => panic!("{other:?}"),
     }
 
     for n in ["browser", "work"] {
-        assert_eq!(sup.status(n).unwrap().state, PartitionState::Running);
+        assert_eq!(sup.status(n).unwrap().state, ProcessState::Running);
         wait_for_more_damage(&sup, n, damage_count(&sup, n));
     }
 
     sup.restart("mail", Duration::from_secs(5)).unwrap();
     let (st, ok) = sup
-        .wait_until("mail", WAIT, |s| s.state == PartitionState::Running)
+        .wait_until("mail", WAIT, |s| s.state == ProcessState::Running)
         .unwrap();
     assert!(ok, "mail did not come back: {st:?}");
     assert_ne!(st.pid, Some(victim));
@@ -137,41 +144,69 @@ fn killing_one_of_three_partitions_leaves_the_others_rendering_and_restart_works
     }
 }
 
+fn linux(name: &str, kernel: &std::path::Path) -> LaunchSpec {
+    let boot = BootConfig::Linux {
+        cmdline: "console=ttyS0".into(),
+        initrd: false,
+    };
+    let files = BootFiles::Linux {
+        kernel: kernel.into(),
+        initrd: None,
+    };
+    LaunchSpec::partition(launch_config(name, boot), files, AutoRestart::Never)
+}
+
+#[test]
+fn a_partition_whose_kernel_cannot_be_opened_is_reported_not_hidden() {
+    let sup = Supervisor::new(vec![linux(
+        "broken",
+        std::path::Path::new("/nonexistent/vmlinuz"),
+    )])
+    .unwrap();
+    let err = sup.start("broken").unwrap_err().to_string();
+    let st = sup.status("broken").unwrap();
+    assert!(st.state.is_crashed(), "{st:?}");
+    assert_eq!(st.pid, None, "nothing was spawned");
+    // On a software-only KVM the host check refuses first; otherwise the missing file.
+    assert!(
+        err.contains("/nonexistent/vmlinuz") || err.contains("no hardware virtualization"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_partition_process_that_cannot_boot_is_reported_not_hidden() {
-    // A Linux partition on a host without the kernel it names fails with a clear reason.
-    let spec = LaunchSpec {
-        name: "broken".into(),
-        program: vmm_binary(),
-        args: ["run", "--kernel=/nonexistent/vmlinuz", "--name=broken"]
-            .iter()
-            .map(Into::into)
-            .collect(),
-        restart: RestartPolicy::Never,
-    };
-    let sup = Supervisor::new(vec![spec]).unwrap();
+    if vmm_core::hostcheck::open_kvm_device_for_linux().is_err() {
+        eprintln!("no hardware virtualization: a Linux launch is refused before any process");
+        return;
+    }
+    // A kernel file that is not a bzImage: the partition process refuses it itself.
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("vmlinuz");
+    std::fs::write(&kernel, b"not a kernel").unwrap();
+    let sup = Supervisor::new(vec![linux("broken", &kernel)]).unwrap();
     sup.start("broken").unwrap();
     let (st, ok) = sup
         .wait_until("broken", WAIT, |s| {
             matches!(
                 s.state,
-                PartitionState::Crashed { .. } | PartitionState::Exited { .. }
+                ProcessState::Crashed { .. } | ProcessState::Exited { .. }
             )
         })
         .unwrap();
     assert!(ok, "{st:?}");
-    assert_ne!(st.state, PartitionState::Exited { status: 0 }, "{st:?}");
+    assert_ne!(st.state, ProcessState::Exited { status: 0 }, "{st:?}");
 }
 
 #[test]
 fn a_partition_with_restart_on_crash_comes_back_by_itself_after_kill_minus_nine() {
     let mut spec = test_card("browser");
-    spec.restart = RestartPolicy::OnCrash { max_retries: 2 };
+    spec.restart = AutoRestart::OnCrash { max_retries: 2 };
     let sup = Supervisor::new(vec![spec]).unwrap();
     sup.start("browser").unwrap();
     let (st, ok) = sup
         .wait_until("browser", WAIT, |s| {
-            s.state == PartitionState::Running && s.damage_events > 0
+            s.state == ProcessState::Running && s.damage_events > 0
         })
         .unwrap();
     assert!(ok, "browser did not start rendering: {st:?}");
@@ -181,7 +216,7 @@ fn a_partition_with_restart_on_crash_comes_back_by_itself_after_kill_minus_nine(
     assert_eq!(unsafe { libc::kill(vmm as i32, libc::SIGKILL) }, 0);
     let (st, ok) = sup
         .wait_until("browser", WAIT, |s| {
-            s.restarts == 1 && s.state == PartitionState::Running && s.pid != Some(first)
+            s.restarts == 1 && s.state == ProcessState::Running && s.pid != Some(first)
         })
         .unwrap();
     assert!(ok, "browser was not restarted by its policy: {st:?}");

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vmm_core::guest_image::cpio::CpioWriter;
+use bulkhead_supervisor::guest_image::cpio::CpioWriter;
 
 use crate::lab::{self, Runner};
 
@@ -77,7 +77,7 @@ impl Default for BenchConfig {
         Self {
             runs: 5,
             mem_mib: 256,
-            cmdline: vmm_core::cli::DEFAULT_CMDLINE.to_string(),
+            cmdline: vmm_core::launch::DEFAULT_CMDLINE.to_string(),
             display: (1024, 768),
             boot_timeout_s: 180,
         }
@@ -136,7 +136,6 @@ pub fn boot_command(variant: Variant, cfg: &BenchConfig, p: &Paths) -> Vec<Strin
                 "wait-exit".into(),
                 "--".into(),
                 p.vmm.clone(),
-                "run".into(),
             ];
             cmd.extend(guest_flags(cfg, p));
             cmd.push(format!("--display={}x{}", cfg.display.0, cfg.display.1));
@@ -715,7 +714,7 @@ mod tests {
         let p = Paths::in_lab();
         let cmd = measure_command(Variant::OursSupervised, &cfg, &p).join(" ");
         assert!(cmd.contains("--exclude-size 3145728 --measure-child -- /lab-supervise"));
-        assert!(cmd.contains("wait-exit -- /bulkhead-vmm run --kernel=/guest/vmlinuz"));
+        assert!(cmd.contains("wait-exit -- /bulkhead-vmm --kernel=/guest/vmlinuz"));
         assert!(cmd.contains("--display=1024x768"));
         assert!(
             !cmd.contains("--serial"),

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use vmm_core::guest_image::{self, cpio::CpioWriter, GuestImage};
+use bulkhead_supervisor::guest_image::{self, cpio::CpioWriter, GuestImage};
 use vmm_core::hostcheck::{self, Virtualization};
 
 pub const READY_MARKER: &str = "BULKHEAD-READY";
@@ -68,7 +68,7 @@ impl Default for GuestRun {
             mem_mib: 256,
             vcpus: 1,
             display: Some((1024, 768)),
-            cmdline: vmm_core::cli::DEFAULT_CMDLINE.to_string(),
+            cmdline: vmm_core::launch::DEFAULT_CMDLINE.to_string(),
             test_script: String::new(),
             test_files: Vec::new(),
             screenshot_on: None,
@@ -283,15 +283,15 @@ fn guest_initrd_with_test(run: &GuestRun) -> Vec<u8> {
     bytes
 }
 
-/// The partition process's flags when the supervisor runs it: serial, screenshots and the
-/// time limit are the supervisor's business.
+/// The partition's flags (for `lab-supervise`, which makes them a launch config, and
+/// after `run` for a bare VMM): serial, screenshots and the time limit are the runner's
+/// business.
 fn partition_args(run: &GuestRun, kernel: &str, initrd: &str) -> Vec<String> {
     let display = match run.display {
         Some((w, h)) => format!("--display={w}x{h}"),
         None => "--display=none".into(),
     };
     vec![
-        "run".to_string(),
         format!("--kernel={kernel}"),
         format!("--initrd={initrd}"),
         format!("--mem={}M", run.mem_mib),
@@ -329,7 +329,8 @@ fn supervised_command(run: &GuestRun, steps: &[String], p: &SupervisedPaths) -> 
 /// A bare `bulkhead-vmm run`: the partition's flags plus serial log, time limit and
 /// screenshot, which the VMM handles itself.
 fn vmm_args(run: &GuestRun, kernel: &str, initrd: &str, serial: &str, shot: &str) -> Vec<String> {
-    let mut args = partition_args(run, kernel, initrd);
+    let mut args = vec!["run".to_string()];
+    args.extend(partition_args(run, kernel, initrd));
     args.push(format!("--serial={serial}"));
     args.push(format!("--timeout={}", run.timeout_s));
     if run.display.is_some() {

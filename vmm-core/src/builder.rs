@@ -1,7 +1,7 @@
 //! Assembles a partition's VM from a plain [`VmConfig`]: memory, framebuffer slot,
 //! legacy devices, boot payload, vCPUs.
 
-use std::path::PathBuf;
+use std::fs::File;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::Kvm;
@@ -31,12 +31,12 @@ pub const MAX_VCPUS: u8 = 8;
 const BOOT_STACK: u64 = 0x8ff0;
 
 /// What the boot vCPU runs first.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum BootSource {
     /// A Linux bzImage through the 64-bit boot protocol.
     Linux {
-        kernel: PathBuf,
-        initrd: Option<PathBuf>,
+        kernel: File,
+        initrd: Option<File>,
         cmdline: String,
     },
     /// Flat 64-bit code at `load_addr`, entered in long mode at its first byte with the
@@ -221,7 +221,7 @@ pub fn build(kvm: &Kvm, config: VmConfig) -> Result<Partition, BuildError> {
                 &memory,
                 &boot::LinuxBoot {
                     kernel,
-                    initrd: initrd.as_deref(),
+                    initrd: initrd.as_ref(),
                     cmdline,
                     framebuffer: config.display,
                     acpi_rsdp: Some(rsdp.0),

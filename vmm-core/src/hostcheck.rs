@@ -1,11 +1,14 @@
 //! What the host's `/dev/kvm` can do, said in one line.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 
 use kvm_ioctls::Kvm;
 
 pub const KVM_PATH: &str = "/dev/kvm";
+/// The only KVM API version there has ever been (`KVM_GET_API_VERSION`).
+const KVM_API_VERSION: i32 = 12;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Virtualization {
@@ -33,26 +36,51 @@ pub enum HostError {
 
 /// Opens /dev/kvm and classifies it.
 pub fn open_kvm() -> Result<(Kvm, Virtualization), HostError> {
-    match OpenOptions::new().read(true).write(true).open(KVM_PATH) {
-        Ok(_) => {}
+    let (device, virt) = open_kvm_device()?;
+    Ok((kvm_from_device(device.into())?, virt))
+}
+
+/// Like [`open_kvm`], but refuses a software-only KVM: for booting stock kernels.
+pub fn open_kvm_for_linux() -> Result<Kvm, HostError> {
+    kvm_from_device(open_kvm_device_for_linux()?.into())
+}
+
+/// Opens the /dev/kvm device file (to hand to a partition process) and classifies it.
+pub fn open_kvm_device() -> Result<(File, Virtualization), HostError> {
+    let device = match OpenOptions::new().read(true).write(true).open(KVM_PATH) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(HostError::NoKvm),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             return Err(permission_error())
         }
         Err(e) => return Err(HostError::Open(e)),
-    }
-    let kvm = Kvm::new().map_err(HostError::Api)?;
+    };
     Ok((
-        kvm,
+        device,
         classify(Path::new("/proc/cpuinfo"), Path::new("/sys/module")),
     ))
 }
 
-/// Like [`open_kvm`], but refuses a software-only KVM: for booting stock kernels.
-pub fn open_kvm_for_linux() -> Result<Kvm, HostError> {
-    match open_kvm()? {
-        (kvm, Virtualization::Hardware) => Ok(kvm),
+/// Like [`open_kvm_device`], but refuses a software-only KVM.
+pub fn open_kvm_device_for_linux() -> Result<File, HostError> {
+    match open_kvm_device()? {
+        (device, Virtualization::Hardware) => Ok(device),
         (_, Virtualization::Software { name }) => Err(HostError::SoftwareOnly { name }),
+    }
+}
+
+/// The KVM system handle on an open /dev/kvm (opened here or handed over by the
+/// supervisor), after checking it speaks the stable KVM API.
+pub fn kvm_from_device(device: OwnedFd) -> Result<Kvm, HostError> {
+    let fd = device.into_raw_fd();
+    // SAFETY: `into_raw_fd` gave up ownership of this open fd, so the Kvm handle becomes
+    // its only owner and closes it exactly once. A non-KVM fd makes the API-version
+    // ioctl below fail; it cannot make Kvm touch memory it does not own.
+    let kvm = unsafe { Kvm::from_raw_fd(fd) };
+    match kvm.get_api_version() {
+        KVM_API_VERSION => Ok(kvm),
+        got if got < 0 => Err(HostError::Api(kvm_ioctls::Error::last())),
+        _ => Err(HostError::Api(kvm_ioctls::Error::new(libc::EINVAL))),
     }
 }
 

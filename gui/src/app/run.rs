@@ -120,8 +120,9 @@ pub fn run_desktop() -> ExitCode {
 /// One [`SupervisedPartition`] per configured partition. Where the policy cannot be
 /// loaded, the software sources stand in (labelled as such) so the app still opens.
 pub fn supervised_backends(dir: &std::path::Path) -> Vec<Box<dyn PartitionBackend>> {
-    use crate::supervisor::launch::{launch_spec, Engine};
-    use crate::supervisor::{SupervisedPartition, Supervisor};
+    use crate::supervised::SupervisedPartition;
+    use bulkhead_supervisor::launch::{launch_spec, Engine};
+    use bulkhead_supervisor::Supervisor;
     let specs = match isolation_policy::Policy::load(dir) {
         Ok((policy, _)) => policy.specs(),
         Err(e) => {

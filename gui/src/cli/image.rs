@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use vmm_core::guest_image;
+use bulkhead_supervisor::guest_image;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ImageCommand {

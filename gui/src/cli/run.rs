@@ -8,38 +8,116 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use bulkhead::supervisor::launch::vmm_binary;
-use bulkhead::supervisor::{LaunchSpec, PartitionState, RestartPolicy, Supervisor};
+use bulkhead_supervisor::{
+    guest_image, AutoRestart, BootFiles, LaunchSpec, ProcessState, Supervisor,
+};
 use vmm_core::devices::framebuffer::write_png;
+use vmm_core::launch::{
+    parse_memory_mib, AgentChannel, BootConfig, DisplaySize, LaunchConfig, NetworkConfig,
+    ParseError, DEFAULT_CMDLINE,
+};
 
-/// Same flags as `bulkhead-vmm run`.
-pub type RunArgs = vmm_core::cli::RunArgs;
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Linux bzImage; without it the default guest image is used (built on first use).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs; defaults to the default guest image's when --kernel is not given.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Guest memory (e.g. 512M, 2G).
+    #[arg(long, default_value = "512M", value_parser = parse_memory_mib)]
+    pub mem: u64,
+    /// Number of vCPUs (1..=8).
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    /// Framebuffer size, e.g. 1024x768; `none` for no display.
+    #[arg(long, default_value = "1024x768", value_parser = parse_display)]
+    // Fully qualified: `none` is a value here, not a missing flag.
+    pub display: ::std::option::Option<DisplaySize>,
+    /// Kernel command line.
+    #[arg(long, default_value = DEFAULT_CMDLINE)]
+    pub cmdline: String,
+    /// Where the serial console goes: a file, or `-` for stdout.
+    #[arg(long, default_value = "-")]
+    pub serial: String,
+    /// Save the framebuffer as PNG (when --screenshot-on appears, else when the guest stops).
+    #[arg(long)]
+    pub screenshot: Option<PathBuf>,
+    /// Take the screenshot when this text appears on the serial console.
+    #[arg(long, requires = "screenshot")]
+    pub screenshot_on: Option<String>,
+    /// Stop the partition after this many seconds (exit code 4).
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Boot the built-in test card (a micro-guest painting the label colours) instead of
+    /// Linux; it runs on any KVM, software-only ones included.
+    #[arg(long, conflicts_with_all = ["kernel", "initrd"])]
+    pub test_card: bool,
+    /// The partition's name.
+    #[arg(long, default_value = "partition")]
+    pub name: String,
+}
 
-/// The partition process's own flags; serial, screenshots and the timeout are handled
-/// on this side of the control socket.
-fn forwarded_args(a: &vmm_core::cli::RunArgs) -> Vec<String> {
-    let mut args = vec![
-        "run".to_string(),
-        format!("--name={}", a.name),
-        format!("--mem={}M", a.mem.0),
-        format!("--vcpus={}", a.vcpus),
-        format!("--cmdline={}", a.cmdline),
-    ];
-    if a.test_card {
-        args.push("--test-card".into());
+fn parse_display(s: &str) -> Result<Option<DisplaySize>, ParseError> {
+    if s.eq_ignore_ascii_case("none") {
+        Ok(None)
+    } else {
+        s.parse().map(Some)
     }
-    args.push(match a.display.0 {
-        Some(d) => format!("--display={}x{}", d.0, d.1),
-        None => "--display=none".into(),
-    });
-    let mut path_arg = |name: &str, p: &Option<PathBuf>| {
-        if let Some(p) = p {
-            args.push(format!("--{name}={}", p.display()));
-        }
+}
+
+/// The launch these flags describe: the partition process gets the config and the
+/// files, serial, screenshots and the time limit stay on this side.
+fn launch_spec(a: &RunArgs) -> Result<LaunchSpec, String> {
+    let (boot, boot_files) = if a.test_card {
+        (BootConfig::TestCard, BootFiles::None)
+    } else {
+        let files = match &a.kernel {
+            Some(kernel) => BootFiles::Linux {
+                kernel: kernel.clone(),
+                initrd: a.initrd.clone(),
+            },
+            None => {
+                let image = guest_image::ensure_default(&mut |s| eprintln!("bulkhead: {s}"))
+                    .map_err(|e| format!("the default guest image: {e}"))?;
+                BootFiles::Linux {
+                    kernel: image.kernel,
+                    initrd: Some(a.initrd.clone().unwrap_or(image.initrd)),
+                }
+            }
+        };
+        let initrd = matches!(
+            &files,
+            BootFiles::Linux {
+                initrd: Some(_),
+                ..
+            }
+        );
+        (
+            BootConfig::Linux {
+                cmdline: a.cmdline.clone(),
+                initrd,
+            },
+            files,
+        )
     };
-    path_arg("kernel", &a.kernel);
-    path_arg("initrd", &a.initrd);
-    args
+    let launch = LaunchConfig {
+        name: a.name.clone(),
+        memory_mib: a.mem,
+        vcpus: a.vcpus,
+        display: a.display,
+        boot,
+        disks: Vec::new(),
+        network: NetworkConfig::None,
+        agent: AgentChannel::VirtioConsole,
+    };
+    launch.validate().map_err(|e| e.to_string())?;
+    Ok(LaunchSpec::partition(
+        launch,
+        boot_files,
+        AutoRestart::Never,
+    ))
 }
 
 /// Exit codes as `bulkhead-vmm run`: 0 powered off or rebooted, 1 could not start,
@@ -75,14 +153,9 @@ fn save_screenshot(sup: &Supervisor, name: &str, path: &std::path::Path) -> Resu
     Ok(())
 }
 
-fn supervised_run(a: &vmm_core::cli::RunArgs) -> Result<u8, String> {
+fn supervised_run(a: &RunArgs) -> Result<u8, String> {
     let name = a.name.clone();
-    let spec = LaunchSpec {
-        name: name.clone(),
-        program: vmm_binary(),
-        args: forwarded_args(a).into_iter().map(Into::into).collect(),
-        restart: RestartPolicy::Never,
-    };
+    let spec = launch_spec(a)?;
     let sup = Supervisor::new(vec![spec]).map_err(|e| e.to_string())?;
     sup.start(&name).map_err(|e| e.to_string())?;
     let mut out = serial_out(&a.serial)?;
@@ -108,11 +181,11 @@ fn supervised_run(a: &vmm_core::cli::RunArgs) -> Result<u8, String> {
         }
         let state = sup.status(&name).map_err(|e| e.to_string())?.state;
         match state {
-            PartitionState::Exited { .. } => {
+            ProcessState::Exited { .. } => {
                 eprintln!("bulkhead: partition {name} powered off");
                 break 0;
             }
-            PartitionState::Crashed { reason } => {
+            ProcessState::Crashed { reason } => {
                 eprintln!("bulkhead: partition {name} crashed: {reason}");
                 break 3;
             }
@@ -148,27 +221,49 @@ mod tests {
     }
 
     #[test]
-    fn partition_flags_are_forwarded_to_the_partition_process() {
+    fn partition_flags_become_the_launch_config_and_its_files() {
         let t = T::parse_from([
             "t",
             "--kernel=/k",
+            "--initrd=/i",
             "--mem=1G",
             "--vcpus=2",
             "--display=1280x800",
             "--name=work",
         ]);
-        let args = forwarded_args(&t.run);
-        let reparsed = vmm_core::cli::VmmCli::parse_from(
-            std::iter::once("bulkhead-vmm".to_string()).chain(args),
+        let spec = launch_spec(&t.run).unwrap();
+        assert_eq!(spec.launch.memory_mib, 1024);
+        assert_eq!(spec.launch.vcpus, 2);
+        assert_eq!(
+            spec.launch.display,
+            Some(DisplaySize {
+                width: 1280,
+                height: 800
+            })
         );
-        let vmm_core::cli::VmmCommand::Run(r) = reparsed.command else {
-            panic!("not a run command");
-        };
-        assert_eq!(r.mem.0, 1024);
-        assert_eq!(r.vcpus, 2);
-        assert_eq!(r.display.0.map(|d| (d.0, d.1)), Some((1280, 800)));
-        assert_eq!(r.kernel, Some(PathBuf::from("/k")));
-        assert_eq!(r.name, "work");
-        assert_eq!(r.cmdline, vmm_core::cli::DEFAULT_CMDLINE);
+        assert_eq!(spec.name(), "work");
+        assert_eq!(
+            spec.launch.boot,
+            BootConfig::Linux {
+                cmdline: DEFAULT_CMDLINE.into(),
+                initrd: true
+            }
+        );
+        assert_eq!(
+            spec.boot_files,
+            BootFiles::Linux {
+                kernel: "/k".into(),
+                initrd: Some("/i".into())
+            }
+        );
+        assert_eq!(spec.args, vec![std::ffi::OsString::from("partition")]);
+    }
+
+    #[test]
+    fn bad_values_are_refused_before_anything_starts() {
+        assert!(T::try_parse_from(["t", "--mem=lots"]).is_err());
+        assert!(T::try_parse_from(["t", "--display=10x10"]).is_err());
+        let t = T::parse_from(["t", "--test-card", "--vcpus=99"]);
+        assert!(launch_spec(&t.run).unwrap_err().contains("vCPUs"));
     }
 }

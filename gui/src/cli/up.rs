@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bulkhead::supervisor::launch::{launch_spec, Engine};
-use bulkhead::supervisor::{PartitionState, Supervisor};
+use bulkhead_supervisor::guest_image;
+use bulkhead_supervisor::launch::{launch_spec, Engine};
+use bulkhead_supervisor::{ProcessState, Supervisor};
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -30,16 +31,16 @@ extern "C" fn on_interrupt(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-fn describe(state: &PartitionState) -> String {
+fn describe(state: &ProcessState) -> String {
     match state {
-        PartitionState::Crashed { reason } => format!("crashed: {reason}"),
-        PartitionState::Exited { status } => format!("exited ({status})"),
+        ProcessState::Crashed { reason } => format!("crashed: {reason}"),
+        ProcessState::Exited { status } => format!("exited ({status})"),
         other => format!("{other:?}").to_lowercase(),
     }
 }
 
-fn settled(state: &PartitionState) -> bool {
-    !matches!(state, PartitionState::Booting | PartitionState::Stopped)
+fn settled(state: &ProcessState) -> bool {
+    !matches!(state, ProcessState::Booting | ProcessState::Stopped)
 }
 
 pub fn run(args: UpArgs) -> ExitCode {
@@ -60,6 +61,14 @@ pub fn run(args: UpArgs) -> ExitCode {
     };
     if let Some(n) = notice {
         eprintln!("bulkhead: {n}");
+    }
+    if engine == Engine::Linux {
+        // Built once here, with its progress on screen, rather than silently by the
+        // first partition's start.
+        if let Err(e) = guest_image::ensure_default(&mut |s| eprintln!("bulkhead: {s}")) {
+            eprintln!("bulkhead: the default guest image: {e}");
+            return ExitCode::from(1);
+        }
     }
     let specs: Vec<_> = policy
         .specs()

@@ -5,12 +5,16 @@
 //! stop. Runs inside the lab machine (or on a VT-x/AMD-V host), so it is built static.
 //!
 //! ```text
-//! lab-supervise --out DIR [--timeout-s S] STEP… -- /path/bulkhead-vmm run --kernel … --initrd …
+//! lab-supervise --out DIR [--timeout-s S] STEP… -- /path/bulkhead-vmm --kernel=K [--initrd=I]
+//!     [--mem=M] [--vcpus=N] [--cmdline=C] [--display=WxH|none]
 //! ```
 //!
 //! Steps: `wait-serial:TEXT`, `wait-console:TEXT`, `wait-console-bytes:N`, `type:TEXT`,
 //! `tablet:X,Y`, `click`, `console:TEXT`, `console-pattern:N`, `screenshot:NAME`,
 //! `sleep:MS`, `sandbox-report`, `pause`, `resume`, `stats`, `stop`, `wait-exit`. In TEXT, `\n` is a newline (Enter when typed).
+//!
+//! The flags after the VMM become the partition's launch config and boot files, sent by
+//! the supervisor as the app sends them (`bulkhead-vmm partition`, no other argv).
 //!
 //! Serial bytes go to stdout as they arrive (so `lab-measure` can watch for a marker);
 //! `DIR/console.bin` holds what the guest wrote to /dev/hvc0, `DIR/NAME.png` the
@@ -18,21 +22,27 @@
 //! `FINAL exited=<code>`, `FINAL crashed=<reason>` or `FINAL running`. Exits 0 when every
 //! step completed, 1 otherwise (the failed step is on stderr and in `DIR/events.log`).
 
-use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use bulkhead::supervisor::{vm_process, LaunchSpec, PartitionState, RestartPolicy, Supervisor};
+use bulkhead_supervisor::{
+    vm_process, AutoRestart, BootFiles, LaunchSpec, ProcessState, Supervisor,
+};
 use bulkhead_tests::console_pattern;
 use bulkhead_tests::keymap::{self, ABS_X, ABS_Y, BTN_LEFT, EV_ABS, EV_KEY, EV_SYN};
 use vmm_core::control::{InputDevice, InputEvent};
 use vmm_core::devices::framebuffer::write_png;
+use vmm_core::launch::{
+    parse_memory_mib, AgentChannel, BootConfig, DisplaySize, LaunchConfig, NetworkConfig,
+    DEFAULT_CMDLINE,
+};
 
 const NAME: &str = "lab";
-const USAGE: &str = "usage: lab-supervise --out DIR [--timeout-s S] STEP… -- VMM ARGS…";
+const USAGE: &str =
+    "usage: lab-supervise --out DIR [--timeout-s S] STEP… -- VMM --kernel=K [--initrd=I] [--mem=M] [--vcpus=N] [--cmdline=C] [--display=WxH]";
 /// Pause between typed characters: the guest driver refills its 64 event buffers between
 /// batches, and a batch that does not fit is dropped like a key pressed too early.
 const KEY_GAP: Duration = Duration::from_millis(40);
@@ -66,7 +76,49 @@ struct Options {
     timeout: Duration,
     steps: Vec<Step>,
     program: PathBuf,
-    args: Vec<OsString>,
+    launch: LaunchConfig,
+    boot_files: BootFiles,
+}
+
+/// The partition's flags after the VMM path, as a launch config and its boot files.
+fn parse_vmm_flags(args: &[String]) -> Result<(LaunchConfig, BootFiles), String> {
+    let mut launch = LaunchConfig {
+        name: NAME.into(),
+        memory_mib: 512,
+        vcpus: 1,
+        display: Some(DisplaySize {
+            width: 1024,
+            height: 768,
+        }),
+        boot: BootConfig::TestCard,
+        disks: Vec::new(),
+        network: NetworkConfig::None,
+        agent: AgentChannel::VirtioConsole,
+    };
+    let (mut kernel, mut initrd, mut cmdline) = (None, None, DEFAULT_CMDLINE.to_string());
+    for a in args {
+        let (key, value) = a
+            .split_once('=')
+            .ok_or_else(|| format!("partition flag `{a}`: write --key=value\n{USAGE}"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("partition flag `{a}`: {e}");
+        match key {
+            "--kernel" => kernel = Some(PathBuf::from(value)),
+            "--initrd" => initrd = Some(PathBuf::from(value)),
+            "--cmdline" => cmdline = value.to_string(),
+            "--mem" => launch.memory_mib = parse_memory_mib(value).map_err(|e| bad(&e))?,
+            "--vcpus" => launch.vcpus = value.parse().map_err(|e| bad(&e))?,
+            "--display" if value == "none" => launch.display = None,
+            "--display" => launch.display = Some(value.parse().map_err(|e| bad(&e))?),
+            _ => return Err(format!("unknown partition flag `{a}`\n{USAGE}")),
+        }
+    }
+    let kernel = kernel.ok_or_else(|| format!("no --kernel for the partition\n{USAGE}"))?;
+    launch.boot = BootConfig::Linux {
+        cmdline,
+        initrd: initrd.is_some(),
+    };
+    launch.validate().map_err(|e| e.to_string())?;
+    Ok((launch, BootFiles::Linux { kernel, initrd }))
 }
 
 fn unescape(s: &str) -> String {
@@ -129,12 +181,14 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         }
     }
     let program = PathBuf::from(it.next().ok_or(USAGE)?);
+    let (launch, boot_files) = parse_vmm_flags(&it.cloned().collect::<Vec<_>>())?;
     Ok(Options {
         out: out.ok_or(USAGE)?,
         timeout,
         steps,
         program,
-        args: it.map(OsString::from).collect(),
+        launch,
+        boot_files,
     })
 }
 
@@ -145,7 +199,7 @@ struct Session {
     deadline: Instant,
     serial: Vec<u8>,
     console: Vec<u8>,
-    last_state: Option<PartitionState>,
+    last_state: Option<ProcessState>,
     events: BufWriter<File>,
     out: PathBuf,
 }
@@ -159,7 +213,7 @@ impl Session {
     }
 
     /// Collects serial and console output and notes state changes.
-    fn pump(&mut self) -> Result<PartitionState, String> {
+    fn pump(&mut self) -> Result<ProcessState, String> {
         let serial = self.sup.take_serial(NAME).map_err(|e| e.to_string())?;
         if !serial.is_empty() {
             let mut stdout = std::io::stdout().lock();
@@ -190,7 +244,7 @@ impl Session {
             }
             if matches!(
                 state,
-                PartitionState::Crashed { .. } | PartitionState::Exited { .. }
+                ProcessState::Crashed { .. } | ProcessState::Exited { .. }
             ) {
                 return Err(format!(
                     "partition ended ({state:?}) while waiting for {what}"
@@ -320,13 +374,13 @@ impl Session {
             Step::Pause => {
                 self.sup.pause(NAME).map_err(|e| e.to_string())?;
                 self.wait_for("the paused state", |s| {
-                    s.last_state == Some(PartitionState::Paused)
+                    s.last_state == Some(ProcessState::Paused)
                 })
             }
             Step::Resume => {
                 self.sup.resume(NAME).map_err(|e| e.to_string())?;
                 self.wait_for("the running state", |s| {
-                    s.last_state == Some(PartitionState::Running)
+                    s.last_state == Some(ProcessState::Running)
                 })
             }
             Step::Stats => {
@@ -349,7 +403,7 @@ impl Session {
             Step::WaitExit => self.wait_for("the partition to end", |s| {
                 matches!(
                     s.last_state,
-                    Some(PartitionState::Exited { .. } | PartitionState::Crashed { .. })
+                    Some(ProcessState::Exited { .. } | ProcessState::Crashed { .. })
                 )
             }),
         }
@@ -408,10 +462,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn final_line(state: Option<&PartitionState>) -> String {
+fn final_line(state: Option<&ProcessState>) -> String {
     match state {
-        Some(PartitionState::Exited { status }) => format!("FINAL exited={status}"),
-        Some(PartitionState::Crashed { reason }) => format!("FINAL crashed={reason}"),
+        Some(ProcessState::Exited { status }) => format!("FINAL exited={status}"),
+        Some(ProcessState::Crashed { reason }) => format!("FINAL crashed={reason}"),
         other => format!("FINAL running ({other:?})"),
     }
 }
@@ -420,15 +474,12 @@ fn run(opts: Options) -> Result<bool, String> {
     std::fs::create_dir_all(&opts.out)
         .map_err(|e| format!("creating {}: {e}", opts.out.display()))?;
     let events = File::create(opts.out.join("events.log")).map_err(|e| e.to_string())?;
-    // The partition process names itself in its Hello; the supervisor checks it.
-    let mut args = opts.args.clone();
-    args.push(format!("--name={NAME}").into());
-    let spec = LaunchSpec {
-        name: NAME.into(),
-        program: opts.program.clone(),
-        args,
-        restart: RestartPolicy::Never,
-    };
+    let mut spec = LaunchSpec::partition(
+        opts.launch.clone(),
+        opts.boot_files.clone(),
+        AutoRestart::Never,
+    );
+    spec.program = opts.program.clone();
     let sup = Supervisor::new(vec![spec]).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let mut session = Session {
@@ -505,8 +556,9 @@ mod tests {
             "console-pattern:300",
             "--",
             "/bulkhead-vmm",
-            "run",
+            "--kernel=/guest/vmlinuz",
             "--mem=256M",
+            "--display=none",
         ]))
         .unwrap();
         assert_eq!(
@@ -519,9 +571,14 @@ mod tests {
             ]
         );
         assert_eq!(o.program, PathBuf::from("/bulkhead-vmm"));
+        assert_eq!(o.launch.memory_mib, 256);
+        assert_eq!(o.launch.display, None);
         assert_eq!(
-            o.args,
-            vec![OsString::from("run"), OsString::from("--mem=256M")]
+            o.boot_files,
+            BootFiles::Linux {
+                kernel: "/guest/vmlinuz".into(),
+                initrd: None
+            }
         );
     }
 
@@ -533,5 +590,10 @@ mod tests {
         assert!(err.contains("tablet:1"), "{err}");
         assert!(parse_options(&strings(&["--out", "/o", "screenshot:../x", "--", "x"])).is_err());
         assert!(parse_options(&strings(&["--out", "/o", "wait-serial:x"])).is_err());
+        let err = parse_options(&strings(&["--out", "/o", "--", "/v", "run"]))
+            .err()
+            .unwrap();
+        assert!(err.contains("run"), "{err}");
+        assert!(parse_options(&strings(&["--out", "/o", "--", "/v", "--mem=256M"])).is_err());
     }
 }

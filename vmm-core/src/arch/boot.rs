@@ -2,7 +2,7 @@
 //! the zero page (boot_params) with e820 map and framebuffer description.
 
 use std::fs::File;
-use std::path::Path;
+use std::io::Read;
 
 use linux_loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::cmdline::Cmdline;
@@ -27,23 +27,14 @@ const STARTUP_64_OFFSET: u64 = 0x200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("opening kernel {path}: {source}")]
-    OpenKernel {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("loading kernel {path} as a bzImage: {source}")]
-    LoadKernel {
-        path: String,
-        source: linux_loader::loader::Error,
-    },
-    #[error("kernel {path} has no valid setup header (boot flag or HdrS magic missing)")]
-    NoSetupHeader { path: String },
-    #[error("reading initrd {path}: {source}")]
-    ReadInitrd {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("loading the kernel as a bzImage: {0}")]
+    LoadKernel(linux_loader::loader::Error),
+    #[error(
+        "the kernel has no valid setup header (boot flag or HdrS magic missing): not a bzImage"
+    )]
+    NoSetupHeader,
+    #[error("reading the initrd: {0}")]
+    ReadInitrd(std::io::Error),
     #[error("initrd of {size} bytes does not fit below {limit:#x} after the kernel (end {kernel_end:#x}); give the partition more memory")]
     InitrdTooLarge {
         size: u64,
@@ -65,34 +56,26 @@ pub struct BootInfo {
 }
 
 pub struct LinuxBoot<'a> {
-    pub kernel: &'a Path,
-    pub initrd: Option<&'a Path>,
+    pub kernel: &'a File,
+    pub initrd: Option<&'a File>,
     pub cmdline: &'a str,
     pub framebuffer: Option<FramebufferLayout>,
     pub acpi_rsdp: Option<u64>,
 }
 
 pub fn load_linux(mem: &GuestMemoryMmap, boot: &LinuxBoot) -> Result<BootInfo, BootError> {
-    let path = boot.kernel.display().to_string();
-    let mut file = File::open(boot.kernel).map_err(|source| BootError::OpenKernel {
-        path: path.clone(),
-        source,
-    })?;
+    // `&File` reads and seeks the shared file offset; the kernel file is this loader's.
+    let mut file = boot.kernel;
     let loaded = BzImage::load(
         mem,
         Some(GuestAddress(KERNEL_LOAD_ADDR)),
         &mut file,
         Some(GuestAddress(HIMEM_START)),
     )
-    .map_err(|source| BootError::LoadKernel {
-        path: path.clone(),
-        source,
-    })?;
-    let mut hdr = loaded
-        .setup_header
-        .ok_or_else(|| BootError::NoSetupHeader { path: path.clone() })?;
+    .map_err(BootError::LoadKernel)?;
+    let mut hdr = loaded.setup_header.ok_or(BootError::NoSetupHeader)?;
     if hdr.boot_flag != KERNEL_BOOT_FLAG_MAGIC || hdr.header != KERNEL_HDR_MAGIC {
-        return Err(BootError::NoSetupHeader { path });
+        return Err(BootError::NoSetupHeader);
     }
 
     let mut cmdline = Cmdline::new(CMDLINE_MAX).map_err(BootError::Cmdline)?;
@@ -108,9 +91,9 @@ pub fn load_linux(mem: &GuestMemoryMmap, boot: &LinuxBoot) -> Result<BootInfo, B
 
     let kernel_end = loaded.kernel_load.raw_value() + loaded.kernel_end;
     let initrd = match boot.initrd {
-        Some(p) => Some(load_initrd(
+        Some(f) => Some(load_initrd(
             mem,
-            p,
+            f,
             kernel_end,
             u64::from(hdr.initrd_addr_max),
         )?),
@@ -156,14 +139,12 @@ pub fn load_linux(mem: &GuestMemoryMmap, boot: &LinuxBoot) -> Result<BootInfo, B
 /// Places the initrd page-aligned at the top of low RAM, below the kernel's limit.
 fn load_initrd(
     mem: &GuestMemoryMmap,
-    path: &Path,
+    mut file: &File,
     kernel_end: u64,
     initrd_addr_max: u64,
 ) -> Result<(u64, u64), BootError> {
-    let data = std::fs::read(path).map_err(|source| BootError::ReadInitrd {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let mut data = Vec::new();
+    file.read_to_end(&mut data).map_err(BootError::ReadInitrd)?;
     let size = data.len() as u64;
     let low_ram_end = mem
         .last_addr()
@@ -271,8 +252,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("initrd");
         std::fs::write(&p, vec![0u8; 0x80_0000]).unwrap();
-        let err = load_initrd(&mem, &p, 0xc0_0000, u64::from(u32::MAX)).unwrap_err();
+        let open = || File::open(&p).unwrap();
+        let err = load_initrd(&mem, &open(), 0xc0_0000, u64::from(u32::MAX)).unwrap_err();
         assert!(matches!(err, BootError::InitrdTooLarge { .. }), "{err}");
-        assert!(load_initrd(&mem, &p, 0x10_0000, u64::from(u32::MAX)).is_ok());
+        assert!(load_initrd(&mem, &open(), 0x10_0000, u64::from(u32::MAX)).is_ok());
     }
 }

@@ -10,10 +10,13 @@
 use serde::{Deserialize, Serialize};
 
 use crate::devices::framebuffer::{DamageRect, FramebufferLayout};
+use crate::launch::{FileRole, LaunchConfig};
 
 /// Bumped on any incompatible change to [`Command`] or [`Event`].
 /// 2: [`Command::ConsoleWrite`] and [`Event::Console`].
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: the supervisor speaks first; [`Command::Hello`] carries the [`LaunchConfig`] and
+///    [`Command::File`] hands over its files.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Serial bytes per [`Event::Serial`]. JSON spends up to 4 bytes per byte, so
 /// 4096 bytes stay well inside the 64 KiB frame.
@@ -49,9 +52,16 @@ pub struct InputEvent {
 /// Supervisor → partition process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// First message on a new connection.
+    /// First message on a new connection: the protocol version and what to run. The
+    /// files it names follow, one [`Command::File`] each, in
+    /// [`LaunchConfig::file_roles`] order.
     Hello {
         version: u32,
+        launch: Box<LaunchConfig>,
+    },
+    /// Carries exactly one fd (SCM_RIGHTS): the launch file in `role`.
+    File {
+        role: FileRole,
     },
     /// Start the vCPUs. Sent once, after the partition's `Hello` (and `Framebuffer`, if
     /// any) arrived, so the supervisor has mapped the framebuffer before the guest draws.
@@ -104,7 +114,7 @@ pub enum VmState {
 
 /// Counters reported by [`Event::Stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionStats {
+pub struct VmStats {
     /// Peak resident memory of the partition process (its high-water mark), KiB: the
     /// sandbox keeps the process out of /proc, so the current figure is the supervisor's
     /// to read.
@@ -154,7 +164,7 @@ pub enum Event {
     },
     Stats {
         id: u64,
-        stats: PartitionStats,
+        stats: VmStats,
     },
 }
 
@@ -184,7 +194,10 @@ pub trait Message: Serialize + serde::de::DeserializeOwned {
 
 impl Message for Command {
     fn fd_count(&self) -> usize {
-        0
+        match self {
+            Command::File { .. } => 1,
+            _ => 0,
+        }
     }
 }
 

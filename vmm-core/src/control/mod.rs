@@ -9,11 +9,13 @@
 //!
 //! # Integration: what `bulkhead-vmm` does
 //!
-//! 1. The supervisor starts `bulkhead-vmm … --control-fd N` with its end of the socket
-//!    pair inherited as fd `N` (stdin is `/dev/null`, stderr is the log). Early in `main`
-//!    take it with [`control_stream_from_inherited_fd`], then call
-//!    [`PartitionEndpoint::handshake`] with the partition name: it sends
-//!    [`Event::Hello`] and checks the supervisor's [`Command::Hello`] version.
+//! 1. The supervisor starts `bulkhead-vmm partition --control-fd N` with its end of the
+//!    socket pair inherited as fd `N` (stdin is `/dev/null`, stderr is the log), and
+//!    speaks first: [`Command::Hello`] with the protocol version and the partition's
+//!    [`LaunchConfig`], then one [`Command::File`] per file it names (`/dev/kvm`, kernel,
+//!    initrd, disks). Early in `main` take the socket with
+//!    [`control_stream_from_inherited_fd`], then call [`PartitionEndpoint::handshake`]:
+//!    it checks version and config, collects the files and answers [`Event::Hello`].
 //! 2. Build the VM. Create the framebuffer with [`Memfd::create`], map it with
 //!    [`Memfd::map_shared_rw`] and register that mapping as the framebuffer memslot
 //!    (`KVM_MEM_LOG_DIRTY_PAGES`), then send [`Event::Framebuffer`] with the memfd attached:
@@ -45,17 +47,19 @@ mod messages;
 mod scm;
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 pub use framing::{MessageReader, MessageWriter, Received, MAX_MESSAGE};
 pub use memfd::{MappedRegion, Memfd, MemfdError};
 pub use messages::{
-    Command, Event, InputDevice, InputEvent, LimitError, Message, PartitionStats, VmState,
+    Command, Event, InputDevice, InputEvent, LimitError, Message, VmState, VmStats,
     MAX_CONSOLE_CHUNK, MAX_DAMAGE_RECTS, MAX_INPUT_EVENTS, MAX_SERIAL_CHUNK, MAX_TEXT,
     PROTOCOL_VERSION,
 };
 pub use scm::MAX_FDS_PER_MESSAGE;
+
+use crate::launch::{LaunchConfig, LaunchError, LaunchFiles};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -85,6 +89,10 @@ pub enum ControlError {
     Version { got: u32, want: u32 },
     #[error("expected Hello as the first message, got {got}")]
     NoHello { got: String },
+    #[error("expected a handed-over file, got {got}")]
+    NoFile { got: String },
+    #[error("launch config: {0}")]
+    Launch(#[from] LaunchError),
     #[error("fd {fd} is not an open socket: {reason}")]
     NotASocket { fd: RawFd, reason: String },
 }
@@ -132,28 +140,79 @@ pub struct PartitionEndpoint {
     pub events: MessageWriter<Event>,
 }
 
+/// What the supervisor's handshake hands a partition process.
+pub struct Launch {
+    pub endpoint: PartitionEndpoint,
+    pub config: LaunchConfig,
+    pub files: LaunchFiles,
+}
+
 impl PartitionEndpoint {
-    /// Sends [`Event::Hello`] for `name` and waits for a matching [`Command::Hello`].
-    pub fn handshake(stream: UnixStream, name: &str) -> Result<PartitionEndpoint, ControlError> {
-        let mut events = MessageWriter::new(stream.try_clone()?);
+    /// Waits for the supervisor's [`Command::Hello`] and the files its [`LaunchConfig`]
+    /// names, checks both, and answers with [`Event::Hello`] for the config's name.
+    pub fn handshake(stream: UnixStream) -> Result<Launch, ControlError> {
+        let mut launch = Self::receive_launch(stream)?;
+        let name = launch.config.name.clone();
+        launch.endpoint.say_hello(&name)?;
+        Ok(launch)
+    }
+
+    /// The first half of [`PartitionEndpoint::handshake`]: everything but the answer.
+    pub fn receive_launch(stream: UnixStream) -> Result<Launch, ControlError> {
+        let events = MessageWriter::new(stream.try_clone()?);
         let mut commands = MessageReader::new(stream);
-        events.send(&Event::Hello {
-            version: PROTOCOL_VERSION,
-            name: name.to_string(),
-            pid: std::process::id(),
-        })?;
-        match commands.recv()?.message {
-            Command::Hello { version } if version == PROTOCOL_VERSION => {}
-            Command::Hello { version } => {
+        let config = match commands.recv()?.message {
+            Command::Hello { version, launch } if version == PROTOCOL_VERSION => *launch,
+            Command::Hello { version, .. } => {
                 return Err(ControlError::Version {
                     got: version,
                     want: PROTOCOL_VERSION,
                 })
             }
             other => return Err(ControlError::NoHello { got: brief(&other) }),
+        };
+        config.validate()?;
+        let mut handed = Vec::new();
+        for _ in config.file_roles() {
+            let Received { message, mut fds } = commands.recv()?;
+            match (message, fds.pop()) {
+                (Command::File { role }, Some(fd)) => handed.push((role, fd)),
+                (other, _) => return Err(ControlError::NoFile { got: brief(&other) }),
+            }
         }
-        Ok(PartitionEndpoint { commands, events })
+        let files = LaunchFiles::from_handover(&config, handed)?;
+        Ok(Launch {
+            endpoint: PartitionEndpoint { commands, events },
+            config,
+            files,
+        })
     }
+
+    /// Answers the supervisor's Hello.
+    pub fn say_hello(&mut self, name: &str) -> Result<(), ControlError> {
+        self.events.send(&Event::Hello {
+            version: PROTOCOL_VERSION,
+            name: name.to_string(),
+            pid: std::process::id(),
+        })
+    }
+}
+
+/// The supervisor's side of the handshake: [`Command::Hello`] with the config, then each
+/// file as a [`Command::File`].
+pub fn send_launch(
+    writer: &mut MessageWriter<Command>,
+    config: &LaunchConfig,
+    files: LaunchFiles,
+) -> Result<(), ControlError> {
+    writer.send(&Command::Hello {
+        version: PROTOCOL_VERSION,
+        launch: Box::new(config.clone()),
+    })?;
+    for (role, fd) in files.into_handover() {
+        writer.send_with_fds(&Command::File { role }, &[fd.as_fd()])?;
+    }
+    Ok(())
 }
 
 /// Checks the first event from a partition process; returns its name and pid.

@@ -4,6 +4,7 @@ use std::os::unix::net::UnixStream;
 
 use super::*;
 use crate::devices::framebuffer::{DamageRect, FramebufferLayout};
+use crate::launch::{AgentChannel, BootConfig, DiskConfig, DisplaySize, FileRole, NetworkConfig};
 
 /// A writer, the reader on the other end, and a raw handle on the writer's side for
 /// sending bytes the writer never would.
@@ -25,6 +26,7 @@ fn every_command() -> Vec<Command> {
     vec![
         Command::Hello {
             version: PROTOCOL_VERSION,
+            launch: Box::new(test_launch("mail")),
         },
         Command::Start,
         Command::Pause,
@@ -96,7 +98,7 @@ fn every_event_without_fds() -> Vec<Event> {
         Event::ScreenshotReady { id: 9 },
         Event::Stats {
             id: 2,
-            stats: PartitionStats {
+            stats: VmStats {
                 rss_kib: 1,
                 uptime_ms: 2,
                 vcpu_exits: 3,
@@ -457,26 +459,109 @@ fn a_pipe_is_not_accepted_as_a_memfd() {
     ));
 }
 
+fn test_launch(name: &str) -> LaunchConfig {
+    LaunchConfig {
+        name: name.into(),
+        memory_mib: 256,
+        vcpus: 2,
+        display: Some(DisplaySize {
+            width: 1024,
+            height: 768,
+        }),
+        boot: BootConfig::Linux {
+            cmdline: "console=ttyS0".into(),
+            initrd: true,
+        },
+        disks: vec![DiskConfig {
+            id: "root".into(),
+            read_only: true,
+        }],
+        network: NetworkConfig::None,
+        agent: AgentChannel::VirtioConsole,
+    }
+}
+
+/// Stand-ins for the handed-over files: the handshake moves fds, it does not use them.
+fn test_files(config: &LaunchConfig) -> LaunchFiles {
+    let file = || std::fs::File::open("/dev/null").unwrap();
+    LaunchFiles {
+        kvm: file().into(),
+        kernel: Some(file()),
+        initrd: Some(file()),
+        disks: config.disks.iter().map(|_| file()).collect(),
+    }
+}
+
 #[test]
-fn handshake_accepts_the_same_version_and_rejects_another() {
+fn handshake_hands_over_the_launch_config_and_its_files_then_says_hello() {
     let (sup, part) = UnixStream::pair().unwrap();
-    let t = std::thread::spawn(move || PartitionEndpoint::handshake(part, "mail").map(|_| ()));
+    let t = std::thread::spawn(move || PartitionEndpoint::handshake(part));
     let mut sr = MessageReader::<Event>::new(sup.try_clone().unwrap());
     let mut sw = MessageWriter::<Command>::new(sup);
+    let config = test_launch("mail");
+    send_launch(&mut sw, &config, test_files(&config)).unwrap();
     let (name, pid) = check_partition_hello(&sr.recv().unwrap().message).unwrap();
     assert_eq!(name, "mail");
     assert_eq!(pid, std::process::id());
+    let launch = t.join().unwrap().unwrap();
+    assert_eq!(launch.config, config);
+    assert!(launch.files.kernel.is_some() && launch.files.initrd.is_some());
+    assert_eq!(launch.files.disks.len(), 1);
+}
+
+#[test]
+fn handshake_refuses_a_config_out_of_bounds_and_a_file_out_of_place() {
+    let mut bad = test_launch("mail");
+    bad.vcpus = 200;
+    let (sup, part) = UnixStream::pair().unwrap();
+    let t = std::thread::spawn(move || PartitionEndpoint::handshake(part).map(|_| ()));
+    let mut sw = MessageWriter::<Command>::new(sup);
     sw.send(&Command::Hello {
         version: PROTOCOL_VERSION,
+        launch: Box::new(bad),
     })
     .unwrap();
-    t.join().unwrap().unwrap();
+    assert!(matches!(
+        t.join().unwrap(),
+        Err(ControlError::Launch(LaunchError::Vcpus(200)))
+    ));
 
+    let config = test_launch("mail");
     let (sup, part) = UnixStream::pair().unwrap();
-    let t = std::thread::spawn(move || PartitionEndpoint::handshake(part, "mail").map(|_| ()));
+    let t = std::thread::spawn(move || PartitionEndpoint::handshake(part).map(|_| ()));
+    let mut sw = MessageWriter::<Command>::new(sup);
+    sw.send(&Command::Hello {
+        version: PROTOCOL_VERSION,
+        launch: Box::new(config.clone()),
+    })
+    .unwrap();
+    // The initrd where /dev/kvm belongs.
+    let null = std::fs::File::open("/dev/null").unwrap();
+    for role in [
+        FileRole::Initrd,
+        FileRole::Kvm,
+        FileRole::Kernel,
+        FileRole::Disk(0),
+    ] {
+        let _ = sw.send_with_fds(&Command::File { role }, &[null.as_fd()]);
+    }
+    assert!(matches!(
+        t.join().unwrap(),
+        Err(ControlError::Launch(LaunchError::UnexpectedFile {
+            expected: FileRole::Kvm,
+            got: FileRole::Initrd
+        }))
+    ));
+}
+
+#[test]
+fn handshake_rejects_another_version() {
+    let (sup, part) = UnixStream::pair().unwrap();
+    let t = std::thread::spawn(move || PartitionEndpoint::handshake(part).map(|_| ()));
     let mut sw = MessageWriter::<Command>::new(sup);
     sw.send(&Command::Hello {
         version: PROTOCOL_VERSION + 1,
+        launch: Box::new(test_launch("mail")),
     })
     .unwrap();
     assert!(matches!(

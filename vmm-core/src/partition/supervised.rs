@@ -1,17 +1,18 @@
-//! `bulkhead-vmm run … --control-fd N`: a partition process run by the supervisor.
-//! Follows the sequence documented in [`crate::control`]: handshake, framebuffer memfd,
-//! sandbox, `Ready`, wait for `Start`, then damage/serial/console events out and commands
-//! (input, console bytes for the guest, …) in.
+//! `bulkhead-vmm partition --control-fd N`: a partition process run by the supervisor.
+//! Follows the sequence documented in [`crate::control`]: handshake (launch config and
+//! files in), framebuffer memfd out, sandbox, `Ready`, wait for `Start`, then
+//! damage/serial/console events out and commands (input, console bytes for the guest, …)
+//! in.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, RawFd};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::builder::{self, VmConfig};
+use crate::builder;
 use crate::control::{
-    self, Command, ControlError, Event, InputDevice, MessageWriter, PartitionEndpoint,
-    PartitionStats, VmState, MAX_CONSOLE_CHUNK,
+    self, Command, ControlError, Event, InputDevice, Launch, MessageWriter, PartitionEndpoint,
+    VmState, VmStats, MAX_CONSOLE_CHUNK,
 };
 use crate::devices::legacy::SerialSink;
 use crate::devices::StopReason;
@@ -30,38 +31,49 @@ const MAX_CONSOLE_CHUNKS_PER_FRAME: usize = 32;
 pub enum PartitionError {
     #[error("control socket: {0}")]
     Control(#[from] ControlError),
-    #[error("{0}")]
-    Setup(String),
+    #[error("closing inherited fds: {0}")]
+    CloseFds(std::io::Error),
+    #[error("forking into a PID namespace: {0}")]
+    PidNamespace(std::io::Error),
+    #[error(transparent)]
+    Config(#[from] super::ConfigError),
+    #[error("building the VM: {0}")]
+    Build(#[from] builder::BuildError),
+    #[error("starting the VM: {0}")]
+    Start(String),
+    #[error("seccomp filter for the main thread: {0}")]
+    MainFilter(String),
+    #[error("starting the control thread: {0}")]
+    ControlThread(std::io::Error),
     #[error("supervisor sent {0} before Start")]
     NotStarted(String),
 }
 
-/// Runs a supervised partition; returns the process exit code.
-pub fn run_supervised(
-    args: &crate::cli::RunArgs,
-    control_fd: RawFd,
-    build_config: impl FnOnce(SerialSink) -> Result<(kvm_ioctls::Kvm, VmConfig), String>,
-) -> Result<i32, PartitionError> {
+/// Runs a supervised partition on the inherited control socket `control_fd`; returns the
+/// process exit code.
+pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
     // Inherited fds other than stdio and the control socket are someone else's.
-    sandbox::close_fds_except(&[control_fd])
-        .map_err(|e| PartitionError::Setup(format!("closing inherited fds: {e}")))?;
+    sandbox::close_fds_except(&[control_fd]).map_err(PartitionError::CloseFds)?;
     // Before anything opens /dev/kvm or starts a thread (see sandbox::pid_namespace).
     enter_pid_namespace()?;
     // SAFETY: `control_fd` comes from --control-fd, is used only here, and nothing else in
     // this process owns it (every other inherited fd was just closed).
     let stream = unsafe { control::control_stream_from_inherited_fd(control_fd) }?;
-    let PartitionEndpoint {
-        mut commands,
-        mut events,
-    } = PartitionEndpoint::handshake(stream, &args.name)?;
+    let Launch {
+        endpoint: PartitionEndpoint {
+            mut commands,
+            mut events,
+        },
+        config: launch,
+        files,
+    } = PartitionEndpoint::handshake(stream)?;
 
     let (serial_tx, serial_rx) = mpsc::channel();
     let mut sink = SerialSink::new(Box::new(std::io::sink()));
     sink.add_tap(serial_tx);
-    let (kvm, config) = build_config(sink).map_err(PartitionError::Setup)?;
+    let (kvm, config) = super::vm_config(&launch, files, sink)?;
     let mem_bytes = config.mem_mib << 20;
-    let partition =
-        builder::build(&kvm, config).map_err(|e| PartitionError::Setup(e.to_string()))?;
+    let partition = builder::build(&kvm, config)?;
     let fb_bytes = match partition.framebuffer() {
         Some(fb) => {
             let event = Event::Framebuffer { layout: fb.layout };
@@ -83,10 +95,10 @@ pub fn run_supervised(
     }
     let running = partition
         .start_with(Some(SeccompProfile::Vcpu))
-        .map_err(|e| PartitionError::Setup(e.to_string()))?;
+        .map_err(|e| PartitionError::Start(e.to_string()))?;
     // Threads made from here on (the control reader) inherit the main thread's filter.
     sandbox::install(SeccompProfile::Main)
-        .map_err(|e| PartitionError::Setup(format!("seccomp filter for the main thread: {e}")))?;
+        .map_err(|e| PartitionError::MainFilter(e.to_string()))?;
     events.send(&Event::State(VmState::Running))?;
 
     let (cmd_tx, cmd_rx) = mpsc::channel();
@@ -99,7 +111,7 @@ pub fn run_supervised(
                 return;
             }
         })
-        .map_err(|e| PartitionError::Setup(format!("starting the control thread: {e}")))?;
+        .map_err(PartitionError::ControlThread)?;
 
     Ok(serve(&running, &mut events, &cmd_rx, &serial_rx))
 }
@@ -118,9 +130,7 @@ fn enter_pid_namespace() -> Result<(), PartitionError> {
             tracing::warn!("sandbox: {reason}; the partition shares the host's PID namespace");
             Ok(())
         }
-        Err(e) => Err(PartitionError::Setup(format!(
-            "forking into a PID namespace: {e}"
-        ))),
+        Err(e) => Err(PartitionError::PidNamespace(e)),
     }
 }
 
@@ -309,16 +319,16 @@ impl Session<'_> {
             Command::Stats { id } => self.send_stats(id),
             // No guest agent yet: service replies have nobody to go to.
             Command::ServiceReply { .. } => Ok(()),
-            Command::Hello { .. } | Command::Start => {
+            Command::Hello { .. } | Command::File { .. } | Command::Start => {
                 Err(ControlError::Malformed(serde_json::Error::io(
-                    std::io::Error::other("Hello/Start after the partition started"),
+                    std::io::Error::other("Hello/File/Start after the partition started"),
                 )))
             }
         }
     }
 
     fn send_stats(&mut self, id: u64) -> Result<(), ControlError> {
-        let stats = PartitionStats {
+        let stats = VmStats {
             rss_kib: peak_rss_kib(),
             uptime_ms: self.running.uptime().as_millis() as u64,
             vcpu_exits: self.running.vcpu_exits(),

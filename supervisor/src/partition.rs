@@ -15,16 +15,15 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 use vmm_core::control::{
-    check_partition_hello, Command, ControlError, Event, Memfd, MessageReader, MessageWriter,
-    PartitionStats, VmState, PROTOCOL_VERSION,
+    check_partition_hello, send_launch, Command, ControlError, Event, Memfd, MessageReader,
+    MessageWriter, VmState, VmStats,
 };
 use vmm_core::devices::framebuffer::DamageRect;
 
 use super::framebuffer::SharedFramebuffer;
 use super::spawn::{describe_signal, spawn_partition, Pidfd};
 use super::{
-    LaunchSpec, Notify, PartitionState, PartitionStatus, RestartPolicy, ServiceRequest,
-    SupervisorError,
+    AutoRestart, LaunchSpec, Notify, PartitionStatus, ProcessState, ServiceRequest, SupervisorError,
 };
 
 /// A partition that has not said Hello by then is cut off.
@@ -55,7 +54,7 @@ pub struct Slot {
 
 #[derive(Default)]
 struct Inner {
-    state: PartitionState,
+    state: ProcessState,
     /// Bumped at every spawn, so threads of an earlier process never touch a later one.
     generation: u64,
     pid: Option<u32>,
@@ -76,7 +75,7 @@ struct Inner {
     console: VecDeque<u8>,
     services: VecDeque<ServiceRequest>,
     screenshots_ready: VecDeque<u64>,
-    stats: Option<PartitionStats>,
+    stats: Option<VmStats>,
     last_exit: Option<String>,
 }
 
@@ -177,18 +176,34 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
     let mut inner = slot.lock();
     if inner.pidfd.is_some() {
         return Err(SupervisorError::AlreadyRunning {
-            name: slot.spec.name.clone(),
+            name: slot.spec.name().to_string(),
             pid: inner.pid.unwrap_or(0),
         });
     }
+    let files = match slot.spec.open_files() {
+        Ok(files) => files,
+        Err(source) => {
+            // Shown where the partition is, not only returned: the app starts partitions
+            // off the UI thread and the person needs to see why nothing happened.
+            inner.state = ProcessState::Crashed {
+                reason: source.to_string(),
+            };
+            drop(inner);
+            slot.changed();
+            return Err(SupervisorError::Launch {
+                name: slot.spec.name().to_string(),
+                source,
+            });
+        }
+    };
     let spawned = spawn_partition(&slot.spec).map_err(|source| SupervisorError::Spawn {
-        name: slot.spec.name.clone(),
+        name: slot.spec.name().to_string(),
         program: slot.spec.program.clone(),
         source,
     })?;
     let pid = spawned.child.id();
     let io_err = |source: std::io::Error| SupervisorError::Spawn {
-        name: slot.spec.name.clone(),
+        name: slot.spec.name().to_string(),
         program: slot.spec.program.clone(),
         source,
     };
@@ -202,17 +217,15 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(io_err)?;
     let mut writer = MessageWriter::new(spawned.socket);
-    // Queued in the socket buffer; the partition reads it after sending its own Hello.
-    let hello = writer.send(&Command::Hello {
-        version: PROTOCOL_VERSION,
-    });
+    // Queued in the socket buffer (a few small frames); the partition reads them first.
+    let hello = send_launch(&mut writer, &slot.spec.launch, files);
 
     inner.generation += 1;
     let generation = inner.generation;
     if reset_restarts {
         inner.restarts = 0;
     }
-    inner.state = PartitionState::Booting;
+    inner.state = ProcessState::Booting;
     inner.pid = Some(pid);
     inner.pidfd = Some(Arc::new(spawned.pidfd));
     inner.writer = Some(Arc::new(Mutex::new(writer)));
@@ -228,7 +241,7 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
     inner.console.clear();
     inner.stats = None;
     drop(inner);
-    info!(partition = %slot.spec.name, pid, "partition process started");
+    info!(partition = %slot.spec.name(), pid, "partition process started");
 
     let reader = MessageReader::new(reader_stream);
     // Dropped when the reader thread ends, so the reaper can let it drain the last
@@ -236,7 +249,7 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
     let (reader_alive, reader_done) = mpsc::channel::<()>();
     let s = Arc::clone(slot);
     std::thread::Builder::new()
-        .name(format!("events-{}", slot.spec.name))
+        .name(format!("events-{}", slot.spec.name()))
         .spawn(move || {
             read_events(&s, generation, reader);
             drop(reader_alive);
@@ -245,7 +258,7 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
     let s = Arc::clone(slot);
     let child = spawned.child;
     std::thread::Builder::new()
-        .name(format!("reaper-{}", slot.spec.name))
+        .name(format!("reaper-{}", slot.spec.name()))
         .spawn(move || reap(&s, generation, child, reader_done))
         .map_err(io_err)?;
     if let Err(e) = hello {
@@ -261,7 +274,7 @@ pub fn send(slot: &Slot, command: &Command) -> Result<(), SupervisorError> {
         let inner = slot.lock();
         match (&inner.writer, inner.pidfd.is_some()) {
             (Some(w), true) => (Arc::clone(w), inner.generation),
-            _ => return Err(SupervisorError::NotRunning(slot.spec.name.clone())),
+            _ => return Err(SupervisorError::NotRunning(slot.spec.name().to_string())),
         }
     };
     let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -279,10 +292,10 @@ pub fn send(slot: &Slot, command: &Command) -> Result<(), SupervisorError> {
                 generation,
                 format!("did not read its control socket for {SEND_TIMEOUT:?}"),
             );
-            Err(SupervisorError::NotRunning(slot.spec.name.clone()))
+            Err(SupervisorError::NotRunning(slot.spec.name().to_string()))
         }
         Err(source) => Err(SupervisorError::Send {
-            name: slot.spec.name.clone(),
+            name: slot.spec.name().to_string(),
             command: command_name(command),
             source,
         }),
@@ -292,6 +305,7 @@ pub fn send(slot: &Slot, command: &Command) -> Result<(), SupervisorError> {
 fn command_name(command: &Command) -> &'static str {
     match command {
         Command::Hello { .. } => "Hello",
+        Command::File { .. } => "File",
         Command::Start => "Start",
         Command::Pause => "Pause",
         Command::Resume => "Resume",
@@ -310,9 +324,9 @@ pub fn cut_off(slot: &Slot, generation: u64, reason: String) {
     if inner.generation != generation || inner.violation.is_some() {
         return;
     }
-    warn!(partition = %slot.spec.name, %reason, "cutting off partition: protocol violation");
+    warn!(partition = %slot.spec.name(), %reason, "cutting off partition: protocol violation");
     inner.violation = Some(reason.clone());
-    inner.state = PartitionState::Crashed {
+    inner.state = ProcessState::Crashed {
         reason: format!("protocol violation: {reason}"),
     };
     if let Some(socket) = &inner.socket {
@@ -320,7 +334,7 @@ pub fn cut_off(slot: &Slot, generation: u64, reason: String) {
     }
     if let Some(pidfd) = &inner.pidfd {
         if let Err(e) = pidfd.kill() {
-            warn!(partition = %slot.spec.name, "killing cut-off partition: {e}");
+            warn!(partition = %slot.spec.name(), "killing cut-off partition: {e}");
         }
     }
     drop(inner);
@@ -369,10 +383,10 @@ fn handshake(
         Err(_) => return Ok(()),
     };
     let (name, pid) = check_partition_hello(&first).map_err(|e| e.to_string())?;
-    if name != slot.spec.name {
+    if name != slot.spec.name() {
         return Err(format!(
             "says it is partition {name:?}, was started as {:?}",
-            slot.spec.name
+            slot.spec.name()
         ));
     }
     info!(partition = %name, reported_pid = pid, "partition said hello");
@@ -446,7 +460,7 @@ fn handle_event(
             inner.console.extend(bytes);
             let excess = inner.console.len().saturating_sub(MAX_CONSOLE_BUFFER);
             if excess > 0 {
-                warn!(partition = %slot.spec.name, "console output not taken; dropping the oldest {excess} byte(s)");
+                warn!(partition = %slot.spec.name(), "console output not taken; dropping the oldest {excess} byte(s)");
                 inner.console.drain(..excess);
             }
         }
@@ -457,7 +471,7 @@ fn handle_event(
             target,
         } => {
             if inner.services.len() >= MAX_PENDING_SERVICE_REQUESTS {
-                warn!(partition = %slot.spec.name, "service request queue full; dropping the oldest");
+                warn!(partition = %slot.spec.name(), "service request queue full; dropping the oldest");
                 inner.services.pop_front();
             }
             inner.services.push_back(ServiceRequest {
@@ -481,16 +495,16 @@ fn handle_event(
 }
 
 fn apply_vm_state(inner: &mut Inner, state: VmState) {
-    let alive_state = |inner: &Inner| !matches!(inner.state, PartitionState::Crashed { .. });
+    let alive_state = |inner: &Inner| !matches!(inner.state, ProcessState::Crashed { .. });
     match state {
         VmState::Ready => {}
         VmState::Running if alive_state(inner) && !inner.stop_requested => {
-            inner.state = PartitionState::Running
+            inner.state = ProcessState::Running
         }
         VmState::Paused if alive_state(inner) && !inner.stop_requested => {
-            inner.state = PartitionState::Paused
+            inner.state = ProcessState::Paused
         }
-        VmState::Stopping if alive_state(inner) => inner.state = PartitionState::Stopping,
+        VmState::Stopping if alive_state(inner) => inner.state = ProcessState::Stopping,
         VmState::GuestFault { reason } => inner.guest_fault = Some(reason),
         _ => {}
     }
@@ -505,7 +519,7 @@ fn reap(slot: &Arc<Slot>, generation: u64, mut child: Child, reader_done: mpsc::
     let restart_after = {
         let mut inner = slot.lock();
         let (state, exit) = final_state(&inner, status);
-        info!(partition = %slot.spec.name, %exit, "partition process ended");
+        info!(partition = %slot.spec.name(), %exit, "partition process ended");
         inner.state = state;
         inner.last_exit = Some(exit);
         inner.pidfd = None;
@@ -520,13 +534,13 @@ fn reap(slot: &Arc<Slot>, generation: u64, mut child: Child, reader_done: mpsc::
             let inner = slot.lock();
             inner.generation == generation
                 && inner.pidfd.is_none()
-                && matches!(inner.state, PartitionState::Crashed { .. })
+                && matches!(inner.state, ProcessState::Crashed { .. })
         };
         if still_wanted {
             if let Err(e) = start(slot, false) {
-                warn!(partition = %slot.spec.name, "restart failed: {e}");
+                warn!(partition = %slot.spec.name(), "restart failed: {e}");
                 let mut inner = slot.lock();
-                inner.state = PartitionState::Crashed {
+                inner.state = ProcessState::Crashed {
                     reason: format!("restart failed: {e}"),
                 };
                 drop(inner);
@@ -536,7 +550,7 @@ fn reap(slot: &Arc<Slot>, generation: u64, mut child: Child, reader_done: mpsc::
     }
 }
 
-fn final_state(inner: &Inner, status: std::io::Result<ExitStatus>) -> (PartitionState, String) {
+fn final_state(inner: &Inner, status: std::io::Result<ExitStatus>) -> (ProcessState, String) {
     use std::os::unix::process::ExitStatusExt;
     let exit = match &status {
         Ok(s) => match (s.code(), s.signal()) {
@@ -552,19 +566,19 @@ fn final_state(inner: &Inner, status: std::io::Result<ExitStatus>) -> (Partition
         exit
     };
     let state = if let Some(v) = &inner.violation {
-        PartitionState::Crashed {
+        ProcessState::Crashed {
             reason: format!("protocol violation: {v}"),
         }
     } else if inner.stop_requested {
-        PartitionState::Stopped
+        ProcessState::Stopped
     } else if let Some(fault) = &inner.guest_fault {
-        PartitionState::Crashed {
+        ProcessState::Crashed {
             reason: format!("guest fault: {fault}"),
         }
     } else {
         match status.as_ref().ok().and_then(|s| s.code()) {
-            Some(0) => PartitionState::Exited { status: 0 },
-            _ => PartitionState::Crashed {
+            Some(0) => ProcessState::Exited { status: 0 },
+            _ => ProcessState::Crashed {
                 reason: exit.clone(),
             },
         }
@@ -573,12 +587,12 @@ fn final_state(inner: &Inner, status: std::io::Result<ExitStatus>) -> (Partition
 }
 
 fn restart_delay(slot: &Slot, inner: &mut Inner) -> Option<Duration> {
-    let RestartPolicy::OnCrash { max_retries } = slot.spec.restart else {
+    let AutoRestart::OnCrash { max_retries } = slot.spec.restart else {
         return None;
     };
     // A partition that broke the protocol is treated as compromised: it stays off until
     // someone restarts it by hand.
-    if !matches!(inner.state, PartitionState::Crashed { .. })
+    if !matches!(inner.state, ProcessState::Crashed { .. })
         || inner.violation.is_some()
         || inner.restarts >= max_retries
     {
@@ -587,7 +601,7 @@ fn restart_delay(slot: &Slot, inner: &mut Inner) -> Option<Duration> {
     inner.restarts += 1;
     // 100 ms, 200 ms, 400 ms … up to 5 s: a partition that dies at once cannot spin.
     let delay = Duration::from_millis(100 << inner.restarts.min(6)).min(Duration::from_secs(5));
-    info!(partition = %slot.spec.name, attempt = inner.restarts, ?delay, "restarting crashed partition");
+    info!(partition = %slot.spec.name(), attempt = inner.restarts, ?delay, "restarting crashed partition");
     Some(delay)
 }
 
@@ -600,8 +614,8 @@ pub fn stop_slots(slots: &[Arc<Slot>], timeout: Duration) {
             continue;
         }
         inner.stop_requested = true;
-        if !matches!(inner.state, PartitionState::Crashed { .. }) {
-            inner.state = PartitionState::Stopping;
+        if !matches!(inner.state, ProcessState::Crashed { .. }) {
+            inner.state = ProcessState::Stopping;
         }
         drop(inner);
         slot.changed();
@@ -621,15 +635,15 @@ pub fn stop_slots(slots: &[Arc<Slot>], timeout: Duration) {
         };
         inner.killed_after_timeout = true;
         drop(inner);
-        warn!(partition = %slot.spec.name, ?timeout, "partition ignored the stop request; killing it");
+        warn!(partition = %slot.spec.name(), ?timeout, "partition ignored the stop request; killing it");
         if let Err(e) = pidfd.kill() {
-            warn!(partition = %slot.spec.name, "SIGKILL failed: {e}");
+            warn!(partition = %slot.spec.name(), "SIGKILL failed: {e}");
         }
     }
     for slot in &stopping {
         let (_, reaped) = slot.wait_until(KILL_WAIT, |s| s.pid.is_none());
         if !reaped {
-            warn!(partition = %slot.spec.name, "process still not reaped {KILL_WAIT:?} after SIGKILL");
+            warn!(partition = %slot.spec.name(), "process still not reaped {KILL_WAIT:?} after SIGKILL");
         }
     }
 }

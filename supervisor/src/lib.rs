@@ -1,34 +1,36 @@
 //! The supervisor: one sandboxed `bulkhead-vmm` process per partition, watched from
-//! here, used the same way by the desktop app and by `bulkhead run` / `bulkhead up`.
+//! here, used the same way by the desktop app, `bulkhead run` / `bulkhead up` and the
+//! lab's test driver. No GUI here.
 //!
-//! Each partition gets a socket pair (its end inherited as fd 3, `--control-fd 3`), a
-//! thread reading its events and a thread waiting for it to exit. The GUI polls
-//! [`Supervisor::statuses`], [`Supervisor::take_damage`] and reads pixels through
-//! [`Supervisor::framebuffer`] (shared memory, read-only); it drives partitions with the
-//! command methods. A partition that dies, is killed, or breaks the protocol becomes
-//! `Crashed` with the reason; the others never notice. See `vmm_core::control` for the
-//! protocol and the sequence a partition process follows.
+//! Each partition gets a socket pair (its end inherited as fd 3, `bulkhead-vmm partition
+//! --control-fd 3`), its [`LaunchSpec`]'s files opened here and handed over with the
+//! launch config in the handshake, a thread reading its events and a thread waiting for
+//! it to exit. Callers poll [`Supervisor::statuses`], [`Supervisor::take_damage`] and
+//! read pixels through [`Supervisor::framebuffer`] (shared memory, read-only); they drive
+//! partitions with the command methods. A partition that dies, is killed, or breaks the
+//! protocol becomes `Crashed` with the reason; the others never notice. See
+//! `vmm_core::control` for the protocol and the sequence a partition process follows.
 
-#[cfg(feature = "desktop")]
-mod backend;
 mod framebuffer;
+pub mod guest_image;
 pub mod launch;
 mod partition;
 mod spawn;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
+pub mod usage;
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use vmm_core::control::{Command, ControlError, InputEvent, PartitionStats};
+use vmm_core::control::{Command, ControlError, InputEvent, VmStats};
 use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 
-#[cfg(feature = "desktop")]
-pub use backend::{to_wire, SupervisedPartition};
 pub use framebuffer::{FramebufferOfferError, SharedFramebuffer};
+pub use launch::{AutoRestart, BootFiles, LaunchFileError, LaunchSpec};
 pub use partition::{
     HANDSHAKE_TIMEOUT, KILL_WAIT, MAX_CONSOLE_BUFFER, MAX_PENDING_DAMAGE,
     MAX_PENDING_SERVICE_REQUESTS, MAX_SERIAL_BUFFER, SEND_TIMEOUT,
@@ -40,30 +42,9 @@ use partition::Slot;
 /// How long [`Supervisor`]'s `Drop` waits for partitions to power off before killing.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What to do when a partition crashes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartPolicy {
-    Never,
-    /// Restart automatically, at most `max_retries` times until the next manual start.
-    OnCrash {
-        max_retries: u32,
-    },
-}
-
-/// How to start one partition process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LaunchSpec {
-    pub name: String,
-    /// The `bulkhead-vmm` binary.
-    pub program: PathBuf,
-    /// Arguments before the `--control-fd 3` the supervisor appends.
-    pub args: Vec<OsString>,
-    pub restart: RestartPolicy,
-}
-
-/// A partition as the GUI shows it.
+/// Where a partition's process is in its life.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum PartitionState {
+pub enum ProcessState {
     /// Not started, or stopped on request.
     #[default]
     Stopped,
@@ -83,16 +64,16 @@ pub enum PartitionState {
     },
 }
 
-impl PartitionState {
+impl ProcessState {
     pub fn is_crashed(&self) -> bool {
-        matches!(self, PartitionState::Crashed { .. })
+        matches!(self, ProcessState::Crashed { .. })
     }
 }
 
 /// A snapshot for polling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionStatus {
-    pub state: PartitionState,
+    pub state: ProcessState,
     /// Set while the process exists.
     pub pid: Option<u32>,
     /// Automatic restarts since the last manual start.
@@ -100,7 +81,7 @@ pub struct PartitionStatus {
     /// Damage messages received since start (all processes of this partition).
     pub damage_events: u64,
     pub framebuffer: Option<FramebufferLayout>,
-    pub stats: Option<PartitionStats>,
+    pub stats: Option<VmStats>,
     /// How the previous process ended, for a person.
     pub last_exit: Option<String>,
     /// The last stop had to kill the process.
@@ -131,6 +112,11 @@ pub enum SupervisorError {
     AlreadyRunning { name: String, pid: u32 },
     #[error("partition {0:?} is not running")]
     NotRunning(String),
+    #[error("partition {name:?} cannot start: {source}")]
+    Launch {
+        name: String,
+        source: LaunchFileError,
+    },
     #[error("starting partition {name:?} with {}: {source}", program.display())]
     Spawn {
         name: String,
@@ -158,7 +144,7 @@ impl Supervisor {
         let notify: Notify = Arc::new(RwLock::new(None));
         let mut slots = BTreeMap::new();
         for spec in specs {
-            let name = spec.name.clone();
+            let name = spec.name().to_string();
             let slot = Arc::new(Slot::new(spec, Arc::clone(&notify)));
             if slots.insert(name.clone(), slot).is_some() {
                 return Err(SupervisorError::DuplicateName(name));

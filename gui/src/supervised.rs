@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 
 use vmm_core::control::{InputDevice, InputEvent as WireInput};
 
-use super::{PartitionState as SupState, SharedFramebuffer, Supervisor, DEFAULT_STOP_TIMEOUT};
+use bulkhead_supervisor::usage::ProcessUsage;
+use bulkhead_supervisor::{
+    vm_process, ProcessState, SharedFramebuffer, Supervisor, DEFAULT_STOP_TIMEOUT,
+};
+
 use crate::app::backend::{BackendError, PartitionBackend};
 use crate::app::model::{PartitionInfo, PartitionState, PartitionStats, SourceKind};
 use crate::display::{DamageRect, FrameView, FramebufferLayout};
@@ -26,84 +30,6 @@ pub struct SupervisedPartition {
     serial: Vec<u8>,
     started: Option<Instant>,
     usage: ProcessUsage,
-}
-
-/// CPU and memory of the partition process, sampled from /proc about once a second.
-#[derive(Default)]
-struct ProcessUsage {
-    last: Option<(u32, Instant, u64)>,
-    cpu_percent: f32,
-    rss_mib: Option<u32>,
-}
-
-impl ProcessUsage {
-    const PERIOD: Duration = Duration::from_secs(1);
-
-    /// `pid` is the partition process the supervisor knows; the figures are those of
-    /// `measured(pid)` (the app passes [`super::vm_process`]: the VMM it runs), looked up
-    /// only when a sample is due.
-    fn sample(&mut self, pid: Option<u32>, measured: impl Fn(u32) -> u32) {
-        let Some(pid) = pid else {
-            *self = ProcessUsage::default();
-            return;
-        };
-        let now = Instant::now();
-        if let Some((last_pid, at, _)) = self.last {
-            if last_pid == pid && now.duration_since(at) < Self::PERIOD {
-                return;
-            }
-        }
-        let vm = measured(pid);
-        let Some(ticks) = cpu_ticks(vm) else {
-            *self = ProcessUsage::default();
-            return;
-        };
-        if let Some((last_pid, at, last_ticks)) = self.last {
-            let secs = now.duration_since(at).as_secs_f32();
-            if last_pid == pid && secs > 0.0 {
-                let used = ticks.saturating_sub(last_ticks) as f32 / clock_ticks_per_second();
-                self.cpu_percent = 100.0 * used / secs;
-            }
-        }
-        self.last = Some((pid, now, ticks));
-        self.rss_mib = rss_mib(vm);
-    }
-}
-
-/// utime + stime of `pid` in clock ticks (fields 14 and 15 of /proc/PID/stat; the command
-/// name before them may hold spaces, so count from the closing parenthesis).
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
-fn rss_mib(pid: u32) -> Option<u32> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    u32::try_from(pages * page_size() / (1 << 20)).ok()
-}
-
-fn clock_ticks_per_second() -> f32 {
-    // SAFETY: sysconf only reads a configuration value.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f32
-    } else {
-        100.0
-    }
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as u64
-    } else {
-        4096
-    }
 }
 
 impl SupervisedPartition {
@@ -129,7 +55,7 @@ impl SupervisedPartition {
         &self.info.name
     }
 
-    fn supervisor_state(&self) -> SupState {
+    fn supervisor_state(&self) -> ProcessState {
         self.supervisor
             .status(self.name())
             .map(|s| s.state)
@@ -187,14 +113,14 @@ fn process_error(name: &str, e: impl std::fmt::Display) -> BackendError {
     }
 }
 
-fn app_state(state: SupState) -> PartitionState {
+fn app_state(state: ProcessState) -> PartitionState {
     match state {
-        SupState::Stopped | SupState::Exited { .. } => PartitionState::Stopped,
-        SupState::Booting => PartitionState::Booting,
+        ProcessState::Stopped | ProcessState::Exited { .. } => PartitionState::Stopped,
+        ProcessState::Booting => PartitionState::Booting,
         // Still alive and drawing until the guest has powered off.
-        SupState::Running | SupState::Stopping => PartitionState::Running,
-        SupState::Paused => PartitionState::Paused,
-        SupState::Crashed { reason } => PartitionState::Crashed { reason },
+        ProcessState::Running | ProcessState::Stopping => PartitionState::Running,
+        ProcessState::Paused => PartitionState::Paused,
+        ProcessState::Crashed { reason } => PartitionState::Crashed { reason },
     }
 }
 
@@ -285,7 +211,7 @@ impl PartitionBackend for SupervisedPartition {
 
     fn poll(&mut self) {
         let pid = self.supervisor.status(self.name()).ok().and_then(|s| s.pid);
-        self.usage.sample(pid, super::vm_process);
+        self.usage.sample(pid, vm_process);
         self.refresh_framebuffer();
         self.copy_damage();
         if let Ok(bytes) = self.supervisor.take_serial(self.name()) {
@@ -322,28 +248,155 @@ impl PartitionBackend for SupervisedPartition {
 }
 
 #[cfg(test)]
-mod usage_tests {
+mod tests {
     use super::*;
+    use bulkhead_supervisor::testing::{fake_partition_main, fake_spec};
+    use bulkhead_supervisor::{AutoRestart, PartitionStatus};
+    use vmm_core::control::InputDevice;
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    fn fake(name: &str) -> bulkhead_supervisor::LaunchSpec {
+        fake_spec(
+            std::env::current_exe().unwrap(),
+            "supervised::tests::fake_partition_process",
+            name,
+            "normal",
+            AutoRestart::Never,
+        )
+    }
 
     #[test]
-    fn cpu_and_memory_of_a_busy_process_are_measured_from_proc() {
-        let me = std::process::id();
-        let mut usage = ProcessUsage::default();
-        usage.sample(Some(me), |p| p);
-        let until = Instant::now() + ProcessUsage::PERIOD + Duration::from_millis(300);
-        let mut x = 0u64;
-        while Instant::now() < until {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+    fn fake_partition_process() {
+        fake_partition_main();
+    }
+
+    fn wait_state(
+        sup: &Supervisor,
+        name: &str,
+        pred: impl Fn(&ProcessState) -> bool,
+    ) -> PartitionStatus {
+        let (status, ok) = sup.wait_until(name, WAIT, |s| pred(&s.state)).unwrap();
+        assert!(ok, "{name}: condition not reached, last status {status:?}");
+        status
+    }
+
+    fn wait_running(sup: &Supervisor, name: &str) -> PartitionStatus {
+        wait_state(sup, name, |s| *s == ProcessState::Running)
+    }
+
+    fn wait_more_damage(sup: &Supervisor, name: &str, more: u64) {
+        let start = sup.status(name).unwrap().damage_events;
+        let (status, ok) = sup
+            .wait_until(name, WAIT, |s| s.damage_events >= start + more)
+            .unwrap();
+        assert!(ok, "{name} stopped rendering: {status:?}");
+    }
+
+    fn kill9(pid: u32) {
+        // SAFETY: kill takes integers only; `pid` is our live child.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    }
+
+    fn app_info(name: &str) -> PartitionInfo {
+        PartitionInfo {
+            name: name.to_string(),
+            label: crate::app::model::Label::Blue,
+            kind: "work".to_string(),
+            memory_mib: 256,
+            vcpus: 1,
+            display: (64, 64),
+            source: SourceKind::SoftwareFramebuffer,
         }
-        std::hint::black_box(x);
-        usage.sample(Some(me), |p| p);
+    }
+
+    #[test]
+    fn app_backend_shows_shared_pixels_forwards_input_and_reports_a_crash() {
+        use crate::app::model::PartitionState as AppState;
+
+        let sup = Arc::new(Supervisor::new(vec![fake("app")]).unwrap());
+        let mut backend = SupervisedPartition::new(app_info("app"), Arc::clone(&sup)).unwrap();
+        assert_eq!(backend.info().source, SourceKind::Partition);
+        assert!(SupervisedPartition::new(app_info("nobody"), Arc::clone(&sup)).is_err());
+        backend.start().unwrap();
+        wait_running(&sup, "app");
+        wait_more_damage(&sup, "app", 3);
+
+        backend.poll();
+        let frame = backend.frame().expect("a running partition has a frame");
+        assert_eq!(frame.layout, FramebufferLayout::new(64, 64).unwrap());
+        assert!(!frame.damage.is_empty(), "the first frame is all damage");
+        let first = u32::from_le_bytes(frame.pixels[0..4].try_into().unwrap());
+        assert!(first > 0);
+
+        wait_more_damage(&sup, "app", 3);
+        backend.poll();
+        let frame = backend.frame().unwrap();
+        assert!(frame.damage.contains(&DamageRect {
+            x: 0,
+            y: 0,
+            w: 1,
+            h: 1
+        }));
+        let later = u32::from_le_bytes(frame.pixels[0..4].try_into().unwrap());
         assert!(
-            usage.cpu_percent > 20.0,
-            "busy loop measured at {}%",
-            usage.cpu_percent
+            later > first,
+            "damaged pixel not copied: {first} -> {later}"
         );
-        assert!(usage.rss_mib.is_some());
-        usage.sample(None, |p| p);
-        assert_eq!(usage.cpu_percent, 0.0);
+
+        let key = crate::input::InputEvent::Key {
+            code: 30,
+            pressed: true,
+        };
+        backend.send_input(&[key]).unwrap();
+        let mut serial = Vec::new();
+        for _ in 0..200 {
+            backend.poll();
+            backend.read_serial(&mut serial);
+            if serial.ends_with(b"input:2\n") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            serial.ends_with(b"input:2\n"),
+            "key + SYN_REPORT reach the partition"
+        );
+
+        kill9(sup.status("app").unwrap().pid.unwrap());
+        wait_state(&sup, "app", ProcessState::is_crashed);
+        assert_eq!(
+            backend.state(),
+            AppState::Crashed {
+                reason: "killed by SIGKILL".to_string()
+            }
+        );
+        assert!(backend.frame().is_none());
+    }
+
+    #[test]
+    fn app_input_becomes_evdev_for_the_right_device() {
+        use crate::input::InputEvent as App;
+        let wire = to_wire(&[
+            App::Key {
+                code: 30,
+                pressed: true,
+            },
+            App::PointerAbs { x: 5, y: 6 },
+        ]);
+        let kinds: Vec<_> = wire
+            .iter()
+            .map(|e| (e.kind, e.ev_type, e.code, e.value))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (InputDevice::Keyboard, 1, 30, 1),
+                (InputDevice::Keyboard, 0, 0, 0),
+                (InputDevice::Tablet, 3, 0, 5),
+                (InputDevice::Tablet, 3, 1, 6),
+                (InputDevice::Tablet, 0, 0, 0),
+            ]
+        );
     }
 }

@@ -242,10 +242,22 @@ pub fn build_initramfs(
     w.finish().map_err(wr)
 }
 
+/// The default image in the cache, built first if it is missing or stale.
+pub fn ensure_default(progress: &mut dyn FnMut(&str)) -> Result<GuestImage, ImageError> {
+    build_default(&default_image_dir(), progress)
+}
+
 /// Builds (or reuses) the default image in `dir`, reporting each step to `progress`.
+/// Several partitions (or processes) asking at once build it once: the build holds an
+/// exclusive lock on `dir/.lock`, and whoever waited finds the image built.
 pub fn build_default(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<GuestImage, ImageError> {
     if let Some(image) = locate(dir) {
         progress(&format!("guest image up to date in {}", dir.display()));
+        return Ok(image);
+    }
+    let _lock = lock_dir(dir)?;
+    if let Some(image) = locate(dir) {
+        progress(&format!("guest image built meanwhile in {}", dir.display()));
         return Ok(image);
     }
     progress("[1/4] resolving Debian's generic kernel package");
@@ -263,16 +275,40 @@ pub fn build_default(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Guest
     progress("[3/4] writing the initramfs");
     let initrd = build_initramfs(&root, &version, &[])?;
     let image = image_in(dir, &version);
-    fs::write(&image.initrd, initrd).map_err(io_err("writing", &image.initrd))?;
+    // Each file replaced whole (temp + rename): a partition opening the image while a
+    // rebuild runs gets the old file or the new one, never half of one.
+    replace_file(&image.initrd, &initrd)?;
     let vmlinuz = root.join("boot").join(format!("vmlinuz-{version}"));
-    fs::copy(&vmlinuz, &image.kernel).map_err(io_err("copying kernel", &vmlinuz))?;
+    let kernel = fs::read(&vmlinuz).map_err(io_err("reading kernel", &vmlinuz))?;
+    replace_file(&image.kernel, &kernel)?;
     progress("[4/4] cleaning up");
     let _ = fs::remove_dir_all(&work);
     let stamp = format!("{}\n{version}\n", recipe_fingerprint(&package));
-    let stamp_path = dir.join(STAMP);
-    fs::write(&stamp_path, stamp).map_err(io_err("writing", &stamp_path))?;
+    replace_file(&dir.join(STAMP), stamp.as_bytes())?;
     progress(&format!("guest image ready: {}", dir.display()));
     Ok(image)
+}
+
+/// Holds an exclusive `flock` on `dir/.lock` until dropped (the kernel drops it if the
+/// process dies, so a crashed build never leaves the cache locked).
+fn lock_dir(dir: &Path) -> Result<fs::File, ImageError> {
+    fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    let path = dir.join(".lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err("opening", &path))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io_err("locking", &path)(e.into()))?;
+    Ok(file)
+}
+
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let tmp = path.with_extension("partial");
+    fs::write(&tmp, bytes).map_err(io_err("writing", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("renaming into place", path))
 }
 
 #[cfg(test)]
@@ -302,6 +338,30 @@ mod tests {
         fs::write(dir.path().join(STAMP), stamp).unwrap();
         let image = locate(dir.path()).unwrap();
         assert_eq!(image.kernel_version, "6.1.0-1-amd64");
+    }
+
+    #[test]
+    fn a_second_builder_waits_for_the_first_and_reuses_its_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_dir(dir.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = dir.path().to_path_buf();
+        let waiter = std::thread::spawn(move || {
+            let got = build_default(&path, &mut |s| {
+                let _ = tx.send(s.to_string());
+            });
+            got.map(|i| i.kernel_version)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(rx.try_recv().is_err(), "the waiter must not start building");
+        // What the first builder leaves behind, then it lets go.
+        fs::write(dir.path().join("vmlinuz"), b"k").unwrap();
+        fs::write(dir.path().join("initrd.cpio"), b"i").unwrap();
+        let stamp = format!("{}\n6.1.0-9-amd64\n", recipe_fingerprint("linux-image-y"));
+        fs::write(dir.path().join(STAMP), stamp).unwrap();
+        drop(held);
+        assert_eq!(waiter.join().unwrap().unwrap(), "6.1.0-9-amd64");
+        assert!(rx.recv().unwrap().contains("built meanwhile"));
     }
 
     #[test]

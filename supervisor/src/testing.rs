@@ -1,0 +1,294 @@
+//! A stand-in for `bulkhead-vmm` at the process boundary, for the supervisor's tests and
+//! the app's: it speaks the real protocol over the real socket, shares a real memfd and
+//! installs the real seccomp profile, without a VM behind it. Each test binary that uses
+//! it has a `#[test] fn fake_partition_process()` calling [`fake_partition_main`] and
+//! launches itself with [`fake_spec`] naming that test.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vmm_core::control::{
+    control_stream_from_inherited_fd, Command, Event, Launch, Memfd, MessageWriter,
+    PartitionEndpoint, VmState, VmStats, MAX_CONSOLE_CHUNK,
+};
+use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
+use vmm_core::launch::{AgentChannel, BootConfig, DisplaySize, LaunchConfig, NetworkConfig};
+
+use crate::{AutoRestart, BootFiles, LaunchSpec, MAX_CONSOLE_BUFFER};
+
+/// Damage events the `flood` mode sends.
+pub const FLOOD_EVENTS: u64 = 20_000;
+
+/// A launch of `program` (a test binary) running only the test `test_name` (which calls
+/// [`fake_partition_main`]) in `mode`.
+pub fn fake_spec(
+    program: PathBuf,
+    test_name: &str,
+    name: &str,
+    mode: &str,
+    restart: AutoRestart,
+) -> LaunchSpec {
+    let launch = LaunchConfig {
+        name: name.to_string(),
+        memory_mib: 16,
+        vcpus: 1,
+        display: Some(DisplaySize {
+            width: 64,
+            height: 64,
+        }),
+        boot: BootConfig::TestCard,
+        disks: Vec::new(),
+        network: NetworkConfig::None,
+        agent: AgentChannel::VirtioConsole,
+    };
+    LaunchSpec {
+        program,
+        args: [
+            test_name,
+            "--exact",
+            "--quiet",
+            "--test-threads=1",
+            "--",
+            &format!("mode={mode}"),
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect(),
+        launch,
+        boot_files: BootFiles::None,
+        disk_files: Vec::new(),
+        restart,
+    }
+}
+
+/// Entry point of the fake partition process. In a normal test run it is given no
+/// `--control-fd` and returns at once; re-executed by a [`fake_spec`] launch, it never
+/// returns.
+pub fn fake_partition_main() {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(fd) = args
+        .iter()
+        .position(|a| a == "--control-fd")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+    else {
+        return;
+    };
+    let Some(mode) = args.iter().find_map(|a| a.strip_prefix("mode=")) else {
+        std::process::exit(9);
+    };
+    // SAFETY: fd 3 was inherited from the supervisor and nothing here owns it yet.
+    let stream = unsafe { control_stream_from_inherited_fd(fd) }.unwrap();
+    std::process::exit(run_fake(stream, mode));
+}
+
+fn run_fake(stream: UnixStream, mode: &str) -> i32 {
+    let mut raw = stream.try_clone().unwrap();
+    let Ok(Launch {
+        mut endpoint,
+        config,
+        files,
+    }) = PartitionEndpoint::receive_launch(stream)
+    else {
+        return 10;
+    };
+    // The test card needs /dev/kvm and nothing else: exactly that was handed over.
+    if files.kernel.is_some() || files.initrd.is_some() || !files.disks.is_empty() {
+        return 13;
+    }
+    let said = if mode == "wrong_name" {
+        "someone-else"
+    } else {
+        config.name.as_str()
+    };
+    if endpoint.say_hello(said).is_err() {
+        return 10;
+    }
+    let PartitionEndpoint {
+        mut commands,
+        mut events,
+    } = endpoint;
+    let layout = FramebufferLayout::new(64, 64).unwrap();
+    let memfd = Memfd::create("fake-fb", layout.region_size() as usize).unwrap();
+    let pixels = memfd.map_shared_rw().unwrap();
+    let offered = match mode {
+        "small_fb" => OwnedFd::from(
+            Memfd::create("small", 4096)
+                .unwrap()
+                .try_clone_file()
+                .unwrap(),
+        ),
+        "unsealed_fb" => unsealed_memfd(layout.bytes()),
+        _ => OwnedFd::from(memfd.try_clone_file().unwrap()),
+    };
+    events
+        .send_with_fds(&Event::Framebuffer { layout }, &[offered.as_fd()])
+        .unwrap();
+    if mode.ends_with("_fb") {
+        return idle();
+    }
+    events.send(&Event::State(VmState::Ready)).unwrap();
+    if commands.recv().map(|r| r.message).ok() != Some(Command::Start) {
+        return 11;
+    }
+    events.send(&Event::State(VmState::Running)).unwrap();
+    match mode {
+        "garbage" => {
+            raw.write_all(b"this is not a frame at all").unwrap();
+            idle()
+        }
+        "oversized" => {
+            raw.write_all(&u32::MAX.to_le_bytes()).unwrap();
+            idle()
+        }
+        "bad_damage" => {
+            let rects = vec![DamageRect {
+                x: 60,
+                y: 0,
+                w: 10,
+                h: 1,
+            }];
+            events.send(&Event::Damage { rects }).unwrap();
+            idle()
+        }
+        "forbidden_syscall" => {
+            vmm_core::sandbox::set_no_new_privs().unwrap();
+            vmm_core::sandbox::install(vmm_core::sandbox::SeccompProfile::Vcpu).unwrap();
+            // SAFETY: socket() takes integers; the filter kills us before it returns.
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            12
+        }
+        "flood" => {
+            let damage = Event::Damage {
+                rects: vec![DamageRect {
+                    x: 0,
+                    y: 0,
+                    w: 64,
+                    h: 1,
+                }],
+            };
+            for _ in 0..FLOOD_EVENTS {
+                events.send(&damage).unwrap();
+            }
+            events.send(&Event::State(VmState::PoweredOff)).unwrap();
+            0
+        }
+        "oversized_console" => {
+            let bytes = vec![b'!'; MAX_CONSOLE_CHUNK + 1];
+            events.send(&Event::Console { bytes }).unwrap();
+            idle()
+        }
+        "console_flood" => {
+            for e in Event::console_chunks(&console_flood_bytes()) {
+                events.send(&e).unwrap();
+            }
+            events.send(&Event::State(VmState::PoweredOff)).unwrap();
+            0
+        }
+        "exit3" => {
+            let fault = VmState::GuestFault {
+                reason: "triple fault".into(),
+            };
+            events.send(&Event::State(fault)).unwrap();
+            3
+        }
+        _ => {
+            let events = Arc::new(Mutex::new(events));
+            let obey_stop = mode != "ignore_stop";
+            let e = Arc::clone(&events);
+            std::thread::spawn(move || serve_commands(commands, e, obey_stop));
+            render(&events, &pixels)
+        }
+    }
+}
+
+/// More console output than the supervisor keeps, with no repeating pattern at the
+/// buffer's size, so a wrong cut shows.
+pub fn console_flood_bytes() -> Vec<u8> {
+    (0..MAX_CONSOLE_BUFFER + 3 * MAX_CONSOLE_CHUNK + 7)
+        .map(|i| (i % 251) as u8)
+        .collect()
+}
+
+fn unsealed_memfd(size: usize) -> OwnedFd {
+    let name = c"unsealed";
+    // SAFETY: valid C string; the new fd is owned right below.
+    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(raw >= 0);
+    // SAFETY: fresh fd from memfd_create, owned by nothing else.
+    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    file.set_len(size as u64).unwrap();
+    file.into()
+}
+
+fn idle() -> i32 {
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Writes a frame counter into pixel (0,0) and reports the damage, like a guest
+/// drawing and the dirty log noticing.
+fn render(events: &Mutex<MessageWriter<Event>>, pixels: &vmm_core::control::MappedRegion) -> i32 {
+    for frame in 1u32.. {
+        pixels.write_at(0, &frame.to_le_bytes()).unwrap();
+        let damage = Event::Damage {
+            rects: vec![DamageRect {
+                x: 0,
+                y: 0,
+                w: 1,
+                h: 1,
+            }],
+        };
+        if events.lock().unwrap().send(&damage).is_err() {
+            return 20;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    21
+}
+
+fn serve_commands(
+    mut commands: vmm_core::control::MessageReader<Command>,
+    events: Arc<Mutex<MessageWriter<Event>>>,
+    obey_stop: bool,
+) {
+    let send = |e: Event| {
+        let _ = events.lock().unwrap().send(&e);
+    };
+    while let Ok(received) = commands.recv() {
+        let command = received.message;
+        command.validate().unwrap();
+        match command {
+            Command::Stop if obey_stop => {
+                send(Event::State(VmState::Stopping));
+                send(Event::State(VmState::PoweredOff));
+                std::process::exit(0);
+            }
+            Command::Pause => send(Event::State(VmState::Paused)),
+            Command::Resume => send(Event::State(VmState::Running)),
+            Command::Input { events } => send(Event::Serial {
+                bytes: format!("input:{}\n", events.len()).into_bytes(),
+            }),
+            Command::Stats { id } => send(Event::Stats {
+                id,
+                stats: VmStats {
+                    uptime_ms: 1234,
+                    ..VmStats::default()
+                },
+            }),
+            Command::Screenshot { id } => send(Event::ScreenshotReady { id }),
+            Command::ConsoleWrite { bytes } => send(Event::Console {
+                bytes: bytes.iter().map(|b| !b).collect(),
+            }),
+            _ => {}
+        }
+    }
+    // Supervisor gone: a partition never outlives its connection.
+    std::process::exit(0);
+}

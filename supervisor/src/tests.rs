@@ -1,0 +1,460 @@
+//! Supervisor tests against real child processes.
+//!
+//! The partition processes here are this test binary re-executed with a filter that runs
+//! only [`fake_partition_process`]: the stand-in for `bulkhead-vmm` in
+//! [`crate::testing`].
+
+use std::time::Duration;
+
+use vmm_core::control::{Event, InputDevice, InputEvent, MAX_CONSOLE_CHUNK};
+use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
+
+use super::*;
+use crate::testing::{console_flood_bytes, fake_spec, FLOOD_EVENTS};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn fake_test_name() -> String {
+    let path = module_path!();
+    let without_crate = path.split_once("::").map_or(path, |(_, rest)| rest);
+    format!("{without_crate}::fake_partition_process")
+}
+
+fn fake(name: &str, mode: &str, restart: AutoRestart) -> LaunchSpec {
+    fake_spec(
+        std::env::current_exe().unwrap(),
+        &fake_test_name(),
+        name,
+        mode,
+        restart,
+    )
+}
+
+fn supervisor(specs: Vec<LaunchSpec>) -> Supervisor {
+    let sup = Supervisor::new(specs).unwrap();
+    assert!(sup.start_all().is_empty());
+    sup
+}
+
+fn wait_state(
+    sup: &Supervisor,
+    name: &str,
+    pred: impl Fn(&ProcessState) -> bool,
+) -> PartitionStatus {
+    let (status, ok) = sup.wait_until(name, WAIT, |s| pred(&s.state)).unwrap();
+    assert!(ok, "{name}: condition not reached, last status {status:?}");
+    status
+}
+
+fn wait_running(sup: &Supervisor, name: &str) -> PartitionStatus {
+    wait_state(sup, name, |s| *s == ProcessState::Running)
+}
+
+/// Waits until the partition has sent `more` further damage events.
+fn wait_more_damage(sup: &Supervisor, name: &str, more: u64) {
+    let start = sup.status(name).unwrap().damage_events;
+    let (status, ok) = sup
+        .wait_until(name, WAIT, |s| s.damage_events >= start + more)
+        .unwrap();
+    assert!(ok, "{name} stopped rendering: {status:?}");
+}
+
+fn kill9(pid: u32) {
+    // SAFETY: kill takes integers only; `pid` is our live child (checked by the caller
+    // via a status with a pid).
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+}
+
+fn reason(status: &PartitionStatus) -> String {
+    match &status.state {
+        ProcessState::Crashed { reason } => reason.clone(),
+        other => panic!("expected Crashed, got {other:?}"),
+    }
+}
+
+#[test]
+fn kill_minus_nine_crashes_only_that_partition_and_restart_brings_it_back() {
+    let sup = supervisor(vec![
+        fake("a", "normal", AutoRestart::Never),
+        fake("b", "normal", AutoRestart::Never),
+        fake("c", "normal", AutoRestart::Never),
+    ]);
+    for n in ["a", "b", "c"] {
+        wait_running(&sup, n);
+    }
+    let pid = sup.status("b").unwrap().pid.unwrap();
+    kill9(pid);
+    let crashed = wait_state(&sup, "b", ProcessState::is_crashed);
+    assert_eq!(reason(&crashed), "killed by SIGKILL");
+    assert_eq!(crashed.pid, None);
+
+    wait_more_damage(&sup, "a", 5);
+    wait_more_damage(&sup, "c", 5);
+    assert_eq!(sup.status("a").unwrap().state, ProcessState::Running);
+    assert_eq!(sup.status("c").unwrap().state, ProcessState::Running);
+
+    sup.restart("b", Duration::from_secs(2)).unwrap();
+    let back = wait_running(&sup, "b");
+    assert_ne!(back.pid, Some(pid));
+    wait_more_damage(&sup, "b", 5);
+}
+
+#[test]
+fn on_crash_policy_restarts_until_retries_run_out() {
+    let sup = supervisor(vec![fake(
+        "r",
+        "normal",
+        AutoRestart::OnCrash { max_retries: 1 },
+    )]);
+    let first = wait_running(&sup, "r").pid.unwrap();
+    kill9(first);
+    let (status, ok) = sup
+        .wait_until("r", WAIT, |s| {
+            s.restarts == 1 && s.state == ProcessState::Running && s.pid != Some(first)
+        })
+        .unwrap();
+    assert!(ok, "no automatic restart: {status:?}");
+
+    kill9(status.pid.unwrap());
+    let (status, _) = sup
+        .wait_until("r", Duration::from_secs(2), |s| {
+            s.state == ProcessState::Running && s.restarts > 1
+        })
+        .unwrap();
+    assert!(
+        status.state.is_crashed(),
+        "retries exhausted, must stay crashed: {status:?}"
+    );
+    assert_eq!(status.restarts, 1);
+}
+
+#[test]
+fn garbage_on_the_socket_cuts_off_only_that_partition() {
+    let sup = supervisor(vec![
+        fake("good", "normal", AutoRestart::OnCrash { max_retries: 3 }),
+        fake("junk", "garbage", AutoRestart::OnCrash { max_retries: 3 }),
+        fake("huge", "oversized", AutoRestart::Never),
+        fake("offscreen", "bad_damage", AutoRestart::Never),
+        fake("liar", "wrong_name", AutoRestart::Never),
+        fake("tiny", "small_fb", AutoRestart::Never),
+        fake("shrinkable", "unsealed_fb", AutoRestart::Never),
+        fake("chatty", "oversized_console", AutoRestart::Never),
+    ]);
+    let cases = [
+        ("junk", "message length"),
+        ("huge", "exceeds the maximum"),
+        ("offscreen", "outside the screen"),
+        ("liar", "says it is partition"),
+        ("tiny", "the layout needs"),
+        ("shrinkable", "F_SEAL_SHRINK missing"),
+        ("chatty", "console bytes holds 4097 items"),
+    ];
+    for (name, why) in cases {
+        let status = wait_state(&sup, name, ProcessState::is_crashed);
+        let r = reason(&status);
+        assert!(
+            r.starts_with("protocol violation: ") && r.contains(why),
+            "{name}: {r}"
+        );
+        let (status, gone) = sup.wait_until(name, WAIT, |s| s.pid.is_none()).unwrap();
+        assert!(gone, "{name}: cut-off process must be killed: {status:?}");
+    }
+    // Protocol violations are not crashes to retry: a hostile partition stays off.
+    let junk = sup.status("junk").unwrap();
+    assert_eq!(junk.restarts, 0);
+    assert!(junk.state.is_crashed());
+
+    wait_running(&sup, "good");
+    wait_more_damage(&sup, "good", 5);
+}
+
+#[test]
+fn forbidden_syscall_kills_the_partition_and_is_reported() {
+    let sup = supervisor(vec![
+        fake("bad", "forbidden_syscall", AutoRestart::Never),
+        fake("ok", "normal", AutoRestart::Never),
+    ]);
+    let status = wait_state(&sup, "bad", ProcessState::is_crashed);
+    let r = reason(&status);
+    assert!(
+        r.contains("SIGSYS") && r.contains("forbidden system call"),
+        "{r}"
+    );
+    wait_more_damage(&sup, "ok", 3);
+}
+
+#[test]
+fn stop_all_kills_a_partition_that_ignores_stop() {
+    let sup = supervisor(vec![
+        fake(
+            "stubborn",
+            "ignore_stop",
+            AutoRestart::OnCrash { max_retries: 3 },
+        ),
+        fake("polite", "normal", AutoRestart::OnCrash { max_retries: 3 }),
+    ]);
+    wait_running(&sup, "stubborn");
+    wait_running(&sup, "polite");
+    sup.stop_all(Duration::from_millis(1500));
+
+    let stubborn = sup.status("stubborn").unwrap();
+    assert_eq!(stubborn.state, ProcessState::Stopped);
+    assert_eq!(stubborn.pid, None);
+    assert!(stubborn.killed_after_timeout);
+    let exit = stubborn.last_exit.unwrap();
+    assert!(
+        exit.contains("SIGKILL") && exit.contains("ignoring the stop"),
+        "{exit}"
+    );
+
+    let polite = sup.status("polite").unwrap();
+    assert_eq!(polite.state, ProcessState::Stopped);
+    assert!(!polite.killed_after_timeout);
+    assert_eq!(polite.last_exit.as_deref(), Some("exited with status 0"));
+    // A requested stop is not a crash: no restart happens.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sup.status("polite").unwrap().pid, None);
+}
+
+#[test]
+fn framebuffer_pixels_arrive_through_shared_memory() {
+    let sup = supervisor(vec![fake("fb", "normal", AutoRestart::Never)]);
+    wait_running(&sup, "fb");
+    wait_more_damage(&sup, "fb", 3);
+    let fb = sup.framebuffer("fb").unwrap().expect("framebuffer offered");
+    assert_eq!(fb.layout(), FramebufferLayout::new(64, 64).unwrap());
+    let damage = sup.take_damage("fb").unwrap();
+    assert!(!damage.is_empty());
+    assert!(damage.iter().all(|r| fb.contains(r)));
+
+    // The fake writes its frame counter into pixel (0,0) after the memfd crossed the
+    // socket; only shared memory can carry the later values.
+    let first = fb.pixel(0, 0).unwrap();
+    wait_more_damage(&sup, "fb", 3);
+    let later = fb.pixel(0, 0).unwrap();
+    assert!(later > first, "pixel did not change: {first} -> {later}");
+    let mut rect = Vec::new();
+    fb.read_rect(
+        DamageRect {
+            x: 0,
+            y: 0,
+            w: 2,
+            h: 2,
+        },
+        &mut rect,
+    )
+    .unwrap();
+    assert_eq!(rect.len(), 16);
+    assert!(fb
+        .read_rect(
+            DamageRect {
+                x: 63,
+                y: 0,
+                w: 2,
+                h: 1
+            },
+            &mut rect
+        )
+        .is_err());
+}
+
+#[test]
+fn commands_reach_the_partition_and_answers_come_back() {
+    let sup = supervisor(vec![fake("cmd", "normal", AutoRestart::Never)]);
+    wait_running(&sup, "cmd");
+    sup.pause("cmd").unwrap();
+    wait_state(&sup, "cmd", |s| *s == ProcessState::Paused);
+    sup.resume("cmd").unwrap();
+    wait_running(&sup, "cmd");
+
+    let key = |value| InputEvent {
+        kind: InputDevice::Keyboard,
+        ev_type: 1,
+        code: 30,
+        value,
+    };
+    sup.send_input("cmd", &[key(1), key(0)]).unwrap();
+    sup.request_stats("cmd").unwrap();
+    let shot = sup.request_screenshot("cmd").unwrap();
+    let (status, ok) = sup.wait_until("cmd", WAIT, |s| s.stats.is_some()).unwrap();
+    assert!(ok, "{status:?}");
+    assert_eq!(status.stats.unwrap().uptime_ms, 1234);
+
+    let mut serial = Vec::new();
+    let mut ready = Vec::new();
+    for _ in 0..200 {
+        serial.extend(sup.take_serial("cmd").unwrap());
+        ready.extend(sup.take_screenshots_ready("cmd").unwrap());
+        if serial.ends_with(b"input:2\n") && ready.contains(&shot) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        serial.ends_with(b"input:2\n"),
+        "{:?}",
+        String::from_utf8_lossy(&serial)
+    );
+    assert!(ready.contains(&shot));
+}
+
+/// Takes console output until `len` bytes arrived or [`WAIT`] passed.
+fn take_console_until(sup: &Supervisor, name: &str, len: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while got.len() < len && std::time::Instant::now() < deadline {
+        got.extend(sup.take_console(name).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    got
+}
+
+#[test]
+fn console_bytes_round_trip_through_the_partition_process_in_order() {
+    let sup = supervisor(vec![
+        fake("agent", "normal", AutoRestart::Never),
+        fake("bystander", "normal", AutoRestart::Never),
+    ]);
+    wait_running(&sup, "agent");
+    wait_running(&sup, "bystander");
+    // Every byte value, more than three chunks, over two calls. The fake validates each
+    // command (so the chunks respect the cap) and answers with every byte inverted, so
+    // matching output can only have passed through the partition process.
+    let sent: Vec<u8> = (0..=255).cycle().take(3 * MAX_CONSOLE_CHUNK + 17).collect();
+    sup.console_write("agent", &sent[..100]).unwrap();
+    sup.console_write("agent", &sent[100..]).unwrap();
+    let want: Vec<u8> = sent.iter().map(|b| !b).collect();
+    let got = take_console_until(&sup, "agent", want.len());
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "console bytes changed or reordered on the way");
+    assert!(sup.take_console("agent").unwrap().is_empty());
+    assert!(
+        sup.take_console("bystander").unwrap().is_empty(),
+        "console bytes reach only the named partition"
+    );
+    assert_eq!(sup.status("agent").unwrap().state, ProcessState::Running);
+}
+
+#[test]
+fn console_output_beyond_the_buffer_keeps_the_newest_bytes() {
+    let sup = supervisor(vec![fake("loud", "console_flood", AutoRestart::Never)]);
+    // The fake sends everything and exits 0; the event reader has drained by then.
+    wait_state(&sup, "loud", |s| matches!(s, ProcessState::Exited { .. }));
+    let got = sup.take_console("loud").unwrap();
+    let sent = console_flood_bytes();
+    assert_eq!(got.len(), MAX_CONSOLE_BUFFER);
+    assert!(got[..] == sent[sent.len() - MAX_CONSOLE_BUFFER..]);
+}
+
+#[test]
+fn partition_exiting_with_an_error_shows_crashed_with_the_status() {
+    let sup = supervisor(vec![fake("x", "exit3", AutoRestart::Never)]);
+    let status = wait_state(&sup, "x", ProcessState::is_crashed);
+    assert_eq!(reason(&status), "guest fault: triple fault");
+    assert_eq!(status.last_exit.as_deref(), Some("exited with status 3"));
+}
+
+#[test]
+fn launch_errors_name_what_failed() {
+    let dup = Supervisor::new(vec![
+        fake("same", "normal", AutoRestart::Never),
+        fake("same", "normal", AutoRestart::Never),
+    ]);
+    assert!(matches!(dup, Err(SupervisorError::DuplicateName(n)) if n == "same"));
+
+    let mut missing = fake("ghost", "normal", AutoRestart::Never);
+    missing.program = "/nonexistent/bulkhead-vmm".into();
+    let sup = Supervisor::new(vec![missing]).unwrap();
+    let err = sup.start("ghost").unwrap_err();
+    assert!(
+        err.to_string().contains("/nonexistent/bulkhead-vmm"),
+        "{err}"
+    );
+    assert!(matches!(
+        sup.status("nope"),
+        Err(SupervisorError::UnknownPartition(_))
+    ));
+    assert!(matches!(
+        sup.pause("ghost"),
+        Err(SupervisorError::NotRunning(_))
+    ));
+}
+
+// ---- benchmark ----
+
+/// CPU time (user + system) of this whole process so far.
+fn cpu_time() -> Duration {
+    // SAFETY: an all-zero rusage is a valid out-buffer; getrusage writes only into it.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(r.ru_utime) + tv(r.ru_stime)
+}
+
+/// Baseline: the bare protocol cost, reading the same flood with a plain reader and no
+/// bookkeeping.
+fn bare_reader_cpu() -> Duration {
+    let spec = fake("bare", "flood", AutoRestart::Never);
+    let mut spawned = super::spawn::spawn_partition(&spec).unwrap();
+    let mut reader =
+        vmm_core::control::MessageReader::<Event>::new(spawned.socket.try_clone().unwrap());
+    let mut writer = vmm_core::control::MessageWriter::<Command>::new(spawned.socket);
+    let before = cpu_time();
+    let files = spec.open_files().unwrap();
+    vmm_core::control::send_launch(&mut writer, &spec.launch, files).unwrap();
+    reader.recv().unwrap();
+    writer.send(&Command::Start).unwrap();
+    let mut damage = 0;
+    while let Ok(r) = reader.recv() {
+        if matches!(r.message, Event::Damage { .. }) {
+            damage += 1;
+        }
+    }
+    let spent = cpu_time() - before;
+    spawned.child.wait().unwrap();
+    assert_eq!(damage, FLOOD_EVENTS);
+    spent
+}
+
+fn supervisor_cpu() -> Duration {
+    let sup = Supervisor::new(vec![fake("flood", "flood", AutoRestart::Never)]).unwrap();
+    let before = cpu_time();
+    sup.start("flood").unwrap();
+    let (status, ok) = sup
+        .wait_until("flood", Duration::from_secs(120), |s| {
+            s.pid.is_none() && s.damage_events > 0
+        })
+        .unwrap();
+    let spent = cpu_time() - before;
+    assert!(ok, "{status:?}");
+    assert_eq!(status.damage_events, FLOOD_EVENTS);
+    spent
+}
+
+/// Supervisor CPU per damage event against the bare protocol cost, in one run.
+/// `cargo test -p bulkhead --lib supervisor::tests::bench_ -- --ignored --nocapture --test-threads=1`
+#[test]
+#[ignore = "benchmark: run explicitly"]
+fn bench_supervisor_cost_per_damage_event() {
+    // Warm up both paths once, then measure each three times and keep the best.
+    bare_reader_cpu();
+    supervisor_cpu();
+    let best = |f: fn() -> Duration| (0..3).map(|_| f()).min().unwrap();
+    let bare = best(bare_reader_cpu);
+    let sup = best(supervisor_cpu);
+    let per = |d: Duration| d.as_nanos() as f64 / FLOOD_EVENTS as f64;
+    println!(
+        "damage events: {FLOOD_EVENTS}; bare protocol read {:.0} ns/event; supervisor {:.0} ns/event; ratio {:.2}",
+        per(bare),
+        per(sup),
+        per(sup) / per(bare)
+    );
+}
+
+// ---- the fake partition process ----
+
+#[test]
+fn fake_partition_process() {
+    crate::testing::fake_partition_main();
+}

@@ -1,0 +1,102 @@
+//! CPU and memory of partition processes, read from `/proc` (the sandbox keeps a
+//! partition's own view of it private, so the supervisor's side measures).
+
+use std::time::{Duration, Instant};
+
+/// CPU and memory of the partition process, sampled from /proc about once a second.
+#[derive(Debug, Default)]
+pub struct ProcessUsage {
+    last: Option<(u32, Instant, u64)>,
+    /// Percent of one host CPU over the last period.
+    pub cpu_percent: f32,
+    /// Resident memory, MiB.
+    pub rss_mib: Option<u32>,
+}
+
+impl ProcessUsage {
+    pub const PERIOD: Duration = Duration::from_secs(1);
+
+    /// `pid` is the partition process the supervisor knows; the figures are those of
+    /// `measured(pid)` (the app passes [`crate::vm_process`]: the VMM it runs), looked up
+    /// only when a sample is due.
+    pub fn sample(&mut self, pid: Option<u32>, measured: impl Fn(u32) -> u32) {
+        let Some(pid) = pid else {
+            *self = ProcessUsage::default();
+            return;
+        };
+        let now = Instant::now();
+        if let Some((last_pid, at, _)) = self.last {
+            if last_pid == pid && now.duration_since(at) < Self::PERIOD {
+                return;
+            }
+        }
+        let vm = measured(pid);
+        let Some(ticks) = cpu_ticks(vm) else {
+            *self = ProcessUsage::default();
+            return;
+        };
+        if let Some((last_pid, at, last_ticks)) = self.last {
+            let secs = now.duration_since(at).as_secs_f32();
+            if last_pid == pid && secs > 0.0 {
+                let used = ticks.saturating_sub(last_ticks) as f32 / clock_ticks_per_second();
+                self.cpu_percent = 100.0 * used / secs;
+            }
+        }
+        self.last = Some((pid, now, ticks));
+        self.rss_mib = rss_mib(vm);
+    }
+}
+
+/// utime + stime of `pid` in clock ticks (fields 14 and 15 of /proc/PID/stat; the command
+/// name before them may hold spaces, so count from the closing parenthesis).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn rss_mib(pid: u32) -> Option<u32> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    u32::try_from(pages * page_size() / (1 << 20)).ok()
+}
+
+fn clock_ticks_per_second() -> f32 {
+    match rustix::param::clock_ticks_per_second() {
+        0 => 100.0,
+        t => t as f32,
+    }
+}
+
+fn page_size() -> u64 {
+    rustix::param::page_size() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_and_memory_of_a_busy_process_are_measured_from_proc() {
+        let me = std::process::id();
+        let mut usage = ProcessUsage::default();
+        usage.sample(Some(me), |p| p);
+        let until = Instant::now() + ProcessUsage::PERIOD + Duration::from_millis(300);
+        let mut x = 0u64;
+        while Instant::now() < until {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        usage.sample(Some(me), |p| p);
+        assert!(
+            usage.cpu_percent > 20.0,
+            "busy loop measured at {}%",
+            usage.cpu_percent
+        );
+        assert!(usage.rss_mib.is_some());
+        usage.sample(None, |p| p);
+        assert_eq!(usage.cpu_percent, 0.0);
+    }
+}

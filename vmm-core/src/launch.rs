@@ -1,0 +1,310 @@
+//! The launch contract: everything a partition process is started with.
+//!
+//! The supervisor sends one [`LaunchConfig`] in the handshake
+//! ([`crate::control::Command::Hello`]) and then hands over, one per message, the open
+//! files it names ([`FileRole`], in the order of [`LaunchConfig::file_roles`]). The
+//! partition process reads no argv beyond its control fd and opens nothing itself: the
+//! config is plain data, the files are fds. Bare `bulkhead-vmm run` builds the same
+//! config from its flags and opens the files itself.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+
+use serde::{Deserialize, Serialize};
+
+use crate::devices::framebuffer::{FramebufferError, FramebufferLayout};
+
+/// The kernel command line partitions boot with unless told otherwise.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+/// vCPUs a partition may have.
+pub const MAX_VCPUS: u8 = 8;
+/// Guest memory bounds, MiB. The upper bound keeps RAM below the 64 GiB the memory map
+/// plans for; the lower one is what a micro-guest needs.
+pub const MIN_MEMORY_MIB: u64 = 2;
+pub const MAX_MEMORY_MIB: u64 = 64 * 1024;
+/// Disks a partition may have (`/dev/vda` …).
+pub const MAX_DISKS: usize = 8;
+/// Bytes of the name, the command line and a disk id.
+pub const MAX_NAME: usize = 64;
+pub const MAX_CMDLINE: usize = 2048;
+/// virtio-blk ids are 20 bytes.
+pub const MAX_DISK_ID: usize = 20;
+
+/// A partition, as its process is launched: plain values, no paths, no policy language.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchConfig {
+    pub name: String,
+    pub memory_mib: u64,
+    pub vcpus: u8,
+    /// `None`: no framebuffer (serial only).
+    pub display: Option<DisplaySize>,
+    pub boot: BootConfig,
+    /// In order: `/dev/vda`, `/dev/vdb`, … Each one's file is handed over.
+    pub disks: Vec<DiskConfig>,
+    pub network: NetworkConfig,
+    /// Where the guest agent talks to the host.
+    pub agent: AgentChannel,
+}
+
+/// What the boot vCPU runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BootConfig {
+    /// A Linux bzImage through the 64-bit boot protocol; the kernel (and the initrd, when
+    /// `initrd` is true) are handed over as files.
+    Linux { cmdline: String, initrd: bool },
+    /// The built-in test card micro-guest (runs on any KVM, software ones included).
+    TestCard,
+}
+
+/// One virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskConfig {
+    /// The disk's role as the guest reads it (`/sys/block/vdX/serial`), e.g. `root`.
+    pub id: String,
+    pub read_only: bool,
+}
+
+/// The partition's network device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetworkConfig {
+    /// No network device at all.
+    #[default]
+    None,
+}
+
+/// The guest agent's byte channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentChannel {
+    /// `/dev/hvc0`: the virtio console, relayed over the control socket.
+    #[default]
+    VirtioConsole,
+}
+
+/// A framebuffer size, `WIDTHxHEIGHT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisplaySize {
+    pub width: u32,
+    pub height: u32,
+}
+
+impl DisplaySize {
+    pub fn layout(self) -> Result<FramebufferLayout, FramebufferError> {
+        FramebufferLayout::new(self.width, self.height)
+    }
+}
+
+impl std::str::FromStr for DisplaySize {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let bad = || ParseError::DisplaySize(s.to_string());
+        let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+        let size = DisplaySize {
+            width: w.trim().parse().map_err(|_| bad())?,
+            height: h.trim().parse().map_err(|_| bad())?,
+        };
+        size.layout()
+            .map_err(|e| ParseError::DisplayBounds(e.to_string()))?;
+        Ok(size)
+    }
+}
+
+impl std::fmt::Display for DisplaySize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.width, self.height)
+    }
+}
+
+/// A command-line value that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("`{0}` is not a memory size; write e.g. 512M or 2G")]
+    MemorySize(String),
+    #[error("`{0}` is too large a memory size")]
+    MemoryTooLarge(String),
+    #[error("`{0}` is not a whole number of MiB")]
+    MemoryNotMib(String),
+    #[error("`{0}` is not a display size; write WIDTHxHEIGHT, e.g. 1024x768")]
+    DisplaySize(String),
+    #[error("{0}")]
+    DisplayBounds(String),
+}
+
+/// A memory size in MiB: plain MiB, or with a K/M/G suffix (`512M`, `2G`, `1GiB`).
+pub fn parse_memory_mib(s: &str) -> Result<u64, ParseError> {
+    let t = s.trim().to_ascii_uppercase();
+    let t = t.trim_end_matches("IB").trim_end_matches('B');
+    let (num, kib_per_unit) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 1u64),
+        Some('M') => (&t[..t.len() - 1], 1024),
+        Some('G') => (&t[..t.len() - 1], 1024 * 1024),
+        _ => (t, 1024),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| ParseError::MemorySize(s.to_string()))?;
+    let kib = n
+        .checked_mul(kib_per_unit)
+        .ok_or_else(|| ParseError::MemoryTooLarge(s.to_string()))?;
+    if kib % 1024 != 0 {
+        return Err(ParseError::MemoryNotMib(s.to_string()));
+    }
+    Ok(kib / 1024)
+}
+
+/// Which handed-over file a [`crate::control::Command::File`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileRole {
+    /// `/dev/kvm`, opened by the supervisor.
+    Kvm,
+    Kernel,
+    Initrd,
+    /// Disk `n` of [`LaunchConfig::disks`].
+    Disk(u8),
+}
+
+/// A launch config that breaks the contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LaunchError {
+    #[error("partition name {0:?} is empty, longer than {MAX_NAME} bytes or not [a-zA-Z0-9_.-]")]
+    Name(String),
+    #[error("{0} vCPUs requested; a partition has 1..={MAX_VCPUS}")]
+    Vcpus(u8),
+    #[error(
+        "{0} MiB of memory requested; a partition has {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB} MiB"
+    )]
+    Memory(u64),
+    #[error("display {0}: {1}")]
+    Display(DisplaySize, String),
+    #[error("the test card needs a display")]
+    TestCardWithoutDisplay,
+    #[error("kernel command line of {0} bytes exceeds {MAX_CMDLINE}")]
+    Cmdline(usize),
+    #[error("{0} disks requested; a partition has at most {MAX_DISKS}")]
+    Disks(usize),
+    #[error("disk id {0:?} is longer than {MAX_DISK_ID} bytes or not printable ASCII")]
+    DiskId(String),
+    #[error("expected the {expected:?} file next, got {got:?}")]
+    UnexpectedFile { expected: FileRole, got: FileRole },
+    #[error("expected {expected} handed-over files, got {got}")]
+    FileCount { expected: usize, got: usize },
+}
+
+impl LaunchConfig {
+    /// Checks every bound; the partition process calls this on what it receives.
+    pub fn validate(&self) -> Result<(), LaunchError> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= MAX_NAME
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !name_ok {
+            return Err(LaunchError::Name(self.name.chars().take(80).collect()));
+        }
+        if !(1..=MAX_VCPUS).contains(&self.vcpus) {
+            return Err(LaunchError::Vcpus(self.vcpus));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(LaunchError::Memory(self.memory_mib));
+        }
+        if let Some(d) = self.display {
+            d.layout()
+                .map_err(|e| LaunchError::Display(d, e.to_string()))?;
+        }
+        match &self.boot {
+            BootConfig::Linux { cmdline, .. } if cmdline.len() > MAX_CMDLINE => {
+                return Err(LaunchError::Cmdline(cmdline.len()))
+            }
+            BootConfig::TestCard if self.display.is_none() => {
+                return Err(LaunchError::TestCardWithoutDisplay)
+            }
+            _ => {}
+        }
+        if self.disks.len() > MAX_DISKS {
+            return Err(LaunchError::Disks(self.disks.len()));
+        }
+        for disk in &self.disks {
+            let ok = disk.id.len() <= MAX_DISK_ID && disk.id.bytes().all(|b| b.is_ascii_graphic());
+            if !ok {
+                return Err(LaunchError::DiskId(disk.id.chars().take(40).collect()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The files handed over after the config, in order.
+    pub fn file_roles(&self) -> Vec<FileRole> {
+        let mut roles = vec![FileRole::Kvm];
+        if let BootConfig::Linux { initrd, .. } = &self.boot {
+            roles.push(FileRole::Kernel);
+            if *initrd {
+                roles.push(FileRole::Initrd);
+            }
+        }
+        // validate() bounds the count far below u8::MAX.
+        roles.extend((0..self.disks.len().min(MAX_DISKS)).map(|i| FileRole::Disk(i as u8)));
+        roles
+    }
+}
+
+/// The open files a partition runs with, as [`LaunchConfig::file_roles`] lists them.
+#[derive(Debug)]
+pub struct LaunchFiles {
+    pub kvm: OwnedFd,
+    pub kernel: Option<File>,
+    pub initrd: Option<File>,
+    pub disks: Vec<File>,
+}
+
+impl LaunchFiles {
+    /// In [`LaunchConfig::file_roles`] order.
+    pub fn into_handover(self) -> Vec<(FileRole, OwnedFd)> {
+        let mut out = vec![(FileRole::Kvm, self.kvm)];
+        out.extend(self.kernel.map(|f| (FileRole::Kernel, f.into())));
+        out.extend(self.initrd.map(|f| (FileRole::Initrd, f.into())));
+        out.extend(
+            self.disks
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| (FileRole::Disk(i as u8), f.into())),
+        );
+        out
+    }
+
+    /// Puts handed-over fds back together, checking each arrived in its place.
+    pub fn from_handover(
+        config: &LaunchConfig,
+        handed: Vec<(FileRole, OwnedFd)>,
+    ) -> Result<LaunchFiles, LaunchError> {
+        let roles = config.file_roles();
+        if handed.len() != roles.len() {
+            return Err(LaunchError::FileCount {
+                expected: roles.len(),
+                got: handed.len(),
+            });
+        }
+        let (mut kvm, mut kernel, mut initrd, mut disks) = (None, None, None, Vec::new());
+        for (expected, (got, fd)) in roles.into_iter().zip(handed) {
+            if expected != got {
+                return Err(LaunchError::UnexpectedFile { expected, got });
+            }
+            match got {
+                FileRole::Kvm => kvm = Some(fd),
+                FileRole::Kernel => kernel = Some(File::from(fd)),
+                FileRole::Initrd => initrd = Some(File::from(fd)),
+                FileRole::Disk(_) => disks.push(File::from(fd)),
+            }
+        }
+        // file_roles() always starts with Kvm, and every role matched.
+        let kvm = kvm.ok_or(LaunchError::FileCount {
+            expected: 1,
+            got: 0,
+        })?;
+        Ok(LaunchFiles {
+            kvm,
+            kernel,
+            initrd,
+            disks,
+        })
+    }
+}

@@ -1,0 +1,62 @@
+//! The partition run loop: one [`LaunchConfig`] plus its handed-over files become a
+//! running VM, either under the supervisor ([`supervised`], the control protocol) or bare
+//! ([`bare`], `bulkhead-vmm run`: serial to a file, screenshots, a timeout).
+//!
+//! Both go through [`vm_config`], so a partition boots the same way however it is run.
+
+pub mod bare;
+pub mod supervised;
+
+use kvm_ioctls::Kvm;
+
+use crate::builder::{BootSource, VmConfig};
+use crate::devices::legacy::SerialSink;
+use crate::hostcheck::{self, HostError};
+use crate::launch::{BootConfig, LaunchConfig, LaunchError, LaunchFiles};
+use crate::layout::{FRAMEBUFFER_ADDR, HIMEM_START};
+
+/// Why a launch config and its files do not make a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error("the handed-over /dev/kvm: {0}")]
+    Kvm(#[from] HostError),
+    #[error("a Linux boot was launched without its kernel file")]
+    NoKernel,
+    #[error("display: {0}")]
+    Display(#[from] crate::devices::framebuffer::FramebufferError),
+}
+
+/// The VM a launch config describes, on the files it was handed.
+pub fn vm_config(
+    launch: &LaunchConfig,
+    files: LaunchFiles,
+    serial: SerialSink,
+) -> Result<(Kvm, VmConfig), ConfigError> {
+    launch.validate()?;
+    let kvm = hostcheck::kvm_from_device(files.kvm)?;
+    let display = launch.display.map(|d| d.layout()).transpose()?;
+    let boot = match (&launch.boot, display) {
+        (BootConfig::TestCard, Some(fb)) => BootSource::Raw {
+            code: crate::microguest::test_card(FRAMEBUFFER_ADDR, fb.width, fb.height),
+            load_addr: HIMEM_START,
+        },
+        (BootConfig::TestCard, None) => return Err(LaunchError::TestCardWithoutDisplay.into()),
+        (BootConfig::Linux { cmdline, .. }, _) => BootSource::Linux {
+            kernel: files.kernel.ok_or(ConfigError::NoKernel)?,
+            initrd: files.initrd,
+            cmdline: cmdline.clone(),
+        },
+    };
+    Ok((
+        kvm,
+        VmConfig {
+            mem_mib: launch.memory_mib,
+            vcpus: launch.vcpus,
+            boot,
+            display,
+            serial,
+        },
+    ))
+}
