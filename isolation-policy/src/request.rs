@@ -118,7 +118,8 @@ pub enum Verdict {
     Deny {
         notify: bool,
     },
-    /// Ask the user; the GUI preselects `default_target` and then calls [`Policy::resolve_ask`].
+    /// Ask the user; the GUI preselects `default_target` and then calls
+    /// [`Policy::resolve_ask`](crate::Policy::resolve_ask).
     Ask {
         default_target: Option<String>,
     },
