@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use toml_edit::{value, Array, ArrayOfTables, DocumentMut, Item, Table};
 
 use crate::diag::{closest, Diagnostic, Report};
-use crate::fields::EDITABLE_FIELDS;
+// Kept at its old path, `document::EDITABLE_FIELDS`, for callers that name it so.
+pub use crate::fields::EDITABLE_FIELDS;
 use crate::label::Label;
 use crate::load::{
     check_rule_names, rule_file_order, LoadError, Sources, PARTITIONS_FILE, RULES_DIR, RULES_EXT,

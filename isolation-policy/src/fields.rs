@@ -278,6 +278,18 @@ mod tests {
     }
 
     #[test]
+    fn integer_fields_carry_the_partition_limits() {
+        let kind = |key: &str| field_named(key).map(|f| f.kind);
+        let integer = |range, unit| Some(FieldKind::Integer { range, unit });
+        assert_eq!(kind("memory_mib"), integer(limits::MEMORY_MIB, "MiB"));
+        assert_eq!(kind("vcpus"), integer(limits::VCPUS, "vCPUs"));
+        assert_eq!(
+            kind("cpu_weight"),
+            integer(limits::CPU_WEIGHT, "(relative weight)")
+        );
+    }
+
+    #[test]
     fn editable_fields_are_every_field_but_the_firewall_rules() {
         assert_eq!(EDITABLE_FIELDS.len(), PARTITION_FIELDS.len() - 1);
         assert!(!EDITABLE_FIELDS.contains(&"network.rule"));
