@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{Decision, Request};
+use crate::request::{Decision, Request};
 use crate::rules::RuleRef;
 
 /// One audited decision.
@@ -35,7 +35,7 @@ impl AuditRecord {
             request: request.clone(),
             decision: decision.verdict.word().to_string(),
             target: match &decision.verdict {
-                crate::policy::Verdict::Allow { target } => target.clone(),
+                crate::request::Verdict::Allow { target } => target.clone(),
                 _ => None,
             },
             rule: decision.rule.clone(),
@@ -248,7 +248,7 @@ impl AuditFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Verdict;
+    use crate::request::Verdict;
     use std::time::Duration;
 
     fn decision(verdict: Verdict) -> Decision {

@@ -186,6 +186,18 @@ pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
     })
 }
 
+/// "did you mean `X`?" for the closest of `names`, else `otherwise`.
+pub(crate) fn hint_names<'a>(
+    word: &str,
+    names: impl IntoIterator<Item = &'a str>,
+    otherwise: &str,
+) -> String {
+    match closest(word, names) {
+        Some(c) => format!("did you mean `{c}`?"),
+        None => otherwise.to_string(),
+    }
+}
+
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();

@@ -9,10 +9,17 @@ use std::path::{Path, PathBuf};
 use toml_edit::{value, Array, ArrayOfTables, DocumentMut, Item, Table};
 
 use crate::diag::{closest, Diagnostic, Report};
+// Kept at its old path, `document::EDITABLE_FIELDS`, for callers that name it so.
+pub use crate::fields::EDITABLE_FIELDS;
 use crate::label::Label;
+use crate::load::{
+    check_rule_names, rule_file_order, LoadError, Sources, PARTITIONS_FILE, RULES_DIR, RULES_EXT,
+};
 use crate::network::{FirewallAction, FirewallRule};
 use crate::partition::valid_name;
-use crate::policy::{check_rule_names, Decision, LoadError, Policy, Sources, RULES_DIR, RULES_EXT};
+use crate::partitions_toml::parse_partitions;
+use crate::policy::Policy;
+use crate::request::Decision;
 use crate::rules::parse_rules;
 
 /// A value to put in a partition field.
@@ -23,28 +30,6 @@ pub enum FieldValue {
     String(String),
     StringList(Vec<String>),
 }
-
-/// Fields `set_partition_field` accepts (dotted for sub-tables).
-pub const EDITABLE_FIELDS: &[&str] = &[
-    "label",
-    "kind",
-    "memory_mib",
-    "vcpus",
-    "display",
-    "image",
-    "template",
-    "cmdline",
-    "tags",
-    "autostart",
-    "restart",
-    "cpu_weight",
-    "network.mode",
-    "network.dns",
-    "clipboard.copy_out",
-    "clipboard.paste_in",
-    "file_transfer.send",
-    "file_transfer.receive",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum EditError {
@@ -160,7 +145,7 @@ impl PolicyDocument {
     }
 
     pub fn partitions_path(&self) -> PathBuf {
-        self.dir.join(crate::policy::PARTITIONS_FILE)
+        self.dir.join(PARTITIONS_FILE)
     }
 
     pub fn rule_files(&self) -> &[RuleFile] {
@@ -192,7 +177,7 @@ impl PolicyDocument {
             .iter()
             .map(|f| (self.rule_file_path(&f.name), f.text.clone()))
             .collect();
-        files.sort_by_key(|(p, _)| crate::policy::rule_file_order(&rule_file_name(p)));
+        files.sort_by_key(|(p, _)| rule_file_order(&rule_file_name(p)));
         Sources {
             dir: self.dir.clone(),
             partitions: self.partitions_text.clone(),
@@ -449,8 +434,7 @@ impl PolicyDocument {
         if let Some(p) = &self.policy {
             diags.extend(check_rule_names(&rules, p.partitions()));
         } else {
-            let (parts, pdiags) =
-                crate::partition::parse_partitions(&self.partitions_path(), &self.partitions_text);
+            let (parts, pdiags) = parse_partitions(&self.partitions_path(), &self.partitions_text);
             if !pdiags.iter().any(|d| d.message.starts_with("TOML syntax")) {
                 diags.extend(check_rule_names(&rules, &parts));
             }

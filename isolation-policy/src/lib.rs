@@ -47,26 +47,54 @@
 //!   [`PolicyDocument::revert`] reloads from disk; [`PolicyDocument::is_dirty`].
 //! - (f) [`AuditLog::open`]`(dir, max_bytes, keep)`, [`AuditLog::record`], and
 //!   [`AuditLog::read`]`(&AuditFilter)` (by partition, service, decision, time, last N).
+//!
+//! The partition schema, written once ([`fields`]):
+//! - [`PARTITION_FIELDS`]: every field of a `[partition.<name>]` table as a
+//!   [`PartitionField`] (TOML key path, human label, [`FieldKind`], editable or not,
+//!   `text_of(&Partition)`, `default_text()`). The TOML reader checks keys against it,
+//!   [`PolicyDocument`] edits its editable fields ([`EDITABLE_FIELDS`]), and the GUI
+//!   builds its settings form from it.
+//!
+//! Errors at this seam are typed: [`LoadError`], [`EditError`], [`SaveError`],
+//! [`AuditError`], [`label::UnknownLabel`], [`NetParseError`] (`FromStr` of
+//! [`Protocol`], [`network::Cidr`], [`network::Destination`], [`network::PortRange`]) and
+//! [`DisplayError`] ([`partitions_toml::parse_display`]).
+//!
+//! # Modules
+//!
+//! Data: [`partition`] (a partition), [`fields`] (its fields), [`label`], [`network`],
+//! [`rules`] (the rule language), [`diag`]. Reading: [`partitions_toml`], [`load`]
+//! ([`Sources`], [`Policy::load`]). The checked [`policy`] and what it answers:
+//! [`request`] (the vocabulary), [`decide`], [`lint`]. Editing: [`document`]. Recording:
+//! [`audit`]. No module depends on one that depends on it (`load` runs `lint`, which
+//! asks `decide`; none of them uses `load`).
 
 pub mod audit;
+pub mod decide;
 pub mod diag;
 pub mod dirs;
 pub mod document;
+pub mod fields;
 pub mod label;
 pub mod lint;
+pub mod load;
 pub mod network;
 pub mod partition;
+pub mod partitions_toml;
 pub mod policy;
+pub mod request;
 pub mod rules;
 
 pub use audit::{AuditError, AuditFilter, AuditLog, AuditReadout, AuditRecord};
 pub use diag::{Diagnostic, Location, Report, Severity};
 pub use dirs::default_policy_dir;
-pub use document::{EditError, FieldValue, PolicyDocument, RuleFile, SaveError, EDITABLE_FIELDS};
+pub use document::{EditError, FieldValue, PolicyDocument, RuleFile, SaveError};
+pub use fields::{FieldKind, PartitionField, EDITABLE_FIELDS, PARTITION_FIELDS};
 pub use label::Label;
-pub use network::{NetTarget, NetworkMode, Protocol};
+pub use load::{LoadError, Sources};
+pub use network::{NetParseError, NetTarget, NetworkMode, Protocol};
 pub use partition::{Kind, Partition, RestartPolicy};
-pub use policy::{
-    service, ChainStep, Decision, LoadError, PartitionSpec, Policy, Request, Sources, Verdict,
-};
+pub use partitions_toml::DisplayError;
+pub use policy::{PartitionSpec, Policy};
+pub use request::{service, ChainStep, Decision, Request, Verdict};
 pub use rules::{Rule, RuleRef};

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use crate::diag::{Diagnostic, Location};
 use crate::label::Label;
 use crate::network::NetworkMode;
-use crate::policy::{Policy, Request, Verdict};
+use crate::policy::Policy;
+use crate::request::{Request, Verdict};
 use crate::rules::{ArgPattern, Pattern, Rule, RuleRef, ServicePattern};
 
 /// All warnings for a checked policy.

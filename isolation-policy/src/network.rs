@@ -54,15 +54,32 @@ impl Protocol {
     }
 }
 
+/// Why a protocol, network, destination or port range does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetParseError {
+    #[error("unknown protocol `{0}`")]
+    UnknownProtocol(String),
+    #[error("`{0}` is not an IP address")]
+    NotAnAddress(String),
+    #[error("prefix `/{prefix}` is not in 0..={max}")]
+    BadPrefix { prefix: String, max: u8 },
+    #[error("`{0}` is neither `*`, an IP network like 10.0.0.0/8, nor a host name")]
+    BadDestination(String),
+    #[error("`{0}` is not a port number (1-65535)")]
+    BadPort(String),
+    #[error("port range `{0}` runs backwards")]
+    BackwardsRange(String),
+}
+
 impl FromStr for Protocol {
-    type Err = String;
+    type Err = NetParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "tcp" => Ok(Protocol::Tcp),
             "udp" => Ok(Protocol::Udp),
             "icmp" => Ok(Protocol::Icmp),
             "any" => Ok(Protocol::Any),
-            _ => Err(format!("unknown protocol `{s}`")),
+            _ => Err(NetParseError::UnknownProtocol(s.to_string())),
         }
     }
 }
@@ -107,7 +124,7 @@ fn prefix_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
 }
 
 impl FromStr for Cidr {
-    type Err = String;
+    type Err = NetParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
@@ -115,15 +132,16 @@ impl FromStr for Cidr {
         };
         let addr: IpAddr = addr
             .parse()
-            .map_err(|_| format!("`{addr}` is not an IP address"))?;
+            .map_err(|_| NetParseError::NotAnAddress(addr.to_string()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("prefix `/{p}` is not in 0..={max}"))?,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| {
+                NetParseError::BadPrefix {
+                    prefix: p.to_string(),
+                    max,
+                }
+            })?,
         };
         Ok(Cidr { addr, prefix })
     }
@@ -176,7 +194,7 @@ fn host_matches(pattern: &str, host: &str) -> bool {
 }
 
 impl FromStr for Destination {
-    type Err = String;
+    type Err = NetParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == "*" {
             return Ok(Destination::Any);
@@ -201,9 +219,7 @@ impl FromStr for Destination {
         if valid {
             Ok(Destination::Host(s.to_ascii_lowercase()))
         } else {
-            Err(format!(
-                "`{s}` is neither `*`, an IP network like 10.0.0.0/8, nor a host name"
-            ))
+            Err(NetParseError::BadDestination(s.to_string()))
         }
     }
 }
@@ -235,20 +251,20 @@ impl PortRange {
 }
 
 impl FromStr for PortRange {
-    type Err = String;
+    type Err = NetParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parse = |p: &str| {
             p.trim()
                 .parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| format!("`{p}` is not a port number (1-65535)"))
+                .ok_or_else(|| NetParseError::BadPort(p.to_string()))
         };
         match s.split_once('-') {
             Some((a, b)) => {
                 let (first, last) = (parse(a)?, parse(b)?);
                 if first > last {
-                    return Err(format!("port range `{s}` runs backwards"));
+                    return Err(NetParseError::BackwardsRange(s.to_string()));
                 }
                 Ok(PortRange { first, last })
             }

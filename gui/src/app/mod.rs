@@ -1,14 +1,14 @@
-//! The desktop app: state in [`BulkheadApp`], one module per panel, logic apart from
-//! drawing (panels return actions; [`BulkheadApp::apply`] carries them out).
+//! The desktop app: state in [`BulkheadApp`], one module per panel in [`panels`], logic
+//! apart from drawing (panels take the slots and their own state, never the app, and
+//! return actions; [`BulkheadApp::apply`] carries them out).
 
-pub mod audit_log;
 pub mod backend;
-pub mod launcher;
 pub mod model;
-pub mod partition_view;
-pub mod policy_editor;
+pub mod panels;
 pub mod run;
-pub mod serial_console;
+
+// The panels' old paths (`app::policy_editor`, …), kept for the tests and other callers.
+pub use panels::{audit_log, launcher, partition_view, policy_editor, serial_console};
 
 use std::time::Duration;
 
@@ -289,9 +289,17 @@ impl BulkheadApp {
                 .default_size(200.0)
                 .show(ui, |ui| self.bottom_panels(ui));
         }
-        egui::CentralPanel::default().show(ui, |ui| {
-            partition_view::show_all(ui, self, &mut actions);
-        });
+        let views = partition_view::ViewsInput {
+            layout: self.prefs.layout,
+            selected_tab: self.selected_tab,
+            focus: self.router.state(),
+        };
+        let drawn = egui::CentralPanel::default()
+            .show(ui, |ui| {
+                partition_view::show_all(ui, &self.slots, views, &mut actions)
+            })
+            .inner;
+        self.record_geometry(drawn);
         self.pop_outs(&ctx, &mut actions);
         for action in actions {
             self.apply(action);
@@ -299,6 +307,15 @@ impl BulkheadApp {
         self.route_root_input(ui);
         self.schedule(&ctx);
         self.mark_first_frame();
+    }
+
+    /// Keeps where each partition's pixels were drawn, for pointer input.
+    fn record_geometry(&mut self, drawn: partition_view::Drawn) {
+        for (i, geometry) in drawn {
+            if let Some(slot) = self.slots.get_mut(i) {
+                slot.geometry = Some(geometry);
+            }
+        }
     }
 
     fn top_bar(&mut self, ui: &mut egui::Ui, actions: &mut Vec<Action>) {
@@ -387,9 +404,13 @@ impl BulkheadApp {
                     // No native window here (e.g. tests): give the view room in the egui one.
                     ui.set_min_size(half);
                 }
-                egui::CentralPanel::default().show(ui, |ui| {
-                    partition_view::show_one(ui, self, i, actions);
-                });
+                let focus = self.router.state();
+                let geometry = egui::CentralPanel::default()
+                    .show(ui, |ui| {
+                        partition_view::show_one(ui, &self.slots[i], i, focus, actions)
+                    })
+                    .inner;
+                self.record_geometry(vec![(i, geometry)]);
                 if ui.input(|input| input.viewport().close_requested()) {
                     actions.push(Action::PopIn(i));
                 }

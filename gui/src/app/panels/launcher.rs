@@ -3,8 +3,8 @@
 
 use egui::{Color32, RichText, Sense, Ui};
 
-use super::model::{format_uptime, LabelStyle, PartitionState};
-use super::{Action, PartitionSlot};
+use crate::app::model::{format_uptime, LabelStyle, PartitionState};
+use crate::app::{Action, PartitionSlot};
 
 pub fn show(
     ui: &mut Ui,

@@ -4,9 +4,9 @@
 
 use egui::{pos2, vec2, Color32, Rect, RichText, Sense, Stroke, Ui, UiBuilder};
 
-use super::model::{LabelStyle, PartitionState, SourceKind};
-use super::{Action, BulkheadApp, ViewLayout};
-use crate::input::router::ViewGeometry;
+use crate::app::model::{LabelStyle, PartitionState, SourceKind};
+use crate::app::{Action, PartitionSlot, ViewLayout};
+use crate::input::router::{FocusState, ViewGeometry};
 
 /// Height of the title bar in points.
 pub const TITLE_HEIGHT: f32 = 22.0;
@@ -94,42 +94,72 @@ fn shows_a_view(state: &PartitionState) -> bool {
     state.has_display() || matches!(state, PartitionState::Crashed { .. })
 }
 
+/// What the central area needs besides the partitions themselves.
+#[derive(Debug, Clone, Copy)]
+pub struct ViewsInput {
+    pub layout: ViewLayout,
+    pub selected_tab: usize,
+    pub focus: FocusState,
+}
+
+/// Where each shown partition's pixels were drawn this frame, by slot index (the app
+/// keeps it for pointer input).
+pub type Drawn = Vec<(usize, ViewGeometry)>;
+
 /// The central area: every partition with a display, as tabs or tiles.
-pub fn show_all(ui: &mut Ui, app: &mut BulkheadApp, actions: &mut Vec<Action>) {
-    let visible: Vec<usize> = (0..app.slots.len())
-        .filter(|&i| !app.slots[i].popped_out && shows_a_view(&app.slots[i].backend.state()))
+pub fn show_all(
+    ui: &mut Ui,
+    slots: &[PartitionSlot],
+    input: ViewsInput,
+    actions: &mut Vec<Action>,
+) -> Drawn {
+    let visible: Vec<usize> = (0..slots.len())
+        .filter(|&i| !slots[i].popped_out && shows_a_view(&slots[i].backend.state()))
         .collect();
     if visible.is_empty() {
         ui.centered_and_justified(|ui| {
             ui.label("No partition is running. Start one from the Partitions panel.");
         });
-        return;
+        return Drawn::new();
     }
-    match app.prefs.layout {
-        ViewLayout::Tabs => show_tabs(ui, app, &visible, actions),
-        ViewLayout::Tiles => show_tiles(ui, app, &visible, actions),
+    match input.layout {
+        ViewLayout::Tabs => show_tabs(ui, slots, input, &visible, actions),
+        ViewLayout::Tiles => show_tiles(ui, slots, input.focus, &visible, actions),
     }
 }
 
-fn show_tabs(ui: &mut Ui, app: &mut BulkheadApp, visible: &[usize], actions: &mut Vec<Action>) {
-    let selected = if visible.contains(&app.selected_tab) {
-        app.selected_tab
+fn show_tabs(
+    ui: &mut Ui,
+    slots: &[PartitionSlot],
+    input: ViewsInput,
+    visible: &[usize],
+    actions: &mut Vec<Action>,
+) -> Drawn {
+    let selected = if visible.contains(&input.selected_tab) {
+        input.selected_tab
     } else {
         visible[0]
     };
     ui.horizontal(|ui| {
         for &i in visible {
-            let info = app.slots[i].backend.info();
+            let info = slots[i].backend.info();
             let text = RichText::new(format!("[{}]", info.name)).color(info.label.color());
             if ui.selectable_label(i == selected, text).clicked() {
                 actions.push(Action::ShowTab(i));
             }
         }
     });
-    show_one(ui, app, selected, actions);
+    let geometry = show_one(ui, &slots[selected], selected, input.focus, actions);
+    vec![(selected, geometry)]
 }
 
-fn show_tiles(ui: &mut Ui, app: &mut BulkheadApp, visible: &[usize], actions: &mut Vec<Action>) {
+fn show_tiles(
+    ui: &mut Ui,
+    slots: &[PartitionSlot],
+    focus: FocusState,
+    visible: &[usize],
+    actions: &mut Vec<Action>,
+) -> Drawn {
     let n = visible.len();
     let cols = (n as f32).sqrt().ceil() as usize;
     let rows = n.div_ceil(cols);
@@ -139,23 +169,30 @@ fn show_tiles(ui: &mut Ui, app: &mut BulkheadApp, visible: &[usize], actions: &m
         (area.width() - gap * (cols - 1) as f32) / cols as f32,
         (area.height() - gap * (rows - 1) as f32) / rows as f32,
     );
+    let mut drawn = Drawn::new();
     for (k, &i) in visible.iter().enumerate() {
         let (r, c) = (k / cols, k % cols);
         let min = area.min + vec2(c as f32 * (cell.x + gap), r as f32 * (cell.y + gap));
         let rect = Rect::from_min_size(min, cell);
         ui.scope_builder(UiBuilder::new().max_rect(rect), |ui| {
-            show_one(ui, app, i, actions);
+            drawn.push((i, show_one(ui, &slots[i], i, focus, actions)));
         });
     }
     ui.allocate_rect(area, Sense::hover());
+    drawn
 }
 
-/// One partition view filling `ui`'s available space.
-pub fn show_one(ui: &mut Ui, app: &mut BulkheadApp, i: usize, actions: &mut Vec<Action>) {
-    let state = app.router.state();
-    let focused = state.focused == Some(i);
-    let captured = focused && state.keyboard_captured;
-    let slot = &mut app.slots[i];
+/// One partition view (slot `i`) filling `ui`'s available space; returns where its
+/// pixels were drawn.
+pub fn show_one(
+    ui: &mut Ui,
+    slot: &PartitionSlot,
+    i: usize,
+    focus: FocusState,
+    actions: &mut Vec<Action>,
+) -> ViewGeometry {
+    let focused = focus.focused == Some(i);
+    let captured = focused && focus.keyboard_captured;
     let info = slot.backend.info().clone();
     let pstate = slot.backend.state();
     let fb = slot
@@ -222,11 +259,11 @@ pub fn show_one(ui: &mut Ui, app: &mut BulkheadApp, i: usize, actions: &mut Vec<
         );
     }
 
-    slot.geometry = Some(ViewGeometry {
+    let geometry = ViewGeometry {
         image_rect: geo.image,
         fb_width: fb.0,
         fb_height: fb.1,
-    });
+    };
     let response = ui.interact(
         geo.outer,
         ui.scope_id().with(("partition-view", i)),
@@ -262,6 +299,7 @@ pub fn show_one(ui: &mut Ui, app: &mut BulkheadApp, i: usize, actions: &mut Vec<
             );
         });
     }
+    geometry
 }
 
 fn overlay_text(state: &PartitionState) -> Option<String> {

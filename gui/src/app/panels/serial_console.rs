@@ -2,8 +2,8 @@
 
 use egui::Ui;
 
-use super::model::LabelStyle;
-use super::PartitionSlot;
+use crate::app::model::LabelStyle;
+use crate::app::PartitionSlot;
 
 /// Bytes kept per partition; older output is dropped first.
 pub const SERIAL_KEEP: usize = 256 * 1024;

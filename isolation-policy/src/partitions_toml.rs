@@ -1,0 +1,998 @@
+//! Reading `partitions.toml`: one `[partition.<name>]` table per partition.
+//!
+//! The file is read with `toml_edit` so every value keeps its position: each problem
+//! is reported with file, line and column, and all of them at once. Which keys a table
+//! may have comes from [`crate::fields`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::Path;
+
+use toml_edit::{Document, Item, Table, Value};
+
+use crate::diag::{closest, hint_names, Diagnostic, Location};
+use crate::fields::{self, FieldKind};
+use crate::label::Label;
+use crate::network::{
+    Destination, FirewallAction, FirewallRule, NetParseError, NetworkMode, PortRange, Protocol,
+};
+use crate::partition::{limits, valid_name, Kind, Partition, RestartPolicy};
+
+/// Keys of one `[[partition.<name>.network.rule]]` table.
+const RULE_KEYS: &[&str] = &["action", "protocol", "destination", "ports"];
+
+/// Parse `partitions.toml`; returns every partition table found (fields with errors keep
+/// their defaults) and every problem.
+pub fn parse_partitions(file: &Path, text: &str) -> (Vec<Partition>, Vec<Diagnostic>) {
+    let mut r = Reader {
+        file,
+        text,
+        diags: Vec::new(),
+    };
+    let doc = match Document::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let at = e.span().map_or(0, |s| s.start);
+            let message = e.message().trim().replace('\n', "; ");
+            r.diags.push(Diagnostic::error(
+                Location::from_offset(file, text, at),
+                format!("TOML syntax: {message}"),
+                "fix the TOML syntax; each partition is a `[partition.<name>]` table",
+            ));
+            return (Vec::new(), r.diags);
+        }
+    };
+    let root = doc.as_table();
+    let mut partitions = Vec::new();
+    for (key, item) in root.iter() {
+        if key != "partition" {
+            r.unknown_key(root, key, &["partition"], "at the top level");
+            continue;
+        }
+        let Some(table) = item.as_table() else {
+            r.error(
+                item_span(item),
+                format!("`partition` is {}, expected tables", type_name(item)),
+                "write one `[partition.<name>]` table per partition",
+            );
+            continue;
+        };
+        for (name, item) in table.iter() {
+            let key_span = table.key(name).and_then(|k| k.span());
+            if !valid_name(name) {
+                r.error(
+                    key_span.clone(),
+                    format!("partition name `{name}` is not valid"),
+                    "use 1-31 lowercase letters, digits, `-` or `_`, starting with a letter or digit",
+                );
+                continue;
+            }
+            match item.as_table() {
+                Some(t) => {
+                    if let Some(p) = r.partition(name, t, key_span) {
+                        partitions.push(p);
+                    }
+                }
+                None => r.error(
+                    item_span(item),
+                    format!(
+                        "partition `{name}` is {}, expected a table",
+                        type_name(item)
+                    ),
+                    format!("write it as a `[partition.{name}]` table"),
+                ),
+            }
+        }
+    }
+    if partitions.is_empty() && !r.diags.iter().any(Diagnostic::is_error) {
+        r.error(
+            None,
+            "no partitions are defined",
+            "add at least one `[partition.<name>]` table with a `label`",
+        );
+    }
+    (partitions, r.diags)
+}
+
+/// Cross-partition checks that need every partition: templates exist and are templates.
+pub fn check_references(partitions: &[Partition]) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    let by_name: BTreeMap<&str, &Partition> =
+        partitions.iter().map(|p| (p.name.as_str(), p)).collect();
+    for p in partitions {
+        let Some(t) = &p.template else { continue };
+        let loc = p.location_of("template");
+        match by_name.get(t.as_str()) {
+            None => diags.push(Diagnostic::error(
+                loc,
+                format!(
+                    "partition `{}` uses template `{t}`, which is not defined",
+                    p.name
+                ),
+                hint_names(
+                    t,
+                    by_name.keys().copied(),
+                    "define it with kind = \"template\"",
+                ),
+            )),
+            Some(tp) if tp.kind != Kind::Template => diags.push(Diagnostic::error(
+                loc,
+                format!(
+                    "partition `{}` uses `{t}` as its template, but `{t}` has kind = \"{}\"",
+                    p.name,
+                    tp.kind.name()
+                ),
+                format!("set kind = \"template\" in [partition.{t}] or pick a template partition"),
+            )),
+            Some(_) => {}
+        }
+    }
+    diags
+}
+
+fn item_span(item: &Item) -> Option<Range<usize>> {
+    match item {
+        Item::None => None,
+        Item::Value(v) => v.span(),
+        Item::Table(t) => t.span(),
+        Item::ArrayOfTables(a) => a.span(),
+    }
+}
+
+fn type_name(item: &Item) -> &'static str {
+    match item {
+        Item::None => "nothing",
+        Item::Value(v) => value_type(v),
+        Item::Table(_) => "a table",
+        Item::ArrayOfTables(_) => "an array of tables",
+    }
+}
+
+fn value_type(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a date-time",
+        Value::Array(_) => "an array",
+        Value::InlineTable(_) => "an inline table",
+    }
+}
+
+/// Sub-tables may be written as `[partition.x.network]` or inline `network = { … }`.
+enum TableLike<'a> {
+    Table(&'a Table),
+    Inline(&'a toml_edit::InlineTable),
+}
+
+impl<'a> TableLike<'a> {
+    fn of(item: &'a Item) -> Option<Self> {
+        match item {
+            Item::Table(t) => Some(TableLike::Table(t)),
+            Item::Value(Value::InlineTable(t)) => Some(TableLike::Inline(t)),
+            _ => None,
+        }
+    }
+    fn entries(&self) -> Vec<(&'a str, &'a Item, Option<Range<usize>>)> {
+        match self {
+            TableLike::Table(t) => t
+                .iter()
+                .map(|(k, v)| (k, v, t.key(k).and_then(|k| k.span())))
+                .collect(),
+            TableLike::Inline(t) => t
+                .iter()
+                .filter_map(|(k, _)| {
+                    t.get_key_value(k)
+                        .map(|(key, item)| (key.get(), item, key.span()))
+                })
+                .collect(),
+        }
+    }
+}
+
+struct Reader<'t> {
+    file: &'t Path,
+    text: &'t str,
+    diags: Vec<Diagnostic>,
+}
+
+impl Reader<'_> {
+    fn loc(&self, span: Option<Range<usize>>) -> Location {
+        match span {
+            Some(s) => Location::from_offset(self.file, self.text, s.start),
+            None => Location::new(self.file, 1, 1),
+        }
+    }
+
+    fn error(
+        &mut self,
+        span: Option<Range<usize>>,
+        msg: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        let d = Diagnostic::error(self.loc(span), msg, hint);
+        self.diags.push(d);
+    }
+
+    fn unknown_key(&mut self, table: &Table, key: &str, known: &[&str], where_: &str) {
+        let span = table.key(key).and_then(|k| k.span());
+        self.unknown_key_at(span, key, known, where_);
+    }
+
+    fn unknown_key_at(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: &str,
+        known: &[&str],
+        where_: &str,
+    ) {
+        let hint = match closest(key, known.iter().copied()) {
+            Some(c) => format!("did you mean `{c}`?"),
+            None => format!("known keys: {}", known.join(", ")),
+        };
+        self.error(span, format!("unknown key `{key}` {where_}"), hint);
+    }
+
+    fn pos(&self, span: &Option<Range<usize>>) -> (usize, usize) {
+        let l = self.loc(span.clone());
+        (l.line, l.column)
+    }
+
+    fn string(&mut self, item: &Item, what: &str) -> Option<String> {
+        match item.as_str() {
+            Some(s) => Some(s.to_string()),
+            None => {
+                self.error(
+                    item_span(item),
+                    format!("`{what}` is {}, expected a string", type_name(item)),
+                    format!("write it in quotes: {what} = \"…\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, item: &Item, what: &str) -> Option<bool> {
+        match item.as_bool() {
+            Some(b) => Some(b),
+            None => {
+                self.error(
+                    item_span(item),
+                    format!("`{what}` is {}, expected true or false", type_name(item)),
+                    format!("write {what} = true or {what} = false, without quotes"),
+                );
+                None
+            }
+        }
+    }
+
+    fn integer(
+        &mut self,
+        item: &Item,
+        what: &str,
+        (lo, hi): (i64, i64),
+        unit: &str,
+    ) -> Option<u32> {
+        let Some(n) = item.as_integer() else {
+            self.error(
+                item_span(item),
+                format!("`{what}` is {}, expected an integer", type_name(item)),
+                format!("write a number of {unit} without quotes, between {lo} and {hi}"),
+            );
+            return None;
+        };
+        if !(lo..=hi).contains(&n) {
+            self.error(
+                item_span(item),
+                format!("`{what}` = {n} is impossible: it must be between {lo} and {hi} {unit}"),
+                format!("pick a value in {lo}..={hi}"),
+            );
+            return None;
+        }
+        u32::try_from(n).ok()
+    }
+
+    /// An integer field, checked against the range and unit the field table gives it.
+    fn integer_field(&mut self, item: &Item, what: &str, key: &str) -> Option<u32> {
+        match fields::field_named(key).map(|f| f.kind) {
+            Some(FieldKind::Integer { range, unit }) => self.integer(item, what, range, unit),
+            // The table and this reader disagree: a bug here, not in the file.
+            _ => unreachable!("`{key}` is not an integer field in fields::PARTITION_FIELDS"),
+        }
+    }
+
+    fn choice<T: Copy>(&mut self, item: &Item, what: &str, options: &[(&str, T)]) -> Option<T> {
+        let s = self.string(item, what)?;
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        match options.iter().find(|(n, _)| *n == s) {
+            Some((_, v)) => Some(*v),
+            None => {
+                let hint = match closest(&s, names.iter().copied()) {
+                    Some(c) => format!("did you mean \"{c}\"?"),
+                    None => format!("use one of: {}", names.join(", ")),
+                };
+                self.error(
+                    item_span(item),
+                    format!("`{what}` = \"{s}\" is not known"),
+                    hint,
+                );
+                None
+            }
+        }
+    }
+
+    fn partition(
+        &mut self,
+        name: &str,
+        t: &Table,
+        key_span: Option<Range<usize>>,
+    ) -> Option<Partition> {
+        let header = t.span().or(key_span);
+        let (line, _) = self.pos(&header);
+        let mut p = Partition::with_defaults(name, Label::Red);
+        p.file = self.file.to_path_buf();
+        p.line = line;
+        let mut label = None;
+        for (key, item) in t.iter() {
+            let kspan = t.key(key).and_then(|k| k.span());
+            p.positions.insert(
+                key.to_string(),
+                self.pos(&item_span(item).or(kspan.clone())),
+            );
+            let what = format!("partition.{name}.{key}");
+            match key {
+                "label" => {
+                    let options: Vec<(&str, Label)> =
+                        Label::ALL.iter().map(|l| (l.name(), *l)).collect();
+                    label = self.choice(item, &what, &options);
+                }
+                "kind" => {
+                    let options: Vec<(&str, Kind)> =
+                        Kind::ALL.iter().map(|k| (k.name(), *k)).collect();
+                    if let Some(k) = self.choice(item, &what, &options) {
+                        p.kind = k;
+                    }
+                }
+                "memory_mib" => {
+                    if let Some(v) = self.integer_field(item, &what, key) {
+                        p.memory_mib = v;
+                    }
+                }
+                "vcpus" => {
+                    if let Some(v) = self.integer_field(item, &what, key) {
+                        p.vcpus = v;
+                    }
+                }
+                "cpu_weight" => {
+                    if let Some(v) = self.integer_field(item, &what, key) {
+                        p.cpu_weight = v;
+                    }
+                }
+                "display" => {
+                    if let Some(s) = self.string(item, &what) {
+                        match parse_display(&s) {
+                            Ok(d) => p.display = d,
+                            Err(e) => self.error(
+                                item_span(item),
+                                format!("`{what}` = \"{s}\": {e}"),
+                                "write it as \"WIDTHxHEIGHT\", e.g. \"1280x800\"",
+                            ),
+                        }
+                    }
+                }
+                "image" => {
+                    if let Some(s) = self.string(item, &what) {
+                        if valid_name(&s) {
+                            p.image = s;
+                        } else {
+                            self.error(
+                                item_span(item),
+                                format!("`{what}` = \"{s}\" is not a valid image name"),
+                                "use lowercase letters, digits, `-` or `_`",
+                            );
+                        }
+                    }
+                }
+                "template" => {
+                    if let Some(s) = self.string(item, &what) {
+                        p.template = Some(s);
+                    }
+                }
+                "cmdline" => {
+                    if let Some(s) = self.string(item, &what) {
+                        if s.len() > limits::CMDLINE_LEN || s.chars().any(|c| c.is_control()) {
+                            self.error(
+                                item_span(item),
+                                format!("`{what}` is too long or has control characters"),
+                                format!("keep it under {} bytes on one line", limits::CMDLINE_LEN),
+                            );
+                        } else {
+                            p.cmdline = s;
+                        }
+                    }
+                }
+                "tags" => p.tags = self.tags(item, &what),
+                "autostart" => {
+                    if let Some(b) = self.boolean(item, &what) {
+                        p.autostart = b;
+                    }
+                }
+                "restart" => {
+                    let options = [
+                        ("never", RestartPolicy::Never),
+                        ("on-crash", RestartPolicy::OnCrash),
+                    ];
+                    if let Some(r) = self.choice(item, &what, &options) {
+                        p.restart = r;
+                    }
+                }
+                "network" => self.network(item, &what, &mut p),
+                "clipboard" => {
+                    let mut vals = [p.clipboard_copy_out, p.clipboard_paste_in];
+                    self.switches(
+                        item,
+                        &what,
+                        &fields::sub_keys("clipboard"),
+                        &mut vals,
+                        &mut p.positions,
+                        "clipboard",
+                    );
+                    [p.clipboard_copy_out, p.clipboard_paste_in] = vals;
+                }
+                "file_transfer" => {
+                    let mut vals = [p.file_send, p.file_receive];
+                    self.switches(
+                        item,
+                        &what,
+                        &fields::sub_keys("file_transfer"),
+                        &mut vals,
+                        &mut p.positions,
+                        "file_transfer",
+                    );
+                    [p.file_send, p.file_receive] = vals;
+                }
+                other => self.unknown_key(
+                    t,
+                    other,
+                    &fields::partition_keys(),
+                    &format!("in [partition.{name}]"),
+                ),
+            }
+        }
+        if p.template.is_some() && p.kind == Kind::Template {
+            let (line, column) = p.position_of("template");
+            self.diags.push(Diagnostic::error(
+                Location::new(self.file, line, column),
+                format!("template partition `{name}` cannot itself use a template"),
+                "remove `template`, or set kind = \"app\"",
+            ));
+        }
+        match label {
+            Some(l) => p.label = l,
+            None if !t.contains_key("label") => self.error(
+                header,
+                format!("partition `{name}` has no `label`"),
+                "add label = \"red\" (or orange, yellow, green, gray, blue, purple, black)",
+            ),
+            None => {}
+        }
+        // Kept even with errors (bad fields hold defaults) so rules can still be checked
+        // against every partition name; no policy is built while any error remains.
+        Some(p)
+    }
+
+    fn tags(&mut self, item: &Item, what: &str) -> BTreeSet<String> {
+        let mut tags = BTreeSet::new();
+        let Some(array) = item.as_array() else {
+            self.error(
+                item_span(item),
+                format!(
+                    "`{what}` is {}, expected an array of strings",
+                    type_name(item)
+                ),
+                "write tags = [\"work\", \"personal\"]",
+            );
+            return tags;
+        };
+        for v in array.iter() {
+            match v.as_str() {
+                Some(s) if valid_name(s) => {
+                    tags.insert(s.to_string());
+                }
+                Some(s) => self.error(
+                    v.span(),
+                    format!("tag `{s}` in `{what}` is not valid"),
+                    "use lowercase letters, digits, `-` or `_`",
+                ),
+                None => self.error(
+                    v.span(),
+                    format!("`{what}` holds {}, expected strings", value_type(v)),
+                    "write tags = [\"work\"]",
+                ),
+            }
+        }
+        tags
+    }
+
+    fn switches(
+        &mut self,
+        item: &Item,
+        what: &str,
+        keys: &[&str],
+        vals: &mut [bool],
+        positions: &mut BTreeMap<String, (usize, usize)>,
+        prefix: &str,
+    ) {
+        let Some(t) = TableLike::of(item) else {
+            self.error(
+                item_span(item),
+                format!("`{what}` is {}, expected a table", type_name(item)),
+                format!("write {what} = {{ {} = true }}", keys[0]),
+            );
+            return;
+        };
+        for (key, v, kspan) in t.entries() {
+            let sub = format!("{what}.{key}");
+            match keys.iter().position(|k| *k == key) {
+                Some(i) => {
+                    positions.insert(format!("{prefix}.{key}"), self.pos(&item_span(v).or(kspan)));
+                    if let Some(b) = self.boolean(v, &sub) {
+                        vals[i] = b;
+                    }
+                }
+                None => self.unknown_key_at(kspan, key, keys, &format!("in `{what}`")),
+            }
+        }
+    }
+
+    fn network(&mut self, item: &Item, what: &str, p: &mut Partition) {
+        let Some(t) = TableLike::of(item) else {
+            self.error(
+                item_span(item),
+                format!("`{what}` is {}, expected a table", type_name(item)),
+                format!(
+                    "write [partition.{}.network] with mode = \"offline\" or \"nat\"",
+                    p.name
+                ),
+            );
+            return;
+        };
+        let mut mode_seen = false;
+        for (key, v, kspan) in t.entries() {
+            let sub = format!("{what}.{key}");
+            p.positions.insert(
+                format!("network.{key}"),
+                self.pos(&item_span(v).or(kspan.clone())),
+            );
+            match key {
+                "mode" => {
+                    mode_seen = true;
+                    let options = [("offline", NetworkMode::Offline), ("nat", NetworkMode::Nat)];
+                    if let Some(m) = self.choice(v, &sub, &options) {
+                        p.network.mode = m;
+                    }
+                }
+                "dns" => {
+                    if let Some(b) = self.boolean(v, &sub) {
+                        p.network.dns = b;
+                    }
+                }
+                "rule" => p.network.rules = self.firewall_rules(v, &sub),
+                other => self.unknown_key_at(
+                    kspan,
+                    other,
+                    &fields::sub_keys("network"),
+                    &format!("in `{what}`"),
+                ),
+            }
+        }
+        let at = p.positions.get("network.mode").copied();
+        if !mode_seen {
+            self.error(
+                item_span(item),
+                format!("`{what}` has no `mode`"),
+                "add mode = \"offline\" or mode = \"nat\"",
+            );
+        } else if p.network.mode == NetworkMode::Offline
+            && (!p.network.rules.is_empty() || p.network.dns)
+        {
+            let (line, column) = at.unwrap_or((p.line, 1));
+            self.diags.push(Diagnostic::error(
+                Location::new(self.file, line, column),
+                format!(
+                    "partition `{}` is offline but has firewall rules or dns = true",
+                    p.name
+                ),
+                "set mode = \"nat\" to use them, or remove the rules and dns",
+            ));
+        }
+    }
+
+    fn firewall_rules(&mut self, item: &Item, what: &str) -> Vec<FirewallRule> {
+        let tables: Vec<TableLike<'_>> = match item {
+            Item::ArrayOfTables(a) => a.iter().map(TableLike::Table).collect(),
+            Item::Value(Value::Array(a)) if a.iter().all(|v| v.is_inline_table()) => a
+                .iter()
+                .filter_map(|v| v.as_inline_table().map(TableLike::Inline))
+                .collect(),
+            _ => {
+                self.error(item_span(item), format!("`{what}` is {}, expected a list of rules", type_name(item)), "write each rule as [[partition.<name>.network.rule]] with action, protocol, destination, ports");
+                return Vec::new();
+            }
+        };
+        let mut rules = Vec::new();
+        for t in tables {
+            if let Some(r) = self.firewall_rule(&t, what) {
+                rules.push(r);
+            }
+        }
+        rules
+    }
+
+    fn firewall_rule(&mut self, t: &TableLike<'_>, what: &str) -> Option<FirewallRule> {
+        let entries = t.entries();
+        let span = match t {
+            TableLike::Table(t) => t.span(),
+            TableLike::Inline(t) => t.span(),
+        }
+        .or_else(|| entries.first().and_then(|e| e.2.clone()));
+        let (line, column) = self.pos(&span);
+        let mut action = None;
+        let mut protocol = Protocol::Any;
+        let mut destination = None;
+        let mut ports = Vec::new();
+        let mut ok = true;
+        for (key, v, kspan) in entries {
+            let sub = format!("{what}.{key}");
+            match key {
+                "action" => {
+                    let options = [
+                        ("allow", FirewallAction::Allow),
+                        ("deny", FirewallAction::Deny),
+                    ];
+                    action = self.choice(v, &sub, &options);
+                    ok &= action.is_some();
+                }
+                "protocol" => {
+                    let options = [
+                        ("tcp", Protocol::Tcp),
+                        ("udp", Protocol::Udp),
+                        ("icmp", Protocol::Icmp),
+                        ("any", Protocol::Any),
+                    ];
+                    match self.choice(v, &sub, &options) {
+                        Some(p) => protocol = p,
+                        None => ok = false,
+                    }
+                }
+                "destination" => match self.string(v, &sub).map(|s| s.parse::<Destination>()) {
+                    Some(Ok(d)) => destination = Some(d),
+                    Some(Err(e)) => {
+                        ok = false;
+                        self.error(item_span(v), format!("`{sub}`: {e}"), "write \"*\", \"10.0.0.0/8\", \"mail.example.org\" or \"*.example.org\"");
+                    }
+                    None => ok = false,
+                },
+                "ports" => match self.ports(v, &sub) {
+                    Some(p) => ports = p,
+                    None => ok = false,
+                },
+                other => {
+                    ok = false;
+                    self.unknown_key_at(kspan, other, RULE_KEYS, &format!("in a rule of `{what}`"));
+                }
+            }
+        }
+        if action.is_none() && ok {
+            self.error(
+                span.clone(),
+                format!("a rule in `{what}` has no `action`"),
+                "add action = \"allow\" or action = \"deny\"",
+            );
+            ok = false;
+        }
+        if destination.is_none() && ok {
+            self.error(
+                span.clone(),
+                format!("a rule in `{what}` has no `destination`"),
+                "add destination = \"*\" for anywhere, or a host or network",
+            );
+            ok = false;
+        }
+        if ok && !ports.is_empty() && !matches!(protocol, Protocol::Tcp | Protocol::Udp) {
+            self.error(
+                span,
+                format!(
+                    "a rule in `{what}` lists ports for protocol \"{}\"",
+                    protocol.name()
+                ),
+                "ports need protocol = \"tcp\" or \"udp\"",
+            );
+            ok = false;
+        }
+        Some(FirewallRule {
+            action: action?,
+            protocol,
+            destination: destination?,
+            ports,
+            line,
+            column,
+        })
+        .filter(|_| ok)
+    }
+
+    fn ports(&mut self, item: &Item, what: &str) -> Option<Vec<PortRange>> {
+        let Some(array) = item.as_array() else {
+            self.error(
+                item_span(item),
+                format!("`{what}` is {}, expected an array", type_name(item)),
+                "write ports = [80, 443] or [\"8000-8100\"]",
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for v in array.iter() {
+            let parsed = match v {
+                Value::Integer(n) => u16::try_from(*n.value())
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .map(PortRange::single)
+                    .ok_or_else(|| format!("port {} is not in 1..=65535", n.value())),
+                Value::String(s) => s.value().parse().map_err(|e: NetParseError| e.to_string()),
+                other => Err(format!("{} is not a port", value_type(other))),
+            };
+            match parsed {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    ok = false;
+                    self.error(
+                        v.span(),
+                        format!("`{what}`: {e}"),
+                        "write ports as numbers 1-65535 or ranges like \"8000-8100\"",
+                    );
+                }
+            }
+        }
+        if out.is_empty() && ok {
+            self.error(
+                item_span(item),
+                format!("`{what}` is empty, which would match no port"),
+                "list ports, or remove `ports` to mean every port",
+            );
+            ok = false;
+        }
+        ok.then_some(out)
+    }
+}
+
+/// Why a display size is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DisplayError {
+    #[error("expected WIDTHxHEIGHT")]
+    NotWidthByHeight,
+    #[error("width `{0}` is not a number")]
+    BadWidth(String),
+    #[error("height `{0}` is not a number")]
+    BadHeight(String),
+    #[error(
+        "{width}x{height} is impossible: width must be {}-{} and height {}-{}",
+        limits::WIDTH.0,
+        limits::WIDTH.1,
+        limits::HEIGHT.0,
+        limits::HEIGHT.1
+    )]
+    OutOfRange { width: u32, height: u32 },
+    #[error(
+        "{width}x{height} needs more than the {} MiB framebuffer window",
+        limits::FRAMEBUFFER_BYTES >> 20
+    )]
+    TooLarge { width: u32, height: u32 },
+}
+
+/// Parse `"1280x800"`, checking the size is possible.
+pub fn parse_display(s: &str) -> Result<(u32, u32), DisplayError> {
+    let (w, h) = s.split_once('x').ok_or(DisplayError::NotWidthByHeight)?;
+    let width: u32 = w
+        .trim()
+        .parse()
+        .map_err(|_| DisplayError::BadWidth(w.to_string()))?;
+    let height: u32 = h
+        .trim()
+        .parse()
+        .map_err(|_| DisplayError::BadHeight(h.to_string()))?;
+    let (wl, wh) = limits::WIDTH;
+    let (hl, hh) = limits::HEIGHT;
+    if !(wl..=wh).contains(&width) || !(hl..=hh).contains(&height) {
+        return Err(DisplayError::OutOfRange { width, height });
+    }
+    if u64::from(width) * u64::from(height) * 4 > limits::FRAMEBUFFER_BYTES {
+        return Err(DisplayError::TooLarge { width, height });
+    }
+    Ok((width, height))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (Vec<Partition>, Vec<Diagnostic>) {
+        parse_partitions(Path::new("partitions.toml"), text)
+    }
+
+    #[test]
+    fn minimal_partition_gets_defaults() {
+        let (ps, diags) = parse("[partition.work]\nlabel = \"green\"\n");
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(ps.len(), 1);
+        assert_eq!(ps[0].label, Label::Green);
+        assert_eq!(ps[0].memory_mib, 1024);
+        assert_eq!(ps[0].network.mode, NetworkMode::Offline);
+        assert_eq!(ps[0].line, 1);
+    }
+
+    #[test]
+    fn full_partition_reads_every_field() {
+        let text = r#"
+[partition.browser]
+label = "red"
+kind = "disposable"
+memory_mib = 2048
+vcpus = 2
+display = "1920x1080"
+image = "default"
+cmdline = "quiet"
+tags = ["web"]
+autostart = true
+restart = "on-crash"
+cpu_weight = 200
+clipboard = { copy_out = true, paste_in = false }
+file_transfer = { send = false, receive = true }
+
+[partition.browser.network]
+mode = "nat"
+dns = true
+
+[[partition.browser.network.rule]]
+action = "allow"
+protocol = "tcp"
+destination = "*"
+ports = [80, 443, "8000-8100"]
+"#;
+        let (ps, diags) = parse(text);
+        assert!(diags.is_empty(), "{diags:?}");
+        let p = &ps[0];
+        assert_eq!(p.kind, Kind::Disposable);
+        assert_eq!((p.memory_mib, p.vcpus, p.display), (2048, 2, (1920, 1080)));
+        assert_eq!(p.cmdline, "quiet");
+        assert!(p.tags.contains("web"));
+        assert!(p.autostart);
+        assert_eq!(p.restart, RestartPolicy::OnCrash);
+        assert_eq!(p.cpu_weight, 200);
+        assert!(!p.clipboard_paste_in && p.clipboard_copy_out);
+        assert!(!p.file_send && p.file_receive);
+        assert_eq!(p.network.mode, NetworkMode::Nat);
+        assert!(p.network.dns);
+        assert_eq!(p.network.rules.len(), 1);
+        assert_eq!(p.network.rules[0].ports.len(), 3);
+        assert_eq!(p.network.rules[0].line, 21);
+        assert_eq!(p.position_of("memory_mib"), (5, 14));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_positions() {
+        let text = "[partition.a]\nlabel = \"pink\"\nmemroy_mib = 5\nvcpus = \"2\"\n\n[partition.b]\nmemory_mib = 1\n";
+        let (_, diags) = parse(text);
+        let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        assert_eq!(diags.len(), 5, "{lines:#?}");
+        assert!(
+            lines[0].starts_with("partitions.toml:2:9: error: `partition.a.label` = \"pink\""),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].starts_with("partitions.toml:3:1: error: unknown key `memroy_mib`"),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[1].contains("did you mean `memory_mib`?"));
+        assert!(
+            lines[2].starts_with("partitions.toml:4:9: error: `partition.a.vcpus` is a string"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].starts_with(
+                "partitions.toml:7:14: error: `partition.b.memory_mib` = 1 is impossible"
+            ),
+            "{}",
+            lines[3]
+        );
+        assert!(
+            lines[4].starts_with("partitions.toml:6:1: error: partition `b` has no `label`"),
+            "{}",
+            lines[4]
+        );
+    }
+
+    #[test]
+    fn missing_label_is_an_error_at_the_header() {
+        let (_, diags) = parse("\n[partition.x]\nvcpus = 1\n");
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(diags[0].location.line, 2);
+        assert!(diags[0].message.contains("no `label`"));
+    }
+
+    #[test]
+    fn duplicate_partition_names_are_a_syntax_error_with_position() {
+        let (_, diags) = parse("[partition.a]\nlabel = \"red\"\n[partition.a]\nlabel = \"red\"\n");
+        assert_eq!(diags.len(), 1);
+        assert_eq!(diags[0].location.line, 3, "{}", diags[0]);
+        assert!(diags[0].message.contains("TOML syntax"));
+    }
+
+    #[test]
+    fn impossible_display_is_rejected() {
+        assert!(parse_display("100x100").is_err());
+        assert!(parse_display("7680x4320").is_ok()); // 132 MiB: fits the window
+        assert!(parse_display("7680x4321").is_err());
+        assert_eq!(parse_display("1024x768"), Ok((1024, 768)));
+        let (_, diags) = parse("[partition.a]\nlabel = \"red\"\ndisplay = \"99999x1\"\n");
+        assert_eq!(diags[0].location.line, 3);
+    }
+
+    #[test]
+    fn offline_partition_with_firewall_rules_is_an_error() {
+        let text = "[partition.a]\nlabel = \"red\"\n[partition.a.network]\nmode = \"offline\"\ndns = true\n";
+        let (_, diags) = parse(text);
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert!(diags[0].message.contains("offline"));
+    }
+
+    #[test]
+    fn firewall_rule_errors_name_the_key() {
+        let text = "[partition.a]\nlabel = \"red\"\n[partition.a.network]\nmode = \"nat\"\n[[partition.a.network.rule]]\naction = \"alow\"\ndestination = \"bad host\"\nports = [0]\nprot = \"tcp\"\n";
+        let (_, diags) = parse(text);
+        let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(":6:10:") && l.contains("did you mean \"allow\"")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(":7:15:") && l.contains("bad host")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(":8:10:") && l.contains("port 0")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(":9:1:") && l.contains("did you mean `protocol`")),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn template_must_exist_and_be_a_template() {
+        let text = "[partition.t]\nlabel = \"black\"\n[partition.a]\nlabel = \"red\"\ntemplate = \"t\"\n[partition.b]\nlabel = \"red\"\ntemplate = \"nope\"\n";
+        let (ps, diags) = parse(text);
+        assert!(diags.is_empty());
+        let diags = check_references(&ps);
+        assert_eq!(diags.len(), 2, "{diags:?}");
+        assert!(diags
+            .iter()
+            .any(|d| d.location.line == 5 && d.message.contains("kind = \"app\"")));
+        assert!(diags
+            .iter()
+            .any(|d| d.location.line == 8 && d.message.contains("not defined")));
+    }
+}
