@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vmm_core::control::{
-    control_stream_from_inherited_fd, Command, Event, InputDevice, InputEvent, Memfd,
-    MessageWriter, PartitionEndpoint, PartitionStats, VmState, MAX_CONSOLE_CHUNK,
+    control_stream_from_inherited_fd, Command, Event, InputDevice, InputEvent, MessageWriter,
+    PartitionEndpoint, PartitionStats, VmState, MAX_CONSOLE_CHUNK,
 };
 use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
+use vmm_core::shm::Memfd;
 
 use super::*;
 
@@ -746,7 +747,7 @@ fn idle() -> i32 {
 
 /// Writes a frame counter into pixel (0,0) and reports the damage, like a guest
 /// drawing and the dirty log noticing.
-fn render(events: &Mutex<MessageWriter<Event>>, pixels: &vmm_core::control::MappedRegion) -> i32 {
+fn render(events: &Mutex<MessageWriter<Event>>, pixels: &vmm_core::shm::MappedRegion) -> i32 {
     for frame in 1u32.. {
         pixels.write_at(0, &frame.to_le_bytes()).unwrap();
         let damage = Event::Damage {

@@ -4,6 +4,7 @@ use std::os::unix::net::UnixStream;
 
 use super::*;
 use crate::devices::framebuffer::{DamageRect, FramebufferLayout};
+use crate::shm::{Memfd, MemfdError};
 
 /// A writer, the reader on the other end, and a raw handle on the writer's side for
 /// sending bytes the writer never would.

@@ -1,6 +1,7 @@
-//! Shared memory for the framebuffer: an anonymous `memfd` that the partition process
-//! maps into the guest and the supervisor maps read-only, so pixels never travel through
-//! the socket.
+//! Shared memory between the VM and the supervisor: an anonymous `memfd` that the
+//! partition process maps into the guest (the framebuffer) and the supervisor maps
+//! read-only, so pixels never travel through the socket. Shared by the VM core and the
+//! control protocol, so neither depends on the other for it.
 //!
 //! The creator seals the size. A receiver refuses a memfd without `F_SEAL_SHRINK`: a
 //! hostile partition could otherwise truncate it under the GUI's mapping and turn the
