@@ -44,8 +44,11 @@ mod messages;
 mod scm;
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+
+use rustix::fs::{fstat, FileType};
+use rustix::io::{fcntl_setfd, FdFlags};
 
 pub use framing::{MessageReader, MessageWriter, Received, MAX_MESSAGE};
 pub use messages::{
@@ -106,19 +109,15 @@ impl ControlError {
 /// with the number from `--control-fd`).
 pub unsafe fn control_stream_from_inherited_fd(fd: RawFd) -> Result<UnixStream, ControlError> {
     let not_socket = |reason: String| ControlError::NotASocket { fd, reason };
-    // SAFETY: an all-zero `stat` is a valid out-buffer for fstat.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat writes only into `st`, which lives across the call.
-    if unsafe { libc::fstat(fd, &mut st) } < 0 {
-        return Err(not_socket(io::Error::last_os_error().to_string()));
-    }
-    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+    // SAFETY: the caller guarantees `fd` is ours and nobody else closes it; the borrow
+    // ends before ownership is taken below. If it is not open, fstat says so (EBADF).
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let st = fstat(borrowed).map_err(|e| not_socket(io::Error::from(e).to_string()))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Socket {
         return Err(not_socket(format!("file mode {:#o}", st.st_mode)));
     }
-    // SAFETY: F_SETFD with an int flag touches no memory.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
-        return Err(not_socket(io::Error::last_os_error().to_string()));
-    }
+    fcntl_setfd(borrowed, FdFlags::CLOEXEC)
+        .map_err(|e| not_socket(io::Error::from(e).to_string()))?;
     // SAFETY: the caller guarantees nobody else owns `fd`; it is open (fstat succeeded).
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     Ok(UnixStream::from(owned))
