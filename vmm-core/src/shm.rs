@@ -40,10 +40,7 @@ pub enum MemfdError {
     #[error("mapping is read-only")]
     ReadOnly,
     #[error("mapping {len} bytes of memfd: {source}")]
-    Map {
-        len: usize,
-        source: MmapRegionError,
-    },
+    Map { len: usize, source: MmapRegionError },
 }
 
 fn sys<'a>(op: &'static str, name: &'a str) -> impl FnOnce(io::Error) -> MemfdError + 'a {
