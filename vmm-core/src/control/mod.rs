@@ -74,8 +74,8 @@ pub enum ControlError {
     Malformed(serde_json::Error),
     #[error("message needs {expected} fds but {got} arrived with it")]
     FdMismatch { expected: usize, got: usize },
-    #[error("{0}")]
-    TooManyFds(String),
+    #[error("peer sent more than {max} fds in one message")]
+    TooManyFds { max: usize },
     #[error("message breaks a size limit: {0}")]
     Limit(#[from] LimitError),
     #[error("encoding message: {0}")]
@@ -86,8 +86,10 @@ pub enum ControlError {
     Version { got: u32, want: u32 },
     #[error("expected Hello as the first message, got {got}")]
     NoHello { got: String },
-    #[error("fd {fd} is not an open socket: {reason}")]
-    NotASocket { fd: RawFd, reason: String },
+    #[error("inherited control fd {fd} is not usable: {source}")]
+    InheritedFd { fd: RawFd, source: io::Error },
+    #[error("inherited control fd {fd} is not a socket (file mode {mode:#o})")]
+    NotASocket { fd: RawFd, mode: u32 },
 }
 
 impl ControlError {
@@ -108,16 +110,21 @@ impl ControlError {
 /// `fd` must not be owned by anything else in this process (call once, early in `main`,
 /// with the number from `--control-fd`).
 pub unsafe fn control_stream_from_inherited_fd(fd: RawFd) -> Result<UnixStream, ControlError> {
-    let not_socket = |reason: String| ControlError::NotASocket { fd, reason };
+    let unusable = |e: rustix::io::Errno| ControlError::InheritedFd {
+        fd,
+        source: e.into(),
+    };
     // SAFETY: the caller guarantees `fd` is ours and nobody else closes it; the borrow
     // ends before ownership is taken below. If it is not open, fstat says so (EBADF).
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let st = fstat(borrowed).map_err(|e| not_socket(io::Error::from(e).to_string()))?;
+    let st = fstat(borrowed).map_err(unusable)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::Socket {
-        return Err(not_socket(format!("file mode {:#o}", st.st_mode)));
+        return Err(ControlError::NotASocket {
+            fd,
+            mode: st.st_mode,
+        });
     }
-    fcntl_setfd(borrowed, FdFlags::CLOEXEC)
-        .map_err(|e| not_socket(io::Error::from(e).to_string()))?;
+    fcntl_setfd(borrowed, FdFlags::CLOEXEC).map_err(unusable)?;
     // SAFETY: the caller guarantees nobody else owns `fd`; it is open (fstat succeeded).
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     Ok(UnixStream::from(owned))

@@ -79,16 +79,26 @@ fn sendmsg_once(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> i
     )?)
 }
 
+/// Why [`recv_with_fds`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecvError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The peer attached more than [`MAX_FDS_PER_MESSAGE`] fds to one message.
+    #[error("peer sent more than {max} fds in one message")]
+    TooManyFds { max: usize },
+}
+
 /// One `recvmsg` into `buf`; received fds (close-on-exec) are appended to `fds`.
 /// Returns the byte count, 0 at end of stream.
 pub fn recv_with_fds(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
     fds: &mut VecDeque<OwnedFd>,
-) -> io::Result<usize> {
+) -> Result<usize, RecvError> {
     loop {
         match recvmsg_once(sock, buf, fds) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
             other => return other,
         }
     }
@@ -98,7 +108,7 @@ fn recvmsg_once(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
     fds: &mut VecDeque<OwnedFd>,
-) -> io::Result<usize> {
+) -> Result<usize, RecvError> {
     let mut space = CmsgBuf::new();
     let mut control = RecvAncillaryBuffer::new(&mut space.0);
     // CMSG_CLOEXEC keeps received fds from leaking into anything we exec.
@@ -107,7 +117,8 @@ fn recvmsg_once(
         &mut [IoSliceMut::new(buf)],
         &mut control,
         RecvFlags::CMSG_CLOEXEC,
-    )?;
+    )
+    .map_err(io::Error::from)?;
     for message in control.drain() {
         if let RecvAncillaryMessage::ScmRights(received_fds) = message {
             fds.extend(received_fds);
@@ -116,10 +127,9 @@ fn recvmsg_once(
     if received.flags.contains(ReturnFlags::CTRUNC) {
         // Whatever did fit was taken (and will be closed with `fds`); the rest the kernel
         // already discarded.
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("peer sent more than {MAX_FDS_PER_MESSAGE} fds in one message"),
-        ));
+        return Err(RecvError::TooManyFds {
+            max: MAX_FDS_PER_MESSAGE,
+        });
     }
     Ok(received.bytes)
 }
