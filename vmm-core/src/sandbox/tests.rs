@@ -537,3 +537,46 @@ fn killing_the_reaper_takes_the_vmm_with_it() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+#[test]
+fn control_messages_carry_an_fd_under_the_thread_profiles() {
+    use crate::control::{Event, MessageReader, MessageWriter};
+    use crate::devices::framebuffer::FramebufferLayout;
+    use crate::shm::Memfd;
+    use std::os::fd::AsFd;
+
+    for profile in [
+        SeccompProfile::Main,
+        SeccompProfile::Device,
+        SeccompProfile::Vcpu,
+    ] {
+        // Sockets and the memfd exist before the filter, as in the VMM.
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let layout = FramebufferLayout::new(64, 64).unwrap();
+        let memfd = Memfd::create("fb", layout.region_size() as usize).unwrap();
+        let outcome = under_profile(profile, move || {
+            let mut writer = MessageWriter::<Event>::new(a);
+            if writer
+                .send_with_fds(&Event::Framebuffer { layout }, &[memfd.as_fd()])
+                .is_err()
+            {
+                return 1;
+            }
+            // vCPU threads only ever send.
+            if profile == SeccompProfile::Vcpu {
+                return 0;
+            }
+            let mut reader = MessageReader::<Event>::new(b);
+            let Ok(received) = reader.recv() else {
+                return 2;
+            };
+            // Adopting and mapping a received memfd is the supervisor's side, which runs
+            // unfiltered; here it is enough that the fd arrived.
+            if received.fds.len() != 1 {
+                return 3;
+            }
+            0
+        });
+        assert_eq!(outcome, Outcome::Exited(0), "{profile:?}");
+    }
+}
