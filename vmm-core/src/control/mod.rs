@@ -14,8 +14,8 @@
 //!    take it with [`control_stream_from_inherited_fd`], then call
 //!    [`PartitionEndpoint::handshake`] with the partition name: it sends
 //!    [`Event::Hello`] and checks the supervisor's [`Command::Hello`] version.
-//! 2. Build the VM. Create the framebuffer with [`Memfd::create`](crate::shm::Memfd::create), map it with
-//!    [`Memfd::map_shared_rw`](crate::shm::Memfd::map_shared_rw) and register that mapping as the framebuffer memslot
+//! 2. Build the VM. Create the framebuffer with [`Memfd::create`], map it with
+//!    [`Memfd::map_shared_rw`] and register that mapping as the framebuffer memslot
 //!    (`KVM_MEM_LOG_DIRTY_PAGES`), then send [`Event::Framebuffer`] with the memfd attached:
 //!    `endpoint.events.send_with_fds(&Event::Framebuffer { layout }, &[memfd.as_fd()])`.
 //!    A partition without a display skips this.
@@ -38,6 +38,9 @@
 //!    exit: a partition never outlives its supervisor's connection.
 //!
 //! The [`MessageWriter`] is used from several threads in practice; wrap it in a `Mutex`.
+//!
+//! [`Memfd::create`]: crate::shm::Memfd::create
+//! [`Memfd::map_shared_rw`]: crate::shm::Memfd::map_shared_rw
 
 mod framing;
 mod messages;
