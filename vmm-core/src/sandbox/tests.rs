@@ -580,3 +580,54 @@ fn control_messages_carry_an_fd_under_the_thread_profiles() {
         assert_eq!(outcome, Outcome::Exited(0), "{profile:?}");
     }
 }
+
+#[test]
+fn landlock_alone_refuses_tcp_and_signals_to_processes_outside() {
+    let Some(abi) = landlock_abi() else { return };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let parent = std::process::id() as i32;
+    let outcome = in_child(move || {
+        if set_no_new_privs().is_err() || landlock::restrict_self(&[], abi).is_err() {
+            return 90;
+        }
+        // Same network namespace as the listener: only Landlock stands in the way.
+        if abi >= 4 && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return 1;
+        }
+        // SAFETY: signal 0 only checks permission; nothing is delivered.
+        if abi >= 6 && unsafe { libc::kill(parent, 0) } == 0 {
+            return 2;
+        }
+        0
+    });
+    drop(listener);
+    assert_eq!(outcome, Outcome::Exited(0));
+}
+
+#[test]
+fn landlock_read_write_directory_allows_creating_files_in_it_only() {
+    let Some(abi) = landlock_abi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let inside = dir.path().join("allowed");
+    std::fs::create_dir(&inside).unwrap();
+    let rules = vec![AllowedPath::new(&inside, Access::ReadWrite)];
+    let outside = dir.path().join("not-allowed.img");
+    let created = inside.join("new.img");
+    let outcome = in_child(move || {
+        if set_no_new_privs().is_err() || landlock::restrict_self(&rules, abi).is_err() {
+            return 90;
+        }
+        if std::fs::write(&created, b"x").is_err() {
+            return 1;
+        }
+        if std::fs::remove_file(&created).is_err() {
+            return 2;
+        }
+        if std::fs::write(&outside, b"x").is_ok() {
+            return 3;
+        }
+        0
+    });
+    assert_eq!(outcome, Outcome::Exited(0));
+}
