@@ -231,16 +231,13 @@ fn set_rlimit(name: &'static str, resource: Resource, value: u64) -> Result<(), 
 /// `unshare` for namespace flags. rustix marks it unsafe only because of `CLONE_FILES`
 /// (a thread could keep using fds from a table it no longer shares), so that flag is
 /// refused here, which makes the call safe.
-fn unshare(flags: UnshareFlags) -> io::Result<()> {
+fn unshare(flags: UnshareFlags) -> rustix::io::Result<()> {
     if flags.contains(UnshareFlags::FILES) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "unsharing the fd table is not supported here",
-        ));
+        return Err(rustix::io::Errno::INVAL);
     }
     // SAFETY: without CLONE_FILES (checked above) unshare changes no fd table; the other
     // flags only move this thread into new namespaces and touch no memory.
-    unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(io::Error::from)
+    unsafe { rustix::thread::unshare_unsafe(flags) }
 }
 
 /// No CLONE_NEWPID: unshared here it would stop this process from creating threads; see

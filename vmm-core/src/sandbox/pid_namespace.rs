@@ -83,17 +83,11 @@ fn unshare_pid_namespace(warnings: &mut Vec<String>) -> Result<(), PidNamespaceR
             super::map_ids(uid, gid, warnings);
             return Ok(());
         }
-        Err(e) => errno(&e),
+        Err(e) => e,
     };
     // On failure unshare changed nothing, so the second try starts clean.
-    super::unshare(UnshareFlags::NEWPID).map_err(|e| PidNamespaceRefused {
-        with_user,
-        without: errno(&e),
-    })
-}
-
-fn errno(e: &io::Error) -> Errno {
-    Errno::from_io_error(e).unwrap_or(Errno::INVAL)
+    super::unshare(UnshareFlags::NEWPID)
+        .map_err(|without| PidNamespaceRefused { with_user, without })
 }
 
 /// The VMM must not outlive its reaper: the supervisor watches (and kills) the reaper.
