@@ -165,7 +165,7 @@ pub fn set_no_new_privs() -> Result<(), SandboxError> {
 ///
 /// Any `OwnedFd`/`File` elsewhere in the process whose fd is not in `keep` is left
 /// dangling, so call it only where nothing else holds fds: a single-threaded process
-/// right after start, or right before confining itself. (It should be an `unsafe fn`;
+/// right after start, or right before confining itself. (It should be declared unsafe;
 /// it is not yet because its callers are being rewritten.)
 pub fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
     let mut keep: Vec<u32> = keep
