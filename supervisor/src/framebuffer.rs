@@ -1,7 +1,7 @@
 //! The GUI's read-only view of a partition's framebuffer memfd.
 
-use vmm_core::control::{MappedRegion, Memfd, MemfdError};
 use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout, BYTES_PER_PIXEL};
+use vmm_core::shm::{MappedRegion, Memfd, MemfdError};
 
 /// Why a framebuffer a partition offered was refused.
 #[derive(Debug, thiserror::Error)]

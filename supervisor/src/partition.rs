@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 use vmm_core::control::{
-    check_partition_hello, send_launch, Command, ControlError, Event, Memfd, MessageReader,
-    MessageWriter, VmState, VmStats,
+    check_partition_hello, send_launch, Command, ControlError, Event, MessageReader, MessageWriter,
+    VmState, VmStats,
 };
 use vmm_core::devices::framebuffer::DamageRect;
+use vmm_core::shm::Memfd;
 
 use super::framebuffer::SharedFramebuffer;
 use super::spawn::{describe_signal, spawn_partition, Pidfd};

@@ -6,18 +6,19 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vmm_core::control::{
-    control_stream_from_inherited_fd, Command, Event, Launch, Memfd, MessageWriter,
-    PartitionEndpoint, VmState, VmStats, MAX_CONSOLE_CHUNK,
+    control_stream_from_inherited_fd, Command, Event, Launch, MessageWriter, PartitionEndpoint,
+    VmState, VmStats, MAX_CONSOLE_CHUNK,
 };
 use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 use vmm_core::launch::{AgentChannel, BootConfig, DisplaySize, LaunchConfig, NetworkConfig};
+use vmm_core::shm::{MappedRegion, Memfd};
 
 use crate::{AutoRestart, BootFiles, LaunchSpec, MAX_CONSOLE_BUFFER};
 
@@ -216,12 +217,8 @@ pub fn console_flood_bytes() -> Vec<u8> {
 }
 
 fn unsealed_memfd(size: usize) -> OwnedFd {
-    let name = c"unsealed";
-    // SAFETY: valid C string; the new fd is owned right below.
-    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(raw >= 0);
-    // SAFETY: fresh fd from memfd_create, owned by nothing else.
-    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    let fd = rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    let file = std::fs::File::from(fd);
     file.set_len(size as u64).unwrap();
     file.into()
 }
@@ -234,7 +231,7 @@ fn idle() -> i32 {
 
 /// Writes a frame counter into pixel (0,0) and reports the damage, like a guest
 /// drawing and the dirty log noticing.
-fn render(events: &Mutex<MessageWriter<Event>>, pixels: &vmm_core::control::MappedRegion) -> i32 {
+fn render(events: &Mutex<MessageWriter<Event>>, pixels: &MappedRegion) -> i32 {
     for frame in 1u32.. {
         pixels.write_at(0, &frame.to_le_bytes()).unwrap();
         let damage = Event::Damage {

@@ -18,5 +18,6 @@ pub mod layout;
 pub mod microguest;
 pub mod partition;
 pub mod sandbox;
+pub mod shm;
 pub mod vmm;
 pub mod vstate;

@@ -115,15 +115,24 @@ impl Partition {
     }
 }
 
+/// Interrupts `thread`'s `KVM_RUN` (if it is in it) with the kick signal.
+///
+/// No safe wrapper sends a real-time signal to a pthread (rustix has none, nix's `Signal`
+/// cannot name SIGRTMIN), so this is the one raw `pthread_kill`.
+fn kick(thread: &JoinHandle<()>) {
+    // SAFETY: the pthread handle is valid: we hold the thread's JoinHandle by reference,
+    // so it has not been joined or detached, and glibc keeps a finished but unjoined
+    // thread's handle valid. The kick signal has a no-op handler, installed by
+    // `install_kick_handler` before any vCPU thread starts, so it cannot kill the process.
+    unsafe { libc::pthread_kill(thread.as_pthread_t(), kick_signal()) };
+}
+
 fn kick_and_join(threads: &mut Vec<JoinHandle<()>>) {
     // A kick can land just before a thread enters KVM_RUN and be lost, so repeat it until
     // every thread has seen the stop flag.
     while threads.iter().any(|t| !t.is_finished()) {
         for t in threads.iter().filter(|t| !t.is_finished()) {
-            // SAFETY: the pthread handle belongs to a thread that has not been joined (we
-            // hold its JoinHandle), so it is valid; the signal has a no-op handler
-            // installed by `install_kick_handler`.
-            unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+            kick(t);
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -155,9 +164,7 @@ impl RunningPartition {
             && !self.stop.is_stopped()
         {
             for t in self.threads.iter().filter(|t| !t.is_finished()) {
-                // SAFETY: as in `kick_and_join`: the thread is alive and not joined, and
-                // the kick signal has a no-op handler.
-                unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+                kick(t);
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -205,7 +212,9 @@ impl RunningPartition {
                 revents: 0,
             };
             let ms = left.as_millis().min(i32::MAX as u128) as i32;
-            // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1.
+            // Raw poll because vmm-sys-util's EventFd offers only a raw fd, not `AsFd`.
+            // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1;
+            // poll only reads the fd number (a closed one just reports POLLNVAL).
             unsafe { libc::poll(&mut pfd, 1, ms) };
         }
     }

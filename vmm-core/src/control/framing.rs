@@ -3,13 +3,12 @@
 //! anything is allocated or read.
 
 use std::collections::VecDeque;
-use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use super::messages::Message;
-use super::scm::{recv_with_fds, send_with_fds};
+use super::scm::{recv_with_fds, send_with_fds, RecvError};
 use super::ControlError;
 
 /// Largest payload of one frame, in bytes.
@@ -89,9 +88,9 @@ impl<M: Message> MessageReader<M> {
         let mut got = 0;
         while got < buf.len() {
             let n = recv_with_fds(self.stream.as_fd(), &mut buf[got..], &mut self.fds).map_err(
-                |e| match e.kind() {
-                    io::ErrorKind::InvalidData => ControlError::TooManyFds(e.to_string()),
-                    _ => ControlError::Io(e),
+                |e| match e {
+                    RecvError::TooManyFds { max } => ControlError::TooManyFds { max },
+                    RecvError::Io(e) => ControlError::Io(e),
                 },
             )?;
             if n == 0 {

@@ -40,18 +40,22 @@
 //!    exit: a partition never outlives its supervisor's connection.
 //!
 //! The [`MessageWriter`] is used from several threads in practice; wrap it in a `Mutex`.
+//!
+//! [`Memfd::create`]: crate::shm::Memfd::create
+//! [`Memfd::map_shared_rw`]: crate::shm::Memfd::map_shared_rw
 
 mod framing;
-mod memfd;
 mod messages;
 mod scm;
 
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
+use rustix::fs::{fstat, FileType};
+use rustix::io::{fcntl_setfd, FdFlags};
+
 pub use framing::{MessageReader, MessageWriter, Received, MAX_MESSAGE};
-pub use memfd::{MappedRegion, Memfd, MemfdError};
 pub use messages::{
     Command, Event, InputDevice, InputEvent, LimitError, Message, VmState, VmStats,
     MAX_CONSOLE_CHUNK, MAX_DAMAGE_RECTS, MAX_INPUT_EVENTS, MAX_SERIAL_CHUNK, MAX_TEXT,
@@ -77,8 +81,8 @@ pub enum ControlError {
     Malformed(serde_json::Error),
     #[error("message needs {expected} fds but {got} arrived with it")]
     FdMismatch { expected: usize, got: usize },
-    #[error("{0}")]
-    TooManyFds(String),
+    #[error("peer sent more than {max} fds in one message")]
+    TooManyFds { max: usize },
     #[error("message breaks a size limit: {0}")]
     Limit(#[from] LimitError),
     #[error("encoding message: {0}")]
@@ -93,8 +97,10 @@ pub enum ControlError {
     NoFile { got: String },
     #[error("launch config: {0}")]
     Launch(#[from] LaunchError),
-    #[error("fd {fd} is not an open socket: {reason}")]
-    NotASocket { fd: RawFd, reason: String },
+    #[error("inherited control fd {fd} is not usable: {source}")]
+    InheritedFd { fd: RawFd, source: io::Error },
+    #[error("inherited control fd {fd} is not a socket (file mode {mode:#o})")]
+    NotASocket { fd: RawFd, mode: u32 },
 }
 
 impl ControlError {
@@ -115,20 +121,21 @@ impl ControlError {
 /// `fd` must not be owned by anything else in this process (call once, early in `main`,
 /// with the number from `--control-fd`).
 pub unsafe fn control_stream_from_inherited_fd(fd: RawFd) -> Result<UnixStream, ControlError> {
-    let not_socket = |reason: String| ControlError::NotASocket { fd, reason };
-    // SAFETY: an all-zero `stat` is a valid out-buffer for fstat.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat writes only into `st`, which lives across the call.
-    if unsafe { libc::fstat(fd, &mut st) } < 0 {
-        return Err(not_socket(io::Error::last_os_error().to_string()));
+    let unusable = |e: rustix::io::Errno| ControlError::InheritedFd {
+        fd,
+        source: e.into(),
+    };
+    // SAFETY: the caller guarantees `fd` is ours and nobody else closes it; the borrow
+    // ends before ownership is taken below. If it is not open, fstat says so (EBADF).
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let st = fstat(borrowed).map_err(unusable)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Socket {
+        return Err(ControlError::NotASocket {
+            fd,
+            mode: st.st_mode,
+        });
     }
-    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return Err(not_socket(format!("file mode {:#o}", st.st_mode)));
-    }
-    // SAFETY: F_SETFD with an int flag touches no memory.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
-        return Err(not_socket(io::Error::last_os_error().to_string()));
-    }
+    fcntl_setfd(borrowed, FdFlags::CLOEXEC).map_err(unusable)?;
     // SAFETY: the caller guarantees nobody else owns `fd`; it is open (fstat succeeded).
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     Ok(UnixStream::from(owned))

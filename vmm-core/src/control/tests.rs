@@ -5,6 +5,7 @@ use std::os::unix::net::UnixStream;
 use super::*;
 use crate::devices::framebuffer::{DamageRect, FramebufferLayout};
 use crate::launch::{AgentChannel, BootConfig, DiskConfig, DisplaySize, FileRole, NetworkConfig};
+use crate::shm::{Memfd, MemfdError};
 
 /// A writer, the reader on the other end, and a raw handle on the writer's side for
 /// sending bytes the writer never would.
@@ -685,4 +686,53 @@ fn oversized_console_event_from_a_partition_is_rejected_on_receipt() {
     let err = ControlError::from(got.validate().unwrap_err());
     assert!(err.is_protocol_violation());
     assert!(err.to_string().contains("console bytes"), "{err}");
+}
+
+/// Sends `fds` with one byte, bypassing `send_with_fds`'s own limit, as a hostile peer
+/// could.
+fn send_raw_with_fds(sock: std::os::fd::BorrowedFd<'_>, fds: &[std::os::fd::BorrowedFd<'_>]) {
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+    let iov = [std::io::IoSlice::new(b"x")];
+    sendmsg(sock, &iov, &mut control, SendFlags::empty()).unwrap();
+}
+
+fn temp_files(n: usize) -> Vec<std::fs::File> {
+    (0..n).map(|_| tempfile::tempfile().unwrap()).collect()
+}
+
+#[test]
+fn the_fd_limit_per_message_arrives_whole_and_close_on_exec() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let files = temp_files(MAX_FDS_PER_MESSAGE);
+    let fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
+    send_raw_with_fds(a.as_fd(), &fds);
+    let mut buf = [0u8; 1];
+    let mut got = std::collections::VecDeque::new();
+    assert_eq!(
+        scm::recv_with_fds(b.as_fd(), &mut buf, &mut got).unwrap(),
+        1
+    );
+    assert_eq!(got.len(), MAX_FDS_PER_MESSAGE);
+    for fd in &got {
+        let flags = rustix::io::fcntl_getfd(fd).unwrap();
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+    }
+}
+
+#[test]
+fn one_fd_over_the_limit_in_a_message_is_refused() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let files = temp_files(MAX_FDS_PER_MESSAGE + 1);
+    let fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
+    send_raw_with_fds(a.as_fd(), &fds);
+    let mut buf = [0u8; 1];
+    let mut got = std::collections::VecDeque::new();
+    let res = scm::recv_with_fds(b.as_fd(), &mut buf, &mut got);
+    assert!(
+        matches!(res, Err(scm::RecvError::TooManyFds { max }) if max == MAX_FDS_PER_MESSAGE),
+        "{res:?}"
+    );
 }

@@ -9,6 +9,8 @@ use std::os::fd::{AsFd, RawFd};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use nix::sys::resource::{getrusage, UsageWho};
+
 use crate::builder;
 use crate::control::{
     self, Command, ControlError, Event, InputDevice, Launch, MessageWriter, PartitionEndpoint,
@@ -408,14 +410,10 @@ fn route_input(running: &RunningPartition, input: &[control::InputEvent]) {
 }
 
 fn peak_rss_kib() -> u64 {
-    // SAFETY: an all-zero rusage is a valid out-buffer; getrusage writes only into it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: RUSAGE_SELF with a valid pointer to `usage`, which outlives the call.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
-        usage.ru_maxrss.max(0) as u64
-    } else {
-        0
-    }
+    // nix, not rustix: rustix has no getrusage. ru_maxrss is in KiB on Linux.
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|usage| usage.max_rss().max(0) as u64)
+        .unwrap_or(0)
 }
 
 fn final_state(events: &mut MessageWriter<Event>, reason: StopReason) -> i32 {

@@ -1,14 +1,18 @@
-//! A filesystem allowlist with Landlock (Linux 5.13+), through the raw system calls.
+//! A filesystem allowlist with Landlock (Linux 5.13+), through the `landlock` crate.
 //!
 //! Everything the running kernel's Landlock ABI can restrict is restricted, except what
 //! the allowlist grants: file access, TCP bind/connect (ABI 4+, never granted), abstract
-//! Unix sockets and signals to processes outside the sandbox (ABI 6+).
+//! Unix sockets and signals to processes outside the sandbox (ABI 6+). Rights from later
+//! ABIs are left alone until someone decides what this allowlist means for them.
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use landlock::{
+    Access as _, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd,
+    PathFdError, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError, RulesetStatus, Scope, ABI,
+};
+use rustix::fs::{fstat, FileType};
 
 /// How a path on the allowlist may be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,9 +43,18 @@ impl AllowedPath {
 #[derive(Debug, thiserror::Error)]
 pub enum LandlockError {
     #[error("allowlisted path {path}: {source}")]
+    Open { path: PathBuf, source: PathFdError },
+    #[error("allowlisted path {path}: {source}")]
     Path { path: PathBuf, source: io::Error },
+    #[error("allowlisted path {path}: {source}")]
+    Rule { path: PathBuf, source: RulesetError },
     #[error("landlock {op} failed: {source}")]
-    Sys { op: &'static str, source: io::Error },
+    Ruleset {
+        op: &'static str,
+        source: RulesetError,
+    },
+    #[error("landlock ABI {abi} was reported, but the kernel enforced nothing")]
+    NotEnforced { abi: u32 },
 }
 
 /// What the kernel offers.
@@ -51,104 +64,52 @@ pub enum LandlockSupport {
     Unavailable { reason: String },
 }
 
-// Access rights from <linux/landlock.h>, with the ABI that introduced them.
-const EXECUTE: u64 = 1 << 0;
-const WRITE_FILE: u64 = 1 << 1;
-const READ_FILE: u64 = 1 << 2;
-const READ_DIR: u64 = 1 << 3;
-const REMOVE_DIR: u64 = 1 << 4;
-const REMOVE_FILE: u64 = 1 << 5;
-const MAKE_CHAR: u64 = 1 << 6;
-const MAKE_DIR: u64 = 1 << 7;
-const MAKE_REG: u64 = 1 << 8;
-const MAKE_SOCK: u64 = 1 << 9;
-const MAKE_FIFO: u64 = 1 << 10;
-const MAKE_BLOCK: u64 = 1 << 11;
-const MAKE_SYM: u64 = 1 << 12;
-const REFER: u64 = 1 << 13; // ABI 2
-const TRUNCATE: u64 = 1 << 14; // ABI 3
-const IOCTL_DEV: u64 = 1 << 15; // ABI 5
-
-const NET_BIND_TCP: u64 = 1 << 0; // ABI 4
-const NET_CONNECT_TCP: u64 = 1 << 1;
-const SCOPE_ABSTRACT_UNIX_SOCKET: u64 = 1 << 0; // ABI 6
-const SCOPE_SIGNAL: u64 = 1 << 1;
-
-const CREATE_RULESET_VERSION: u32 = 1 << 0;
-const RULE_PATH_BENEATH: libc::c_int = 1;
+/// The newest ABI whose rights this allowlist handles; newer kernels get the same rules.
+const NEWEST_HANDLED_ABI: u32 = 6;
 
 /// Only the rights a rule on a non-directory may carry.
-const FILE_RIGHTS: u64 = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV;
-
-#[repr(C)]
-struct RulesetAttr {
-    handled_access_fs: u64,
-    handled_access_net: u64,
-    scoped: u64,
+fn file_rights() -> BitFlags<AccessFs> {
+    AccessFs::Execute
+        | AccessFs::WriteFile
+        | AccessFs::ReadFile
+        | AccessFs::Truncate
+        | AccessFs::IoctlDev
 }
 
-#[repr(C, packed)]
-struct PathBeneathAttr {
-    allowed_access: u64,
-    parent_fd: i32,
-}
-
-fn handled_fs(abi: u32) -> u64 {
-    let mut rights = EXECUTE
-        | WRITE_FILE
-        | READ_FILE
-        | READ_DIR
-        | REMOVE_DIR
-        | REMOVE_FILE
-        | MAKE_CHAR
-        | MAKE_DIR
-        | MAKE_REG
-        | MAKE_SOCK
-        | MAKE_FIFO
-        | MAKE_BLOCK
-        | MAKE_SYM;
-    if abi >= 2 {
-        rights |= REFER;
-    }
-    if abi >= 3 {
-        rights |= TRUNCATE;
-    }
-    if abi >= 5 {
-        rights |= IOCTL_DEV;
-    }
-    rights
-}
-
-fn wanted(access: Access, is_dir: bool) -> u64 {
+fn wanted(access: Access, is_dir: bool) -> BitFlags<AccessFs> {
     let base = match access {
-        Access::Read => READ_FILE | READ_DIR,
+        Access::Read => AccessFs::ReadFile | AccessFs::ReadDir,
         Access::ReadWrite => {
-            READ_FILE
-                | READ_DIR
-                | WRITE_FILE
-                | TRUNCATE
-                | MAKE_REG
-                | REMOVE_FILE
-                | MAKE_DIR
-                | REMOVE_DIR
+            AccessFs::ReadFile
+                | AccessFs::ReadDir
+                | AccessFs::WriteFile
+                | AccessFs::Truncate
+                | AccessFs::MakeReg
+                | AccessFs::RemoveFile
+                | AccessFs::MakeDir
+                | AccessFs::RemoveDir
         }
-        Access::Device => READ_FILE | WRITE_FILE | IOCTL_DEV,
+        Access::Device => AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::IoctlDev,
     };
     if is_dir {
         base
     } else {
-        base & FILE_RIGHTS
+        base & file_rights()
     }
 }
 
 /// Asks the kernel which Landlock ABI it speaks.
+///
+/// The one raw Landlock call left: the `landlock` crate keeps this query private (it
+/// wants programs not to branch on it), but the sandbox report names the ABI.
 pub fn support() -> LandlockSupport {
+    const CREATE_RULESET_VERSION: libc::c_uint = 1 << 0;
     // SAFETY: with the VERSION flag the kernel reads no attribute (null, size 0) and
-    // only returns a number.
+    // only returns a number; no memory is passed or returned.
     let abi = unsafe {
         libc::syscall(
             libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<RulesetAttr>(),
+            std::ptr::null::<libc::c_void>(),
             0usize,
             CREATE_RULESET_VERSION,
         )
@@ -166,91 +127,63 @@ pub fn support() -> LandlockSupport {
 
 /// Restricts the calling thread, and threads and processes it creates later, to the
 /// allowlist. Needs `no_new_privs` first. Fds opened before keep working.
+///
+/// `abi` is what [`support`] reported; every right of that ABI (up to
+/// [`NEWEST_HANDLED_ABI`]) is handled, and anything the kernel refuses is an error, never
+/// a silently weaker sandbox.
 pub fn restrict_self(allowed: &[AllowedPath], abi: u32) -> Result<(), LandlockError> {
-    let handled = handled_fs(abi);
-    let attr = RulesetAttr {
-        handled_access_fs: handled,
-        handled_access_net: if abi >= 4 {
-            NET_BIND_TCP | NET_CONNECT_TCP
-        } else {
-            0
-        },
-        scoped: if abi >= 6 {
-            SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
-        } else {
-            0
-        },
-    };
-    // Older kernels reject attribute sizes that cover fields they do not know.
-    let attr_size = match abi {
-        0..=3 => std::mem::size_of::<u64>(),
-        4 | 5 => 2 * std::mem::size_of::<u64>(),
-        _ => std::mem::size_of::<RulesetAttr>(),
-    };
-    // SAFETY: `attr` is a live, initialised landlock_ruleset_attr of which the kernel
-    // reads `attr_size` <= size_of::<RulesetAttr>() bytes.
-    let raw = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, &attr, attr_size, 0u32) };
-    if raw < 0 {
-        return Err(LandlockError::Sys {
-            op: "create_ruleset",
-            source: io::Error::last_os_error(),
-        });
+    let ruleset_err = |op| move |source| LandlockError::Ruleset { op, source };
+    let crate_abi = ABI::from(abi.min(NEWEST_HANDLED_ABI) as i32);
+    let handled = AccessFs::from_all(crate_abi);
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .handle_access(handled)
+        .map_err(ruleset_err("handle_access"))?;
+    // Empty sets (older ABIs) are refused by the crate; they would handle nothing anyway.
+    let net = AccessNet::from_all(crate_abi);
+    if !net.is_empty() {
+        ruleset = ruleset
+            .handle_access(net)
+            .map_err(ruleset_err("handle_access"))?;
     }
-    // SAFETY: the kernel just returned this new fd; nothing else owns it.
-    let ruleset = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    let scopes = Scope::from_all(crate_abi);
+    if !scopes.is_empty() {
+        ruleset = ruleset.scope(scopes).map_err(ruleset_err("scope"))?;
+    }
+    let mut created = ruleset.create().map_err(ruleset_err("create_ruleset"))?;
     for entry in allowed {
-        add_path_rule(&ruleset, entry, handled)?;
+        created = add_path_rule(created, entry, handled)?;
     }
-    // SAFETY: plain int arguments; the ruleset fd is open for the whole call.
-    if unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0u32) } < 0 {
-        return Err(LandlockError::Sys {
-            op: "restrict_self",
-            source: io::Error::last_os_error(),
-        });
+    let status = created
+        .restrict_self()
+        .map_err(ruleset_err("restrict_self"))?;
+    if status.ruleset == RulesetStatus::NotEnforced {
+        return Err(LandlockError::NotEnforced { abi });
     }
     Ok(())
 }
 
 fn add_path_rule(
-    ruleset: &OwnedFd,
+    ruleset: landlock::RulesetCreated,
     entry: &AllowedPath,
-    handled: u64,
-) -> Result<(), LandlockError> {
-    let path_err = |source| LandlockError::Path {
-        path: entry.path.clone(),
+    handled: BitFlags<AccessFs>,
+) -> Result<landlock::RulesetCreated, LandlockError> {
+    let path = || entry.path.clone();
+    let fd = PathFd::new(&entry.path).map_err(|source| LandlockError::Open {
+        path: path(),
         source,
-    };
-    let fd = open_path(&entry.path).map_err(path_err)?;
-    let is_dir = std::fs::metadata(&entry.path).map_err(path_err)?.is_dir();
-    let rule = PathBeneathAttr {
-        allowed_access: wanted(entry.access, is_dir) & handled,
-        parent_fd: fd.as_raw_fd(),
-    };
-    // SAFETY: `rule` is a live landlock_path_beneath_attr (packed, as the kernel
-    // declares it) and both fds are open for the whole call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_add_rule,
-            ruleset.as_raw_fd(),
-            RULE_PATH_BENEATH,
-            &rule,
-            0u32,
-        )
-    };
-    if rc < 0 {
-        return Err(path_err(io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-fn open_path(path: &Path) -> io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in path"))?;
-    // SAFETY: `c` is a valid NUL-terminated path; O_PATH opens without any access.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: open just returned this fd; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    })?;
+    // The type of what was opened, not of whatever the path names by now.
+    let stat = fstat(&fd).map_err(|e| LandlockError::Path {
+        path: path(),
+        source: e.into(),
+    })?;
+    let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
+    let rule = PathBeneath::new(fd, wanted(entry.access, is_dir) & handled);
+    ruleset
+        .add_rule(rule)
+        .map_err(|source| LandlockError::Rule {
+            path: path(),
+            source,
+        })
 }

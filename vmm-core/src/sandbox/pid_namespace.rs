@@ -13,7 +13,15 @@
 //! (the later [`super::apply_process_sandbox`] nests its own user namespace inside it).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::io::Errno;
+use rustix::pipe::{pipe_with, PipeFlags};
+use rustix::process::{
+    getgid, getuid, set_parent_process_death_signal, waitpid, Pid, Resource, Signal, WaitOptions,
+};
+use rustix::thread::UnshareFlags;
 
 use super::seccomp::{self, SeccompProfile};
 
@@ -26,7 +34,17 @@ pub enum PidNamespace {
         warnings: Vec<String>,
     },
     /// The host refused; the process goes on in the host's PID namespace.
-    Refused(String),
+    Refused(PidNamespaceRefused),
+}
+
+/// Why no PID namespace could be created: the errors of both attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no PID namespace: with a user namespace ({with_user}), without ({without})")]
+pub struct PidNamespaceRefused {
+    /// `unshare(CLONE_NEWUSER | CLONE_NEWPID)`.
+    pub with_user: Errno,
+    /// `unshare(CLONE_NEWPID)` alone.
+    pub without: Errno,
 }
 
 /// Moves the rest of this process's life into a new PID namespace (see the module docs).
@@ -35,12 +53,14 @@ pub enum PidNamespace {
 /// Call it while the process is single-threaded and has not opened `/dev/kvm` yet.
 pub fn enter_pid_namespace() -> io::Result<PidNamespace> {
     let mut warnings = Vec::new();
-    if let Err(reason) = unshare_pid_namespace(&mut warnings) {
-        return Ok(PidNamespace::Refused(reason));
+    if let Err(refused) = unshare_pid_namespace(&mut warnings) {
+        return Ok(PidNamespace::Refused(refused));
     }
-    let (alive_read, alive_write) = pipe()?;
+    let (alive_read, alive_write) = pipe_with(PipeFlags::CLOEXEC)?;
     // SAFETY: the caller guarantees a single thread, so the child's copy of the process
-    // has no locks held by threads that no longer exist and may run ordinary Rust.
+    // has no locks held by threads that no longer exist and may run ordinary Rust. No
+    // safe fork exists (rustix's is unsafe for the same reason); glibc's runs the atfork
+    // handlers that keep its own state consistent.
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
         0 => {
@@ -56,52 +76,33 @@ pub fn enter_pid_namespace() -> io::Result<PidNamespace> {
 }
 
 /// User and PID namespace together, or the PID namespace alone (privileged hosts).
-fn unshare_pid_namespace(warnings: &mut Vec<String>) -> Result<(), String> {
-    // SAFETY: getuid/getgid cannot fail and touch no memory.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    // SAFETY: unshare takes flags only; on failure nothing changed.
-    if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID) } == 0 {
-        super::map_ids(uid, gid, warnings);
-        return Ok(());
-    }
-    let user_err = io::Error::last_os_error();
-    // SAFETY: as above.
-    if unsafe { libc::unshare(libc::CLONE_NEWPID) } == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    Err(format!(
-        "no PID namespace: with a user namespace ({user_err}), without ({err})"
-    ))
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into the live two-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just created both fds; nothing else owns them.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+fn unshare_pid_namespace(warnings: &mut Vec<String>) -> Result<(), PidNamespaceRefused> {
+    let (uid, gid) = (getuid().as_raw(), getgid().as_raw());
+    let with_user = match super::unshare(UnshareFlags::NEWUSER | UnshareFlags::NEWPID) {
+        Ok(()) => {
+            super::map_ids(uid, gid, warnings);
+            return Ok(());
+        }
+        Err(e) => e,
+    };
+    // On failure unshare changed nothing, so the second try starts clean.
+    super::unshare(UnshareFlags::NEWPID)
+        .map_err(|without| PidNamespaceRefused { with_user, without })
 }
 
 /// The VMM must not outlive its reaper: the supervisor watches (and kills) the reaper.
 fn die_with_reaper(alive_read: &OwnedFd) -> io::Result<()> {
-    // SAFETY: PR_SET_PDEATHSIG takes a signal number; no memory is passed.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    set_parent_process_death_signal(Some(Signal::KILL))?;
     // The reaper may have died before the line above; then its end of the pipe is
     // closed and the death signal will never come. (getppid() cannot tell: the parent
     // is outside this namespace and shows as 0.)
-    let mut pfd = libc::pollfd {
-        fd: alive_read.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
+    let mut pfd = [PollFd::new(alive_read, PollFlags::IN)];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    // SAFETY: one valid pollfd, zero timeout.
-    let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
-    if ready > 0 && pfd.revents & libc::POLLHUP != 0 {
+    let ready = poll(&mut pfd, Some(&zero))?;
+    if ready > 0 && pfd[0].revents().contains(PollFlags::HUP) {
         return Err(io::Error::other("the reaper exited before the VMM started"));
     }
     Ok(())
@@ -110,34 +111,34 @@ fn die_with_reaper(alive_read: &OwnedFd) -> io::Result<()> {
 /// The parent's whole remaining life: drop everything, wait, end like the child.
 fn reap(child: libc::pid_t, alive_write: OwnedFd) -> ! {
     // The control socket and everything else belong to the VMM now.
-    if let Err(e) = super::close_fds_except(&[alive_write.as_raw_fd()]) {
+    if let Err(e) = super::close_fds_except(&[alive_write.as_fd().as_raw_fd()]) {
         tracing::warn!("reaper: closing fds: {e}");
     }
-    if let Err(e) = super::set_rlimit("RLIMIT_CORE", libc::RLIMIT_CORE, 0) {
+    if let Err(e) = super::set_rlimit("RLIMIT_CORE", Resource::Core, 0) {
         tracing::warn!("reaper: {e}");
     }
-    let filtered = super::set_no_new_privs()
-        .map_err(|e| e.to_string())
-        .and_then(|()| seccomp::install(SeccompProfile::Reaper).map_err(|e| e.to_string()));
-    if let Err(e) = filtered {
-        tracing::warn!("reaper: seccomp filter not installed: {e}");
+    match super::set_no_new_privs() {
+        Err(e) => tracing::warn!("reaper: seccomp filter not installed: {e}"),
+        Ok(()) => {
+            if let Err(e) = seccomp::install(SeccompProfile::Reaper) {
+                tracing::warn!("reaper: seccomp filter not installed: {e}");
+            }
+        }
     }
     let status = wait_for(child);
     end_like(status)
 }
 
 fn wait_for(child: libc::pid_t) -> libc::c_int {
-    let mut status = 0;
+    let Some(pid) = Pid::from_raw(child) else {
+        exit_now(1)
+    };
     loop {
-        // SAFETY: waits for our own child, writing into a live int.
-        let rc = unsafe { libc::waitpid(child, &mut status, 0) };
-        if rc == child {
-            return status;
-        }
-        if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+        match waitpid(Some(pid), WaitOptions::empty()) {
+            Ok(Some((waited, status))) if waited == pid => return status.as_raw(),
+            Err(Errno::INTR) => {}
             // No child to wait for: nothing sensible to report but failure.
-            // SAFETY: ends the process; nothing in it needs cleaning up.
-            unsafe { libc::_exit(1) };
+            _ => exit_now(1),
         }
     }
 }
@@ -146,7 +147,10 @@ fn end_like(status: libc::c_int) -> ! {
     if libc::WIFSIGNALED(status) {
         let signal = libc::WTERMSIG(status);
         // SAFETY: default disposition, then an unblocked raise of the same signal: the
-        // process ends by it, as the child did (no core: RLIMIT_CORE is 0).
+        // process ends by it, as the child did (no core: RLIMIT_CORE is 0). Only libc
+        // offers these for any signal number (rustix's sigaction is runtime-only and
+        // unsafe; nix's Signal cannot name real-time signals). All pointers are to the
+        // live local `set`.
         unsafe {
             libc::signal(signal, libc::SIG_DFL);
             let mut set: libc::sigset_t = std::mem::zeroed();
@@ -154,9 +158,16 @@ fn end_like(status: libc::c_int) -> ! {
             libc::sigaddset(&mut set, signal);
             libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
             libc::raise(signal);
-            libc::_exit(128 + signal);
         }
+        exit_now(128 + signal);
     }
-    // SAFETY: ends the process with the child's exit code.
-    unsafe { libc::_exit(libc::WEXITSTATUS(status)) }
+    exit_now(libc::WEXITSTATUS(status))
+}
+
+/// `_exit`: ends the process at once, without atexit handlers or stdio flushing, whose
+/// system calls the reaper's seccomp filter does not allow.
+fn exit_now(code: libc::c_int) -> ! {
+    // SAFETY: _exit takes an int and never returns; the reaper holds nothing that needs
+    // flushing or unwinding.
+    unsafe { libc::_exit(code) }
 }

@@ -537,3 +537,97 @@ fn killing_the_reaper_takes_the_vmm_with_it() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+#[test]
+fn control_messages_carry_an_fd_under_the_thread_profiles() {
+    use crate::control::{Event, MessageReader, MessageWriter};
+    use crate::devices::framebuffer::FramebufferLayout;
+    use crate::shm::Memfd;
+    use std::os::fd::AsFd;
+
+    for profile in [
+        SeccompProfile::Main,
+        SeccompProfile::Device,
+        SeccompProfile::Vcpu,
+    ] {
+        // Sockets and the memfd exist before the filter, as in the VMM.
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let layout = FramebufferLayout::new(64, 64).unwrap();
+        let memfd = Memfd::create("fb", layout.region_size() as usize).unwrap();
+        let outcome = under_profile(profile, move || {
+            let mut writer = MessageWriter::<Event>::new(a);
+            if writer
+                .send_with_fds(&Event::Framebuffer { layout }, &[memfd.as_fd()])
+                .is_err()
+            {
+                return 1;
+            }
+            // vCPU threads only ever send.
+            if profile == SeccompProfile::Vcpu {
+                return 0;
+            }
+            let mut reader = MessageReader::<Event>::new(b);
+            let Ok(received) = reader.recv() else {
+                return 2;
+            };
+            // Adopting and mapping a received memfd is the supervisor's side, which runs
+            // unfiltered; here it is enough that the fd arrived.
+            if received.fds.len() != 1 {
+                return 3;
+            }
+            0
+        });
+        assert_eq!(outcome, Outcome::Exited(0), "{profile:?}");
+    }
+}
+
+#[test]
+fn landlock_alone_refuses_tcp_and_signals_to_processes_outside() {
+    let Some(abi) = landlock_abi() else { return };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let parent = std::process::id() as i32;
+    let outcome = in_child(move || {
+        if set_no_new_privs().is_err() || landlock::restrict_self(&[], abi).is_err() {
+            return 90;
+        }
+        // Same network namespace as the listener: only Landlock stands in the way.
+        if abi >= 4 && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return 1;
+        }
+        // SAFETY: signal 0 only checks permission; nothing is delivered.
+        if abi >= 6 && unsafe { libc::kill(parent, 0) } == 0 {
+            return 2;
+        }
+        0
+    });
+    drop(listener);
+    assert_eq!(outcome, Outcome::Exited(0));
+}
+
+#[test]
+fn landlock_read_write_directory_allows_creating_files_in_it_only() {
+    let Some(abi) = landlock_abi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let inside = dir.path().join("allowed");
+    std::fs::create_dir(&inside).unwrap();
+    let rules = vec![AllowedPath::new(&inside, Access::ReadWrite)];
+    let outside = dir.path().join("not-allowed.img");
+    let created = inside.join("new.img");
+    let outcome = in_child(move || {
+        if set_no_new_privs().is_err() || landlock::restrict_self(&rules, abi).is_err() {
+            return 90;
+        }
+        if std::fs::write(&created, b"x").is_err() {
+            return 1;
+        }
+        if std::fs::remove_file(&created).is_err() {
+            return 2;
+        }
+        if std::fs::write(&outside, b"x").is_ok() {
+            return 3;
+        }
+        0
+    });
+    assert_eq!(outcome, Outcome::Exited(0));
+}

@@ -7,8 +7,8 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::control::MappedRegion;
 use crate::layout::KVM_TSS_ADDR;
+use crate::shm::MappedRegion;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {

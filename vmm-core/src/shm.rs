@@ -1,16 +1,19 @@
-//! Shared memory for the framebuffer: an anonymous `memfd` that the partition process
-//! maps into the guest and the supervisor maps read-only, so pixels never travel through
-//! the socket.
+//! Shared memory between the VM and the supervisor: an anonymous `memfd` that the
+//! partition process maps into the guest (the framebuffer) and the supervisor maps
+//! read-only, so pixels never travel through the socket. Shared by the VM core and the
+//! control protocol, so neither depends on the other for it.
 //!
 //! The creator seals the size. A receiver refuses a memfd without `F_SEAL_SHRINK`: a
 //! hostile partition could otherwise truncate it under the GUI's mapping and turn the
 //! GUI's next read into SIGBUS.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use rustix::fs::{fcntl_add_seals, fcntl_get_seals, memfd_create, MemfdFlags, SealFlags};
+use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
+use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemfdError {
@@ -36,6 +39,8 @@ pub enum MemfdError {
     },
     #[error("mapping is read-only")]
     ReadOnly,
+    #[error("mapping {len} bytes of memfd: {source}")]
+    Map { len: usize, source: MmapRegionError },
 }
 
 fn sys<'a>(op: &'static str, name: &'a str) -> impl FnOnce(io::Error) -> MemfdError + 'a {
@@ -59,37 +64,28 @@ impl Memfd {
         if size == 0 || size > isize::MAX as usize {
             return Err(MemfdError::BadSize(size as u64));
         }
-        let cname = CString::new(name).map_err(|_| MemfdError::BadName(name.to_string()))?;
-        // SAFETY: `cname` is a valid NUL-terminated string that outlives the call.
-        let raw = unsafe {
-            libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-        };
-        if raw < 0 {
-            return Err(sys("memfd_create", name)(io::Error::last_os_error()));
+        // rustix would refuse it too, but as a bare EINVAL that does not say why.
+        if name.contains('\0') {
+            return Err(MemfdError::BadName(name.to_string()));
         }
-        // SAFETY: memfd_create just returned this fd; nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(|e| sys("memfd_create", name)(e.into()))?;
         let file = File::from(fd);
         file.set_len(size as u64).map_err(sys("ftruncate", name))?;
         let fd = OwnedFd::from(file);
-        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-        // SAFETY: F_ADD_SEALS on an fd we own takes an int argument and touches no memory.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-            return Err(sys("F_ADD_SEALS", name)(io::Error::last_os_error()));
-        }
+        fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .map_err(|e| sys("F_ADD_SEALS", name)(e.into()))?;
         Ok(Memfd { fd, size })
     }
 
     /// Adopts a memfd received from a partition process, checking that its size is
     /// sealed against shrinking.
     pub fn from_received(fd: OwnedFd) -> Result<Memfd, MemfdError> {
-        // SAFETY: F_GET_SEALS takes no argument and touches no memory.
-        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
-        if seals < 0 {
-            return Err(MemfdError::NotMemfd(io::Error::last_os_error()));
-        }
-        if seals & libc::F_SEAL_SHRINK == 0 {
-            return Err(MemfdError::NotSealed { seals });
+        let seals = fcntl_get_seals(&fd).map_err(|e| MemfdError::NotMemfd(e.into()))?;
+        if !seals.contains(SealFlags::SHRINK) {
+            return Err(MemfdError::NotSealed {
+                seals: seals.bits() as i32,
+            });
         }
         let file = File::from(fd);
         let len = file.metadata().map_err(sys("fstat", "received"))?.len();
@@ -151,20 +147,13 @@ impl AsFd for Memfd {
 /// A `MAP_SHARED` mapping, unmapped on drop.
 ///
 /// The other side (a guest, or the partition process) writes this memory concurrently, so
-/// it is never handed out as `&[u8]`; bytes are copied in and out instead.
+/// it is never handed out as `&[u8]`; bytes are copied in and out instead (vm-memory's
+/// volatile slices, which own the mapping and its bounds checks).
 #[derive(Debug)]
 pub struct MappedRegion {
-    ptr: NonNull<u8>,
-    len: usize,
+    map: MmapRegion,
     writable: bool,
 }
-
-// SAFETY: the mapping is plain shared memory owned by this value; every access copies
-// through raw pointers, so moving or sharing it across threads adds no data race beyond
-// the cross-process one the copy methods already tolerate.
-unsafe impl Send for MappedRegion {}
-// SAFETY: see `Send`; `&MappedRegion` only allows copies through raw pointers.
-unsafe impl Sync for MappedRegion {}
 
 impl MappedRegion {
     fn map(fd: BorrowedFd<'_>, len: usize, writable: bool) -> Result<MappedRegion, MemfdError> {
@@ -173,31 +162,24 @@ impl MappedRegion {
         } else {
             libc::PROT_READ
         };
-        // SAFETY: a fresh mapping (addr null) of `len` bytes of a file at least `len`
-        // bytes long (the size is sealed against shrinking); it aliases no Rust object.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(sys("mmap", "")(io::Error::last_os_error()));
-        }
-        let ptr = NonNull::new(addr.cast::<u8>()).ok_or(MemfdError::BadSize(len as u64))?;
-        Ok(MappedRegion { ptr, len, writable })
+        // The mapping keeps its own handle on the memfd (a dup), so it stays valid
+        // whatever happens to the `Memfd`.
+        let file = File::from(fd.try_clone_to_owned().map_err(sys("dup", ""))?);
+        let map = MmapRegionBuilder::new(len)
+            .with_mmap_prot(prot)
+            .with_mmap_flags(libc::MAP_SHARED)
+            .with_file_offset(FileOffset::new(file, 0))
+            .build()
+            .map_err(|source| MemfdError::Map { len, source })?;
+        Ok(MappedRegion { map, writable })
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.map.size()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.map.size() == 0
     }
 
     pub fn is_writable(&self) -> bool {
@@ -206,33 +188,25 @@ impl MappedRegion {
 
     /// Start of the mapping, for handing to `vm_memory` / KVM as a memslot's host address.
     pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
+        self.map.as_ptr()
     }
 
-    fn check(&self, offset: usize, len: usize) -> Result<(), MemfdError> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.len => Ok(()),
-            _ => Err(MemfdError::OutOfRange {
-                offset,
-                len,
-                size: self.len,
-            }),
+    fn out_of_range(&self, offset: usize, len: usize) -> MemfdError {
+        MemfdError::OutOfRange {
+            offset,
+            len,
+            size: self.len(),
         }
     }
 
     /// Copies `dst.len()` bytes starting at `offset` out of the mapping.
     pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> Result<(), MemfdError> {
-        self.check(offset, dst.len())?;
-        // SAFETY: offset..offset+dst.len() is inside the mapping (checked above) and the
-        // file cannot shrink (sealed), so the source is readable; `dst` is a distinct Rust
-        // buffer, so the ranges do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(offset),
-                dst.as_mut_ptr(),
-                dst.len(),
-            );
-        }
+        let len = dst.len();
+        let slice = self
+            .map
+            .get_slice(offset, len)
+            .map_err(|_| self.out_of_range(offset, len))?;
+        slice.copy_to(dst);
         Ok(())
     }
 
@@ -241,22 +215,11 @@ impl MappedRegion {
         if !self.writable {
             return Err(MemfdError::ReadOnly);
         }
-        self.check(offset, src.len())?;
-        // SAFETY: the destination range is inside a PROT_WRITE mapping (checked above);
-        // `src` is a Rust buffer, not part of the mapping, so the ranges do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len());
-        }
+        let slice = self
+            .map
+            .get_slice(offset, src.len())
+            .map_err(|_| self.out_of_range(offset, src.len()))?;
+        slice.copy_from(src);
         Ok(())
-    }
-}
-
-impl Drop for MappedRegion {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len are exactly what mmap returned and nothing uses the mapping
-        // after drop (no references into it were ever handed out).
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
     }
 }
