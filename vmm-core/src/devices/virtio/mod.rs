@@ -4,7 +4,8 @@
 //! and the [`VirtioDevice`] trait is what a device model implements: its type, queues,
 //! feature bits, config space and the work done when a queue has buffers. The three device
 //! models are [`input::VirtioInput`] (keyboard, absolute tablet), [`console::VirtioConsole`]
-//! (one port, the guest agent's byte stream) and [`rng::VirtioRng`].
+//! (one port, the guest agent's byte stream), [`rng::VirtioRng`] and [`block::VirtioBlock`]
+//! (one disk each; its file I/O runs on a worker thread, see that module).
 //!
 //! # Threading
 //!
@@ -27,6 +28,7 @@
 //! The Debian 6.1 generic kernel (`linux-image-6.1.0-*-amd64`) has the virtio core as
 //! modules; see [`GUEST_MODULES`] for the list the guest initramfs loads, in order.
 
+pub mod block;
 pub mod console;
 pub mod input;
 pub mod mmio;
@@ -68,6 +70,7 @@ pub const GUEST_MODULES: &[&str] = &[
 
 /// virtio device ids (virtio 1.2, section 5).
 pub mod device_type {
+    pub const BLOCK: u32 = 2;
     pub const CONSOLE: u32 = 3;
     pub const RNG: u32 = 4;
     pub const INPUT: u32 = 18;
