@@ -11,7 +11,7 @@ use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 use vmm_core::devices::legacy::SerialSink;
 use vmm_core::devices::StopReason;
 use vmm_core::hostcheck;
-use vmm_core::layout::FRAMEBUFFER_ADDR;
+use vmm_core::layout::{FRAMEBUFFER_ADDR, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use vmm_core::microguest::{self, Asm};
 use vmm_core::vmm::RunningPartition;
 
@@ -50,6 +50,7 @@ fn start(asm: &Asm, display: Option<(u32, u32)>) -> (RunningPartition, Captured)
         },
         display: display.map(|(w, h)| FramebufferLayout::new(w, h).unwrap()),
         serial: SerialSink::new(Box::new(out.clone())),
+        disks: Vec::new(),
     };
     let partition = builder::build(&kvm, config).expect("build micro-guest");
     (partition.start().expect("start micro-guest"), out)
@@ -214,6 +215,7 @@ fn two_vcpus_start_and_the_boot_vcpu_runs_the_guest() {
         },
         display: None,
         serial: SerialSink::new(Box::new(out.clone())),
+        disks: Vec::new(),
     };
     let p = builder::build(&kvm, config).unwrap().start().unwrap();
     assert_eq!(p.wait_timeout(TIMEOUT), Some(StopReason::Reset));
@@ -233,6 +235,7 @@ fn out_of_range_configs_are_refused_before_any_guest_runs() {
         },
         display: None,
         serial: SerialSink::new(Box::new(io::sink())),
+        disks: Vec::new(),
     };
     let e = builder::build(&kvm, cfg(9, 16)).err().unwrap();
     assert_eq!(e.to_string(), "9 vCPUs requested; a partition has 1..=8");
@@ -316,4 +319,78 @@ fn the_built_in_test_card_paints_label_bands_and_keeps_damaging_the_top_rows() {
         assert!(r.y + r.h <= microguest::TEST_CARD_ANIMATED_ROWS, "{r:?}");
     }
     assert_eq!(p.finish(), StopReason::Stopped);
+}
+
+fn disk(sectors: u64, id: &str) -> builder::DiskConfig {
+    let f = tempfile::tempfile().unwrap();
+    f.set_len(sectors * 512).unwrap();
+    builder::DiskConfig {
+        file: f,
+        read_only: false,
+        id: id.into(),
+    }
+}
+
+fn config_with_disks(asm: &Asm, out: &Captured, disks: Vec<builder::DiskConfig>) -> VmConfig {
+    VmConfig {
+        mem_mib: 16,
+        vcpus: 1,
+        boot: BootSource::Raw {
+            code: asm.code.clone(),
+            load_addr: LOAD_ADDR,
+        },
+        display: None,
+        serial: SerialSink::new(Box::new(out.clone())),
+        disks,
+    }
+}
+
+#[test]
+fn disks_get_the_virtio_windows_after_the_other_devices_in_config_order() {
+    // No display: keyboard, console and rng take windows 0..=2, then disk 0, disk 1.
+    let mut asm = Asm::new();
+    let mut fails = Vec::new();
+    for (window, sectors) in [(3u64, 8u32), (4, 16)] {
+        let base = VIRTIO_MMIO_BASE + window * VIRTIO_MMIO_SIZE;
+        asm.mov_rbx(base + 8).load_eax_rbx().cmp_eax(2); // DeviceID: block
+        fails.push(asm.jne());
+        asm.mov_rbx(base + 0x100).load_eax_rbx().cmp_eax(sectors); // capacity, low half
+        fails.push(asm.jne());
+        asm.print("d");
+    }
+    asm.reset();
+    for f in fails {
+        asm.bind(f);
+    }
+    asm.print("N").reset();
+    let (kvm, _) = hostcheck::open_kvm().unwrap();
+    let out = Captured::default();
+    let config = config_with_disks(&asm, &out, vec![disk(8, "root"), disk(16, "private")]);
+    let p = builder::build(&kvm, config).unwrap().start().unwrap();
+    assert_eq!(p.wait_timeout(TIMEOUT), Some(StopReason::Reset));
+    assert_eq!(out.text(), "dd");
+    // Joins the disk workers too.
+    assert_eq!(p.finish(), StopReason::Reset);
+}
+
+#[test]
+fn more_disks_than_free_virtio_windows_are_refused() {
+    let (kvm, _) = hostcheck::open_kvm().unwrap();
+    let asm = Asm::new();
+    let out = Captured::default();
+    let disks = (0..6).map(|i| disk(1, &format!("d{i}"))).collect();
+    let e = builder::build(&kvm, config_with_disks(&asm, &out, disks))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            e,
+            builder::BuildError::TooManyDisks {
+                count: 9,
+                fixed: 3,
+                max: 8
+            }
+        ),
+        "{e}"
+    );
 }

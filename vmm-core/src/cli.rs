@@ -234,6 +234,7 @@ fn vm_config(args: &RunArgs, serial: SerialSink) -> Result<(kvm_ioctls::Kvm, VmC
             .transpose()
             .map_err(|e| e.to_string())?,
         serial,
+        disks: Vec::new(),
     };
     Ok((kvm, config))
 }
