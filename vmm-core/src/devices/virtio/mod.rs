@@ -44,10 +44,11 @@ pub use queue::{Chain, QueueError, Queues};
 
 /// Kernel modules (paths below `/lib/modules/<version>/kernel/`) the guest initramfs
 /// must `insmod`, in this order, for virtio-mmio devices declared in ACPI plus
-/// virtio-input, virtio-console and virtio-rng, on Debian's `linux-image-6.1.0-*-amd64`.
-/// Checked against 6.1.0-56 (6.1.192-2): the `.modinfo` `depends=` fields
-/// (`virtio` needs `virtio_ring`; `virtio_mmio`, `virtio_input`, `virtio_console` and
-/// `virtio-rng` need both) and `config-6.1.0-56-amd64`. The package ships no
+/// virtio-input, virtio-console, virtio-rng and virtio-blk, on Debian's
+/// `linux-image-6.1.0-*-amd64`. Checked against 6.1.0-56 (6.1.192-2): the `.modinfo`
+/// `depends=` fields (`virtio` needs `virtio_ring`; `virtio_mmio`, `virtio_input`,
+/// `virtio_console` and `virtio-rng` need both) and `config-6.1.0-56-amd64`; `virtio_blk`
+/// against 6.1.0-57 (6.1.192-3: `depends=virtio,virtio_ring`). The package ships no
 /// `modules.dep`; the `.ko` files are not compressed.
 ///
 /// Built in (`=y`), so not in the list: ACPI and PNPACPI (the `LNRO0005` nodes and the
@@ -65,6 +66,7 @@ pub const GUEST_MODULES: &[&str] = &[
     "drivers/virtio/virtio_input.ko",
     "drivers/char/virtio_console.ko",
     "drivers/char/hw_random/virtio-rng.ko",
+    "drivers/block/virtio_blk.ko",
     "drivers/input/evdev.ko",
 ];
 
