@@ -35,7 +35,7 @@
 //!
 //! # Parsing
 //!
-//! Done here, in [`request`], on top of [`super::queue::Queues::pop`]'s checked chains
+//! Done here, in `request.rs`, on top of [`super::queue::Queues::pop`]'s checked chains
 //! (bounded length, no loops, every buffer inside guest RAM). rust-vmm's `virtio-blk`
 //! request parser was considered but is not published on crates.io (`cargo info
 //! virtio-blk` finds nothing), so it cannot be pinned next to `virtio-queue 0.18` /
@@ -46,13 +46,15 @@
 //! `SIZE_MAX` ([`SIZE_MAX`] per segment), `SEG_MAX` ([`SEG_MAX`] segments), `BLK_SIZE`
 //! (512), `FLUSH` (the guest runs a write-back cache and sends flushes, which become
 //! `fdatasync`), `RO` for read-only disks, and for writable regular files `DISCARD`
-//! (punch hole) and `WRITE_ZEROES` (zero range, or punch hole when the driver allows
-//! unmapping), one segment per request. Not offered: multiqueue, topology, geometry,
+//! (punch hole; a file system without holes keeps the data, which discard allows) and
+//! `WRITE_ZEROES` (zero range, or punch hole when the driver allows unmapping; written
+//! zeroes where the file system has neither), one segment per request. Not offered: multiqueue, topology, geometry,
 //! config write-back toggle, secure erase, zoned.
 //!
 //! Guest data is copied through a per-worker buffer of at most `SEG_MAX * SIZE_MAX` bytes
 //! (8 MiB): that keeps all I/O positional (`read_at`/`write_at`, no shared cursor) and
-//! free of `unsafe`, at the price of one memcpy per request.
+//! the guest-memory side free of `unsafe`, at the price of one memcpy per request. (The
+//! one `unsafe` block here is the `fallocate` call, which std does not wrap.)
 
 mod request;
 mod worker;
