@@ -3,6 +3,7 @@
 //! dirty log and failure handling without a Linux kernel.
 
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 use vmm_core::devices::legacy::SerialSink;
 use vmm_core::devices::StopReason;
 use vmm_core::hostcheck;
-use vmm_core::layout::FRAMEBUFFER_ADDR;
+use vmm_core::layout::{FRAMEBUFFER_ADDR, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use vmm_core::microguest::{self, Asm};
 use vmm_core::vmm::RunningPartition;
 
@@ -50,6 +51,7 @@ fn start(asm: &Asm, display: Option<(u32, u32)>) -> (RunningPartition, Captured)
         },
         display: display.map(|(w, h)| FramebufferLayout::new(w, h).unwrap()),
         serial: SerialSink::new(Box::new(out.clone())),
+        disks: Vec::new(),
     };
     let partition = builder::build(&kvm, config).expect("build micro-guest");
     (partition.start().expect("start micro-guest"), out)
@@ -214,6 +216,7 @@ fn two_vcpus_start_and_the_boot_vcpu_runs_the_guest() {
         },
         display: None,
         serial: SerialSink::new(Box::new(out.clone())),
+        disks: Vec::new(),
     };
     let p = builder::build(&kvm, config).unwrap().start().unwrap();
     assert_eq!(p.wait_timeout(TIMEOUT), Some(StopReason::Reset));
@@ -233,6 +236,7 @@ fn out_of_range_configs_are_refused_before_any_guest_runs() {
         },
         display: None,
         serial: SerialSink::new(Box::new(io::sink())),
+        disks: Vec::new(),
     };
     let e = builder::build(&kvm, cfg(9, 16)).err().unwrap();
     assert_eq!(e.to_string(), "9 vCPUs requested; a partition has 1..=8");
@@ -316,4 +320,203 @@ fn the_built_in_test_card_paints_label_bands_and_keeps_damaging_the_top_rows() {
         assert!(r.y + r.h <= microguest::TEST_CARD_ANIMATED_ROWS, "{r:?}");
     }
     assert_eq!(p.finish(), StopReason::Stopped);
+}
+
+fn disk(sectors: u64, id: &str) -> builder::DiskConfig {
+    let f = tempfile::tempfile().unwrap();
+    f.set_len(sectors * 512).unwrap();
+    builder::DiskConfig {
+        file: f,
+        read_only: false,
+        id: id.into(),
+    }
+}
+
+fn config_with_disks(asm: &Asm, out: &Captured, disks: Vec<builder::DiskConfig>) -> VmConfig {
+    VmConfig {
+        mem_mib: 16,
+        vcpus: 1,
+        boot: BootSource::Raw {
+            code: asm.code.clone(),
+            load_addr: LOAD_ADDR,
+        },
+        display: None,
+        serial: SerialSink::new(Box::new(out.clone())),
+        disks,
+    }
+}
+
+#[test]
+fn disks_get_the_virtio_windows_after_the_other_devices_in_config_order() {
+    // No display: keyboard, console and rng take windows 0..=2, then disk 0, disk 1.
+    let mut asm = Asm::new();
+    let mut fails = Vec::new();
+    for (window, sectors) in [(3u64, 8u32), (4, 16)] {
+        let base = VIRTIO_MMIO_BASE + window * VIRTIO_MMIO_SIZE;
+        asm.mov_rbx(base + 8).load_eax_rbx().cmp_eax(2); // DeviceID: block
+        fails.push(asm.jne());
+        asm.mov_rbx(base + 0x100).load_eax_rbx().cmp_eax(sectors); // capacity, low half
+        fails.push(asm.jne());
+        asm.print("d");
+    }
+    asm.reset();
+    for f in fails {
+        asm.bind(f);
+    }
+    asm.print("N").reset();
+    let (kvm, _) = hostcheck::open_kvm().unwrap();
+    let out = Captured::default();
+    let config = config_with_disks(&asm, &out, vec![disk(8, "root"), disk(16, "private")]);
+    let p = builder::build(&kvm, config).unwrap().start().unwrap();
+    assert_eq!(p.wait_timeout(TIMEOUT), Some(StopReason::Reset));
+    assert_eq!(out.text(), "dd");
+    // Joins the disk workers too.
+    assert_eq!(p.finish(), StopReason::Reset);
+}
+
+#[test]
+fn more_disks_than_free_virtio_windows_are_refused() {
+    let (kvm, _) = hostcheck::open_kvm().unwrap();
+    let asm = Asm::new();
+    let out = Captured::default();
+    let disks = (0..6).map(|i| disk(1, &format!("d{i}"))).collect();
+    let e = builder::build(&kvm, config_with_disks(&asm, &out, disks))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            e,
+            builder::BuildError::TooManyDisks {
+                count: 9,
+                fixed: 3,
+                max: 8
+            }
+        ),
+        "{e}"
+    );
+}
+
+/// `mov [addr], value` (32 bits), to RAM or a device register.
+fn store32(asm: &mut Asm, addr: u64, value: u32) {
+    asm.mov_rbx(addr).mov_eax(value).store_eax_rbx();
+}
+
+/// Prints "N" and resets unless `[addr]` holds `value`.
+fn expect32(asm: &mut Asm, addr: u64, value: u32) {
+    asm.mov_rbx(addr).load_eax_rbx().cmp_eax(value);
+    let bad = asm.jne();
+    let good = asm.jmp();
+    asm.bind(bad).print("N").reset().bind(good);
+}
+
+/// Spins until `[addr]` holds `value`.
+fn wait32(asm: &mut Asm, addr: u64, value: u32) {
+    let top = asm.here();
+    asm.mov_rbx(addr).load_eax_rbx().cmp_eax(value);
+    let again = asm.jne();
+    let done = asm.jmp();
+    asm.bind(again).jmp_back(top).bind(done);
+}
+
+/// The whole path on real KVM: a micro-guest drives the first disk the way a minimal
+/// virtio-blk driver does (probe, one split queue, a write then a read request, polling
+/// the used ring), the MMIO exits reach the device on the vCPU thread and the worker
+/// thread does the file I/O.
+#[test]
+fn a_guest_writes_and_reads_its_disk_through_virtio_blk() {
+    const BASE: u64 = VIRTIO_MMIO_BASE + 3 * VIRTIO_MMIO_SIZE; // after kbd, console, rng
+    const DESC: u64 = 0x20_0000;
+    const AVAIL: u64 = 0x20_1000;
+    const USED: u64 = 0x20_2000;
+    const HDR: u64 = 0x20_3000;
+    const DATA: u64 = 0x20_4000;
+    const STATUS: u64 = 0x20_5000;
+    const NEXT: u32 = 1;
+    const WRITE: u32 = 2;
+    let desc = |asm: &mut Asm, i: u64, addr: u64, len: u32, flags: u32, next: u32| {
+        let at = DESC + 16 * i;
+        store32(asm, at, addr as u32);
+        store32(asm, at + 4, 0);
+        store32(asm, at + 8, len);
+        store32(asm, at + 12, flags | (next << 16));
+    };
+    let mut asm = Asm::new();
+    // Probe: reset, ACKNOWLEDGE, DRIVER, VERSION_1, FEATURES_OK, queue 0 of 8, DRIVER_OK.
+    for (reg, value) in [
+        (0x070, 0),
+        (0x070, 1),
+        (0x070, 3),
+        (0x024, 1),
+        (0x020, 1),
+        (0x024, 0),
+        (0x020, 0),
+        (0x070, 0xb),
+        (0x030, 0),
+        (0x038, 8),
+        (0x080, DESC as u32),
+        (0x084, 0),
+        (0x090, AVAIL as u32),
+        (0x094, 0),
+        (0x0a0, USED as u32),
+        (0x0a4, 0),
+        (0x044, 1),
+        (0x070, 0xf),
+    ] {
+        store32(&mut asm, BASE + reg, value);
+    }
+    expect32(&mut asm, BASE + 0x070, 0xf);
+    // Request 1: write "HBLK" x 128 to sector 2.
+    asm.mov_rdi(DATA)
+        .mov_ecx(128)
+        .mov_eax(u32::from_le_bytes(*b"HBLK"))
+        .rep_stosd();
+    for (off, v) in [(0, 1), (4, 0), (8, 2), (12, 0)] {
+        store32(&mut asm, HDR + off, v);
+    }
+    store32(&mut asm, STATUS, 0xffff_ffff);
+    desc(&mut asm, 0, HDR, 16, NEXT, 1);
+    desc(&mut asm, 1, DATA, 512, NEXT, 2);
+    desc(&mut asm, 2, STATUS, 1, WRITE, 0);
+    store32(&mut asm, AVAIL + 4, 0); // ring[0] = head 0
+    store32(&mut asm, AVAIL, 1 << 16); // idx 1
+    store32(&mut asm, BASE + 0x050, 0); // QueueNotify
+    wait32(&mut asm, USED, 1 << 16);
+    expect32(&mut asm, STATUS, 0xffff_ff00); // VIRTIO_BLK_S_OK
+    asm.print("w");
+    // Request 2: read sector 5 (the host filled it with "ABCD") over the same buffer.
+    for (off, v) in [(0, 0), (8, 5)] {
+        store32(&mut asm, HDR + off, v);
+    }
+    store32(&mut asm, STATUS, 0xffff_ffff);
+    desc(&mut asm, 1, DATA, 512, NEXT | WRITE, 2);
+    store32(&mut asm, AVAIL, 2 << 16); // ring[1] is already head 0
+    store32(&mut asm, BASE + 0x050, 0);
+    wait32(&mut asm, USED, 2 << 16);
+    expect32(&mut asm, STATUS, 0xffff_ff00);
+    expect32(&mut asm, DATA, u32::from_le_bytes(*b"ABCD"));
+    expect32(&mut asm, DATA + 508, u32::from_le_bytes(*b"ABCD"));
+    asm.print("r").reset();
+
+    let file = tempfile::tempfile().unwrap();
+    file.set_len(16 * 512).unwrap();
+    file.write_all_at(&b"ABCD".repeat(128), 5 * 512).unwrap();
+    let disks = vec![builder::DiskConfig {
+        file: file.try_clone().unwrap(),
+        read_only: false,
+        id: "root".into(),
+    }];
+    let (kvm, _) = hostcheck::open_kvm().unwrap();
+    let out = Captured::default();
+    let p = builder::build(&kvm, config_with_disks(&asm, &out, disks))
+        .unwrap()
+        .start()
+        .unwrap();
+    assert_eq!(p.wait_timeout(TIMEOUT), Some(StopReason::Reset));
+    assert_eq!(out.text(), "wr");
+    assert_eq!(p.finish(), StopReason::Reset);
+    let mut disk = vec![0u8; 16 * 512];
+    file.read_exact_at(&mut disk, 0).unwrap();
+    assert_eq!(&disk[2 * 512..3 * 512], &b"HBLK".repeat(128)[..]);
+    assert!(disk[..2 * 512].iter().all(|&b| b == 0));
+    assert!(disk[3 * 512..5 * 512].iter().all(|&b| b == 0));
 }

@@ -14,17 +14,22 @@ use crate::arch::{boot, cpuid, mptable, regs};
 use crate::devices::framebuffer::FramebufferLayout;
 use crate::devices::legacy::acpi_pm::{self, AcpiPm};
 use crate::devices::legacy::{cmos, i8042, serial, Cmos, SerialConsole, SerialSink, I8042};
+use crate::devices::virtio::block::{BlockError, BlockWorker, VirtioBlock};
 use crate::devices::virtio::console::{ConsoleHandle, VirtioConsole};
 use crate::devices::virtio::input::{InputEventSender, VirtioInput};
 use crate::devices::virtio::mmio::{MmioError, VirtioMmioDevice};
 use crate::devices::virtio::rng::VirtioRng;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::{Bus, BusDevice, InterruptLine, StopHandle};
-use crate::layout::{ACPI_SLEEP_CONTROL_PORT, FRAMEBUFFER_ADDR, FRAMEBUFFER_MAX_SIZE};
+use crate::layout::{
+    ACPI_SLEEP_CONTROL_PORT, FRAMEBUFFER_ADDR, FRAMEBUFFER_MAX_SIZE, VIRTIO_MMIO_MAX_DEVICES,
+};
 use crate::shm::{MappedRegion, Memfd, MemfdError};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{EntryPoint, Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
+
+pub use crate::devices::virtio::block::DiskConfig;
 
 pub const MAX_VCPUS: u8 = 8;
 /// Initial stack of the boot vCPU, below the page tables.
@@ -51,6 +56,8 @@ pub struct VmConfig {
     pub boot: BootSource,
     pub display: Option<FramebufferLayout>,
     pub serial: SerialSink,
+    /// virtio-blk disks, in guest order: the first is `/dev/vda`, the next `/dev/vdb`.
+    pub disks: Vec<DiskConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +98,14 @@ pub enum BuildError {
         name: &'static str,
         source: MmioError,
     },
+    #[error("{count} virtio devices (the disks after {fixed} others) exceed the {max} virtio-mmio windows")]
+    TooManyDisks {
+        count: usize,
+        fixed: usize,
+        max: u64,
+    },
+    #[error("disk {index}: {source}")]
+    Disk { index: usize, source: BlockError },
     #[error("device bus: {0}")]
     Bus(#[from] crate::devices::BusError),
     #[error("starting vCPU thread {index}: {source}")]
@@ -131,6 +146,15 @@ pub struct Partition {
     pub(crate) stop: Arc<StopHandle>,
     pub(crate) serial: Arc<Mutex<SerialConsole>>,
     pub(crate) virtio: VirtioHandles,
+    /// Disk devices whose worker threads start with the vCPUs (not here: the partition
+    /// process must stay single-threaded until its sandbox is applied).
+    pub(crate) disks: Vec<Disk>,
+}
+
+/// A virtio-blk device and its worker, not yet started.
+pub(crate) struct Disk {
+    pub dev: SharedVirtio<VirtioBlock>,
+    pub worker: BlockWorker,
 }
 
 /// Host-side ends of the partition's virtio devices.
@@ -198,7 +222,8 @@ pub fn build(kvm: &Kvm, config: VmConfig) -> Result<Partition, BuildError> {
     })?;
     let (pio, serial) = legacy_devices(&vm, stop.clone(), config.serial)?;
     let mut mmio = Bus::new();
-    let (virtio, slots) = virtio_devices(&vm, &mut mmio, &memory, config.display)?;
+    let (virtio, mut slots) = virtio_devices(&vm, &mut mmio, &memory, config.display)?;
+    let disks = disk_devices(&vm, &mut mmio, &memory, &mut slots, config.disks)?;
 
     regs::write_boot_tables(&memory)?;
     mptable::write(&memory, config.vcpus)?;
@@ -274,6 +299,7 @@ pub fn build(kvm: &Kvm, config: VmConfig) -> Result<Partition, BuildError> {
         stop,
         serial,
         virtio,
+        disks,
     })
 }
 
@@ -401,4 +427,36 @@ fn virtio_devices(
         console: ConsoleHandle::new(con),
     };
     Ok((handles, slots))
+}
+
+/// One virtio-blk device per disk, in the windows after the other virtio devices, in
+/// configuration order: ACPI node order is window order is the guest's probe order, so
+/// the first disk is `/dev/vda`.
+fn disk_devices(
+    vm: &Vm,
+    mmio: &mut Bus,
+    memory: &GuestMemoryMmap,
+    slots: &mut Vec<VirtioMmioSlot>,
+    disks: Vec<DiskConfig>,
+) -> Result<Vec<Disk>, BuildError> {
+    let fixed = slots.len();
+    let count = fixed + disks.len();
+    if count as u64 > VIRTIO_MMIO_MAX_DEVICES {
+        return Err(BuildError::TooManyDisks {
+            count,
+            fixed,
+            max: VIRTIO_MMIO_MAX_DEVICES,
+        });
+    }
+    let mut out = Vec::with_capacity(disks.len());
+    for (index, disk) in disks.into_iter().enumerate() {
+        let (device, worker) =
+            VirtioBlock::new(disk).map_err(|source| BuildError::Disk { index, source })?;
+        // Below VIRTIO_MMIO_MAX_DEVICES, checked above.
+        let n = slots.len() as u32;
+        let (dev, slot) = attach_virtio(vm, mmio, memory, n, "disk", device)?;
+        slots.push(slot);
+        out.push(Disk { dev, worker });
+    }
+    Ok(out)
 }

@@ -14,6 +14,7 @@ use crate::builder::{BuildError, Framebuffer, Partition, VirtioHandles};
 use crate::devices::framebuffer::{write_png, DamageRect, FramebufferError};
 use crate::devices::legacy::SerialConsole;
 use crate::devices::{StopHandle, StopReason};
+use crate::sandbox::SeccompProfile;
 use crate::vstate::vcpu::{install_kick_handler, kick_signal, PauseGate};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -47,6 +48,9 @@ pub struct RunningPartition {
     /// Returns from `KVM_RUN`, one counter per vCPU so no two vCPU threads write the
     /// same cache line on every exit.
     vcpu_exits: Vec<Arc<AtomicU64>>,
+    /// virtio-blk workers; each ends once the vCPU threads (and with them the MMIO bus
+    /// holding its device) are gone, so they are joined after those.
+    disk_workers: Vec<JoinHandle<()>>,
 }
 
 impl Partition {
@@ -56,11 +60,23 @@ impl Partition {
     }
 
     /// Starts one thread per vCPU, each confined to `vcpu_filter` before it first enters
-    /// the guest (the supervised, sandboxed partition process uses this).
+    /// the guest (the supervised, sandboxed partition process uses this), and one worker
+    /// per disk, confined to [`SeccompProfile::Block`] when the vCPUs are filtered.
     pub fn start_with(
         self,
         vcpu_filter: Option<crate::sandbox::SeccompProfile>,
     ) -> Result<RunningPartition, BuildError> {
+        let disk_filter = vcpu_filter.map(|_| SeccompProfile::Block);
+        let mut disk_workers = Vec::with_capacity(self.disks.len());
+        for (index, disk) in self.disks.into_iter().enumerate() {
+            // The worker holds only a weak reference; the bus keeps the device alive. On
+            // an error, workers already started end when their devices drop with `self`.
+            let worker = disk
+                .worker
+                .start(&disk.dev, self.memory.clone(), disk_filter)
+                .map_err(|source| BuildError::Disk { index, source })?;
+            disk_workers.push(worker);
+        }
         install_kick_handler();
         let pio = Arc::new(self.pio);
         let mmio = Arc::new(self.mmio);
@@ -111,6 +127,7 @@ impl Partition {
             gate,
             started: Instant::now(),
             vcpu_exits,
+            disk_workers,
         })
     }
 }
@@ -255,6 +272,7 @@ impl RunningPartition {
     pub fn finish(mut self) -> StopReason {
         self.stop.request(StopReason::Stopped);
         kick_and_join(&mut self.threads);
+        join_disk_workers(&mut self.disk_workers);
         self.stop.reason().unwrap_or(StopReason::Stopped)
     }
 }
@@ -264,6 +282,17 @@ impl Drop for RunningPartition {
         if !self.threads.is_empty() {
             self.stop.request(StopReason::Stopped);
             kick_and_join(&mut self.threads);
+        }
+        join_disk_workers(&mut self.disk_workers);
+    }
+}
+
+/// Joins the disk workers; call after the vCPU threads are gone (the last reference to
+/// each device went with them, which is what ends its worker).
+fn join_disk_workers(workers: &mut Vec<JoinHandle<()>>) {
+    for w in workers.drain(..) {
+        if w.join().is_err() {
+            tracing::error!("a virtio-blk worker thread panicked");
         }
     }
 }

@@ -324,6 +324,7 @@ mod tests {
         assert!(pos("virtio_ring") < pos("virtio"));
         assert!(pos("virtio") < pos("virtio_mmio"));
         assert!(pos("virtio_mmio") < pos("virtio_input"));
+        assert!(pos("virtio_mmio") < pos("virtio_blk"));
     }
 
     #[test]

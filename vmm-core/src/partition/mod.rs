@@ -11,6 +11,7 @@ use kvm_ioctls::Kvm;
 
 use crate::builder::{BootSource, VmConfig};
 use crate::devices::legacy::SerialSink;
+use crate::devices::virtio::block::DiskConfig;
 use crate::hostcheck::{self, HostError};
 use crate::launch::{BootConfig, LaunchConfig, LaunchError, LaunchFiles};
 use crate::layout::{FRAMEBUFFER_ADDR, HIMEM_START};
@@ -49,6 +50,14 @@ pub fn vm_config(
             cmdline: cmdline.clone(),
         },
     };
+    // from_handover() matched one file per configured disk; a bare run opened the same.
+    if files.disks.len() != launch.disks.len() {
+        return Err(LaunchError::FileCount {
+            expected: launch.disks.len(),
+            got: files.disks.len(),
+        }
+        .into());
+    }
     Ok((
         kvm,
         VmConfig {
@@ -57,6 +66,16 @@ pub fn vm_config(
             boot,
             display,
             serial,
+            disks: launch
+                .disks
+                .iter()
+                .zip(files.disks)
+                .map(|(disk, file)| DiskConfig {
+                    file,
+                    read_only: disk.read_only,
+                    id: disk.id.clone(),
+                })
+                .collect(),
         },
     ))
 }

@@ -2,7 +2,8 @@
 //!
 //! Each thread of a partition process installs the profile for what it does right after
 //! it starts: the vCPU threads only run `KVM_RUN` and friends, the device thread polls
-//! eventfds and does disk I/O, the main thread additionally spawns those threads.
+//! eventfds and does disk I/O, each virtio-blk disk's worker only does positional I/O on
+//! its disk, the main thread additionally spawns those threads.
 //! Filters stack, so a thread started by `Main` is limited by both. Anything off the
 //! table kills the whole process with `SIGSYS`, which the supervisor reports.
 //!
@@ -43,6 +44,8 @@ pub enum SeccompProfile {
     Device,
     /// A vCPU thread.
     Vcpu,
+    /// A virtio-blk disk's worker thread (`devices::virtio::block`).
+    Block,
     /// The reaper left outside the PID namespace: waits for the VMM, ends like it.
     Reaper,
 }
@@ -296,6 +299,27 @@ const DEVICE: &[SyscallRule] = &[
     any("getrusage", libc::SYS_getrusage),
 ];
 
+/// A virtio-blk worker: positional reads and writes, flushes, hole punching / zeroing
+/// (exactly the two modes it uses) on its one disk fd. It waits for requests and takes
+/// the device lock with `futex` and raises the guest interrupt by writing the irqfd
+/// (`write`), both in COMMON.
+const BLOCK: &[SyscallRule] = &[
+    any("pread64", libc::SYS_pread64),
+    any("pwrite64", libc::SYS_pwrite64),
+    any("fdatasync", libc::SYS_fdatasync),
+    with(
+        "fallocate",
+        libc::SYS_fallocate,
+        ArgFilter::OneOf {
+            arg: 1,
+            values: &[
+                (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u64,
+                (libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE) as u64,
+            ],
+        },
+    ),
+];
+
 /// Extra for the main thread: starting threads (never processes), opening files the
 /// Landlock allowlist permits.
 const MAIN_EXTRA: &[SyscallRule] = &[
@@ -354,6 +378,7 @@ impl SeccompProfile {
             SeccompProfile::Reaper => return REAPER.to_vec(),
             SeccompProfile::Vcpu => rules.extend_from_slice(VCPU),
             SeccompProfile::Device => rules.extend_from_slice(DEVICE),
+            SeccompProfile::Block => rules.extend_from_slice(BLOCK),
             SeccompProfile::Main => {
                 rules.extend_from_slice(DEVICE);
                 rules.extend_from_slice(MAIN_EXTRA);

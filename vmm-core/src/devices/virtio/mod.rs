@@ -4,7 +4,8 @@
 //! and the [`VirtioDevice`] trait is what a device model implements: its type, queues,
 //! feature bits, config space and the work done when a queue has buffers. The three device
 //! models are [`input::VirtioInput`] (keyboard, absolute tablet), [`console::VirtioConsole`]
-//! (one port, the guest agent's byte stream) and [`rng::VirtioRng`].
+//! (one port, the guest agent's byte stream), [`rng::VirtioRng`] and [`block::VirtioBlock`]
+//! (one disk each; its file I/O runs on a worker thread, see that module).
 //!
 //! # Threading
 //!
@@ -27,6 +28,7 @@
 //! The Debian 6.1 generic kernel (`linux-image-6.1.0-*-amd64`) has the virtio core as
 //! modules; see [`GUEST_MODULES`] for the list the guest initramfs loads, in order.
 
+pub mod block;
 pub mod console;
 pub mod input;
 pub mod mmio;
@@ -42,10 +44,11 @@ pub use queue::{Chain, QueueError, Queues};
 
 /// Kernel modules (paths below `/lib/modules/<version>/kernel/`) the guest initramfs
 /// must `insmod`, in this order, for virtio-mmio devices declared in ACPI plus
-/// virtio-input, virtio-console and virtio-rng, on Debian's `linux-image-6.1.0-*-amd64`.
-/// Checked against 6.1.0-56 (6.1.192-2): the `.modinfo` `depends=` fields
-/// (`virtio` needs `virtio_ring`; `virtio_mmio`, `virtio_input`, `virtio_console` and
-/// `virtio-rng` need both) and `config-6.1.0-56-amd64`. The package ships no
+/// virtio-input, virtio-console, virtio-rng and virtio-blk, on Debian's
+/// `linux-image-6.1.0-*-amd64`. Checked against 6.1.0-56 (6.1.192-2): the `.modinfo`
+/// `depends=` fields (`virtio` needs `virtio_ring`; `virtio_mmio`, `virtio_input`,
+/// `virtio_console` and `virtio-rng` need both) and `config-6.1.0-56-amd64`; `virtio_blk`
+/// against 6.1.0-57 (6.1.192-3: `depends=virtio,virtio_ring`). The package ships no
 /// `modules.dep`; the `.ko` files are not compressed.
 ///
 /// Built in (`=y`), so not in the list: ACPI and PNPACPI (the `LNRO0005` nodes and the
@@ -63,11 +66,13 @@ pub const GUEST_MODULES: &[&str] = &[
     "drivers/virtio/virtio_input.ko",
     "drivers/char/virtio_console.ko",
     "drivers/char/hw_random/virtio-rng.ko",
+    "drivers/block/virtio_blk.ko",
     "drivers/input/evdev.ko",
 ];
 
 /// virtio device ids (virtio 1.2, section 5).
 pub mod device_type {
+    pub const BLOCK: u32 = 2;
     pub const CONSOLE: u32 = 3;
     pub const RNG: u32 = 4;
     pub const INPUT: u32 = 18;
