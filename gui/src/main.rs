@@ -2,9 +2,6 @@
 
 mod cli;
 
-// The app lives in the library so its snapshot tests and benchmark drive the same code.
-use bulkhead::app;
-
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {

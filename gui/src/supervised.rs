@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use vmm_core::control::{InputDevice, InputEvent as WireInput};
 
+use std::process::ExitCode;
+
+use bulkhead_supervisor::launch::{launch_spec, Engine};
 use bulkhead_supervisor::usage::ProcessUsage;
 use bulkhead_supervisor::{
     vm_process, ProcessState, SharedFramebuffer, Supervisor, DEFAULT_STOP_TIMEOUT,
@@ -245,6 +248,57 @@ impl PartitionBackend for SupervisedPartition {
         self.supervisor
             .set_notify(Arc::new(move || ctx.request_repaint()));
     }
+}
+
+/// Opens the desktop app over the configured partitions, each a supervised partition
+/// process; autostart partitions start at once.
+pub fn run_desktop() -> ExitCode {
+    let dir = isolation_policy::default_policy_dir();
+    crate::app::run::run_desktop_with(move || supervised_backends(&dir))
+}
+
+/// One [`SupervisedPartition`] per configured partition. Where the policy cannot be
+/// loaded, the software sources stand in (labelled as such) so the app still opens.
+pub fn supervised_backends(dir: &std::path::Path) -> Vec<Box<dyn PartitionBackend>> {
+    let specs = match isolation_policy::Policy::load(dir) {
+        Ok((policy, _)) => policy.specs(),
+        Err(e) => {
+            tracing::warn!(
+                "policy {} not loaded: {e}; showing software sources",
+                dir.display()
+            );
+            return crate::app::run::software_backends(Vec::new());
+        }
+    };
+    let (engine, notice) = Engine::for_host();
+    if let Some(n) = notice {
+        tracing::warn!("{n}");
+    }
+    let launches = specs.iter().map(|s| launch_spec(s, engine)).collect();
+    let supervisor = match Supervisor::new(launches) {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(e) => {
+            tracing::error!("supervisor: {e}; showing software sources");
+            return crate::app::run::software_backends(
+                specs.iter().map(crate::app::run::info_from_spec).collect(),
+            );
+        }
+    };
+    let mut backends: Vec<Box<dyn PartitionBackend>> = Vec::new();
+    for spec in &specs {
+        match SupervisedPartition::new(crate::app::run::info_from_spec(spec), supervisor.clone()) {
+            Ok(mut p) => {
+                if spec.autostart {
+                    if let Err(e) = p.start() {
+                        tracing::warn!("{e}");
+                    }
+                }
+                backends.push(Box::new(p));
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+    backends
 }
 
 #[cfg(test)]

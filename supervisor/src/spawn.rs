@@ -2,7 +2,7 @@
 //! [`CONTROL_FD`], and signalling it by pidfd so a recycled pid is never hit.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -29,10 +29,24 @@ pub fn spawn_partition(spec: &LaunchSpec) -> io::Result<Spawned> {
         .arg("--control-fd")
         .arg(CONTROL_FD.to_string())
         .stdin(Stdio::null());
-    // SAFETY: the hook runs between fork and exec and only calls dup2 and fcntl, which
-    // are async-signal-safe; `theirs_fd` stays open in the parent until after spawn.
+    // SAFETY: the hook runs in the forked child between fork and exec, where only
+    // async-signal-safe calls are allowed: it makes two system calls (dup2 or fcntl) on
+    // plain integers and allocates nothing. `theirs_fd` stays open in the parent until
+    // after spawn, so it is open in the child too; dup2 onto CONTROL_FD clears CLOEXEC
+    // on the copy (and fcntl does when it already is CONTROL_FD), so exactly this fd
+    // survives the exec, and no Rust object in the child owns CONTROL_FD.
     unsafe {
-        command.pre_exec(move || install_control_fd(theirs_fd));
+        command.pre_exec(move || {
+            let rc = if theirs_fd != CONTROL_FD {
+                libc::dup2(theirs_fd, CONTROL_FD)
+            } else {
+                libc::fcntl(theirs_fd, libc::F_SETFD, 0)
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
     let child = command.spawn()?;
     drop(theirs);
@@ -44,56 +58,26 @@ pub fn spawn_partition(spec: &LaunchSpec) -> io::Result<Spawned> {
     })
 }
 
-fn install_control_fd(fd: RawFd) -> io::Result<()> {
-    if fd != CONTROL_FD {
-        // SAFETY: dup2 onto a fixed number in the forked child; it clears CLOEXEC on the
-        // copy, so exactly this fd survives the exec.
-        if unsafe { libc::dup2(fd, CONTROL_FD) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    } else {
-        // SAFETY: F_SETFD with plain flags on an open fd.
-        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// A process handle that stays bound to one process even after its pid is reused.
 #[derive(Debug)]
 pub struct Pidfd(OwnedFd);
 
 impl Pidfd {
     fn open(pid: u32) -> io::Result<Pidfd> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the kernel just returned this fd; nothing else owns it.
-        Ok(Pidfd(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+        let pid = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+        let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+        Ok(Pidfd(fd))
     }
 
     /// Sends SIGKILL; a process that already exited is not an error.
     pub fn kill(&self) -> io::Result<()> {
-        // SAFETY: pidfd_send_signal with a null siginfo and no flags reads no memory.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.0.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0u32,
-            )
-        };
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::ESRCH) {
-                return Err(err);
-            }
+        match rustix::process::pidfd_send_signal(&self.0, rustix::process::Signal::KILL) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 }
 

@@ -40,8 +40,7 @@ use crate::layout;
 pub const OEM_ID: [u8; 6] = *b"BLKHD ";
 const OEM_REVISION: u32 = 1;
 
-/// The sleep type `_S5_` declares; the ACPI PM device powers off when it sees it.
-pub const S5_SLEEP_TYPE: u8 = 5;
+pub use crate::layout::S5_SLEEP_TYPE;
 
 /// KVM's in-kernel IO-APIC has 24 pins (GSI 0..=23).
 pub const IOAPIC_PINS: u32 = 24;

@@ -1,7 +1,7 @@
 //! The launch contract: everything a partition process is started with.
 //!
 //! The supervisor sends one [`LaunchConfig`] in the handshake
-//! ([`crate::control::Command::Hello`]) and then hands over, one per message, the open
+//! (the control protocol's `Command::Hello`) and then hands over, one per message, the open
 //! files it names ([`FileRole`], in the order of [`LaunchConfig::file_roles`]). The
 //! partition process reads no argv beyond its control fd and opens nothing itself: the
 //! config is plain data, the files are fds. Bare `bulkhead-vmm run` builds the same
@@ -151,7 +151,7 @@ pub fn parse_memory_mib(s: &str) -> Result<u64, ParseError> {
     Ok(kib / 1024)
 }
 
-/// Which handed-over file a [`crate::control::Command::File`] carries.
+/// Which handed-over file a control-protocol `Command::File` carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileRole {
     /// `/dev/kvm`, opened by the supervisor.

@@ -59,3 +59,7 @@ pub fn ram_regions(mem_bytes: u64) -> Vec<(u64, u64)> {
         ]
     }
 }
+
+/// The sleep type the DSDT's `_S5_` declares; the ACPI PM device powers off when the
+/// guest writes it. Platform data shared by the tables and the device.
+pub const S5_SLEEP_TYPE: u8 = 5;

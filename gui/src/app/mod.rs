@@ -18,7 +18,6 @@ use model::LabelStyle;
 
 pub use backend::{BackendError, PartitionBackend, SoftwareBackend};
 pub use model::{Label, PartitionInfo, PartitionState, PartitionStats, SourceKind};
-pub use run::run_desktop;
 
 /// How partition views are arranged in the central area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

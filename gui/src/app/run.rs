@@ -110,58 +110,6 @@ pub fn software_backends(configured: Vec<PartitionInfo>) -> Vec<Box<dyn Partitio
         .collect()
 }
 
-/// Opens the desktop app over the configured partitions, each a supervised partition
-/// process; autostart partitions start at once.
-pub fn run_desktop() -> ExitCode {
-    let dir = isolation_policy::default_policy_dir();
-    run_desktop_with(move || supervised_backends(&dir))
-}
-
-/// One [`SupervisedPartition`] per configured partition. Where the policy cannot be
-/// loaded, the software sources stand in (labelled as such) so the app still opens.
-pub fn supervised_backends(dir: &std::path::Path) -> Vec<Box<dyn PartitionBackend>> {
-    use crate::supervised::SupervisedPartition;
-    use bulkhead_supervisor::launch::{launch_spec, Engine};
-    use bulkhead_supervisor::Supervisor;
-    let specs = match isolation_policy::Policy::load(dir) {
-        Ok((policy, _)) => policy.specs(),
-        Err(e) => {
-            tracing::warn!(
-                "policy {} not loaded: {e}; showing software sources",
-                dir.display()
-            );
-            return software_backends(Vec::new());
-        }
-    };
-    let (engine, notice) = Engine::for_host();
-    if let Some(n) = notice {
-        tracing::warn!("{n}");
-    }
-    let launches = specs.iter().map(|s| launch_spec(s, engine)).collect();
-    let supervisor = match Supervisor::new(launches) {
-        Ok(s) => std::sync::Arc::new(s),
-        Err(e) => {
-            tracing::error!("supervisor: {e}; showing software sources");
-            return software_backends(specs.iter().map(info_from_spec).collect());
-        }
-    };
-    let mut backends: Vec<Box<dyn PartitionBackend>> = Vec::new();
-    for spec in &specs {
-        match SupervisedPartition::new(info_from_spec(spec), supervisor.clone()) {
-            Ok(mut p) => {
-                if spec.autostart {
-                    if let Err(e) = p.start() {
-                        tracing::warn!("{e}");
-                    }
-                }
-                backends.push(Box::new(p));
-            }
-            Err(e) => tracing::error!("{e}"),
-        }
-    }
-    backends
-}
-
 /// Opens the desktop app over `backends` (the supervisor passes real partitions).
 pub fn run_desktop_with(backends: impl FnOnce() -> Vec<Box<dyn PartitionBackend>>) -> ExitCode {
     let (renderer, why) = choose_renderer();

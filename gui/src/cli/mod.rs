@@ -45,6 +45,6 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Some(Command::Up(args)) => up::run(args),
         Some(Command::Image(cmd)) => image::run(cmd),
         Some(Command::Man(args)) => manpage::run(args),
-        None => crate::app::run_desktop(),
+        None => bulkhead::supervised::run_desktop(),
     }
 }

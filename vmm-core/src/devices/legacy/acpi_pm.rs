@@ -1,10 +1,10 @@
 //! ACPI power management registers (hardware-reduced sleep control, reset).
 //!
-//! The FADT built by [`crate::acpi`] points the guest's sleep control, sleep status and
+//! The FADT built by the ACPI tables points the guest's sleep control, sleep status and
 //! reset registers at three consecutive I/O ports starting at
 //! [`layout::ACPI_SLEEP_CONTROL_PORT`]. Linux powers off by writing
 //! `SLP_EN | SLP_TYP << 2` to sleep control, with `SLP_TYP` taken from the DSDT's `_S5_`
-//! package ([`crate::acpi::S5_SLEEP_TYPE`]), and reboots by writing the FADT's reset value
+//! package ([`crate::layout::S5_SLEEP_TYPE`]), and reboots by writing the FADT's reset value
 //! to the reset register.
 
 use std::sync::Arc;
@@ -41,7 +41,7 @@ impl AcpiPm {
         if value & SLP_EN == 0 {
             return;
         }
-        if sleep_type == crate::acpi::S5_SLEEP_TYPE {
+        if sleep_type == crate::layout::S5_SLEEP_TYPE {
             info!("guest requested ACPI power-off (S5)");
             self.stop.request(StopReason::PowerOff);
         } else {
@@ -92,7 +92,7 @@ mod tests {
     fn s5_with_slp_en_powers_off() {
         let (mut pm, stop) = device();
         // What Linux's acpi_hw_extended_sleep writes for S5.
-        let value = (crate::acpi::S5_SLEEP_TYPE << SLP_TYP_SHIFT) | SLP_EN;
+        let value = (crate::layout::S5_SLEEP_TYPE << SLP_TYP_SHIFT) | SLP_EN;
         pm.write(SLEEP_CONTROL, &[value]);
         assert_eq!(stop.reason(), Some(StopReason::PowerOff));
         assert_eq!(stop.event().read().unwrap(), 1);
@@ -103,7 +103,7 @@ mod tests {
         let (mut pm, stop) = device();
         pm.write(
             SLEEP_CONTROL,
-            &[crate::acpi::S5_SLEEP_TYPE << SLP_TYP_SHIFT],
+            &[crate::layout::S5_SLEEP_TYPE << SLP_TYP_SHIFT],
         );
         assert_eq!(stop.reason(), None);
     }
@@ -111,7 +111,7 @@ mod tests {
     #[test]
     fn undeclared_sleep_states_are_ignored() {
         let (mut pm, stop) = device();
-        for typ in (0..8u8).filter(|&t| t != crate::acpi::S5_SLEEP_TYPE) {
+        for typ in (0..8u8).filter(|&t| t != crate::layout::S5_SLEEP_TYPE) {
             pm.write(SLEEP_CONTROL, &[(typ << SLP_TYP_SHIFT) | SLP_EN]);
         }
         assert_eq!(stop.reason(), None);
