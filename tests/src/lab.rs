@@ -60,6 +60,18 @@ pub struct GuestRun {
     /// Run the partition through the real supervisor (`lab-supervise`) with these steps
     /// instead of a bare `bulkhead-vmm run`; its output files land in [`RunOutput::files`].
     pub supervise: Option<Vec<String>>,
+    /// virtio-blk disks for a bare run, in order (`/dev/vda`, …). Each comes back, as the
+    /// guest left it, in [`RunOutput::files`] under its name.
+    pub disks: Vec<LabDisk>,
+}
+
+/// A small disk image for a lab guest (it travels in the lab machine's initramfs).
+#[derive(Debug, Clone)]
+pub struct LabDisk {
+    /// File name, also its key in [`RunOutput::files`].
+    pub name: String,
+    pub contents: Vec<u8>,
+    pub read_only: bool,
 }
 
 impl Default for GuestRun {
@@ -74,6 +86,7 @@ impl Default for GuestRun {
             screenshot_on: None,
             timeout_s: 120,
             supervise: None,
+            disks: Vec::new(),
         }
     }
 }
@@ -328,9 +341,20 @@ fn supervised_command(run: &GuestRun, steps: &[String], p: &SupervisedPaths) -> 
 
 /// A bare `bulkhead-vmm run`: the partition's flags plus serial log, time limit and
 /// screenshot, which the VMM handles itself.
-fn vmm_args(run: &GuestRun, kernel: &str, initrd: &str, serial: &str, shot: &str) -> Vec<String> {
+fn vmm_args(run: &GuestRun, paths: &VmmPaths) -> Vec<String> {
+    let VmmPaths {
+        kernel,
+        initrd,
+        serial,
+        shot,
+        disk_dir,
+    } = paths;
     let mut args = vec!["run".to_string()];
     args.extend(partition_args(run, kernel, initrd));
+    for d in &run.disks {
+        let ro = if d.read_only { ",ro" } else { "" };
+        args.push(format!("--disk={disk_dir}/{}{ro}", d.name));
+    }
     args.push(format!("--serial={serial}"));
     args.push(format!("--timeout={}", run.timeout_s));
     if run.display.is_some() {
@@ -342,7 +366,21 @@ fn vmm_args(run: &GuestRun, kernel: &str, initrd: &str, serial: &str, shot: &str
     args
 }
 
+/// Where a bare VMM finds its files and puts its output.
+struct VmmPaths<'a> {
+    kernel: &'a str,
+    initrd: &'a str,
+    serial: &'a str,
+    shot: &'a str,
+    /// Holds the disk images (and is returned as [`RunOutput::files`]).
+    disk_dir: &'a str,
+}
+
 pub fn run_guest(run: &GuestRun) -> RunOutput {
+    assert!(
+        run.supervise.is_none() || run.disks.is_empty(),
+        "disks are for bare runs"
+    );
     // One guest at a time: the lab machine alone keeps both cores busy.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -363,6 +401,10 @@ fn run_direct(run: &GuestRun) -> RunOutput {
     let out_dir = dir.path().join("out");
     let p = |p: &Path| p.display().to_string();
     let (kernel, initrd) = (p(&guest().kernel), p(&initrd));
+    std::fs::create_dir_all(&out_dir).unwrap();
+    for d in &run.disks {
+        std::fs::write(out_dir.join(&d.name), &d.contents).unwrap();
+    }
     let command = match &run.supervise {
         Some(steps) => supervised_command(
             run,
@@ -377,7 +419,16 @@ fn run_direct(run: &GuestRun) -> RunOutput {
         ),
         None => {
             let mut c = vec![p(&static_vmm())];
-            c.extend(vmm_args(run, &kernel, &initrd, &p(&serial), &p(&shot)));
+            c.extend(vmm_args(
+                run,
+                &VmmPaths {
+                    kernel: &kernel,
+                    initrd: &initrd,
+                    serial: &p(&serial),
+                    shot: &p(&shot),
+                    disk_dir: &p(&out_dir),
+                },
+            ));
             c
         }
     };
@@ -487,8 +538,15 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
     let read =
         |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
     let mut w = CpioWriter::new(Vec::new());
-    for d in ["bin", "dev", "proc", "sys", "tmp", "modules", "guest"] {
+    for d in [
+        "bin", "dev", "proc", "sys", "tmp", "modules", "guest", "out",
+    ] {
         w.dir(d).unwrap();
+    }
+    // In /out, so the lab machine sends each back as the guest left it.
+    for d in &run.disks {
+        w.file(&format!("out/{}", d.name), 0o644, &d.contents)
+            .unwrap();
     }
     w.file("bin/busybox", 0o755, &read(&root.join("bin/busybox")))
         .unwrap();
@@ -527,7 +585,16 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
         ),
         None => {
             let mut c = vec!["/bulkhead-vmm".to_string()];
-            c.extend(vmm_args(run, kernel, initrd, "/guest.log", "/shot.png"));
+            c.extend(vmm_args(
+                run,
+                &VmmPaths {
+                    kernel,
+                    initrd,
+                    serial: "/guest.log",
+                    shot: "/shot.png",
+                    disk_dir: "/out",
+                },
+            ));
             c
         }
     };
