@@ -114,6 +114,15 @@ impl std::fmt::Display for DisplaySize {
     }
 }
 
+/// A display flag: `WIDTHxHEIGHT`, or `none` for no framebuffer.
+pub fn parse_display(s: &str) -> Result<Option<DisplaySize>, ParseError> {
+    if s.eq_ignore_ascii_case("none") {
+        Ok(None)
+    } else {
+        s.parse().map(Some)
+    }
+}
+
 /// A command-line value that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {

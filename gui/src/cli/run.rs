@@ -13,8 +13,8 @@ use bulkhead_supervisor::{
 };
 use vmm_core::devices::framebuffer::write_png;
 use vmm_core::launch::{
-    parse_memory_mib, AgentChannel, BootConfig, DisplaySize, LaunchConfig, NetworkConfig,
-    ParseError, DEFAULT_CMDLINE,
+    parse_display, parse_memory_mib, AgentChannel, BootConfig, DisplaySize, LaunchConfig,
+    NetworkConfig, DEFAULT_CMDLINE,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -57,14 +57,6 @@ pub struct RunArgs {
     /// The partition's name.
     #[arg(long, default_value = "partition")]
     pub name: String,
-}
-
-fn parse_display(s: &str) -> Result<Option<DisplaySize>, ParseError> {
-    if s.eq_ignore_ascii_case("none") {
-        Ok(None)
-    } else {
-        s.parse().map(Some)
-    }
 }
 
 /// The launch these flags describe: the partition process gets the config and the

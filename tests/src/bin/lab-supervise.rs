@@ -36,8 +36,8 @@ use bulkhead_tests::keymap::{self, ABS_X, ABS_Y, BTN_LEFT, EV_ABS, EV_KEY, EV_SY
 use vmm_core::control::{InputDevice, InputEvent};
 use vmm_core::devices::framebuffer::write_png;
 use vmm_core::launch::{
-    parse_memory_mib, AgentChannel, BootConfig, DisplaySize, LaunchConfig, NetworkConfig,
-    DEFAULT_CMDLINE,
+    parse_display, parse_memory_mib, AgentChannel, BootConfig, DisplaySize, LaunchConfig,
+    NetworkConfig, DEFAULT_CMDLINE,
 };
 
 const NAME: &str = "lab";
@@ -107,8 +107,7 @@ fn parse_vmm_flags(args: &[String]) -> Result<(LaunchConfig, BootFiles), String>
             "--cmdline" => cmdline = value.to_string(),
             "--mem" => launch.memory_mib = parse_memory_mib(value).map_err(|e| bad(&e))?,
             "--vcpus" => launch.vcpus = value.parse().map_err(|e| bad(&e))?,
-            "--display" if value == "none" => launch.display = None,
-            "--display" => launch.display = Some(value.parse().map_err(|e| bad(&e))?),
+            "--display" => launch.display = parse_display(value).map_err(|e| bad(&e))?,
             _ => return Err(format!("unknown partition flag `{a}`\n{USAGE}")),
         }
     }

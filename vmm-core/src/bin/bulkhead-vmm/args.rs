@@ -11,8 +11,8 @@ use clap::{Args, Parser, Subcommand};
 
 use vmm_core::hostcheck::{self, HostError};
 use vmm_core::launch::{
-    parse_memory_mib, AgentChannel, BootConfig, DiskConfig, DisplaySize, LaunchConfig, LaunchError,
-    LaunchFiles, NetworkConfig, DEFAULT_CMDLINE,
+    parse_display, parse_memory_mib, AgentChannel, BootConfig, DiskConfig, DisplaySize,
+    LaunchConfig, LaunchError, LaunchFiles, NetworkConfig, DEFAULT_CMDLINE,
 };
 use vmm_core::partition::bare::BareOptions;
 
@@ -86,14 +86,6 @@ pub struct RunArgs {
     /// The partition's name.
     #[arg(long, default_value = "partition")]
     pub name: String,
-}
-
-fn parse_display(s: &str) -> Result<Option<DisplaySize>, vmm_core::launch::ParseError> {
-    if s.eq_ignore_ascii_case("none") {
-        Ok(None)
-    } else {
-        s.parse().map(Some)
-    }
 }
 
 /// Why a bare run could not put its launch together.
