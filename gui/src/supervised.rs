@@ -134,7 +134,7 @@ pub fn to_wire(events: &[InputEvent]) -> Vec<WireInput> {
                 _ => InputDevice::Tablet,
             };
             e.to_evdev().into_iter().map(move |ev| WireInput {
-                kind,
+                device: kind,
                 ev_type: ev.kind,
                 code: ev.code,
                 value: ev.value,
@@ -386,7 +386,7 @@ mod tests {
         ]);
         let kinds: Vec<_> = wire
             .iter()
-            .map(|e| (e.kind, e.ev_type, e.code, e.value))
+            .map(|e| (e.device, e.ev_type, e.code, e.value))
             .collect();
         assert_eq!(
             kinds,

@@ -262,7 +262,7 @@ impl Session {
         let events: Vec<InputEvent> = raw
             .iter()
             .map(|&(ev_type, code, value)| InputEvent {
-                kind,
+                device: kind,
                 ev_type,
                 code,
                 value,
