@@ -11,10 +11,10 @@
 use std::sync::OnceLock;
 
 use bulkhead_tests::console_pattern;
-use bulkhead_tests::keymap::{BTN_LEFT, EV_ABS, EV_KEY, EV_SYN};
 use bulkhead_tests::lab::{
     run_guest, static_guest_evtest, GuestRun, RunOutput, Screenshot, READY_MARKER,
 };
+use vmm_core::evdev::{BTN_LEFT, EV_ABS, EV_KEY, EV_SYN};
 
 /// What the person "types": shifted and unshifted keys, digits, punctuation.
 const TYPED: &str = "Hello, Bulkhead! 6*7=42 (keys)";

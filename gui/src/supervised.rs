@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vmm_core::control::{InputDevice, InputEvent as WireInput};
+use vmm_core::evdev::InputEvent;
 
 use std::process::ExitCode;
 
@@ -20,7 +20,7 @@ use bulkhead_supervisor::{
 use crate::app::backend::{BackendError, PartitionBackend};
 use crate::app::model::{PartitionInfo, PartitionState, PartitionStats, SourceKind};
 use crate::display::{DamageRect, FrameView, FramebufferLayout};
-use crate::input::InputEvent;
+use crate::input::UserInput;
 
 /// One supervised partition as the app sees it.
 pub struct SupervisedPartition {
@@ -127,23 +127,9 @@ fn app_state(state: ProcessState) -> PartitionState {
     }
 }
 
-/// The app's input events as the evdev triples virtio-input queues, per device.
-pub fn to_wire(events: &[InputEvent]) -> Vec<WireInput> {
-    events
-        .iter()
-        .flat_map(|e| {
-            let kind = match e {
-                InputEvent::Key { .. } => InputDevice::Keyboard,
-                _ => InputDevice::Tablet,
-            };
-            e.to_evdev().into_iter().map(move |ev| WireInput {
-                kind,
-                ev_type: ev.kind,
-                code: ev.code,
-                value: ev.value,
-            })
-        })
-        .collect()
+/// The app's input as the evdev events virtio-input queues, each for its device.
+pub fn to_wire(events: &[UserInput]) -> Vec<InputEvent> {
+    events.iter().flat_map(UserInput::to_evdev).collect()
 }
 
 impl PartitionBackend for SupervisedPartition {
@@ -238,7 +224,7 @@ impl PartitionBackend for SupervisedPartition {
         out.append(&mut self.serial);
     }
 
-    fn send_input(&mut self, events: &[InputEvent]) -> Result<(), BackendError> {
+    fn send_input(&mut self, events: &[UserInput]) -> Result<(), BackendError> {
         self.supervisor
             .send_input(&self.info.name, &to_wire(events))
             .map_err(|e| process_error(&self.info.name, e))
@@ -306,7 +292,7 @@ mod tests {
     use super::*;
     use bulkhead_supervisor::testing::{fake_partition_main, fake_spec};
     use bulkhead_supervisor::{AutoRestart, PartitionStatus};
-    use vmm_core::control::InputDevice;
+    use vmm_core::evdev::InputDevice;
 
     const WAIT: Duration = Duration::from_secs(20);
 
@@ -398,7 +384,7 @@ mod tests {
             "damaged pixel not copied: {first} -> {later}"
         );
 
-        let key = crate::input::InputEvent::Key {
+        let key = crate::input::UserInput::Key {
             code: 30,
             pressed: true,
         };
@@ -430,7 +416,7 @@ mod tests {
 
     #[test]
     fn app_input_becomes_evdev_for_the_right_device() {
-        use crate::input::InputEvent as App;
+        use crate::input::UserInput as App;
         let wire = to_wire(&[
             App::Key {
                 code: 30,
@@ -440,7 +426,7 @@ mod tests {
         ]);
         let kinds: Vec<_> = wire
             .iter()
-            .map(|e| (e.kind, e.ev_type, e.code, e.value))
+            .map(|e| (e.device, e.ev_type, e.code, e.value))
             .collect();
         assert_eq!(
             kinds,

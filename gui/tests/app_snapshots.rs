@@ -9,7 +9,7 @@ use bulkhead::app::{
     BulkheadApp, Label, PartitionInfo, PartitionState, SoftwareBackend, SourceKind, ViewLayout,
 };
 use bulkhead::display::software::Pattern;
-use bulkhead::input::InputEvent;
+use bulkhead::input::UserInput;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 
@@ -178,7 +178,7 @@ fn clicking_start_boots_the_partition_then_it_runs() {
 }
 
 /// What a software source received, shared with the test.
-type InputLog = Arc<Mutex<Vec<InputEvent>>>;
+type InputLog = Arc<Mutex<Vec<UserInput>>>;
 
 fn two_running() -> (BulkheadApp, InputLog, InputLog) {
     let browser = running("browser", Label::Red);
@@ -203,14 +203,14 @@ fn keyboard_reaches_only_the_partition_clicked_into() {
     h.run_steps(1);
     let mail = mail_log.lock().unwrap().clone();
     assert!(
-        mail.contains(&InputEvent::Key {
+        mail.contains(&UserInput::Key {
             code: 30,
             pressed: true
         }),
         "{mail:?}"
     );
     assert!(
-        mail.contains(&InputEvent::Key {
+        mail.contains(&UserInput::Key {
             code: 30,
             pressed: false
         }),

@@ -268,7 +268,7 @@ fn commands_reach_the_partition_and_answers_come_back() {
     wait_running(&sup, "cmd");
 
     let key = |value| InputEvent {
-        kind: InputDevice::Keyboard,
+        device: InputDevice::Keyboard,
         ev_type: 1,
         code: 30,
         value,

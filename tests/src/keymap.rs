@@ -1,14 +1,10 @@
 //! Characters to Linux key codes on a US layout, for typing into a guest through its
 //! virtio keyboard the way a person would: press, release, `SYN_REPORT` after each.
 
-pub const EV_SYN: u16 = 0x00;
-pub const EV_KEY: u16 = 0x01;
-pub const EV_ABS: u16 = 0x03;
-pub const KEY_LEFTSHIFT: u16 = 42;
-/// The tablet's button and axes.
-pub const BTN_LEFT: u16 = 0x110;
-pub const ABS_X: u16 = 0x00;
-pub const ABS_Y: u16 = 0x01;
+use vmm_core::evdev::{
+    InputDevice, InputEvent, EV_KEY, KEY_1, KEY_A, KEY_BACKSLASH, KEY_ENTER, KEY_LEFTSHIFT, KEY_Q,
+    KEY_SPACE, KEY_TAB,
+};
 
 /// A key and whether Shift is held for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,29 +15,29 @@ pub struct Keystroke {
 
 /// Unshifted and shifted characters of each key, in key-code order runs.
 const ROWS: &[(u16, &str, &str)] = &[
-    (2, "1234567890-=", "!@#$%^&*()_+"),
-    (16, "qwertyuiop[]", "QWERTYUIOP{}"),
-    (30, "asdfghjkl;'`", "ASDFGHJKL:\"~"),
-    (43, "\\zxcvbnm,./", "|ZXCVBNM<>?"),
+    (KEY_1, "1234567890-=", "!@#$%^&*()_+"),
+    (KEY_Q, "qwertyuiop[]", "QWERTYUIOP{}"),
+    (KEY_A, "asdfghjkl;'`", "ASDFGHJKL:\"~"),
+    (KEY_BACKSLASH, "\\zxcvbnm,./", "|ZXCVBNM<>?"),
 ];
 
 pub fn key_for(c: char) -> Option<Keystroke> {
     match c {
         '\n' => {
             return Some(Keystroke {
-                code: 28,
+                code: KEY_ENTER,
                 shift: false,
             })
         }
         ' ' => {
             return Some(Keystroke {
-                code: 57,
+                code: KEY_SPACE,
                 shift: false,
             })
         }
         '\t' => {
             return Some(Keystroke {
-                code: 15,
+                code: KEY_TAB,
                 shift: false,
             })
         }
@@ -61,16 +57,17 @@ pub fn key_for(c: char) -> Option<Keystroke> {
     })
 }
 
-/// `(type, code, value)` events for one keystroke, each state change reported.
-pub fn press_release(k: Keystroke) -> Vec<(u16, u16, i32)> {
-    let syn = (EV_SYN, 0, 0);
+/// Keyboard events for one keystroke, each state change reported.
+pub fn press_release(k: Keystroke) -> Vec<InputEvent> {
+    let key = |code, value| InputEvent::new(InputDevice::Keyboard, EV_KEY, code, value);
+    let syn = InputEvent::syn(InputDevice::Keyboard);
     let mut events = Vec::new();
     if k.shift {
-        events.extend([(EV_KEY, KEY_LEFTSHIFT, 1), syn]);
+        events.extend([key(KEY_LEFTSHIFT, 1), syn]);
     }
-    events.extend([(EV_KEY, k.code, 1), syn, (EV_KEY, k.code, 0), syn]);
+    events.extend([key(k.code, 1), syn, key(k.code, 0), syn]);
     if k.shift {
-        events.extend([(EV_KEY, KEY_LEFTSHIFT, 0), syn]);
+        events.extend([key(KEY_LEFTSHIFT, 0), syn]);
     }
     events
 }
@@ -78,6 +75,7 @@ pub fn press_release(k: Keystroke) -> Vec<(u16, u16, i32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmm_core::evdev::EV_SYN;
 
     #[test]
     fn letters_digits_and_symbols_map_to_us_layout_codes() {
@@ -151,9 +149,11 @@ mod tests {
     #[test]
     fn shifted_keys_hold_shift_around_the_key() {
         let ev = press_release(key_for('A').unwrap());
-        assert_eq!(ev.first(), Some(&(EV_KEY, KEY_LEFTSHIFT, 1)));
-        assert_eq!(ev[2], (EV_KEY, 30, 1));
-        assert_eq!(ev[ev.len() - 2], (EV_KEY, KEY_LEFTSHIFT, 0));
-        assert_eq!(ev.last(), Some(&(EV_SYN, 0, 0)));
+        let kbd =
+            |ev_type, code, value| InputEvent::new(InputDevice::Keyboard, ev_type, code, value);
+        assert_eq!(ev.first(), Some(&kbd(EV_KEY, KEY_LEFTSHIFT, 1)));
+        assert_eq!(ev[2], kbd(EV_KEY, 30, 1));
+        assert_eq!(ev[ev.len() - 2], kbd(EV_KEY, KEY_LEFTSHIFT, 0));
+        assert_eq!(ev.last(), Some(&kbd(EV_SYN, 0, 0)));
     }
 }

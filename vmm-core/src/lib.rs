@@ -5,13 +5,14 @@
 //! Layers, each using only the ones below it: the `bulkhead-vmm` binary (flags) ->
 //! [`partition`] (run loop, supervised or bare) -> [`control`] (protocol) and [`builder`]
 //! (assembles a VM) -> [`vstate`] / [`arch`] / [`acpi`] -> [`devices`]; [`launch`],
-//! [`layout`] and the shared-memory types are plain data every layer may use.
+//! [`layout`], [`evdev`] and the shared-memory types are plain data every layer may use.
 
 pub mod acpi;
 pub mod arch;
 pub mod builder;
 pub mod control;
 pub mod devices;
+pub mod evdev;
 pub mod hostcheck;
 pub mod launch;
 pub mod layout;

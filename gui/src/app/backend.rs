@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::display::software::{Pattern, SoftwareSource};
 use crate::display::{FrameView, FramebufferLayout};
-use crate::input::InputEvent;
+use crate::input::UserInput;
 
 use super::model::{PartitionInfo, PartitionState, PartitionStats, SourceKind};
 
@@ -49,7 +49,7 @@ pub trait PartitionBackend {
     /// Appends serial console bytes received since the last call.
     fn read_serial(&mut self, out: &mut Vec<u8>);
     /// Queues input for the guest's virtio-input device.
-    fn send_input(&mut self, events: &[InputEvent]) -> Result<(), BackendError>;
+    fn send_input(&mut self, events: &[UserInput]) -> Result<(), BackendError>;
     /// Gives the backend a way to wake the UI when something changes off-frame.
     fn set_waker(&mut self, _ctx: egui::Context) {}
 }
@@ -73,7 +73,7 @@ pub struct SoftwareBackend {
     busy: Duration,
     cpu_window: (Instant, Duration),
     cpu_percent: f32,
-    inputs: Arc<Mutex<Vec<InputEvent>>>,
+    inputs: Arc<Mutex<Vec<UserInput>>>,
 }
 
 impl SoftwareBackend {
@@ -122,7 +122,7 @@ impl SoftwareBackend {
 
     /// The input events this source received, newest last (what a guest would have seen).
     /// Shared, so a test can keep watching after the backend was handed to the app.
-    pub fn input_log(&self) -> Arc<Mutex<Vec<InputEvent>>> {
+    pub fn input_log(&self) -> Arc<Mutex<Vec<UserInput>>> {
         Arc::clone(&self.inputs)
     }
 
@@ -270,7 +270,7 @@ impl PartitionBackend for SoftwareBackend {
         out.append(&mut self.serial);
     }
 
-    fn send_input(&mut self, events: &[InputEvent]) -> Result<(), BackendError> {
+    fn send_input(&mut self, events: &[UserInput]) -> Result<(), BackendError> {
         if self.state != PartitionState::Running {
             return Err(self.refuse("send input to"));
         }

@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 
 use egui::{Event, Modifiers, Pos2, Rect};
 
-use super::evdev::{button_code, key_code, modifier_codes, InputEvent};
+use super::keys::{button_code, key_code, modifier_codes};
+use super::UserInput;
 
 /// What the user presses to take the keyboard back from a partition.
 pub const RELEASE_SHORTCUT_TEXT: &str = "Ctrl+Alt+G";
@@ -53,7 +54,7 @@ impl ViewGeometry {
 pub struct Routed {
     /// Every event here is for this partition; `None` when nothing is focused.
     pub target: Option<usize>,
-    pub events: Vec<InputEvent>,
+    pub events: Vec<UserInput>,
     /// The user pressed the release shortcut this frame.
     pub released: bool,
 }
@@ -113,12 +114,12 @@ impl InputRouter {
             .into_iter()
             .map(|code| {
                 if code >= 0x100 {
-                    InputEvent::Button {
+                    UserInput::Button {
                         code,
                         pressed: false,
                     }
                 } else {
-                    InputEvent::Key {
+                    UserInput::Key {
                         code,
                         pressed: false,
                     }
@@ -174,7 +175,7 @@ impl InputRouter {
         )
     }
 
-    fn translate(&mut self, event: &Event, view: Option<ViewGeometry>, out: &mut Vec<InputEvent>) {
+    fn translate(&mut self, event: &Event, view: Option<ViewGeometry>, out: &mut Vec<UserInput>) {
         match event {
             Event::Key {
                 key,
@@ -198,7 +199,7 @@ impl InputRouter {
             }
             Event::PointerMoved(pos) => {
                 if let Some((x, y)) = view.and_then(|v| v.to_framebuffer(*pos)) {
-                    out.push(InputEvent::PointerAbs { x, y });
+                    out.push(UserInput::PointerAbs { x, y });
                 }
             }
             Event::PointerButton {
@@ -212,7 +213,7 @@ impl InputRouter {
                 // A press counts only on the guest's pixels; a release always goes to the
                 // guest that saw the press, wherever the pointer is by then.
                 if let Some((x, y)) = inside.filter(|_| *pressed) {
-                    out.push(InputEvent::PointerAbs { x, y });
+                    out.push(UserInput::PointerAbs { x, y });
                     self.push_key(code, true, out);
                 } else if !*pressed && self.held.contains(&code) {
                     self.push_key(code, false, out);
@@ -223,7 +224,7 @@ impl InputRouter {
                 if hovered {
                     let steps = wheel_steps(*delta, *unit);
                     if steps != (0, 0) {
-                        out.push(InputEvent::Wheel {
+                        out.push(UserInput::Wheel {
                             dx: steps.0,
                             dy: steps.1,
                         });
@@ -234,7 +235,7 @@ impl InputRouter {
         }
     }
 
-    fn push_key(&mut self, code: u16, pressed: bool, out: &mut Vec<InputEvent>) {
+    fn push_key(&mut self, code: u16, pressed: bool, out: &mut Vec<UserInput>) {
         let changed = if pressed {
             self.held.insert(code)
         } else {
@@ -244,14 +245,14 @@ impl InputRouter {
             return;
         }
         let event = if code >= 0x100 {
-            InputEvent::Button { code, pressed }
+            UserInput::Button { code, pressed }
         } else {
-            InputEvent::Key { code, pressed }
+            UserInput::Key { code, pressed }
         };
         out.push(event);
     }
 
-    fn sync_modifiers(&mut self, now: Modifiers, out: &mut Vec<InputEvent>) {
+    fn sync_modifiers(&mut self, now: Modifiers, out: &mut Vec<UserInput>) {
         let before = modifier_codes(self.modifiers);
         for ((code, was), (_, is)) in before.into_iter().zip(modifier_codes(now)) {
             if was != is {
@@ -275,8 +276,8 @@ fn wheel_steps(delta: egui::Vec2, unit: egui::MouseWheelUnit) -> (i32, i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::input::evdev::{BTN_LEFT, KEY_LEFTCTRL};
     use egui::{pos2, vec2, Key};
+    use vmm_core::evdev::{BTN_LEFT, KEY_LEFTCTRL};
 
     fn key(key: Key, pressed: bool, modifiers: Modifiers) -> Event {
         Event::Key {
@@ -323,7 +324,7 @@ mod tests {
         assert_eq!(routed.target, Some(2));
         assert_eq!(
             routed.events,
-            vec![InputEvent::Key {
+            vec![UserInput::Key {
                 code: 30,
                 pressed: true
             }]
@@ -353,7 +354,7 @@ mod tests {
         );
         assert_eq!(
             routed.events,
-            vec![InputEvent::PointerAbs { x: 512, y: 384 }]
+            vec![UserInput::PointerAbs { x: 512, y: 384 }]
         );
     }
 
@@ -389,12 +390,12 @@ mod tests {
         assert_eq!(
             routed.events,
             vec![
-                InputEvent::PointerAbs { x: 40, y: 20 },
-                InputEvent::Button {
+                UserInput::PointerAbs { x: 40, y: 20 },
+                UserInput::Button {
                     code: BTN_LEFT,
                     pressed: true
                 },
-                InputEvent::Button {
+                UserInput::Button {
                     code: BTN_LEFT,
                     pressed: false
                 },
@@ -415,15 +416,15 @@ mod tests {
         assert_eq!(
             routed.events,
             vec![
-                InputEvent::Key {
+                UserInput::Key {
                     code: KEY_LEFTCTRL,
                     pressed: true
                 },
-                InputEvent::Key {
+                UserInput::Key {
                     code: 46,
                     pressed: true
                 },
-                InputEvent::Key {
+                UserInput::Key {
                     code: KEY_LEFTCTRL,
                     pressed: false
                 },
@@ -453,14 +454,14 @@ mod tests {
         assert!(!r.state().keyboard_captured);
         assert_eq!(routed.target, Some(1));
         // The G itself is the host's; the guest sees A go down and then everything lift.
-        assert!(!routed.events.contains(&InputEvent::Key {
+        assert!(!routed.events.contains(&UserInput::Key {
             code: 34,
             pressed: true
         }));
         let ups: Vec<_> = routed
             .events
             .iter()
-            .filter(|e| matches!(e, InputEvent::Key { pressed: false, .. }))
+            .filter(|e| matches!(e, UserInput::Key { pressed: false, .. }))
             .collect();
         assert_eq!(ups.len(), 1, "A was held: {:?}", routed.events);
         let after = r.route(
@@ -485,7 +486,7 @@ mod tests {
         assert_eq!(routed.target, Some(0));
         assert_eq!(
             routed.events,
-            vec![InputEvent::Key {
+            vec![UserInput::Key {
                 code: 17,
                 pressed: false
             }]

@@ -13,6 +13,8 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
+use vmm_core::evdev::{ABS_X, ABS_Y};
+
 /// `struct input_absinfo`.
 #[repr(C)]
 #[derive(Default)]
@@ -42,9 +44,9 @@ fn name(fd: i32) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
-fn abs(fd: i32, axis: u64) -> std::io::Result<AbsInfo> {
+fn abs(fd: i32, axis: u16) -> std::io::Result<AbsInfo> {
     let mut info = AbsInfo::default();
-    let request = ior_e(0x40 + axis, std::mem::size_of::<AbsInfo>());
+    let request = ior_e(0x40 + u64::from(axis), std::mem::size_of::<AbsInfo>());
     // SAFETY: EVIOCGABS(axis) writes one `struct input_absinfo` into `info`.
     if unsafe { libc::ioctl(fd, request as _, &mut info as *mut AbsInfo) } < 0 {
         return Err(std::io::Error::last_os_error());
@@ -56,7 +58,7 @@ fn describe(path: &str) -> std::io::Result<String> {
     let file = File::open(path)?;
     let fd = file.as_raw_fd();
     let mut line = format!("NAME[{}]", name(fd)?);
-    for (label, axis) in [("ABS_X", 0), ("ABS_Y", 1)] {
+    for (label, axis) in [("ABS_X", ABS_X), ("ABS_Y", ABS_Y)] {
         let a = abs(fd, axis)?;
         line += &format!(" {label}[min={} max={}]", a.minimum, a.maximum);
     }

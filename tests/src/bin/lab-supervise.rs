@@ -32,9 +32,11 @@ use bulkhead_supervisor::{
     vm_process, AutoRestart, BootFiles, LaunchSpec, ProcessState, Supervisor,
 };
 use bulkhead_tests::console_pattern;
-use bulkhead_tests::keymap::{self, ABS_X, ABS_Y, BTN_LEFT, EV_ABS, EV_KEY, EV_SYN};
-use vmm_core::control::{InputDevice, InputEvent};
+use bulkhead_tests::keymap;
 use vmm_core::devices::framebuffer::write_png;
+use vmm_core::evdev::{
+    InputDevice, InputEvent, ABS_X, ABS_Y, BTN_LEFT, EV_ABS, EV_KEY, EV_SYN, SYN_REPORT,
+};
 use vmm_core::launch::{
     parse_display, parse_memory_mib, AgentChannel, BootConfig, DisplaySize, LaunchConfig,
     NetworkConfig, DEFAULT_CMDLINE,
@@ -256,34 +258,32 @@ impl Session {
         }
     }
 
-    /// Sends `(type, code, value)` events to one device, as one batch.
-    fn input(&mut self, kind: InputDevice, raw: &[(u16, u16, i32)]) -> Result<(), String> {
-        let events: Vec<InputEvent> = raw
-            .iter()
-            .map(|&(ev_type, code, value)| InputEvent {
-                kind,
-                ev_type,
-                code,
-                value,
-            })
-            .collect();
+    /// Sends events as one batch.
+    fn input(&mut self, events: &[InputEvent]) -> Result<(), String> {
         self.sup
-            .send_input(NAME, &events)
+            .send_input(NAME, events)
             .map_err(|e| format!("sending input: {e}"))
     }
 
     fn type_text(&mut self, text: &str) -> Result<(), String> {
         for c in text.chars() {
             let keys = keymap::key_for(c).ok_or_else(|| format!("cannot type {c:?}"))?;
-            self.input(InputDevice::Keyboard, &keymap::press_release(keys))?;
+            self.input(&keymap::press_release(keys))?;
             self.pump()?;
             std::thread::sleep(KEY_GAP);
         }
         Ok(())
     }
 
+    /// Sends `(type, code, value)` events to the tablet, as one batch.
     fn tablet(&mut self, raw: &[(u16, u16, i32)]) -> Result<(), String> {
-        self.input(InputDevice::Tablet, raw)?;
+        let events: Vec<InputEvent> = raw
+            .iter()
+            .map(|&(ev_type, code, value)| {
+                InputEvent::new(InputDevice::Tablet, ev_type, code, value)
+            })
+            .collect();
+        self.input(&events)?;
         std::thread::sleep(KEY_GAP);
         Ok(())
     }
@@ -339,12 +339,14 @@ impl Session {
                 self.wait_for(&format!("{n} console bytes"), |s| s.console.len() >= *n)
             }
             Step::Type(text) => self.type_text(text),
-            Step::Tablet(x, y) => {
-                self.tablet(&[(EV_ABS, ABS_X, *x), (EV_ABS, ABS_Y, *y), (EV_SYN, 0, 0)])
-            }
+            Step::Tablet(x, y) => self.tablet(&[
+                (EV_ABS, ABS_X, *x),
+                (EV_ABS, ABS_Y, *y),
+                (EV_SYN, SYN_REPORT, 0),
+            ]),
             Step::Click => {
-                self.tablet(&[(EV_KEY, BTN_LEFT, 1), (EV_SYN, 0, 0)])?;
-                self.tablet(&[(EV_KEY, BTN_LEFT, 0), (EV_SYN, 0, 0)])
+                self.tablet(&[(EV_KEY, BTN_LEFT, 1), (EV_SYN, SYN_REPORT, 0)])?;
+                self.tablet(&[(EV_KEY, BTN_LEFT, 0), (EV_SYN, SYN_REPORT, 0)])
             }
             Step::Console(text) => self.console_write(text.as_bytes()),
             Step::ConsolePattern(n) => self.console_write(&console_pattern(*n)),

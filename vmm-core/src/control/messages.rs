@@ -10,12 +10,15 @@
 use serde::{Deserialize, Serialize};
 
 use crate::devices::framebuffer::{DamageRect, FramebufferLayout};
+/// Input travels as the shared evdev vocabulary, unchanged.
+pub use crate::evdev::{InputDevice, InputEvent};
 use crate::launch::{FileRole, LaunchConfig};
 
 /// Bumped on any incompatible change to [`Command`] or [`Event`].
 /// 2: [`Command::ConsoleWrite`] and [`Event::Console`].
 /// 3: the supervisor speaks first; [`Command::Hello`] carries the [`LaunchConfig`] and
-///    [`Command::File`] hands over its files.
+///    [`Command::File`] hands over its files; [`Command::Input`] carries the shared
+///    [`InputEvent`], which names its `device`.
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Serial bytes per [`Event::Serial`]. JSON spends up to 4 bytes per byte, so
@@ -30,24 +33,6 @@ pub const MAX_DAMAGE_RECTS: usize = 512;
 pub const MAX_INPUT_EVENTS: usize = 256;
 /// Bytes of any string field (names, reasons, service arguments).
 pub const MAX_TEXT: usize = 1024;
-
-/// Which virtio-input device an input event is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum InputDevice {
-    Keyboard,
-    /// The absolute pointer.
-    Tablet,
-}
-
-/// One Linux evdev event (`struct input_event` without the timestamp), as virtio-input
-/// hands it to the guest. A batch ends with `EV_SYN`/`SYN_REPORT` like on real hardware.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct InputEvent {
-    pub kind: InputDevice,
-    pub ev_type: u16,
-    pub code: u16,
-    pub value: i32,
-}
 
 /// Supervisor → partition process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

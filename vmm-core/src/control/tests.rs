@@ -36,13 +36,13 @@ fn every_command() -> Vec<Command> {
         Command::Input {
             events: vec![
                 InputEvent {
-                    kind: InputDevice::Keyboard,
+                    device: InputDevice::Keyboard,
                     ev_type: 1,
                     code: 30,
                     value: 1,
                 },
                 InputEvent {
-                    kind: InputDevice::Tablet,
+                    device: InputDevice::Tablet,
                     ev_type: 3,
                     code: 0,
                     value: -5,
@@ -153,7 +153,7 @@ fn largest_valid_messages_fit_in_one_frame() {
     let input = Command::Input {
         events: vec![
             InputEvent {
-                kind: InputDevice::Keyboard,
+                device: InputDevice::Keyboard,
                 ev_type: u16::MAX,
                 code: u16::MAX,
                 value: i32::MIN,
@@ -183,7 +183,7 @@ fn chunk_helpers_respect_the_caps() {
     assert_eq!(Event::damage_chunks(&rects).count(), 2);
     let events = vec![
         InputEvent {
-            kind: InputDevice::Tablet,
+            device: InputDevice::Tablet,
             ev_type: 0,
             code: 0,
             value: 0

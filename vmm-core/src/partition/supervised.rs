@@ -390,11 +390,7 @@ impl ConsoleOutbox {
 fn route_input(running: &RunningPartition, input: &[control::InputEvent]) {
     let virtio = running.virtio();
     for kind in [InputDevice::Keyboard, InputDevice::Tablet] {
-        let batch: Vec<_> = input
-            .iter()
-            .filter(|e| e.kind == kind)
-            .map(|e| crate::devices::virtio::input::InputEvent::new(e.ev_type, e.code, e.value))
-            .collect();
+        let batch: Vec<_> = input.iter().filter(|e| e.device == kind).copied().collect();
         let sender = match kind {
             InputDevice::Keyboard => Some(&virtio.keyboard),
             InputDevice::Tablet => virtio.tablet.as_ref(),

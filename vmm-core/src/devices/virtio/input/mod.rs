@@ -13,6 +13,7 @@ use super::console::copy_config;
 use super::mmio::VirtioMmioDevice;
 use super::queue::{QueueError, Queues};
 use super::{device_type, VirtioDevice};
+use crate::evdev::{self, InputDevice, InputEvent};
 
 pub const QUEUE_SIZE: u16 = 64;
 pub const EVENT_QUEUE: usize = 0;
@@ -21,23 +22,9 @@ pub const STATUS_QUEUE: usize = 1;
 pub const MAX_PENDING_EVENTS: usize = 1024;
 const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
 
-/// Linux evdev constants (include/uapi/linux/input-event-codes.h).
-pub mod evdev {
-    pub const EV_SYN: u16 = 0x00;
-    pub const EV_KEY: u16 = 0x01;
-    pub const EV_REL: u16 = 0x02;
-    pub const EV_ABS: u16 = 0x03;
-    pub const EV_REP: u16 = 0x14;
-    pub const SYN_REPORT: u16 = 0;
-    pub const KEY_MAX_KEYBOARD: u16 = 255;
-    pub const BTN_LEFT: u16 = 0x110;
-    pub const BTN_RIGHT: u16 = 0x111;
-    pub const BTN_MIDDLE: u16 = 0x112;
-    pub const REL_WHEEL: u16 = 0x08;
-    pub const ABS_X: u16 = 0x00;
-    pub const ABS_Y: u16 = 0x01;
-    pub const BUS_VIRTUAL: u16 = 0x06;
-}
+/// The highest key code the keyboard declares (the PC keyboard range; `KEY_RESERVED`, 0,
+/// is not a key).
+pub const MAX_KEYBOARD_CODE: u16 = 255;
 
 /// virtio_input_config_select values.
 pub mod cfg {
@@ -72,42 +59,35 @@ pub enum InputKind {
     },
 }
 
-/// One evdev event, as the guest receives it (struct virtio_input_event).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InputEvent {
-    pub ev_type: u16,
-    pub code: u16,
-    pub value: i32,
+impl InputKind {
+    /// How [`InputEvent`]s name this device.
+    pub const fn device(self) -> InputDevice {
+        match self {
+            Self::Keyboard => InputDevice::Keyboard,
+            Self::Tablet { .. } => InputDevice::Tablet,
+        }
+    }
 }
 
-impl InputEvent {
-    pub const fn new(ev_type: u16, code: u16, value: i32) -> Self {
-        Self {
-            ev_type,
-            code,
-            value,
-        }
-    }
+/// `event` as the guest receives it (struct virtio_input_event, little-endian); the
+/// device it is for does not travel.
+fn to_le_bytes(event: &InputEvent) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[0..2].copy_from_slice(&event.ev_type.to_le_bytes());
+    b[2..4].copy_from_slice(&event.code.to_le_bytes());
+    b[4..8].copy_from_slice(&event.value.to_le_bytes());
+    b
+}
 
-    pub const fn syn() -> Self {
-        Self::new(evdev::EV_SYN, evdev::SYN_REPORT, 0)
-    }
-
-    pub fn to_bytes(self) -> [u8; 8] {
-        let mut b = [0u8; 8];
-        b[0..2].copy_from_slice(&self.ev_type.to_le_bytes());
-        b[2..4].copy_from_slice(&self.code.to_le_bytes());
-        b[4..8].copy_from_slice(&self.value.to_le_bytes());
-        b
-    }
-
-    pub fn from_bytes(b: [u8; 8]) -> Self {
-        Self {
-            ev_type: u16::from_le_bytes([b[0], b[1]]),
-            code: u16::from_le_bytes([b[2], b[3]]),
-            value: i32::from_le_bytes([b[4], b[5], b[6], b[7]]),
-        }
-    }
+/// The inverse of [`to_le_bytes`], for an event read back from `device`'s queue.
+#[cfg(test)]
+fn from_le_bytes(device: InputDevice, b: [u8; 8]) -> InputEvent {
+    InputEvent::new(
+        device,
+        u16::from_le_bytes([b[0], b[1]]),
+        u16::from_le_bytes([b[2], b[3]]),
+        i32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+    )
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -155,13 +135,17 @@ impl VirtioInput {
         self.kind
     }
 
-    /// Whether this device declares `event` (type, code and value range).
+    /// Whether `event` is for this device and the device declares it (type, code and
+    /// value range).
     pub fn supports(&self, event: &InputEvent) -> bool {
         use evdev::*;
+        if event.device != self.kind.device() {
+            return false;
+        }
         match (self.kind, event.ev_type) {
             (_, EV_SYN) => event.code == SYN_REPORT,
             (InputKind::Keyboard, EV_KEY) => {
-                (1..=KEY_MAX_KEYBOARD).contains(&event.code) && (0..=2).contains(&event.value)
+                (1..=MAX_KEYBOARD_CODE).contains(&event.code) && (0..=2).contains(&event.value)
             }
             (InputKind::Tablet { .. }, EV_KEY) => {
                 matches!(event.code, BTN_LEFT | BTN_RIGHT | BTN_MIDDLE)
@@ -213,7 +197,7 @@ impl VirtioInput {
                     .collect()
             }
             cfg::EV_BITS => match (self.kind, u16::from(self.subsel)) {
-                (InputKind::Keyboard, EV_KEY) => bitmap(1..=KEY_MAX_KEYBOARD),
+                (InputKind::Keyboard, EV_KEY) => bitmap(1..=MAX_KEYBOARD_CODE),
                 // The Linux driver only checks that the EV_REP bitmap is non-empty.
                 (InputKind::Keyboard, EV_REP) => vec![0],
                 (InputKind::Tablet { .. }, EV_KEY) => {
@@ -284,7 +268,7 @@ impl VirtioInput {
                     need: 8,
                 });
             }
-            let written = queues.write_to_chain(EVENT_QUEUE, &chain, &event.to_bytes())?;
+            let written = queues.write_to_chain(EVENT_QUEUE, &chain, &to_le_bytes(&event))?;
             queues.add_used(EVENT_QUEUE, chain.head, written as u32)?;
             self.pending.pop_front();
         }
@@ -380,7 +364,8 @@ impl InputEventSender {
         self.dev.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends a batch of events (end it with [`InputEvent::syn`]); all or none are queued.
+    /// Sends a batch of events for this device (end it with [`InputEvent::syn`]); all or
+    /// none are queued.
     pub fn send(&self, events: &[InputEvent]) -> Result<(), InputError> {
         let mut dev = self.lock();
         if !dev.is_active() {
@@ -393,15 +378,18 @@ impl InputEventSender {
 
     /// A key (keyboard: Linux key code 1..=255) or button (tablet: BTN_LEFT/RIGHT/MIDDLE).
     pub fn key(&self, code: u16, pressed: bool) -> Result<(), InputError> {
+        let device = self.kind().device();
         self.send(&[
-            InputEvent::new(evdev::EV_KEY, code, i32::from(pressed)),
-            InputEvent::syn(),
+            InputEvent::new(device, evdev::EV_KEY, code, i32::from(pressed)),
+            InputEvent::syn(device),
         ])
     }
 
     /// Moves the tablet pointer; coordinates past the framebuffer are clamped to its edge.
     pub fn move_to(&self, x: u32, y: u32) -> Result<(), InputError> {
-        let (max_x, max_y) = match self.kind() {
+        let kind = self.kind();
+        let device = kind.device();
+        let (max_x, max_y) = match kind {
             InputKind::Tablet { width, height } => {
                 (width.saturating_sub(1), height.saturating_sub(1))
             }
@@ -410,17 +398,18 @@ impl InputEventSender {
         };
         let clamp = |v: u32, max: u32| i32::try_from(v.min(max)).unwrap_or(i32::MAX);
         self.send(&[
-            InputEvent::new(evdev::EV_ABS, evdev::ABS_X, clamp(x, max_x)),
-            InputEvent::new(evdev::EV_ABS, evdev::ABS_Y, clamp(y, max_y)),
-            InputEvent::syn(),
+            InputEvent::new(device, evdev::EV_ABS, evdev::ABS_X, clamp(x, max_x)),
+            InputEvent::new(device, evdev::EV_ABS, evdev::ABS_Y, clamp(y, max_y)),
+            InputEvent::syn(device),
         ])
     }
 
     /// Scrolls the wheel by `clicks` (positive: away from the user).
     pub fn wheel(&self, clicks: i32) -> Result<(), InputError> {
+        let device = self.kind().device();
         self.send(&[
-            InputEvent::new(evdev::EV_REL, evdev::REL_WHEEL, clicks),
-            InputEvent::syn(),
+            InputEvent::new(device, evdev::EV_REL, evdev::REL_WHEEL, clicks),
+            InputEvent::syn(device),
         ])
     }
 }

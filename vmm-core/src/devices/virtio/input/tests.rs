@@ -3,6 +3,9 @@ use crate::devices::virtio::mmio::reg;
 use crate::devices::virtio::test_utils::TestDriver;
 use vm_memory::{Bytes, GuestAddress};
 
+const KBD: InputDevice = InputDevice::Keyboard;
+const TAB: InputDevice = InputDevice::Tablet;
+
 fn select(d: &TestDriver<VirtioInput>, sel: u8, subsel: u8) -> Vec<u8> {
     d.write_bytes(reg::CONFIG + cfg::SELECT, &[sel]);
     d.write_bytes(reg::CONFIG + cfg::SUBSEL, &[subsel]);
@@ -38,8 +41,9 @@ fn post_event_buffers(d: &mut TestDriver<VirtioInput>, n: usize) -> Vec<(u16, u6
 }
 
 fn events_in(d: &TestDriver<VirtioInput>, bufs: &[(u16, u64)]) -> Vec<InputEvent> {
+    let device = d.dev.lock().unwrap().device().kind().device();
     bufs.iter()
-        .map(|&(_, a)| InputEvent::from_bytes(d.read_mem(a, 8).try_into().unwrap()))
+        .map(|&(_, a)| from_le_bytes(device, d.read_mem(a, 8).try_into().unwrap()))
         .collect()
 }
 
@@ -122,10 +126,10 @@ fn key_press_arrives_as_key_and_syn_events() {
     assert_eq!(
         events_in(&d, &bufs),
         vec![
-            InputEvent::new(evdev::EV_KEY, 30, 1),
-            InputEvent::syn(),
-            InputEvent::new(evdev::EV_KEY, 30, 0),
-            InputEvent::syn(),
+            InputEvent::new(KBD, evdev::EV_KEY, 30, 1),
+            InputEvent::syn(KBD),
+            InputEvent::new(KBD, evdev::EV_KEY, 30, 0),
+            InputEvent::syn(KBD),
         ]
     );
     assert!(d.take_irq());
@@ -145,7 +149,12 @@ fn events_wait_for_buffers_and_keep_their_order() {
     got.extend(events_in(&d, &rest));
     let want: Vec<InputEvent> = [16u16, 17, 18]
         .iter()
-        .flat_map(|&c| [InputEvent::new(evdev::EV_KEY, c, 1), InputEvent::syn()])
+        .flat_map(|&c| {
+            [
+                InputEvent::new(KBD, evdev::EV_KEY, c, 1),
+                InputEvent::syn(KBD),
+            ]
+        })
         .collect();
     assert_eq!(got, want);
 }
@@ -161,15 +170,15 @@ fn tablet_moves_clicks_and_scrolls() {
     assert_eq!(
         events_in(&d, &bufs),
         vec![
-            InputEvent::new(evdev::EV_ABS, evdev::ABS_X, 799),
-            InputEvent::new(evdev::EV_ABS, evdev::ABS_Y, 10),
-            InputEvent::syn(),
-            InputEvent::new(evdev::EV_KEY, evdev::BTN_LEFT, 1),
-            InputEvent::syn(),
-            InputEvent::new(evdev::EV_REL, evdev::REL_WHEEL, -2),
-            InputEvent::syn(),
-            InputEvent::new(evdev::EV_KEY, evdev::BTN_LEFT, 0),
-            InputEvent::syn(),
+            InputEvent::new(TAB, evdev::EV_ABS, evdev::ABS_X, 799),
+            InputEvent::new(TAB, evdev::EV_ABS, evdev::ABS_Y, 10),
+            InputEvent::syn(TAB),
+            InputEvent::new(TAB, evdev::EV_KEY, evdev::BTN_LEFT, 1),
+            InputEvent::syn(TAB),
+            InputEvent::new(TAB, evdev::EV_REL, evdev::REL_WHEEL, -2),
+            InputEvent::syn(TAB),
+            InputEvent::new(TAB, evdev::EV_KEY, evdev::BTN_LEFT, 0),
+            InputEvent::syn(TAB),
         ]
     );
 }
@@ -180,8 +189,8 @@ fn events_the_device_does_not_declare_are_refused_whole() {
     let bufs = post_event_buffers(&mut d, 4);
     let err = kbd
         .send(&[
-            InputEvent::new(evdev::EV_KEY, 30, 1),
-            InputEvent::new(evdev::EV_ABS, evdev::ABS_X, 1),
+            InputEvent::new(KBD, evdev::EV_KEY, 30, 1),
+            InputEvent::new(KBD, evdev::EV_ABS, evdev::ABS_X, 1),
         ])
         .unwrap_err();
     assert!(
@@ -199,9 +208,9 @@ fn events_the_device_does_not_declare_are_refused_whole() {
 
     let (_d, tablet) = running(VirtioInput::tablet(100, 100));
     assert!(tablet.key(30, true).is_err());
-    let off_screen = InputEvent::new(evdev::EV_ABS, evdev::ABS_X, 100);
+    let off_screen = InputEvent::new(TAB, evdev::EV_ABS, evdev::ABS_X, 100);
     assert!(tablet.send(&[off_screen]).is_err());
-    let negative = InputEvent::new(evdev::EV_ABS, evdev::ABS_Y, -1);
+    let negative = InputEvent::new(TAB, evdev::EV_ABS, evdev::ABS_Y, -1);
     assert!(tablet.send(&[negative]).is_err());
 }
 
@@ -216,7 +225,10 @@ fn events_before_the_driver_runs_are_refused() {
 #[test]
 fn backlog_is_bounded() {
     let (_d, sender) = running(VirtioInput::keyboard());
-    let batch = [InputEvent::new(evdev::EV_KEY, 30, 1), InputEvent::syn()];
+    let batch = [
+        InputEvent::new(KBD, evdev::EV_KEY, 30, 1),
+        InputEvent::syn(KBD),
+    ];
     for _ in 0..MAX_PENDING_EVENTS / 2 {
         sender.send(&batch).unwrap();
     }
@@ -246,7 +258,10 @@ fn status_queue_buffers_are_acknowledged() {
     let (mut d, _sender) = running(VirtioInput::keyboard());
     let led = d.alloc(8, 0);
     d.mem
-        .write_slice(&InputEvent::new(0x11, 1, 1).to_bytes(), GuestAddress(led))
+        .write_slice(
+            &to_le_bytes(&InputEvent::new(KBD, 0x11, 1, 1)),
+            GuestAddress(led),
+        )
         .unwrap();
     let head = d.add_chain(STATUS_QUEUE, &[(led, 8, false)]);
     d.notify(STATUS_QUEUE as u32);
@@ -259,6 +274,22 @@ fn reset_forgets_pending_events() {
     sender.key(30, true).unwrap();
     d.init();
     let bufs = post_event_buffers(&mut d, 2);
+    assert!(d.take_used(EVENT_QUEUE).is_empty());
+    drop(bufs);
+}
+
+#[test]
+fn events_for_the_other_device_are_refused() {
+    let (mut d, kbd) = running(VirtioInput::keyboard());
+    let bufs = post_event_buffers(&mut d, 2);
+    let for_tablet = [
+        InputEvent::new(TAB, evdev::EV_KEY, 30, 1),
+        InputEvent::syn(TAB),
+    ];
+    assert!(matches!(
+        kbd.send(&for_tablet),
+        Err(InputError::Unsupported { .. })
+    ));
     assert!(d.take_used(EVENT_QUEUE).is_empty());
     drop(bufs);
 }
