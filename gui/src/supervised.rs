@@ -290,11 +290,11 @@ pub fn supervised_backends(dir: &std::path::Path) -> Vec<Box<dyn PartitionBacken
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bulkhead_supervisor::testing::{fake_partition_main, fake_spec};
-    use bulkhead_supervisor::{AutoRestart, PartitionStatus};
+    use bulkhead_supervisor::testing::{
+        fake_partition_main, fake_spec, kill9, wait_more_damage, wait_running, wait_state,
+    };
+    use bulkhead_supervisor::AutoRestart;
     use vmm_core::evdev::InputDevice;
-
-    const WAIT: Duration = Duration::from_secs(20);
 
     fn fake(name: &str) -> bulkhead_supervisor::LaunchSpec {
         fake_spec(
@@ -309,33 +309,6 @@ mod tests {
     #[test]
     fn fake_partition_process() {
         fake_partition_main();
-    }
-
-    fn wait_state(
-        sup: &Supervisor,
-        name: &str,
-        pred: impl Fn(&ProcessState) -> bool,
-    ) -> PartitionStatus {
-        let (status, ok) = sup.wait_until(name, WAIT, |s| pred(&s.state)).unwrap();
-        assert!(ok, "{name}: condition not reached, last status {status:?}");
-        status
-    }
-
-    fn wait_running(sup: &Supervisor, name: &str) -> PartitionStatus {
-        wait_state(sup, name, |s| *s == ProcessState::Running)
-    }
-
-    fn wait_more_damage(sup: &Supervisor, name: &str, more: u64) {
-        let start = sup.status(name).unwrap().damage_events;
-        let (status, ok) = sup
-            .wait_until(name, WAIT, |s| s.damage_events >= start + more)
-            .unwrap();
-        assert!(ok, "{name} stopped rendering: {status:?}");
-    }
-
-    fn kill9(pid: u32) {
-        // SAFETY: kill takes integers only; `pid` is our live child.
-        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     }
 
     fn app_info(name: &str) -> PartitionInfo {

@@ -20,7 +20,10 @@ use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 use vmm_core::launch::{AgentChannel, BootConfig, DisplaySize, LaunchConfig, NetworkConfig};
 use vmm_core::shm::{MappedRegion, Memfd};
 
-use crate::{AutoRestart, BootFiles, LaunchSpec, MAX_CONSOLE_BUFFER};
+use crate::{
+    AutoRestart, BootFiles, LaunchSpec, PartitionStatus, ProcessState, Supervisor,
+    MAX_CONSOLE_BUFFER,
+};
 
 /// Damage events the `flood` mode sends.
 pub const FLOOD_EVENTS: u64 = 20_000;
@@ -65,6 +68,42 @@ pub fn fake_spec(
         disk_files: Vec::new(),
         restart,
     }
+}
+
+/// How long the test helpers wait for a partition to get somewhere.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Waits until the partition's state satisfies `pred`; fails the test otherwise.
+pub fn wait_state(
+    sup: &Supervisor,
+    name: &str,
+    pred: impl Fn(&ProcessState) -> bool,
+) -> PartitionStatus {
+    let (status, ok) = sup.wait_until(name, WAIT, |s| pred(&s.state)).unwrap();
+    assert!(ok, "{name}: condition not reached, last status {status:?}");
+    status
+}
+
+pub fn wait_running(sup: &Supervisor, name: &str) -> PartitionStatus {
+    wait_state(sup, name, |s| *s == ProcessState::Running)
+}
+
+/// Waits until the partition has sent `more` further damage events.
+pub fn wait_more_damage(sup: &Supervisor, name: &str, more: u64) {
+    let start = sup.status(name).unwrap().damage_events;
+    let (status, ok) = sup
+        .wait_until(name, WAIT, |s| s.damage_events >= start + more)
+        .unwrap();
+    assert!(ok, "{name} stopped rendering: {status:?}");
+}
+
+/// SIGKILL to a partition process the test started.
+pub fn kill9(pid: u32) {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .expect("a live child's pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
 }
 
 /// Entry point of the fake partition process. In a normal test run it is given no

@@ -10,9 +10,10 @@ use vmm_core::control::{Event, InputDevice, InputEvent, MAX_CONSOLE_CHUNK};
 use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 
 use super::*;
-use crate::testing::{console_flood_bytes, fake_spec, FLOOD_EVENTS};
-
-const WAIT: Duration = Duration::from_secs(20);
+use crate::testing::{
+    console_flood_bytes, fake_spec, kill9, wait_more_damage, wait_running, wait_state,
+    FLOOD_EVENTS, WAIT,
+};
 
 fn fake_test_name() -> String {
     let path = module_path!();
@@ -34,35 +35,6 @@ fn supervisor(specs: Vec<LaunchSpec>) -> Supervisor {
     let sup = Supervisor::new(specs).unwrap();
     assert!(sup.start_all().is_empty());
     sup
-}
-
-fn wait_state(
-    sup: &Supervisor,
-    name: &str,
-    pred: impl Fn(&ProcessState) -> bool,
-) -> PartitionStatus {
-    let (status, ok) = sup.wait_until(name, WAIT, |s| pred(&s.state)).unwrap();
-    assert!(ok, "{name}: condition not reached, last status {status:?}");
-    status
-}
-
-fn wait_running(sup: &Supervisor, name: &str) -> PartitionStatus {
-    wait_state(sup, name, |s| *s == ProcessState::Running)
-}
-
-/// Waits until the partition has sent `more` further damage events.
-fn wait_more_damage(sup: &Supervisor, name: &str, more: u64) {
-    let start = sup.status(name).unwrap().damage_events;
-    let (status, ok) = sup
-        .wait_until(name, WAIT, |s| s.damage_events >= start + more)
-        .unwrap();
-    assert!(ok, "{name} stopped rendering: {status:?}");
-}
-
-fn kill9(pid: u32) {
-    // SAFETY: kill takes integers only; `pid` is our live child (checked by the caller
-    // via a status with a pid).
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
 }
 
 fn reason(status: &PartitionStatus) -> String {
