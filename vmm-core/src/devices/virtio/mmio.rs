@@ -150,7 +150,9 @@ impl<D: VirtioDevice> VirtioMmioDevice<D> {
         if !self.is_active() || !self.queues.get(index).is_some_and(|q| q.ready()) {
             return;
         }
-        let mut queues = Queues::new(&self.mem, &mut self.queues);
+        // Only what was offered counts, whatever the driver wrote.
+        let negotiated = self.driver_features & self.offered_features();
+        let mut queues = Queues::new(&self.mem, &mut self.queues, negotiated);
         let result = self.device.process_queue(index, &mut queues);
         let used = queues.used_mask();
         if used != 0 {
