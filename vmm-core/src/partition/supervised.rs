@@ -282,7 +282,9 @@ impl Session<'_> {
     fn queue_console(&mut self, bytes: &[u8]) {
         let dropped = self.console_out.push(bytes);
         if dropped > 0 {
-            tracing::warn!(
+            // The guest decides whether it reads: one line per ConsoleWrite could flood.
+            crate::limited!(
+                warn,
                 "guest console not reading: dropped {dropped} byte(s) for it, \
                  {MAX_CONSOLE_PENDING} already pending"
             );

@@ -123,7 +123,7 @@ impl BusDevice for SerialConsole {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Ok(off), Some(value)) = (u8::try_from(offset), data.first()) {
             if let Err(e) = self.uart.write(off, *value) {
-                tracing::warn!("serial write at offset {off}: {e}");
+                crate::limited!(warn, "serial write at offset {off}: {e}");
             }
         }
     }
