@@ -83,16 +83,40 @@ macro_rules! limited {
             $crate::devices::ratelimit::RateLimit::new(
                 $crate::devices::ratelimit::LINES_PER_SECOND,
             );
-        if let $crate::devices::ratelimit::Verdict::Log { suppressed } = LIMIT.check() {
-            if suppressed > 0 {
-                ::tracing::$level!(
-                    suppressed,
-                    "{suppressed} more lines like the next were suppressed"
-                );
+        // A level nobody listens to costs no lock and counts nothing.
+        if ::tracing::enabled!($crate::__limited_level!($level)) {
+            if let $crate::devices::ratelimit::Verdict::Log { suppressed } = LIMIT.check() {
+                if suppressed > 0 {
+                    ::tracing::$level!(
+                        suppressed,
+                        "{suppressed} more lines like the next were suppressed"
+                    );
+                }
+                ::tracing::$level!($($arg)+);
             }
-            ::tracing::$level!($($arg)+);
         }
     }};
+}
+
+/// The `tracing::Level` for a level macro's name (for [`limited!`](crate::limited)).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __limited_level {
+    (error) => {
+        ::tracing::Level::ERROR
+    };
+    (warn) => {
+        ::tracing::Level::WARN
+    };
+    (info) => {
+        ::tracing::Level::INFO
+    };
+    (debug) => {
+        ::tracing::Level::DEBUG
+    };
+    (trace) => {
+        ::tracing::Level::TRACE
+    };
 }
 
 #[cfg(test)]
