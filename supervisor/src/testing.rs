@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use vmm_core::control::{
     control_stream_from_inherited_fd, Command, Event, Launch, MessageWriter, PartitionEndpoint,
-    VmState, VmStats, MAX_CONSOLE_CHUNK,
+    VmState, VmStats, MAX_CONSOLE_CHUNK, MAX_FDS_PER_MESSAGE, MAX_MESSAGE,
 };
 use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 use vmm_core::launch::{AgentChannel, BootConfig, DisplaySize, LaunchConfig, NetworkConfig};
@@ -186,6 +186,23 @@ fn run_fake(stream: UnixStream, mode: &str) -> i32 {
             raw.write_all(&u32::MAX.to_le_bytes()).unwrap();
             idle()
         }
+        "stall_mid_frame" => {
+            raw.write_all(&100u32.to_le_bytes()).unwrap();
+            raw.write_all(b"{\"St").unwrap();
+            idle()
+        }
+        "fd_hoard" => {
+            raw.write_all(&(MAX_MESSAGE as u32).to_le_bytes()).unwrap();
+            let null = std::fs::File::open("/dev/null").unwrap();
+            let fds = [null.as_fd(); MAX_FDS_PER_MESSAGE];
+            for _ in 0..1000 {
+                if !send_byte_with_fds(&raw, &fds) {
+                    break;
+                }
+            }
+            idle()
+        }
+        "quiet" => idle(),
         "bad_damage" => {
             let rects = vec![DamageRect {
                 x: 60,
@@ -253,6 +270,19 @@ pub fn console_flood_bytes() -> Vec<u8> {
     (0..MAX_CONSOLE_BUFFER + 3 * MAX_CONSOLE_CHUNK + 7)
         .map(|i| (i % 251) as u8)
         .collect()
+}
+
+/// One byte with `fds` attached, as a hostile partition would send it; false once the
+/// socket is full or gone.
+fn send_byte_with_fds(sock: &UnixStream, fds: &[std::os::fd::BorrowedFd<'_>]) -> bool {
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return false;
+    }
+    let iov = [std::io::IoSlice::new(b"x")];
+    sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL).is_ok()
 }
 
 fn unsealed_memfd(size: usize) -> OwnedFd {

@@ -141,6 +141,34 @@ fn garbage_on_the_socket_cuts_off_only_that_partition() {
 }
 
 #[test]
+fn a_partition_stalling_mid_frame_or_hoarding_fds_is_cut_off_while_a_quiet_one_is_not() {
+    let sup = supervisor(vec![
+        fake("stall", "stall_mid_frame", AutoRestart::Never),
+        fake("hoard", "fd_hoard", AutoRestart::Never),
+        fake("quiet", "quiet", AutoRestart::Never),
+    ]);
+    wait_running(&sup, "quiet");
+    let quiet_since = std::time::Instant::now();
+    for (name, why) in [
+        ("stall", "frame not complete"),
+        ("hoard", "more than 4 fds"),
+    ] {
+        let status = wait_state(&sup, name, ProcessState::is_crashed);
+        let r = reason(&status);
+        assert!(
+            r.starts_with("protocol violation: ") && r.contains(why),
+            "{name}: {r}"
+        );
+    }
+    // Idle between frames is no violation, however long.
+    let idle_for = vmm_core::control::FRAME_DEADLINE * 2;
+    if let Some(left) = idle_for.checked_sub(quiet_since.elapsed()) {
+        std::thread::sleep(left);
+    }
+    assert_eq!(sup.status("quiet").unwrap().state, ProcessState::Running);
+}
+
+#[test]
 fn forbidden_syscall_kills_the_partition_and_is_reported() {
     let sup = supervisor(vec![
         fake("bad", "forbidden_syscall", AutoRestart::Never),

@@ -35,6 +35,9 @@ impl Asm {
     pub fn mov_rdi(&mut self, v: u64) -> &mut Self {
         self.emit(&[0x48, 0xbf]).emit(&v.to_le_bytes())
     }
+    pub fn mov_rsi(&mut self, v: u64) -> &mut Self {
+        self.emit(&[0x48, 0xbe]).emit(&v.to_le_bytes())
+    }
     pub fn mov_rbx(&mut self, v: u64) -> &mut Self {
         self.emit(&[0x48, 0xbb]).emit(&v.to_le_bytes())
     }
@@ -53,6 +56,22 @@ impl Asm {
     /// `in eax, dx`
     pub fn in_eax(&mut self) -> &mut Self {
         self.emit(&[0xed])
+    }
+    /// `rep outsb`: write the bytes at [rsi] to port dx, one by one, rcx times.
+    pub fn rep_outsb(&mut self) -> &mut Self {
+        self.emit(&[0xf3, 0x6e])
+    }
+    /// `rep outsw`: write the 16-bit words at [rsi] to port dx, rcx times.
+    pub fn rep_outsw(&mut self) -> &mut Self {
+        self.emit(&[0x66, 0xf3, 0x6f])
+    }
+    /// `rep insb`: read rcx bytes from port dx into [rdi].
+    pub fn rep_insb(&mut self) -> &mut Self {
+        self.emit(&[0xf3, 0x6c])
+    }
+    /// Raw bytes (data the guest reads, placed after its code).
+    pub fn bytes(&mut self, data: &[u8]) -> &mut Self {
+        self.emit(data)
     }
     /// `rep stosd`: store eax at [rdi], ecx times.
     pub fn rep_stosd(&mut self) -> &mut Self {

@@ -4,7 +4,11 @@
 //! little-endian payload length followed by that many bytes of JSON ([`Command`] one way,
 //! [`Event`] the other); payloads above [`MAX_MESSAGE`] (64 KiB) are refused before
 //! anything is read. File descriptors ride along with `SCM_RIGHTS` on the frame's first
-//! byte. Any malformed, oversized or unexpected frame ends the connection: the supervisor
+//! byte; a reader holds at most [`MAX_FDS_PER_MESSAGE`] of them at any time (more in one
+//! frame is a violation, and the extra fds are closed before they reach the reader). A
+//! frame must be complete [`FRAME_DEADLINE`] (2 s) after its first byte; between frames a
+//! reader waits as long as its socket allows. Any malformed, oversized, overdue or
+//! unexpected frame ends the connection: the supervisor
 //! marks that partition crashed and no other partition notices.
 //!
 //! # Integration: what `bulkhead-vmm` does
@@ -55,7 +59,7 @@ use std::os::unix::net::UnixStream;
 use rustix::fs::{fstat, FileType};
 use rustix::io::{fcntl_setfd, FdFlags};
 
-pub use framing::{MessageReader, MessageWriter, Received, MAX_MESSAGE};
+pub use framing::{MessageReader, MessageWriter, Received, FRAME_DEADLINE, MAX_MESSAGE};
 pub use messages::{
     Command, Event, InputDevice, InputEvent, LimitError, Message, VmState, VmStats,
     MAX_CONSOLE_CHUNK, MAX_DAMAGE_RECTS, MAX_INPUT_EVENTS, MAX_SERIAL_CHUNK, MAX_TEXT,
@@ -83,6 +87,12 @@ pub enum ControlError {
     FdMismatch { expected: usize, got: usize },
     #[error("peer sent more than {max} fds in one message")]
     TooManyFds { max: usize },
+    #[error("frame not complete {deadline:?} after its first byte ({got} of {expected} bytes)")]
+    FrameTimeout {
+        deadline: std::time::Duration,
+        expected: usize,
+        got: usize,
+    },
     #[error("message breaks a size limit: {0}")]
     Limit(#[from] LimitError),
     #[error("encoding message: {0}")]

@@ -1,6 +1,7 @@
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use super::*;
 use crate::devices::framebuffer::{DamageRect, FramebufferLayout};
@@ -712,7 +713,7 @@ fn the_fd_limit_per_message_arrives_whole_and_close_on_exec() {
     let mut buf = [0u8; 1];
     let mut got = std::collections::VecDeque::new();
     assert_eq!(
-        scm::recv_with_fds(b.as_fd(), &mut buf, &mut got).unwrap(),
+        scm::recv_with_fds(b.as_fd(), &mut buf, &mut got, MAX_FDS_PER_MESSAGE, false).unwrap(),
         1
     );
     assert_eq!(got.len(), MAX_FDS_PER_MESSAGE);
@@ -730,9 +731,102 @@ fn one_fd_over_the_limit_in_a_message_is_refused() {
     send_raw_with_fds(a.as_fd(), &fds);
     let mut buf = [0u8; 1];
     let mut got = std::collections::VecDeque::new();
-    let res = scm::recv_with_fds(b.as_fd(), &mut buf, &mut got);
+    let res = scm::recv_with_fds(b.as_fd(), &mut buf, &mut got, MAX_FDS_PER_MESSAGE, false);
     assert!(
         matches!(res, Err(scm::RecvError::TooManyFds { max }) if max == MAX_FDS_PER_MESSAGE),
         "{res:?}"
     );
+}
+
+#[test]
+fn fds_spread_over_one_byte_sends_never_exceed_the_frame_budget() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut r = MessageReader::<Event>::new(b);
+    let files = temp_files(MAX_FDS_PER_MESSAGE);
+    let fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
+    (&a).write_all(&(MAX_MESSAGE as u32).to_le_bytes()).unwrap();
+    for _ in 0..50 {
+        send_raw_with_fds(a.as_fd(), &fds);
+    }
+    let res = r.recv();
+    assert!(
+        matches!(res, Err(ControlError::TooManyFds { max }) if max == MAX_FDS_PER_MESSAGE),
+        "{res:?}"
+    );
+    assert!(res.unwrap_err().is_protocol_violation());
+    assert_eq!(r.held_fds(), 0, "a refused frame's fds are closed at once");
+}
+
+#[test]
+fn one_fd_per_send_up_to_the_budget_is_held_and_one_more_is_refused() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut r = MessageReader::<Event>::new(b);
+    let file = tempfile::tempfile().unwrap();
+    (&a).write_all(&(MAX_MESSAGE as u32).to_le_bytes()).unwrap();
+    for _ in 0..=MAX_FDS_PER_MESSAGE {
+        send_raw_with_fds(a.as_fd(), &[file.as_fd()]);
+    }
+    assert!(matches!(r.recv(), Err(ControlError::TooManyFds { .. })));
+    assert_eq!(r.held_fds(), 0);
+}
+
+#[test]
+fn a_peer_that_stalls_mid_frame_is_cut_off_after_the_deadline() {
+    let deadline = Duration::from_millis(300);
+    // Stalled inside the payload, and inside the header.
+    for sent in [&[100, 0, 0, 0, b'{', b'"'][..], &[100, 0][..]] {
+        let (_w, r, mut raw) = pair::<Event>();
+        let mut r =
+            MessageReader::<Event>::with_frame_deadline(r.stream().try_clone().unwrap(), deadline);
+        raw.write_all(sent).unwrap();
+        let start = Instant::now();
+        let err = r.recv().unwrap_err();
+        let took = start.elapsed();
+        assert!(matches!(err, ControlError::FrameTimeout { .. }), "{err:?}");
+        assert!(err.is_protocol_violation());
+        assert!(took >= deadline, "cut off early: {took:?}");
+        assert!(took < deadline * 5, "cut off late: {took:?}");
+    }
+}
+
+#[test]
+fn a_peer_that_trickles_a_frame_past_the_deadline_is_cut_off() {
+    let deadline = Duration::from_millis(300);
+    let (_w, r, mut raw) = pair::<Event>();
+    let mut r =
+        MessageReader::<Event>::with_frame_deadline(r.stream().try_clone().unwrap(), deadline);
+    let msg = serde_json::to_vec(&Event::State(VmState::Running)).unwrap();
+    let mut frame = (msg.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&msg);
+    let trickle = std::thread::spawn(move || {
+        // One byte every 50 ms: never idle long, but the whole frame takes too long.
+        for byte in frame {
+            if raw.write_all(&[byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    assert!(matches!(r.recv(), Err(ControlError::FrameTimeout { .. })));
+    drop(r);
+    trickle.join().unwrap();
+}
+
+#[test]
+fn an_idle_peer_between_frames_is_not_cut_off() {
+    let deadline = Duration::from_millis(200);
+    let (mut w, r, _raw) = pair::<Event>();
+    let mut r =
+        MessageReader::<Event>::with_frame_deadline(r.stream().try_clone().unwrap(), deadline);
+    let sender = std::thread::spawn(move || {
+        for _ in 0..2 {
+            std::thread::sleep(deadline * 3);
+            w.send(&Event::State(VmState::Running)).unwrap();
+        }
+        w
+    });
+    for _ in 0..2 {
+        assert_eq!(r.recv().unwrap().message, Event::State(VmState::Running));
+    }
+    sender.join().unwrap();
 }

@@ -90,6 +90,44 @@ impl Bus {
     }
 }
 
+impl Bus {
+    /// A string instruction's port reads (`rep insb` and friends): `data` holds
+    /// `data.len() / unit` accesses of `unit` bytes each, all to `addr`, filled in order
+    /// under one lock of the device. A `unit` that does not divide `data` (or is 0) makes
+    /// it one access, as before. Returns false when no device claims `addr`.
+    pub fn read_units(&self, addr: u64, data: &mut [u8], unit: usize) -> bool {
+        let Some((offset, dev)) = self.find(addr) else {
+            return false;
+        };
+        let mut dev = dev.lock().unwrap_or_else(|e| e.into_inner());
+        if unit == 0 || data.len() % unit != 0 {
+            dev.read(offset, data);
+        } else {
+            for chunk in data.chunks_exact_mut(unit) {
+                dev.read(offset, chunk);
+            }
+        }
+        true
+    }
+
+    /// A string instruction's port writes (`rep outsb` and friends): every `unit`-byte
+    /// access in `data`, in order, to the device at `addr`. See [`Bus::read_units`].
+    pub fn write_units(&self, addr: u64, data: &[u8], unit: usize) -> bool {
+        let Some((offset, dev)) = self.find(addr) else {
+            return false;
+        };
+        let mut dev = dev.lock().unwrap_or_else(|e| e.into_inner());
+        if unit == 0 || data.len() % unit != 0 {
+            dev.write(offset, data);
+        } else {
+            for chunk in data.chunks_exact(unit) {
+                dev.write(offset, chunk);
+            }
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +152,31 @@ mod tests {
         assert_eq!(b[0], 2);
         assert!(!bus.read(0x400, &mut b));
         assert!(!bus.read(0x3f7, &mut b));
+    }
+
+    #[test]
+    fn string_accesses_reach_the_device_unit_by_unit_in_order() {
+        let mut bus = Bus::new();
+        let echo = Arc::new(Mutex::new(Echo(vec![])));
+        bus.insert(echo.clone(), 0x3f8, 8).unwrap();
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert!(bus.write_units(0x3f8, &bytes, 1));
+        assert!(bus.write_units(0x3f9, &[7, 0, 8, 0], 2));
+        assert!(!bus.write_units(0x500, &bytes, 1));
+        let got = std::mem::take(&mut echo.lock().unwrap().0);
+        let want: Vec<(u64, u8)> = bytes
+            .iter()
+            .map(|b| (0, *b))
+            .chain([(1, 7), (1, 8)])
+            .collect();
+        assert_eq!(got, want);
+        // A unit that does not divide the data is one access, as a plain OUT would be.
+        assert!(bus.write_units(0x3f8, &[1, 2, 3], 2));
+        assert!(bus.write_units(0x3f8, &[4], 0));
+        assert_eq!(echo.lock().unwrap().0, [(0, 1), (0, 4)]);
+        let mut d = [0u8; 6];
+        assert!(bus.read_units(0x3fa, &mut d, 2));
+        assert_eq!(d, [2; 6]);
     }
 
     #[test]

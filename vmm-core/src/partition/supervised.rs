@@ -16,7 +16,7 @@ use crate::control::{
     self, Command, ControlError, Event, InputDevice, Launch, MessageWriter, PartitionEndpoint,
     VmState, VmStats, MAX_CONSOLE_CHUNK,
 };
-use crate::devices::legacy::SerialSink;
+use crate::devices::legacy::{SerialSink, SerialTap};
 use crate::devices::StopReason;
 use crate::sandbox::{self, SandboxConfig, SeccompProfile};
 use crate::vmm::RunningPartition;
@@ -25,6 +25,9 @@ use crate::vmm::RunningPartition;
 const FRAME: Duration = Duration::from_millis(16);
 /// Host-to-guest console bytes held while the guest does not take them; more is dropped.
 const MAX_CONSOLE_PENDING: usize = 64 * 1024;
+/// Serial output held between two forwarding passes (one per frame); a guest writing
+/// faster than that loses its oldest bytes, never the partition's memory.
+const MAX_SERIAL_PENDING: usize = 256 * 1024;
 /// Guest console reads forwarded per frame: a guest writing as fast as this loop reads
 /// must not keep it from serving commands; the rest waits in the guest's ring.
 const MAX_CONSOLE_CHUNKS_PER_FRAME: usize = 32;
@@ -70,9 +73,9 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
         files,
     } = PartitionEndpoint::handshake(stream)?;
 
-    let (serial_tx, serial_rx) = mpsc::channel();
+    let serial_tap = SerialTap::new(MAX_SERIAL_PENDING);
     let mut sink = SerialSink::new(Box::new(std::io::sink()));
-    sink.add_tap(serial_tx);
+    sink.add_tap(serial_tap.clone());
     let (kvm, config) = super::vm_config(&launch, files, sink)?;
     let mem_bytes = config.mem_mib << 20;
     let partition = builder::build(&kvm, config)?;
@@ -115,7 +118,7 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
         })
         .map_err(PartitionError::ControlThread)?;
 
-    Ok(serve(&running, &mut events, &cmd_rx, &serial_rx))
+    Ok(serve(&running, &mut events, &cmd_rx, &serial_tap))
 }
 
 /// Forks into a new PID namespace where the host allows it; only the VMM side returns.
@@ -164,7 +167,7 @@ fn serve(
     running: &RunningPartition,
     events: &mut MessageWriter<Event>,
     commands: &mpsc::Receiver<Result<Command, ControlError>>,
-    serial: &mpsc::Receiver<Vec<u8>>,
+    serial: &SerialTap,
 ) -> i32 {
     let mut session = Session {
         running,
@@ -192,7 +195,7 @@ fn serve(
 struct Session<'a> {
     running: &'a RunningPartition,
     events: &'a mut MessageWriter<Event>,
-    serial: &'a mpsc::Receiver<Vec<u8>>,
+    serial: &'a SerialTap,
     damage_events: u64,
     /// [`Command::ConsoleWrite`] bytes the guest has not taken yet.
     console_out: ConsoleOutbox,
@@ -231,9 +234,12 @@ impl Session<'_> {
     }
 
     fn forward_serial(&mut self) -> Result<(), ControlError> {
-        let mut bytes = Vec::new();
-        while let Ok(chunk) = self.serial.try_recv() {
-            bytes.extend_from_slice(&chunk);
+        let (bytes, dropped) = self.serial.take();
+        if dropped > 0 {
+            crate::limited!(
+                warn,
+                "serial output not forwarded in time: dropped the oldest {dropped} byte(s)"
+            );
         }
         for e in Event::serial_chunks(&bytes) {
             self.events.send(&e)?;
@@ -282,7 +288,9 @@ impl Session<'_> {
     fn queue_console(&mut self, bytes: &[u8]) {
         let dropped = self.console_out.push(bytes);
         if dropped > 0 {
-            tracing::warn!(
+            // The guest decides whether it reads: one line per ConsoleWrite could flood.
+            crate::limited!(
+                warn,
                 "guest console not reading: dropped {dropped} byte(s) for it, \
                  {MAX_CONSOLE_PENDING} already pending"
             );

@@ -133,6 +133,16 @@ impl Vcpu {
         Ok(())
     }
 
+    /// The access size of the port I/O exit just taken (1, 2 or 4).
+    fn pio_unit(&mut self) -> usize {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: every field of the `kvm_run` exit union is plain integers, so reading
+        // `io` is defined whatever the exit was; the caller only uses it after a
+        // KVM_EXIT_IO, when the kernel has filled it in.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        usize::from(io.size)
+    }
+
     fn rip(&self) -> u64 {
         self.fd.get_regs().map(|r| r.rip).unwrap_or(u64::MAX)
     }
@@ -171,14 +181,29 @@ impl Vcpu {
             }
         };
         match exit {
+            // A string instruction (`rep insb`, `rep outsw`, ...) exits once with
+            // `count` accesses of `size` bytes in `data`; kvm-ioctls hands over the bytes
+            // but not the size, which is read below, after the exit's borrow ends.
             VcpuExit::IoIn(port, data) => {
-                if !pio.read(u64::from(port), data) {
+                let io = PioData::of(data);
+                let unit = self.pio_unit();
+                // SAFETY: `io` was taken from this exit's data slice, which lies in the
+                // vCPU's kvm_run mapping (the PIO page, past the `kvm_run` struct that
+                // `pio_unit` borrowed and released) and stays mapped as long as
+                // `self.fd`; no other reference to it lives until the next `run`.
+                let data = unsafe { io.slice() };
+                if !pio.read_units(u64::from(port), data, unit) {
                     data.fill(0xff);
                 }
                 None
             }
             VcpuExit::IoOut(port, data) => {
-                pio.write(u64::from(port), data);
+                // Copied out (at most the one PIO page) so the size can be asked for.
+                let len = data.len().min(PIO_PAGE);
+                let mut bytes = [0u8; PIO_PAGE];
+                bytes[..len].copy_from_slice(&data[..len]);
+                let unit = self.pio_unit();
+                pio.write_units(u64::from(port), &bytes[..len], unit);
                 None
             }
             VcpuExit::MmioRead(addr, data) => {
@@ -206,6 +231,38 @@ impl Vcpu {
                 )))
             }
         }
+    }
+}
+
+// KVM points an I/O exit's data at page 1 of the vCPU mapping (KVM_PIO_PAGE_OFFSET), so
+// it never overlaps the `kvm_run` struct that `pio_unit` borrows while it is held.
+const _: () = assert!(std::mem::size_of::<kvm_bindings::kvm_run>() <= PIO_PAGE);
+
+/// The most data one port I/O exit carries: KVM's one PIO page.
+const PIO_PAGE: usize = 4096;
+
+/// A port I/O exit's data slice, held as a raw pointer so the vCPU can be asked for the
+/// access size (which needs `&mut` of it) before the bytes are used.
+struct PioData {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl PioData {
+    fn of(data: &mut [u8]) -> Self {
+        Self {
+            ptr: data.as_mut_ptr(),
+            len: data.len(),
+        }
+    }
+
+    /// # Safety
+    /// The slice this came from must still be mapped and nothing else may reference it
+    /// while the result lives.
+    unsafe fn slice<'a>(&self) -> &'a mut [u8] {
+        // SAFETY: `ptr` and `len` describe a slice that was valid; the caller guarantees
+        // it still is and that the result is the only reference to it.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 }
 

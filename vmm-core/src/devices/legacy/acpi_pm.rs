@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use tracing::{debug, info};
+use tracing::debug;
 
 use crate::devices::{BusDevice, StopHandle, StopReason};
 use crate::layout;
@@ -42,7 +42,7 @@ impl AcpiPm {
             return;
         }
         if sleep_type == crate::layout::S5_SLEEP_TYPE {
-            info!("guest requested ACPI power-off (S5)");
+            crate::limited!(info, "guest requested ACPI power-off (S5)");
             self.stop.request(StopReason::PowerOff);
         } else {
             // Only _S5_ is declared; a guest asking for another state gets nothing.
@@ -71,7 +71,10 @@ impl BusDevice for AcpiPm {
             // Write-1-to-clear of status bits that are never set.
             SLEEP_STATUS => {}
             RESET if value == layout::ACPI_RESET_VALUE => {
-                info!("guest requested reset through the ACPI reset register");
+                crate::limited!(
+                    info,
+                    "guest requested reset through the ACPI reset register"
+                );
                 self.stop.request(StopReason::Reset);
             }
             _ => debug!(offset, value, "ACPI PM write ignored"),

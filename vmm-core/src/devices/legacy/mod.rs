@@ -7,4 +7,4 @@ pub mod serial;
 
 pub use cmos::Cmos;
 pub use i8042::I8042;
-pub use serial::{SerialConsole, SerialSink};
+pub use serial::{SerialConsole, SerialSink, SerialTap};

@@ -1,8 +1,9 @@
 //! The 16550 UART on COM1, backed by `vm-superio`, writing to a file, stdout or a pipe,
 //! and watching the output for a marker (used to take a screenshot at a known moment).
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
@@ -27,7 +28,80 @@ pub struct SerialSink {
     out: Box<dyn Write + Send>,
     watch: Option<MarkerWatch>,
     /// Extra copies of the byte stream (e.g. to the control socket).
-    taps: Vec<mpsc::Sender<Vec<u8>>>,
+    taps: Vec<SerialTap>,
+}
+
+/// A bounded copy of the serial byte stream for a consumer that drains it now and then
+/// (the partition loop, forwarding it to the supervisor once per frame). The guest
+/// writes as fast as it likes and the UART never pushes back, so when the consumer falls
+/// behind by more than the budget the *oldest* bytes are dropped and counted: memory stays
+/// at the budget, and what survives is the most recent output (a panic message, the
+/// prompt), as the supervisor's own console buffer keeps the newest bytes. Dropping the
+/// newest instead would freeze the view at the moment the flood began.
+#[derive(Clone)]
+pub struct SerialTap {
+    inner: Arc<Mutex<TapBuffer>>,
+}
+
+struct TapBuffer {
+    bytes: VecDeque<u8>,
+    budget: usize,
+    dropped: u64,
+}
+
+impl SerialTap {
+    /// A tap that holds at most `budget` bytes (at least 1).
+    pub fn new(budget: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(TapBuffer {
+                bytes: VecDeque::new(),
+                budget: budget.max(1),
+                dropped: 0,
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TapBuffer> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, buf: &[u8]) {
+        let mut tap = self.lock();
+        let budget = tap.budget;
+        // Of `buf` itself only the last `budget` bytes can survive.
+        let skip = buf.len().saturating_sub(budget);
+        let keep = &buf[skip..];
+        let overflow = (tap.bytes.len() + keep.len()).saturating_sub(budget);
+        tap.bytes.drain(..overflow);
+        tap.bytes.extend(keep);
+        tap.dropped = tap.dropped.saturating_add((skip + overflow) as u64);
+    }
+
+    /// Everything held, oldest first, and how many bytes were dropped since the last take.
+    pub fn take(&self) -> (Vec<u8>, u64) {
+        let mut tap = self.lock();
+        let bytes = tap.bytes.drain(..).collect();
+        (bytes, std::mem::take(&mut tap.dropped))
+    }
+
+    /// Bytes held now (never more than the budget).
+    pub fn len(&self) -> usize {
+        self.lock().bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Memory reserved for held bytes.
+    pub fn capacity(&self) -> usize {
+        self.lock().bytes.capacity()
+    }
+
+    /// Whether anyone but the sink still holds this tap.
+    fn has_reader(&self) -> bool {
+        Arc::strong_count(&self.inner) > 1
+    }
 }
 
 struct MarkerWatch {
@@ -67,7 +141,8 @@ impl SerialSink {
         }
     }
 
-    pub fn add_tap(&mut self, tap: mpsc::Sender<Vec<u8>>) {
+    /// Copies every byte into `tap` too (bounded; see [`SerialTap`]).
+    pub fn add_tap(&mut self, tap: SerialTap) {
         self.taps.push(tap);
     }
 }
@@ -83,7 +158,10 @@ impl Write for SerialSink {
                 }
             }
         }
-        self.taps.retain(|t| t.send(buf.to_vec()).is_ok());
+        self.taps.retain(SerialTap::has_reader);
+        for tap in &self.taps {
+            tap.push(buf);
+        }
         Ok(buf.len())
     }
 
@@ -123,7 +201,7 @@ impl BusDevice for SerialConsole {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Ok(off), Some(value)) = (u8::try_from(offset), data.first()) {
             if let Err(e) = self.uart.write(off, *value) {
-                tracing::warn!("serial write at offset {off}: {e}");
+                crate::limited!(warn, "serial write at offset {off}: {e}");
             }
         }
     }
@@ -160,6 +238,47 @@ mod tests {
         assert_eq!(&*out.0.lock().unwrap(), b"not RE yet READY!");
         assert!(rx.try_recv().is_ok());
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_guest_flooding_serial_while_nobody_drains_keeps_memory_bounded() {
+        const BUDGET: usize = 4096;
+        let tap = SerialTap::new(BUDGET);
+        let mut sink = SerialSink::new(Box::new(io::sink()));
+        sink.add_tap(tap.clone());
+        let irq = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let mut com = SerialConsole::new(irq, sink);
+        let flood: Vec<u8> = (0..100 * BUDGET).map(|i| (i % 251) as u8).collect();
+        for b in &flood {
+            com.write(0, &[*b]);
+            assert!(tap.len() <= BUDGET);
+        }
+        assert!(
+            tap.capacity() <= 2 * BUDGET,
+            "reserved {} bytes for a {BUDGET}-byte budget",
+            tap.capacity()
+        );
+        let (kept, dropped) = tap.take();
+        assert_eq!(
+            kept,
+            flood[flood.len() - BUDGET..],
+            "the newest bytes survive"
+        );
+        assert_eq!(dropped, (flood.len() - BUDGET) as u64);
+        assert!(tap.is_empty());
+
+        // Drained in time, nothing is lost and the count starts again.
+        com.write(0, b"o");
+        com.write(0, b"k");
+        assert_eq!(tap.take(), (b"ok".to_vec(), 0));
+    }
+
+    #[test]
+    fn a_write_larger_than_the_budget_keeps_its_tail() {
+        let tap = SerialTap::new(4);
+        tap.push(b"ab");
+        tap.push(b"0123456789");
+        assert_eq!(tap.take(), (b"6789".to_vec(), 8));
     }
 
     #[test]

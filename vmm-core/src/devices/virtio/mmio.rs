@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use tracing::{debug, warn};
+use tracing::debug;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -150,7 +150,9 @@ impl<D: VirtioDevice> VirtioMmioDevice<D> {
         if !self.is_active() || !self.queues.get(index).is_some_and(|q| q.ready()) {
             return;
         }
-        let mut queues = Queues::new(&self.mem, &mut self.queues);
+        // Only what was offered counts, whatever the driver wrote.
+        let negotiated = self.driver_features & self.offered_features();
+        let mut queues = Queues::new(&self.mem, &mut self.queues, negotiated);
         let result = self.device.process_queue(index, &mut queues);
         let used = queues.used_mask();
         if used != 0 {
@@ -170,13 +172,13 @@ impl<D: VirtioDevice> VirtioMmioDevice<D> {
     fn raise(&mut self, bits: u32) {
         self.interrupt_status |= bits;
         if let Err(e) = self.interrupt.trigger() {
-            warn!(error = %e, "virtio-mmio: cannot raise interrupt");
+            crate::limited!(warn, error = %e, "virtio-mmio: cannot raise interrupt");
         }
     }
 
     /// Marks the device broken (virtio 1.2, 2.1.2): the driver must reset it.
     fn fail(&mut self, err: &QueueError) {
-        warn!(device = self.device.device_type(), error = %err, "virtio device needs reset");
+        crate::limited!(warn, device = self.device.device_type(), error = %err, "virtio device needs reset");
         let was_running = self.status & status::DRIVER_OK != 0;
         self.status |= status::DEVICE_NEEDS_RESET;
         if was_running {

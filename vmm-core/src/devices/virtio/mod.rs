@@ -91,6 +91,10 @@ pub mod status {
 /// Feature bit every modern device offers and every driver must accept.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
+/// Indirect descriptor tables (virtio 1.2, 2.7.5.3). No device here offers it, so a chain
+/// naming an indirect table breaks the device instead of being followed.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+
 /// A device model behind the virtio-mmio transport.
 ///
 /// The transport owns negotiation, status, queue setup and interrupts; the device only sees

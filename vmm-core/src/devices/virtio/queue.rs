@@ -4,10 +4,15 @@
 //! `virtio-queue` does the ring bookkeeping; its chain iterator stops silently on a loop,
 //! a bad index or an unreadable descriptor, so [`Queues::pop`] re-checks that a chain really
 //! ended (its last descriptor has no NEXT flag) and that each buffer is backed by guest RAM.
+//! It also follows indirect tables silently, so unless the driver negotiated
+//! `VIRTIO_RING_F_INDIRECT_DESC` (no device offers it) chains are walked here instead,
+//! and one naming an indirect table breaks the device like any other bad chain.
 
 use virtio_queue::desc::split::Descriptor;
+
+use super::VIRTIO_RING_F_INDIRECT_DESC;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 /// A descriptor chain the device may use: at most `queue size` buffers, all in guest RAM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +58,8 @@ pub enum QueueError {
         have: u64,
         need: u64,
     },
+    #[error("queue {queue}: chain at head {head} uses an indirect descriptor, but VIRTIO_RING_F_INDIRECT_DESC was not negotiated")]
+    IndirectNotNegotiated { queue: usize, head: u16 },
     #[error("queue {queue}: guest memory access failed: {reason}")]
     Memory { queue: usize, reason: String },
 }
@@ -63,14 +70,23 @@ pub struct Queues<'a> {
     queues: &'a mut [Queue],
     /// Bit `i` set: queue `i` got used buffers since the transport last looked.
     used_mask: u64,
+    /// VIRTIO_RING_F_INDIRECT_DESC was negotiated; otherwise a chain naming an indirect
+    /// table is refused.
+    indirect: bool,
 }
 
 impl<'a> Queues<'a> {
-    pub(crate) fn new(mem: &'a GuestMemoryMmap, queues: &'a mut [Queue]) -> Self {
+    /// The queues of a device whose driver accepted `driver_features`.
+    pub(crate) fn new(
+        mem: &'a GuestMemoryMmap,
+        queues: &'a mut [Queue],
+        driver_features: u64,
+    ) -> Self {
         Self {
             mem,
             queues,
             used_mask: 0,
+            indirect: driver_features & VIRTIO_RING_F_INDIRECT_DESC != 0,
         }
     }
 
@@ -124,14 +140,26 @@ impl<'a> Queues<'a> {
             return Ok(None);
         };
         let head = desc_chain.head_index();
-        let descriptors: Vec<Descriptor> = desc_chain.collect();
-        // The crate's iterator yields nothing for a head index past the table and stops
-        // early on loops or bad links; a proper chain always ends on a descriptor without
-        // NEXT.
-        let terminated = descriptors.last().is_some_and(|d| !d.has_next());
-        if !terminated {
-            return Err(QueueError::UnterminatedChain { queue: index, head });
-        }
+        let descriptors = if self.indirect {
+            let descriptors: Vec<Descriptor> = desc_chain.collect();
+            // The crate's iterator yields nothing for a head index past the table and
+            // stops early on loops or bad links; a proper chain always ends on a
+            // descriptor without NEXT.
+            let terminated = descriptors.last().is_some_and(|d| !d.has_next());
+            if !terminated {
+                return Err(QueueError::UnterminatedChain { queue: index, head });
+            }
+            descriptors
+        } else {
+            // The crate's iterator follows indirect tables silently, so without the
+            // feature the chain is walked here: each descriptor is read once, so a guest
+            // cannot flip a flag between a check and the use.
+            let table = GuestAddress(queue.desc_table());
+            walk_direct(mem, table, queue.size(), head).map_err(|e| match e {
+                Walk::Indirect => QueueError::IndirectNotNegotiated { queue: index, head },
+                Walk::Unterminated => QueueError::UnterminatedChain { queue: index, head },
+            })?
+        };
         let mut buffers = Vec::with_capacity(descriptors.len());
         for d in descriptors {
             let in_ram = d.len() == 0
@@ -234,6 +262,46 @@ impl<'a> Queues<'a> {
                 })?;
         }
         Ok(out)
+    }
+}
+
+/// Why [`walk_direct`] gave up on a chain.
+enum Walk {
+    Indirect,
+    /// A loop, a next index past the table, an unreadable descriptor or over 4 GiB.
+    Unterminated,
+}
+
+/// The descriptors of the chain at `head` in the table at `table` of `size` entries,
+/// with the same limits as `virtio-queue`'s iterator (at most `size` descriptors, indices
+/// inside the table, at most 4 GiB in total, virtio 1.2, 2.7.5.2), refusing any
+/// descriptor that names an indirect table.
+fn walk_direct(
+    mem: &GuestMemoryMmap,
+    table: GuestAddress,
+    size: u16,
+    head: u16,
+) -> Result<Vec<Descriptor>, Walk> {
+    let mut descriptors = Vec::new();
+    let mut index = head;
+    let mut total: u32 = 0;
+    loop {
+        if descriptors.len() >= usize::from(size) || index >= size {
+            return Err(Walk::Unterminated);
+        }
+        let at = table
+            .checked_add(u64::from(index) * 16)
+            .ok_or(Walk::Unterminated)?;
+        let desc: Descriptor = mem.read_obj(at).map_err(|_| Walk::Unterminated)?;
+        if desc.refers_to_indirect_table() {
+            return Err(Walk::Indirect);
+        }
+        total = total.checked_add(desc.len()).ok_or(Walk::Unterminated)?;
+        descriptors.push(desc);
+        if !desc.has_next() {
+            return Ok(descriptors);
+        }
+        index = desc.next();
     }
 }
 

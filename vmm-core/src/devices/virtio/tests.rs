@@ -556,3 +556,78 @@ proptest! {
         prop_assert_eq!(d.take_used(0), vec![(u32::from(head), 8)]);
     }
 }
+
+// ---- indirect descriptors (never offered) ----
+
+const VRING_DESC_F_INDIRECT: u16 = 4;
+
+/// Writes one descriptor at an arbitrary guest address (an indirect table's entry).
+fn write_desc_at(d: &TestDriver<VirtioRng>, at: u64, desc: Desc) {
+    use vm_memory::{Bytes, GuestAddress};
+    d.mem.write_obj(desc.addr, GuestAddress(at)).unwrap();
+    d.mem.write_obj(desc.len, GuestAddress(at + 8)).unwrap();
+    d.mem.write_obj(desc.flags, GuestAddress(at + 12)).unwrap();
+    d.mem.write_obj(desc.next, GuestAddress(at + 14)).unwrap();
+}
+
+#[test]
+fn an_indirect_table_without_the_feature_stops_that_device_and_no_other() {
+    assert_eq!(
+        rng_driver().device_features() & (1 << 28),
+        0,
+        "VIRTIO_RING_F_INDIRECT_DESC is not offered"
+    );
+    // The indirect descriptor as the head, and behind a direct one.
+    for behind_a_direct_one in [false, true] {
+        let mut d = running_rng();
+        let mut other = running_rng();
+        let target = d.alloc(16, 0xaa);
+        let table = d.alloc(16, 0);
+        write_desc_at(
+            &d,
+            table,
+            Desc {
+                addr: target,
+                len: 16,
+                flags: VRING_DESC_F_WRITE,
+                next: 0,
+            },
+        );
+        let indirect = Desc {
+            addr: table,
+            len: 16,
+            flags: VRING_DESC_F_INDIRECT,
+            next: 0,
+        };
+        if behind_a_direct_one {
+            let first = d.alloc(8, 0xbb);
+            let direct = Desc {
+                addr: first,
+                len: 8,
+                flags: VRING_DESC_F_WRITE | VRING_DESC_F_NEXT,
+                next: 1,
+            };
+            d.write_desc(0, 0, direct);
+            d.write_desc(0, 1, indirect);
+        } else {
+            d.write_desc(0, 0, indirect);
+        }
+        d.publish(0, 0);
+        d.notify(0);
+        assert_eq!(d.take_used(0), vec![], "no used entry for the chain");
+        assert_eq!(
+            d.read_mem(target, 16),
+            vec![0xaa; 16],
+            "the device never wrote through the indirect table"
+        );
+
+        // Another device on the same VMM serves requests as before.
+        let buf = other.alloc(32, 0);
+        let head = other.add_chain(0, &[(buf, 32, true)]);
+        other.notify(0);
+        assert_eq!(other.take_used(0), vec![(u32::from(head), 32)]);
+        assert!(!other.needs_reset());
+
+        assert_broken_then_recovers(d);
+    }
+}

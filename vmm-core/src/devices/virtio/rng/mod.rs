@@ -3,8 +3,6 @@
 
 use std::io;
 
-use tracing::warn;
-
 use super::queue::{QueueError, Queues};
 use super::{device_type, VirtioDevice};
 
@@ -73,7 +71,7 @@ impl VirtioDevice for VirtioRng {
             while written < want {
                 let n = (want - written).min(buf.len());
                 if let Err(e) = fill_random(&mut buf[..n]) {
-                    warn!(error = %e, "virtio-rng: getrandom failed");
+                    crate::limited!(warn, error = %e, "virtio-rng: getrandom failed");
                     break;
                 }
                 let done = queues.write_to_chain(0, &offset_chain, &buf[..n])?;
