@@ -240,12 +240,19 @@ impl PartitionBackend for SupervisedPartition {
 /// process; autostart partitions start at once.
 pub fn run_desktop() -> ExitCode {
     let dir = isolation_policy::default_policy_dir();
-    crate::app::run::run_desktop_with(move || supervised_backends(&dir))
+    let (engine, notice) = Engine::for_host();
+    if let Some(n) = &notice {
+        tracing::warn!("{n}");
+    }
+    crate::app::run::run_desktop_with(move || supervised_backends(&dir, engine), notice)
 }
 
 /// One [`SupervisedPartition`] per configured partition. Where the policy cannot be
 /// loaded, the software sources stand in (labelled as such) so the app still opens.
-pub fn supervised_backends(dir: &std::path::Path) -> Vec<Box<dyn PartitionBackend>> {
+pub fn supervised_backends(
+    dir: &std::path::Path,
+    engine: Engine,
+) -> Vec<Box<dyn PartitionBackend>> {
     let specs = match isolation_policy::Policy::load(dir) {
         Ok((policy, _)) => policy.specs(),
         Err(e) => {
@@ -256,10 +263,6 @@ pub fn supervised_backends(dir: &std::path::Path) -> Vec<Box<dyn PartitionBacken
             return crate::app::run::software_backends(Vec::new());
         }
     };
-    let (engine, notice) = Engine::for_host();
-    if let Some(n) = notice {
-        tracing::warn!("{n}");
-    }
     let launches = specs.iter().map(|s| launch_spec(s, engine)).collect();
     let supervisor = match Supervisor::new(launches) {
         Ok(s) => std::sync::Arc::new(s),

@@ -299,3 +299,24 @@ fn a_black_border_on_the_dark_theme_keeps_its_colour_and_gets_a_visible_edge() {
         "no visible edge outside the black border: {edge:?}"
     );
 }
+
+#[test]
+fn a_host_that_can_only_run_the_test_card_says_so_in_the_window() {
+    let backends: Vec<Box<dyn PartitionBackend>> = vec![Box::new(running("work", Label::Green))];
+    let mut app = BulkheadApp::new(backends);
+    let quiet = harness(BulkheadApp::new(Vec::new()), (1280.0, 400.0));
+    assert!(
+        quiet.query_by_label_contains("test card").is_none(),
+        "no notice on a host that can run Linux"
+    );
+    app.host_notice = Some(
+        "no hardware virtualization: stock Linux guests cannot run on this host \
+         (/dev/kvm is kvm-pvm, a software hypervisor); partitions run the built-in test \
+         card instead"
+            .into(),
+    );
+    let mut h = harness(app, (1280.0, 400.0));
+    h.run_steps(1);
+    h.get_by_label_contains("partitions run the built-in test card instead");
+    h.snapshot("host_notice");
+}

@@ -129,6 +129,8 @@ pub struct BulkheadApp {
     pub audit: audit_log::AuditPanel,
     /// Which renderer draws this window, shown in the status bar.
     pub renderer: String,
+    /// What this host cannot run and what runs instead, shown under the top bar.
+    pub host_notice: Option<String>,
     frames: u64,
     first_frame_marker: Option<std::path::PathBuf>,
 }
@@ -146,6 +148,7 @@ impl BulkheadApp {
             policy: policy_editor::PolicyEditor::default(),
             audit: audit_log::AuditPanel::default(),
             renderer: "test".into(),
+            host_notice: None,
             frames: 0,
             first_frame_marker: None,
         }
@@ -268,6 +271,7 @@ impl BulkheadApp {
         }
         let mut actions = Vec::new();
         self.top_bar(ui, &mut actions);
+        self.host_notice_bar(ui);
         if self.prefs.show_launcher {
             egui::Panel::left("launcher")
                 .resizable(true)
@@ -334,6 +338,22 @@ impl BulkheadApp {
                 ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                     ui.weak(format!("renderer: {}", self.renderer));
                 });
+            });
+        });
+    }
+
+    /// A plain sentence about what this host cannot run, for as long as the app runs.
+    fn host_notice_bar(&self, ui: &mut egui::Ui) {
+        let Some(notice) = &self.host_notice else {
+            return;
+        };
+        egui::Panel::top("host_notice").show(ui, |ui| {
+            ui.horizontal_wrapped(|ui| {
+                ui.label(
+                    egui::RichText::new(notice.as_str())
+                        .color(ui.visuals().warn_fg_color)
+                        .strong(),
+                );
             });
         });
     }

@@ -111,7 +111,12 @@ pub fn software_backends(configured: Vec<PartitionInfo>) -> Vec<Box<dyn Partitio
 }
 
 /// Opens the desktop app over `backends` (the supervisor passes real partitions).
-pub fn run_desktop_with(backends: impl FnOnce() -> Vec<Box<dyn PartitionBackend>>) -> ExitCode {
+/// `host_notice` is what this host cannot do (no hardware virtualization, no access to
+/// /dev/kvm), shown in the window, not only in the log.
+pub fn run_desktop_with(
+    backends: impl FnOnce() -> Vec<Box<dyn PartitionBackend>>,
+    host_notice: Option<String>,
+) -> ExitCode {
     let (renderer, why) = choose_renderer();
     tracing::info!("renderer: {why}");
     let options = eframe::NativeOptions {
@@ -141,6 +146,7 @@ pub fn run_desktop_with(backends: impl FnOnce() -> Vec<Box<dyn PartitionBackend>
                 app.audit = super::audit_log::AuditPanel::open(&dir);
             }
             app.renderer = why;
+            app.host_notice = host_notice;
             Ok(Box::new(app))
         }),
     );
