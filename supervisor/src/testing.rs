@@ -203,6 +203,13 @@ fn run_fake(stream: UnixStream, mode: &str) -> i32 {
             idle()
         }
         "quiet" => idle(),
+        "slow_reader" => {
+            // Reads one command per 0.9 s: just inside a 1 s write timeout, forever.
+            while commands.recv().is_ok() {
+                std::thread::sleep(Duration::from_millis(900));
+            }
+            idle()
+        }
         "bad_damage" => {
             let rects = vec![DamageRect {
                 x: 60,
