@@ -11,6 +11,7 @@
 //! protocol becomes `Crashed` with the reason; the others never notice. See
 //! `vmm_core::control` for the protocol and the sequence a partition process follows.
 
+pub mod damage;
 mod framebuffer;
 pub mod guest_image;
 pub mod launch;
@@ -29,11 +30,12 @@ use std::time::Duration;
 use vmm_core::control::{Command, ControlError, InputEvent, VmStats};
 use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 
+pub use damage::MAX_KEPT_DAMAGE_RECTS;
 pub use framebuffer::{FramebufferOfferError, SharedFramebuffer};
 pub use launch::{AutoRestart, BootFiles, LaunchFileError, LaunchSpec};
 pub use partition::{
-    HANDSHAKE_TIMEOUT, KILL_WAIT, MAX_CONSOLE_BUFFER, MAX_PENDING_DAMAGE,
-    MAX_PENDING_SERVICE_REQUESTS, MAX_QUEUED_COMMANDS, MAX_SERIAL_BUFFER, SEND_TIMEOUT,
+    HANDSHAKE_TIMEOUT, KILL_WAIT, MAX_CONSOLE_BUFFER, MAX_PENDING_SERVICE_REQUESTS,
+    MAX_QUEUED_COMMANDS, MAX_SERIAL_BUFFER, SEND_TIMEOUT,
 };
 pub use spawn::{signal_name, vm_process, CONTROL_FD};
 

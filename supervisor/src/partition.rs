@@ -21,6 +21,7 @@ use vmm_core::control::{
 use vmm_core::devices::framebuffer::DamageRect;
 use vmm_core::shm::Memfd;
 
+use super::damage::DamageSet;
 use super::framebuffer::SharedFramebuffer;
 use super::spawn::{describe_signal, spawn_partition, Pidfd};
 use super::{
@@ -37,9 +38,6 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 pub const MAX_QUEUED_COMMANDS: usize = 1024;
 /// How long to wait for the kernel to reap a process after SIGKILL.
 pub const KILL_WAIT: Duration = Duration::from_secs(5);
-/// Damage rectangles kept between two GUI polls; beyond this they collapse to the
-/// whole screen, so a flood costs bounded memory.
-pub const MAX_PENDING_DAMAGE: usize = 1024;
 /// Serial bytes kept between two polls (the oldest are dropped).
 pub const MAX_SERIAL_BUFFER: usize = 64 * 1024;
 /// Guest console (virtio-console) bytes kept between two polls (the oldest are dropped).
@@ -74,7 +72,8 @@ struct Inner {
     guest_fault: Option<String>,
     restarts: u32,
     framebuffer: Option<Arc<SharedFramebuffer>>,
-    damage: Vec<DamageRect>,
+    /// Damage since the last poll, merged: at most a few rectangles, one screen in all.
+    damage: DamageSet,
     damage_events: u64,
     serial: VecDeque<u8>,
     /// Guest console bytes of the current process only (see [`start`]).
@@ -133,7 +132,7 @@ impl Slot {
     }
 
     pub fn take_damage(&self) -> Vec<DamageRect> {
-        std::mem::take(&mut self.lock().damage)
+        self.lock().damage.take()
     }
 
     pub fn take_serial(&self) -> Vec<u8> {
@@ -245,7 +244,7 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
     inner.violation = None;
     inner.guest_fault = None;
     inner.framebuffer = None;
-    inner.damage.clear();
+    inner.damage = DamageSet::default();
     // A new process is a new guest-agent session: bytes of the previous one would
     // splice into its stream mid-message.
     inner.console.clear();
@@ -555,6 +554,10 @@ fn handle_event(
             if inner.framebuffer.is_some() {
                 return Err("offered a second framebuffer".to_string());
             }
+            if let Some(fb) = &framebuffer {
+                let l = fb.layout();
+                inner.damage = DamageSet::new(l.width, l.height);
+            }
             inner.framebuffer = framebuffer;
         }
         Event::State(state) => apply_vm_state(&mut inner, state),
@@ -567,15 +570,6 @@ fn handle_event(
                 return Err(format!("damage rectangle {bad:?} lies outside the screen"));
             }
             inner.damage.extend(rects);
-            if inner.damage.len() > MAX_PENDING_DAMAGE {
-                let l = fb.layout();
-                inner.damage = vec![DamageRect {
-                    x: 0,
-                    y: 0,
-                    w: l.width,
-                    h: l.height,
-                }];
-            }
             inner.damage_events += 1;
         }
         Event::Serial { bytes } => {

@@ -12,7 +12,7 @@ use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 use super::*;
 use crate::testing::{
     console_flood_bytes, fake_spec, kill9, wait_more_damage, wait_running, wait_state,
-    FLOOD_EVENTS, WAIT,
+    DAMAGE_FLOOD_EVENTS, FLOOD_EVENTS, WAIT,
 };
 
 fn fake_test_name() -> String {
@@ -233,6 +233,33 @@ fn a_partition_that_reads_slowly_is_cut_off_and_sends_never_block_the_caller() {
     assert!(sup.status("fine").unwrap().damage_events > fine_before);
     wait_more_damage(&sup, "fine", 5);
     assert_eq!(sup.status("fine").unwrap().state, ProcessState::Running);
+}
+
+#[test]
+fn a_flood_of_full_screen_damage_is_taken_as_at_most_one_screen_per_poll() {
+    let sup = supervisor(vec![
+        fake("flood", "damage_flood", AutoRestart::Never),
+        fake("calm", "normal", AutoRestart::Never),
+    ]);
+    let screen = 64 * 64;
+    let mut polls = 0;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let done = sup.status("flood").unwrap().damage_events >= DAMAGE_FLOOD_EVENTS;
+        let taken = sup.take_damage("flood").unwrap();
+        let area: u64 = taken.iter().map(DamageRect::area).sum();
+        assert!(area <= screen, "one poll took {area} pixels: {taken:?}");
+        assert!(taken.len() <= MAX_KEPT_DAMAGE_RECTS, "{taken:?}");
+        polls += 1;
+        if done {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "flood did not arrive");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(polls > 1);
+    assert_eq!(sup.status("flood").unwrap().state, ProcessState::Running);
+    wait_more_damage(&sup, "calm", 5);
 }
 
 #[test]
