@@ -770,3 +770,34 @@ pub fn stop_slots(slots: &[Arc<Slot>], timeout: Duration) {
         }
     }
 }
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_or_stale_queue_is_refused_and_a_closed_one_says_so() {
+        let q = SendQueue::default();
+        for _ in 0..MAX_QUEUED_COMMANDS {
+            assert!(q.push(Command::Pause).is_ok());
+        }
+        assert!(matches!(
+            q.push(Command::Pause),
+            Err(QueueRefused::Unresponsive(r)) if r.contains("commands queued")
+        ));
+        assert!(matches!(q.pop(), Some((Command::Pause, _))));
+
+        let q = SendQueue::default();
+        q.lock()
+            .commands
+            .push_back((Command::Pause, Instant::now() - SEND_TIMEOUT * 2));
+        assert!(matches!(
+            q.push(Command::Resume),
+            Err(QueueRefused::Unresponsive(r)) if r.contains("a command waited")
+        ));
+
+        q.close();
+        assert!(matches!(q.push(Command::Pause), Err(QueueRefused::Closed)));
+        assert!(q.pop().is_none());
+    }
+}
