@@ -11,6 +11,7 @@ use vmm_core::evdev::InputEvent;
 
 use std::process::ExitCode;
 
+use bulkhead_supervisor::damage::DamageSet;
 use bulkhead_supervisor::launch::{launch_spec, Engine};
 use bulkhead_supervisor::usage::ProcessUsage;
 use bulkhead_supervisor::{
@@ -29,7 +30,8 @@ pub struct SupervisedPartition {
     shared: Option<Arc<SharedFramebuffer>>,
     /// The app's copy of the screen, updated rectangle by rectangle.
     frame: Vec<u8>,
-    damage: Vec<DamageRect>,
+    /// Copied since the last frame, merged: at most one screen's worth.
+    damage: DamageSet,
     serial: Vec<u8>,
     started: Option<Instant>,
     usage: ProcessUsage,
@@ -47,7 +49,7 @@ impl SupervisedPartition {
             supervisor,
             shared: None,
             frame: Vec::new(),
-            damage: Vec::new(),
+            damage: DamageSet::default(),
             serial: Vec::new(),
             started: None,
             usage: ProcessUsage::default(),
@@ -78,12 +80,13 @@ impl SupervisedPartition {
             return;
         }
         self.shared = current;
-        self.damage.clear();
+        self.damage = DamageSet::default();
         self.frame.clear();
         if let Some(fb) = &self.shared {
             if fb.read_all(&mut self.frame).is_ok() {
                 let l = fb.layout();
-                self.damage.push(DamageRect {
+                self.damage = DamageSet::new(l.width, l.height);
+                self.damage.add(DamageRect {
                     x: 0,
                     y: 0,
                     w: l.width,
@@ -96,10 +99,11 @@ impl SupervisedPartition {
     fn copy_damage(&mut self) {
         let rects = self.supervisor.take_damage(self.name()).unwrap_or_default();
         let Some(fb) = &self.shared else { return };
+        // The supervisor merged them: at most one screen's worth to copy per poll.
         for rect in rects {
             // Rectangles were checked against the screen when they arrived.
             if fb.copy_rect_into(rect, &mut self.frame).is_ok() {
-                self.damage.push(rect);
+                self.damage.add(rect);
             }
         }
     }
@@ -216,7 +220,7 @@ impl PartitionBackend for SupervisedPartition {
         Some(FrameView {
             layout,
             pixels: &self.frame,
-            damage: std::mem::take(&mut self.damage),
+            damage: self.damage.take(),
         })
     }
 

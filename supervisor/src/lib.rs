@@ -11,6 +11,7 @@
 //! protocol becomes `Crashed` with the reason; the others never notice. See
 //! `vmm_core::control` for the protocol and the sequence a partition process follows.
 
+pub mod damage;
 mod framebuffer;
 pub mod guest_image;
 pub mod launch;
@@ -29,11 +30,12 @@ use std::time::Duration;
 use vmm_core::control::{Command, ControlError, InputEvent, VmStats};
 use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 
+pub use damage::MAX_KEPT_DAMAGE_RECTS;
 pub use framebuffer::{FramebufferOfferError, SharedFramebuffer};
 pub use launch::{AutoRestart, BootFiles, LaunchFileError, LaunchSpec};
 pub use partition::{
-    HANDSHAKE_TIMEOUT, KILL_WAIT, MAX_CONSOLE_BUFFER, MAX_PENDING_DAMAGE,
-    MAX_PENDING_SERVICE_REQUESTS, MAX_SERIAL_BUFFER, SEND_TIMEOUT,
+    HANDSHAKE_TIMEOUT, KILL_WAIT, MAX_CONSOLE_BUFFER, MAX_PENDING_SERVICE_REQUESTS,
+    MAX_QUEUED_COMMANDS, MAX_SERIAL_BUFFER, SEND_TIMEOUT,
 };
 pub use spawn::{signal_name, vm_process, CONTROL_FD};
 
@@ -123,6 +125,8 @@ pub enum SupervisorError {
         program: PathBuf,
         source: std::io::Error,
     },
+    #[error("partition {name:?} was cut off: it {reason}")]
+    Unresponsive { name: String, reason: String },
     #[error("sending {command} to partition {name:?}: {source}")]
     Send {
         name: String,
@@ -208,11 +212,11 @@ impl Supervisor {
     }
 
     pub fn pause(&self, name: &str) -> Result<(), SupervisorError> {
-        partition::send(self.slot(name)?, &Command::Pause)
+        partition::send(self.slot(name)?, Command::Pause)
     }
 
     pub fn resume(&self, name: &str) -> Result<(), SupervisorError> {
-        partition::send(self.slot(name)?, &Command::Resume)
+        partition::send(self.slot(name)?, Command::Resume)
     }
 
     /// Sends keyboard/pointer events to one partition (the focused one: the caller
@@ -220,7 +224,7 @@ impl Supervisor {
     pub fn send_input(&self, name: &str, events: &[InputEvent]) -> Result<(), SupervisorError> {
         let slot = self.slot(name)?;
         for command in Command::input_chunks(events) {
-            partition::send(slot, &command)?;
+            partition::send(slot, command)?;
         }
         Ok(())
     }
@@ -231,7 +235,7 @@ impl Supervisor {
     pub fn console_write(&self, name: &str, bytes: &[u8]) -> Result<(), SupervisorError> {
         let slot = self.slot(name)?;
         for command in Command::console_chunks(bytes) {
-            partition::send(slot, &command)?;
+            partition::send(slot, command)?;
         }
         Ok(())
     }
@@ -239,7 +243,7 @@ impl Supervisor {
     /// Asks for fresh stats; they appear in [`PartitionStatus::stats`].
     pub fn request_stats(&self, name: &str) -> Result<u64, SupervisorError> {
         let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        partition::send(self.slot(name)?, &Command::Stats { id })?;
+        partition::send(self.slot(name)?, Command::Stats { id })?;
         Ok(id)
     }
 
@@ -247,12 +251,12 @@ impl Supervisor {
     /// [`Supervisor::take_screenshots_ready`], the framebuffer is current.
     pub fn request_screenshot(&self, name: &str) -> Result<u64, SupervisorError> {
         let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        partition::send(self.slot(name)?, &Command::Screenshot { id })?;
+        partition::send(self.slot(name)?, Command::Screenshot { id })?;
         Ok(id)
     }
 
     pub fn reply_service(&self, name: &str, id: u64, allowed: bool) -> Result<(), SupervisorError> {
-        partition::send(self.slot(name)?, &Command::ServiceReply { id, allowed })
+        partition::send(self.slot(name)?, Command::ServiceReply { id, allowed })
     }
 
     pub fn status(&self, name: &str) -> Result<PartitionStatus, SupervisorError> {

@@ -21,6 +21,7 @@ use vmm_core::control::{
 use vmm_core::devices::framebuffer::DamageRect;
 use vmm_core::shm::Memfd;
 
+use super::damage::DamageSet;
 use super::framebuffer::SharedFramebuffer;
 use super::spawn::{describe_signal, spawn_partition, Pidfd};
 use super::{
@@ -29,13 +30,14 @@ use super::{
 
 /// A partition that has not said Hello by then is cut off.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A partition that does not read its commands for this long is cut off.
+/// A partition that does not read its commands for this long is cut off: a write to
+/// its socket blocked this long, or a queued command waited this long to be written.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Commands queued for one partition's writer thread; a partition that lets the queue
+/// fill is cut off. Callers never wait on a partition: they only queue.
+pub const MAX_QUEUED_COMMANDS: usize = 1024;
 /// How long to wait for the kernel to reap a process after SIGKILL.
 pub const KILL_WAIT: Duration = Duration::from_secs(5);
-/// Damage rectangles kept between two GUI polls; beyond this they collapse to the
-/// whole screen, so a flood costs bounded memory.
-pub const MAX_PENDING_DAMAGE: usize = 1024;
 /// Serial bytes kept between two polls (the oldest are dropped).
 pub const MAX_SERIAL_BUFFER: usize = 64 * 1024;
 /// Guest console (virtio-console) bytes kept between two polls (the oldest are dropped).
@@ -61,7 +63,8 @@ struct Inner {
     pid: Option<u32>,
     /// Set while the process exists (spawned and not yet reaped).
     pidfd: Option<Arc<Pidfd>>,
-    writer: Option<Arc<Mutex<MessageWriter<Command>>>>,
+    /// Commands for the current process's writer thread.
+    queue: Option<Arc<SendQueue>>,
     socket: Option<UnixStream>,
     stop_requested: bool,
     killed_after_timeout: bool,
@@ -69,7 +72,8 @@ struct Inner {
     guest_fault: Option<String>,
     restarts: u32,
     framebuffer: Option<Arc<SharedFramebuffer>>,
-    damage: Vec<DamageRect>,
+    /// Damage since the last poll, merged: at most a few rectangles, one screen in all.
+    damage: DamageSet,
     damage_events: u64,
     serial: VecDeque<u8>,
     /// Guest console bytes of the current process only (see [`start`]).
@@ -128,7 +132,7 @@ impl Slot {
     }
 
     pub fn take_damage(&self) -> Vec<DamageRect> {
-        std::mem::take(&mut self.lock().damage)
+        self.lock().damage.take()
     }
 
     pub fn take_serial(&self) -> Vec<u8> {
@@ -218,8 +222,10 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(io_err)?;
     let mut writer = MessageWriter::new(spawned.socket);
-    // Queued in the socket buffer (a few small frames); the partition reads them first.
+    // Queued in the socket buffer (a few small frames) of a fresh socket, so this does
+    // not wait on the partition; it reads them first.
     let hello = send_launch(&mut writer, &slot.spec.launch, files);
+    let queue = Arc::new(SendQueue::default());
 
     inner.generation += 1;
     let generation = inner.generation;
@@ -229,14 +235,16 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
     inner.state = ProcessState::Booting;
     inner.pid = Some(pid);
     inner.pidfd = Some(Arc::new(spawned.pidfd));
-    inner.writer = Some(Arc::new(Mutex::new(writer)));
+    if let Some(old) = inner.queue.replace(Arc::clone(&queue)) {
+        old.close();
+    }
     inner.socket = Some(control);
     inner.stop_requested = false;
     inner.killed_after_timeout = false;
     inner.violation = None;
     inner.guest_fault = None;
     inner.framebuffer = None;
-    inner.damage.clear();
+    inner.damage = DamageSet::default();
     // A new process is a new guest-agent session: bytes of the previous one would
     // splice into its stream mid-message.
     inner.console.clear();
@@ -257,6 +265,11 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
         })
         .map_err(io_err)?;
     let s = Arc::clone(slot);
+    std::thread::Builder::new()
+        .name(format!("commands-{}", slot.spec.name()))
+        .spawn(move || write_commands(&s, generation, &queue, writer))
+        .map_err(io_err)?;
+    let s = Arc::clone(slot);
     let child = spawned.child;
     std::thread::Builder::new()
         .name(format!("reaper-{}", slot.spec.name()))
@@ -269,37 +282,146 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
     Ok(())
 }
 
-/// Sends one command; a partition that does not read its socket is cut off.
-pub fn send(slot: &Slot, command: &Command) -> Result<(), SupervisorError> {
-    let (writer, generation) = {
-        let inner = slot.lock();
-        match (&inner.writer, inner.pidfd.is_some()) {
-            (Some(w), true) => (Arc::clone(w), inner.generation),
-            _ => return Err(SupervisorError::NotRunning(slot.spec.name().to_string())),
+/// Why a command could not be queued.
+enum QueueRefused {
+    /// The process ended or was cut off.
+    Closed,
+    /// The partition is not reading: this is why.
+    Unresponsive(String),
+}
+
+/// One partition's outgoing commands, in order, bounded in count and in age. Filled by
+/// [`send`] (any thread, never blocking), drained by that partition's writer thread.
+#[derive(Default)]
+struct SendQueue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    commands: VecDeque<(Command, Instant)>,
+    closed: bool,
+}
+
+impl SendQueue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, command: Command) -> Result<(), QueueRefused> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(QueueRefused::Closed);
         }
-    };
-    let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());
-    match writer.send(command) {
-        Ok(()) => Ok(()),
-        Err(ControlError::Io(e))
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            drop(writer);
+        if state.commands.len() >= MAX_QUEUED_COMMANDS {
+            return Err(QueueRefused::Unresponsive(format!(
+                "did not read its control socket: {MAX_QUEUED_COMMANDS} commands queued"
+            )));
+        }
+        if let Some((_, queued)) = state.commands.front() {
+            let waited = queued.elapsed();
+            if waited > SEND_TIMEOUT {
+                return Err(QueueRefused::Unresponsive(format!(
+                    "did not read its control socket: a command waited {waited:?} (limit {SEND_TIMEOUT:?})"
+                )));
+            }
+        }
+        state.commands.push_back((command, Instant::now()));
+        drop(state);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next command and when it was queued; `None` once closed.
+    fn pop(&self) -> Option<(Command, Instant)> {
+        let mut state = self.lock();
+        loop {
+            if state.closed {
+                return None;
+            }
+            if let Some(next) = state.commands.pop_front() {
+                return Some(next);
+            }
+            state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Ends the writer thread; queued commands are dropped.
+    fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.commands.clear();
+        drop(state);
+        self.ready.notify_all();
+    }
+}
+
+/// The writer thread of one process: the only place that waits on its socket.
+fn write_commands(
+    slot: &Slot,
+    generation: u64,
+    queue: &SendQueue,
+    mut writer: MessageWriter<Command>,
+) {
+    while let Some((command, queued)) = queue.pop() {
+        let waited = queued.elapsed();
+        if waited > SEND_TIMEOUT {
             cut_off(
                 slot,
                 generation,
-                format!("did not read its control socket for {SEND_TIMEOUT:?}"),
+                format!(
+                    "did not read its control socket: a command waited {waited:?} (limit {SEND_TIMEOUT:?})"
+                ),
             );
-            Err(SupervisorError::NotRunning(slot.spec.name().to_string()))
+            break;
         }
-        Err(source) => Err(SupervisorError::Send {
-            name: slot.spec.name().to_string(),
-            command: command_name(command),
-            source,
-        }),
+        match writer.send(&command) {
+            Ok(()) => {}
+            Err(ControlError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                cut_off(
+                    slot,
+                    generation,
+                    format!("did not read its control socket for {SEND_TIMEOUT:?}"),
+                );
+                break;
+            }
+            // The process is gone or going; the reaper reports how.
+            Err(e) => {
+                warn!(partition = %slot.spec.name(), "sending {}: {e}", command_name(&command));
+                break;
+            }
+        }
+    }
+    queue.close();
+}
+
+/// Queues one command for the partition's writer thread; never waits on the partition.
+/// A partition whose queue is full or whose oldest command waited longer than
+/// [`SEND_TIMEOUT`] is cut off.
+pub fn send(slot: &Slot, command: Command) -> Result<(), SupervisorError> {
+    let (queue, generation) = {
+        let inner = slot.lock();
+        match (&inner.queue, inner.pidfd.is_some()) {
+            (Some(q), true) => (Arc::clone(q), inner.generation),
+            _ => return Err(SupervisorError::NotRunning(slot.spec.name().to_string())),
+        }
+    };
+    match queue.push(command) {
+        Ok(()) => Ok(()),
+        Err(QueueRefused::Closed) => Err(SupervisorError::NotRunning(slot.spec.name().to_string())),
+        Err(QueueRefused::Unresponsive(reason)) => {
+            cut_off(slot, generation, reason.clone());
+            Err(SupervisorError::Unresponsive {
+                name: slot.spec.name().to_string(),
+                reason,
+            })
+        }
     }
 }
 
@@ -330,6 +452,9 @@ pub fn cut_off(slot: &Slot, generation: u64, reason: String) {
     inner.state = ProcessState::Crashed {
         reason: format!("protocol violation: {reason}"),
     };
+    if let Some(queue) = &inner.queue {
+        queue.close();
+    }
     if let Some(socket) = &inner.socket {
         let _ = socket.shutdown(Shutdown::Both);
     }
@@ -397,7 +522,7 @@ fn handshake(
         .map_err(|e| format!("clearing the handshake timeout: {e}"))?;
     if slot.lock().generation == generation {
         // The only failure worth reporting (not reading) cuts the partition off itself.
-        let _ = send(slot, &Command::Start);
+        let _ = send(slot, Command::Start);
     }
     Ok(())
 }
@@ -429,6 +554,10 @@ fn handle_event(
             if inner.framebuffer.is_some() {
                 return Err("offered a second framebuffer".to_string());
             }
+            if let Some(fb) = &framebuffer {
+                let l = fb.layout();
+                inner.damage = DamageSet::new(l.width, l.height);
+            }
             inner.framebuffer = framebuffer;
         }
         Event::State(state) => apply_vm_state(&mut inner, state),
@@ -441,15 +570,6 @@ fn handle_event(
                 return Err(format!("damage rectangle {bad:?} lies outside the screen"));
             }
             inner.damage.extend(rects);
-            if inner.damage.len() > MAX_PENDING_DAMAGE {
-                let l = fb.layout();
-                inner.damage = vec![DamageRect {
-                    x: 0,
-                    y: 0,
-                    w: l.width,
-                    h: l.height,
-                }];
-            }
             inner.damage_events += 1;
         }
         Event::Serial { bytes } => {
@@ -524,7 +644,9 @@ fn reap(slot: &Arc<Slot>, generation: u64, mut child: Child, reader_done: mpsc::
         inner.state = state;
         inner.last_exit = Some(exit);
         inner.pidfd = None;
-        inner.writer = None;
+        if let Some(queue) = inner.queue.take() {
+            queue.close();
+        }
         inner.socket = None;
         restart_delay(slot, &mut inner)
     };
@@ -621,7 +743,7 @@ pub fn stop_slots(slots: &[Arc<Slot>], timeout: Duration) {
         drop(inner);
         slot.changed();
         // A partition that cannot take the request is killed below like any other.
-        let _ = send(slot, &Command::Stop);
+        let _ = send(slot, Command::Stop);
         stopping.push(slot);
     }
     let deadline = Instant::now() + timeout;
@@ -646,5 +768,36 @@ pub fn stop_slots(slots: &[Arc<Slot>], timeout: Duration) {
         if !reaped {
             warn!(partition = %slot.spec.name(), "process still not reaped {KILL_WAIT:?} after SIGKILL");
         }
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_or_stale_queue_is_refused_and_a_closed_one_says_so() {
+        let q = SendQueue::default();
+        for _ in 0..MAX_QUEUED_COMMANDS {
+            assert!(q.push(Command::Pause).is_ok());
+        }
+        assert!(matches!(
+            q.push(Command::Pause),
+            Err(QueueRefused::Unresponsive(r)) if r.contains("commands queued")
+        ));
+        assert!(matches!(q.pop(), Some((Command::Pause, _))));
+
+        let q = SendQueue::default();
+        q.lock()
+            .commands
+            .push_back((Command::Pause, Instant::now() - SEND_TIMEOUT * 2));
+        assert!(matches!(
+            q.push(Command::Resume),
+            Err(QueueRefused::Unresponsive(r)) if r.contains("a command waited")
+        ));
+
+        q.close();
+        assert!(matches!(q.push(Command::Pause), Err(QueueRefused::Closed)));
+        assert!(q.pop().is_none());
     }
 }

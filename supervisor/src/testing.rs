@@ -25,6 +25,9 @@ use crate::{
     MAX_CONSOLE_BUFFER,
 };
 
+/// Events of full-screen rectangles the `damage_flood` mode sends.
+pub const DAMAGE_FLOOD_EVENTS: u64 = 2_000;
+
 /// Damage events the `flood` mode sends.
 pub const FLOOD_EVENTS: u64 = 20_000;
 
@@ -203,6 +206,29 @@ fn run_fake(stream: UnixStream, mode: &str) -> i32 {
             idle()
         }
         "quiet" => idle(),
+        "damage_flood" => {
+            // As many overlapping full-screen rectangles per event as the protocol allows.
+            let whole = DamageRect {
+                x: 0,
+                y: 0,
+                w: 64,
+                h: 64,
+            };
+            let damage = Event::Damage {
+                rects: vec![whole; vmm_core::control::MAX_DAMAGE_RECTS],
+            };
+            for _ in 0..DAMAGE_FLOOD_EVENTS {
+                events.send(&damage).unwrap();
+            }
+            idle()
+        }
+        "slow_reader" => {
+            // Reads one command per 0.9 s: just inside a 1 s write timeout, forever.
+            while commands.recv().is_ok() {
+                std::thread::sleep(Duration::from_millis(900));
+            }
+            idle()
+        }
         "bad_damage" => {
             let rects = vec![DamageRect {
                 x: 60,

@@ -12,7 +12,7 @@ use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 use super::*;
 use crate::testing::{
     console_flood_bytes, fake_spec, kill9, wait_more_damage, wait_running, wait_state,
-    FLOOD_EVENTS, WAIT,
+    DAMAGE_FLOOD_EVENTS, FLOOD_EVENTS, WAIT,
 };
 
 fn fake_test_name() -> String {
@@ -166,6 +166,100 @@ fn a_partition_stalling_mid_frame_or_hoarding_fds_is_cut_off_while_a_quiet_one_i
         std::thread::sleep(left);
     }
     assert_eq!(sup.status("quiet").unwrap().state, ProcessState::Running);
+}
+
+#[test]
+fn a_partition_that_reads_slowly_is_cut_off_and_sends_never_block_the_caller() {
+    let sup = supervisor(vec![
+        fake(
+            "slow",
+            "slow_reader",
+            AutoRestart::OnCrash { max_retries: 3 },
+        ),
+        fake("fine", "normal", AutoRestart::Never),
+    ]);
+    wait_running(&sup, "slow");
+    wait_running(&sup, "fine");
+    let fine_before = sup.status("fine").unwrap().damage_events;
+    // A full chunk of pointer events per call: the socket buffer fills after a few
+    // dozen calls, then only the queue is left.
+    let events: Vec<InputEvent> = (0..vmm_core::control::MAX_INPUT_EVENTS)
+        .map(|i| InputEvent {
+            device: InputDevice::Tablet,
+            ev_type: 3,
+            code: 0,
+            value: i as i32,
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    let mut refused = None;
+    let began = std::time::Instant::now();
+    while began.elapsed() < WAIT {
+        let t = std::time::Instant::now();
+        let sent = sup.send_input("slow", &events);
+        slowest = slowest.max(t.elapsed());
+        if let Err(e) = sent {
+            refused = Some(e);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let err = refused.expect("a partition that does not read is cut off");
+    assert!(err.to_string().contains("\"slow\""), "{err}");
+    println!(
+        "slowest send_input: {slowest:?}; cut off after {:?}",
+        began.elapsed()
+    );
+    assert!(
+        slowest < Duration::from_millis(50),
+        "send_input waited {slowest:?} on a partition"
+    );
+    let status = wait_state(&sup, "slow", ProcessState::is_crashed);
+    let r = reason(&status);
+    assert!(
+        r.starts_with("protocol violation: ") && r.contains("did not read"),
+        "{r}"
+    );
+    let (status, gone) = sup.wait_until("slow", WAIT, |s| s.pid.is_none()).unwrap();
+    assert!(gone, "cut-off process must be killed: {status:?}");
+    assert_eq!(status.restarts, 0, "a cut-off partition stays off");
+    // Other commands to it fail at once, naming it, instead of waiting.
+    let t = std::time::Instant::now();
+    let err = sup.pause("slow").unwrap_err();
+    assert!(t.elapsed() < Duration::from_millis(50));
+    assert!(err.to_string().contains("\"slow\""), "{err}");
+
+    // The other partition rendered all along and still does.
+    assert!(sup.status("fine").unwrap().damage_events > fine_before);
+    wait_more_damage(&sup, "fine", 5);
+    assert_eq!(sup.status("fine").unwrap().state, ProcessState::Running);
+}
+
+#[test]
+fn a_flood_of_full_screen_damage_is_taken_as_at_most_one_screen_per_poll() {
+    let sup = supervisor(vec![
+        fake("flood", "damage_flood", AutoRestart::Never),
+        fake("calm", "normal", AutoRestart::Never),
+    ]);
+    let screen = 64 * 64;
+    let mut polls = 0;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let done = sup.status("flood").unwrap().damage_events >= DAMAGE_FLOOD_EVENTS;
+        let taken = sup.take_damage("flood").unwrap();
+        let area: u64 = taken.iter().map(DamageRect::area).sum();
+        assert!(area <= screen, "one poll took {area} pixels: {taken:?}");
+        assert!(taken.len() <= MAX_KEPT_DAMAGE_RECTS, "{taken:?}");
+        polls += 1;
+        if done {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "flood did not arrive");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(polls > 1);
+    assert_eq!(sup.status("flood").unwrap().state, ProcessState::Running);
+    wait_more_damage(&sup, "calm", 5);
 }
 
 #[test]

@@ -2,6 +2,8 @@
 
 use egui::{Color32, ColorImage, Context, TextureHandle, TextureId, TextureOptions};
 
+use bulkhead_supervisor::damage::DamageSet;
+
 use super::{DamageRect, FrameView, FramebufferLayout};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -75,7 +77,8 @@ impl GuestTexture {
     }
 
     /// Applies one frame: a full upload the first time or when the size changed, else
-    /// one partial write per damage rectangle, nothing at all when there is no damage.
+    /// one partial write per merged damage rectangle (at most
+    /// [`bulkhead_supervisor::MAX_KEPT_DAMAGE_RECTS`], at most one screen in all), nothing when there is no damage.
     pub fn update(&mut self, ctx: &Context, frame: FrameView<'_>) -> Result<(), FrameError> {
         check_frame(&frame)?;
         let layout = frame.layout;
@@ -92,6 +95,8 @@ impl GuestTexture {
             self.layout = Some(layout);
             return Ok(());
         }
+        // Whatever the source hands over, one frame uploads at most one screen.
+        let mut merged = DamageSet::new(layout.width, layout.height);
         for rect in &frame.damage {
             let Some(clipped) = clip(*rect, layout) else {
                 self.stats.clipped_rects += 1;
@@ -100,6 +105,9 @@ impl GuestTexture {
             if clipped != *rect {
                 self.stats.clipped_rects += 1;
             }
+            merged.add(clipped);
+        }
+        for &clipped in merged.rects() {
             let image = to_color_image(&frame, clipped);
             if let Some(handle) = self.handle.as_mut() {
                 handle.set_partial(
@@ -245,6 +253,41 @@ mod tests {
         let stats = t.stats();
         assert_eq!(stats.clipped_rects, 2);
         assert_eq!(stats.pixels, 256 * 128 + 6 * 8);
+    }
+
+    #[test]
+    fn a_flood_of_full_screen_damage_uploads_one_screen_per_frame() {
+        let ctx = Context::default();
+        let mut s = source(Pattern::Still);
+        let mut t = GuestTexture::new("t");
+        t.update(&ctx, s.frame()).unwrap();
+        let whole = DamageRect {
+            x: 0,
+            y: 0,
+            w: 256,
+            h: 128,
+        };
+        let mut scattered: Vec<DamageRect> = (0..1000)
+            .map(|i| DamageRect {
+                x: (i * 7) % 250,
+                y: (i * 13) % 120,
+                w: 3,
+                h: 2,
+            })
+            .collect();
+        scattered.extend(std::iter::repeat_n(whole, 1024));
+        for damage in [vec![whole; 1024], scattered] {
+            let before = t.stats();
+            let mut f = s.frame();
+            f.damage = damage;
+            t.update(&ctx, f).unwrap();
+            let after = t.stats();
+            assert!(after.pixels - before.pixels <= 256 * 128, "{after:?}");
+            assert!(
+                after.uploads - before.uploads <= bulkhead_supervisor::MAX_KEPT_DAMAGE_RECTS as u64
+            );
+        }
+        assert_eq!(t.stats().uploads, 3, "each flood became one full upload");
     }
 
     #[test]
