@@ -293,6 +293,8 @@ struct Driver<D: VirtioDevice> {
     host: Host,
     layouts: Vec<Option<Layout>>,
     avail_idx: Vec<u16>,
+    /// What is left of the input's pauses for the block worker, in microseconds.
+    sleep_budget_us: u64,
 }
 
 fn drive<D: VirtioDevice>(d: TestDriver<D>, host: Host, input: &mut Input<'_>) -> bool {
@@ -308,6 +310,7 @@ fn drive<D: VirtioDevice>(d: TestDriver<D>, host: Host, input: &mut Input<'_>) -
         host,
         layouts: vec![None; queues],
         avail_idx: vec![0; queues],
+        sleep_budget_us: 5_000,
     };
     let mut steps = 0;
     while !input.is_empty() && steps < 4096 {
@@ -460,7 +463,12 @@ fn step<D: VirtioDevice>(drv: &mut Driver<D>, input: &mut Input<'_>) {
                 let _ = h.is_ready();
                 let _ = h.pending_to_guest();
             }
-            Host::Block => std::thread::sleep(Duration::from_micros(u64::from(input.u8()) * 4)),
+            Host::Block => {
+                // Bounded per input, or repeated pauses slow the fuzzer to a crawl.
+                let us = (u64::from(input.u8()) * 4).min(drv.sleep_budget_us);
+                drv.sleep_budget_us -= us;
+                std::thread::sleep(Duration::from_micros(us));
+            }
             Host::None => {}
         },
         // Reset.
