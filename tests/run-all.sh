@@ -34,6 +34,13 @@ step "tests"
 export BULKHEAD_TEST_ARTIFACTS="$PWD/target/test-artifacts"
 cargo test --release --locked --workspace --exclude bulkhead-tests
 
+step "fuzz smoke run: each vmm-core target for 20 s under the stable fuzzer (a panic fails)"
+# Its own crate (not a workspace member); --target-dir shares the workspace's build.
+cargo build --release --locked --manifest-path vmm-core/fuzz/Cargo.toml --target-dir target --bin stable_fuzz
+for fuzz_target in control_decoder virtio_mmio; do
+    (cd vmm-core/fuzz && timeout 60 ../../target/release/stable_fuzz "$fuzz_target" 20)
+done
+
 step "micro-guests and Linux guests (the output names the runner: direct /dev/kvm or the lab)"
 cargo test --release --locked -p bulkhead-tests -- --nocapture --test-threads=1
 

@@ -34,8 +34,11 @@ pub mod input;
 pub mod mmio;
 pub mod queue;
 pub mod rng;
-#[cfg(test)]
-pub(crate) mod test_utils;
+/// The test-side virtio-mmio driver; public only with the `fuzzing` feature, for
+/// `vmm-core/fuzz/`.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod test_utils;
 #[cfg(test)]
 mod tests;
 
