@@ -705,6 +705,11 @@ fn run_in_lab(run: &GuestRun) -> RunOutput {
             out.elapsed.as_secs_f64(),
             out.lab_failure(),
         );
+        // Kept apart from the retry's artifacts: the console is the only evidence of where
+        // the lab machine (or a VMM that never reported) stopped.
+        static FAILURES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        out.save_artifacts(&format!("lab-failure-{n}"));
         attempt += 1;
     }
 }
