@@ -384,12 +384,36 @@ pub fn run_guest(run: &GuestRun) -> RunOutput {
     // One guest at a time: the lab machine alone keeps both cores busy.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _machine_guard = lock_machine_wide();
     let runner = runner();
     eprintln!("Linux guest runner: {runner}");
     match runner {
         Runner::Direct => run_direct(run),
         Runner::Lab => run_in_lab(run),
     }
+}
+
+/// One guest at a time on this machine, across test processes and worktrees too: two lab
+/// machines at once on two cores make both crawl into their time limits. The kernel drops
+/// the lock when the holder dies.
+fn lock_machine_wide() -> Option<std::fs::File> {
+    let path = std::env::temp_dir().join("bulkhead-lab.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ok()?;
+    let started = Instant::now();
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).ok()?;
+    let waited = started.elapsed();
+    if waited > Duration::from_secs(1) {
+        eprintln!(
+            "lab: waited {:.0} s for another guest run on this machine",
+            waited.as_secs_f64()
+        );
+    }
+    Some(file)
 }
 
 fn run_direct(run: &GuestRun) -> RunOutput {
