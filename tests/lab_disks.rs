@@ -3,7 +3,7 @@
 //! byte-exact, cannot write to it, and what it writes to the other lands in the host file.
 //! Runs directly on /dev/kvm with VT-x/AMD-V, otherwise in the lab (the output says which).
 
-use bulkhead_tests::lab::{run_guest, GuestRun, LabDisk, READY_MARKER};
+use bulkhead_tests::lab::{run_guest, DiskSource, GuestRun, LabDisk, READY_MARKER};
 
 const MIB: usize = 1 << 20;
 const MARKER: &[u8] = b"BULKHEAD-WRITTEN";
@@ -43,13 +43,15 @@ fn two_disks_appear_in_order_and_the_guest_reads_one_and_writes_the_other() {
         disks: vec![
             LabDisk {
                 name: "root.img".into(),
-                contents: root.clone(),
+                source: DiskSource::Bytes(root.clone()),
                 read_only: true,
+                id: None,
             },
             LabDisk {
                 name: "data.img".into(),
-                contents: vec![0; 2 * MIB],
+                source: DiskSource::Bytes(vec![0; 2 * MIB]),
                 read_only: false,
+                id: None,
             },
         ],
         ..GuestRun::default()

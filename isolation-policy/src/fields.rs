@@ -135,6 +135,21 @@ pub const PARTITION_FIELDS: &[PartitionField] = &[
     field("template", "Template", FieldKind::OptionalText, |p| {
         p.template.clone().unwrap_or_default()
     }),
+    field("app", "App (command)", FieldKind::OptionalText, |p| {
+        p.app.clone().unwrap_or_default()
+    }),
+    field(
+        "private_disk_mib",
+        "Private disk (MiB)",
+        FieldKind::Integer {
+            range: limits::PRIVATE_DISK_MIB,
+            unit: "MiB",
+        },
+        |p| p.private_disk_mib.to_string(),
+    ),
+    field("keyboard", "Keyboard layout", FieldKind::Text, |p| {
+        p.keyboard.clone()
+    }),
     field("cmdline", "Kernel command line", FieldKind::Text, |p| {
         p.cmdline.clone()
     }),
@@ -310,6 +325,9 @@ mod tests {
                 "display",
                 "image",
                 "template",
+                "app",
+                "private_disk_mib",
+                "keyboard",
                 "cmdline",
                 "tags",
                 "autostart",

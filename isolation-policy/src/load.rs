@@ -102,7 +102,6 @@ impl Sources {
         let ppath = self.partitions_path();
         let (partitions, diags) = partitions_toml::parse_partitions(&ppath, &self.partitions);
         report.extend(diags);
-        report.extend(partitions_toml::check_references(&partitions));
         let mut rules = Vec::new();
         for (path, text) in &self.rule_files {
             let (rs, diags) = rules::parse_rules(path, text);

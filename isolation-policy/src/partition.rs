@@ -56,6 +56,9 @@ pub mod limits {
     pub const FRAMEBUFFER_BYTES: u64 = 256 << 20;
     pub const NAME_LEN: usize = 31;
     pub const CMDLINE_LEN: usize = 1024;
+    /// A private disk holds at least a home directory and at most 4 TiB.
+    pub const PRIVATE_DISK_MIB: (i64, i64) = (64, 4 << 20);
+    pub const APP_LEN: usize = 512;
 }
 
 /// One partition as written in `partitions.toml`, with defaults filled in.
@@ -69,8 +72,16 @@ pub struct Partition {
     pub display: (u32, u32),
     /// Kernel + initramfs image name in the image cache.
     pub image: String,
-    /// For app and disposable partitions: the template partition whose root they use.
+    /// The template (a root image built by `bulkhead template build`) whose root the
+    /// partition boots read-only; `None`: the busybox guest image alone.
     pub template: Option<String>,
+    /// The command the partition starts in its template's session (`firefox-esr`);
+    /// `None`: a terminal.
+    pub app: Option<String>,
+    /// Size of the private disk (the user's home) created on first start, MiB.
+    pub private_disk_mib: u32,
+    /// X keyboard layout (`us`, `de`, `fr,us`).
+    pub keyboard: String,
     pub cmdline: String,
     pub tags: BTreeSet<String>,
     pub autostart: bool,
@@ -102,6 +113,9 @@ impl Partition {
             display: (1280, 800),
             image: "default".into(),
             template: None,
+            app: None,
+            private_disk_mib: 2048,
+            keyboard: "us".into(),
             cmdline: String::new(),
             tags: BTreeSet::new(),
             autostart: false,
@@ -127,6 +141,15 @@ impl Partition {
         let (line, column) = self.position_of(field);
         Location::new(&self.file, line, column)
     }
+}
+
+/// Is `layout` a plausible X keyboard layout list (`us`, `de`, `fr,us`, `gb+extd`)?
+pub fn valid_keyboard(layout: &str) -> bool {
+    !layout.is_empty()
+        && layout.len() <= 64
+        && layout
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ",+_-".contains(c))
 }
 
 /// Is `name` usable as a partition name (and in rule files)?

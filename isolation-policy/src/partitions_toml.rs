@@ -10,13 +10,13 @@ use std::path::Path;
 
 use toml_edit::{Document, Item, Table, Value};
 
-use crate::diag::{closest, hint_names, Diagnostic, Location};
+use crate::diag::{closest, Diagnostic, Location};
 use crate::fields::{self, FieldKind};
 use crate::label::Label;
 use crate::network::{
     Destination, FirewallAction, FirewallRule, NetParseError, NetworkMode, PortRange, Protocol,
 };
-use crate::partition::{limits, valid_name, Kind, Partition, RestartPolicy};
+use crate::partition::{limits, valid_keyboard, valid_name, Kind, Partition, RestartPolicy};
 
 /// Keys of one `[[partition.<name>.network.rule]]` table.
 const RULE_KEYS: &[&str] = &["action", "protocol", "destination", "ports"];
@@ -92,42 +92,6 @@ pub fn parse_partitions(file: &Path, text: &str) -> (Vec<Partition>, Vec<Diagnos
         );
     }
     (partitions, r.diags)
-}
-
-/// Cross-partition checks that need every partition: templates exist and are templates.
-pub fn check_references(partitions: &[Partition]) -> Vec<Diagnostic> {
-    let mut diags = Vec::new();
-    let by_name: BTreeMap<&str, &Partition> =
-        partitions.iter().map(|p| (p.name.as_str(), p)).collect();
-    for p in partitions {
-        let Some(t) = &p.template else { continue };
-        let loc = p.location_of("template");
-        match by_name.get(t.as_str()) {
-            None => diags.push(Diagnostic::error(
-                loc,
-                format!(
-                    "partition `{}` uses template `{t}`, which is not defined",
-                    p.name
-                ),
-                hint_names(
-                    t,
-                    by_name.keys().copied(),
-                    "define it with kind = \"template\"",
-                ),
-            )),
-            Some(tp) if tp.kind != Kind::Template => diags.push(Diagnostic::error(
-                loc,
-                format!(
-                    "partition `{}` uses `{t}` as its template, but `{t}` has kind = \"{}\"",
-                    p.name,
-                    tp.kind.name()
-                ),
-                format!("set kind = \"template\" in [partition.{t}] or pick a template partition"),
-            )),
-            Some(_) => {}
-        }
-    }
-    diags
 }
 
 fn item_span(item: &Item) -> Option<Range<usize>> {
@@ -396,7 +360,52 @@ impl Reader<'_> {
                 }
                 "template" => {
                     if let Some(s) = self.string(item, &what) {
-                        p.template = Some(s);
+                        if valid_name(&s) {
+                            p.template = Some(s);
+                        } else {
+                            self.error(
+                                item_span(item),
+                                format!("`{what}` = \"{s}\" is not a valid template name"),
+                                "use lowercase letters, digits, `-` or `_` (see `bulkhead template list`)",
+                            );
+                        }
+                    }
+                }
+                "app" => {
+                    if let Some(s) = self.string(item, &what) {
+                        let bad = s.trim().is_empty()
+                            || s.len() > limits::APP_LEN
+                            || s.chars().any(|c| c.is_control());
+                        if bad {
+                            self.error(
+                                item_span(item),
+                                format!("`{what}` must be a command on one line"),
+                                format!(
+                                    "write the command the partition starts, e.g. \"firefox-esr\" (under {} bytes)",
+                                    limits::APP_LEN
+                                ),
+                            );
+                        } else {
+                            p.app = Some(s);
+                        }
+                    }
+                }
+                "private_disk_mib" => {
+                    if let Some(v) = self.integer_field(item, &what, key) {
+                        p.private_disk_mib = v;
+                    }
+                }
+                "keyboard" => {
+                    if let Some(s) = self.string(item, &what) {
+                        if valid_keyboard(&s) {
+                            p.keyboard = s;
+                        } else {
+                            self.error(
+                                item_span(item),
+                                format!("`{what}` = \"{s}\" is not a keyboard layout"),
+                                "use an X layout name such as \"us\", \"de\" or \"fr,us\"",
+                            );
+                        }
                     }
                 }
                 "cmdline" => {
@@ -982,17 +991,25 @@ ports = [80, 443, "8000-8100"]
     }
 
     #[test]
-    fn template_must_exist_and_be_a_template() {
-        let text = "[partition.t]\nlabel = \"black\"\n[partition.a]\nlabel = \"red\"\ntemplate = \"t\"\n[partition.b]\nlabel = \"red\"\ntemplate = \"nope\"\n";
+    fn template_app_keyboard_and_private_disk_are_read_and_bad_values_located() {
+        let text = "[partition.a]\nlabel = \"red\"\ntemplate = \"debian-12\"\napp = \"firefox-esr\"\nkeyboard = \"de\"\nprivate_disk_mib = 4096\n[partition.b]\nlabel = \"red\"\ntemplate = \"Debian 12\"\napp = \"\"\nkeyboard = \"us; rm\"\nprivate_disk_mib = 1\n";
         let (ps, diags) = parse(text);
-        assert!(diags.is_empty());
-        let diags = check_references(&ps);
-        assert_eq!(diags.len(), 2, "{diags:?}");
-        assert!(diags
-            .iter()
-            .any(|d| d.location.line == 5 && d.message.contains("kind = \"app\"")));
-        assert!(diags
-            .iter()
-            .any(|d| d.location.line == 8 && d.message.contains("not defined")));
+        let a = ps.iter().find(|p| p.name == "a").unwrap();
+        assert_eq!(a.template.as_deref(), Some("debian-12"));
+        assert_eq!(a.app.as_deref(), Some("firefox-esr"));
+        assert_eq!(a.keyboard, "de");
+        assert_eq!(a.private_disk_mib, 4096);
+        let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        for (at, what) in [
+            (":9:12:", "template name"),
+            (":10:7:", "command on one line"),
+            (":11:12:", "keyboard layout"),
+            (":12:20:", "private_disk_mib"),
+        ] {
+            assert!(
+                lines.iter().any(|l| l.contains(at) && l.contains(what)),
+                "{at} {what}: {lines:#?}"
+            );
+        }
     }
 }

@@ -24,8 +24,14 @@ pub struct PartitionSpec {
     pub display_height: u32,
     /// Image name in the image cache: the kernel and initramfs to boot.
     pub image: String,
-    /// Template root filesystem (the template partition's name, or its own for templates).
-    pub root_template: Option<String>,
+    /// The template whose root image the partition boots read-only (`debian-12`).
+    pub template: Option<String>,
+    /// The command its session starts; `None`: a terminal.
+    pub app: Option<String>,
+    /// Size of the private disk created on first start, MiB.
+    pub private_disk_mib: u32,
+    /// X keyboard layout.
+    pub keyboard: String,
     /// Extra kernel command line, appended to the VMM's own.
     pub cmdline_extra: String,
     pub network: NetworkMode,
@@ -81,10 +87,10 @@ impl Policy {
             display_width: p.display.0,
             display_height: p.display.1,
             image: p.image.clone(),
-            root_template: match p.kind {
-                Kind::Template => Some(p.name.clone()),
-                _ => p.template.clone(),
-            },
+            template: p.template.clone(),
+            app: p.app.clone(),
+            private_disk_mib: p.private_disk_mib,
+            keyboard: p.keyboard.clone(),
             cmdline_extra: p.cmdline.clone(),
             network: p.network.mode,
             autostart: p.autostart,

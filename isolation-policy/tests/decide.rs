@@ -48,6 +48,8 @@ kind = "template"
 [partition.disp]
 label = "red"
 kind = "disposable"
+template = "debian-12"
+app = "firefox-esr"
 "#;
 
 fn policy(rules: &str) -> Policy {
@@ -388,7 +390,12 @@ fn spec_resolves_plain_values_for_the_vmm() {
     assert_eq!((s.memory_mib, s.vcpus), (1024, 1));
     assert_eq!((s.display_width, s.display_height), (1280, 800));
     assert_eq!(s.network, isolation_policy::NetworkMode::Nat);
-    assert_eq!(p.spec("tpl").unwrap().root_template.as_deref(), Some("tpl"));
+    assert_eq!((s.template, s.app), (None, None));
+    let d = p.spec("disp").unwrap();
+    assert_eq!(d.template.as_deref(), Some("debian-12"));
+    assert_eq!(d.app.as_deref(), Some("firefox-esr"));
+    assert_eq!((d.private_disk_mib, d.keyboard.as_str()), (2048, "us"));
+    assert_eq!(p.spec("tpl").unwrap().template, None);
     assert!(p.spec("ghost").is_none());
     assert_eq!(p.specs().len(), 6);
 }

@@ -65,13 +65,40 @@ pub struct GuestRun {
     pub disks: Vec<LabDisk>,
 }
 
-/// A small disk image for a lab guest (it travels in the lab machine's initramfs).
+/// A disk for a lab guest.
 #[derive(Debug, Clone)]
 pub struct LabDisk {
-    /// File name, also its key in [`RunOutput::files`].
+    /// File name, also its key in [`RunOutput::files`] for in-memory disks.
     pub name: String,
-    pub contents: Vec<u8>,
+    pub source: DiskSource,
     pub read_only: bool,
+    /// The id the guest reads as `/sys/block/vdX/serial` (default `disk<N>`).
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum DiskSource {
+    /// A small image that travels in the lab machine's initramfs and comes back in
+    /// [`RunOutput::files`].
+    Bytes(Vec<u8>),
+    /// A file on this host (a template of hundreds of MiB, a sparse private disk): the lab
+    /// machine gets it as a QEMU virtio-blk drive and hands its `/dev/vdX` to the VMM;
+    /// a writable one is changed in place, for the test to read afterwards.
+    HostFile(PathBuf),
+}
+
+impl LabDisk {
+    fn option_suffix(&self) -> String {
+        let mut s = String::new();
+        if self.read_only {
+            s.push_str(",ro");
+        }
+        if let Some(id) = &self.id {
+            s.push_str(",id=");
+            s.push_str(id);
+        }
+        s
+    }
 }
 
 impl Default for GuestRun {
@@ -348,12 +375,23 @@ fn vmm_args(run: &GuestRun, paths: &VmmPaths) -> Vec<String> {
         serial,
         shot,
         disk_dir,
+        ..
     } = paths;
     let mut args = vec!["run".to_string()];
     args.extend(partition_args(run, kernel, initrd));
+    let mut lab_drive = b'a';
     for d in &run.disks {
-        let ro = if d.read_only { ",ro" } else { "" };
-        args.push(format!("--disk={disk_dir}/{}{ro}", d.name));
+        let path = match (&d.source, paths.host_files_as_lab_drives) {
+            (DiskSource::Bytes(_), _) => format!("{disk_dir}/{}", d.name),
+            (DiskSource::HostFile(_), true) => {
+                // The lab machine's own virtio-blk-pci drives, in QEMU's -drive order.
+                let dev = format!("/dev/vd{}", lab_drive as char);
+                lab_drive += 1;
+                dev
+            }
+            (DiskSource::HostFile(p), false) => p.display().to_string(),
+        };
+        args.push(format!("--disk={path}{}", d.option_suffix()));
     }
     args.push(format!("--serial={serial}"));
     args.push(format!("--timeout={}", run.timeout_s));
@@ -372,8 +410,10 @@ struct VmmPaths<'a> {
     initrd: &'a str,
     serial: &'a str,
     shot: &'a str,
-    /// Holds the disk images (and is returned as [`RunOutput::files`]).
+    /// Holds the in-memory disk images (and is returned as [`RunOutput::files`]).
     disk_dir: &'a str,
+    /// Host-file disks are the lab machine's `/dev/vdX` (else their host path).
+    host_files_as_lab_drives: bool,
 }
 
 pub fn run_guest(run: &GuestRun) -> RunOutput {
@@ -427,7 +467,9 @@ fn run_direct(run: &GuestRun) -> RunOutput {
     let (kernel, initrd) = (p(&guest().kernel), p(&initrd));
     std::fs::create_dir_all(&out_dir).unwrap();
     for d in &run.disks {
-        std::fs::write(out_dir.join(&d.name), &d.contents).unwrap();
+        if let DiskSource::Bytes(contents) = &d.source {
+            std::fs::write(out_dir.join(&d.name), contents).unwrap();
+        }
     }
     let command = match &run.supervise {
         Some(steps) => supervised_command(
@@ -451,6 +493,7 @@ fn run_direct(run: &GuestRun) -> RunOutput {
                     serial: &p(&serial),
                     shot: &p(&shot),
                     disk_dir: &p(&out_dir),
+                    host_files_as_lab_drives: false,
                 },
             ));
             c
@@ -492,6 +535,43 @@ fn read_dir_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// For host-file disks: the lab machine's virtio-blk-pci drives, in dependency order.
+const LAB_DISK_MODULES: [&str; 6] = [
+    "drivers/virtio/virtio_ring",
+    "drivers/virtio/virtio",
+    "drivers/virtio/virtio_pci_modern_dev",
+    "drivers/virtio/virtio_pci_legacy_dev",
+    "drivers/virtio/virtio_pci",
+    "drivers/block/virtio_blk",
+];
+
+fn host_file_disks(run: &GuestRun) -> impl Iterator<Item = (&Path, bool)> {
+    run.disks.iter().filter_map(|d| match &d.source {
+        DiskSource::HostFile(p) => Some((p.as_path(), d.read_only)),
+        DiskSource::Bytes(_) => None,
+    })
+}
+
+/// Loads the drive modules and waits for the lab's `/dev/vdX` (none: nothing).
+fn lab_disk_setup(run: &GuestRun) -> String {
+    let count = host_file_disks(run).count();
+    if count == 0 {
+        return String::new();
+    }
+    let modules: Vec<&str> = LAB_DISK_MODULES
+        .iter()
+        .filter_map(|m| m.rsplit('/').next())
+        .collect();
+    let last = format!("/dev/vd{}", (b'a' + count as u8 - 1) as char);
+    format!(
+        r#"for m in {modules}; do insmod /modules/$m.ko || echo "LAB: insmod $m failed"; done
+i=0; while [ ! -b {last} ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+[ -b {last} ] || echo "LAB: drive {last} never appeared"
+"#,
+        modules = modules.join(" "),
+    )
+}
+
 pub const LAB_MODULES: [&str; 4] = [
     "virt/lib/irqbypass",
     "drivers/crypto/ccp/ccp",
@@ -506,10 +586,10 @@ pub fn shell_quote(s: &str) -> String {
 /// The lab machine's /init: load kvm-amd, run `command` (stdout is the guest serial log
 /// for a supervised run; a bare VMM writes it to /guest.log itself), then print the
 /// results base64-encoded between markers.
-fn lab_init(command: &[String], stdout: &str) -> String {
+fn lab_init(command: &[String], stdout: &str, disk_setup: &str) -> String {
     let command: Vec<String> = command.iter().map(|a| shell_quote(a)).collect();
     format!(
-        r#"{prologue}echo "===LAB-VMM-START==="
+        r#"{prologue}{disk_setup}echo "===LAB-VMM-START==="
 mkdir -p /out
 {command} 2>/vmm.err >{stdout}
 echo "===LAB-VMM-EXIT $?==="
@@ -569,14 +649,19 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
     }
     // In /out, so the lab machine sends each back as the guest left it.
     for d in &run.disks {
-        w.file(&format!("out/{}", d.name), 0o644, &d.contents)
-            .unwrap();
+        if let DiskSource::Bytes(contents) = &d.source {
+            w.file(&format!("out/{}", d.name), 0o644, contents).unwrap();
+        }
     }
     w.file("bin/busybox", 0o755, &read(&root.join("bin/busybox")))
         .unwrap();
     w.symlink("bin/sh", "busybox").unwrap();
     let kmods = root.join("lib/modules").join(version).join("kernel");
-    for m in LAB_MODULES {
+    let disk_modules = match host_file_disks(run).next() {
+        Some(_) => &LAB_DISK_MODULES[..],
+        None => &[],
+    };
+    for m in LAB_MODULES.iter().chain(disk_modules) {
         let base = m.rsplit('/').next().unwrap();
         w.file(
             &format!("modules/{base}.ko"),
@@ -617,6 +702,7 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
                     serial: "/guest.log",
                     shot: "/shot.png",
                     disk_dir: "/out",
+                    host_files_as_lab_drives: true,
                 },
             ));
             c
@@ -627,8 +713,12 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
     } else {
         "/dev/null"
     };
-    w.file("init", 0o755, lab_init(&command, stdout).as_bytes())
-        .unwrap();
+    w.file(
+        "init",
+        0o755,
+        lab_init(&command, stdout, &lab_disk_setup(run)).as_bytes(),
+    )
+    .unwrap();
     w.finish().unwrap()
 }
 
@@ -747,7 +837,18 @@ fn run_lab_machine(run: &GuestRun) -> RunOutput {
     let qemu_log = dir.path().join("qemu.log");
     let outer_mem = run.mem_mib + 1024;
     let started = Instant::now();
-    let mut child = lab_machine(outer_mem, &cpio)
+    let mut machine = lab_machine(outer_mem, &cpio);
+    for (i, (path, read_only)) in host_file_disks(run).enumerate() {
+        let ro = if read_only { ",readonly=on" } else { "" };
+        machine
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=none,id=d{i},format=raw{ro}",
+                path.display()
+            ))
+            .args(["-device", &format!("virtio-blk-pci,drive=d{i}")]);
+    }
+    let mut child = machine
         .args(["-d", "cpu_reset,guest_errors", "-D"])
         .arg(&qemu_log)
         .spawn()

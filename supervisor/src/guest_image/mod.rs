@@ -12,6 +12,22 @@ use cpio::CpioWriter;
 
 const INIT: &str = include_str!("../../../assets/guest/init");
 const MODULES: &str = include_str!("../../../assets/guest/modules");
+/// The guest-side programs a template partition runs after `switch_root` (init copies
+/// them into the new root): path in the initramfs, contents.
+const TEMPLATE_PROGRAMS: [(&str, &str); 3] = [
+    (
+        "bulkhead/stage2",
+        include_str!("../../../assets/guest/bulkhead/stage2"),
+    ),
+    (
+        "bulkhead/xorg-setup",
+        include_str!("../../../assets/guest/bulkhead/xorg-setup"),
+    ),
+    (
+        "bulkhead/session",
+        include_str!("../../../assets/guest/bulkhead/session"),
+    ),
+];
 const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
 const BUSYBOX_PACKAGE: &str = "busybox-static";
 const STAMP: &str = "image.stamp";
@@ -74,9 +90,13 @@ pub fn default_image_dir() -> PathBuf {
 /// The recipe's fingerprint: a change to init or the module list rebuilds the image.
 fn recipe_fingerprint(kernel_package: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let programs = TEMPLATE_PROGRAMS
+        .iter()
+        .flat_map(|(path, text)| path.bytes().chain(text.bytes()));
     for b in INIT
         .bytes()
         .chain(MODULES.bytes())
+        .chain(programs)
         .chain(kernel_package.bytes())
     {
         h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
@@ -217,8 +237,12 @@ pub fn build_initramfs(
         "sys",
         "tmp",
         "run",
+        "bulkhead",
     ] {
         w.dir(d).map_err(wr)?;
+    }
+    for (path, text) in TEMPLATE_PROGRAMS {
+        w.file(path, 0o755, text.as_bytes()).map_err(wr)?;
     }
     w.file("bin/busybox", 0o755, &busybox).map_err(wr)?;
     w.symlink("bin/sh", "busybox").map_err(wr)?;

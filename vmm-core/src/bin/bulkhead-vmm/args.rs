@@ -64,8 +64,9 @@ pub struct RunArgs {
     /// Kernel command line.
     #[arg(long, default_value = DEFAULT_CMDLINE)]
     pub cmdline: String,
-    /// A virtio-blk disk, `PATH` or `PATH,ro` (repeatable; in order /dev/vda, /dev/vdb, …).
-    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    /// A virtio-blk disk, `PATH`, `PATH,ro`, and `,id=NAME` for the id the guest reads
+    /// (default `disk<N>`) (repeatable; in order /dev/vda, /dev/vdb, …).
+    #[arg(long = "disk", value_name = "PATH[,ro][,id=NAME]")]
     pub disks: Vec<String>,
     /// Where the serial console goes: a file, or `-` for stdout.
     #[arg(long, default_value = "-")]
@@ -175,16 +176,27 @@ impl RunArgs {
     }
 }
 
-/// `PATH` or `PATH,ro`; disk `index` is known to the guest as `disk<index>`.
+/// `PATH[,ro|,rw][,id=NAME]`: options are peeled off the end, so a path may itself hold
+/// commas. Without `id=`, disk `index` is known to the guest as `disk<index>`.
 fn disk_arg(index: usize, arg: &str) -> (PathBuf, DiskConfig) {
-    let (path, read_only) = match arg.strip_suffix(",ro") {
-        Some(p) => (p, true),
-        None => (arg.strip_suffix(",rw").unwrap_or(arg), false),
-    };
+    let mut path = arg;
+    let mut read_only = false;
+    let mut id = None;
+    while let Some((rest, option)) = path.rsplit_once(',') {
+        match option {
+            "ro" => read_only = true,
+            "rw" => read_only = false,
+            _ => match option.strip_prefix("id=") {
+                Some(name) if id.is_none() => id = Some(name.to_string()),
+                _ => break,
+            },
+        }
+        path = rest;
+    }
     (
         PathBuf::from(path),
         DiskConfig {
-            id: format!("disk{index}"),
+            id: id.unwrap_or_else(|| format!("disk{index}")),
             read_only,
         },
     )
@@ -260,6 +272,19 @@ mod tests {
         assert!(disks[0].1.read_only);
         assert_eq!(disks[1].0, PathBuf::from("/b.img"));
         assert!(!disks[1].1.read_only);
+        assert_eq!(disks[1].1.id, "disk1");
+    }
+
+    #[test]
+    fn a_disk_takes_its_id_and_flags_from_the_end_of_the_argument() {
+        let (path, c) = disk_arg(0, "/img,s/root.sqfs,ro,id=root");
+        assert_eq!(path, PathBuf::from("/img,s/root.sqfs"));
+        assert!(c.read_only);
+        assert_eq!(c.id, "root");
+        let (path, c) = disk_arg(3, "/p.img,id=private");
+        assert_eq!(path, PathBuf::from("/p.img"));
+        assert!(!c.read_only);
+        assert_eq!(c.id, "private");
     }
 
     #[test]
