@@ -14,10 +14,6 @@ fn template_image() -> PathBuf {
     PathBuf::from(home).join(".local/share/bulkhead/templates/debian-12/root.sqfs")
 }
 
-fn partition_conf(name: &str, app: &str) -> Vec<u8> {
-    format!("BULKHEAD_NAME='{name}'\nBULKHEAD_APP='{app}'\nBULKHEAD_KEYMAP='us'\n").into_bytes()
-}
-
 #[test]
 fn a_template_partition_boots_into_its_app_and_says_ready() {
     let dir = tempfile::tempdir().unwrap();
@@ -35,11 +31,7 @@ fn a_template_partition_boots_into_its_app_and_says_ready() {
     let run = GuestRun {
         mem_mib: 1024,
         display: Some((1024, 768)),
-        test_files: vec![(
-            "etc/bulkhead/partition.conf".into(),
-            0o644,
-            partition_conf("work", "xterm -e tmux"),
-        )],
+        app: Some("xterm -e tmux".into()),
         test_script:
             "while [ ! -e /run/bulkhead/app-ready ]; do sleep 1; done; sleep 3; echo BULKHEAD-SHOT"
                 .into(),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use isolation_policy::PartitionSpec;
 use vmm_core::hostcheck::{self, HostError, Virtualization};
 use vmm_core::launch::{
-    AgentChannel, BootConfig, DisplaySize, LaunchConfig, LaunchFiles, NetworkConfig,
+    AgentChannel, BootConfig, DiskConfig, DisplaySize, LaunchConfig, LaunchFiles, NetworkConfig,
     DEFAULT_CMDLINE,
 };
 
@@ -52,8 +52,51 @@ pub struct LaunchSpec {
     pub launch: LaunchConfig,
     pub boot_files: BootFiles,
     /// The disks' files, in the order of `launch.disks`.
-    pub disk_files: Vec<PathBuf>,
+    pub disk_files: Vec<DiskFile>,
+    /// The partition's settings for the guest (`/etc/bulkhead/partition.conf`), appended
+    /// to the initramfs as one more archive.
+    pub guest_config: Option<GuestConfig>,
     pub restart: AutoRestart,
+}
+
+/// Where one disk's file comes from, resolved at every start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskFile {
+    Path(PathBuf),
+    /// The root image of a built template (read-only).
+    Template(String),
+    /// A persistent private disk, created sparse as ext4 of this size if missing.
+    Private {
+        path: PathBuf,
+        size_mib: u32,
+    },
+    /// A fresh private disk at every start, gone when the partition process ends.
+    Throwaway {
+        size_mib: u32,
+    },
+}
+
+/// What the guest's session reads from `/etc/bulkhead/partition.conf`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestConfig {
+    pub name: String,
+    /// The command the session starts.
+    pub app: String,
+    pub keyboard: String,
+}
+
+impl GuestConfig {
+    /// Shell assignments, each value single-quoted so nothing in it is interpreted when
+    /// the guest's script sources the file (the app command runs later, as the user).
+    pub fn to_shell(&self) -> String {
+        let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+        format!(
+            "BULKHEAD_NAME={}\nBULKHEAD_APP={}\nBULKHEAD_KEYMAP={}\n",
+            q(&self.name),
+            q(&self.app),
+            q(&self.keyboard)
+        )
+    }
 }
 
 /// Why a partition's files could not be opened for it.
@@ -71,6 +114,12 @@ pub enum LaunchFileError {
     Image(#[from] ImageError),
     #[error("{disks} disk(s) configured but {files} disk file(s) given")]
     DiskCount { disks: usize, files: usize },
+    #[error("template `{0}` is not built: build it with `bulkhead template build {0}`")]
+    TemplateMissing(String),
+    #[error(transparent)]
+    PrivateDisk(#[from] crate::private_disk::PrivateDiskError),
+    #[error("appending the partition's settings to its initramfs: {0}")]
+    GuestConfig(std::io::Error),
 }
 
 impl LaunchSpec {
@@ -86,6 +135,7 @@ impl LaunchSpec {
             launch,
             boot_files,
             disk_files: Vec::new(),
+            guest_config: None,
             restart,
         }
     }
@@ -121,15 +171,78 @@ impl LaunchSpec {
             .disk_files
             .iter()
             .zip(&self.launch.disks)
-            .map(|(path, disk)| open("disk", path, !disk.read_only))
+            .map(|(file, disk)| open_disk(file, disk.read_only))
             .collect::<Result<_, _>>()?;
+        let initrd = match (initrd, &self.guest_config) {
+            (Some(p), Some(config)) => Some(initrd_with_config(&p, config)?),
+            (Some(p), None) => Some(open("initrd", &p, false)?),
+            (None, _) => None,
+        };
         Ok(LaunchFiles {
             kvm: kvm.into(),
             kernel: kernel.map(|p| open("kernel", &p, false)).transpose()?,
-            initrd: initrd.map(|p| open("initrd", &p, false)).transpose()?,
+            initrd,
             disks,
         })
     }
+}
+
+fn open_disk(file: &DiskFile, read_only: bool) -> Result<File, LaunchFileError> {
+    match file {
+        DiskFile::Path(path) => open("disk", path, !read_only),
+        DiskFile::Template(name) => {
+            let image = template_image(name);
+            if !image.is_file() {
+                return Err(LaunchFileError::TemplateMissing(name.clone()));
+            }
+            open("template image", &image, false)
+        }
+        DiskFile::Private { path, size_mib } => {
+            Ok(crate::private_disk::open_or_create(path, *size_mib)?)
+        }
+        DiskFile::Throwaway { size_mib } => Ok(crate::private_disk::throwaway(
+            &std::env::temp_dir(),
+            *size_mib,
+        )?),
+    }
+}
+
+/// The root image of template `name` in the template store.
+pub fn template_image(name: &str) -> PathBuf {
+    crate::private_disk::data_root()
+        .join("templates")
+        .join(name)
+        .join("root.sqfs")
+}
+
+/// The initramfs at `path` with one more newc archive holding the partition's settings,
+/// in an anonymous memory file (the kernel unpacks concatenated archives in order).
+fn initrd_with_config(path: &Path, config: &GuestConfig) -> Result<File, LaunchFileError> {
+    use std::io::Write;
+    let base = std::fs::read(path).map_err(|source| LaunchFileError::Open {
+        what: "initrd",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut w = crate::guest_image::cpio::CpioWriter::new(Vec::new());
+    let archive = (|| {
+        w.dir("etc")?;
+        w.dir("etc/bulkhead")?;
+        w.file(
+            "etc/bulkhead/partition.conf",
+            0o644,
+            config.to_shell().as_bytes(),
+        )?;
+        w.finish()
+    })()
+    .map_err(LaunchFileError::GuestConfig)?;
+    let fd = rustix::fs::memfd_create("bulkhead-initrd", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| LaunchFileError::GuestConfig(e.into()))?;
+    let mut file = File::from(fd);
+    file.write_all(&base)
+        .and_then(|()| file.write_all(&archive))
+        .map_err(LaunchFileError::GuestConfig)?;
+    Ok(file)
 }
 
 fn open(what: &'static str, path: &Path, write: bool) -> Result<File, LaunchFileError> {
@@ -208,6 +321,34 @@ pub fn launch_spec(spec: &PartitionSpec, engine: Engine) -> LaunchSpec {
         }
         Engine::TestCard => (BootConfig::TestCard, BootFiles::None),
     };
+    let mut disk_files = Vec::new();
+    let mut disks = Vec::new();
+    let mut guest_config = None;
+    if let (Engine::Linux, Some(template)) = (engine, &spec.template) {
+        disk_files.push(DiskFile::Template(template.clone()));
+        disks.push(DiskConfig {
+            id: "root".into(),
+            read_only: true,
+        });
+        disk_files.push(match spec.kind {
+            isolation_policy::Kind::Disposable => DiskFile::Throwaway {
+                size_mib: spec.private_disk_mib,
+            },
+            _ => DiskFile::Private {
+                path: crate::private_disk::private_disk_path(&spec.name),
+                size_mib: spec.private_disk_mib,
+            },
+        });
+        disks.push(DiskConfig {
+            id: "private".into(),
+            read_only: false,
+        });
+        guest_config = Some(GuestConfig {
+            name: spec.name.clone(),
+            app: spec.app.clone().unwrap_or_else(|| DEFAULT_APP.into()),
+            keyboard: spec.keyboard.clone(),
+        });
+    }
     let launch = LaunchConfig {
         name: spec.name.clone(),
         memory_mib: u64::from(spec.memory_mib),
@@ -217,7 +358,7 @@ pub fn launch_spec(spec: &PartitionSpec, engine: Engine) -> LaunchSpec {
             height: spec.display_height,
         }),
         boot,
-        disks: Vec::new(),
+        disks,
         network: NetworkConfig::None,
         agent: AgentChannel::VirtioConsole,
     };
@@ -227,8 +368,15 @@ pub fn launch_spec(spec: &PartitionSpec, engine: Engine) -> LaunchSpec {
             max_retries: MAX_AUTO_RESTARTS,
         },
     };
-    LaunchSpec::partition(launch, boot_files, restart)
+    LaunchSpec {
+        disk_files,
+        guest_config,
+        ..LaunchSpec::partition(launch, boot_files, restart)
+    }
 }
+
+/// What a template partition runs when its config names no app.
+pub const DEFAULT_APP: &str = "xterm -fa Monospace -fs 12 -e tmux";
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,7 @@ mod framebuffer;
 pub mod guest_image;
 pub mod launch;
 mod partition;
+pub mod private_disk;
 mod spawn;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

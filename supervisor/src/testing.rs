@@ -69,6 +69,7 @@ pub fn fake_spec(
         launch,
         boot_files: BootFiles::None,
         disk_files: Vec::new(),
+        guest_config: None,
         restart,
     }
 }

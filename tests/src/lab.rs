@@ -63,6 +63,10 @@ pub struct GuestRun {
     /// virtio-blk disks for a bare run, in order (`/dev/vda`, …). Each comes back, as the
     /// guest left it, in [`RunOutput::files`] under its name.
     pub disks: Vec<LabDisk>,
+    /// For a template partition: the app its session starts (the partition's settings
+    /// go to the guest as the app's supervisor sends them, or in the test archive for a
+    /// bare run).
+    pub app: Option<String>,
 }
 
 /// A disk for a lab guest.
@@ -114,6 +118,7 @@ impl Default for GuestRun {
             timeout_s: 120,
             supervise: None,
             disks: Vec::new(),
+            app: None,
         }
     }
 }
@@ -319,6 +324,19 @@ fn guest_initrd_with_test(run: &GuestRun) -> Vec<u8> {
     for (path, mode, data) in &run.test_files {
         w.file(path, *mode, data).unwrap();
     }
+    if let (Some(app), None) = (&run.app, &run.supervise) {
+        let config = bulkhead_supervisor::launch::GuestConfig {
+            name: "lab".into(),
+            app: app.clone(),
+            keyboard: "us".into(),
+        };
+        w.file(
+            "etc/bulkhead/partition.conf",
+            0o644,
+            config.to_shell().as_bytes(),
+        )
+        .unwrap();
+    }
     bytes.extend_from_slice(&w.finish().unwrap());
     bytes
 }
@@ -326,19 +344,40 @@ fn guest_initrd_with_test(run: &GuestRun) -> Vec<u8> {
 /// The partition's flags (for `lab-supervise`, which makes them a launch config, and
 /// after `run` for a bare VMM): serial, screenshots and the time limit are the runner's
 /// business.
-fn partition_args(run: &GuestRun, kernel: &str, initrd: &str) -> Vec<String> {
+fn partition_args(
+    run: &GuestRun,
+    kernel: &str,
+    initrd: &str,
+    disk_dir: &str,
+    lab: bool,
+) -> Vec<String> {
     let display = match run.display {
         Some((w, h)) => format!("--display={w}x{h}"),
         None => "--display=none".into(),
     };
-    vec![
+    let mut args = vec![
         format!("--kernel={kernel}"),
         format!("--initrd={initrd}"),
         format!("--mem={}M", run.mem_mib),
         format!("--vcpus={}", run.vcpus),
         format!("--cmdline={}", run.cmdline),
         display,
-    ]
+    ];
+    let mut lab_drive = b'a';
+    for d in &run.disks {
+        let path = match (&d.source, lab) {
+            (DiskSource::Bytes(_), _) => format!("{disk_dir}/{}", d.name),
+            (DiskSource::HostFile(_), true) => {
+                // The lab machine's own virtio-blk-pci drives, in QEMU's -drive order.
+                let dev = format!("/dev/vd{}", lab_drive as char);
+                lab_drive += 1;
+                dev
+            }
+            (DiskSource::HostFile(p), false) => p.display().to_string(),
+        };
+        args.push(format!("--disk={path}{}", d.option_suffix()));
+    }
+    args
 }
 
 /// Where a supervised run finds its programs and puts its output.
@@ -348,6 +387,8 @@ struct SupervisedPaths<'a> {
     kernel: &'a str,
     initrd: &'a str,
     out: &'a str,
+    /// Inside the lab machine (host-file disks are its drives).
+    lab: bool,
 }
 
 /// `lab-supervise … -- bulkhead-vmm …` for a supervised run.
@@ -362,7 +403,10 @@ fn supervised_command(run: &GuestRun, steps: &[String], p: &SupervisedPaths) -> 
     cmd.extend(steps.iter().cloned());
     cmd.push("--".into());
     cmd.push(p.vmm.into());
-    cmd.extend(partition_args(run, p.kernel, p.initrd));
+    cmd.extend(partition_args(run, p.kernel, p.initrd, p.out, p.lab));
+    if let Some(app) = &run.app {
+        cmd.push(format!("--app={app}"));
+    }
     cmd
 }
 
@@ -378,21 +422,13 @@ fn vmm_args(run: &GuestRun, paths: &VmmPaths) -> Vec<String> {
         ..
     } = paths;
     let mut args = vec!["run".to_string()];
-    args.extend(partition_args(run, kernel, initrd));
-    let mut lab_drive = b'a';
-    for d in &run.disks {
-        let path = match (&d.source, paths.host_files_as_lab_drives) {
-            (DiskSource::Bytes(_), _) => format!("{disk_dir}/{}", d.name),
-            (DiskSource::HostFile(_), true) => {
-                // The lab machine's own virtio-blk-pci drives, in QEMU's -drive order.
-                let dev = format!("/dev/vd{}", lab_drive as char);
-                lab_drive += 1;
-                dev
-            }
-            (DiskSource::HostFile(p), false) => p.display().to_string(),
-        };
-        args.push(format!("--disk={path}{}", d.option_suffix()));
-    }
+    args.extend(partition_args(
+        run,
+        kernel,
+        initrd,
+        disk_dir,
+        paths.host_files_as_lab_drives,
+    ));
     args.push(format!("--serial={serial}"));
     args.push(format!("--timeout={}", run.timeout_s));
     if run.display.is_some() {
@@ -417,10 +453,6 @@ struct VmmPaths<'a> {
 }
 
 pub fn run_guest(run: &GuestRun) -> RunOutput {
-    assert!(
-        run.supervise.is_none() || run.disks.is_empty(),
-        "disks are for bare runs"
-    );
     // One guest at a time: the lab machine alone keeps both cores busy.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -481,6 +513,7 @@ fn run_direct(run: &GuestRun) -> RunOutput {
                 kernel: &kernel,
                 initrd: &initrd,
                 out: &p(&out_dir),
+                lab: false,
             },
         ),
         None => {
@@ -690,6 +723,7 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
                 kernel,
                 initrd,
                 out: "/out",
+                lab: true,
             },
         ),
         None => {

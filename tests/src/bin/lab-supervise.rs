@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! lab-supervise --out DIR [--timeout-s S] STEP… -- /path/bulkhead-vmm --kernel=K [--initrd=I]
-//!     [--mem=M] [--vcpus=N] [--cmdline=C] [--display=WxH|none]
+//!     [--mem=M] [--vcpus=N] [--cmdline=C] [--display=WxH|none] [--disk=PATH[,ro][,id=NAME]]…
+//!     [--app=CMD]
 //! ```
 //!
 //! Steps: `wait-serial:TEXT`, `wait-console:TEXT`, `wait-console-bytes:N`, `type:TEXT`,
@@ -28,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use bulkhead_supervisor::launch::{DiskFile, GuestConfig};
 use bulkhead_supervisor::{
     vm_process, AutoRestart, BootFiles, LaunchSpec, ProcessState, Supervisor,
 };
@@ -38,13 +40,13 @@ use vmm_core::evdev::{
     InputDevice, InputEvent, ABS_X, ABS_Y, BTN_LEFT, EV_ABS, EV_KEY, EV_SYN, SYN_REPORT,
 };
 use vmm_core::launch::{
-    parse_display, parse_memory_mib, AgentChannel, BootConfig, DisplaySize, LaunchConfig,
-    NetworkConfig, DEFAULT_CMDLINE,
+    parse_display, parse_memory_mib, AgentChannel, BootConfig, DiskConfig, DisplaySize,
+    LaunchConfig, NetworkConfig, DEFAULT_CMDLINE,
 };
 
 const NAME: &str = "lab";
 const USAGE: &str =
-    "usage: lab-supervise --out DIR [--timeout-s S] STEP… -- VMM --kernel=K [--initrd=I] [--mem=M] [--vcpus=N] [--cmdline=C] [--display=WxH]";
+    "usage: lab-supervise --out DIR [--timeout-s S] STEP… -- VMM --kernel=K [--initrd=I] [--mem=M] [--vcpus=N] [--cmdline=C] [--display=WxH] [--disk=PATH[,ro][,id=NAME]]… [--app=CMD]";
 /// Pause between typed characters: the guest driver refills its 64 event buffers between
 /// batches, and a batch that does not fit is dropped like a key pressed too early.
 const KEY_GAP: Duration = Duration::from_millis(40);
@@ -80,10 +82,16 @@ struct Options {
     program: PathBuf,
     launch: LaunchConfig,
     boot_files: BootFiles,
+    disk_files: Vec<DiskFile>,
+    guest_config: Option<GuestConfig>,
 }
 
-/// The partition's flags after the VMM path, as a launch config and its boot files.
-fn parse_vmm_flags(args: &[String]) -> Result<(LaunchConfig, BootFiles), String> {
+/// The partition's flags after the VMM path, as a launch config, its boot files, its
+/// disks (`--disk=PATH[,ro][,id=NAME]`, as `bulkhead-vmm run` takes them) and the app a
+/// template partition starts (`--app=CMD`).
+type PartitionFlags = (LaunchConfig, BootFiles, Vec<DiskFile>, Option<GuestConfig>);
+
+fn parse_vmm_flags(args: &[String]) -> Result<PartitionFlags, String> {
     let mut launch = LaunchConfig {
         name: NAME.into(),
         memory_mib: 512,
@@ -98,6 +106,7 @@ fn parse_vmm_flags(args: &[String]) -> Result<(LaunchConfig, BootFiles), String>
         agent: AgentChannel::VirtioConsole,
     };
     let (mut kernel, mut initrd, mut cmdline) = (None, None, DEFAULT_CMDLINE.to_string());
+    let (mut disk_files, mut guest_config) = (Vec::new(), None);
     for a in args {
         let (key, value) = a
             .split_once('=')
@@ -110,6 +119,18 @@ fn parse_vmm_flags(args: &[String]) -> Result<(LaunchConfig, BootFiles), String>
             "--mem" => launch.memory_mib = parse_memory_mib(value).map_err(|e| bad(&e))?,
             "--vcpus" => launch.vcpus = value.parse().map_err(|e| bad(&e))?,
             "--display" => launch.display = parse_display(value).map_err(|e| bad(&e))?,
+            "--disk" => {
+                let (path, disk) = disk_flag(launch.disks.len(), value);
+                disk_files.push(DiskFile::Path(path));
+                launch.disks.push(disk);
+            }
+            "--app" => {
+                guest_config = Some(GuestConfig {
+                    name: NAME.into(),
+                    app: value.to_string(),
+                    keyboard: "us".into(),
+                })
+            }
             _ => return Err(format!("unknown partition flag `{a}`\n{USAGE}")),
         }
     }
@@ -119,7 +140,30 @@ fn parse_vmm_flags(args: &[String]) -> Result<(LaunchConfig, BootFiles), String>
         initrd: initrd.is_some(),
     };
     launch.validate().map_err(|e| e.to_string())?;
-    Ok((launch, BootFiles::Linux { kernel, initrd }))
+    Ok((
+        launch,
+        BootFiles::Linux { kernel, initrd },
+        disk_files,
+        guest_config,
+    ))
+}
+
+/// `PATH[,ro][,id=NAME]` (options peeled off the end); the id defaults to `disk<N>`.
+fn disk_flag(index: usize, value: &str) -> (PathBuf, DiskConfig) {
+    let mut path = value;
+    let mut disk = DiskConfig {
+        id: format!("disk{index}"),
+        read_only: false,
+    };
+    while let Some((rest, option)) = path.rsplit_once(',') {
+        match (option, option.strip_prefix("id=")) {
+            ("ro", _) => disk.read_only = true,
+            (_, Some(id)) => disk.id = id.to_string(),
+            _ => break,
+        }
+        path = rest;
+    }
+    (PathBuf::from(path), disk)
 }
 
 fn unescape(s: &str) -> String {
@@ -182,7 +226,8 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         }
     }
     let program = PathBuf::from(it.next().ok_or(USAGE)?);
-    let (launch, boot_files) = parse_vmm_flags(&it.cloned().collect::<Vec<_>>())?;
+    let (launch, boot_files, disk_files, guest_config) =
+        parse_vmm_flags(&it.cloned().collect::<Vec<_>>())?;
     Ok(Options {
         out: out.ok_or(USAGE)?,
         timeout,
@@ -190,6 +235,8 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         program,
         launch,
         boot_files,
+        disk_files,
+        guest_config,
     })
 }
 
@@ -481,6 +528,8 @@ fn run(opts: Options) -> Result<bool, String> {
         AutoRestart::Never,
     );
     spec.program = opts.program.clone();
+    spec.disk_files = opts.disk_files.clone();
+    spec.guest_config = opts.guest_config.clone();
     let sup = Supervisor::new(vec![spec]).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let mut session = Session {
