@@ -1,64 +1,312 @@
-//! Template partitions: the `debian-12` template read-only under a tmpfs overlay, a
-//! private ext4 disk as home, X on the framebuffer and the partition's app.
-//! Runs directly on /dev/kvm with VT-x/AMD-V, otherwise in the lab (the output says which).
+//! Template partitions as a person uses them: the `debian-12` template read-only under a
+//! tmpfs overlay, a private ext4 disk as home, Xorg on the framebuffer, the window
+//! manager and the partition's app, driven through the real supervisor with the virtio
+//! keyboard and tablet. Runs directly on /dev/kvm with VT-x/AMD-V, otherwise in the lab
+//! (the output says which). Needs the template: `bulkhead template build debian-12`.
 
-use std::path::PathBuf;
+use std::hash::Hasher;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use bulkhead_tests::lab::{run_guest, DiskSource, GuestRun, LabDisk};
+use bulkhead_tests::lab::{run_guest, DiskSource, GuestRun, LabDisk, RunOutput, Screenshot};
+
+const READY: &str = "BULKHEAD-APP-READY";
 
 fn template_image() -> PathBuf {
-    if let Some(p) = std::env::var_os("BULKHEAD_TEMPLATE_IMAGE") {
-        return p.into();
-    }
-    let home = std::env::var_os("HOME").unwrap_or_default();
-    PathBuf::from(home).join(".local/share/bulkhead/templates/debian-12/root.sqfs")
+    let image = match std::env::var_os("BULKHEAD_TEMPLATE_IMAGE") {
+        Some(p) => PathBuf::from(p),
+        None => bulkhead_supervisor::launch::template_image("debian-12"),
+    };
+    assert!(
+        image.is_file(),
+        "no debian-12 template at {}: build it with `bulkhead template build debian-12`",
+        image.display()
+    );
+    image
 }
 
-#[test]
-fn a_template_partition_boots_into_its_app_and_says_ready() {
-    let dir = tempfile::tempdir().unwrap();
-    let private = dir.path().join("private.img");
-    let f = std::fs::File::create(&private).unwrap();
-    f.set_len(2 << 30).unwrap();
-    drop(f);
-    let ok = std::process::Command::new("mke2fs")
-        .args(["-q", "-t", "ext4", "-F", "-E", "root_owner=1000:1000"])
-        .arg(&private)
+/// A content hash of a large file, read in chunks.
+fn file_hash(path: &Path) -> u64 {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return h.finish();
+        }
+        h.write(&buf[..n]);
+    }
+}
+
+/// A private disk made by the supervisor's own code, optionally filled from `files`
+/// (name, contents) in the user's home first (as `mke2fs -d` copies a directory).
+fn private_disk(dir: &Path, files: &[(&str, &[u8])]) -> PathBuf {
+    let path = dir.join("private.img");
+    if files.is_empty() {
+        bulkhead_supervisor::private_disk::open_or_create(&path, 512).unwrap();
+        return path;
+    }
+    let home = dir.join("home");
+    for (name, contents) in files {
+        let p = home.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, contents).unwrap();
+    }
+    let ok = Command::new("chown")
+        .args(["-R", "1000:1000"])
+        .arg(&home)
         .status()
         .unwrap()
         .success();
-    assert!(ok);
-    let run = GuestRun {
-        mem_mib: 1024,
+    assert!(ok, "chown of the fixture home");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
+    let out = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-m", "0", "-d"])
+        .arg(&home)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mke2fs -d: {out:?}");
+    path
+}
+
+/// A file from the ext4 image, read on the host without mounting it.
+fn read_from_ext4(image: &Path, file: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat /{file}")])
+        .arg(image)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn disks(private: &Path) -> Vec<LabDisk> {
+    vec![
+        LabDisk {
+            name: "root".into(),
+            source: DiskSource::HostFile(template_image()),
+            read_only: true,
+            id: Some("root".into()),
+        },
+        LabDisk {
+            name: "private".into(),
+            source: DiskSource::HostFile(private.to_path_buf()),
+            read_only: false,
+            id: Some("private".into()),
+        },
+    ]
+}
+
+fn template_run(private: &Path, app: &str) -> GuestRun {
+    GuestRun {
+        mem_mib: 1536,
+        vcpus: 1,
         display: Some((1024, 768)),
-        app: Some("xterm -e tmux".into()),
-        test_script:
-            "while [ ! -e /run/bulkhead/app-ready ]; do sleep 1; done; sleep 3; echo BULKHEAD-SHOT"
-                .into(),
-        screenshot_on: Some("BULKHEAD-SHOT".into()),
-        disks: vec![
-            LabDisk {
-                name: "root".into(),
-                source: DiskSource::HostFile(template_image()),
-                read_only: true,
-                id: Some("root".into()),
-            },
-            LabDisk {
-                name: "private".into(),
-                source: DiskSource::HostFile(private.clone()),
-                read_only: false,
-                id: Some("private".into()),
-            },
-        ],
-        timeout_s: 240,
+        disks: disks(private),
+        app: Some(app.into()),
+        timeout_s: 420,
         ..GuestRun::default()
-    };
+    }
+}
+
+fn shot(out: &RunOutput, name: &str) -> Screenshot {
+    let png = out
+        .files
+        .get(&format!("{name}.png"))
+        .unwrap_or_else(|| panic!("no screenshot {name}\n{}", out.diagnostics()));
+    Screenshot::decode(png)
+}
+
+fn count(
+    s: &Screenshot,
+    (x0, y0, x1, y1): (usize, usize, usize, usize),
+    f: impl Fn([u8; 3]) -> bool,
+) -> usize {
+    (y0..y1.min(s.height))
+        .flat_map(|y| (x0..x1.min(s.width)).map(move |x| (x, y)))
+        .filter(|&(x, y)| f(s.pixel(x, y)))
+        .count()
+}
+
+fn differing(
+    a: &Screenshot,
+    b: &Screenshot,
+    (x0, y0, x1, y1): (usize, usize, usize, usize),
+) -> usize {
+    (y0..y1)
+        .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+        .filter(|&(x, y)| a.pixel(x, y) != b.pixel(x, y))
+        .count()
+}
+
+fn step_list(steps: &[&str]) -> Option<Vec<String>> {
+    Some(steps.iter().map(|s| s.to_string()).collect())
+}
+
+#[test]
+fn work_terminal_runs_typed_commands_and_its_home_survives_a_restart_but_root_changes_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let private = private_disk(dir.path(), &[]);
+    let template_before = file_hash(&template_image());
+
+    // Boot 1: type into the terminal; as root, scribble over the template's files.
+    let mut run = template_run(&private, "xterm -fa Monospace -fs 14 -e tmux");
+    run.test_script = "echo scribbled > /etc/os-release; rm -rf /usr/share/doc; \
+                       echo scribble > /root-note; echo ROOT-WRITTEN"
+        .into();
+    run.supervise = step_list(&[
+        &format!("wait-serial:{READY}"),
+        "wait-serial:ROOT-WRITTEN",
+        "sleep:3000",
+        "screenshot:before",
+        "type:echo $((6*7)) > ~/answer; echo typed-$((6*7)); sync\\n",
+        "sleep:5000",
+        "screenshot:after",
+        "stop",
+    ]);
     let out = run_guest(&run);
     eprintln!("{}", out.summary());
     out.save_artifacts("template-work");
+    assert!(out.serial.contains(READY), "{}", out.diagnostics());
+    let (before, after) = (shot(&out, "before"), shot(&out, "after"));
+    // The typed line and its output appear at the top of the terminal.
+    let changed = differing(&before, &after, (0, 0, 1024, 120));
     assert!(
-        out.serial.contains("BULKHEAD-APP-READY"),
+        changed > 500,
+        "the terminal did not change: {changed} pixels"
+    );
+    assert_eq!(read_from_ext4(&private, "answer").trim(), "42");
+    assert_eq!(
+        file_hash(&template_image()),
+        template_before,
+        "the template image changed"
+    );
+
+    // Boot 2: the home is still there; root changes are gone with the overlay.
+    let mut again = template_run(
+        &private,
+        "sh -c 'echo HOME-$(cat ~/answer) ROOT-$(cat /root-note 2>/dev/null || echo clean) OS-$(grep -c scribbled /etc/os-release)'",
+    );
+    again.display = Some((640, 480));
+    let out = run_guest(&again);
+    eprintln!("{}", out.summary());
+    out.save_artifacts("template-work-restart");
+    assert!(
+        out.serial.contains("HOME-42 ROOT-clean OS-0"),
         "{}",
         out.diagnostics()
+    );
+    assert_eq!(
+        out.exit_code, 0,
+        "the partition did not power off when its app ended"
+    );
+}
+
+#[test]
+fn browser_shows_the_fixture_page_takes_typing_and_a_tablet_click() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = include_bytes!("fixtures/browser.html");
+    let private = private_disk(dir.path(), &[("browser.html", page)]);
+    let mut run = template_run(&private, "firefox-esr file:///home/user/browser.html");
+    // The page is on screen when the window carries its title.
+    run.test_script = "export DISPLAY=:0; \
+        until xdotool search --onlyvisible --name 'Bulkhead fixture' >/dev/null 2>&1; do sleep 1; done; \
+        sleep 5; echo FIXTURE-SHOWN"
+        .into();
+    run.supervise = step_list(&[
+        &format!("wait-serial:{READY}"),
+        "wait-serial:FIXTURE-SHOWN",
+        "screenshot:page",
+        "type:bulkhead",
+        "sleep:4000",
+        "screenshot:typed",
+        // The button covers x 400-1000 and y 0-600 of the page, whatever the height of
+        // the browser's own bars above it.
+        "tablet:700,400",
+        "sleep:500",
+        "click",
+        "sleep:5000",
+        "screenshot:clicked",
+        "stop",
+    ]);
+    let out = run_guest(&run);
+    eprintln!("{}", out.summary());
+    out.save_artifacts("template-browser");
+    assert!(
+        out.serial.contains("FIXTURE-SHOWN"),
+        "{}",
+        out.diagnostics()
+    );
+    let page = shot(&out, "page");
+    let green = count(&page, (0, 0, 1024, 768), |p| p == [0, 0xa0, 0]);
+    assert!(green > 50_000, "the fixture's green block: {green} pixels");
+    let typed = shot(&out, "typed");
+    let changed = differing(&page, &typed, (0, 300, 700, 768));
+    assert!(changed > 200, "typed text did not appear: {changed} pixels");
+    let clicked = shot(&out, "clicked");
+    let blue = count(&clicked, (0, 0, 1024, 768), |p| p == [0, 0, 0xc0]);
+    assert!(
+        blue > 100_000,
+        "the click did not change the page: {blue} blue pixels"
+    );
+}
+
+#[test]
+fn mail_client_opens_the_fixture_mailbox_and_lists_its_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let accountrc = b"[Account: 1]\naccount_name=user@localhost\nis_default=1\nname=Partition user\naddress=user@localhost\nprotocol=6\n";
+    let folderlist = br#"<?xml version="1.0" encoding="UTF-8"?>
+<folderlist>
+<folder type="mh" name="Mailbox" path="Mail" collapsed="0">
+<folderitem type="inbox" name="inbox" path="inbox"/>
+<folderitem type="outbox" name="sent" path="sent"/>
+<folderitem type="queue" name="queue" path="queue"/>
+<folderitem type="trash" name="trash" path="trash"/>
+<folderitem type="draft" name="draft" path="draft"/>
+</folder>
+</folderlist>
+"#;
+    let message = include_bytes!("fixtures/mail-1.eml");
+    let private = private_disk(
+        dir.path(),
+        &[
+            (".claws-mail/accountrc", accountrc),
+            (".claws-mail/folderlist.xml", folderlist),
+            ("Mail/inbox/1", message),
+            ("Mail/sent/.keep", b""),
+            ("Mail/queue/.keep", b""),
+            ("Mail/trash/.keep", b""),
+            ("Mail/draft/.keep", b""),
+        ],
+    );
+    let mut run = template_run(&private, "claws-mail --select '#mh/Mailbox/inbox'");
+    // Listed once the client has scanned the folder into its cache.
+    run.test_script =
+        "until grep -qs 'quarterly engines' /home/user/Mail/inbox/.claws_cache; do sleep 1; done; \
+        sleep 5; echo MAIL-LISTED"
+            .into();
+    run.supervise = step_list(&[
+        &format!("wait-serial:{READY}"),
+        "wait-serial:MAIL-LISTED",
+        "screenshot:inbox",
+        "stop",
+    ]);
+    let out = run_guest(&run);
+    eprintln!("{}", out.summary());
+    out.save_artifacts("template-mail");
+    assert!(out.serial.contains("MAIL-LISTED"), "{}", out.diagnostics());
+    let inbox = shot(&out, "inbox");
+    // The selected message row: a band of the theme's selection blue in the list.
+    let selected = count(&inbox, (300, 0, 1024, 400), |[r, g, b]| {
+        b > 150 && r < 120 && g > 90 && g < 170
+    });
+    assert!(
+        selected > 3_000,
+        "no selected message row: {selected} pixels"
     );
 }

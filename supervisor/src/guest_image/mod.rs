@@ -14,7 +14,7 @@ const INIT: &str = include_str!("../../../assets/guest/init");
 const MODULES: &str = include_str!("../../../assets/guest/modules");
 /// The guest-side programs a template partition runs after `switch_root` (init copies
 /// them into the new root): path in the initramfs, contents.
-const TEMPLATE_PROGRAMS: [(&str, &str); 3] = [
+const TEMPLATE_PROGRAMS: [(&str, &str); 4] = [
     (
         "bulkhead/stage2",
         include_str!("../../../assets/guest/bulkhead/stage2"),
@@ -26,6 +26,10 @@ const TEMPLATE_PROGRAMS: [(&str, &str); 3] = [
     (
         "bulkhead/session",
         include_str!("../../../assets/guest/bulkhead/session"),
+    ),
+    (
+        "bulkhead/firefox-policies.json",
+        include_str!("../../../assets/guest/bulkhead/firefox-policies.json"),
     ),
 ];
 const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
