@@ -35,6 +35,37 @@ pub struct SupervisedPartition {
     serial: Vec<u8>,
     started: Option<Instant>,
     usage: ProcessUsage,
+    /// The app a template partition starts; until the guest says it is on screen the
+    /// partition shows as starting.
+    app: Option<String>,
+    app_ready: AppReadyWatch,
+}
+
+/// Watches the serial stream for the guest session's ready line. The guest could lie;
+/// all it changes is a caption.
+#[derive(Debug, Default)]
+struct AppReadyWatch {
+    ready: bool,
+    /// The end of the previous chunk, in case the marker straddles two.
+    tail: Vec<u8>,
+}
+
+impl AppReadyWatch {
+    const MARKER: &'static [u8] = b"BULKHEAD-APP-READY";
+
+    fn feed(&mut self, bytes: &[u8]) {
+        if self.ready || bytes.is_empty() {
+            return;
+        }
+        self.tail.extend_from_slice(bytes);
+        self.ready = self
+            .tail
+            .windows(Self::MARKER.len())
+            .any(|w| w == Self::MARKER);
+        let keep = Self::MARKER.len() - 1;
+        let cut = self.tail.len().saturating_sub(keep);
+        self.tail.drain(..cut);
+    }
 }
 
 impl SupervisedPartition {
@@ -53,7 +84,15 @@ impl SupervisedPartition {
             serial: Vec::new(),
             started: None,
             usage: ProcessUsage::default(),
+            app: None,
+            app_ready: AppReadyWatch::default(),
         })
+    }
+
+    /// Shows the partition as starting `app` between boot and the app's first window.
+    pub fn with_app(mut self, app: Option<String>) -> Self {
+        self.app = app;
+        self
     }
 
     fn name(&self) -> &str {
@@ -142,7 +181,12 @@ impl PartitionBackend for SupervisedPartition {
     }
 
     fn state(&self) -> PartitionState {
-        app_state(self.supervisor_state())
+        match (app_state(self.supervisor_state()), &self.app) {
+            (PartitionState::Running, Some(app)) if !self.app_ready.ready => {
+                PartitionState::Starting { app: app.clone() }
+            }
+            (state, _) => state,
+        }
     }
 
     fn stats(&self) -> PartitionStats {
@@ -159,6 +203,7 @@ impl PartitionBackend for SupervisedPartition {
             .start(&self.info.name)
             .map_err(|e| process_error(&self.info.name, e))?;
         self.started = Some(Instant::now());
+        self.app_ready = AppReadyWatch::default();
         Ok(())
     }
 
@@ -191,6 +236,7 @@ impl PartitionBackend for SupervisedPartition {
         let supervisor = Arc::clone(&self.supervisor);
         let name = self.info.name.clone();
         self.started = Some(Instant::now());
+        self.app_ready = AppReadyWatch::default();
         std::thread::Builder::new()
             .name(format!("restart-{name}"))
             .spawn(move || {
@@ -208,6 +254,7 @@ impl PartitionBackend for SupervisedPartition {
         self.refresh_framebuffer();
         self.copy_damage();
         if let Ok(bytes) = self.supervisor.take_serial(self.name()) {
+            self.app_ready.feed(&bytes);
             self.serial.extend(bytes);
         }
     }
@@ -279,8 +326,16 @@ pub fn supervised_backends(
     };
     let mut backends: Vec<Box<dyn PartitionBackend>> = Vec::new();
     for spec in &specs {
+        // Only a Linux partition booting its template has an app to wait for.
+        let has_app = engine == Engine::Linux && spec.template.is_some();
+        let app = has_app.then(|| {
+            spec.app
+                .clone()
+                .unwrap_or_else(|| bulkhead_supervisor::launch::DEFAULT_APP.into())
+        });
         match SupervisedPartition::new(crate::app::run::info_from_spec(spec), supervisor.clone()) {
-            Ok(mut p) => {
+            Ok(p) => {
+                let mut p = p.with_app(app);
                 if spec.autostart {
                     if let Err(e) = p.start() {
                         tracing::warn!("{e}");
@@ -316,6 +371,24 @@ mod tests {
     #[test]
     fn fake_partition_process() {
         fake_partition_main();
+    }
+
+    #[test]
+    fn the_app_ready_line_is_found_even_split_across_serial_chunks() {
+        let mut w = AppReadyWatch::default();
+        w.feed(b"booting...\nBULKHEAD-APP");
+        assert!(!w.ready);
+        w.feed(b"-READY firefox-esr\n");
+        assert!(w.ready);
+        let mut w = AppReadyWatch::default();
+        for chunk in b"noise BULKHEAD-APP-READY".chunks(1) {
+            w.feed(chunk);
+        }
+        assert!(w.ready);
+        assert!(w.tail.len() < AppReadyWatch::MARKER.len());
+        let mut w = AppReadyWatch::default();
+        w.feed(&[b'x'; 100_000]);
+        assert!(!w.ready && w.tail.len() < AppReadyWatch::MARKER.len());
     }
 
     fn app_info(name: &str) -> PartitionInfo {

@@ -218,7 +218,7 @@ pub fn template_image(name: &str) -> PathBuf {
 /// The initramfs at `path` with one more newc archive holding the partition's settings,
 /// in an anonymous memory file (the kernel unpacks concatenated archives in order).
 fn initrd_with_config(path: &Path, config: &GuestConfig) -> Result<File, LaunchFileError> {
-    use std::io::Write;
+    use std::io::{Seek, Write};
     let base = std::fs::read(path).map_err(|source| LaunchFileError::Open {
         what: "initrd",
         path: path.to_path_buf(),
@@ -239,8 +239,10 @@ fn initrd_with_config(path: &Path, config: &GuestConfig) -> Result<File, LaunchF
     let fd = rustix::fs::memfd_create("bulkhead-initrd", rustix::fs::MemfdFlags::CLOEXEC)
         .map_err(|e| LaunchFileError::GuestConfig(e.into()))?;
     let mut file = File::from(fd);
+    // The partition process reads it from the start, like a freshly opened file.
     file.write_all(&base)
         .and_then(|()| file.write_all(&archive))
+        .and_then(|()| file.seek(std::io::SeekFrom::Start(0)).map(drop))
         .map_err(LaunchFileError::GuestConfig)?;
     Ok(file)
 }
@@ -402,5 +404,69 @@ mod tests {
         let card = launch_spec(&spec, Engine::TestCard);
         assert_eq!(card.launch.boot, BootConfig::TestCard);
         assert_eq!(card.boot_files, BootFiles::None);
+    }
+    #[test]
+    fn a_template_partition_gets_the_template_read_only_its_private_disk_and_its_settings() {
+        let policy = isolation_policy::Policy::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/policy"),
+        )
+        .unwrap()
+        .0;
+        let mut spec = policy.spec("browser").unwrap();
+        spec.template = Some("debian-12".into());
+        spec.app = Some("firefox-esr".into());
+        let l = launch_spec(&spec, Engine::Linux);
+        let ids: Vec<(&str, bool)> = l
+            .launch
+            .disks
+            .iter()
+            .map(|d| (d.id.as_str(), d.read_only))
+            .collect();
+        assert_eq!(ids, [("root", true), ("private", false)]);
+        assert_eq!(l.disk_files[0], DiskFile::Template("debian-12".into()));
+        assert!(
+            matches!(&l.disk_files[1], DiskFile::Private { path, size_mib: 2048 } if path.ends_with("partitions/browser/private.img"))
+        );
+        assert_eq!(l.guest_config.as_ref().unwrap().app, "firefox-esr");
+        l.launch.validate().unwrap();
+
+        spec.kind = isolation_policy::Kind::Disposable;
+        let d = launch_spec(&spec, Engine::Linux);
+        assert_eq!(d.disk_files[1], DiskFile::Throwaway { size_mib: 2048 });
+        // The test card boots no template.
+        assert!(launch_spec(&spec, Engine::TestCard).disk_files.is_empty());
+    }
+
+    #[test]
+    fn the_settings_travel_as_one_more_archive_after_the_initramfs_read_from_the_start() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("initrd");
+        std::fs::write(&base, b"BASE-ARCHIVE").unwrap();
+        let config = GuestConfig {
+            name: "mail".into(),
+            app: "claws-mail --select '#mh/Mailbox/inbox'".into(),
+            keyboard: "de".into(),
+        };
+        let mut file = initrd_with_config(&base, &config).unwrap();
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).unwrap();
+        assert!(bytes.starts_with(b"BASE-ARCHIVE"));
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("etc/bulkhead/partition.conf"));
+        assert!(text.contains(r#"BULKHEAD_APP='claws-mail --select '\''#mh/Mailbox/inbox'\'''"#));
+        assert!(text.contains("BULKHEAD_KEYMAP='de'"));
+    }
+
+    #[test]
+    fn a_missing_template_is_refused_with_the_command_that_builds_it() {
+        let e = open_disk(&DiskFile::Template("no-such-template".into()), true)
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("bulkhead template build no-such-template"),
+            "{e}"
+        );
     }
 }

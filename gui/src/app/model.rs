@@ -66,9 +66,15 @@ pub struct PartitionInfo {
 pub enum PartitionState {
     Stopped,
     Booting,
+    /// The guest is up; its app has not shown a window yet.
+    Starting {
+        app: String,
+    },
     Running,
     Paused,
-    Crashed { reason: String },
+    Crashed {
+        reason: String,
+    },
 }
 
 impl PartitionState {
@@ -76,6 +82,7 @@ impl PartitionState {
         match self {
             PartitionState::Stopped => "stopped",
             PartitionState::Booting => "booting",
+            PartitionState::Starting { .. } => "starting",
             PartitionState::Running => "running",
             PartitionState::Paused => "paused",
             PartitionState::Crashed { .. } => "crashed",
@@ -86,7 +93,10 @@ impl PartitionState {
     pub fn has_display(&self) -> bool {
         matches!(
             self,
-            PartitionState::Booting | PartitionState::Running | PartitionState::Paused
+            PartitionState::Booting
+                | PartitionState::Starting { .. }
+                | PartitionState::Running
+                | PartitionState::Paused
         )
     }
 

@@ -305,6 +305,7 @@ pub fn show_one(
 fn overlay_text(state: &PartitionState) -> Option<String> {
     match state {
         PartitionState::Booting => Some("booting…".into()),
+        PartitionState::Starting { app } => Some(format!("starting {app}…")),
         PartitionState::Paused => Some("paused".into()),
         PartitionState::Crashed { reason } => Some(format!("crashed: {reason}")),
         PartitionState::Stopped => Some("stopped".into()),
