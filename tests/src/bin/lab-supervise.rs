@@ -548,6 +548,10 @@ fn run(opts: Options) -> Result<bool, String> {
         session.log(&format!("step {step:?}"));
         if let Err(e) = session.run_step(step) {
             session.log(&format!("FAILED {step:?}: {e}"));
+            // What the guest showed when the step gave up: the best clue to why.
+            if let Err(e) = session.screenshot("failure") {
+                session.log(&format!("no failure screenshot: {e}"));
+            }
             ok = false;
             break;
         }
