@@ -17,6 +17,7 @@ pub mod guest_image;
 pub mod launch;
 mod partition;
 mod spawn;
+pub mod template;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod usage;
