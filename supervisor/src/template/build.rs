@@ -12,7 +12,8 @@ use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -190,6 +191,9 @@ pub struct BuildOptions {
     pub mode: Option<BuildMode>,
     /// Where `.deb`s are kept between builds; `None` downloads every time.
     pub apt_cache: Option<PathBuf>,
+    /// Set it (from a signal handler, another thread) to stop the build: its programs
+    /// are stopped, the staging directory removed, the old template kept.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for BuildOptions {
@@ -199,6 +203,7 @@ impl Default for BuildOptions {
             timeout: DEFAULT_BUILD_TIMEOUT,
             mode: None,
             apt_cache: Some(super::default_apt_cache()),
+            cancel: None,
         }
     }
 }
@@ -449,11 +454,35 @@ fn keep(lines: &mut Vec<String>, line: String) {
 fn run_pipeline(
     mm_args: &[String],
     image: &Path,
-    timeout: Duration,
+    options: &BuildOptions,
     progress: &mut dyn FnMut(BuildProgress),
 ) -> Result<(), TemplateError> {
+    run_programs(
+        ("mmdebstrap", "tar2sqfs"),
+        mm_args,
+        image,
+        options,
+        progress,
+    )
+}
+
+/// [`run_pipeline`] with the two programs named (tests stand in for them).
+fn run_programs(
+    (mmdebstrap, tar2sqfs): (&str, &str),
+    mm_args: &[String],
+    image: &Path,
+    options: &BuildOptions,
+    progress: &mut dyn FnMut(BuildProgress),
+) -> Result<(), TemplateError> {
+    let timeout = options.timeout;
     let deadline = Instant::now() + timeout;
-    let mut mm_cmd = Command::new("mmdebstrap");
+    let cancelled = || {
+        options
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+    };
+    let mut mm_cmd = Command::new(mmdebstrap);
     mm_cmd
         .args(mm_args)
         .stdin(Stdio::null())
@@ -467,7 +496,7 @@ fn run_pipeline(
             detail: "stdout/stderr were not captured".into(),
         });
     };
-    let mut sq_cmd = Command::new("tar2sqfs");
+    let mut sq_cmd = Command::new(tar2sqfs);
     sq_cmd
         .args(["-q", "-f", "-c", "zstd", "-X", "level=3"])
         .arg(image)
@@ -490,8 +519,14 @@ fn run_pipeline(
     let mut mm_lines = Vec::new();
     let mut sq_lines = Vec::new();
     loop {
+        if cancelled() {
+            return Err(TemplateError::Interrupted);
+        }
         let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
+        if left.is_zero() {
+            return Err(timed_out("mmdebstrap | tar2sqfs"));
+        }
+        match rx.recv_timeout(left.min(Duration::from_millis(250))) {
             Ok(Output::Mmdebstrap(line)) => {
                 tracing::debug!(target: "bulkhead::template::mmdebstrap", "{line}");
                 if let Some(p) = parse_progress_line(&line) {
@@ -503,7 +538,7 @@ fn run_pipeline(
                 tracing::debug!(target: "bulkhead::template::tar2sqfs", "{line}");
                 keep(&mut sq_lines, line);
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => return Err(timed_out("mmdebstrap | tar2sqfs")),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
@@ -511,6 +546,9 @@ fn run_pipeline(
     while mm.poll().is_none() || sq.poll().is_none() {
         if Instant::now() >= deadline {
             return Err(timed_out("mmdebstrap | tar2sqfs"));
+        }
+        if cancelled() {
+            return Err(TemplateError::Interrupted);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -579,7 +617,7 @@ impl TemplateStore {
         let package_list = staging.path().join(PACKAGE_LIST);
         let args = mmdebstrap_args(decl, mode, &package_list, apt_cache);
         let image = staging.path().join(IMAGE_FILE);
-        run_pipeline(&args, &image, options.timeout, progress)?;
+        run_pipeline(&args, &image, options, progress)?;
 
         let manifest = self.finish(decl, mode, &staging, started, progress)?;
         self.install(&staging, &decl.name, &lock)?;
@@ -804,6 +842,83 @@ mod tests {
         assert!(job.status.is_some());
         std::thread::sleep(Duration::from_millis(1500));
         assert!(!marker.exists(), "the background child outlived the stop");
+    }
+
+    /// Runs `script` as mmdebstrap (its arguments: `-c script`) and `true` as
+    /// tar2sqfs.
+    fn run_fake(script: &str, options: &BuildOptions) -> (Result<(), TemplateError>, Duration) {
+        let dir = tempfile::tempdir().unwrap();
+        let args = vec!["-c".to_string(), script.to_string()];
+        let started = Instant::now();
+        let result = run_programs(
+            ("sh", "true"),
+            &args,
+            &dir.path().join("img"),
+            options,
+            &mut |_| {},
+        );
+        (result, started.elapsed())
+    }
+
+    #[test]
+    fn a_hung_build_is_stopped_at_the_timeout() {
+        let options = BuildOptions {
+            timeout: Duration::from_secs(1),
+            ..BuildOptions::default()
+        };
+        let (result, took) = run_fake("echo 'I: downloading' >&2; sleep 600", &options);
+        assert!(
+            matches!(result, Err(TemplateError::TimedOut { .. })),
+            "{result:?}"
+        );
+        assert!(took < Duration::from_secs(8), "{took:?}");
+    }
+
+    #[test]
+    fn a_chatty_hung_build_is_stopped_at_the_timeout_too() {
+        let options = BuildOptions {
+            timeout: Duration::from_secs(1),
+            ..BuildOptions::default()
+        };
+        let (result, took) = run_fake("while :; do echo 'Get: 1' >&2; done", &options);
+        assert!(
+            matches!(result, Err(TemplateError::TimedOut { .. })),
+            "{result:?}"
+        );
+        assert!(took < Duration::from_secs(8), "{took:?}");
+    }
+
+    #[test]
+    fn a_cancelled_build_stops_its_programs() {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let options = BuildOptions {
+            cancel: Some(cancel.clone()),
+            ..BuildOptions::default()
+        };
+        let setter = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            cancel.store(true, Ordering::SeqCst);
+        });
+        let (result, took) = run_fake("sleep 600", &options);
+        setter.join().unwrap();
+        assert!(
+            matches!(result, Err(TemplateError::Interrupted)),
+            "{result:?}"
+        );
+        assert!(took < Duration::from_secs(8), "{took:?}");
+    }
+
+    #[test]
+    fn a_failing_build_reports_its_error_lines() {
+        let (result, _) = run_fake(
+            "echo 'I: downloading' >&2; echo 'E: Unable to locate package nope' >&2; exit 1",
+            &BuildOptions::default(),
+        );
+        let e = result.unwrap_err().to_string();
+        assert!(
+            e.contains("`mmdebstrap` failed") && e.contains("Unable to locate package nope"),
+            "{e}"
+        );
     }
 
     #[test]

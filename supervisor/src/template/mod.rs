@@ -18,6 +18,9 @@ pub mod declaration;
 pub mod manifest;
 pub mod store;
 
+#[cfg(test)]
+mod real_build_test;
+
 use std::path::{Path, PathBuf};
 
 pub use build::{
@@ -60,6 +63,8 @@ pub enum TemplateError {
     },
     #[error("`{command}` took longer than {limit_secs} s and was stopped (a mirror not answering?); raise the limit with --timeout if the network is just slow")]
     TimedOut { command: String, limit_secs: u64 },
+    #[error("the build was interrupted; the previous template (if any) is unchanged")]
+    Interrupted,
     #[error("manifest {path} is unreadable: {detail}; rebuild the template (bulkhead template build --force)")]
     BadManifest { path: PathBuf, detail: String },
     #[error("template `{name}` is not installed in {store}")]
