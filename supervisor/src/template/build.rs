@@ -25,8 +25,9 @@ use super::{io_err, Declaration, TemplateError, TemplateStore};
 /// How long a build may take before it is stopped (a hung mirror must not hang forever).
 pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 
-/// How long a stopped program gets to clean up after TERM before KILL.
-const TERM_GRACE: Duration = Duration::from_secs(10);
+/// How long a stopped program gets to clean up after TERM before KILL (mmdebstrap
+/// unmounts and deletes its temporary root).
+const TERM_GRACE: Duration = Duration::from_secs(30);
 
 /// mmdebstrap's hooks that set up a merged-/usr root without usrmerge and perl.
 const MERGED_USR_HOOKS: &str = "/usr/share/mmdebstrap/hooks/merged-usr";
@@ -169,6 +170,15 @@ fn userns_blocked() -> Option<String> {
     }
     if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
         return Some("user namespaces (sudo sysctl user.max_user_namespaces=10000)".into());
+    }
+    // Ubuntu 24.04 and later: unprivileged namespaces get no capabilities unless an
+    // AppArmor profile allows them (root is not restricted).
+    if !rustix::process::geteuid().is_root()
+        && read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1")
+    {
+        return Some(
+            "user namespaces without AppArmor's restriction (sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0, or an AppArmor profile allowing userns for mmdebstrap)".into(),
+        );
     }
     None
 }
@@ -599,7 +609,7 @@ impl TemplateStore {
             None => choose_mode(&HostFacts::probe())?,
         };
         progress(BuildProgress::Mode(mode));
-        tracing::info!(template = %decl.name, %mode, "building template");
+        tracing::debug!(template = %decl.name, %mode, "building template");
         let started = Instant::now();
 
         let staging = self.staging(&decl.name, &lock)?;
