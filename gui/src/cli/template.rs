@@ -142,9 +142,15 @@ impl Bar {
 }
 
 fn is_detail(stage: &str) -> bool {
-    ["running ", "using ", "chroot architecture", "finding correct", "skipping "]
-        .iter()
-        .any(|p| stage.starts_with(p))
+    [
+        "running ",
+        "using ",
+        "chroot architecture",
+        "finding correct",
+        "skipping ",
+    ]
+    .iter()
+    .any(|p| stage.starts_with(p))
 }
 
 fn human_size(bytes: u64) -> String {

@@ -430,7 +430,7 @@ fn failure_detail(lines: &[String]) -> String {
     let errors: Vec<&str> = lines
         .iter()
         .map(String::as_str)
-        .filter(|l| l.starts_with("E:") || l.contains("rror"))
+        .filter(|l| l.starts_with("E:") || l.to_ascii_lowercase().contains("error:"))
         .collect();
     let pick: Vec<&str> = if errors.is_empty() {
         lines
@@ -933,9 +933,14 @@ mod tests {
 
     #[test]
     fn failure_detail_prefers_error_lines() {
-        let lines: Vec<String> = ["I: a", "E: Unable to locate package nope", "I: b"]
-            .map(String::from)
-            .to_vec();
+        let lines: Vec<String> = [
+            "I: a",
+            "Setting up liberror-perl (0.17029-2) ...",
+            "E: Unable to locate package nope",
+            "I: b",
+        ]
+        .map(String::from)
+        .to_vec();
         assert_eq!(failure_detail(&lines), "E: Unable to locate package nope");
         assert_eq!(failure_detail(&[]), "no error output");
     }

@@ -13,7 +13,8 @@
 //! ```
 //!
 //! Problems are [`Diagnostic`]s (`file:line:column: error: … (hint: …)`), the style of
-//! `bulkhead policy check`, all of them at once.
+//! `bulkhead policy check`: a syntax error or unknown key stops at the first one, value
+//! problems (names, packages, mirrors) are all reported at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

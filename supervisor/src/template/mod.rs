@@ -129,7 +129,8 @@ pub fn shipped_declaration_dir() -> PathBuf {
 
 /// `assets/templates` in this source tree.
 pub fn source_tree_declaration_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/templates")
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/templates");
+    dir.canonicalize().unwrap_or(dir)
 }
 
 /// The user's declarations: `$XDG_CONFIG_HOME/bulkhead/templates` (or `~/.config/…`).
