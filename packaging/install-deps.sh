@@ -17,11 +17,14 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# Runtime: the guest image builder (apt, dpkg), the desktop app's libraries (Vulkan with
+# Runtime: the guest image builder (apt, dpkg), the template builder (mmdebstrap,
+# tar2sqfs from squashfs-tools-ng, newuidmap/newgidmap from uidmap for unprivileged
+# builds, e2fsprogs for private disks), the desktop app's libraries (Vulkan with
 # lavapipe as fallback, GL for the glow renderer, X11/Wayland, xkbcommon), passt for NAT.
 runtime="apt dpkg ca-certificates pkg-config libvulkan1 mesa-vulkan-drivers libgl1 libegl1
     libx11-6 libxcursor1 libxrandr2 libxi6 libxkbcommon0 libxkbcommon-x11-0
-    libwayland-client0 libwayland-egl1 passt"
+    libwayland-client0 libwayland-egl1 passt
+    mmdebstrap squashfs-tools-ng uidmap e2fsprogs"
 # Tests: the lab (QEMU with emulated SVM), cpio to cross-check our initramfs writer, a
 # real X server and screenshots, ACPI disassembly, the .deb checks.
 testing="qemu-system-x86 cpio xvfb x11-utils imagemagick acpica-tools lintian

@@ -73,6 +73,7 @@ dpkg-deb -c "$deb" | awk '{print $NF}' | sed 's|^\./|/|' >"$work/contents"
 for path in \
     /usr/bin/bulkhead /usr/bin/bulkhead-vmm \
     /etc/bulkhead/partitions.toml \
+    /usr/share/bulkhead/templates/debian-12.toml \
     /usr/share/applications/bulkhead.desktop \
     /usr/share/icons/hicolor/scalable/apps/bulkhead.svg \
     /usr/share/man/man1/bulkhead.1.gz /usr/share/man/man1/bulkhead-vmm.1.gz \
@@ -95,7 +96,7 @@ check "maintainer scripts build no guest image and download nothing" \
     sh -c "! grep -Eqs 'bulkhead +image|apt-get|dpkg-deb|wget|curl' '$work'/control/*inst '$work'/control/*rm"
 
 depends=$(dpkg-deb -f "$deb" Depends)
-for lib in libx11-6 libxkbcommon0 libwayland-client0 libegl1 apt; do
+for lib in libx11-6 libxkbcommon0 libwayland-client0 libegl1 apt mmdebstrap squashfs-tools-ng uidmap; do
     check "Depends declares $lib" sh -c "printf '%s' '$depends' | grep -qw '$lib'"
 done
 check "Recommends declares libvulkan1 and passt" \

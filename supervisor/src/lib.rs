@@ -18,6 +18,7 @@ pub mod launch;
 mod partition;
 pub mod private_disk;
 mod spawn;
+pub mod template;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod usage;

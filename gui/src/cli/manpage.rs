@@ -194,6 +194,26 @@ mod tests {
     }
 
     #[test]
+    fn template_build_page_says_where_declarations_images_and_packages_live() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pages(dir.path(), "2026-11-26").unwrap();
+
+        for sub in ["build", "list", "remove"] {
+            let page = dir.path().join(format!("bulkhead-template-{sub}.1"));
+            assert!(page.exists(), "{} missing", page.display());
+        }
+        let page = std::fs::read_to_string(dir.path().join("bulkhead-template-build.1")).unwrap();
+        for needle in [
+            "/usr/share/bulkhead/templates/NAME.toml",
+            "bulkhead/templates/NAME/",
+            "apt\\-archives",
+            "\\-\\-force",
+        ] {
+            assert!(page.contains(needle), "{needle} missing from {page}");
+        }
+    }
+
+    #[test]
     fn civil_date_converts_days_since_the_epoch() {
         assert_eq!(civil_date(0), "1970-01-01");
         assert_eq!(civil_date(11_016), "2000-02-29");

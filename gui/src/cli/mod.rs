@@ -4,6 +4,7 @@ pub mod image;
 pub mod manpage;
 pub mod policy;
 pub mod run;
+pub mod template;
 pub mod up;
 
 use std::process::ExitCode;
@@ -33,6 +34,9 @@ pub enum Command {
     /// Build or locate the guest image (Debian kernel + initramfs) in the cache.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Build, list and remove templates: read-only Debian root images for partitions.
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
     /// Write the man pages into a directory (used by packaging).
     #[command(hide = true)]
     Man(manpage::ManArgs),
@@ -44,6 +48,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Some(Command::Policy(cmd)) => policy::run(cmd),
         Some(Command::Up(args)) => up::run(args),
         Some(Command::Image(cmd)) => image::run(cmd),
+        Some(Command::Template(cmd)) => template::run(cmd),
         Some(Command::Man(args)) => manpage::run(args),
         None => bulkhead::supervised::run_desktop(),
     }
