@@ -146,7 +146,7 @@ mod tests {
     }
 
     #[test]
-    fn form_shows_the_editor_fields_in_the_order_it_always_had() {
+    fn form_shows_the_editor_fields_in_the_table_order() {
         let keys: Vec<&str> = form_fields().map(|f| f.key).collect();
         assert_eq!(
             keys,
@@ -159,6 +159,9 @@ mod tests {
                 "display",
                 "image",
                 "template",
+                "app",
+                "private_disk_mib",
+                "keyboard",
                 "cmdline",
                 "tags",
                 "autostart",
