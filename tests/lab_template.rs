@@ -16,7 +16,10 @@ const READY: &str = "BULKHEAD-APP-READY";
 fn template_image() -> PathBuf {
     let image = match std::env::var_os("BULKHEAD_TEMPLATE_IMAGE") {
         Some(p) => PathBuf::from(p),
-        None => bulkhead_supervisor::launch::template_image("debian-12"),
+        None => bulkhead_supervisor::template::TemplateStore::open_default()
+            .dir("debian-12")
+            .unwrap()
+            .join(bulkhead_supervisor::template::store::IMAGE_FILE),
     };
     assert!(
         image.is_file(),

@@ -6,3 +6,4 @@ pub mod app;
 pub mod display;
 pub mod input;
 pub mod supervised;
+pub mod template_build;

@@ -22,6 +22,7 @@ use crate::app::backend::{BackendError, PartitionBackend};
 use crate::app::model::{PartitionInfo, PartitionState, PartitionStats, SourceKind};
 use crate::display::{DamageRect, FrameView, FramebufferLayout};
 use crate::input::UserInput;
+use crate::template_build::{BuildState, TemplateBuild};
 
 /// One supervised partition as the app sees it.
 pub struct SupervisedPartition {
@@ -39,6 +40,12 @@ pub struct SupervisedPartition {
     /// partition shows as starting.
     app: Option<String>,
     app_ready: AppReadyWatch,
+    /// The template this partition boots, built first if it is missing.
+    template: Option<String>,
+    build: Option<TemplateBuild>,
+    /// Why the last template build failed, shown until the next start.
+    build_failure: Option<String>,
+    waker: Option<egui::Context>,
 }
 
 /// Watches the serial stream for the guest session's ready line. The guest could lie;
@@ -86,7 +93,59 @@ impl SupervisedPartition {
             usage: ProcessUsage::default(),
             app: None,
             app_ready: AppReadyWatch::default(),
+            template: None,
+            build: None,
+            build_failure: None,
+            waker: None,
         })
+    }
+
+    /// Builds `template` before the first start if it is missing.
+    pub fn with_template(mut self, template: Option<String>) -> Self {
+        self.template = template;
+        self
+    }
+
+    /// Starts the partition process now, or first its template's build.
+    fn start_or_build(&mut self) -> Result<(), BackendError> {
+        self.build_failure = None;
+        if let Some(t) = self
+            .template
+            .as_deref()
+            .filter(|t| TemplateBuild::needed(t))
+        {
+            let waker = self.waker.clone();
+            self.build = Some(TemplateBuild::start(t, move || {
+                if let Some(ctx) = &waker {
+                    ctx.request_repaint();
+                }
+            }));
+            return Ok(());
+        }
+        self.supervisor
+            .start(&self.info.name)
+            .map_err(|e| process_error(&self.info.name, e))?;
+        self.started = Some(Instant::now());
+        self.app_ready = AppReadyWatch::default();
+        Ok(())
+    }
+
+    /// A finished template build starts the partition; a failed one is shown.
+    fn poll_build(&mut self) {
+        let Some(build) = &self.build else { return };
+        match build.state() {
+            BuildState::Running(_) => {}
+            BuildState::Done => {
+                self.build = None;
+                if let Err(e) = self.start_or_build() {
+                    self.build_failure = Some(e.to_string());
+                }
+            }
+            BuildState::Failed(reason) => {
+                self.build = None;
+                self.build_failure = Some(reason);
+            }
+        }
     }
 
     /// Shows the partition as starting `app` between boot and the app's first window.
@@ -181,6 +240,16 @@ impl PartitionBackend for SupervisedPartition {
     }
 
     fn state(&self) -> PartitionState {
+        if let Some(build) = &self.build {
+            if let BuildState::Running(what) = build.state() {
+                return PartitionState::Preparing { what };
+            }
+        }
+        if let Some(reason) = &self.build_failure {
+            return PartitionState::Crashed {
+                reason: reason.clone(),
+            };
+        }
         match (app_state(self.supervisor_state()), &self.app) {
             (PartitionState::Running, Some(app)) if !self.app_ready.ready => {
                 PartitionState::Starting { app: app.clone() }
@@ -199,15 +268,15 @@ impl PartitionBackend for SupervisedPartition {
     }
 
     fn start(&mut self) -> Result<(), BackendError> {
-        self.supervisor
-            .start(&self.info.name)
-            .map_err(|e| process_error(&self.info.name, e))?;
-        self.started = Some(Instant::now());
-        self.app_ready = AppReadyWatch::default();
-        Ok(())
+        self.start_or_build()
     }
 
     fn stop(&mut self) -> Result<(), BackendError> {
+        if let Some(build) = self.build.take() {
+            build.cancel();
+            return Ok(());
+        }
+        self.build_failure = None;
         let supervisor = Arc::clone(&self.supervisor);
         let name = self.info.name.clone();
         self.started = None;
@@ -249,6 +318,7 @@ impl PartitionBackend for SupervisedPartition {
     }
 
     fn poll(&mut self) {
+        self.poll_build();
         let pid = self.supervisor.status(self.name()).ok().and_then(|s| s.pid);
         self.usage.sample(pid, vm_process);
         self.refresh_framebuffer();
@@ -282,6 +352,7 @@ impl PartitionBackend for SupervisedPartition {
     }
 
     fn set_waker(&mut self, ctx: egui::Context) {
+        self.waker = Some(ctx.clone());
         self.supervisor
             .set_notify(Arc::new(move || ctx.request_repaint()));
     }
@@ -335,7 +406,8 @@ pub fn supervised_backends(
         });
         match SupervisedPartition::new(crate::app::run::info_from_spec(spec), supervisor.clone()) {
             Ok(p) => {
-                let mut p = p.with_app(app);
+                let template = has_app.then(|| spec.template.clone()).flatten();
+                let mut p = p.with_app(app).with_template(template);
                 if spec.autostart {
                     if let Err(e) = p.start() {
                         tracing::warn!("{e}");

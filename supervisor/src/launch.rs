@@ -13,6 +13,7 @@ use vmm_core::launch::{
 };
 
 use crate::guest_image::{self, ImageError};
+use crate::template::TemplateStore;
 
 /// Automatic restarts of a crashing partition before it stays crashed.
 const MAX_AUTO_RESTARTS: u32 = 3;
@@ -118,6 +119,8 @@ pub enum LaunchFileError {
     TemplateMissing(String),
     #[error(transparent)]
     PrivateDisk(#[from] crate::private_disk::PrivateDiskError),
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
     #[error("appending the partition's settings to its initramfs: {0}")]
     GuestConfig(std::io::Error),
 }
@@ -190,13 +193,10 @@ impl LaunchSpec {
 fn open_disk(file: &DiskFile, read_only: bool) -> Result<File, LaunchFileError> {
     match file {
         DiskFile::Path(path) => open("disk", path, !read_only),
-        DiskFile::Template(name) => {
-            let image = template_image(name);
-            if !image.is_file() {
-                return Err(LaunchFileError::TemplateMissing(name.clone()));
-            }
-            open("template image", &image, false)
-        }
+        DiskFile::Template(name) => match TemplateStore::open_default().installed(name)? {
+            Some(t) => open("template image", &t.image, false),
+            None => Err(LaunchFileError::TemplateMissing(name.clone())),
+        },
         DiskFile::Private { path, size_mib } => {
             Ok(crate::private_disk::open_or_create(path, *size_mib)?)
         }
@@ -205,14 +205,6 @@ fn open_disk(file: &DiskFile, read_only: bool) -> Result<File, LaunchFileError> 
             *size_mib,
         )?),
     }
-}
-
-/// The root image of template `name` in the template store.
-pub fn template_image(name: &str) -> PathBuf {
-    crate::private_disk::data_root()
-        .join("templates")
-        .join(name)
-        .join("root.sqfs")
 }
 
 /// The initramfs at `path` with one more newc archive holding the partition's settings,

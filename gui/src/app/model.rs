@@ -65,6 +65,10 @@ pub struct PartitionInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PartitionState {
     Stopped,
+    /// Getting ready to boot, e.g. building the partition's template.
+    Preparing {
+        what: String,
+    },
     Booting,
     /// The guest is up; its app has not shown a window yet.
     Starting {
@@ -81,6 +85,7 @@ impl PartitionState {
     pub fn word(&self) -> &'static str {
         match self {
             PartitionState::Stopped => "stopped",
+            PartitionState::Preparing { .. } => "preparing",
             PartitionState::Booting => "booting",
             PartitionState::Starting { .. } => "starting",
             PartitionState::Running => "running",

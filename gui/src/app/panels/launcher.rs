@@ -71,9 +71,9 @@ fn swatch(ui: &mut Ui, color: Color32) {
 fn state_text(state: &PartitionState) -> RichText {
     let color = match state {
         PartitionState::Running => Color32::from_rgb(0x4e, 0x9a, 0x06),
-        PartitionState::Booting | PartitionState::Starting { .. } => {
-            Color32::from_rgb(0xc4, 0xa0, 0x00)
-        }
+        PartitionState::Preparing { .. }
+        | PartitionState::Booting
+        | PartitionState::Starting { .. } => Color32::from_rgb(0xc4, 0xa0, 0x00),
         PartitionState::Paused => Color32::from_rgb(0x72, 0x9f, 0xcf),
         PartitionState::Crashed { .. } => Color32::from_rgb(0xef, 0x29, 0x29),
         PartitionState::Stopped => Color32::GRAY,

@@ -304,6 +304,7 @@ pub fn show_one(
 
 fn overlay_text(state: &PartitionState) -> Option<String> {
     match state {
+        PartitionState::Preparing { what } => Some(what.clone()),
         PartitionState::Booting => Some("booting…".into()),
         PartitionState::Starting { app } => Some(format!("starting {app}…")),
         PartitionState::Paused => Some("paused".into()),
