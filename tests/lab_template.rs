@@ -159,14 +159,20 @@ fn work_terminal_runs_typed_commands_and_its_home_survives_a_restart_but_root_ch
 
     // Boot 1: type into the terminal; as root, scribble over the template's files.
     let mut run = template_run(&private, "xterm -fa Monospace -fs 14 -e tmux");
+    // The window maps before tmux inside it is ready for keys: wait for its server.
     run.test_script = "echo scribbled > /etc/os-release; rm -rf /usr/share/doc; \
-                       echo scribble > /root-note; echo ROOT-WRITTEN"
+                       echo scribble > /root-note; \
+                       until [ -S /tmp/tmux-1000/default ]; do sleep 1; done; sleep 5; \
+                       echo TERMINAL-UP"
         .into();
     run.supervise = step_list(&[
         &format!("wait-serial:{READY}"),
-        "wait-serial:ROOT-WRITTEN",
-        "sleep:3000",
+        "wait-serial:TERMINAL-UP",
         "screenshot:before",
+        // A fresh prompt first: a slow start can leave xterm's answers to tmux's terminal
+        // queries on the command line.
+        "type:\\n",
+        "sleep:3000",
         "type:echo $((6*7)) > ~/answer; echo typed-$((6*7)); sync\\n",
         "sleep:5000",
         "screenshot:after",
