@@ -96,7 +96,8 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
     // Everything the partition needs is open: from here on nothing is opened.
     match super::confine(pid_gap, mem_bytes, fb_bytes) {
         Ok(report) => {
-            tracing::info!("{}", super::describe_sandbox(&report));
+            // To the partition's log (stderr), whatever the log level.
+            eprintln!("bulkhead-vmm: {}", super::describe_sandbox(&report));
             events.send(&Event::Sandbox(super::sandbox_status(&report)))?;
         }
         Err(e) => {
