@@ -875,8 +875,8 @@ mod degraded_sandbox {
             jf,
             k,
         };
-        let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u32;
-        let ret = (libc::BPF_RET | libc::BPF_K) as u32;
+        let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+        let ret = libc::BPF_RET | libc::BPF_K;
         let mut program = [
             stmt(load, 4), // seccomp_data.arch
             jeq(AUDIT_ARCH_X86_64, 1, 0),
