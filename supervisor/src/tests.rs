@@ -254,7 +254,11 @@ fn a_flood_of_full_screen_damage_is_taken_as_at_most_one_screen_per_poll() {
         if done {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "flood did not arrive");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flood did not arrive: {:?}",
+            sup.status("flood").unwrap()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(polls > 1);
