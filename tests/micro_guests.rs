@@ -909,6 +909,61 @@ mod degraded_sandbox {
         Ok(())
     }
 
+    /// `bulkhead-vmm run --test-card` for a second with `extra` flags: exit code, stderr.
+    fn bare_run(extra: &[&str], hard_as: Option<u64>) -> (Option<i32>, String) {
+        let mut process = Process::new(binary());
+        process
+            .args(["run", "--test-card", "--display", "64x64", "--timeout", "1"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if let Some(limit) = hard_as {
+            // SAFETY: one system call on a stack struct between fork and exec, no
+            // allocation (async-signal-safe).
+            unsafe {
+                process.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let out = process.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn a_bare_run_is_sandboxed_unless_told_not_to_and_says_which_sandbox_it_got() {
+        let (code, stderr) = bare_run(&[], None);
+        assert_eq!(code, Some(4), "timeout: {stderr}");
+        assert!(
+            stderr.contains("bulkhead-vmm: sandbox: full (")
+                || stderr.contains("bulkhead-vmm: sandbox reduced: "),
+            "{stderr}"
+        );
+        let (code, stderr) = bare_run(&["--no-sandbox"], None);
+        assert_eq!(code, Some(4), "timeout: {stderr}");
+        assert!(
+            stderr.contains("bulkhead-vmm: no sandbox (--no-sandbox)"),
+            "{stderr}"
+        );
+        // Fails closed like a supervised one: the guest never starts.
+        let (code, stderr) = bare_run(&[], Some(HARD_AS));
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains("the partition did not run") && stderr.contains("RLIMIT_AS"),
+            "{stderr}"
+        );
+    }
+
     #[test]
     fn the_partition_process_started_by_the_supervisor_has_no_proc_and_logs_its_sandbox() {
         let sup = Supervisor::new(vec![LaunchSpec::partition(
