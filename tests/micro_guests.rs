@@ -642,3 +642,364 @@ fn a_guest_writes_and_reads_its_disk_through_virtio_blk() {
     assert!(disk[..2 * 512].iter().all(|&b| b == 0));
     assert!(disk[3 * 512..5 * 512].iter().all(|&b| b == 0));
 }
+
+// ---------------------------------------------------------------------------------------
+// The real `bulkhead-vmm partition` on this host's /dev/kvm, under a degraded host: the
+// sandbox fails closed, or reports what the host lacks.
+
+mod degraded_sandbox {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    use std::os::unix::process::CommandExt;
+    use std::path::PathBuf;
+    use std::process::{Child, Command as Process, Stdio};
+    use std::time::{Duration, Instant};
+
+    use bulkhead_supervisor::launch::vmm_binary;
+    use bulkhead_supervisor::{
+        AutoRestart, BootFiles, LaunchSpec, ProcessState, SandboxGap, SandboxStatus, Supervisor,
+    };
+    use vmm_core::control::{
+        send_launch, Command, Event, MessageReader, MessageWriter, Received, VmState,
+    };
+    use vmm_core::hostcheck;
+    use vmm_core::launch::{
+        AgentChannel, BootConfig, DisplaySize, LaunchConfig, LaunchFiles, NetworkConfig,
+    };
+    use vmm_core::shm::Memfd;
+
+    const WAIT: Duration = Duration::from_secs(30);
+
+    fn binary() -> PathBuf {
+        let binary = vmm_binary();
+        assert!(
+            binary.is_file(),
+            "{} missing: build it first (cargo build -p vmm-core --bin bulkhead-vmm) or set BULKHEAD_VMM",
+            binary.display()
+        );
+        binary
+    }
+
+    fn test_card(name: &str) -> LaunchConfig {
+        LaunchConfig {
+            name: name.to_string(),
+            memory_mib: 16,
+            vcpus: 1,
+            display: Some(DisplaySize {
+                width: 64,
+                height: 64,
+            }),
+            boot: BootConfig::TestCard,
+            disks: Vec::new(),
+            network: NetworkConfig::None,
+            agent: AgentChannel::VirtioConsole,
+        }
+    }
+
+    /// A hard `RLIMIT_AS` this far below the partition's cap (guest RAM + framebuffer
+    /// + 1 GiB headroom): enough to start and build the VM, not to raise to the cap.
+    const HARD_AS: u64 = 768 << 20;
+
+    /// `bulkhead-vmm partition --control-fd 3` with the hard `RLIMIT_AS` lowered in a
+    /// pre_exec of the spawned child, sent the test card's launch.
+    fn spawn_with_low_rlimit_as(
+        name: &str,
+    ) -> (Child, MessageWriter<Command>, MessageReader<Event>) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let theirs_fd = theirs.as_raw_fd();
+        let mut process = Process::new(binary());
+        process
+            .args(["partition", "--control-fd", "3"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        // SAFETY: runs in the child between fork and exec: two system calls on integers
+        // and a stack struct, no allocation (async-signal-safe). `theirs_fd` is open in
+        // the parent until after spawn, so in the child too; dup2 onto 3 clears CLOEXEC
+        // on the copy (fcntl does when it already is 3) so exactly that fd survives the
+        // exec.
+        unsafe {
+            process.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: HARD_AS,
+                    rlim_max: HARD_AS,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let rc = if theirs_fd != 3 {
+                    libc::dup2(theirs_fd, 3)
+                } else {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                };
+                if rc < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = process.spawn().unwrap();
+        drop(theirs);
+        let mut writer = MessageWriter::new(ours.try_clone().unwrap());
+        let (kvm, _) = hostcheck::open_kvm_device().expect("this test needs /dev/kvm");
+        let files = LaunchFiles {
+            kvm: kvm.into(),
+            kernel: None,
+            initrd: None,
+            disks: Vec::new(),
+        };
+        send_launch(&mut writer, &test_card(name), files).unwrap();
+        ours.set_read_timeout(Some(WAIT)).unwrap();
+        (child, writer, MessageReader::new(ours))
+    }
+
+    #[test]
+    fn a_partition_whose_hard_rlimit_as_is_below_the_cap_reports_why_and_never_runs_its_guest() {
+        let (mut child, mut commands, mut events) = spawn_with_low_rlimit_as("low-as");
+        let mut framebuffer = None;
+        let mut failure = None;
+        // Everything it says until it hangs up.
+        while let Ok(Received { message, mut fds }) = events.recv() {
+            match message {
+                Event::Framebuffer { .. } => framebuffer = fds.pop(),
+                Event::Sandbox(SandboxStatus::Failed { reason }) => {
+                    failure = Some(reason);
+                    // Were it to start anyway, this would let it.
+                    let _ = commands.send(&Command::Start);
+                }
+                Event::Sandbox(other) => panic!("sandbox reported as {other:?}"),
+                Event::State(VmState::Ready | VmState::Running) => {
+                    panic!("a partition whose sandbox failed said it is ready or running")
+                }
+                _ => {}
+            }
+        }
+        let reason = failure.expect("the partition reports its sandbox failure");
+        assert!(
+            reason.contains("RLIMIT_AS") && reason.contains("Operation not permitted"),
+            "{reason}"
+        );
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(1), "{status:?}");
+        // The test card paints its first pixel at once; the shared framebuffer is blank.
+        let memfd = Memfd::from_received(framebuffer.expect("framebuffer offered")).unwrap();
+        let pixels = memfd.map_readonly().unwrap();
+        let mut top = vec![0u8; 64 * 4];
+        pixels.read_at(0, &mut top).unwrap();
+        assert!(top.iter().all(|&b| b == 0), "guest code ran: {top:?}");
+    }
+
+    /// Name of the test that, re-executed with [`HIDE_LANDLOCK`], installs a seccomp
+    /// filter answering `landlock_create_ruleset` with ENOSYS (a kernel without
+    /// Landlock, as far as the partition can tell) and execs `bulkhead-vmm`.
+    const WRAPPER_TEST: &str = "degraded_sandbox::landlock_hiding_wrapper";
+    const HIDE_LANDLOCK: &str = "hide-landlock-then-exec";
+
+    /// The supervisor's launch of `bulkhead-vmm partition` through the wrapper.
+    fn without_landlock(name: &str) -> LaunchSpec {
+        let vmm = binary();
+        LaunchSpec {
+            program: std::env::current_exe().unwrap(),
+            args: [
+                WRAPPER_TEST,
+                "--exact",
+                "--quiet",
+                "--test-threads=1",
+                "--",
+                HIDE_LANDLOCK,
+            ]
+            .iter()
+            .map(Into::into)
+            .chain([vmm.into_os_string(), "partition".into()])
+            .collect(),
+            launch: test_card(name),
+            boot_files: BootFiles::None,
+            disk_files: Vec::new(),
+            guest_config: None,
+            restart: AutoRestart::Never,
+        }
+    }
+
+    #[test]
+    fn a_partition_on_a_kernel_without_landlock_runs_and_its_status_shows_the_reduced_sandbox() {
+        let sup = Supervisor::new(vec![without_landlock("no-landlock")]).unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        sup.set_log_dir(Some(logs.path().to_path_buf()));
+        sup.start("no-landlock").unwrap();
+        let (status, ok) = sup
+            .wait_until("no-landlock", WAIT, |s| {
+                s.state == ProcessState::Running && s.damage_events > 0
+            })
+            .unwrap();
+        assert!(ok, "the partition did not run: {status:?}");
+        assert_eq!(
+            status.sandbox,
+            Some(SandboxStatus::Reduced {
+                missing: vec![SandboxGap::Landlock]
+            })
+        );
+        assert_eq!(status.sandbox_gaps(), &[SandboxGap::Landlock]);
+        sup.stop("no-landlock", Duration::from_secs(5)).unwrap();
+        // It said so in its log too, which the supervisor wrote, not the test's stderr.
+        let log = std::fs::read_to_string(logs.path().join("no-landlock.log")).unwrap();
+        assert!(log.contains("sandbox reduced: no Landlock"), "{log}");
+    }
+
+    /// Not a test on its own: with [`HIDE_LANDLOCK`] in its arguments (see
+    /// [`without_landlock`]) it becomes the partition process; otherwise it returns.
+    #[test]
+    fn landlock_hiding_wrapper() {
+        let args: Vec<String> = std::env::args().collect();
+        let Some(at) = args.iter().position(|a| a == HIDE_LANDLOCK) else {
+            return;
+        };
+        let exec = &args[at + 1..];
+        hide_landlock().expect("installing the ENOSYS filter");
+        let err = Process::new(&exec[0]).args(&exec[1..]).exec();
+        panic!("exec {exec:?}: {err}");
+    }
+
+    /// `landlock_create_ruleset` answers ENOSYS from now on, for this thread and what it
+    /// execs; every other system call is left to the filters after it.
+    fn hide_landlock() -> std::io::Result<()> {
+        const RET_ALLOW: u32 = 0x7fff_0000;
+        const RET_ERRNO: u32 = 0x0005_0000;
+        const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+        let stmt = |code: u32, k: u32| libc::sock_filter {
+            code: code as u16,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt,
+            jf,
+            k,
+        };
+        let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+        let ret = libc::BPF_RET | libc::BPF_K;
+        let mut program = [
+            stmt(load, 4), // seccomp_data.arch
+            jeq(AUDIT_ARCH_X86_64, 1, 0),
+            stmt(ret, RET_ALLOW),
+            stmt(load, 0), // seccomp_data.nr
+            jeq(libc::SYS_landlock_create_ruleset as u32, 0, 1),
+            stmt(ret, RET_ERRNO | libc::ENOSYS as u32),
+            stmt(ret, RET_ALLOW),
+        ];
+        let fprog = libc::sock_fprog {
+            len: program.len() as u16,
+            filter: program.as_mut_ptr(),
+        };
+        // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fprog` points at `program`, both alive across the call; the kernel
+        // copies the filter and keeps no pointer to it.
+        if unsafe {
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &fprog as *const libc::sock_fprog,
+            )
+        } != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// `bulkhead-vmm run --test-card` for a second with `extra` flags: exit code, stderr.
+    fn bare_run(extra: &[&str], hard_as: Option<u64>) -> (Option<i32>, String) {
+        let mut process = Process::new(binary());
+        process
+            .args(["run", "--test-card", "--display", "64x64", "--timeout", "1"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if let Some(limit) = hard_as {
+            // SAFETY: one system call on a stack struct between fork and exec, no
+            // allocation (async-signal-safe).
+            unsafe {
+                process.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let out = process.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn a_bare_run_is_sandboxed_unless_told_not_to_and_says_which_sandbox_it_got() {
+        let (code, stderr) = bare_run(&[], None);
+        assert_eq!(code, Some(4), "timeout: {stderr}");
+        assert!(
+            stderr.contains("bulkhead-vmm: sandbox: full (")
+                || stderr.contains("bulkhead-vmm: sandbox reduced: "),
+            "{stderr}"
+        );
+        let (code, stderr) = bare_run(&["--no-sandbox"], None);
+        assert_eq!(code, Some(4), "timeout: {stderr}");
+        assert!(
+            stderr.contains("bulkhead-vmm: no sandbox (--no-sandbox)"),
+            "{stderr}"
+        );
+        // Fails closed like a supervised one: the guest never starts.
+        let (code, stderr) = bare_run(&[], Some(HARD_AS));
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains("the partition did not run") && stderr.contains("RLIMIT_AS"),
+            "{stderr}"
+        );
+    }
+
+    #[test]
+    fn the_partition_process_started_by_the_supervisor_has_no_proc_and_logs_its_sandbox() {
+        let sup = Supervisor::new(vec![LaunchSpec::partition(
+            test_card("confined"),
+            BootFiles::None,
+            AutoRestart::Never,
+        )])
+        .unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        sup.set_log_dir(Some(logs.path().to_path_buf()));
+        sup.start("confined").unwrap();
+        let (status, ok) = sup
+            .wait_until("confined", WAIT, |s| s.state == ProcessState::Running)
+            .unwrap();
+        assert!(ok, "{status:?}");
+        let vmm = bulkhead_supervisor::vm_process(status.pid.unwrap());
+        // Its own /proc is an empty tmpfs in its mount namespace.
+        let mounts = std::fs::read_to_string(format!("/proc/{vmm}/mounts")).unwrap_or_default();
+        assert!(
+            mounts
+                .lines()
+                .any(|l| l.starts_with("bulkhead-noproc /proc tmpfs ro")),
+            "{mounts}"
+        );
+        // Which sandbox it got, in its log (written by the supervisor).
+        let deadline = Instant::now() + WAIT;
+        let log_path = logs.path().join("confined.log");
+        let log = loop {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if log.contains("bulkhead-vmm: sandbox") || Instant::now() > deadline {
+                break log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(log.contains("bulkhead-vmm: sandbox"), "{log}");
+        sup.stop("confined", Duration::from_secs(5)).unwrap();
+    }
+}

@@ -258,6 +258,17 @@ impl PartitionBackend for SupervisedPartition {
         }
     }
 
+    fn sandbox_gaps(&self) -> Vec<String> {
+        match self.supervisor.status(self.name()) {
+            Ok(status) if status.pid.is_some() => status
+                .sandbox_gaps()
+                .iter()
+                .map(|gap| gap.describe().to_string())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     fn stats(&self) -> PartitionStats {
         PartitionStats {
             memory_mib: self.usage.rss_mib.unwrap_or(0),
@@ -461,6 +472,39 @@ mod tests {
         let mut w = AppReadyWatch::default();
         w.feed(&[b'x'; 100_000]);
         assert!(!w.ready && w.tail.len() < AppReadyWatch::MARKER.len());
+    }
+
+    #[test]
+    fn a_partition_reporting_a_reduced_sandbox_wears_the_badge_while_it_runs() {
+        let reduced = fake_spec(
+            std::env::current_exe().unwrap(),
+            "supervised::tests::fake_partition_process",
+            "reduced",
+            "reduced_sandbox",
+            AutoRestart::Never,
+        );
+        let sup = Arc::new(Supervisor::new(vec![reduced, fake("full")]).unwrap());
+        let logs = tempfile::tempdir().unwrap();
+        sup.set_log_dir(Some(logs.path().to_path_buf()));
+        let mut backend = SupervisedPartition::new(app_info("reduced"), Arc::clone(&sup)).unwrap();
+        let mut full = SupervisedPartition::new(app_info("full"), Arc::clone(&sup)).unwrap();
+        assert!(backend.sandbox_gaps().is_empty(), "nothing runs yet");
+        backend.start().unwrap();
+        full.start().unwrap();
+        wait_running(&sup, "reduced");
+        wait_running(&sup, "full");
+        assert_eq!(backend.sandbox_gaps(), vec!["no Landlock".to_string()]);
+        assert_eq!(
+            crate::app::model::sandbox_badge(&backend.sandbox_gaps()).as_deref(),
+            Some("sandbox reduced: no Landlock")
+        );
+        assert!(full.sandbox_gaps().is_empty());
+        kill9(sup.status("reduced").unwrap().pid.unwrap());
+        wait_state(&sup, "reduced", ProcessState::is_crashed);
+        assert!(
+            backend.sandbox_gaps().is_empty(),
+            "no badge on a dead process"
+        );
     }
 
     fn app_info(name: &str) -> PartitionInfo {

@@ -322,3 +322,73 @@ fn a_host_that_can_only_run_the_test_card_says_so_in_the_window() {
     h.get_by_label_contains("partitions run the built-in test card instead");
     h.snapshot("host_notice");
 }
+
+/// A source whose process reported that this host lacks Landlock: everything else is
+/// the software source's.
+struct ReducedSandbox(SoftwareBackend);
+
+impl PartitionBackend for ReducedSandbox {
+    fn info(&self) -> &PartitionInfo {
+        self.0.info()
+    }
+    fn state(&self) -> PartitionState {
+        self.0.state()
+    }
+    fn stats(&self) -> bulkhead::app::PartitionStats {
+        self.0.stats()
+    }
+    fn sandbox_gaps(&self) -> Vec<String> {
+        vec!["no Landlock".to_string()]
+    }
+    fn start(&mut self) -> Result<(), bulkhead::app::BackendError> {
+        self.0.start()
+    }
+    fn stop(&mut self) -> Result<(), bulkhead::app::BackendError> {
+        self.0.stop()
+    }
+    fn pause(&mut self) -> Result<(), bulkhead::app::BackendError> {
+        self.0.pause()
+    }
+    fn resume(&mut self) -> Result<(), bulkhead::app::BackendError> {
+        self.0.resume()
+    }
+    fn restart(&mut self) -> Result<(), bulkhead::app::BackendError> {
+        self.0.restart()
+    }
+    fn poll(&mut self) {
+        self.0.poll()
+    }
+    fn frame(&mut self) -> Option<bulkhead::display::FrameView<'_>> {
+        self.0.frame()
+    }
+    fn read_serial(&mut self, out: &mut Vec<u8>) {
+        self.0.read_serial(out)
+    }
+    fn send_input(&mut self, events: &[UserInput]) -> Result<(), bulkhead::app::BackendError> {
+        self.0.send_input(events)
+    }
+}
+
+#[test]
+fn a_reduced_sandbox_is_a_badge_on_the_partition_in_the_launcher_and_its_view() {
+    let reduced = ReducedSandbox(running("mail", Label::Yellow));
+    let full = running("work", Label::Blue);
+    let backends: Vec<Box<dyn PartitionBackend>> = vec![Box::new(reduced), Box::new(full)];
+    let mut app = BulkheadApp::new(backends);
+    app.prefs.layout = ViewLayout::Tabs;
+    let mut h = harness(app, (1000.0, 480.0));
+    h.run_steps(2);
+    assert_eq!(
+        h.query_all_by_label("sandbox reduced: no Landlock").count(),
+        1,
+        "one badge in the launcher, on the partition that lacks Landlock only"
+    );
+    let live: Vec<egui::Rect> = h
+        .query_all_by_label_contains("CPU ")
+        .map(|n| n.rect())
+        .collect();
+    for r in live {
+        h.mask(r);
+    }
+    h.snapshot("launcher_sandbox_reduced");
+}

@@ -15,6 +15,7 @@ pub mod damage;
 mod framebuffer;
 pub mod guest_image;
 pub mod launch;
+pub mod log;
 mod partition;
 pub mod private_disk;
 mod spawn;
@@ -30,6 +31,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use vmm_core::control::{Command, ControlError, InputEvent, VmStats};
+/// How a partition process is confined, as it reported before its guest ran.
+pub use vmm_core::control::{SandboxGap, SandboxStatus};
 use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 
 pub use damage::MAX_KEPT_DAMAGE_RECTS;
@@ -90,6 +93,22 @@ pub struct PartitionStatus {
     pub last_exit: Option<String>,
     /// The last stop had to kill the process.
     pub killed_after_timeout: bool,
+    /// How the current process is confined, as it reported before its guest ran: the
+    /// app shows [`SandboxStatus::Reduced`] as a badge on the partition. `None` until
+    /// the report arrives (a partition whose sandbox failed is `Crashed` with the reason).
+    pub sandbox: Option<SandboxStatus>,
+    /// The current process's stdout and stderr, sanitised ([`log`]).
+    pub log_file: Option<PathBuf>,
+}
+
+impl PartitionStatus {
+    /// What the sandbox lacks, for a badge: empty for the full sandbox or no report.
+    pub fn sandbox_gaps(&self) -> &[SandboxGap] {
+        match &self.sandbox {
+            Some(SandboxStatus::Reduced { missing }) => missing,
+            _ => &[],
+        }
+    }
 }
 
 /// An inter-partition request from a guest agent, for the policy to decide.
@@ -105,6 +124,8 @@ pub struct ServiceRequest {
 /// closure that requests a repaint.
 pub type NotifyFn = Arc<dyn Fn() + Send + Sync>;
 type Notify = Arc<RwLock<Option<NotifyFn>>>;
+/// Where partition logs go; `None` drops their output.
+type LogDir = Arc<RwLock<Option<PathBuf>>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -141,17 +162,20 @@ pub enum SupervisorError {
 pub struct Supervisor {
     slots: BTreeMap<String, Arc<Slot>>,
     notify: Notify,
+    log_dir: LogDir,
     next_request_id: AtomicU64,
 }
 
 impl Supervisor {
-    /// Takes the launch list; starts nothing yet.
+    /// Takes the launch list; starts nothing yet. Partition logs go to
+    /// [`log::default_log_dir`] until [`Supervisor::set_log_dir`] says otherwise.
     pub fn new(specs: Vec<LaunchSpec>) -> Result<Supervisor, SupervisorError> {
         let notify: Notify = Arc::new(RwLock::new(None));
+        let log_dir: LogDir = Arc::new(RwLock::new(log::default_log_dir()));
         let mut slots = BTreeMap::new();
         for spec in specs {
             let name = spec.name().to_string();
-            let slot = Arc::new(Slot::new(spec, Arc::clone(&notify)));
+            let slot = Arc::new(Slot::new(spec, Arc::clone(&notify), Arc::clone(&log_dir)));
             if slots.insert(name.clone(), slot).is_some() {
                 return Err(SupervisorError::DuplicateName(name));
             }
@@ -159,6 +183,7 @@ impl Supervisor {
         Ok(Supervisor {
             slots,
             notify,
+            log_dir,
             next_request_id: AtomicU64::new(1),
         })
     }
@@ -167,6 +192,14 @@ impl Supervisor {
     pub fn set_notify(&self, f: NotifyFn) {
         if let Ok(mut guard) = self.notify.write() {
             *guard = Some(f);
+        }
+    }
+
+    /// Where partition processes started from now on write their output
+    /// (`DIR/NAME.log`); `None` drops it.
+    pub fn set_log_dir(&self, dir: Option<PathBuf>) {
+        if let Ok(mut guard) = self.log_dir.write() {
+            *guard = dir;
         }
     }
 

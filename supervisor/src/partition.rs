@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 use vmm_core::control::{
     check_partition_hello, send_launch, Command, ControlError, Event, MessageReader, MessageWriter,
-    VmState, VmStats,
+    SandboxStatus, VmState, VmStats,
 };
 use vmm_core::devices::framebuffer::DamageRect;
 use vmm_core::shm::Memfd;
@@ -25,7 +25,8 @@ use super::damage::DamageSet;
 use super::framebuffer::SharedFramebuffer;
 use super::spawn::{describe_signal, spawn_partition, Pidfd};
 use super::{
-    AutoRestart, LaunchSpec, Notify, PartitionStatus, ProcessState, ServiceRequest, SupervisorError,
+    AutoRestart, LaunchSpec, LogDir, Notify, PartitionStatus, ProcessState, ServiceRequest,
+    SupervisorError,
 };
 
 /// A partition that has not said Hello by then is cut off.
@@ -53,6 +54,7 @@ pub struct Slot {
     inner: Mutex<Inner>,
     changed: Condvar,
     notify: Notify,
+    log_dir: LogDir,
 }
 
 #[derive(Default)]
@@ -70,6 +72,14 @@ struct Inner {
     killed_after_timeout: bool,
     violation: Option<String>,
     guest_fault: Option<String>,
+    /// Start was sent (after the process said Ready).
+    started: bool,
+    /// How the current process is confined, once it said so (before its guest runs).
+    sandbox: Option<SandboxStatus>,
+    /// A sandbox step failed: the process exits without running its guest.
+    sandbox_failure: Option<String>,
+    /// Where the current process's stdout and stderr go.
+    log_file: Option<std::path::PathBuf>,
     restarts: u32,
     framebuffer: Option<Arc<SharedFramebuffer>>,
     /// Damage since the last poll, merged: at most a few rectangles, one screen in all.
@@ -85,12 +95,13 @@ struct Inner {
 }
 
 impl Slot {
-    pub fn new(spec: LaunchSpec, notify: Notify) -> Slot {
+    pub fn new(spec: LaunchSpec, notify: Notify, log_dir: LogDir) -> Slot {
         Slot {
             spec,
             inner: Mutex::new(Inner::default()),
             changed: Condvar::new(),
             notify,
+            log_dir,
         }
     }
 
@@ -120,6 +131,8 @@ impl Slot {
             stats: inner.stats,
             last_exit: inner.last_exit.clone(),
             killed_after_timeout: inner.killed_after_timeout,
+            sandbox: inner.sandbox.clone(),
+            log_file: inner.log_file.clone(),
         }
     }
 
@@ -212,6 +225,7 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
         program: slot.spec.program.clone(),
         source,
     };
+    let log_file = start_log(slot, pid, spawned.output).map_err(io_err)?;
     let reader_stream = spawned.socket.try_clone().map_err(io_err)?;
     let control = spawned.socket.try_clone().map_err(io_err)?;
     spawned
@@ -243,6 +257,10 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
     inner.killed_after_timeout = false;
     inner.violation = None;
     inner.guest_fault = None;
+    inner.started = false;
+    inner.sandbox = None;
+    inner.sandbox_failure = None;
+    inner.log_file = log_file;
     inner.framebuffer = None;
     inner.damage = DamageSet::default();
     // A new process is a new guest-agent session: bytes of the previous one would
@@ -280,6 +298,49 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
     }
     slot.changed();
     Ok(())
+}
+
+/// Starts the thread writing the process's output to its log file; returns the file's
+/// path, or `None` when there is no log directory or the file cannot be opened (then the
+/// output is read and dropped: never the app's stderr, and the partition never blocks on
+/// a full pipe).
+fn start_log(
+    slot: &Slot,
+    pid: u32,
+    output: OwnedFd,
+) -> std::io::Result<Option<std::path::PathBuf>> {
+    let name = slot.spec.name().to_string();
+    let dir = slot.log_dir.read().ok().and_then(|d| d.clone());
+    let opened = dir.map(|dir| {
+        let path = crate::log::log_path(&dir, &name);
+        (crate::log::open_log(&path), path)
+    });
+    let (sink, path): (Box<dyn std::io::Write + Send>, _) = match opened {
+        Some((Ok(mut file), path)) => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            // The supervisor's own line, so it is not escaped or limited.
+            let _ = std::io::Write::write_all(
+                &mut file,
+                format!("=== partition {name:?} process {pid} started (unix time {stamp}) ===\n")
+                    .as_bytes(),
+            );
+            (Box::new(file), Some(path))
+        }
+        Some((Err(e), path)) => {
+            warn!(partition = %name, "partition log {}: {e}; its output is dropped", path.display());
+            (Box::new(std::io::sink()), None)
+        }
+        None => {
+            warn!(partition = %name, "no state directory for partition logs; its output is dropped");
+            (Box::new(std::io::sink()), None)
+        }
+    };
+    std::thread::Builder::new()
+        .name(format!("log-{name}"))
+        .spawn(move || crate::log::pump(&name, std::fs::File::from(output), sink))?;
+    Ok(path)
 }
 
 /// Why a command could not be queued.
@@ -468,7 +529,7 @@ pub fn cut_off(slot: &Slot, generation: u64, reason: String) {
 }
 
 fn read_events(slot: &Arc<Slot>, generation: u64, mut reader: MessageReader<Event>) {
-    if let Err(reason) = handshake(slot, generation, &mut reader) {
+    if let Err(reason) = handshake(slot, &mut reader) {
         cut_off(slot, generation, reason);
         return;
     }
@@ -489,11 +550,7 @@ fn read_events(slot: &Arc<Slot>, generation: u64, mut reader: MessageReader<Even
     }
 }
 
-fn handshake(
-    slot: &Slot,
-    generation: u64,
-    reader: &mut MessageReader<Event>,
-) -> Result<(), String> {
+fn handshake(slot: &Slot, reader: &mut MessageReader<Event>) -> Result<(), String> {
     let first = match reader.recv() {
         Ok(r) => r.message,
         Err(ControlError::Io(e))
@@ -520,10 +577,7 @@ fn handshake(
         .stream()
         .set_read_timeout(None)
         .map_err(|e| format!("clearing the handshake timeout: {e}"))?;
-    if slot.lock().generation == generation {
-        // The only failure worth reporting (not reading) cuts the partition off itself.
-        let _ = send(slot, Command::Start);
-    }
+    // Start follows the partition's Ready, once it has said how it is confined.
     Ok(())
 }
 
@@ -548,8 +602,44 @@ fn handle_event(
     if inner.generation != generation {
         return Ok(());
     }
+    let mut start = false;
     match event {
         Event::Hello { .. } => return Err("sent Hello twice".to_string()),
+        Event::Sandbox(status) => {
+            // Sent once, before Ready: after Start its guest runs and its word on its
+            // own confinement is worth nothing.
+            if inner.sandbox.is_some() || inner.sandbox_failure.is_some() {
+                return Err("sent a second sandbox report".to_string());
+            }
+            if inner.started {
+                return Err("sent a sandbox report after it started".to_string());
+            }
+            match status {
+                SandboxStatus::Failed { reason } => {
+                    warn!(partition = %slot.spec.name(), %reason, "partition sandbox failed; its guest does not run");
+                    inner.sandbox_failure = Some(reason);
+                }
+                SandboxStatus::Reduced { ref missing } if missing.is_empty() => {
+                    return Err("reported a reduced sandbox missing nothing".to_string());
+                }
+                status => {
+                    if let SandboxStatus::Reduced { missing } = &status {
+                        warn!(partition = %slot.spec.name(), ?missing, "partition runs with a reduced sandbox");
+                    }
+                    inner.sandbox = Some(status);
+                }
+            }
+        }
+        Event::State(VmState::Ready) => {
+            if inner.started {
+                return Err("said Ready twice".to_string());
+            }
+            if inner.sandbox.is_none() {
+                return Err("said Ready without reporting a working sandbox".to_string());
+            }
+            inner.started = true;
+            start = true;
+        }
         Event::Framebuffer { .. } => {
             if inner.framebuffer.is_some() {
                 return Err("offered a second framebuffer".to_string());
@@ -611,6 +701,10 @@ fn handle_event(
         Event::Stats { stats, .. } => inner.stats = Some(stats),
     }
     drop(inner);
+    if start {
+        // The only failure worth reporting (not reading) cuts the partition off itself.
+        let _ = send(slot, Command::Start);
+    }
     slot.changed();
     Ok(())
 }
@@ -692,6 +786,10 @@ fn final_state(inner: &Inner, status: std::io::Result<ExitStatus>) -> (ProcessSt
         ProcessState::Crashed {
             reason: format!("protocol violation: {v}"),
         }
+    } else if let Some(why) = &inner.sandbox_failure {
+        ProcessState::Crashed {
+            reason: format!("sandbox failed, the guest did not run: {why}"),
+        }
     } else if inner.stop_requested {
         ProcessState::Stopped
     } else if let Some(fault) = &inner.guest_fault {
@@ -715,8 +813,10 @@ fn restart_delay(slot: &Slot, inner: &mut Inner) -> Option<Duration> {
     };
     // A partition that broke the protocol is treated as compromised: it stays off until
     // someone restarts it by hand.
+    // Nor does one whose sandbox failed: it would fail the same way again.
     if !matches!(inner.state, ProcessState::Crashed { .. })
         || inner.violation.is_some()
+        || inner.sandbox_failure.is_some()
         || inner.restarts >= max_retries
     {
         return None;

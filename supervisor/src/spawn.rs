@@ -1,5 +1,7 @@
 //! Starting one partition process with its end of the control socket as fd
-//! [`CONTROL_FD`], and signalling it by pidfd so a recycled pid is never hit.
+//! [`CONTROL_FD`], its stdout and stderr on a pipe the supervisor reads (into the
+//! partition's log, [`crate::log`]), and signalling it by pidfd so a recycled pid is
+//! never hit.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -16,6 +18,8 @@ pub struct Spawned {
     pub child: Child,
     pub pidfd: Pidfd,
     pub socket: UnixStream,
+    /// The read end of the child's stdout and stderr.
+    pub output: OwnedFd,
 }
 
 /// Starts `spec.program spec.args… --control-fd 3`.
@@ -23,12 +27,17 @@ pub fn spawn_partition(spec: &LaunchSpec) -> io::Result<Spawned> {
     // Both ends are close-on-exec; the child's end is dup'ed onto CONTROL_FD below.
     let (ours, theirs) = UnixStream::pair()?;
     let theirs_fd = theirs.as_raw_fd();
+    // Close-on-exec too; the Command dups the write end onto fds 1 and 2, and drops its
+    // copies when it goes out of scope, so the read end sees EOF once the child is gone.
+    let (output, output_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let mut command = Command::new(&spec.program);
     command
         .args(&spec.args)
         .arg("--control-fd")
         .arg(CONTROL_FD.to_string())
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(output_write.try_clone()?))
+        .stderr(Stdio::from(output_write));
     // SAFETY: the hook runs in the forked child between fork and exec, where only
     // async-signal-safe calls are allowed: it makes two system calls (dup2 or fcntl) on
     // plain integers and allocates nothing. `theirs_fd` stays open in the parent until
@@ -49,12 +58,14 @@ pub fn spawn_partition(spec: &LaunchSpec) -> io::Result<Spawned> {
         });
     }
     let child = command.spawn()?;
+    drop(command);
     drop(theirs);
     let pidfd = Pidfd::open(child.id())?;
     Ok(Spawned {
         child,
         pidfd,
         socket: ours,
+        output,
     })
 }
 

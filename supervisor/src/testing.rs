@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use vmm_core::control::{
     control_stream_from_inherited_fd, Command, Event, Launch, MessageWriter, PartitionEndpoint,
-    VmState, VmStats, MAX_CONSOLE_CHUNK, MAX_FDS_PER_MESSAGE, MAX_MESSAGE,
+    SandboxGap, SandboxStatus, VmState, VmStats, MAX_CONSOLE_CHUNK, MAX_FDS_PER_MESSAGE,
+    MAX_MESSAGE,
 };
 use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 use vmm_core::launch::{AgentChannel, BootConfig, DisplaySize, LaunchConfig, NetworkConfig};
@@ -24,6 +25,13 @@ use crate::{
     AutoRestart, BootFiles, LaunchSpec, PartitionStatus, ProcessState, Supervisor,
     MAX_CONSOLE_BUFFER,
 };
+
+/// The reason the `sandbox_failed` mode reports.
+pub const SANDBOX_FAILURE: &str = "setting RLIMIT_AS to 1090519040: Operation not permitted";
+
+/// What the `noisy_output` mode writes to stdout and to stderr: a terminal escape, a
+/// bell, a carriage return that would hide the line before it.
+pub const NOISY_OUTPUT: &str = "plain line\n\x1b]0;owned\x07\x1b[2Jhidden\rvisible\n";
 
 /// Events of full-screen rectangles the `damage_flood` mode sends.
 pub const DAMAGE_FLOOD_EVENTS: u64 = 2_000;
@@ -176,6 +184,28 @@ fn run_fake(stream: UnixStream, mode: &str) -> i32 {
     if mode.ends_with("_fb") {
         return idle();
     }
+    // How a real partition says how it is confined, before Ready.
+    let sandbox = match mode {
+        "reduced_sandbox" => SandboxStatus::Reduced {
+            missing: vec![SandboxGap::Landlock],
+        },
+        "sandbox_failed" => SandboxStatus::Failed {
+            reason: SANDBOX_FAILURE.to_string(),
+        },
+        _ => SandboxStatus::Full,
+    };
+    if mode != "ready_without_sandbox" {
+        events.send(&Event::Sandbox(sandbox.clone())).unwrap();
+    }
+    if mode == "sandbox_failed" {
+        return 1;
+    }
+    if mode == "noisy_output" {
+        // Straight to fds 1 and 2: the test harness captures print!, not these.
+        let _ = std::io::stdout().write_all(NOISY_OUTPUT.as_bytes());
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().write_all(NOISY_OUTPUT.as_bytes());
+    }
     events.send(&Event::State(VmState::Ready)).unwrap();
     if commands.recv().map(|r| r.message).ok() != Some(Command::Start) {
         return 11;
@@ -184,6 +214,10 @@ fn run_fake(stream: UnixStream, mode: &str) -> i32 {
     match mode {
         "garbage" => {
             raw.write_all(b"this is not a frame at all").unwrap();
+            idle()
+        }
+        "second_sandbox_report" => {
+            events.send(&Event::Sandbox(sandbox)).unwrap();
             idle()
         }
         "oversized" => {

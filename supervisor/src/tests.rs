@@ -254,7 +254,11 @@ fn a_flood_of_full_screen_damage_is_taken_as_at_most_one_screen_per_poll() {
         if done {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "flood did not arrive");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flood did not arrive: {:?}",
+            sup.status("flood").unwrap()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(polls > 1);
@@ -547,6 +551,113 @@ fn bench_supervisor_cost_per_damage_event() {
 }
 
 // ---- the fake partition process ----
+
+#[test]
+fn a_reduced_sandbox_shows_in_the_status_and_the_guest_still_starts() {
+    let sup = supervisor(vec![
+        fake("reduced", "reduced_sandbox", AutoRestart::Never),
+        fake("full", "normal", AutoRestart::Never),
+    ]);
+    let reduced = wait_running(&sup, "reduced");
+    assert_eq!(
+        reduced.sandbox,
+        Some(SandboxStatus::Reduced {
+            missing: vec![SandboxGap::Landlock]
+        })
+    );
+    assert_eq!(reduced.sandbox_gaps(), &[SandboxGap::Landlock]);
+    let full = wait_running(&sup, "full");
+    assert_eq!(full.sandbox, Some(SandboxStatus::Full));
+    assert!(full.sandbox_gaps().is_empty());
+}
+
+#[test]
+fn a_failed_sandbox_crashes_the_partition_with_the_reason_and_it_is_neither_started_nor_restarted()
+{
+    let sup = supervisor(vec![fake(
+        "broken",
+        "sandbox_failed",
+        AutoRestart::OnCrash { max_retries: 3 },
+    )]);
+    let status = wait_state(
+        &sup,
+        "broken",
+        |s| matches!(s, ProcessState::Crashed { reason } if reason.contains("sandbox")),
+    );
+    let reason = reason(&status);
+    assert!(
+        reason.starts_with("sandbox failed, the guest did not run"),
+        "{reason}"
+    );
+    assert!(reason.contains(crate::testing::SANDBOX_FAILURE), "{reason}");
+    assert_eq!(status.sandbox, None);
+    std::thread::sleep(Duration::from_millis(500));
+    let later = sup.status("broken").unwrap();
+    assert_eq!(
+        later.restarts, 0,
+        "a failing sandbox fails again: no restart"
+    );
+    assert!(later.pid.is_none());
+}
+
+#[test]
+fn ready_without_a_sandbox_report_is_a_protocol_violation() {
+    let sup = supervisor(vec![fake(
+        "unsure",
+        "ready_without_sandbox",
+        AutoRestart::Never,
+    )]);
+    let status = wait_state(&sup, "unsure", ProcessState::is_crashed);
+    assert!(
+        reason(&status).contains("said Ready without reporting a working sandbox"),
+        "{status:?}"
+    );
+}
+
+#[test]
+fn a_sandbox_report_after_start_is_a_protocol_violation() {
+    let sup = supervisor(vec![fake(
+        "liar",
+        "second_sandbox_report",
+        AutoRestart::Never,
+    )]);
+    let status = wait_state(&sup, "liar", ProcessState::is_crashed);
+    assert!(
+        reason(&status).contains("second sandbox report"),
+        "{status:?}"
+    );
+}
+
+#[test]
+fn partition_output_goes_escaped_to_its_own_log_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let sup = Supervisor::new(vec![fake("noisy", "noisy_output", AutoRestart::Never)]).unwrap();
+    sup.set_log_dir(Some(dir.path().to_path_buf()));
+    sup.start("noisy").unwrap();
+    let status = wait_running(&sup, "noisy");
+    let path = dir.path().join("noisy.log");
+    assert_eq!(status.log_file.as_deref(), Some(path.as_path()));
+    let escaped = "\\x1b]0;owned\\x07\\x1b[2Jhidden\\x0dvisible";
+    let deadline = std::time::Instant::now() + WAIT;
+    let text = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.matches(escaped).count() == 2 || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        text.matches(escaped).count(),
+        2,
+        "stdout and stderr: {text}"
+    );
+    assert_eq!(text.matches("plain line\n").count(), 2, "{text}");
+    assert!(
+        text.bytes()
+            .all(|b| b == b'\n' || (0x20..0x7f).contains(&b)),
+        "only printable ASCII and newlines: {text:?}"
+    );
+}
 
 #[test]
 fn fake_partition_process() {

@@ -34,6 +34,12 @@ pub trait PartitionBackend {
     fn info(&self) -> &PartitionInfo;
     fn state(&self) -> PartitionState;
     fn stats(&self) -> PartitionStats;
+    /// What the running partition's sandbox lacks on this host ("no Landlock", …), as
+    /// its process reported before its guest ran; empty for the full sandbox, or when
+    /// nothing runs. Shown as a badge ([`super::model::sandbox_badge`]).
+    fn sandbox_gaps(&self) -> Vec<String> {
+        Vec::new()
+    }
 
     fn start(&mut self) -> Result<(), BackendError>;
     fn stop(&mut self) -> Result<(), BackendError>;

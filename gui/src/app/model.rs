@@ -48,6 +48,15 @@ impl SourceKind {
     }
 }
 
+/// The badge a partition with a reduced sandbox wears ("sandbox reduced: no Landlock"),
+/// from what its process reported lacking; `None` for the full sandbox.
+pub fn sandbox_badge(gaps: &[String]) -> Option<String> {
+    if gaps.is_empty() {
+        return None;
+    }
+    Some(format!("sandbox reduced: {}", gaps.join(", ")))
+}
+
 /// A partition as configured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PartitionInfo {

@@ -124,6 +124,19 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+/// Which sandbox the partition process reported, for a person.
+fn sandbox_line(sandbox: &bulkhead_supervisor::SandboxStatus) -> String {
+    use bulkhead_supervisor::SandboxStatus;
+    match sandbox {
+        SandboxStatus::Full => "sandbox: full".to_string(),
+        SandboxStatus::Reduced { missing } => {
+            let gaps: Vec<&str> = missing.iter().map(|g| g.describe()).collect();
+            format!("sandbox reduced: {}", gaps.join(", "))
+        }
+        SandboxStatus::Failed { reason } => format!("sandbox failed: {reason}"),
+    }
+}
+
 fn serial_out(target: &str) -> Result<Box<dyn Write>, String> {
     if target == "-" {
         return Ok(Box::new(std::io::stdout()));
@@ -154,6 +167,7 @@ fn supervised_run(a: &RunArgs) -> Result<u8, String> {
     let marker = a.screenshot_on.as_deref().unwrap_or("").as_bytes().to_vec();
     let mut recent: Vec<u8> = Vec::new();
     let mut shot_taken = false;
+    let mut sandbox_said = false;
     let deadline = a.timeout.map(|s| Instant::now() + Duration::from_secs(s));
     let code = loop {
         let bytes = sup.take_serial(&name).map_err(|e| e.to_string())?;
@@ -171,8 +185,12 @@ fn supervised_run(a: &RunArgs) -> Result<u8, String> {
                 shot_taken = true;
             }
         }
-        let state = sup.status(&name).map_err(|e| e.to_string())?.state;
-        match state {
+        let status = sup.status(&name).map_err(|e| e.to_string())?;
+        if let (Some(sandbox), false) = (&status.sandbox, sandbox_said) {
+            eprintln!("bulkhead: partition {name}: {}", sandbox_line(sandbox));
+            sandbox_said = true;
+        }
+        match status.state {
             ProcessState::Exited { .. } => {
                 eprintln!("bulkhead: partition {name} powered off");
                 break 0;

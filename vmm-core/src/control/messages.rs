@@ -13,13 +13,16 @@ use crate::devices::framebuffer::{DamageRect, FramebufferLayout};
 /// Input travels as the shared evdev vocabulary, unchanged.
 pub use crate::evdev::{InputDevice, InputEvent};
 use crate::launch::{FileRole, LaunchConfig};
+/// The parts of the sandbox a host can lack, as the sandbox module names them.
+pub use crate::sandbox::SandboxGap;
 
 /// Bumped on any incompatible change to [`Command`] or [`Event`].
 /// 2: [`Command::ConsoleWrite`] and [`Event::Console`].
 /// 3: the supervisor speaks first; [`Command::Hello`] carries the [`LaunchConfig`] and
 ///    [`Command::File`] hands over its files; [`Command::Input`] carries the shared
 ///    [`InputEvent`], which names its `device`.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: [`Event::Sandbox`], sent before `State(Ready)`.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Serial bytes per [`Event::Serial`]. JSON spends up to 4 bytes per byte, so
 /// 4096 bytes stay well inside the 64 KiB frame.
@@ -33,6 +36,8 @@ pub const MAX_DAMAGE_RECTS: usize = 512;
 pub const MAX_INPUT_EVENTS: usize = 256;
 /// Bytes of any string field (names, reasons, service arguments).
 pub const MAX_TEXT: usize = 1024;
+/// Gaps per [`SandboxStatus::Reduced`] (more than there are kinds of gap).
+pub const MAX_SANDBOX_GAPS: usize = 8;
 
 /// Supervisor → partition process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +114,18 @@ pub struct VmStats {
     pub damage_events: u64,
 }
 
+/// How a partition process is confined: [`Event::Sandbox`], sent once, after confining
+/// itself and before any guest code runs (so before it could be compromised).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SandboxStatus {
+    /// Every sandbox step applied.
+    Full,
+    /// Running without what this host lacks.
+    Reduced { missing: Vec<SandboxGap> },
+    /// A step the host supports failed: the process exits without running the guest.
+    Failed { reason: String },
+}
+
 /// Partition process → supervisor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
@@ -125,6 +142,8 @@ pub enum Event {
         layout: FramebufferLayout,
     },
     State(VmState),
+    /// How the process is confined; exactly once, before `State(Ready)`.
+    Sandbox(SandboxStatus),
     /// Pixels changed inside these rectangles since the previous `Damage`.
     Damage {
         rects: Vec<DamageRect>,
@@ -230,6 +249,12 @@ impl Event {
             Event::Hello { name, .. } => check_len("partition name", name.len(), MAX_TEXT),
             Event::State(VmState::GuestFault { reason }) => {
                 check_len("fault reason", reason.len(), MAX_TEXT)
+            }
+            Event::Sandbox(SandboxStatus::Reduced { missing }) => {
+                check_len("sandbox gaps", missing.len(), MAX_SANDBOX_GAPS)
+            }
+            Event::Sandbox(SandboxStatus::Failed { reason }) => {
+                check_len("sandbox failure reason", reason.len(), MAX_TEXT)
             }
             Event::Damage { rects } => check_len("damage rects", rects.len(), MAX_DAMAGE_RECTS),
             Event::Serial { bytes } => check_len("serial bytes", bytes.len(), MAX_SERIAL_CHUNK),

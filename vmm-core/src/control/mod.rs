@@ -26,8 +26,10 @@
 //!    `endpoint.events.send_with_fds(&Event::Framebuffer { layout }, &[memfd.as_fd()])`.
 //!    A partition without a display skips this.
 //! 3. Apply the sandbox ([`crate::sandbox::apply_process_sandbox`], keeping the control
-//!    fd, `/dev/kvm`'s and disk fds), send [`Event::State`]`(`[`VmState::Ready`]`)` and wait
-//!    for [`Command::Start`]. Start the vCPU and device threads; each installs its
+//!    fd, `/dev/kvm`'s and disk fds) and say how it went with [`Event::Sandbox`]: on
+//!    [`SandboxStatus::Failed`] exit without running the guest. Then send
+//!    [`Event::State`]`(`[`VmState::Ready`]`)` and wait for [`Command::Start`] (the
+//!    supervisor sends it only after a `Full` or `Reduced` report). Start the vCPU and device threads; each installs its
 //!    seccomp profile first. Send `State(Running)`.
 //! 4. While running: after each dirty-log pass send [`Event::damage_chunks`] of the
 //!    rectangles (nothing when nothing changed); forward serial output with
@@ -61,9 +63,9 @@ use rustix::io::{fcntl_setfd, FdFlags};
 
 pub use framing::{MessageReader, MessageWriter, Received, FRAME_DEADLINE, MAX_MESSAGE};
 pub use messages::{
-    Command, Event, InputDevice, InputEvent, LimitError, Message, VmState, VmStats,
-    MAX_CONSOLE_CHUNK, MAX_DAMAGE_RECTS, MAX_INPUT_EVENTS, MAX_SERIAL_CHUNK, MAX_TEXT,
-    PROTOCOL_VERSION,
+    Command, Event, InputDevice, InputEvent, LimitError, Message, SandboxGap, SandboxStatus,
+    VmState, VmStats, MAX_CONSOLE_CHUNK, MAX_DAMAGE_RECTS, MAX_INPUT_EVENTS, MAX_SANDBOX_GAPS,
+    MAX_SERIAL_CHUNK, MAX_TEXT, PROTOCOL_VERSION,
 };
 pub use scm::MAX_FDS_PER_MESSAGE;
 

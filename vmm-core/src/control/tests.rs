@@ -98,6 +98,13 @@ fn every_event_without_fds() -> Vec<Event> {
             target: "work".into(),
         },
         Event::ScreenshotReady { id: 9 },
+        Event::Sandbox(SandboxStatus::Full),
+        Event::Sandbox(SandboxStatus::Reduced {
+            missing: vec![SandboxGap::Landlock, SandboxGap::UserNamespace],
+        }),
+        Event::Sandbox(SandboxStatus::Failed {
+            reason: "setting RLIMIT_AS to 1: Operation not permitted".into(),
+        }),
         Event::Stats {
             id: 2,
             stats: VmStats {
@@ -829,4 +836,39 @@ fn an_idle_peer_between_frames_is_not_cut_off() {
         assert_eq!(r.recv().unwrap().message, Event::State(VmState::Running));
     }
     sender.join().unwrap();
+}
+
+#[test]
+fn sandbox_reports_at_the_caps_pass_and_beyond_them_fail() {
+    let at_cap = Event::Sandbox(SandboxStatus::Reduced {
+        missing: vec![SandboxGap::Landlock; MAX_SANDBOX_GAPS],
+    });
+    at_cap.validate().unwrap();
+    round_trip(at_cap);
+    let too_many = Event::Sandbox(SandboxStatus::Reduced {
+        missing: vec![SandboxGap::Landlock; MAX_SANDBOX_GAPS + 1],
+    });
+    assert!(too_many.validate().is_err());
+    let worst = Event::Sandbox(SandboxStatus::Failed {
+        reason: "\u{1b}".repeat(MAX_TEXT / 3),
+    });
+    worst.validate().unwrap();
+    round_trip(worst);
+    let long = Event::Sandbox(SandboxStatus::Failed {
+        reason: "x".repeat(MAX_TEXT + 1),
+    });
+    assert!(long.validate().is_err());
+}
+
+#[test]
+fn a_sandbox_gap_the_decoder_does_not_know_is_malformed() {
+    let bytes = br#"{"Sandbox":{"Reduced":{"missing":["NoSeccompAtAll"]}}}"#;
+    assert!(serde_json::from_slice::<Event>(bytes).is_err());
+    let bytes = br#"{"Sandbox":{"Reduced":{"missing":["Landlock"]}}}"#;
+    assert_eq!(
+        serde_json::from_slice::<Event>(bytes).unwrap(),
+        Event::Sandbox(SandboxStatus::Reduced {
+            missing: vec![SandboxGap::Landlock]
+        })
+    );
 }

@@ -1,16 +1,32 @@
 //! `bulkhead-vmm run`: one partition in this process with no supervisor: serial to a
 //! file or stdout, a screenshot at a marker, a timeout. The binary parses the flags into
-//! a [`LaunchConfig`] and opens its files; from there it boots like a supervised one.
+//! a [`LaunchConfig`] and opens its files; from there it boots like a supervised one, and
+//! is sandboxed like one ([`Sandbox::Confine`]) unless `--no-sandbox` says otherwise: the
+//! caller enters the PID namespace first thing ([`super::enter_pid_namespace`]), [`run`]
+//! opens the screenshot file before confining, and says on stderr which sandbox it got.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::builder;
+use crate::devices::framebuffer::write_png;
 use crate::devices::legacy::SerialSink;
 use crate::devices::StopReason;
 use crate::launch::{LaunchConfig, LaunchFiles};
+use crate::sandbox::{self, SandboxError, SandboxGap, SeccompProfile};
+
+/// Whether a bare run confines itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sandbox {
+    /// As a supervised partition: `pid_gap` is what
+    /// [`super::enter_pid_namespace`] reported.
+    Confine { pid_gap: Option<SandboxGap> },
+    /// `--no-sandbox`: the guest runs in an unconfined process.
+    Off,
+}
 
 /// What a bare run does besides running the guest.
 pub struct BareOptions {
@@ -22,6 +38,7 @@ pub struct BareOptions {
     pub screenshot_on: Option<String>,
     /// Stop the partition after this long (exit code 4).
     pub timeout: Option<Duration>,
+    pub sandbox: Sandbox,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +51,10 @@ pub enum BareError {
     Start(String),
     #[error("saving the screenshot {path}: {reason}")]
     Screenshot { path: PathBuf, reason: String },
+    #[error("the partition did not run: {0}")]
+    Sandbox(#[from] SandboxError),
+    #[error("seccomp filter for the main thread: {0}")]
+    MainFilter(#[from] sandbox::SeccompError),
 }
 
 /// How a bare run ended, as its exit code says: 0 the guest powered off or rebooted,
@@ -59,18 +80,50 @@ pub fn run(
         serial.watch_marker(marker, marker_tx);
     }
     let (kvm, config) = super::vm_config(launch, files, serial)?;
+    let mem_bytes = config.mem_mib << 20;
     let started = Instant::now();
-    let partition = builder::build(&kvm, config)?
-        .start()
+    let built = builder::build(&kvm, config)?;
+    // Opened now: a confined process opens nothing. Left empty if no shot is taken.
+    let mut shot_file = match &options.screenshot {
+        Some(path) => Some(File::create(path).map_err(|e| BareError::Screenshot {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?),
+        None => None,
+    };
+    let confined = match options.sandbox {
+        Sandbox::Confine { pid_gap } => {
+            let fb_bytes = built.framebuffer().map_or(0, |fb| fb.memfd.size() as u64);
+            let report = super::confine(pid_gap, mem_bytes, fb_bytes)?;
+            eprintln!("bulkhead-vmm: {}", super::describe_sandbox(&report));
+            true
+        }
+        Sandbox::Off => {
+            eprintln!(
+                "bulkhead-vmm: no sandbox (--no-sandbox): the guest runs in an unconfined process"
+            );
+            false
+        }
+    };
+    let partition = built
+        .start_with(confined.then_some(SeccompProfile::Vcpu))
         .map_err(|e| BareError::Start(e.to_string()))?;
+    if confined {
+        sandbox::install(SeccompProfile::Main)?;
+    }
     let deadline = options.timeout.map(|t| started + t);
-    let save = |path: &PathBuf| {
-        partition
-            .save_screenshot(path)
-            .map_err(|e| BareError::Screenshot {
-                path: path.clone(),
-                reason: e.to_string(),
-            })
+    let mut save = |path: &PathBuf| {
+        let shot = |reason: String| BareError::Screenshot {
+            path: path.clone(),
+            reason,
+        };
+        let file = shot_file
+            .take()
+            .ok_or_else(|| shot("already taken".to_string()))?;
+        let fb = partition
+            .framebuffer()
+            .ok_or_else(|| shot("the partition has no display".to_string()))?;
+        write_png(&fb.layout, &fb.snapshot(), BufWriter::new(file)).map_err(|e| shot(e.to_string()))
     };
     let mut shot_taken = false;
     let reason = loop {

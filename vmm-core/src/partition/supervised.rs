@@ -1,6 +1,7 @@
 //! `bulkhead-vmm partition --control-fd N`: a partition process run by the supervisor.
 //! Follows the sequence documented in [`crate::control`]: handshake (launch config and
-//! files in), framebuffer memfd out, sandbox, `Ready`, wait for `Start`, then
+//! files in), framebuffer memfd out, sandbox (reported with [`Event::Sandbox`]; a failed
+//! step ends the process before the guest runs), `Ready`, wait for `Start`, then
 //! damage/serial/console events out and commands (input, console bytes for the guest, …)
 //! in.
 
@@ -14,11 +15,11 @@ use nix::sys::resource::{getrusage, UsageWho};
 use crate::builder;
 use crate::control::{
     self, Command, ControlError, Event, InputDevice, Launch, MessageWriter, PartitionEndpoint,
-    VmState, VmStats, MAX_CONSOLE_CHUNK,
+    SandboxStatus, VmState, VmStats, MAX_CONSOLE_CHUNK, MAX_TEXT,
 };
 use crate::devices::legacy::{SerialSink, SerialTap};
 use crate::devices::StopReason;
-use crate::sandbox::{self, SandboxConfig, SeccompProfile};
+use crate::sandbox::{self, SandboxError, SeccompProfile};
 use crate::vmm::RunningPartition;
 
 /// How often damage, serial and console output are forwarded (about one display frame).
@@ -38,8 +39,10 @@ pub enum PartitionError {
     Control(#[from] ControlError),
     #[error("closing inherited fds: {0}")]
     CloseFds(std::io::Error),
-    #[error("forking into a PID namespace: {0}")]
+    #[error("sandbox: entering a PID namespace: {0}")]
     PidNamespace(std::io::Error),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Config(#[from] super::ConfigError),
     #[error("building the VM: {0}")]
@@ -59,8 +62,10 @@ pub enum PartitionError {
 pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
     // Inherited fds other than stdio and the control socket are someone else's.
     sandbox::close_fds_except(&[control_fd]).map_err(PartitionError::CloseFds)?;
-    // Before anything opens /dev/kvm or starts a thread (see sandbox::pid_namespace).
-    enter_pid_namespace()?;
+    // Before anything opens /dev/kvm or starts a thread (see sandbox::pid_namespace). A
+    // failure here ends the process before the handshake: the supervisor shows the exit
+    // and this line in the partition's log.
+    let pid_gap = super::enter_pid_namespace().map_err(PartitionError::PidNamespace)?;
     // SAFETY: `control_fd` comes from --control-fd, is used only here, and nothing else in
     // this process owns it (every other inherited fd was just closed).
     let stream = unsafe { control::control_stream_from_inherited_fd(control_fd) }?;
@@ -88,7 +93,20 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
         None => 0,
     };
 
-    confine(mem_bytes, fb_bytes);
+    // Everything the partition needs is open: from here on nothing is opened.
+    match super::confine(pid_gap, mem_bytes, fb_bytes) {
+        Ok(report) => {
+            // To the partition's log (stderr), whatever the log level.
+            eprintln!("bulkhead-vmm: {}", super::describe_sandbox(&report));
+            events.send(&Event::Sandbox(super::sandbox_status(&report)))?;
+        }
+        Err(e) => {
+            let reason = super::truncate_text(&e.to_string(), MAX_TEXT);
+            // Best effort: the exit status says it too.
+            let _ = events.send(&Event::Sandbox(SandboxStatus::Failed { reason }));
+            return Err(e.into());
+        }
+    }
     events.send(&Event::State(VmState::Ready))?;
     match commands.recv()?.message {
         Command::Start => {}
@@ -119,48 +137,6 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
         .map_err(PartitionError::ControlThread)?;
 
     Ok(serve(&running, &mut events, &cmd_rx, &serial_tap))
-}
-
-/// Forks into a new PID namespace where the host allows it; only the VMM side returns.
-fn enter_pid_namespace() -> Result<(), PartitionError> {
-    match sandbox::enter_pid_namespace() {
-        Ok(sandbox::PidNamespace::Entered { warnings }) => {
-            for w in &warnings {
-                tracing::warn!("sandbox: PID namespace: {w}");
-            }
-            tracing::info!("sandbox: PID 1 of a new PID namespace");
-            Ok(())
-        }
-        Ok(sandbox::PidNamespace::Refused(reason)) => {
-            tracing::warn!("sandbox: {reason}; the partition shares the host's PID namespace");
-            Ok(())
-        }
-        Err(e) => Err(PartitionError::PidNamespace(e)),
-    }
-}
-
-/// Applies the process sandbox; each step the host refuses is logged, never silent.
-fn confine(mem_bytes: u64, fb_bytes: u64) {
-    let keep: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let config = SandboxConfig {
-        keep_fds: keep,
-        address_space: Some(sandbox::address_space_for_guest(mem_bytes, fb_bytes)),
-        ..SandboxConfig::default()
-    };
-    match sandbox::apply_process_sandbox(&config) {
-        Ok(report) => tracing::info!(
-            "sandbox: namespaces {:?}, landlock {:?}, {} degraded step(s)",
-            report.namespaces,
-            report.landlock,
-            report.warnings.len()
-        ),
-        Err(e) => tracing::warn!("sandbox not applied: {e}"),
-    }
 }
 
 fn serve(

@@ -99,10 +99,20 @@ fn wanted(access: Access, is_dir: bool) -> BitFlags<AccessFs> {
 }
 
 /// Asks the kernel which Landlock ABI it speaks.
+pub fn support() -> LandlockSupport {
+    match probe() {
+        Ok(abi) => LandlockSupport::Available { abi },
+        Err(e) => LandlockSupport::Unavailable {
+            reason: absent_reason(&e),
+        },
+    }
+}
+
+/// The Landlock ABI version, or the kernel's error.
 ///
 /// The one raw Landlock call left: the `landlock` crate keeps this query private (it
 /// wants programs not to branch on it), but the sandbox report names the ABI.
-pub fn support() -> LandlockSupport {
+pub(super) fn probe() -> io::Result<u32> {
     const CREATE_RULESET_VERSION: libc::c_uint = 1 << 0;
     // SAFETY: with the VERSION flag the kernel reads no attribute (null, size 0) and
     // only returns a number; no memory is passed or returned.
@@ -115,14 +125,19 @@ pub fn support() -> LandlockSupport {
         )
     };
     if abi < 0 {
-        let err = io::Error::last_os_error();
-        return LandlockSupport::Unavailable {
-            reason: format!(
-                "landlock_create_ruleset: {err} (kernel without Landlock, or not in its lsm= list)"
-            ),
-        };
+        return Err(io::Error::last_os_error());
     }
-    LandlockSupport::Available { abi: abi as u32 }
+    u32::try_from(abi).map_err(|_| io::Error::other(format!("Landlock ABI {abi} out of range")))
+}
+
+/// Whether `probe`'s error means this kernel has no Landlock (not built in: `ENOSYS`;
+/// not enabled at boot: `EOPNOTSUPP`), as opposed to a failure.
+pub(super) fn is_absent(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EOPNOTSUPP))
+}
+
+pub(super) fn absent_reason(err: &io::Error) -> String {
+    format!("landlock_create_ruleset: {err} (kernel without Landlock, or not in its lsm= list)")
 }
 
 /// Restricts the calling thread, and threads and processes it creates later, to the

@@ -29,11 +29,9 @@ use super::seccomp::{self, SeccompProfile};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PidNamespace {
     /// This process is PID 1 of a new PID namespace; its reaper waits outside.
-    Entered {
-        /// Steps that degraded (an id map that could not be written).
-        warnings: Vec<String>,
-    },
-    /// The host refused; the process goes on in the host's PID namespace.
+    Entered,
+    /// The host does not offer one (no unprivileged user namespaces); the process goes
+    /// on in the host's PID namespace, a [`super::SandboxGap::PidNamespace`].
     Refused(PidNamespaceRefused),
 }
 
@@ -51,9 +49,11 @@ pub struct PidNamespaceRefused {
 /// Returns in the child only; the parent never returns from here.
 ///
 /// Call it while the process is single-threaded and has not opened `/dev/kvm` yet.
+///
+/// `Err` when a step the host supports failed (the id maps of the new user namespace,
+/// an unexpected `unshare` error, the fork): the partition must not run.
 pub fn enter_pid_namespace() -> io::Result<PidNamespace> {
-    let mut warnings = Vec::new();
-    if let Err(refused) = unshare_pid_namespace(&mut warnings) {
+    if let Err(refused) = unshare_pid_namespace()? {
         return Ok(PidNamespace::Refused(refused));
     }
     let (alive_read, alive_write) = pipe_with(PipeFlags::CLOEXEC)?;
@@ -66,7 +66,7 @@ pub fn enter_pid_namespace() -> io::Result<PidNamespace> {
         0 => {
             drop(alive_write);
             die_with_reaper(&alive_read)?;
-            Ok(PidNamespace::Entered { warnings })
+            Ok(PidNamespace::Entered)
         }
         child => {
             drop(alive_read);
@@ -76,18 +76,25 @@ pub fn enter_pid_namespace() -> io::Result<PidNamespace> {
 }
 
 /// User and PID namespace together, or the PID namespace alone (privileged hosts).
-fn unshare_pid_namespace(warnings: &mut Vec<String>) -> Result<(), PidNamespaceRefused> {
+/// `Ok(Err(_))` when the host does not offer one; `Err` when something failed.
+fn unshare_pid_namespace() -> io::Result<Result<(), PidNamespaceRefused>> {
     let (uid, gid) = (getuid().as_raw(), getgid().as_raw());
     let with_user = match super::unshare(UnshareFlags::NEWUSER | UnshareFlags::NEWPID) {
         Ok(()) => {
-            super::map_ids(uid, gid, warnings);
-            return Ok(());
+            super::map_ids(uid, gid).map_err(io::Error::other)?;
+            return Ok(Ok(()));
         }
-        Err(e) => e,
+        Err(e) if super::host_lacks(e) => e,
+        Err(e) => return Err(e.into()),
     };
     // On failure unshare changed nothing, so the second try starts clean.
-    super::unshare(UnshareFlags::NEWPID)
-        .map_err(|without| PidNamespaceRefused { with_user, without })
+    match super::unshare(UnshareFlags::NEWPID) {
+        Ok(()) => Ok(Ok(())),
+        Err(without) if super::host_lacks(without) => {
+            Ok(Err(PidNamespaceRefused { with_user, without }))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The VMM must not outlive its reaper: the supervisor watches (and kills) the reaper.

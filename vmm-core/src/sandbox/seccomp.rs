@@ -320,8 +320,7 @@ const BLOCK: &[SyscallRule] = &[
     ),
 ];
 
-/// Extra for the main thread: starting threads (never processes), opening files the
-/// Landlock allowlist permits.
+/// Extra for the main thread: starting threads (never processes).
 const MAIN_EXTRA: &[SyscallRule] = &[
     with(
         "clone",
@@ -331,9 +330,14 @@ const MAIN_EXTRA: &[SyscallRule] = &[
             mask: libc::CLONE_THREAD as u64,
         },
     ),
-    // Allowed here but answered with ENOSYS by CLONE3_ENOSYS below: its flags sit in
-    // memory a filter cannot read, and glibc falls back to clone(), which is checked.
+    // Allowed here but answered with ENOSYS by the first program (see `compile`): its
+    // flags sit in memory a filter cannot read, and glibc falls back to clone(), which
+    // is checked.
     any("clone3", libc::SYS_clone3),
+    // Allowed here but answered with EACCES by the second program (see `compile`): once
+    // the partition runs nothing is opened, whatever Landlock (or its absence) would
+    // allow. Listed so the answer is an error, not a kill (a stray open by a library is
+    // no attack). `open` and `openat2` are not listed: those kill.
     any("openat", libc::SYS_openat),
     // New threads install their own, narrower profile on top of this one; filters can
     // only be added, never removed, so this grants nothing.
@@ -415,7 +419,8 @@ impl SeccompProfile {
         if self == SeccompProfile::Main {
             // First: once the table is installed, installing anything needs its
             // permission.
-            programs.push(clone3_enosys().map_err(build)?);
+            programs.push(errno_for(libc::SYS_clone3, libc::ENOSYS).map_err(build)?);
+            programs.push(errno_for(libc::SYS_openat, libc::EACCES).map_err(build)?);
         }
         programs.push(BpfProgram::try_from(table).map_err(build)?);
         Ok(programs)
@@ -430,12 +435,14 @@ fn arch() -> TargetArch {
     }
 }
 
-fn clone3_enosys() -> Result<BpfProgram, seccompiler::BackendError> {
-    let map = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
+/// A program answering system call `nr` with `errno` and allowing everything else (the
+/// other programs still decide); stacked filters take the strictest answer.
+fn errno_for(nr: i64, errno: i32) -> Result<BpfProgram, seccompiler::BackendError> {
+    let map = BTreeMap::from([(nr, Vec::new())]);
     let filter = SeccompFilter::new(
         map,
         SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
+        SeccompAction::Errno(errno as u32),
         arch(),
     )?;
     BpfProgram::try_from(filter)

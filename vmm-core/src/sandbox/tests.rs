@@ -442,7 +442,7 @@ fn abort_under_a_profile_is_reported_as_sigabrt_not_as_seccomp() {
 
 fn enter_or_skip() -> Option<i32> {
     match enter_pid_namespace() {
-        Ok(PidNamespace::Entered { .. }) => None,
+        Ok(PidNamespace::Entered) => None,
         Ok(PidNamespace::Refused(_)) => Some(43),
         Err(_) => Some(44),
     }
@@ -628,6 +628,184 @@ fn landlock_read_write_directory_allows_creating_files_in_it_only() {
             return 3;
         }
         0
+    });
+    assert_eq!(outcome, Outcome::Exited(0));
+}
+
+/// Makes this (forked, single-threaded) process's kernel look as if it had no Landlock:
+/// `landlock_create_ruleset` answers ENOSYS, as on a kernel built without it. Only the
+/// test child is affected; nothing in a real run can ask for this.
+fn hide_landlock() -> bool {
+    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
+    let map = std::collections::BTreeMap::from([(libc::SYS_landlock_create_ruleset, Vec::new())]);
+    let Ok(filter) = SeccompFilter::new(
+        map,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        std::env::consts::ARCH
+            .try_into()
+            .unwrap_or(seccompiler::TargetArch::x86_64),
+    ) else {
+        return false;
+    };
+    let Ok(program) = BpfProgram::try_from(filter) else {
+        return false;
+    };
+    set_no_new_privs().is_ok() && seccompiler::apply_filter(&program).is_ok()
+}
+
+fn dumpable() -> i32 {
+    // SAFETY: PR_GET_DUMPABLE takes no pointers and returns the flag.
+    unsafe { libc::prctl(libc::PR_GET_DUMPABLE) }
+}
+
+#[test]
+fn a_hard_rlimit_as_below_the_cap_fails_the_sandbox_naming_it_yet_every_other_step_runs() {
+    let host_net = net_ns().unwrap();
+    let outcome = in_child(move || {
+        let hard = libc::rlimit {
+            rlim_cur: 8 << 30,
+            rlim_max: 8 << 30,
+        };
+        // SAFETY: setrlimit reads the live `hard`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_AS, &hard) } != 0 {
+            return 90;
+        }
+        let config = SandboxConfig {
+            address_space: Some(16 << 30),
+            ..SandboxConfig::default()
+        };
+        let err = match apply_process_sandbox(&config) {
+            Ok(_) => return 1,
+            Err(e) => e,
+        };
+        let text = err.to_string();
+        if !text.contains("RLIMIT_AS") || !text.contains(&(16u64 << 30).to_string()) {
+            return 2;
+        }
+        if err.failures.len() != 1 {
+            return 3;
+        }
+        // The steps after the failed one were still applied.
+        if net_ns().ok() == Some(host_net.clone()) {
+            return 4;
+        }
+        if dumpable() != 0 || rlimit(libc::RLIMIT_NOFILE) != 256 {
+            return 5;
+        }
+        if landlock_abi().is_some() && open_read(Path::new("/etc/passwd")) != Err(libc::EACCES) {
+            return 6;
+        }
+        0
+    });
+    assert_eq!(outcome, Outcome::Exited(0));
+}
+
+#[test]
+fn a_kernel_without_landlock_gives_a_reduced_sandbox_reporting_the_gap() {
+    let outcome = in_child(|| {
+        if !hide_landlock() {
+            return 90;
+        }
+        let report = match apply_process_sandbox(&SandboxConfig::default()) {
+            Ok(r) => r,
+            Err(_) => return 1,
+        };
+        if !report.gaps.contains(&SandboxGap::Landlock) {
+            return 2;
+        }
+        if !matches!(report.landlock, LandlockSupport::Unavailable { .. }) {
+            return 3;
+        }
+        0
+    });
+    assert_eq!(outcome, Outcome::Exited(0));
+}
+
+#[test]
+fn a_confined_process_is_not_dumpable_and_sees_no_proc() {
+    let outcome = in_child(|| {
+        let Ok(report) = apply_process_sandbox(&SandboxConfig::default()) else {
+            return 90;
+        };
+        if dumpable() != 0 {
+            return 1;
+        }
+        if report.namespaces != Namespaces::None {
+            if !report.proc_hidden {
+                return 2;
+            }
+            // Landlock may refuse to list it at all: equally nothing to see.
+            if let Ok(mut entries) = std::fs::read_dir("/proc") {
+                if entries.next().is_some() {
+                    return 3;
+                }
+            }
+            if std::fs::metadata("/proc/self/status").is_ok() {
+                return 4;
+            }
+        }
+        0
+    });
+    assert_eq!(outcome, Outcome::Exited(0));
+}
+
+/// A file under `$HOME` the test may read; removed when dropped.
+fn file_under_home() -> tempfile::NamedTempFile {
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    let mut file = tempfile::Builder::new()
+        .prefix(".bulkhead-sandbox-test")
+        .tempfile_in(home)
+        .unwrap();
+    file.write_all(b"private").unwrap();
+    file
+}
+
+/// The partition's own confinement ([`crate::partition::confine`]), then the main
+/// thread's filter, as a partition process has them once its guest runs.
+fn confine_like_a_partition() -> bool {
+    crate::partition::confine(None, 4 << 30, 0).is_ok() && install(SeccompProfile::Main).is_ok()
+}
+
+#[test]
+fn a_confined_partition_process_cannot_open_a_file_under_home() {
+    let file = file_under_home();
+    let path = file.path().to_path_buf();
+    let home = std::path::PathBuf::from(std::env::var_os("HOME").unwrap());
+    let outcome = in_child(move || {
+        if open_read(&path).is_err() {
+            return 90;
+        }
+        if !confine_like_a_partition() {
+            return 91;
+        }
+        if open_read(&path).is_ok() || open_write(&path).is_ok() {
+            return 1;
+        }
+        if open_read(&home).is_ok() {
+            return 2;
+        }
+        0
+    });
+    assert_eq!(outcome, Outcome::Exited(0));
+}
+
+#[test]
+fn without_landlock_seccomp_alone_still_refuses_opening_a_file_under_home() {
+    let file = file_under_home();
+    let path = file.path().to_path_buf();
+    let outcome = in_child(move || {
+        if !hide_landlock() {
+            return 90;
+        }
+        if !confine_like_a_partition() {
+            return 91;
+        }
+        match open_read(&path) {
+            Err(libc::EACCES) => 0,
+            Err(_) => 1,
+            Ok(()) => 2,
+        }
     });
     assert_eq!(outcome, Outcome::Exited(0));
 }

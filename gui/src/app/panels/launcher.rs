@@ -3,7 +3,7 @@
 
 use egui::{Color32, RichText, Sense, Ui};
 
-use crate::app::model::{format_uptime, LabelStyle, PartitionState};
+use crate::app::model::{format_uptime, sandbox_badge, LabelStyle, PartitionState};
 use crate::app::{Action, PartitionSlot};
 
 pub fn show(
@@ -52,6 +52,9 @@ fn row(ui: &mut Ui, i: usize, slot: &PartitionSlot, focused: bool, actions: &mut
                         .color(ui.visuals().warn_fg_color),
                 );
             }
+            if let Some(badge) = sandbox_badge(&slot.backend.sandbox_gaps()) {
+                sandbox_reduced(ui, &badge);
+            }
             if let PartitionState::Crashed { reason } = &state {
                 ui.colored_label(ui.visuals().error_fg_color, format!("reason: {reason}"));
             }
@@ -61,6 +64,23 @@ fn row(ui: &mut Ui, i: usize, slot: &PartitionSlot, focused: bool, actions: &mut
                 ui.colored_label(ui.visuals().error_fg_color, err);
             }
         });
+}
+
+/// A badge, not a log line: the partition runs with less confinement than designed.
+/// Outlined rather than filled, so it never reads as a trust label's colour.
+fn sandbox_reduced(ui: &mut Ui, text: &str) {
+    let warn = ui.visuals().warn_fg_color;
+    egui::Frame::new()
+        .stroke(egui::Stroke::new(1.5, warn))
+        .corner_radius(4.0)
+        .inner_margin(egui::Margin::symmetric(6, 2))
+        .show(ui, |ui| {
+            ui.label(RichText::new(text).color(warn).strong());
+        })
+        .response
+        .on_hover_text(
+            "This host lacks part of the partition sandbox; the partition runs with the rest.",
+        );
 }
 
 fn swatch(ui: &mut Ui, color: Color32) {

@@ -4,7 +4,7 @@
 
 use egui::{pos2, vec2, Color32, Rect, RichText, Sense, Stroke, Ui, UiBuilder};
 
-use crate::app::model::{LabelStyle, PartitionState, SourceKind};
+use crate::app::model::{sandbox_badge, LabelStyle, PartitionState, SourceKind};
 use crate::app::{Action, PartitionSlot, ViewLayout};
 use crate::input::router::{FocusState, ViewGeometry};
 
@@ -223,6 +223,9 @@ pub fn show_one(
     let mut title = format!("[{}]", info.name);
     if let Some(d) = info.source.disclaimer() {
         title.push_str(&format!("  {d}"));
+    }
+    if let Some(badge) = sandbox_badge(&slot.backend.sandbox_gaps()) {
+        title.push_str(&format!("  [{badge}]"));
     }
     if captured {
         title.push_str("  - KEYBOARD CAPTURED");

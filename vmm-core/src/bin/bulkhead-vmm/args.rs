@@ -14,7 +14,7 @@ use vmm_core::launch::{
     parse_display, parse_memory_mib, AgentChannel, BootConfig, DiskConfig, DisplaySize,
     LaunchConfig, LaunchError, LaunchFiles, NetworkConfig, DEFAULT_CMDLINE,
 };
-use vmm_core::partition::bare::BareOptions;
+use vmm_core::partition::bare::{BareOptions, Sandbox};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -87,6 +87,10 @@ pub struct RunArgs {
     /// The partition's name.
     #[arg(long, default_value = "partition")]
     pub name: String,
+    /// Run the guest in an unconfined process: no namespaces, rlimits, Landlock or
+    /// seccomp (by default a bare run is sandboxed like a supervised partition).
+    #[arg(long)]
+    pub no_sandbox: bool,
 }
 
 /// Why a bare run could not put its launch together.
@@ -156,7 +160,7 @@ impl RunArgs {
         Ok((config, files))
     }
 
-    pub fn bare_options(&self) -> Result<BareOptions, ArgsError> {
+    pub fn bare_options(&self, sandbox: Sandbox) -> Result<BareOptions, ArgsError> {
         let serial: Box<dyn Write + Send> = if self.serial == "-" {
             Box::new(std::io::stdout())
         } else {
@@ -172,6 +176,7 @@ impl RunArgs {
             screenshot: self.screenshot.clone(),
             screenshot_on: self.screenshot_on.clone(),
             timeout: self.timeout.map(Duration::from_secs),
+            sandbox,
         })
     }
 }
@@ -285,6 +290,20 @@ mod tests {
         assert_eq!(path, PathBuf::from("/p.img"));
         assert!(!c.read_only);
         assert_eq!(c.id, "private");
+    }
+
+    #[test]
+    fn a_bare_run_is_sandboxed_unless_no_sandbox_is_given() {
+        let run = |extra: &[&str]| {
+            let mut argv = vec!["bulkhead-vmm", "run", "--test-card"];
+            argv.extend_from_slice(extra);
+            match VmmCli::parse_from(argv).command {
+                VmmCommand::Run(run) => run.no_sandbox,
+                _ => panic!("not run"),
+            }
+        };
+        assert!(!run(&[]));
+        assert!(run(&["--no-sandbox"]));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use clap::Parser;
 
 use args::{VmmCli, VmmCommand};
 use vmm_core::hostcheck::{self, Virtualization};
-use vmm_core::partition::{bare, supervised};
+use vmm_core::partition::{self, bare, supervised};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -40,13 +40,23 @@ fn fail(e: &dyn std::fmt::Display) -> i32 {
     1
 }
 
-/// Exit codes: 0 powered off or rebooted, 1 could not start, 3 crashed, 4 timeout.
+/// Exit codes: 0 powered off or rebooted, 1 could not start (a sandbox step failed
+/// included), 3 crashed, 4 timeout.
 fn run(args: &args::RunArgs) -> i32 {
+    let sandbox = if args.no_sandbox {
+        bare::Sandbox::Off
+    } else {
+        // First thing, single-threaded, before any VM exists.
+        match partition::enter_pid_namespace() {
+            Ok(pid_gap) => bare::Sandbox::Confine { pid_gap },
+            Err(e) => return fail(&format!("sandbox: entering a PID namespace: {e}")),
+        }
+    };
     let (launch, files) = match args.launch() {
         Ok(l) => l,
         Err(e) => return fail(&e),
     };
-    let options = match args.bare_options() {
+    let options = match args.bare_options(sandbox) {
         Ok(o) => o,
         Err(e) => return fail(&e),
     };
