@@ -128,6 +128,7 @@ impl LaunchSpec {
             kernel: kernel.map(|p| open("kernel", &p, false)).transpose()?,
             initrd: initrd.map(|p| open("initrd", &p, false)).transpose()?,
             disks,
+            network: None,
         })
     }
 }

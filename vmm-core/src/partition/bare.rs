@@ -50,7 +50,7 @@ pub fn exit_code(reason: &StopReason) -> (i32, String) {
 /// Runs the partition until it stops; returns why.
 pub fn run(
     launch: &LaunchConfig,
-    files: LaunchFiles,
+    mut files: LaunchFiles,
     options: BareOptions,
 ) -> Result<StopReason, BareError> {
     let mut serial = SerialSink::new(options.serial);
@@ -58,10 +58,18 @@ pub fn run(
     if let Some(marker) = &options.screenshot_on {
         serial.watch_marker(marker, marker_tx);
     }
+    let network = super::network_config(launch, &mut files)?;
     let (kvm, config) = super::vm_config(launch, files, serial)?;
     let started = Instant::now();
-    let partition = builder::build(&kvm, config)?
+    let mut partition = builder::build_with_network(&kvm, config, network)?;
+    let net = partition.take_network();
+    let partition = partition
         .start()
+        .map_err(|e| BareError::Start(e.to_string()))?;
+    // Ends with its device, when the partition is finished.
+    let _net_worker = net
+        .map(|n| n.start(false))
+        .transpose()
         .map_err(|e| BareError::Start(e.to_string()))?;
     let deadline = options.timeout.map(|t| started + t);
     let save = |path: &PathBuf| {

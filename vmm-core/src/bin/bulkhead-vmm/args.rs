@@ -3,11 +3,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use vmm_core::hostcheck::{self, HostError};
 use vmm_core::launch::{
@@ -86,6 +87,78 @@ pub struct RunArgs {
     /// The partition's name.
     #[arg(long, default_value = "partition")]
     pub name: String,
+    /// The network: `none` (no device at all) or `passt` (virtio-net through a passt
+    /// started here from PATH, on a socketpair).
+    #[arg(long, value_enum, default_value_t = NetMode::None)]
+    pub net: NetMode,
+}
+
+/// `--net`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetMode {
+    None,
+    Passt,
+}
+
+/// The helper processes a bare run started for its network; killed and reaped on drop
+/// (passt with `--fd` also ends by itself when the VMM's end of the socket closes).
+#[derive(Debug, Default)]
+pub struct NetProcesses {
+    children: Vec<(&'static str, Child)>,
+}
+
+impl Drop for NetProcesses {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The passt command line for the socket at `fd` (inherited by the child).
+fn passt_args(fd: RawFd) -> Vec<String> {
+    [
+        "--fd",
+        &fd.to_string(),
+        // Foreground, errors to stderr only, no informational chatter.
+        "-f",
+        "-e",
+        "-q",
+        // The guest's receive buffers hold standard frames (no offloads, no mergeable
+        // buffers), so passt announces the standard MTU.
+        "-m",
+        "1500",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Starts passt on one end of a fresh socketpair; returns the other end.
+fn start_passt(procs: &mut NetProcesses) -> Result<OwnedFd, ArgsError> {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    let io = |source: rustix::io::Errno| ArgsError::Passt {
+        source: source.into(),
+    };
+    let (ours, theirs) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(io)?;
+    // passt's end survives exec; ours does not.
+    rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty()).map_err(io)?;
+    let child = Command::new("passt")
+        .args(passt_args(theirs.as_raw_fd()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|source| ArgsError::Passt { source })?;
+    drop(theirs);
+    procs.children.push(("passt", child));
+    Ok(ours)
 }
 
 /// Why a bare run could not put its launch together.
@@ -101,11 +174,14 @@ pub enum ArgsError {
     },
     #[error(transparent)]
     Launch(#[from] LaunchError),
+    #[error("starting passt (from PATH) for --net passt: {source}")]
+    Passt { source: std::io::Error },
 }
 
 impl RunArgs {
-    /// The launch config these flags describe and the files it names, opened here.
-    pub fn launch(&self) -> Result<(LaunchConfig, LaunchFiles), ArgsError> {
+    /// The launch config these flags describe and the files it names, opened here, and
+    /// the network helpers started for it.
+    pub fn launch(&self) -> Result<(LaunchConfig, LaunchFiles, NetProcesses), ArgsError> {
         let disks: Vec<(PathBuf, DiskConfig)> = self
             .disks
             .iter()
@@ -125,7 +201,10 @@ impl RunArgs {
                 },
             },
             disks: disks.iter().map(|(_, c)| c.clone()).collect(),
-            network: NetworkConfig::None,
+            network: match self.net {
+                NetMode::None => NetworkConfig::None,
+                NetMode::Passt => NetworkConfig::Stream,
+            },
             agent: AgentChannel::VirtioConsole,
         };
         config.validate()?;
@@ -151,8 +230,14 @@ impl RunArgs {
                 .iter()
                 .map(|(path, c)| open("disk", path, !c.read_only))
                 .collect::<Result<_, _>>()?,
+            network: None,
         };
-        Ok((config, files))
+        let mut procs = NetProcesses::default();
+        let mut files = files;
+        if self.net == NetMode::Passt {
+            files.network = Some(start_passt(&mut procs)?);
+        }
+        Ok((config, files, procs))
     }
 
     pub fn bare_options(&self) -> Result<BareOptions, ArgsError> {
@@ -260,6 +345,30 @@ mod tests {
         assert!(disks[0].1.read_only);
         assert_eq!(disks[1].0, PathBuf::from("/b.img"));
         assert!(!disks[1].1.read_only);
+    }
+
+    #[test]
+    fn the_network_is_none_unless_asked_for() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["bulkhead-vmm", "run", "--test-card"];
+            argv.extend_from_slice(extra);
+            match VmmCli::try_parse_from(argv).map(|c| c.command) {
+                Ok(VmmCommand::Run(run)) => Ok(run.net),
+                Ok(_) => panic!("not run"),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(parse(&[]).unwrap(), NetMode::None);
+        assert_eq!(parse(&["--net", "none"]).unwrap(), NetMode::None);
+        assert_eq!(parse(&["--net", "passt"]).unwrap(), NetMode::Passt);
+        assert!(parse(&["--net", "slirp"]).is_err());
+    }
+
+    #[test]
+    fn passt_is_told_the_socket_and_to_stay_in_the_foreground() {
+        let a = passt_args(7);
+        assert!(a.windows(2).any(|w| w == ["--fd", "7"]), "{a:?}");
+        assert!(a.contains(&"-f".to_string()));
     }
 
     #[test]

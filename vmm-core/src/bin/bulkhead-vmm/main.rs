@@ -42,7 +42,8 @@ fn fail(e: &dyn std::fmt::Display) -> i32 {
 
 /// Exit codes: 0 powered off or rebooted, 1 could not start, 3 crashed, 4 timeout.
 fn run(args: &args::RunArgs) -> i32 {
-    let (launch, files) = match args.launch() {
+    // Dropped (helpers killed and reaped) after the partition has finished.
+    let (launch, files, _net_helpers) = match args.launch() {
         Ok(l) => l,
         Err(e) => return fail(&e),
     };
