@@ -63,7 +63,25 @@ pub struct GuestRun {
     /// virtio-blk disks for a bare run, in order (`/dev/vda`, …). Each comes back, as the
     /// guest left it, in [`RunOutput::files`] under its name.
     pub disks: Vec<LabDisk>,
+    /// A network for a bare run (`--net passt`); such runs always use the lab machine,
+    /// whose only interface is a dummy one, so nothing leaves it.
+    pub network: Option<LabNetwork>,
 }
+
+/// The lab machine's network for a guest: a dummy interface with 192.0.2.2/24 and a
+/// default route via 192.0.2.1 (for passt to copy), passt and its libraries, and busybox
+/// httpd servers on the lab's loopback, which the guest reaches at the gateway address.
+#[derive(Debug, Clone, Default)]
+pub struct LabNetwork {
+    /// `--allow` rules for the VMM (empty: plain NAT through passt).
+    pub allow: Vec<String>,
+    /// `(port, index.html)`: one httpd on 127.0.0.1:port each.
+    pub http: Vec<(u16, String)>,
+}
+
+/// The lab machine's address on its dummy interface and its (nonexistent) gateway.
+pub const LAB_HOST_ADDR: &str = "192.0.2.2";
+pub const LAB_GATEWAY: &str = "192.0.2.1";
 
 /// A small disk image for a lab guest (it travels in the lab machine's initramfs).
 #[derive(Debug, Clone)]
@@ -87,6 +105,7 @@ impl Default for GuestRun {
             timeout_s: 120,
             supervise: None,
             disks: Vec::new(),
+            network: None,
         }
     }
 }
@@ -355,6 +374,10 @@ fn vmm_args(run: &GuestRun, paths: &VmmPaths) -> Vec<String> {
         let ro = if d.read_only { ",ro" } else { "" };
         args.push(format!("--disk={disk_dir}/{}{ro}", d.name));
     }
+    if let Some(net) = &run.network {
+        args.push("--net=passt".into());
+        args.extend(net.allow.iter().map(|a| format!("--allow={a}")));
+    }
     args.push(format!("--serial={serial}"));
     args.push(format!("--timeout={}", run.timeout_s));
     if run.display.is_some() {
@@ -385,7 +408,11 @@ pub fn run_guest(run: &GuestRun) -> RunOutput {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let _machine_guard = lock_machine_wide();
-    let runner = runner();
+    // A network run needs the lab's isolated network (and its passt), never the host's.
+    let runner = match run.network {
+        Some(_) => Runner::Lab,
+        None => runner(),
+    };
     eprintln!("Linux guest runner: {runner}");
     match runner {
         Runner::Direct => run_direct(run),
@@ -509,7 +536,8 @@ pub fn shell_quote(s: &str) -> String {
 fn lab_init(command: &[String], stdout: &str) -> String {
     let command: Vec<String> = command.iter().map(|a| shell_quote(a)).collect();
     format!(
-        r#"{prologue}echo "===LAB-VMM-START==="
+        r#"{prologue}#LAB-NETWORK
+echo "===LAB-VMM-START==="
 mkdir -p /out
 {command} 2>/vmm.err >{stdout}
 echo "===LAB-VMM-EXIT $?==="
@@ -586,6 +614,9 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
         .unwrap();
     }
     w.file("bulkhead-vmm", 0o755, &read(&static_vmm())).unwrap();
+    if let Some(net) = &run.network {
+        add_lab_network(&mut w, &kmods, net);
+    }
     if run.supervise.is_some() {
         w.file("lab-supervise", 0o755, &read(&static_lab_supervise()))
             .unwrap();
@@ -627,9 +658,106 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
     } else {
         "/dev/null"
     };
-    w.file("init", 0o755, lab_init(&command, stdout).as_bytes())
-        .unwrap();
+    let init = lab_init(&command, stdout).replace(
+        LAB_NETWORK_HOOK,
+        &run.network
+            .as_ref()
+            .map(lab_network_init)
+            .unwrap_or_default(),
+    );
+    w.file("init", 0o755, init.as_bytes()).unwrap();
     w.finish().unwrap()
+}
+
+/// Where [`lab_init`] brings up the lab network, when the run has one.
+const LAB_NETWORK_HOOK: &str = "#LAB-NETWORK\n";
+
+/// The host files passt needs, at their host paths: the binary, the libraries `ldd`
+/// names (symlinks resolved), accounts for `nobody` and a resolver file.
+fn add_lab_network(w: &mut CpioWriter<Vec<u8>>, kmods: &Path, net: &LabNetwork) {
+    let read =
+        |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
+    let passt = which("passt").expect("passt not found in PATH (apt-get install passt)");
+    let mut files = vec![(PathBuf::from("/usr/bin/passt"), passt.clone())];
+    let ldd = Command::new("ldd")
+        .arg(&passt)
+        .output()
+        .expect("running ldd");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-… (0x…)"
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|r| r.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(p) = path {
+            files.push((PathBuf::from(p), PathBuf::from(p)));
+        }
+    }
+    let mut dirs = std::collections::BTreeSet::new();
+    for (at, _) in &files {
+        let mut d = at.parent();
+        while let Some(p) = d.filter(|p| *p != Path::new("/")) {
+            dirs.insert(p.to_path_buf());
+            d = p.parent();
+        }
+    }
+    dirs.insert(PathBuf::from("/etc"));
+    dirs.insert(PathBuf::from("/www"));
+    for d in &dirs {
+        w.dir(d.to_str().unwrap().trim_start_matches('/')).unwrap();
+    }
+    for (at, from) in &files {
+        let bytes = read(&std::fs::canonicalize(from).unwrap_or_else(|_| from.clone()));
+        w.file(at.to_str().unwrap().trim_start_matches('/'), 0o755, &bytes)
+            .unwrap();
+    }
+    w.file(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )
+    .unwrap();
+    w.file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")
+        .unwrap();
+    // passt hands this resolver to the guest by DHCP; nothing answers there.
+    w.file("etc/resolv.conf", 0o644, b"nameserver 192.0.2.53\n")
+        .unwrap();
+    w.file(
+        "modules/dummy.ko",
+        0o644,
+        &read(&kmods.join("drivers/net/dummy.ko")),
+    )
+    .unwrap();
+    for (port, body) in &net.http {
+        w.dir(&format!("www/{port}")).unwrap();
+        w.file(&format!("www/{port}/index.html"), 0o644, body.as_bytes())
+            .unwrap();
+    }
+}
+
+/// The lab's /init lines that bring up the dummy network and the test servers.
+fn lab_network_init(net: &LabNetwork) -> String {
+    let mut s = format!(
+        "insmod /modules/dummy.ko || echo \"LAB: insmod dummy failed\"\n\
+         ip link set lo up\n\
+         ip link add dummy0 type dummy\n\
+         ip addr add {LAB_HOST_ADDR}/24 dev dummy0\n\
+         ip link set dummy0 up\n\
+         ip route add default via {LAB_GATEWAY}\n"
+    );
+    for (port, _) in &net.http {
+        s.push_str(&format!("httpd -p 127.0.0.1:{port} -h /www/{port}\n"));
+    }
+    s
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
 }
 
 fn section<'a>(console: &'a str, name: &str) -> Option<&'a str> {
