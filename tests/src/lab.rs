@@ -231,6 +231,20 @@ pub fn static_vmm() -> PathBuf {
         .clone()
 }
 
+/// The static firewall relay: `$BULKHEAD_NETRELAY_STATIC`, or built now.
+pub fn static_netrelay() -> PathBuf {
+    static RELAY: OnceLock<PathBuf> = OnceLock::new();
+    RELAY
+        .get_or_init(|| {
+            static_binary(
+                "BULKHEAD_NETRELAY_STATIC",
+                "bulkhead-netrelay",
+                "bulkhead-netrelay",
+            )
+        })
+        .clone()
+}
+
 /// The static supervisor driver: `$BULKHEAD_LAB_SUPERVISE_STATIC`, or built now.
 pub fn static_lab_supervise() -> PathBuf {
     static DRIVER: OnceLock<PathBuf> = OnceLock::new();
@@ -616,6 +630,11 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
     w.file("bulkhead-vmm", 0o755, &read(&static_vmm())).unwrap();
     if let Some(net) = &run.network {
         add_lab_network(&mut w, &kmods, net);
+        if !net.allow.is_empty() {
+            // Beside the VMM, where `--allow` looks for it.
+            w.file("bulkhead-netrelay", 0o755, &read(&static_netrelay()))
+                .unwrap();
+        }
     }
     if run.supervise.is_some() {
         w.file("lab-supervise", 0o755, &read(&static_lab_supervise()))
