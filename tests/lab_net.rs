@@ -18,7 +18,7 @@ echo "MAC $(cat /sys/class/net/eth0/address)"
 echo "ADDR $(ip -4 -o addr show dev eth0)"
 echo "ROUTE $(ip route show default)"
 echo "RESOLV $(cat /etc/resolv.conf)"
-if wget -q -T 20 -O /tmp/page {url}; then echo "FETCHED $(cat /tmp/page)"; else echo FETCH-FAILED; fi
+if timeout 20 wget -q -O /tmp/page {url}; then echo "FETCHED $(cat /tmp/page)"; else echo FETCH-FAILED; fi
 poweroff -f
 "#
     )
@@ -107,7 +107,7 @@ poweroff -f
 /// error text, as `TAG rc=N start=S end=E err=…`.
 fn timed_fetch(tag: &str, url: &str) -> String {
     format!(
-        r#"read s _ < /proc/uptime; wget -q -T 20 -O /tmp/{tag} {url} 2>/tmp/{tag}.err; rc=$?; read e _ < /proc/uptime
+        r#"read s _ < /proc/uptime; timeout 20 wget -q -O /tmp/{tag} {url} 2>/tmp/{tag}.err; rc=$?; read e _ < /proc/uptime
 echo "{tag} rc=$rc start=$s end=$e body=$(cat /tmp/{tag} 2>/dev/null) err=$(cat /tmp/{tag}.err)"
 "#
     )

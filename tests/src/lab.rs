@@ -677,16 +677,36 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
     } else {
         "/dev/null"
     };
-    let init = lab_init(&command, stdout).replace(
+    let mut init = lab_init(&command, stdout).replace(
         LAB_NETWORK_HOOK,
         &run.network
             .as_ref()
             .map(lab_network_init)
             .unwrap_or_default(),
     );
+    if run.network.is_some() {
+        init = init.replacen(
+            BUSYBOX_INSTALL,
+            &format!("{BUSYBOX_INSTALL}{TMPFS_ROOT}"),
+            1,
+        );
+    }
     w.file("init", 0o755, init.as_bytes()).unwrap();
     w.finish().unwrap()
 }
+
+const BUSYBOX_INSTALL: &str = "/bin/busybox --install -s /bin\n";
+
+/// passt sandboxes itself with `pivot_root`, which the initramfs root (rootfs) refuses:
+/// a network run first moves the lab machine's root to a tmpfs and starts /init again.
+const TMPFS_ROOT: &str = r#"if [ ! -e /.lab-tmpfs-root ]; then
+  mkdir -p /newroot
+  mount -t tmpfs -o size=95% tmpfs /newroot
+  for f in /*; do [ "$f" = /newroot ] || cp -a "$f" /newroot/; done
+  touch /newroot/.lab-tmpfs-root
+  exec switch_root /newroot /init
+fi
+"#;
 
 /// Where [`lab_init`] brings up the lab network, when the run has one.
 const LAB_NETWORK_HOOK: &str = "#LAB-NETWORK\n";
@@ -760,7 +780,7 @@ fn lab_network_init(net: &LabNetwork) -> String {
     let mut s = format!(
         "insmod /modules/dummy.ko || echo \"LAB: insmod dummy failed\"\n\
          ip link set lo up\n\
-         ip link add dummy0 type dummy\n\
+         ip link show dummy0 >/dev/null 2>&1 || ip link add dummy0 type dummy\n\
          ip addr add {LAB_HOST_ADDR}/24 dev dummy0\n\
          ip link set dummy0 up\n\
          ip route add default via {LAB_GATEWAY}\n"
