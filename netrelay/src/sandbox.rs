@@ -97,6 +97,15 @@ pub fn filter() -> Result<BpfProgram, SandboxError> {
         libc::SYS_mprotect,
         vec![SeccompRule::new(vec![cond(2, no_exec(), 0)?])?],
     );
+    // std checks an fd is still open (F_GETFD) when an OwnedFd is dropped.
+    map.insert(
+        libc::SYS_fcntl,
+        vec![SeccompRule::new(vec![cond(
+            1,
+            SeccompCmpOp::Eq,
+            libc::F_GETFD as u64,
+        )?])?],
+    );
     map.insert(
         libc::SYS_tgkill,
         vec![SeccompRule::new(vec![cond(

@@ -35,7 +35,7 @@
 //! bytes; anything else is dropped (returned used, counted, logged rate-limited) and the
 //! device goes on. A received frame larger than the receive chain is dropped and the chain
 //! kept for the next one. A bad length from the peer, end of stream or a socket error cuts
-//! the backend: the socket is shut down, the link behaves like an unplugged cable (frames
+//! the backend: the socket is closed, the link behaves like an unplugged cable (frames
 //! from the guest are dropped), nothing panics.
 
 mod seccomp;
@@ -52,7 +52,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use rustix::net::{SendFlags, Shutdown};
+use rustix::net::SendFlags;
 
 use super::mmio::VirtioMmioDevice;
 use super::queue::{QueueError, Queues};
@@ -205,9 +205,11 @@ impl VirtioNet {
 
     /// Cuts the backend for good: the peer broke the protocol, hung up or failed.
     pub(crate) fn cut(&mut self, why: &dyn std::fmt::Display) {
-        if let Some(b) = self.backend.take() {
+        // No shutdown(2): this may run on a vCPU thread, whose seccomp profile has no
+        // shutdown. Dropping this reference and waking the worker, which then drops its
+        // own, closes the socket; the peer sees the end of the stream.
+        if self.backend.take().is_some() {
             crate::limited!(warn, reason = %why, "virtio-net: backend cut; the link is down");
-            let _ = rustix::net::shutdown(&*b, Shutdown::Both);
         }
         self.rx_backlog.clear();
         self.rx_backlog_bytes = 0;

@@ -1,6 +1,7 @@
 //! The virtio-net worker's seccomp profile: poll its socket and eventfd, `recv`/`send`
 //! on the socket, `read`/`write` on the eventfds (its kick and the guest's irqfd),
-//! `futex` for the device lock, and what every thread needs (memory, exit, signals for a
+//! `futex` for the device lock, `fcntl(F_GETFD)` and `close` when its socket reference drops,
+//! and what every thread needs (memory, exit, signals for a
 //! panic's abort). No `open`, no `socket`, no `connect`, no `ioctl`.
 //!
 //! Built here with seccompiler rather than as a row of `sandbox::SeccompProfile`, so the
@@ -73,6 +74,15 @@ pub fn worker_filter() -> Result<BpfProgram, FilterError> {
     map.insert(
         libc::SYS_mprotect,
         vec![SeccompRule::new(vec![cond(2, no_exec(), 0)?])?],
+    );
+    // std checks an fd is still open (F_GETFD) when an OwnedFd is dropped.
+    map.insert(
+        libc::SYS_fcntl,
+        vec![SeccompRule::new(vec![cond(
+            1,
+            SeccompCmpOp::Eq,
+            libc::F_GETFD as u64,
+        )?])?],
     );
     // abort() signals only this process.
     map.insert(

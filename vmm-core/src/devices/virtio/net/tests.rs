@@ -478,3 +478,40 @@ fn a_flood_from_the_peer_is_bounded_while_the_guest_gives_no_buffers() {
         "backlog grew to {backlog}"
     );
 }
+
+#[test]
+fn a_worker_under_its_seccomp_filter_still_moves_frames_both_ways_and_ends() {
+    // The filter is per thread (no TSYNC): only the worker is confined. A system call off
+    // its table would kill this whole test process.
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    peer.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let (dev, worker) = VirtioNet::new(NetConfig {
+        backend: ours.into(),
+        mac: MAC,
+    })
+    .unwrap();
+    let mut d = TestDriver::new(dev);
+    let h = worker.start(&d.dev, true).unwrap();
+    d.init();
+    let a = d.alloc(2048, 0);
+    d.add_chain(RX_QUEUE, &[(a, 2048, true)]);
+    d.notify(RX_QUEUE as u32);
+    // Back-pressure makes the worker flush transmissions too: fill the socket first.
+    let f = frame(1000, 3);
+    peer.write_all(&stream::encode(&f)).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while d.take_used(RX_QUEUE).is_empty() {
+        assert!(Instant::now() < deadline, "no frame received");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(d.read_mem(a + HDR_LEN as u64, f.len()), f);
+    // The peer hangs up: the confined worker cuts the backend (logging) and exits.
+    drop(peer);
+    let deadline = Instant::now() + TIMEOUT;
+    while !h.is_finished() {
+        assert!(Instant::now() < deadline, "confined worker did not end");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    h.join().unwrap();
+    assert!(!d.dev.lock().unwrap().device().is_connected());
+}
