@@ -63,11 +63,18 @@ fn socket_fd(flag: &'static str, fd: RawFd) -> Result<OwnedFd, SetupError> {
             source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
         });
     }
-    // SAFETY: `fd` was named on the command line by our parent, which passed it open;
-    // fds 0-2 are refused above, the two flags are checked to differ, and nothing else
-    // in this process (which has opened nothing yet) owns it. If it is not open or not a
-    // socket, the check below fails and the OwnedFd is dropped: closing a number nobody
-    // owns is harmless.
+    // SAFETY: fcntl(F_GETFD) takes only integers and reads no memory; it tells whether
+    // `fd` is open before anything takes ownership of it.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(SetupError::NotASocket {
+            flag,
+            fd,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `fd` is open (checked above) and was named on the command line by our
+    // parent, which passed it to us; fds 0-2 are refused above, the two flags are checked
+    // to differ, and nothing else in this process (which has opened nothing yet) owns it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     rustix::net::sockopt::socket_type(&owned).map_err(|e| SetupError::NotASocket {
         flag,
