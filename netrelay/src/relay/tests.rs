@@ -150,3 +150,74 @@ fn the_log_limit_lets_a_burst_through_then_counts_the_rest() {
     assert_eq!(l.allow(), None);
     assert_eq!(l.allow(), None);
 }
+
+/// Not a pass/fail test: `cargo test -p bulkhead-netrelay --release -- --ignored
+/// --nocapture relay_cost` prints the relay's CPU time per MiB of allowed 1514-byte frames
+/// from the guest side and of frames from passt.
+#[test]
+#[ignore]
+fn relay_cost_per_mib_of_frames() {
+    let p = start(RuleSet {
+        rules: vec![parse_allow("tcp:*:*", 1).unwrap()],
+        ..RuleSet::default()
+    });
+    let mut frame = syn(8080);
+    frame[14 + 20 + 13] = crate::packet::TCP_ACK;
+    frame.resize(1514, 0x61);
+    frame[16..18].copy_from_slice(&1500u16.to_be_bytes());
+    let wire = encode(&frame);
+    let mib = 256usize;
+    let count = mib * (1 << 20) / frame.len();
+    let cpu = nix_like_rusage;
+    for (name, mut from, mut to) in [
+        (
+            "guest -> passt",
+            p.guest.try_clone().unwrap(),
+            p.passt.try_clone().unwrap(),
+        ),
+        (
+            "passt -> guest",
+            p.passt.try_clone().unwrap(),
+            p.guest.try_clone().unwrap(),
+        ),
+    ] {
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut left = count * wire_len();
+            while left > 0 {
+                let n = to.read(&mut buf).unwrap();
+                assert!(n > 0);
+                left -= n.min(left);
+            }
+        });
+        let (c0, t0) = (cpu(), std::time::Instant::now());
+        for _ in 0..count {
+            from.write_all(&wire).unwrap();
+        }
+        reader.join().unwrap();
+        let (c1, t1) = (cpu(), t0.elapsed());
+        let sent = (count * frame.len()) as f64 / f64::from(1 << 20);
+        eprintln!(
+            "{name}: {sent:.0} MiB in {:.2} s wall ({:.0} MiB/s); process CPU {:.1} ms per MiB \
+             (relay + both test peers)",
+            t1.as_secs_f64(),
+            sent / t1.as_secs_f64(),
+            (c1 - c0) * 1000.0 / sent
+        );
+    }
+
+    fn wire_len() -> usize {
+        4 + 1514
+    }
+}
+
+/// User + system CPU seconds of this process so far.
+fn nix_like_rusage() -> f64 {
+    // SAFETY: rusage is plain integers and timevals; all zeroes is a valid value.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer to `u`, which outlives the call.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    assert_eq!(rc, 0);
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
