@@ -746,6 +746,7 @@ mod degraded_sandbox {
             kernel: None,
             initrd: None,
             disks: Vec::new(),
+            network: None,
         };
         send_launch(&mut writer, &test_card(name), files).unwrap();
         ours.set_read_timeout(Some(WAIT)).unwrap();

@@ -186,6 +186,7 @@ impl LaunchSpec {
             kernel: kernel.map(|p| open("kernel", &p, false)).transpose()?,
             initrd,
             disks,
+            network: None,
         })
     }
 }

@@ -67,7 +67,25 @@ pub struct GuestRun {
     /// go to the guest as the app's supervisor sends them, or in the test archive for a
     /// bare run).
     pub app: Option<String>,
+    /// A network for a bare run (`--net passt`); such runs always use the lab machine,
+    /// whose only interface is a dummy one, so nothing leaves it.
+    pub network: Option<LabNetwork>,
 }
+
+/// The lab machine's network for a guest: a dummy interface with 192.0.2.2/24 and a
+/// default route via 192.0.2.1 (for passt to copy), passt and its libraries, and busybox
+/// httpd servers on the lab's loopback, which the guest reaches at the gateway address.
+#[derive(Debug, Clone, Default)]
+pub struct LabNetwork {
+    /// `--allow` rules for the VMM (empty: plain NAT through passt).
+    pub allow: Vec<String>,
+    /// `(port, index.html)`: one httpd on 127.0.0.1:port each.
+    pub http: Vec<(u16, String)>,
+}
+
+/// The lab machine's address on its dummy interface and its (nonexistent) gateway.
+pub const LAB_HOST_ADDR: &str = "192.0.2.2";
+pub const LAB_GATEWAY: &str = "192.0.2.1";
 
 /// A disk for a lab guest.
 #[derive(Debug, Clone)]
@@ -119,6 +137,7 @@ impl Default for GuestRun {
             supervise: None,
             disks: Vec::new(),
             app: None,
+            network: None,
         }
     }
 }
@@ -241,6 +260,20 @@ pub fn guest() -> &'static GuestImage {
 pub fn static_vmm() -> PathBuf {
     static VMM: OnceLock<PathBuf> = OnceLock::new();
     VMM.get_or_init(|| static_binary("BULKHEAD_VMM_STATIC", "vmm-core", "bulkhead-vmm"))
+        .clone()
+}
+
+/// The static firewall relay: `$BULKHEAD_NETRELAY_STATIC`, or built now.
+pub fn static_netrelay() -> PathBuf {
+    static RELAY: OnceLock<PathBuf> = OnceLock::new();
+    RELAY
+        .get_or_init(|| {
+            static_binary(
+                "BULKHEAD_NETRELAY_STATIC",
+                "bulkhead-netrelay",
+                "bulkhead-netrelay",
+            )
+        })
         .clone()
 }
 
@@ -429,6 +462,10 @@ fn vmm_args(run: &GuestRun, paths: &VmmPaths) -> Vec<String> {
         disk_dir,
         paths.host_files_as_lab_drives,
     ));
+    if let Some(net) = &run.network {
+        args.push("--net=passt".into());
+        args.extend(net.allow.iter().map(|a| format!("--allow={a}")));
+    }
     args.push(format!("--serial={serial}"));
     args.push(format!("--timeout={}", run.timeout_s));
     if run.display.is_some() {
@@ -457,7 +494,11 @@ pub fn run_guest(run: &GuestRun) -> RunOutput {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let _machine_guard = lock_machine_wide();
-    let runner = runner();
+    // A network run needs the lab's isolated network (and its passt), never the host's.
+    let runner = match run.network {
+        Some(_) => Runner::Lab,
+        None => runner(),
+    };
     eprintln!("Linux guest runner: {runner}");
     match runner {
         Runner::Direct => run_direct(run),
@@ -622,7 +663,8 @@ pub fn shell_quote(s: &str) -> String {
 fn lab_init(command: &[String], stdout: &str, disk_setup: &str) -> String {
     let command: Vec<String> = command.iter().map(|a| shell_quote(a)).collect();
     format!(
-        r#"{prologue}{disk_setup}echo "===LAB-VMM-START==="
+        r#"{prologue}#LAB-NETWORK
+{disk_setup}echo "===LAB-VMM-START==="
 mkdir -p /out
 {command} 2>/vmm.err >{stdout}
 echo "===LAB-VMM-EXIT $?==="
@@ -704,6 +746,14 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
         .unwrap();
     }
     w.file("bulkhead-vmm", 0o755, &read(&static_vmm())).unwrap();
+    if let Some(net) = &run.network {
+        add_lab_network(&mut w, &kmods, net);
+        if !net.allow.is_empty() {
+            // Beside the VMM, where `--allow` looks for it.
+            w.file("bulkhead-netrelay", 0o755, &read(&static_netrelay()))
+                .unwrap();
+        }
+    }
     if run.supervise.is_some() {
         w.file("lab-supervise", 0o755, &read(&static_lab_supervise()))
             .unwrap();
@@ -747,13 +797,126 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
     } else {
         "/dev/null"
     };
+    let mut init = lab_init(&command, stdout, &lab_disk_setup(run)).replace(
+        LAB_NETWORK_HOOK,
+        &run.network
+            .as_ref()
+            .map(lab_network_init)
+            .unwrap_or_default(),
+    );
+    if run.network.is_some() {
+        init = init.replacen(
+            BUSYBOX_INSTALL,
+            &format!("{BUSYBOX_INSTALL}{TMPFS_ROOT}"),
+            1,
+        );
+    }
+    w.file("init", 0o755, init.as_bytes()).unwrap();
+    w.finish().unwrap()
+}
+
+const BUSYBOX_INSTALL: &str = "/bin/busybox --install -s /bin\n";
+
+/// passt sandboxes itself with `pivot_root`, which the initramfs root (rootfs) refuses:
+/// a network run first moves the lab machine's root to a tmpfs and starts /init again.
+const TMPFS_ROOT: &str = r#"if [ ! -e /.lab-tmpfs-root ]; then
+  mkdir -p /newroot
+  mount -t tmpfs -o size=95% tmpfs /newroot
+  for f in /*; do [ "$f" = /newroot ] || cp -a "$f" /newroot/; done
+  touch /newroot/.lab-tmpfs-root
+  exec switch_root /newroot /init
+fi
+"#;
+
+/// Where [`lab_init`] brings up the lab network, when the run has one.
+const LAB_NETWORK_HOOK: &str = "#LAB-NETWORK\n";
+
+/// The host files passt needs, at their host paths: the binary, the libraries `ldd`
+/// names (symlinks resolved), accounts for `nobody` and a resolver file.
+fn add_lab_network(w: &mut CpioWriter<Vec<u8>>, kmods: &Path, net: &LabNetwork) {
+    let read =
+        |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
+    let passt = which("passt").expect("passt not found in PATH (apt-get install passt)");
+    let mut files = vec![(PathBuf::from("/usr/bin/passt"), passt.clone())];
+    let ldd = Command::new("ldd")
+        .arg(&passt)
+        .output()
+        .expect("running ldd");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-… (0x…)"
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|r| r.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(p) = path {
+            files.push((PathBuf::from(p), PathBuf::from(p)));
+        }
+    }
+    let mut dirs = std::collections::BTreeSet::new();
+    for (at, _) in &files {
+        let mut d = at.parent();
+        while let Some(p) = d.filter(|p| *p != Path::new("/")) {
+            dirs.insert(p.to_path_buf());
+            d = p.parent();
+        }
+    }
+    dirs.insert(PathBuf::from("/etc"));
+    dirs.insert(PathBuf::from("/www"));
+    for d in &dirs {
+        w.dir(d.to_str().unwrap().trim_start_matches('/')).unwrap();
+    }
+    for (at, from) in &files {
+        let bytes = read(&std::fs::canonicalize(from).unwrap_or_else(|_| from.clone()));
+        w.file(at.to_str().unwrap().trim_start_matches('/'), 0o755, &bytes)
+            .unwrap();
+    }
     w.file(
-        "init",
-        0o755,
-        lab_init(&command, stdout, &lab_disk_setup(run)).as_bytes(),
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
     )
     .unwrap();
-    w.finish().unwrap()
+    w.file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")
+        .unwrap();
+    // passt hands this resolver to the guest by DHCP; nothing answers there.
+    w.file("etc/resolv.conf", 0o644, b"nameserver 192.0.2.53\n")
+        .unwrap();
+    w.file(
+        "modules/dummy.ko",
+        0o644,
+        &read(&kmods.join("drivers/net/dummy.ko")),
+    )
+    .unwrap();
+    for (port, body) in &net.http {
+        w.dir(&format!("www/{port}")).unwrap();
+        w.file(&format!("www/{port}/index.html"), 0o644, body.as_bytes())
+            .unwrap();
+    }
+}
+
+/// The lab's /init lines that bring up the dummy network and the test servers.
+fn lab_network_init(net: &LabNetwork) -> String {
+    let mut s = format!(
+        "insmod /modules/dummy.ko || echo \"LAB: insmod dummy failed\"\n\
+         ip link set lo up\n\
+         ip link show dummy0 >/dev/null 2>&1 || ip link add dummy0 type dummy\n\
+         ip addr add {LAB_HOST_ADDR}/24 dev dummy0\n\
+         ip link set dummy0 up\n\
+         ip route add default via {LAB_GATEWAY}\n"
+    );
+    for (port, _) in &net.http {
+        s.push_str(&format!("httpd -p 127.0.0.1:{port} -h /www/{port}\n"));
+    }
+    s
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
 }
 
 fn section<'a>(console: &'a str, name: &str) -> Option<&'a str> {

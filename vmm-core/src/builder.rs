@@ -18,6 +18,7 @@ use crate::devices::virtio::block::{BlockError, BlockWorker, VirtioBlock};
 use crate::devices::virtio::console::{ConsoleHandle, VirtioConsole};
 use crate::devices::virtio::input::{InputEventSender, VirtioInput};
 use crate::devices::virtio::mmio::{MmioError, VirtioMmioDevice};
+use crate::devices::virtio::net::{NetConfig, NetError, NetWorker, VirtioNet};
 use crate::devices::virtio::rng::VirtioRng;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::{Bus, BusDevice, InterruptLine, StopHandle};
@@ -98,7 +99,7 @@ pub enum BuildError {
         name: &'static str,
         source: MmioError,
     },
-    #[error("{count} virtio devices (the disks after {fixed} others) exceed the {max} virtio-mmio windows")]
+    #[error("{count} virtio devices (the disks and the network after {fixed} others) exceed the {max} virtio-mmio windows")]
     TooManyDisks {
         count: usize,
         fixed: usize,
@@ -106,6 +107,8 @@ pub enum BuildError {
     },
     #[error("disk {index}: {source}")]
     Disk { index: usize, source: BlockError },
+    #[error("network interface: {0}")]
+    Net(#[from] NetError),
     #[error("device bus: {0}")]
     Bus(#[from] crate::devices::BusError),
     #[error("starting vCPU thread {index}: {source}")]
@@ -149,6 +152,23 @@ pub struct Partition {
     /// Disk devices whose worker threads start with the vCPUs (not here: the partition
     /// process must stay single-threaded until its sandbox is applied).
     pub(crate) disks: Vec<Disk>,
+    /// The network interface, whose worker the partition loop starts with the vCPUs
+    /// (see [`Partition::take_network`]).
+    pub(crate) network: Option<NetInterface>,
+}
+
+/// A virtio-net device and its worker, not yet started.
+pub struct NetInterface {
+    dev: SharedVirtio<VirtioNet>,
+    worker: NetWorker,
+}
+
+impl NetInterface {
+    /// Starts the receive worker; with `confine`, under its own seccomp filter. The
+    /// thread ends when the device (held by the MMIO bus) is dropped.
+    pub fn start(self, confine: bool) -> Result<std::thread::JoinHandle<()>, NetError> {
+        self.worker.start(&self.dev, confine)
+    }
 }
 
 /// A virtio-blk device and its worker, not yet started.
@@ -168,6 +188,12 @@ pub struct VirtioHandles {
 }
 
 impl Partition {
+    /// The network interface to start once the process may have threads (after its
+    /// sandbox); `None` without a network or when already taken.
+    pub fn take_network(&mut self) -> Option<NetInterface> {
+        self.network.take()
+    }
+
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
     }
@@ -205,6 +231,16 @@ impl Partition {
 }
 
 pub fn build(kvm: &Kvm, config: VmConfig) -> Result<Partition, BuildError> {
+    build_with_network(kvm, config, None)
+}
+
+/// [`build`] with a virtio-net interface on `network` (declared in ACPI only then: a
+/// partition without a network has no device at all).
+pub fn build_with_network(
+    kvm: &Kvm,
+    config: VmConfig,
+    network: Option<NetConfig>,
+) -> Result<Partition, BuildError> {
     if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
         return Err(BuildError::VcpuCount(config.vcpus));
     }
@@ -223,7 +259,25 @@ pub fn build(kvm: &Kvm, config: VmConfig) -> Result<Partition, BuildError> {
     let (pio, serial) = legacy_devices(&vm, stop.clone(), config.serial)?;
     let mut mmio = Bus::new();
     let (virtio, mut slots) = virtio_devices(&vm, &mut mmio, &memory, config.display)?;
-    let disks = disk_devices(&vm, &mut mmio, &memory, &mut slots, config.disks)?;
+    let net_windows = usize::from(network.is_some());
+    let disks = disk_devices(
+        &vm,
+        &mut mmio,
+        &memory,
+        &mut slots,
+        config.disks,
+        net_windows,
+    )?;
+    let network = network
+        .map(|net| {
+            let (device, worker) = VirtioNet::new(net)?;
+            // disk_devices() checked that this window exists.
+            let n = slots.len() as u32;
+            let (dev, slot) = attach_virtio(&vm, &mut mmio, &memory, n, "network", device)?;
+            slots.push(slot);
+            Ok::<_, BuildError>(NetInterface { dev, worker })
+        })
+        .transpose()?;
 
     regs::write_boot_tables(&memory)?;
     mptable::write(&memory, config.vcpus)?;
@@ -300,6 +354,7 @@ pub fn build(kvm: &Kvm, config: VmConfig) -> Result<Partition, BuildError> {
         serial,
         virtio,
         disks,
+        network,
     })
 }
 
@@ -431,16 +486,17 @@ fn virtio_devices(
 
 /// One virtio-blk device per disk, in the windows after the other virtio devices, in
 /// configuration order: ACPI node order is window order is the guest's probe order, so
-/// the first disk is `/dev/vda`.
+/// the first disk is `/dev/vda`. `after` more windows (the network) follow the disks.
 fn disk_devices(
     vm: &Vm,
     mmio: &mut Bus,
     memory: &GuestMemoryMmap,
     slots: &mut Vec<VirtioMmioSlot>,
     disks: Vec<DiskConfig>,
+    after: usize,
 ) -> Result<Vec<Disk>, BuildError> {
     let fixed = slots.len();
-    let count = fixed + disks.len();
+    let count = fixed + disks.len() + after;
     if count as u64 > VIRTIO_MMIO_MAX_DEVICES {
         return Err(BuildError::TooManyDisks {
             count,

@@ -67,9 +67,27 @@ pub struct DiskConfig {
 /// The partition's network device.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NetworkConfig {
-    /// No network device at all.
+    /// No network device at all: nothing in ACPI, no interface in the guest.
     #[default]
     None,
+    /// One virtio-net interface whose other end is a connected `AF_UNIX` stream socket
+    /// speaking passt's protocol (a 4-byte big-endian length before each Ethernet frame),
+    /// handed over as [`FileRole::Network`]. The peer is passt or the firewall relay in
+    /// front of it; the partition never gets a host socket of its own. The MAC is
+    /// [`partition_mac`] of the partition's name.
+    Stream,
+}
+
+/// The partition's MAC address: derived from its name (FNV-1a), so it stays the same
+/// across restarts; locally administered and unicast (first byte `x2`, `x6`, `xA`, `xE`).
+pub fn partition_mac(name: &str) -> [u8; 6] {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    [(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]]
 }
 
 /// The guest agent's byte channel.
@@ -169,6 +187,8 @@ pub enum FileRole {
     Initrd,
     /// Disk `n` of [`LaunchConfig::disks`].
     Disk(u8),
+    /// The network stream socket of [`NetworkConfig::Stream`].
+    Network,
 }
 
 /// A launch config that breaks the contract.
@@ -252,6 +272,9 @@ impl LaunchConfig {
         }
         // validate() bounds the count far below u8::MAX.
         roles.extend((0..self.disks.len().min(MAX_DISKS)).map(|i| FileRole::Disk(i as u8)));
+        if self.network == NetworkConfig::Stream {
+            roles.push(FileRole::Network);
+        }
         roles
     }
 }
@@ -263,6 +286,8 @@ pub struct LaunchFiles {
     pub kernel: Option<File>,
     pub initrd: Option<File>,
     pub disks: Vec<File>,
+    /// The stream socket of [`NetworkConfig::Stream`].
+    pub network: Option<OwnedFd>,
 }
 
 impl LaunchFiles {
@@ -277,6 +302,7 @@ impl LaunchFiles {
                 .enumerate()
                 .map(|(i, f)| (FileRole::Disk(i as u8), f.into())),
         );
+        out.extend(self.network.map(|fd| (FileRole::Network, fd)));
         out
     }
 
@@ -293,6 +319,7 @@ impl LaunchFiles {
             });
         }
         let (mut kvm, mut kernel, mut initrd, mut disks) = (None, None, None, Vec::new());
+        let mut network = None;
         for (expected, (got, fd)) in roles.into_iter().zip(handed) {
             if expected != got {
                 return Err(LaunchError::UnexpectedFile { expected, got });
@@ -302,6 +329,7 @@ impl LaunchFiles {
                 FileRole::Kernel => kernel = Some(File::from(fd)),
                 FileRole::Initrd => initrd = Some(File::from(fd)),
                 FileRole::Disk(_) => disks.push(File::from(fd)),
+                FileRole::Network => network = Some(fd),
             }
         }
         // file_roles() always starts with Kvm, and every role matched.
@@ -314,6 +342,51 @@ impl LaunchFiles {
             kernel,
             initrd,
             disks,
+            network,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_mac_is_stable_locally_administered_and_unicast() {
+        let a = partition_mac("browser");
+        assert_eq!(a, partition_mac("browser"));
+        assert_ne!(a, partition_mac("work"));
+        assert_eq!(a[0] & 0x03, 0x02, "{a:02x?}");
+    }
+
+    #[test]
+    fn a_stream_network_adds_one_network_file_after_the_disks() {
+        let mut c = LaunchConfig {
+            name: "p".into(),
+            memory_mib: 64,
+            vcpus: 1,
+            display: None,
+            boot: BootConfig::Linux {
+                cmdline: String::new(),
+                initrd: false,
+            },
+            disks: vec![DiskConfig {
+                id: "root".into(),
+                read_only: true,
+            }],
+            network: NetworkConfig::None,
+            agent: AgentChannel::VirtioConsole,
+        };
+        assert!(!c.file_roles().contains(&FileRole::Network));
+        c.network = NetworkConfig::Stream;
+        assert_eq!(
+            c.file_roles(),
+            vec![
+                FileRole::Kvm,
+                FileRole::Kernel,
+                FileRole::Disk(0),
+                FileRole::Network
+            ]
+        );
     }
 }

@@ -32,6 +32,8 @@ const TEMPLATE_PROGRAMS: [(&str, &str); 4] = [
         include_str!("../../../assets/guest/bulkhead/firefox-policies.json"),
     ),
 ];
+/// DHCP on eth0; init runs it when the partition has a network device.
+const NET_UP: &str = include_str!("../../../assets/guest/net-up");
 const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
 const BUSYBOX_PACKAGE: &str = "busybox-static";
 const STAMP: &str = "image.stamp";
@@ -101,6 +103,7 @@ fn recipe_fingerprint(kernel_package: &str) -> String {
         .bytes()
         .chain(MODULES.bytes())
         .chain(programs)
+        .chain(NET_UP.bytes())
         .chain(kernel_package.bytes())
     {
         h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
@@ -251,6 +254,7 @@ pub fn build_initramfs(
     w.file("bin/busybox", 0o755, &busybox).map_err(wr)?;
     w.symlink("bin/sh", "busybox").map_err(wr)?;
     w.file("init", 0o755, INIT.as_bytes()).map_err(wr)?;
+    w.file("bin/net-up", 0o755, NET_UP.as_bytes()).map_err(wr)?;
     let mod_root = root.join("lib/modules").join(kernel_version).join("kernel");
     let mut order = String::new();
     for m in module_names() {

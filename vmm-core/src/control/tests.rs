@@ -498,7 +498,27 @@ fn test_files(config: &LaunchConfig) -> LaunchFiles {
         kernel: Some(file()),
         initrd: Some(file()),
         disks: config.disks.iter().map(|_| file()).collect(),
+        network: (config.network == NetworkConfig::Stream).then(|| {
+            let (a, _) = UnixStream::pair().unwrap();
+            a.into()
+        }),
     }
+}
+
+#[test]
+fn handshake_hands_over_the_network_socket_last_when_a_network_is_configured() {
+    let (sup, part) = UnixStream::pair().unwrap();
+    let t = std::thread::spawn(move || PartitionEndpoint::handshake(part));
+    let mut sr = MessageReader::<Event>::new(sup.try_clone().unwrap());
+    let mut sw = MessageWriter::<Command>::new(sup);
+    let mut config = test_launch("browser");
+    config.network = NetworkConfig::Stream;
+    send_launch(&mut sw, &config, test_files(&config)).unwrap();
+    check_partition_hello(&sr.recv().unwrap().message).unwrap();
+    let launch = t.join().unwrap().unwrap();
+    assert_eq!(launch.config.network, NetworkConfig::Stream);
+    let net = launch.files.network.expect("no network socket handed over");
+    assert!(rustix::net::sockopt::socket_type(&net).is_ok());
 }
 
 #[test]

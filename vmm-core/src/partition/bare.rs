@@ -71,7 +71,7 @@ pub fn exit_code(reason: &StopReason) -> (i32, String) {
 /// Runs the partition until it stops; returns why.
 pub fn run(
     launch: &LaunchConfig,
-    files: LaunchFiles,
+    mut files: LaunchFiles,
     options: BareOptions,
 ) -> Result<StopReason, BareError> {
     let mut serial = SerialSink::new(options.serial);
@@ -79,10 +79,12 @@ pub fn run(
     if let Some(marker) = &options.screenshot_on {
         serial.watch_marker(marker, marker_tx);
     }
+    let network = super::network_config(launch, &mut files)?;
     let (kvm, config) = super::vm_config(launch, files, serial)?;
     let mem_bytes = config.mem_mib << 20;
     let started = Instant::now();
-    let built = builder::build(&kvm, config)?;
+    let mut built = builder::build_with_network(&kvm, config, network)?;
+    let net = built.take_network();
     // Opened now: a confined process opens nothing. Left empty if no shot is taken.
     let mut shot_file = match &options.screenshot {
         Some(path) => Some(File::create(path).map_err(|e| BareError::Screenshot {
@@ -107,6 +109,12 @@ pub fn run(
     };
     let partition = built
         .start_with(confined.then_some(SeccompProfile::Vcpu))
+        .map_err(|e| BareError::Start(e.to_string()))?;
+    // Ends with its device, when the partition is finished; confines itself like the
+    // other threads when the partition is confined.
+    let _net_worker = net
+        .map(|n| n.start(confined))
+        .transpose()
         .map_err(|e| BareError::Start(e.to_string()))?;
     if confined {
         sandbox::install(SeccompProfile::Main)?;

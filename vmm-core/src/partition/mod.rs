@@ -18,8 +18,11 @@ use kvm_ioctls::Kvm;
 use crate::builder::{BootSource, VmConfig};
 use crate::devices::legacy::SerialSink;
 use crate::devices::virtio::block::DiskConfig;
+use crate::devices::virtio::net::NetConfig;
 use crate::hostcheck::{self, HostError};
-use crate::launch::{BootConfig, LaunchConfig, LaunchError, LaunchFiles};
+use crate::launch::{
+    partition_mac, BootConfig, LaunchConfig, LaunchError, LaunchFiles, NetworkConfig,
+};
 use crate::layout::{FRAMEBUFFER_ADDR, HIMEM_START};
 use crate::sandbox::{
     self, LandlockSupport, Namespaces, PidNamespace, SandboxConfig, SandboxError, SandboxGap,
@@ -141,8 +144,29 @@ pub enum ConfigError {
     Kvm(#[from] HostError),
     #[error("a Linux boot was launched without its kernel file")]
     NoKernel,
+    #[error("a stream network was launched without its socket")]
+    NoNetworkSocket,
+    #[error("a network socket was handed over, but the launch has no network")]
+    UnexpectedNetworkSocket,
     #[error("display: {0}")]
     Display(#[from] crate::devices::framebuffer::FramebufferError),
+}
+
+/// The network interface a launch config describes, taken out of its files (call before
+/// [`vm_config`]).
+pub fn network_config(
+    launch: &LaunchConfig,
+    files: &mut LaunchFiles,
+) -> Result<Option<NetConfig>, ConfigError> {
+    match (launch.network, files.network.take()) {
+        (NetworkConfig::None, None) => Ok(None),
+        (NetworkConfig::None, Some(_)) => Err(ConfigError::UnexpectedNetworkSocket),
+        (NetworkConfig::Stream, None) => Err(ConfigError::NoNetworkSocket),
+        (NetworkConfig::Stream, Some(backend)) => Ok(Some(NetConfig {
+            backend,
+            mac: partition_mac(&launch.name),
+        })),
+    }
 }
 
 /// The VM a launch config describes, on the files it was handed.

@@ -81,9 +81,12 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
     let serial_tap = SerialTap::new(MAX_SERIAL_PENDING);
     let mut sink = SerialSink::new(Box::new(std::io::sink()));
     sink.add_tap(serial_tap.clone());
+    let mut files = files;
+    let network = super::network_config(&launch, &mut files)?;
     let (kvm, config) = super::vm_config(&launch, files, sink)?;
     let mem_bytes = config.mem_mib << 20;
-    let partition = builder::build(&kvm, config)?;
+    let mut partition = builder::build_with_network(&kvm, config, network)?;
+    let net = partition.take_network();
     let fb_bytes = match partition.framebuffer() {
         Some(fb) => {
             let event = Event::Framebuffer { layout: fb.layout };
@@ -119,6 +122,11 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
     let running = partition
         .start_with(Some(SeccompProfile::Vcpu))
         .map_err(|e| PartitionError::Start(e.to_string()))?;
+    // The network worker ends with its device; it confines itself before serving.
+    if let Some(n) = net {
+        n.start(true)
+            .map_err(|e| PartitionError::Start(e.to_string()))?;
+    }
     // Threads made from here on (the control reader) inherit the main thread's filter.
     sandbox::install(SeccompProfile::Main)
         .map_err(|e| PartitionError::MainFilter(e.to_string()))?;

@@ -3,11 +3,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use vmm_core::hostcheck::{self, HostError};
 use vmm_core::launch::{
@@ -91,6 +92,164 @@ pub struct RunArgs {
     /// seccomp (by default a bare run is sandboxed like a supervised partition).
     #[arg(long)]
     pub no_sandbox: bool,
+    /// The network: `none` (no device at all) or `passt` (virtio-net through a passt
+    /// started here from PATH, on a socketpair).
+    #[arg(long, value_enum, default_value_t = NetMode::None)]
+    pub net: NetMode,
+    /// With `--net passt`: allow only PROTO:DEST:PORTS (repeatable; tcp|udp|icmp|any,
+    /// `*` / an address / a CIDR, IPv6 in brackets, `80`, `80,443`, `8000-8080`). Puts
+    /// `bulkhead-netrelay` (next to this binary, or from PATH) between the partition and
+    /// passt; without `--allow` the partition is plain NAT.
+    #[arg(long = "allow", value_name = "PROTO:DEST:PORTS", requires = "net")]
+    pub allow: Vec<String>,
+    /// With `--allow`: let DNS through to passt's resolver (this host's nameservers).
+    #[arg(long, requires = "allow")]
+    pub dns: bool,
+}
+
+/// `--net`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetMode {
+    None,
+    Passt,
+}
+
+/// The helper processes a bare run started for its network; killed and reaped on drop
+/// (passt with `--fd` also ends by itself when the VMM's end of the socket closes).
+#[derive(Debug, Default)]
+pub struct NetProcesses {
+    children: Vec<(&'static str, Child)>,
+}
+
+impl Drop for NetProcesses {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The passt command line for the socket at `fd` (inherited by the child).
+fn passt_args(fd: RawFd) -> Vec<String> {
+    [
+        "--fd",
+        &fd.to_string(),
+        // Foreground, errors to stderr only, no informational chatter.
+        "-f",
+        "-e",
+        "-q",
+        // The guest's receive buffers hold standard frames (no offloads, no mergeable
+        // buffers), so passt announces the standard MTU.
+        "-m",
+        "1500",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A connected stream socketpair, both ends close-on-exec.
+fn stream_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    Ok(socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Lets `fd` survive exec into the next child spawned (and only that one: the caller
+/// drops it right after).
+fn inheritable(fd: &OwnedFd) -> std::io::Result<()> {
+    Ok(rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?)
+}
+
+/// Starts passt on one end of a fresh socketpair; returns the other end.
+fn start_passt(procs: &mut NetProcesses) -> Result<OwnedFd, ArgsError> {
+    let io = |source| ArgsError::Passt { source };
+    let (ours, theirs) = stream_pair().map_err(io)?;
+    inheritable(&theirs).map_err(io)?;
+    let child = Command::new("passt")
+        .args(passt_args(theirs.as_raw_fd()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(io)?;
+    drop(theirs);
+    procs.children.push(("passt", child));
+    Ok(ours)
+}
+
+/// `bulkhead-netrelay` next to this binary, else from PATH.
+fn relay_program() -> PathBuf {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(RELAY)));
+    match beside {
+        Some(p) if p.is_file() => p,
+        _ => PathBuf::from(RELAY),
+    }
+}
+
+const RELAY: &str = "bulkhead-netrelay";
+
+/// The nameservers in `resolv_conf` (what passt hands the guest by DHCP).
+fn nameservers(resolv_conf: &str) -> Vec<std::net::IpAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect()
+}
+
+/// The relay's command line between `guest` and `passt` fds.
+fn relay_args(guest: RawFd, passt: RawFd, allow: &[String], dns: bool) -> Vec<String> {
+    let mut a = vec![
+        "--guest-fd".to_string(),
+        guest.to_string(),
+        "--passt-fd".to_string(),
+        passt.to_string(),
+    ];
+    for rule in allow {
+        a.push(format!("--allow={rule}"));
+    }
+    if dns {
+        a.push("--dns".into());
+        let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        for ns in nameservers(&conf) {
+            a.push(format!("--resolver={ns}"));
+        }
+    }
+    a
+}
+
+/// passt, then the relay between it and a socket for the partition; returns that socket.
+fn start_passt_behind_relay(
+    procs: &mut NetProcesses,
+    allow: &[String],
+    dns: bool,
+) -> Result<OwnedFd, ArgsError> {
+    let passt_side = start_passt(procs)?;
+    let io = |source| ArgsError::Relay { source };
+    let (ours, relay_guest) = stream_pair().map_err(io)?;
+    inheritable(&relay_guest).map_err(io)?;
+    inheritable(&passt_side).map_err(io)?;
+    let child = Command::new(relay_program())
+        .args(relay_args(
+            relay_guest.as_raw_fd(),
+            passt_side.as_raw_fd(),
+            allow,
+            dns,
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(io)?;
+    drop((relay_guest, passt_side));
+    procs.children.push(("bulkhead-netrelay", child));
+    Ok(ours)
 }
 
 /// Why a bare run could not put its launch together.
@@ -106,11 +265,18 @@ pub enum ArgsError {
     },
     #[error(transparent)]
     Launch(#[from] LaunchError),
+    #[error("starting passt (from PATH) for --net passt: {source}")]
+    Passt { source: std::io::Error },
+    #[error("--allow {0} needs --net passt")]
+    AllowWithoutNetwork(String),
+    #[error("starting {RELAY} for --allow: {source}")]
+    Relay { source: std::io::Error },
 }
 
 impl RunArgs {
-    /// The launch config these flags describe and the files it names, opened here.
-    pub fn launch(&self) -> Result<(LaunchConfig, LaunchFiles), ArgsError> {
+    /// The launch config these flags describe and the files it names, opened here, and
+    /// the network helpers started for it.
+    pub fn launch(&self) -> Result<(LaunchConfig, LaunchFiles, NetProcesses), ArgsError> {
         let disks: Vec<(PathBuf, DiskConfig)> = self
             .disks
             .iter()
@@ -130,10 +296,16 @@ impl RunArgs {
                 },
             },
             disks: disks.iter().map(|(_, c)| c.clone()).collect(),
-            network: NetworkConfig::None,
+            network: match self.net {
+                NetMode::None => NetworkConfig::None,
+                NetMode::Passt => NetworkConfig::Stream,
+            },
             agent: AgentChannel::VirtioConsole,
         };
         config.validate()?;
+        if let (Some(rule), NetMode::None) = (self.allow.first(), self.net) {
+            return Err(ArgsError::AllowWithoutNetwork(rule.clone()));
+        }
         // A software-only KVM runs the test card, never a stock kernel.
         let kvm = if self.test_card {
             hostcheck::open_kvm_device()?.0
@@ -156,8 +328,18 @@ impl RunArgs {
                 .iter()
                 .map(|(path, c)| open("disk", path, !c.read_only))
                 .collect::<Result<_, _>>()?,
+            network: None,
         };
-        Ok((config, files))
+        let mut procs = NetProcesses::default();
+        let mut files = files;
+        if self.net == NetMode::Passt {
+            files.network = Some(if self.allow.is_empty() {
+                start_passt(&mut procs)?
+            } else {
+                start_passt_behind_relay(&mut procs, &self.allow, self.dns)?
+            });
+        }
+        Ok((config, files, procs))
     }
 
     pub fn bare_options(&self, sandbox: Sandbox) -> Result<BareOptions, ArgsError> {
@@ -304,6 +486,62 @@ mod tests {
         };
         assert!(!run(&[]));
         assert!(run(&["--no-sandbox"]));
+    }
+
+    #[test]
+    fn the_network_is_none_unless_asked_for() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["bulkhead-vmm", "run", "--test-card"];
+            argv.extend_from_slice(extra);
+            match VmmCli::try_parse_from(argv).map(|c| c.command) {
+                Ok(VmmCommand::Run(run)) => Ok(run.net),
+                Ok(_) => panic!("not run"),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(parse(&[]).unwrap(), NetMode::None);
+        assert_eq!(parse(&["--net", "none"]).unwrap(), NetMode::None);
+        assert_eq!(parse(&["--net", "passt"]).unwrap(), NetMode::Passt);
+        assert!(parse(&["--net", "slirp"]).is_err());
+    }
+
+    #[test]
+    fn passt_is_told_the_socket_and_to_stay_in_the_foreground() {
+        let a = passt_args(7);
+        assert!(a.windows(2).any(|w| w == ["--fd", "7"]), "{a:?}");
+        assert!(a.contains(&"-f".to_string()));
+    }
+
+    #[test]
+    fn allow_rules_and_dns_reach_the_relay_command_line() {
+        let a = relay_args(5, 6, &["tcp:*:443".to_string()], false);
+        assert_eq!(
+            a,
+            ["--guest-fd", "5", "--passt-fd", "6", "--allow=tcp:*:443"]
+        );
+        assert!(VmmCli::try_parse_from([
+            "bulkhead-vmm",
+            "run",
+            "--test-card",
+            "--net=passt",
+            "--allow=tcp:*:443",
+            "--dns"
+        ])
+        .is_ok());
+        // --dns means nothing without a relay.
+        assert!(VmmCli::try_parse_from(["bulkhead-vmm", "run", "--test-card", "--dns"]).is_err());
+    }
+
+    #[test]
+    fn nameservers_come_from_resolv_conf_lines() {
+        let conf = "# x\nnameserver 192.0.2.53\nsearch lan\nnameserver ::1\nnameserver bad\n";
+        assert_eq!(
+            nameservers(conf),
+            vec![
+                "192.0.2.53".parse::<std::net::IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
     }
 
     #[test]

@@ -52,7 +52,8 @@ fn run(args: &args::RunArgs) -> i32 {
             Err(e) => return fail(&format!("sandbox: entering a PID namespace: {e}")),
         }
     };
-    let (launch, files) = match args.launch() {
+    // Network helpers (passt, the relay) end with the partition: see the end of run().
+    let (launch, files, net_helpers) = match args.launch() {
         Ok(l) => l,
         Err(e) => return fail(&e),
     };
@@ -60,7 +61,7 @@ fn run(args: &args::RunArgs) -> i32 {
         Ok(o) => o,
         Err(e) => return fail(&e),
     };
-    match bare::run(&launch, files, options) {
+    let code = match bare::run(&launch, files, options) {
         Ok(reason) => {
             let _ = std::io::stdout().flush();
             let (code, text) = bare::exit_code(&reason);
@@ -68,7 +69,17 @@ fn run(args: &args::RunArgs) -> i32 {
             code
         }
         Err(e) => fail(&e),
+    };
+    if args.no_sandbox {
+        // Killed and reaped.
+        drop(net_helpers);
+    } else {
+        // A confined process may not kill or wait (seccomp). It need not: the helpers
+        // live in its PID namespace, which ends with it, and both end by themselves
+        // when its socket closes.
+        std::mem::forget(net_helpers);
     }
+    code
 }
 
 fn check() -> i32 {

@@ -4,8 +4,10 @@
 //! and the [`VirtioDevice`] trait is what a device model implements: its type, queues,
 //! feature bits, config space and the work done when a queue has buffers. The three device
 //! models are [`input::VirtioInput`] (keyboard, absolute tablet), [`console::VirtioConsole`]
-//! (one port, the guest agent's byte stream), [`rng::VirtioRng`] and [`block::VirtioBlock`]
-//! (one disk each; its file I/O runs on a worker thread, see that module).
+//! (one port, the guest agent's byte stream), [`rng::VirtioRng`], [`block::VirtioBlock`]
+//! (one disk each; its file I/O runs on a worker thread, see that module) and
+//! [`net::VirtioNet`] (one interface on a passt-protocol stream socket; receive runs on a
+//! worker thread).
 //!
 //! # Threading
 //!
@@ -32,6 +34,7 @@ pub mod block;
 pub mod console;
 pub mod input;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 pub mod rng;
 /// The test-side virtio-mmio driver; public only with the `fuzzing` feature, for
@@ -51,7 +54,8 @@ pub use queue::{Chain, QueueError, Queues};
 /// `linux-image-6.1.0-*-amd64`. Checked against 6.1.0-56 (6.1.192-2): the `.modinfo`
 /// `depends=` fields (`virtio` needs `virtio_ring`; `virtio_mmio`, `virtio_input`,
 /// `virtio_console` and `virtio-rng` need both) and `config-6.1.0-56-amd64`; `virtio_blk`
-/// against 6.1.0-57 (6.1.192-3: `depends=virtio,virtio_ring`). The package ships no
+/// against 6.1.0-57 (6.1.192-3: `depends=virtio,virtio_ring`); `virtio_net` needs
+/// `net_failover`, which needs `failover` (guest-stack.md, `modprobe --show-depends`). The package ships no
 /// `modules.dep`; the `.ko` files are not compressed.
 ///
 /// Built in (`=y`), so not in the list: ACPI and PNPACPI (the `LNRO0005` nodes and the
@@ -70,11 +74,15 @@ pub const GUEST_MODULES: &[&str] = &[
     "drivers/char/virtio_console.ko",
     "drivers/char/hw_random/virtio-rng.ko",
     "drivers/block/virtio_blk.ko",
+    "net/core/failover.ko",
+    "drivers/net/net_failover.ko",
+    "drivers/net/virtio_net.ko",
     "drivers/input/evdev.ko",
 ];
 
 /// virtio device ids (virtio 1.2, section 5).
 pub mod device_type {
+    pub const NET: u32 = 1;
     pub const BLOCK: u32 = 2;
     pub const CONSOLE: u32 = 3;
     pub const RNG: u32 = 4;

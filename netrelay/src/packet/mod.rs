@@ -1,0 +1,415 @@
+//! Classifies the Ethernet frames a guest sends (towards passt) and builds the refusals
+//! sent back to it. Pure functions over byte slices: nothing here does I/O, allocates
+//! without bound or panics on any input (property-tested).
+//!
+//! What passes: ARP; IPv4/IPv6 TCP, UDP and ICMP echo that the [`RuleSet`] allows; the
+//! link's own business (DHCP and DHCPv6 client to server, IPv6 neighbour discovery and
+//! multicast listener reports), which passt answers itself. Everything else is dropped:
+//! fragments (IPv4 MF/offset, the IPv6 fragment header), routing headers, AH/ESP, VLAN
+//! tags, other EtherTypes and protocols, truncated or inconsistent headers.
+//!
+//! A denied TCP segment gets a RST at once (so `connect()` fails fast instead of timing
+//! out), a denied UDP datagram an ICMP "administratively prohibited" (type 3 code 13, or
+//! ICMPv6 type 1 code 1), a denied ping nothing.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use isolation_policy::network::Protocol;
+
+use crate::rules::{Denial, RuleSet};
+
+pub const ETH_HLEN: usize = 14;
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// IPv6 extension headers walked at most.
+const MAX_EXT_HEADERS: usize = 8;
+/// ICMPv6 errors carry at most this much of the offending packet (IPv6 minimum MTU).
+const ICMPV6_ERROR_MAX: usize = 1280;
+
+/// Why a frame was dropped without a reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DropReason {
+    Truncated,
+    /// Lengths or versions that contradict each other.
+    Malformed,
+    Fragment,
+    EtherType(u16),
+    Protocol(u8),
+    /// An IPv6 extension header the relay does not let through (routing, AH, ESP, …) or
+    /// too many of them.
+    ExtensionHeader(u8),
+    /// ICMP other than echo requests, or ICMPv6 outside echo/ND/MLD.
+    IcmpType(u8),
+    /// A denied ping, or a denied RST (nothing to refuse).
+    Denied(Denial),
+}
+
+/// A flow the rules refused, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flow {
+    pub protocol: Protocol,
+    pub dst: IpAddr,
+    pub port: Option<u16>,
+}
+
+/// What to do with one frame from the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass it to passt.
+    Forward,
+    Drop(DropReason),
+    /// Drop it and send `reply` back to the guest.
+    Refuse {
+        reply: Vec<u8>,
+        flow: Flow,
+        denial: Denial,
+    },
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes([
+        *b.get(at)?,
+        *b.get(at + 1)?,
+        *b.get(at + 2)?,
+        *b.get(at + 3)?,
+    ]))
+}
+
+/// The verdict on `frame`, an Ethernet frame from the guest.
+pub fn classify(frame: &[u8], rules: &RuleSet) -> Verdict {
+    let Some(ethertype) = be16(frame, 12) else {
+        return Verdict::Drop(DropReason::Truncated);
+    };
+    let l3 = &frame[ETH_HLEN..];
+    match ethertype {
+        ETHERTYPE_ARP => Verdict::Forward,
+        ETHERTYPE_IPV4 => ipv4(frame, l3, rules),
+        ETHERTYPE_IPV6 => ipv6(frame, l3, rules),
+        other => Verdict::Drop(DropReason::EtherType(other)),
+    }
+}
+
+/// The addresses and the upper-layer payload of an IP packet.
+#[derive(Debug, Clone, Copy)]
+struct Ip<'a> {
+    src: IpAddr,
+    dst: IpAddr,
+    /// The whole IP packet (header included), without Ethernet padding.
+    packet: &'a [u8],
+    /// The upper-layer header and data.
+    payload: &'a [u8],
+}
+
+fn ipv4<'a>(frame: &'a [u8], l3: &'a [u8], rules: &RuleSet) -> Verdict {
+    if l3.len() < 20 {
+        return Verdict::Drop(DropReason::Truncated);
+    }
+    let ihl = usize::from(l3[0] & 0x0f) * 4;
+    let total = usize::from(be16(l3, 2).unwrap_or(0));
+    if l3[0] >> 4 != 4 || ihl < 20 || total < ihl {
+        return Verdict::Drop(DropReason::Malformed);
+    }
+    if total > l3.len() {
+        return Verdict::Drop(DropReason::Truncated);
+    }
+    let frag = be16(l3, 6).unwrap_or(0);
+    if frag & 0x2000 != 0 || frag & 0x1fff != 0 {
+        return Verdict::Drop(DropReason::Fragment);
+    }
+    let addr = |at: usize| IpAddr::V4(Ipv4Addr::new(l3[at], l3[at + 1], l3[at + 2], l3[at + 3]));
+    let ip = Ip {
+        src: addr(12),
+        dst: addr(16),
+        packet: &l3[..total],
+        payload: &l3[ihl..total],
+    };
+    match l3[9] {
+        IPPROTO_TCP => tcp(frame, ip, rules),
+        IPPROTO_UDP => udp(frame, ip, rules),
+        IPPROTO_ICMP => match ip.payload.first() {
+            None => Verdict::Drop(DropReason::Truncated),
+            Some(8) => ping(ip, rules),
+            Some(&t) => Verdict::Drop(DropReason::IcmpType(t)),
+        },
+        p => Verdict::Drop(DropReason::Protocol(p)),
+    }
+}
+
+fn ipv6<'a>(frame: &'a [u8], l3: &'a [u8], rules: &RuleSet) -> Verdict {
+    if l3.len() < 40 {
+        return Verdict::Drop(DropReason::Truncated);
+    }
+    if l3[0] >> 4 != 6 {
+        return Verdict::Drop(DropReason::Malformed);
+    }
+    let total = 40 + usize::from(be16(l3, 4).unwrap_or(0));
+    if total > l3.len() {
+        return Verdict::Drop(DropReason::Truncated);
+    }
+    let addr = |at: usize| {
+        let mut o = [0u8; 16];
+        o.copy_from_slice(&l3[at..at + 16]);
+        IpAddr::V6(Ipv6Addr::from(o))
+    };
+    let packet = &l3[..total];
+    let mut next = l3[6];
+    let mut at = 40;
+    for _ in 0..=MAX_EXT_HEADERS {
+        let ip = Ip {
+            src: addr(8),
+            dst: addr(24),
+            packet,
+            payload: &packet[at..],
+        };
+        match next {
+            IPPROTO_TCP => return tcp(frame, ip, rules),
+            IPPROTO_UDP => return udp(frame, ip, rules),
+            IPPROTO_ICMPV6 => {
+                return match ip.payload.first() {
+                    None => Verdict::Drop(DropReason::Truncated),
+                    Some(128) => ping(ip, rules),
+                    // Neighbour discovery (RS, RA, NS, NA, redirect) and multicast
+                    // listener queries/reports: the link's own traffic, answered by passt.
+                    Some(130..=137 | 143) => Verdict::Forward,
+                    Some(&t) => Verdict::Drop(DropReason::IcmpType(t)),
+                };
+            }
+            // Hop-by-hop options (MLD reports carry a router alert), destination options.
+            0 | 60 => {
+                let Some(len) = packet.get(at + 1) else {
+                    return Verdict::Drop(DropReason::Truncated);
+                };
+                let end = at + (usize::from(*len) + 1) * 8;
+                if end > packet.len() {
+                    return Verdict::Drop(DropReason::Truncated);
+                }
+                next = packet[at];
+                at = end;
+            }
+            44 => return Verdict::Drop(DropReason::Fragment),
+            p @ (43 | 50 | 51 | 59 | 135 | 139 | 140 | 253 | 254) => {
+                return Verdict::Drop(DropReason::ExtensionHeader(p))
+            }
+            p => return Verdict::Drop(DropReason::Protocol(p)),
+        }
+    }
+    Verdict::Drop(DropReason::ExtensionHeader(next))
+}
+
+fn tcp(frame: &[u8], ip: Ip<'_>, rules: &RuleSet) -> Verdict {
+    let p = ip.payload;
+    if p.len() < 20 {
+        return Verdict::Drop(DropReason::Truncated);
+    }
+    let doff = usize::from(p[12] >> 4) * 4;
+    if doff < 20 || doff > p.len() {
+        return Verdict::Drop(DropReason::Malformed);
+    }
+    let port = be16(p, 2).unwrap_or(0);
+    match rules.check(Protocol::Tcp, ip.dst, Some(port)) {
+        Ok(()) => Verdict::Forward,
+        Err(denial) => {
+            let flags = p[13];
+            if flags & TCP_RST != 0 {
+                return Verdict::Drop(DropReason::Denied(denial));
+            }
+            Verdict::Refuse {
+                reply: tcp_reset(frame, &ip),
+                flow: Flow {
+                    protocol: Protocol::Tcp,
+                    dst: ip.dst,
+                    port: Some(port),
+                },
+                denial,
+            }
+        }
+    }
+}
+
+fn udp(frame: &[u8], ip: Ip<'_>, rules: &RuleSet) -> Verdict {
+    let p = ip.payload;
+    if p.len() < 8 {
+        return Verdict::Drop(DropReason::Truncated);
+    }
+    let len = usize::from(be16(p, 4).unwrap_or(0));
+    if len < 8 || len > p.len() {
+        return Verdict::Drop(DropReason::Malformed);
+    }
+    let (sport, dport) = (be16(p, 0).unwrap_or(0), be16(p, 2).unwrap_or(0));
+    // DHCP (68 -> 67) and DHCPv6 (546 -> 547): passt's own server.
+    if (ip.dst.is_ipv4() && (sport, dport) == (68, 67))
+        || (ip.dst.is_ipv6() && (sport, dport) == (546, 547))
+    {
+        return Verdict::Forward;
+    }
+    match rules.check(Protocol::Udp, ip.dst, Some(dport)) {
+        Ok(()) => Verdict::Forward,
+        Err(denial) => Verdict::Refuse {
+            reply: admin_prohibited(frame, &ip),
+            flow: Flow {
+                protocol: Protocol::Udp,
+                dst: ip.dst,
+                port: Some(dport),
+            },
+            denial,
+        },
+    }
+}
+
+fn ping(ip: Ip<'_>, rules: &RuleSet) -> Verdict {
+    match rules.check(Protocol::Icmp, ip.dst, None) {
+        Ok(()) => Verdict::Forward,
+        Err(d) => Verdict::Drop(DropReason::Denied(d)),
+    }
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// One's-complement sum of 16-bit words (RFC 1071), not yet folded.
+fn sum(mut acc: u32, data: &[u8]) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        acc += u32::from(*last) << 8;
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// The checksum of an upper-layer segment with its pseudo-header.
+fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, segment: &[u8]) -> u16 {
+    let mut acc = 0;
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            acc = sum(acc, &s.octets());
+            acc = sum(acc, &d.octets());
+            acc += u32::from(proto);
+            // Segments here are at most a few hundred bytes.
+            acc += segment.len() as u32;
+        }
+        (s, d) => {
+            let v6 = |a: IpAddr| match a {
+                IpAddr::V6(a) => a.octets(),
+                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            };
+            acc = sum(acc, &v6(s));
+            acc = sum(acc, &v6(d));
+            acc += segment.len() as u32;
+            acc += u32::from(proto);
+        }
+    }
+    fold(sum(acc, segment))
+}
+
+/// An Ethernet + IP header for a reply to the guest, followed by `segment`.
+fn reply_frame(frame: &[u8], src: IpAddr, dst: IpAddr, proto: u8, segment: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ETH_HLEN + 40 + segment.len());
+    // To the guest's MAC, from the MAC it addressed (passt's).
+    out.extend_from_slice(&frame[6..12]);
+    out.extend_from_slice(&frame[0..6]);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            out.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+            let total = (20 + segment.len()) as u16;
+            let mut h = [0u8; 20];
+            h[0] = 0x45;
+            h[2..4].copy_from_slice(&total.to_be_bytes());
+            h[6] = 0x40; // DF
+            h[8] = 64;
+            h[9] = proto;
+            h[12..16].copy_from_slice(&s.octets());
+            h[16..20].copy_from_slice(&d.octets());
+            let c = fold(sum(0, &h));
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            out.extend_from_slice(&h);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            out.extend_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+            let mut h = [0u8; 40];
+            h[0] = 0x60;
+            h[4..6].copy_from_slice(&(segment.len() as u16).to_be_bytes());
+            h[6] = proto;
+            h[7] = 64;
+            h[8..24].copy_from_slice(&s.octets());
+            h[24..40].copy_from_slice(&d.octets());
+            out.extend_from_slice(&h);
+        }
+        // Both addresses come from one IP header.
+        _ => {}
+    }
+    out.extend_from_slice(segment);
+    out
+}
+
+/// A RST answering the TCP segment in `ip` (RFC 9293 3.10.7.1: if it carried an ACK,
+/// the RST takes that as its sequence number; otherwise it acknowledges the segment).
+fn tcp_reset(frame: &[u8], ip: &Ip<'_>) -> Vec<u8> {
+    let p = ip.payload;
+    let doff = usize::from(p[12] >> 4) * 4;
+    let flags = p[13];
+    let seq = be32(p, 4).unwrap_or(0);
+    let ack = be32(p, 8).unwrap_or(0);
+    let data_len = p.len().saturating_sub(doff) as u32;
+    let mut t = [0u8; 20];
+    t[0..2].copy_from_slice(&p[2..4]);
+    t[2..4].copy_from_slice(&p[0..2]);
+    if flags & TCP_ACK != 0 {
+        t[4..8].copy_from_slice(&ack.to_be_bytes());
+        t[13] = TCP_RST;
+    } else {
+        let consumed = data_len + u32::from(flags & TCP_SYN != 0) + u32::from(flags & TCP_FIN != 0);
+        t[8..12].copy_from_slice(&seq.wrapping_add(consumed).to_be_bytes());
+        t[13] = TCP_RST | TCP_ACK;
+    }
+    t[12] = 5 << 4;
+    let c = l4_checksum(ip.dst, ip.src, IPPROTO_TCP, &t);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    reply_frame(frame, ip.dst, ip.src, IPPROTO_TCP, &t)
+}
+
+/// ICMP destination unreachable, communication administratively prohibited, quoting
+/// the offending packet (its IP header and 8 bytes for IPv4; up to the IPv6 minimum MTU).
+fn admin_prohibited(frame: &[u8], ip: &Ip<'_>) -> Vec<u8> {
+    let (proto, kind, code, quote) = match ip.dst {
+        IpAddr::V4(_) => {
+            let ihl = ip.packet.len() - ip.payload.len();
+            let n = (ihl + 8).min(ip.packet.len());
+            (IPPROTO_ICMP, 3u8, 13u8, &ip.packet[..n])
+        }
+        IpAddr::V6(_) => {
+            let n = ip.packet.len().min(ICMPV6_ERROR_MAX - 40 - 8);
+            (IPPROTO_ICMPV6, 1u8, 1u8, &ip.packet[..n])
+        }
+    };
+    let mut m = vec![kind, code, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(quote);
+    let c = match ip.dst {
+        IpAddr::V4(_) => fold(sum(0, &m)),
+        IpAddr::V6(_) => l4_checksum(ip.dst, ip.src, IPPROTO_ICMPV6, &m),
+    };
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    reply_frame(frame, ip.dst, ip.src, proto, &m)
+}
+
+#[cfg(test)]
+mod tests;
