@@ -19,9 +19,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "static partition binary (for the lab and the package), the lab's supervisor driver, the guest's evtest"
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
-    -p vmm-core --bin bulkhead-vmm -p bulkhead-tests --bin lab-supervise --bin guest-evtest \
+    -p vmm-core --bin bulkhead-vmm -p bulkhead-netrelay --bin bulkhead-netrelay \
+    -p bulkhead-tests --bin lab-supervise --bin guest-evtest \
     --target x86_64-unknown-linux-gnu
 export BULKHEAD_VMM_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/bulkhead-vmm"
+export BULKHEAD_NETRELAY_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/bulkhead-netrelay"
 export BULKHEAD_LAB_SUPERVISE_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/lab-supervise"
 export BULKHEAD_GUEST_EVTEST_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/guest-evtest"
 
@@ -29,6 +31,9 @@ step "guest image"
 cargo build --release --locked -p vmm-core --bin bulkhead-vmm
 cargo build --release --locked -p bulkhead
 target/release/bulkhead image build
+
+step "debian-12 template (reused while it matches its declaration; packages cached)"
+target/release/bulkhead template build debian-12
 
 step "tests"
 export BULKHEAD_TEST_ARTIFACTS="$PWD/target/test-artifacts"
