@@ -170,6 +170,22 @@ mod tests {
     }
 
     #[test]
+    fn what_a_disposable_wrote_is_gone_at_its_next_start() {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = throwaway(dir.path(), 64).unwrap();
+        first.seek(SeekFrom::Start(32 << 20)).unwrap();
+        first.write_all(b"secret").unwrap();
+        drop(first);
+        let mut second = throwaway(dir.path(), 64).unwrap();
+        second.seek(SeekFrom::Start(32 << 20)).unwrap();
+        let mut bytes = [0; 6];
+        second.read_exact(&mut bytes).unwrap();
+        assert_eq!(bytes, [0; 6]);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn data_root_follows_xdg_then_home() {
         assert_eq!(
             data_root_from(Some("/x".into()), Some("/h".into())),
