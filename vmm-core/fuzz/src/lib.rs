@@ -643,7 +643,7 @@ fn virtio_seeds() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     // op 5 (probe, all queues at max size) then requests.
     let probe = |dev: u8| {
-        let queues = if dev == 0 || dev == 2 { 1 } else { 2 };
+        let queues = if matches!(dev % 5, 0 | 2) { 1 } else { 2 };
         [vec![dev, 5, 0], vec![0; queues]].concat()
     };
     // A descriptor: op 6, queue, index, addr selector, len kind(+len), flags, next.
@@ -714,6 +714,41 @@ fn virtio_seeds() -> Vec<Vec<u8>> {
         s.extend([6, 0, 1, 0, 64, 0, 2, 0]); // len kind 2: 512 + 0
         s.extend((data_flags | 1).to_le_bytes());
         s.extend(2u16.to_le_bytes());
+        s.extend(desc(0, 2, 200, 1, 2, 0));
+        s.extend(publish(0, 0));
+        s.extend([4, 0, 9, 255, 9, 255, 9, 255, 9, 255, 11, 8, 0xff]);
+        out.push(s);
+    }
+    // block, the other requests: flush (on the read-only disk, device 7, which answers it
+    // at once; a real fsync may outlast the input's pauses), get-id, discard and
+    // write-zeroes (one 16-byte segment: sector 3, 2 sectors, flags), a read past the
+    // disk's end, an unknown type. Header at slot 0, data at slot 64, status at slot 200.
+    let segment = [3u8, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0];
+    for (dev, kind, sector, data) in [
+        (7u8, 4u32, 0u64, None),
+        (2, 8, 0, Some((20u8, true, &[][..]))),
+        (2, 11, 0, Some((16, false, &segment[..]))),
+        (2, 13, 0, Some((16, false, &segment[..]))),
+        (2, 0, 1000, Some((16, true, &[][..]))),
+        (2, 0x7777, 0, None),
+    ] {
+        let mut s = probe(dev);
+        s.extend([3, 0, 0, 4, 0, 16]);
+        s.extend(kind.to_le_bytes());
+        s.extend(0u32.to_le_bytes());
+        s.extend(sector.to_le_bytes());
+        match data {
+            Some((len, writable, bytes)) => {
+                if !bytes.is_empty() {
+                    // Slot 64: BUF_BASE + 0x200.
+                    s.extend([3, 0, 2, 4, 0, bytes.len() as u8]);
+                    s.extend(bytes);
+                }
+                s.extend(desc(0, 0, 0, 16, 1, 1));
+                s.extend(desc(0, 1, 64, len, if writable { 3 } else { 1 }, 2));
+            }
+            None => s.extend(desc(0, 0, 0, 16, 1, 2)),
+        }
         s.extend(desc(0, 2, 200, 1, 2, 0));
         s.extend(publish(0, 0));
         s.extend([4, 0, 9, 255, 9, 255, 9, 255, 9, 255, 11, 8, 0xff]);
