@@ -8,8 +8,9 @@
 //!   more than `MAX_FDS_PER_MESSAGE`, and no single allocation exceeds [`ALLOC_CAP`].
 //! - [`virtio_mmio`]: a hostile guest driver: MMIO register reads/writes, arbitrary bytes
 //!   in guest memory (descriptor tables, rings, buffers), notifications, against
-//!   virtio-rng, virtio-console (with its host side) and virtio-blk (real worker thread,
-//!   temporary disk). Must never panic, in this thread or the block worker.
+//!   virtio-rng, virtio-console (with its host side), virtio-blk (real worker thread,
+//!   temporary disk) and virtio-input (keyboard and tablet, with the host sending
+//!   events). Must never panic, in this thread or the block worker.
 
 use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
 use std::io::IoSlice;
@@ -28,6 +29,7 @@ use vmm_core::control::{
 use vmm_core::devices::framebuffer::{DamageRect, FramebufferLayout};
 use vmm_core::devices::virtio::block::{DiskConfig, VirtioBlock, SECTOR_SIZE};
 use vmm_core::devices::virtio::console::{ConsoleHandle, VirtioConsole};
+use vmm_core::devices::virtio::input::{InputEventSender, VirtioInput};
 use vmm_core::devices::virtio::mmio::reg;
 use vmm_core::devices::virtio::rng::VirtioRng;
 use vmm_core::devices::virtio::test_utils::{Layout, TestDriver, MEM_SIZE};
@@ -249,17 +251,29 @@ enum Host {
     None,
     Console(ConsoleHandle),
     Block,
+    Input(InputEventSender),
 }
 
-/// Input: one byte picks the device (rng, console, block; bit 2: read-only disk), then
+/// Input: one byte picks the device (`% 5`: rng, console, block, keyboard, tablet; for
+/// the block device bit 2 makes the disk read-only), then
 /// a list of operations until the input ends. See [`step`] for the operations. Returns
 /// whether the device answered something and ended up running (DRIVER_OK without
 /// NEEDS_RESET).
 pub fn virtio_mmio(data: &[u8]) -> bool {
     let mut input = Input(data);
     let which = input.u8();
-    match which % 3 {
+    match which % 5 {
         0 => drive(TestDriver::new(VirtioRng::new()), Host::None, &mut input),
+        3 | 4 => {
+            let dev = if which % 5 == 3 {
+                VirtioInput::keyboard()
+            } else {
+                VirtioInput::tablet(640, 480)
+            };
+            let d = TestDriver::new(dev);
+            let sender = InputEventSender::new(d.dev.clone());
+            drive(d, Host::Input(sender), &mut input)
+        }
         1 => {
             let d = TestDriver::new(VirtioConsole::new().expect("console"));
             let handle = ConsoleHandle::new(d.dev.clone());
@@ -449,7 +463,7 @@ fn step<D: VirtioDevice>(drv: &mut Driver<D>, input: &mut Input<'_>) {
             let pending = d.read32(reg::INTERRUPT_STATUS);
             d.write32(reg::INTERRUPT_ACK, pending & u32::from(input.u8()));
         }
-        // The host side: console input/output, or let the block worker run.
+        // The host side: console input/output, input events, or let the block worker run.
         9 => match &drv.host {
             Host::Console(h) => {
                 if input.u8() & 1 == 0 {
@@ -468,6 +482,31 @@ fn step<D: VirtioDevice>(drv: &mut Driver<D>, input: &mut Input<'_>) {
                 let us = (u64::from(input.u8()) * 4).min(drv.sleep_budget_us);
                 drv.sleep_budget_us -= us;
                 std::thread::sleep(Duration::from_micros(us));
+            }
+            Host::Input(sender) => {
+                let device = sender.kind().device();
+                let _ = match input.u8() % 4 {
+                    0 => sender.key(input.u16(), input.u8() & 1 != 0),
+                    1 => sender.move_to(input.u32(), input.u32()),
+                    2 => sender.wheel(input.u32() as i32),
+                    // A batch of any events (the control side validates them first; the
+                    // device must refuse what it does not declare all the same).
+                    _ => {
+                        let n = usize::from(input.u8() % 8);
+                        let events: Vec<_> = (0..n)
+                            .map(|_| {
+                                InputEvent::new(
+                                    device,
+                                    input.u16() % 8,
+                                    input.u16(),
+                                    input.u32() as i32,
+                                )
+                            })
+                            .collect();
+                        sender.send(&events)
+                    }
+                };
+                let _ = sender.is_ready();
             }
             Host::None => {}
         },
@@ -604,7 +643,7 @@ fn virtio_seeds() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     // op 5 (probe, all queues at max size) then requests.
     let probe = |dev: u8| {
-        let queues = if dev == 1 { 2 } else { 1 };
+        let queues = if matches!(dev % 5, 0 | 2) { 1 } else { 2 };
         [vec![dev, 5, 0], vec![0; queues]].concat()
     };
     // A descriptor: op 6, queue, index, addr selector, len kind(+len), flags, next.
@@ -678,6 +717,64 @@ fn virtio_seeds() -> Vec<Vec<u8>> {
         s.extend(desc(0, 2, 200, 1, 2, 0));
         s.extend(publish(0, 0));
         s.extend([4, 0, 9, 255, 9, 255, 9, 255, 9, 255, 11, 8, 0xff]);
+        out.push(s);
+    }
+    // block, the other requests: flush (on the read-only disk, device 7, which answers it
+    // at once; a real fsync may outlast the input's pauses), get-id, discard and
+    // write-zeroes (one 16-byte segment: sector 3, 2 sectors, flags), a read past the
+    // disk's end, an unknown type. Header at slot 0, data at slot 64, status at slot 200.
+    let segment = [3u8, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0];
+    for (dev, kind, sector, data) in [
+        (7u8, 4u32, 0u64, None),
+        (2, 8, 0, Some((20u8, true, &[][..]))),
+        (2, 11, 0, Some((16, false, &segment[..]))),
+        (2, 13, 0, Some((16, false, &segment[..]))),
+        (2, 0, 1000, Some((16, true, &[][..]))),
+        (2, 0x7777, 0, None),
+    ] {
+        let mut s = probe(dev);
+        s.extend([3, 0, 0, 4, 0, 16]);
+        s.extend(kind.to_le_bytes());
+        s.extend(0u32.to_le_bytes());
+        s.extend(sector.to_le_bytes());
+        match data {
+            Some((len, writable, bytes)) => {
+                if !bytes.is_empty() {
+                    // Slot 64: BUF_BASE + 0x200.
+                    s.extend([3, 0, 2, 4, 0, bytes.len() as u8]);
+                    s.extend(bytes);
+                }
+                s.extend(desc(0, 0, 0, 16, 1, 1));
+                s.extend(desc(0, 1, 64, len, if writable { 3 } else { 1 }, 2));
+            }
+            None => s.extend(desc(0, 0, 0, 16, 1, 2)),
+        }
+        s.extend(desc(0, 2, 200, 1, 2, 0));
+        s.extend(publish(0, 0));
+        s.extend([4, 0, 9, 255, 9, 255, 9, 255, 9, 255, 11, 8, 0xff]);
+        out.push(s);
+    }
+    // input (keyboard, tablet): four event buffers, the host sends a key press and
+    // release or a pointer move, the guest sends an LED update on the status queue.
+    for dev in [3u8, 4] {
+        let mut s = probe(dev);
+        for i in 0..4u16 {
+            s.extend(desc(0, i, 16 * i, 8, 2, 0));
+            s.extend(publish(0, i));
+        }
+        s.extend([4, 0]);
+        if dev == 3 {
+            s.extend([9, 0, 30, 0, 1, 9, 0, 30, 0, 0]);
+        } else {
+            s.extend([9, 1]);
+            s.extend(100u32.to_le_bytes());
+            s.extend(200u32.to_le_bytes());
+        }
+        // EV_LED (0x11), LED_NUML, on: at slot 100 (BUF_BASE + 800).
+        s.extend([3, 0x20, 0x03, 0x04, 0x00, 8, 0x11, 0, 0, 0, 1, 0, 0, 0]);
+        s.extend(desc(1, 0, 100, 8, 0, 0));
+        s.extend(publish(1, 0));
+        s.extend([4, 1, 8, 0xff, 11]);
         out.push(s);
     }
     out

@@ -20,3 +20,23 @@ fn virtio_seeds_get_answers_from_every_device() {
         );
     }
 }
+
+#[test]
+fn checked_in_corpus_holds_every_built_in_seed() {
+    for target in ["control_decoder", "virtio_mmio"] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("seeds")
+            .join(target);
+        let files: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| std::fs::read(e.expect("dir entry").path()).expect("read a seed"))
+            .collect();
+        for (i, seed) in vmm_core_fuzz::seeds(target).iter().enumerate() {
+            assert!(
+                files.contains(seed),
+                "{target} seed {i} is not in {}: stable_fuzz {target} --write-seeds seeds/{target}",
+                dir.display()
+            );
+        }
+    }
+}

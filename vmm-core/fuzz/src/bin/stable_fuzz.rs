@@ -4,10 +4,13 @@
 //! running) as new parents, and runs the same targets as `cargo fuzz run`. Not
 //! coverage-guided; a fallback.
 //!
-//! Usage: `stable_fuzz TARGET SECONDS [SEED]` or `stable_fuzz TARGET FILE` (replay one
-//! input). TARGET is `control_decoder` or `virtio_mmio`. A failing input is written to
-//! `artifacts/TARGET/crash-<n>` (or `timeout-<n>` if one input runs for more than
-//! 10 seconds) and the process exits 1.
+//! Usage: `stable_fuzz TARGET SECONDS [SEED]`, `stable_fuzz TARGET FILE` (replay one
+//! input) or `stable_fuzz TARGET --write-seeds DIR` (write the built-in seeds as files,
+//! to refresh the checked-in corpus `seeds/TARGET/`). TARGET is `control_decoder` or
+//! `virtio_mmio`. A fuzzing run starts with the built-in seeds and every file in
+//! `seeds/TARGET/` (the checked-in corpus, relative to the working directory), unmutated.
+//! A failing input is written to `artifacts/TARGET/crash-<n>` (or `timeout-<n>` if one
+//! input runs for more than 10 seconds) and the process exits 1.
 
 use std::panic;
 use std::process::exit;
@@ -175,10 +178,27 @@ fn save(target: &str, kind: &str, n: u64, input: &[u8]) -> String {
     path
 }
 
+/// The files of the checked-in corpus `seeds/TARGET/`, sorted by name (none if absent).
+fn checked_in_corpus(target: &str) -> Vec<Vec<u8>> {
+    let Ok(entries) = std::fs::read_dir(format!("seeds/{target}")) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<_> = entries.filter_map(|e| Some(e.ok()?.path())).collect();
+    paths.sort();
+    paths
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .map(|mut data| {
+            data.truncate(MAX_LEN);
+            data
+        })
+        .collect()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage =
-        "usage: stable_fuzz control_decoder|virtio_mmio SECONDS [SEED] | stable_fuzz TARGET FILE";
+        "usage: stable_fuzz control_decoder|virtio_mmio SECONDS [SEED] | stable_fuzz TARGET FILE | stable_fuzz TARGET --write-seeds DIR";
     let Some(target) = args.first() else {
         eprintln!("{usage}");
         exit(2);
@@ -191,6 +211,19 @@ fn main() {
         eprintln!("{usage}");
         exit(2);
     };
+    if second == "--write-seeds" {
+        let Some(dir) = args.get(2) else {
+            eprintln!("{usage}");
+            exit(2);
+        };
+        std::fs::create_dir_all(dir).expect("create the seed directory");
+        let seeds = vmm_core_fuzz::seeds(target);
+        for (i, seed) in seeds.iter().enumerate() {
+            std::fs::write(format!("{dir}/seed-{i:02}"), seed).expect("write a seed");
+        }
+        println!("stable_fuzz: wrote {} seeds to {dir}", seeds.len());
+        return;
+    }
     let Ok(seconds) = second.parse::<u64>() else {
         // Replay one input, with panic messages.
         let input = std::fs::read(second).expect("read input");
@@ -204,7 +237,8 @@ fn main() {
         .unwrap_or(0x5eed_b01d);
     let json = target == "control_decoder";
     let mut rng = Rng(seed | 1);
-    let seeds = vmm_core_fuzz::seeds(target);
+    let mut seeds = vmm_core_fuzz::seeds(target);
+    seeds.extend(checked_in_corpus(target));
     let mut pool = seeds.clone();
     let start = Instant::now();
     let deadline = Duration::from_secs(seconds);
@@ -273,7 +307,8 @@ fn main() {
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "stable_fuzz: {target}: {execs} runs ({kept} kept as parents) in {secs:.0} s, {:.0} runs/s, no panic (seed {seed})",
+        "stable_fuzz: {target}: {execs} runs ({} seeds and corpus files, {kept} kept as parents) in {secs:.0} s, {:.0} runs/s, no panic (seed {seed})",
+        seeds.len(),
         execs as f64 / secs
     );
 }
