@@ -810,6 +810,16 @@ fn main() -> ExitCode {
     };
     println!("\nrunner: {runner}");
     println!("total wall time: {:.1} s", started.elapsed().as_secs_f64());
+    // The whole output (guest lines, lab-measure's reasons with the guest's last lines)
+    // is the only evidence of why a run failed; keep it, and it can be summarized again.
+    let log = std::env::var_os("BULKHEAD_TEST_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("disk-bench.console.log");
+    match std::fs::write(&log, &text) {
+        Ok(()) => println!("full output: {}", log.display()),
+        Err(e) => println!("could not keep the full output at {}: {e}", log.display()),
+    }
     report(&cfg, &runs, &parse_results(&text))
 }
 
