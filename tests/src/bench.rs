@@ -19,9 +19,11 @@ use crate::lab::{self, Runner};
 pub use crate::lab::QEMU;
 
 /// Firmware and option ROMs QEMU's `pc` machine opens for a `-kernel` boot under KVM
-/// (seen with strace), plus the TCG accelerator module it probes.
-const QEMU_DATA_FILES: [&str; 5] = [
+/// (seen with strace), `microvm`'s firmware (the disk benchmark's QEMU), plus the TCG
+/// accelerator module it probes.
+const QEMU_DATA_FILES: [&str; 6] = [
     "/usr/share/seabios/bios-256k.bin",
+    "/usr/share/qemu/bios-microvm.bin",
     "/usr/share/qemu/linuxboot_dma.bin",
     "/usr/share/qemu/linuxboot.bin",
     "/usr/share/qemu/kvmvapic.bin",
@@ -313,7 +315,7 @@ pub fn parse_ldd(text: &str) -> Vec<PathBuf> {
 }
 
 /// The host's QEMU binary path and every file it needs at run time.
-fn qemu_files() -> Vec<PathBuf> {
+pub fn qemu_files() -> Vec<PathBuf> {
     let out = Command::new("sh")
         .args(["-c", &format!("command -v {QEMU}")])
         .output()
@@ -342,20 +344,52 @@ pub fn static_lab_measure() -> PathBuf {
     )
 }
 
-/// The lab machine's /init: load kvm-amd, then every scheduled boot under lab-measure.
+/// Seconds the lab's init (or the direct runner) gives one scheduled command beyond the
+/// command's own time limit: lab-measure normally stops a stuck boot itself, this cuts
+/// the run when lab-measure or what it started does not die.
+pub const CUT_MARGIN_S: u64 = 30;
+
+/// Seconds one scheduled boot of the boot benchmark may take, all in.
+fn run_bound_s(cfg: &BenchConfig) -> u64 {
+    cfg.boot_timeout_s + CUT_MARGIN_S
+}
+
+/// The lab init's lines for one scheduled run: `cmd` in its own session (so its whole
+/// process group can be killed: lab-measure, the VMM or QEMU it started and anything they
+/// forked), a watchdog that kills that group after `bound_s`, and a failed `MEASURE` line
+/// when it had to. Without this a run that lab-measure cannot stop held the lab machine
+/// until the limit of the whole schedule (a boot sat there for over 9 minutes).
+pub fn bounded_run(index: usize, label: &str, bound_s: u64, cmd: &[String]) -> String {
+    assert!(
+        label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "run labels go unquoted into the lab's init: {label}"
+    );
+    let cmd: Vec<String> = cmd.iter().map(|a| lab::shell_quote(a)).collect();
+    format!(
+        r#"echo "===BENCH-RUN {index} {label}==="
+rm -f /tmp/cut
+setsid {cmd} &
+run=$!
+setsid sh -c 'sleep {bound_s}; touch /tmp/cut; echo "===BENCH-CUT {index} {label}==="; kill -KILL -'$run &
+wd=$!
+wait $run
+kill -KILL $wd -$wd -$run 2>/dev/null
+[ -e /tmp/cut ] && echo "MEASURE label={label} ok=0 reason=cut by the lab after the per-run bound of {bound_s} s"
+"#,
+        cmd = cmd.join(" "),
+    )
+}
+
+/// The lab machine's /init: load kvm-amd, then every scheduled boot under lab-measure,
+/// each cut at its own bound.
 pub fn bench_init(cfg: &BenchConfig) -> String {
     let p = Paths::in_lab();
     let mut runs = String::new();
     for (i, variant) in schedule(cfg).into_iter().enumerate() {
-        let cmd: Vec<String> = measure_command(variant, cfg, &p)
-            .iter()
-            .map(|a| lab::shell_quote(a))
-            .collect();
-        runs.push_str(&format!(
-            "echo '===BENCH-RUN {i} {}==='\n{}\n",
-            variant.label(),
-            cmd.join(" ")
-        ));
+        let cmd = measure_command(variant, cfg, &p);
+        runs.push_str(&bounded_run(i, variant.label(), run_bound_s(cfg), &cmd));
     }
     format!(
         "{}echo \"===BENCH-START===\"\n{runs}echo \"===BENCH-END===\"\npoweroff -f\n",
@@ -363,98 +397,100 @@ pub fn bench_init(cfg: &BenchConfig) -> String {
     )
 }
 
-/// Adds `path` (absolute) and its parent directories, each directory once.
-fn add_file(
-    w: &mut CpioWriter<Vec<u8>>,
-    dirs: &mut Vec<String>,
-    path: &str,
-    mode: u32,
-    data: &[u8],
-) {
-    let rel = path.trim_start_matches('/');
-    let parts: Vec<&str> = rel.split('/').collect();
-    for depth in 1..parts.len() {
-        let dir = parts[..depth].join("/");
-        if !dirs.contains(&dir) {
-            w.dir(&dir).unwrap();
-            dirs.push(dir);
-        }
-    }
-    w.file(rel, mode, data).unwrap();
+/// A lab machine's initramfs: files at absolute paths, parent directories made once.
+pub struct LabCpio {
+    w: CpioWriter<Vec<u8>>,
+    dirs: Vec<String>,
 }
 
-fn read(p: &Path) -> Vec<u8> {
+impl Default for LabCpio {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LabCpio {
+    /// An initramfs with busybox, the lab's kvm-amd modules (and `extra_modules`, paths
+    /// under the lab kernel's `kernel/`), all under `/modules/<name>.ko`.
+    pub fn with_modules(extra_modules: &[&str]) -> Self {
+        let root = lab::lab_root();
+        let guest = lab::guest();
+        let mut cpio = Self::new();
+        cpio.add("/bin/busybox", 0o755, &read(&root.join("bin/busybox")));
+        cpio.w.symlink("bin/sh", "busybox").expect("cpio symlink");
+        let kmods = root
+            .join("lib/modules")
+            .join(&guest.kernel_version)
+            .join("kernel");
+        for m in lab::LAB_MODULES.iter().chain(extra_modules) {
+            let base = m.rsplit('/').next().unwrap_or(m);
+            let data = read(&kmods.join(format!("{m}.ko")));
+            cpio.add(&format!("/modules/{base}.ko"), 0o644, &data);
+        }
+        cpio
+    }
+
+    fn new() -> Self {
+        let mut w = CpioWriter::new(Vec::new());
+        for d in ["dev", "proc", "sys", "tmp"] {
+            w.dir(d).expect("cpio directory");
+        }
+        Self {
+            w,
+            dirs: vec!["dev".into(), "proc".into(), "sys".into(), "tmp".into()],
+        }
+    }
+
+    /// Adds `path` (absolute) and its parent directories, each directory once.
+    pub fn add(&mut self, path: &str, mode: u32, data: &[u8]) {
+        let rel = path.trim_start_matches('/');
+        let parts: Vec<&str> = rel.split('/').collect();
+        for depth in 1..parts.len() {
+            let dir = parts[..depth].join("/");
+            if !self.dirs.contains(&dir) {
+                self.w.dir(&dir).expect("cpio directory");
+                self.dirs.push(dir);
+            }
+        }
+        self.w.file(rel, mode, data).expect("cpio file");
+    }
+
+    /// The host's QEMU and everything it loads, the binary at `qemu` so that `..` from it
+    /// finds share/qemu.
+    pub fn add_qemu(&mut self, qemu: &str) {
+        for f in qemu_files() {
+            let path = f.to_string_lossy();
+            let dest = if path.ends_with(&format!("/{QEMU}")) {
+                qemu.to_string()
+            } else {
+                path.into_owned()
+            };
+            self.add(&dest, 0o755, &read(&f));
+        }
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.w.finish().expect("finishing the cpio archive")
+    }
+}
+
+pub fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
 }
 
 /// The lab machine's initramfs for the benchmark.
 pub fn bench_cpio(cfg: &BenchConfig) -> Vec<u8> {
-    let root = lab::lab_root();
     let guest = lab::guest();
-    let mut w = CpioWriter::new(Vec::new());
-    let mut dirs = Vec::new();
-    for d in ["dev", "proc", "sys", "tmp"] {
-        w.dir(d).unwrap();
-    }
-    add_file(
-        &mut w,
-        &mut dirs,
-        "/bin/busybox",
-        0o755,
-        &read(&root.join("bin/busybox")),
-    );
-    w.symlink("bin/sh", "busybox").unwrap();
-    let kmods = root
-        .join("lib/modules")
-        .join(&guest.kernel_version)
-        .join("kernel");
-    for m in lab::LAB_MODULES {
-        let base = m.rsplit('/').next().unwrap_or(m);
-        let data = read(&kmods.join(format!("{m}.ko")));
-        add_file(
-            &mut w,
-            &mut dirs,
-            &format!("/modules/{base}.ko"),
-            0o644,
-            &data,
-        );
-    }
+    let mut cpio = LabCpio::with_modules(&[]);
     let p = Paths::in_lab();
-    add_file(&mut w, &mut dirs, &p.vmm, 0o755, &read(&lab::static_vmm()));
-    add_file(
-        &mut w,
-        &mut dirs,
-        &p.lab_measure,
-        0o755,
-        &read(&static_lab_measure()),
-    );
-    add_file(
-        &mut w,
-        &mut dirs,
-        &p.lab_supervise,
-        0o755,
-        &read(&lab::static_lab_supervise()),
-    );
-    add_file(&mut w, &mut dirs, &p.kernel, 0o644, &read(&guest.kernel));
-    add_file(&mut w, &mut dirs, &p.initrd, 0o644, &read(&guest.initrd));
-    for f in qemu_files() {
-        let path = f.to_string_lossy();
-        // The binary goes where Paths::in_lab says, so `..` from it finds share/qemu.
-        let dest = if path.ends_with(&format!("/{QEMU}")) {
-            p.qemu.clone()
-        } else {
-            path.into_owned()
-        };
-        add_file(&mut w, &mut dirs, &dest, 0o755, &read(&f));
-    }
-    add_file(
-        &mut w,
-        &mut dirs,
-        "/init",
-        0o755,
-        bench_init(cfg).as_bytes(),
-    );
-    w.finish().unwrap()
+    cpio.add(&p.vmm, 0o755, &read(&lab::static_vmm()));
+    cpio.add(&p.lab_measure, 0o755, &read(&static_lab_measure()));
+    cpio.add(&p.lab_supervise, 0o755, &read(&lab::static_lab_supervise()));
+    cpio.add(&p.kernel, 0o644, &read(&guest.kernel));
+    cpio.add(&p.initrd, 0o644, &read(&guest.initrd));
+    cpio.add_qemu(&p.qemu);
+    cpio.add("/init", 0o755, bench_init(cfg).as_bytes());
+    cpio.finish()
 }
 
 /// What one benchmark invocation produced.
@@ -502,42 +538,90 @@ fn run_direct(cfg: &BenchConfig) -> BenchOutput {
         kernel: guest.kernel.display().to_string(),
         initrd: guest.initrd.display().to_string(),
     };
+    let _machine = lab::lock_machine_wide();
     let started = Instant::now();
     let mut text = String::new();
     for variant in schedule(cfg) {
         let cmd = measure_command(variant, cfg, &p);
-        let out = Command::new(&cmd[0])
-            .args(&cmd[1..])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running lab-measure");
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stdout = run_bounded(variant.label(), &cmd, Duration::from_secs(run_bound_s(cfg)));
         eprint!("{stdout}");
         text.push_str(&stdout);
     }
     collect(Runner::Direct, &text, started.elapsed())
 }
 
+/// Runs `cmd` on this host (its stderr to ours) and returns its stdout; after `bound` its
+/// whole process group is killed and a failed `MEASURE` line for `label` is added, as the
+/// lab's init does with [`bounded_run`].
+pub fn run_bounded(label: &str, cmd: &[String], bound: Duration) -> String {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        // Its own process group, so the VMM or QEMU it started goes with it.
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {}: {e}", cmd[0]));
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = child.stdout.take().expect("child stdout");
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = stdout.read_to_end(&mut all);
+        all
+    });
+    let started = Instant::now();
+    let mut cut = false;
+    while child.try_wait().ok().flatten().is_none() {
+        if started.elapsed() > bound {
+            // SAFETY: kill(2) on the process group we created above, with a valid signal.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.wait();
+    let mut text = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+    if cut {
+        text.push_str(&format!(
+            "\nMEASURE label={label} ok=0 reason=cut after the per-run bound of {} s\n",
+            bound.as_secs()
+        ));
+    }
+    text
+}
+
 /// Console lines worth showing while the lab runs.
 const PROGRESS: [&str; 4] = ["MEASURE ", "===BENCH", "lab-measure:", "LAB:"];
 
-fn run_lab(cfg: &BenchConfig) -> BenchOutput {
-    let dir = tempfile::tempdir().expect("creating a temporary directory");
-    let cpio_bytes = bench_cpio(cfg);
-    let cpio = dir.path().join("bench.cpio");
-    std::fs::write(&cpio, &cpio_bytes).expect("writing the lab initramfs");
-    let outer_mem = cfg.lab_mem_mib(cpio_bytes.len() as u64);
-    eprintln!(
-        "lab machine: {outer_mem} MiB, initramfs {} MiB, {} boots",
-        cpio_bytes.len() >> 20,
-        schedule(cfg).len()
-    );
+/// Seconds the host gives the lab machine beyond a run's own bound before it kills the
+/// machine: the lab's init cuts a stuck run itself; this catches a stuck lab machine.
+const HOST_MARGIN_S: u64 = 60;
+
+/// Runs a lab machine whose init prints `===BENCH-RUN <i> …` before scheduled run `i`
+/// and `===BENCH-END===` after the last, and returns its console and wall time. Lines
+/// starting with any of `progress` are echoed as they arrive. The machine is killed when
+/// it takes longer than `startup` to its first run, longer than `bounds[i]` +
+/// [`HOST_MARGIN_S`] for run `i`, or longer than that margin to power off: each run has its
+/// own limit, not a share of the whole schedule's.
+pub fn run_lab_schedule(
+    mut machine: Command,
+    bounds: &[u64],
+    startup: Duration,
+    progress: &'static [&'static str],
+) -> (String, Duration) {
+    use std::sync::{Arc, Mutex};
+    let _machine = lab::lock_machine_wide();
     let started = Instant::now();
-    let mut child = lab::lab_machine(outer_mem, &cpio)
-        .spawn()
-        .expect("starting the lab machine");
+    let deadline = Arc::new(Mutex::new(started + startup));
+    let mut child = machine.spawn().expect("starting the lab machine");
     let mut stdout = child.stdout.take().expect("lab stdout");
-    // Echo progress as it arrives: a full run takes minutes.
+    let reader_deadline = Arc::clone(&deadline);
+    let bounds = bounds.to_vec();
+    // Echo progress as it arrives (a full run takes minutes) and move the deadline at
+    // every run marker.
     let reader = std::thread::spawn(move || {
         let mut all = Vec::new();
         let mut buf = [0u8; 4096];
@@ -551,19 +635,26 @@ fn run_lab(cfg: &BenchConfig) -> BenchOutput {
                 continue;
             };
             for line in String::from_utf8_lossy(&all[echoed..end]).lines() {
-                if PROGRESS.iter().any(|p| line.starts_with(p)) {
-                    eprintln!("  {}", line.trim_end());
+                let line = line.trim();
+                if let Some(bound) = run_marker_bound(line, &bounds) {
+                    let next = Instant::now() + Duration::from_secs(bound + HOST_MARGIN_S);
+                    *reader_deadline.lock().unwrap_or_else(|e| e.into_inner()) = next;
+                }
+                if progress.iter().any(|p| line.starts_with(p)) {
+                    eprintln!("  {line}");
                 }
             }
             echoed = end;
         }
         all
     });
-    let per_boot = cfg.boot_timeout_s + 10;
-    let limit = Duration::from_secs(120 + per_boot * schedule(cfg).len() as u64);
     while child.try_wait().ok().flatten().is_none() {
-        if started.elapsed() > limit {
-            eprintln!("lab machine exceeded {} s; stopping it", limit.as_secs());
+        let limit = *deadline.lock().unwrap_or_else(|e| e.into_inner());
+        if Instant::now() > limit {
+            eprintln!(
+                "lab machine passed its current run's bound after {:.0} s; stopping it",
+                started.elapsed().as_secs_f64()
+            );
             let _ = child.kill();
             break;
         }
@@ -572,6 +663,38 @@ fn run_lab(cfg: &BenchConfig) -> BenchOutput {
     let _ = child.wait();
     let elapsed = started.elapsed();
     let console = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+    (console, elapsed)
+}
+
+/// The bound of the run a console line starts (`===BENCH-RUN <i> …`), or, for the end
+/// marker, zero (what is left is powering off).
+fn run_marker_bound(line: &str, bounds: &[u64]) -> Option<u64> {
+    if line.starts_with("===BENCH-END") {
+        return Some(0);
+    }
+    let rest = line.strip_prefix("===BENCH-RUN ")?;
+    let index: usize = rest.split_whitespace().next()?.parse().ok()?;
+    bounds.get(index).copied()
+}
+
+fn run_lab(cfg: &BenchConfig) -> BenchOutput {
+    let dir = tempfile::tempdir().expect("creating a temporary directory");
+    let cpio_bytes = bench_cpio(cfg);
+    let cpio = dir.path().join("bench.cpio");
+    std::fs::write(&cpio, &cpio_bytes).expect("writing the lab initramfs");
+    let outer_mem = cfg.lab_mem_mib(cpio_bytes.len() as u64);
+    let runs = schedule(cfg).len();
+    eprintln!(
+        "lab machine: {outer_mem} MiB, initramfs {} MiB, {runs} boots",
+        cpio_bytes.len() >> 20,
+    );
+    let bounds = vec![run_bound_s(cfg); runs];
+    let (console, elapsed) = run_lab_schedule(
+        lab::lab_machine(outer_mem, &cpio),
+        &bounds,
+        Duration::from_secs(180),
+        &PROGRESS,
+    );
     collect(Runner::Lab, &console, elapsed)
 }
 
@@ -720,6 +843,60 @@ mod tests {
             !cmd.contains("--serial"),
             "serial comes through the supervisor"
         );
+    }
+
+    #[test]
+    fn every_scheduled_boot_in_the_lab_init_is_wrapped_in_its_own_bound() {
+        let cfg = BenchConfig {
+            runs: 2,
+            boot_timeout_s: 100,
+            ..BenchConfig::default()
+        };
+        let init = bench_init(&cfg);
+        let runs = schedule(&cfg).len();
+        assert_eq!(init.matches("===BENCH-RUN ").count(), runs);
+        assert_eq!(init.matches("\nsetsid '/lab-measure'").count(), runs);
+        assert_eq!(init.matches("setsid sh -c 'sleep 130;").count(), runs);
+        assert_eq!(init.matches("wait $run\n").count(), runs);
+        // Each run is started, watched and reaped before the next one starts.
+        let first = init.find("===BENCH-RUN 0 ").unwrap();
+        let second = init.find("===BENCH-RUN 1 ").unwrap();
+        let between = &init[first..second];
+        assert!(between.contains("run=$!") && between.contains("kill -KILL $wd -$wd -$run"));
+        assert!(init.trim_end().ends_with("poweroff -f"));
+    }
+
+    #[test]
+    fn a_cut_run_reports_a_failed_measure_for_its_label() {
+        let text = bounded_run(3, "qemu", 42, &["/q".to_string(), "a b".to_string()]);
+        assert!(text.starts_with("echo \"===BENCH-RUN 3 qemu===\"\n"));
+        assert!(text.contains("setsid '/q' 'a b' &\n"));
+        let failed = text
+            .lines()
+            .find(|l| l.starts_with("[ -e /tmp/cut ]"))
+            .unwrap();
+        let m = parse_measure(
+            failed
+                .split("echo \"")
+                .nth(1)
+                .unwrap()
+                .trim_end_matches('"'),
+        )
+        .unwrap();
+        assert_eq!((m.label.as_str(), m.ms), ("qemu", None));
+        assert!(m.reason.contains("42 s"));
+    }
+
+    #[test]
+    fn run_markers_move_the_host_deadline_to_that_runs_bound() {
+        let bounds = [10, 20];
+        assert_eq!(
+            run_marker_bound("===BENCH-RUN 1 qemu===", &bounds),
+            Some(20)
+        );
+        assert_eq!(run_marker_bound("===BENCH-RUN 7 qemu===", &bounds), None);
+        assert_eq!(run_marker_bound("===BENCH-END===", &bounds), Some(0));
+        assert_eq!(run_marker_bound("MEASURE label=ours", &bounds), None);
     }
 
     #[test]

@@ -509,7 +509,7 @@ pub fn run_guest(run: &GuestRun) -> RunOutput {
 /// One guest at a time on this machine, across test processes and worktrees too: two lab
 /// machines at once on two cores make both crawl into their time limits. The kernel drops
 /// the lock when the holder dies.
-fn lock_machine_wide() -> Option<std::fs::File> {
+pub fn lock_machine_wide() -> Option<std::fs::File> {
     let path = std::env::temp_dir().join("bulkhead-lab.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -610,7 +610,7 @@ fn read_dir_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// For host-file disks: the lab machine's virtio-blk-pci drives, in dependency order.
-const LAB_DISK_MODULES: [&str; 6] = [
+pub const LAB_DISK_MODULES: [&str; 6] = [
     "drivers/virtio/virtio_ring",
     "drivers/virtio/virtio",
     "drivers/virtio/virtio_pci_modern_dev",

@@ -8,6 +8,11 @@
 //!     [--exclude-size BYTES] [--timeout-s 300] [--sample-ms 250] [--measure-child] -- <command…>
 //! ```
 //!
+//! With `--echo` the command's output is copied to stdout as it arrives (the disk
+//! benchmark's guest prints its figures there); with `--no-memory` nothing is sampled, so
+//! reading /proc/<pid>/smaps (slow under TCG) does not disturb what the guest measures,
+//! and the memory fields are 0.
+//!
 //! With `--measure-child` the memory figures are those of the command's deepest first
 //! descendant: the sandboxed VMM process when the command is a supervisor.
 //!
@@ -25,7 +30,7 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: lab-measure --label NAME --marker TEXT --guest-mem-mib MIB \
 [--exclude-size BYTES] [--timeout-s S] [--sample-ms MS] [--show-maps] [--measure-child] \
--- COMMAND [ARGS…]";
+[--echo] [--no-memory] -- COMMAND [ARGS…]";
 
 struct Options {
     label: String,
@@ -39,6 +44,10 @@ struct Options {
     show_maps: bool,
     /// Measure the command's child process, not the command.
     measure_child: bool,
+    /// Copy the command's output to stdout.
+    echo: bool,
+    /// Take no memory samples.
+    no_memory: bool,
     command: Vec<String>,
 }
 
@@ -51,6 +60,8 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
     let mut sample_ms = 1000u64;
     let mut show_maps = false;
     let mut measure_child = false;
+    let mut echo = false;
+    let mut no_memory = false;
     let mut it = args.iter();
     let number = |flag: &str, v: Option<&String>| -> Result<u64, String> {
         let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -67,6 +78,8 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             "--sample-ms" => sample_ms = number(a, it.next())?,
             "--show-maps" => show_maps = true,
             "--measure-child" => measure_child = true,
+            "--echo" => echo = true,
+            "--no-memory" => no_memory = true,
             "--" => break,
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -86,6 +99,8 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         sample: Duration::from_millis(sample_ms.max(10)),
         show_maps,
         measure_child,
+        echo,
+        no_memory,
         command,
     })
 }
@@ -299,7 +314,12 @@ enum Event {
 
 /// Reads the child's stdout to the end, reporting the moment the marker first appears
 /// (also when split across reads); returns the last few KiB for diagnostics.
-fn watch_output(mut out: impl Read, marker: &[u8], events: &mpsc::Sender<Event>) -> Vec<u8> {
+fn watch_output(
+    mut out: impl Read,
+    marker: &[u8],
+    events: &mpsc::Sender<Event>,
+    mut echo: Option<&mut dyn std::io::Write>,
+) -> Vec<u8> {
     const KEEP: usize = 4096;
     let mut tail: Vec<u8> = Vec::new();
     let mut seen = false;
@@ -310,6 +330,9 @@ fn watch_output(mut out: impl Read, marker: &[u8], events: &mpsc::Sender<Event>)
             Ok(n) => n,
         };
         let at = Instant::now();
+        if let Some(w) = echo.as_mut() {
+            let _ = w.write_all(&buf[..n]).and_then(|()| w.flush());
+        }
         tail.extend_from_slice(&buf[..n]);
         if !seen && tail.windows(marker.len()).any(|w| w == marker) {
             seen = true;
@@ -341,7 +364,12 @@ fn run(opts: &Options) -> Result<String, String> {
     let stdout = child.stdout.take().ok_or("the child has no stdout pipe")?;
     let (tx, rx) = mpsc::channel();
     let marker = opts.marker.clone().into_bytes();
-    let reader = std::thread::spawn(move || watch_output(stdout, &marker, &tx));
+    let echo = opts.echo;
+    let reader = std::thread::spawn(move || {
+        let mut out = std::io::stdout();
+        let echo: Option<&mut dyn std::io::Write> = if echo { Some(&mut out) } else { None };
+        watch_output(stdout, &marker, &tx, echo)
+    });
     let mut peak_overhead = 0u64;
     let mut samples = 0u32;
     let outcome = loop {
@@ -356,6 +384,9 @@ fn run(opts: &Options) -> Result<String, String> {
         }
         if started.elapsed() > opts.timeout {
             break Err("timed out waiting for the marker");
+        }
+        if opts.no_memory {
+            continue;
         }
         if let Some(s) = measured_pid(pid, opts).and_then(|p| sample(p, opts, false)) {
             peak_overhead = peak_overhead.max(s.overhead_kib());
@@ -375,10 +406,15 @@ fn run(opts: &Options) -> Result<String, String> {
         }
     };
     let measured = measured_pid(pid, opts).ok_or("the command has no child process")?;
-    let at_marker =
-        sample(measured, opts, opts.show_maps).ok_or("reading smaps at the marker failed")?;
-    let hwm_kib = status_kib(measured, "VmHWM");
-    let helper_kib = helpers_private_kib(pid, opts);
+    let (at_marker, hwm_kib, helper_kib) = if opts.no_memory {
+        (Sample::default(), 0, 0)
+    } else {
+        (
+            sample(measured, opts, opts.show_maps).ok_or("reading smaps at the marker failed")?,
+            status_kib(measured, "VmHWM"),
+            helpers_private_kib(pid, opts),
+        )
+    };
     if measured != pid {
         // The partition process would exit once its supervisor is gone; killing it now
         // keeps its memory out of the next measurement.
@@ -414,13 +450,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The echoed output may end mid-line: the MEASURE line must start its own.
+    let nl = if opts.echo { "\n" } else { "" };
     match run(&opts) {
         Ok(line) => {
-            println!("{line}");
+            println!("{nl}{line}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            println!("MEASURE label={} ok=0 reason={e}", opts.label);
+            println!("{nl}MEASURE label={} ok=0 reason={e}", opts.label);
             ExitCode::FAILURE
         }
     }
@@ -540,14 +578,17 @@ Anonymous:             0 kB
             }
         }
         let (tx, rx) = mpsc::channel();
+        let mut echoed = Vec::new();
         let tail = watch_output(
             Chunks(vec![b"boot BULKHEAD-RE", b"ADY 6.1\n"]),
             b"BULKHEAD-READY",
             &tx,
+            Some(&mut echoed),
         );
         assert!(matches!(rx.recv().unwrap(), Event::Marker(_)));
         assert!(matches!(rx.recv().unwrap(), Event::Eof));
         assert_eq!(tail, b"boot BULKHEAD-READY 6.1\n");
+        assert_eq!(echoed, tail, "--echo copies the output as it arrives");
     }
 
     #[test]
@@ -558,5 +599,11 @@ Anonymous:             0 kB
         assert_eq!(o.command, ["/bin/true", "a"]);
         assert_eq!(o.guest_mem_kib, 256 * 1024);
         assert!(parse_options(&args("--guest-mem-mib x -- a")).is_err());
+        assert!(!o.echo && !o.no_memory);
+        let o = parse_options(&args(
+            "--marker X --guest-mem-mib 1 --echo --no-memory -- a",
+        ))
+        .unwrap();
+        assert!(o.echo && o.no_memory);
     }
 }
