@@ -34,7 +34,7 @@
 
 use std::fmt::Write as _;
 
-use bulkhead_tests::lab::{run_guest, GuestRun, LabDisk, READY_MARKER};
+use bulkhead_tests::lab::{run_guest, DiskSource, GuestRun, LabDisk, READY_MARKER};
 use vmm_core::devices::legacy::{i8042, serial};
 use vmm_core::devices::virtio::mmio::{reg, MMIO_MAGIC};
 use vmm_core::layout;
@@ -317,8 +317,9 @@ fn hostile_guest_scribbling_mmio_and_ports_cannot_panic_the_vmm_and_still_powers
         // A disk, so the block device's window is there to scribble on too.
         disks: vec![LabDisk {
             name: "scratch.img".into(),
-            contents: vec![0; 1 << 20],
+            source: DiskSource::Bytes(vec![0; 1 << 20]),
             read_only: false,
+            id: None,
         }],
         timeout_s: 240,
         ..GuestRun::default()

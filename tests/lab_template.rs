@@ -16,10 +16,7 @@ const READY: &str = "BULKHEAD-APP-READY";
 fn template_image() -> PathBuf {
     let image = match std::env::var_os("BULKHEAD_TEMPLATE_IMAGE") {
         Some(p) => PathBuf::from(p),
-        None => bulkhead_supervisor::template::TemplateStore::open_default()
-            .dir("debian-12")
-            .unwrap()
-            .join(bulkhead_supervisor::template::store::IMAGE_FILE),
+        None => bulkhead_supervisor::template::default_image_path("debian-12"),
     };
     assert!(
         image.is_file(),

@@ -112,6 +112,12 @@ fn store_root_from(xdg: Option<std::ffi::OsString>, home: Option<std::ffi::OsStr
     PathBuf::from(home.unwrap_or_else(|| "/tmp".into())).join(".local/share/bulkhead/templates")
 }
 
+/// Where template `name`'s root image is (or would be) in the default store; for tools
+/// and tests (a partition start goes through [`TemplateStore::installed`]).
+pub fn default_image_path(name: &str) -> PathBuf {
+    default_store_root().join(name).join(store::IMAGE_FILE)
+}
+
 /// Where downloaded `.deb`s are kept between builds: `$XDG_CACHE_HOME/bulkhead/apt-archives`.
 pub fn default_apt_cache() -> PathBuf {
     crate::guest_image::cache_root().join("apt-archives")

@@ -116,7 +116,7 @@ impl Default for Config {
 fn default_template() -> PathBuf {
     match std::env::var_os("BULKHEAD_TEMPLATE_IMAGE") {
         Some(p) => PathBuf::from(p),
-        None => bulkhead_supervisor::launch::template_image("debian-12"),
+        None => bulkhead_supervisor::template::default_image_path("debian-12"),
     }
 }
 
@@ -619,7 +619,7 @@ fn manifest_path(template: &Path) -> PathBuf {
     if beside.is_file() {
         return beside;
     }
-    bulkhead_supervisor::launch::template_image("debian-12").with_file_name("manifest.json")
+    bulkhead_supervisor::template::default_image_path("debian-12").with_file_name("manifest.json")
 }
 
 /// Section 3: the template's build time and size, from its manifest when there is one.
