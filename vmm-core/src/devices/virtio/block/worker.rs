@@ -169,11 +169,14 @@ impl OpName {
     }
 }
 
-/// `buf` resized to `len` bytes (at most SEG_MAX * SIZE_MAX, checked by the parser).
+/// The bounce buffer, `len` bytes (at most SEG_MAX * SIZE_MAX, checked by the parser).
+/// Not cleared per request: a read fills all of it or fails (and then nothing is copied
+/// to the guest), a write's gather fills all of it first.
 fn sized(buf: &mut Vec<u8>, len: u64) -> Result<&mut [u8], WorkerError> {
     let len = usize::try_from(len).map_err(|_| WorkerError::GuestMemory)?;
-    buf.clear();
-    buf.resize(len, 0);
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
     Ok(&mut buf[..len])
 }
 
