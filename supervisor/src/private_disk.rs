@@ -40,7 +40,10 @@ pub fn data_root() -> PathBuf {
     data_root_from(std::env::var_os("XDG_DATA_HOME"), std::env::var_os("HOME"))
 }
 
-fn data_root_from(xdg: Option<std::ffi::OsString>, home: Option<std::ffi::OsString>) -> PathBuf {
+pub(crate) fn data_root_from(
+    xdg: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> PathBuf {
     if let Some(dir) = xdg.map(PathBuf::from).filter(|d| d.is_absolute()) {
         return dir.join("bulkhead");
     }

@@ -106,10 +106,7 @@ pub fn default_store_root() -> PathBuf {
 }
 
 fn store_root_from(xdg: Option<std::ffi::OsString>, home: Option<std::ffi::OsString>) -> PathBuf {
-    if let Some(dir) = xdg.map(PathBuf::from).filter(|d| d.is_absolute()) {
-        return dir.join("bulkhead/templates");
-    }
-    PathBuf::from(home.unwrap_or_else(|| "/tmp".into())).join(".local/share/bulkhead/templates")
+    crate::private_disk::data_root_from(xdg, home).join("templates")
 }
 
 /// Where template `name`'s root image is (or would be) in the default store; for tools
