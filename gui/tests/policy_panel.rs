@@ -70,7 +70,7 @@ fn impossible_memory_shows_an_error_at_the_field_and_is_not_saved() {
         !h.state().policy.field_errors("memory_mib").is_empty(),
         "no error recorded for memory_mib"
     );
-    h.get_by_label_contains("Error 8:");
+    h.get_by_label_contains("Error 13:");
     h.get_by_label_contains("cannot save");
     // The temporary directory's name differs on every run.
     let dir = h.get_by_label_contains("/policy").rect();
