@@ -86,7 +86,7 @@ fn an_invalid_edit_reports_its_position_and_is_never_saved() {
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert!(
         errors[0].starts_with(&format!(
-            "{}:9:9: error: `partition.browser.vcpus` = 0 is impossible",
+            "{}:14:9: error: `partition.browser.vcpus` = 0 is impossible",
             path.display()
         )),
         "{}",
