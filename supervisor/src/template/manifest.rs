@@ -121,8 +121,19 @@ pub fn file_digest(path: &Path) -> Result<(u64, String), TemplateError> {
 
 /// Seconds since the epoch as RFC 3339 UTC.
 pub fn rfc3339_utc(secs: u64) -> String {
-    let days = secs / 86_400;
     let rem = secs % 86_400;
+    format!(
+        "{}T{:02}:{:02}:{:02}Z",
+        civil_date(secs / 86_400),
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian `YYYY-MM-DD` (Howard Hinnant's
+/// algorithm).
+pub fn civil_date(days: u64) -> String {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z % 146_097;
@@ -132,12 +143,7 @@ pub fn rfc3339_utc(secs: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + u64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}")
 }
 
 /// Now as RFC 3339 UTC.
