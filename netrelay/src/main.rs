@@ -1,10 +1,12 @@
-//! `bulkhead-netrelay --guest-fd N --passt-fd M [--allow PROTO:DEST:PORTS]... [--dns
-//! --resolver ADDR]...`: relays between the two inherited sockets, enforcing the rules.
+//! `bulkhead-netrelay --guest-fd N --passt-fd M [--allow PROTO:DEST:PORTS]... [--dns]
+//! [--resolver ADDR]... [--control-fd C]`: relays between the two inherited sockets,
+//! enforcing the rules; with `--control-fd` the rules come from the supervisor instead
+//! (see `netrelay::control`).
 //! Exit codes: 0 a side closed, 1 bad arguments or setup, 3 a side broke the protocol or
 //! failed.
 
 use std::net::IpAddr;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -25,6 +27,10 @@ struct Cli {
     /// passt's end (passt runs with --fd on the other end of this socketpair).
     #[arg(long)]
     passt_fd: RawFd,
+    /// The supervisor's control channel: an AF_UNIX SOCK_SEQPACKET socket. The rules
+    /// then come from it (no --allow/--dns); the guest's frames wait for the first set.
+    #[arg(long, conflicts_with_all = ["allow", "dns"])]
+    control_fd: Option<RawFd>,
     /// Allow PROTO:DEST:PORTS (tcp|udp|icmp|any; `*`, an address or CIDR, IPv6 in
     /// brackets; `80`, `80,443`, `8000-8080`). No rule: nothing but the link's own
     /// traffic (DHCP, ARP, neighbour discovery) passes.
@@ -48,8 +54,13 @@ enum SetupError {
         fd: RawFd,
         source: std::io::Error,
     },
-    #[error("--guest-fd and --passt-fd are the same fd {0}")]
+    #[error("--guest-fd, --passt-fd and --control-fd must differ; {0} is given twice")]
     SameFd(RawFd),
+    #[error("--control-fd {fd}: {source}")]
+    Control {
+        fd: RawFd,
+        source: netrelay::control::ControlError,
+    },
     #[error(transparent)]
     Sandbox(#[from] netrelay::sandbox::SandboxError),
 }
@@ -84,9 +95,20 @@ fn socket_fd(flag: &'static str, fd: RawFd) -> Result<OwnedFd, SetupError> {
     Ok(owned)
 }
 
-fn setup(cli: &Cli) -> Result<(OwnedFd, OwnedFd, RuleSet), SetupError> {
-    if cli.guest_fd == cli.passt_fd {
-        return Err(SetupError::SameFd(cli.guest_fd));
+struct Setup {
+    guest: OwnedFd,
+    passt: OwnedFd,
+    control: Option<OwnedFd>,
+    rules: RuleSet,
+}
+
+fn setup(cli: &Cli) -> Result<Setup, SetupError> {
+    let mut fds = vec![cli.guest_fd, cli.passt_fd];
+    fds.extend(cli.control_fd);
+    for (i, fd) in fds.iter().enumerate() {
+        if fds[..i].contains(fd) {
+            return Err(SetupError::SameFd(*fd));
+        }
     }
     let rules = RuleSet {
         rules: cli
@@ -97,17 +119,39 @@ fn setup(cli: &Cli) -> Result<(OwnedFd, OwnedFd, RuleSet), SetupError> {
             .collect::<Result<_, _>>()?,
         dns: cli.dns,
         resolvers: cli.resolvers.clone(),
+        sources: (1..=cli.allow.len())
+            .map(|i| format!("--allow #{i}"))
+            .collect(),
     };
-    netrelay::sandbox::close_fds_except(&[cli.guest_fd, cli.passt_fd])?;
+    netrelay::sandbox::close_fds_except(&fds)?;
     let guest = socket_fd("guest-fd", cli.guest_fd)?;
     let passt = socket_fd("passt-fd", cli.passt_fd)?;
+    let control = match cli.control_fd {
+        Some(fd) => {
+            let owned = socket_fd("control-fd", fd)?;
+            netrelay::control::check_seqpacket(owned.as_fd())
+                .map_err(|source| SetupError::Control { fd, source })?;
+            Some(owned)
+        }
+        None => None,
+    };
     netrelay::sandbox::confine()?;
-    Ok((guest, passt, rules))
+    Ok(Setup {
+        guest,
+        passt,
+        control,
+        rules,
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (guest, passt, rules) = match setup(&cli) {
+    let Setup {
+        guest,
+        passt,
+        control,
+        rules,
+    } = match setup(&cli) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("bulkhead-netrelay: {e}");
@@ -116,22 +160,49 @@ fn main() -> ExitCode {
     };
     let mut limit = LogLimit::new(10);
     let mut stats = Stats::default();
-    let end = relay::run(&guest, &passt, &rules, &mut stats, &mut |e| {
-        if let Some(skipped) = limit.allow() {
-            if skipped > 0 {
-                eprintln!("bulkhead-netrelay: {skipped} more lines like the next were suppressed");
+    let end = relay::run_with(
+        &guest,
+        &passt,
+        control.as_ref(),
+        rules,
+        &mut stats,
+        &mut |e| {
+            if let Event::RulesApplied {
+                generation,
+                cut_flows,
+            } = e
+            {
+                eprintln!(
+                    "bulkhead-netrelay: rule set {generation} applied; {cut_flows} flows cut"
+                );
+                return;
             }
-            match e {
-                Event::Refused { flow, denial } => eprintln!(
-                    "bulkhead-netrelay: refused {} to {} port {}: {denial}",
-                    flow.protocol.name(),
-                    flow.dst,
-                    flow.port.map_or("-".to_string(), |p| p.to_string())
-                ),
-                Event::Dropped(d) => eprintln!("bulkhead-netrelay: dropped {d:?}"),
+            if let Some(skipped) = limit.allow() {
+                if skipped > 0 {
+                    eprintln!(
+                        "bulkhead-netrelay: {skipped} more lines like the next were suppressed"
+                    );
+                }
+                match e {
+                    Event::Refused { flow, denial } => eprintln!(
+                        "bulkhead-netrelay: refused {} to {} port {}: {denial}",
+                        flow.protocol.name(),
+                        flow.dst,
+                        flow.port.map_or("-".to_string(), |p| p.to_string())
+                    ),
+                    Event::Cut { flow, denial } => eprintln!(
+                        "bulkhead-netrelay: cut {} to {} port {}: {denial}",
+                        flow.protocol.name(),
+                        flow.dst,
+                        flow.port.map_or("-".to_string(), |p| p.to_string())
+                    ),
+                    Event::Dropped(d) => eprintln!("bulkhead-netrelay: dropped {d:?}"),
+                    Event::Control(e) => eprintln!("bulkhead-netrelay: control channel: {e}"),
+                    Event::RulesApplied { .. } => {}
+                }
             }
-        }
-    });
+        },
+    );
     eprintln!(
         "bulkhead-netrelay: {end} ({} frames to passt, {} to the guest, {} refused, {} dropped)",
         stats.to_passt, stats.to_guest, stats.refused, stats.dropped,

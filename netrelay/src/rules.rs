@@ -16,6 +16,9 @@ pub struct RuleSet {
     pub dns: bool,
     /// The resolver passt hands out by DHCP.
     pub resolvers: Vec<IpAddr>,
+    /// Where each rule was written (`sources[i]` for `rules[i]`, e.g.
+    /// `partitions.toml:27`), for denial reasons; a rule without one is named by its line.
+    pub sources: Vec<String>,
 }
 
 /// Why a destination is refused, for the log.
@@ -24,7 +27,7 @@ pub enum Denial {
     /// A rule denied it (its position in the rule list, 1-based, and where it was written).
     Rule {
         index: usize,
-        line: usize,
+        source: String,
     },
     NoRuleAllows,
     /// Port 53 to something other than passt's resolver, or DNS is off.
@@ -34,7 +37,7 @@ pub enum Denial {
 impl std::fmt::Display for Denial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Denial::Rule { index, line } => write!(f, "rule {index} (line {line}) denies"),
+            Denial::Rule { index, source } => write!(f, "rule {index} ({source}) denies"),
             Denial::NoRuleAllows => f.write_str("no rule allows"),
             Denial::Dns => f.write_str("DNS goes only to passt's resolver, and only with dns on"),
         }
@@ -44,6 +47,14 @@ impl std::fmt::Display for Denial {
 pub const DNS_PORT: u16 = 53;
 
 impl RuleSet {
+    /// Where rule `i` (0-based) was written.
+    pub fn source_of(&self, i: usize) -> String {
+        match self.sources.get(i) {
+            Some(s) => s.clone(),
+            None => format!("line {}", self.rules.get(i).map_or(0, |r| r.line)),
+        }
+    }
+
     /// Whether a new flow of `protocol` to `ip`:`port` may start.
     pub fn check(&self, protocol: Protocol, ip: IpAddr, port: Option<u16>) -> Result<(), Denial> {
         if port == Some(DNS_PORT) && matches!(protocol, Protocol::Tcp | Protocol::Udp) {
@@ -65,7 +76,7 @@ impl RuleSet {
                     FirewallAction::Allow => Ok(()),
                     FirewallAction::Deny => Err(Denial::Rule {
                         index: i + 1,
-                        line: rule.line,
+                        source: self.source_of(i),
                     }),
                 };
             }
@@ -208,6 +219,7 @@ mod tests {
             rules: vec![parse_allow("udp:*:*", 1).unwrap()],
             dns: false,
             resolvers: vec![ip("192.0.2.53")],
+            sources: Vec::new(),
         };
         assert_eq!(
             set.check(Protocol::Udp, ip("192.0.2.53"), Some(53)),

@@ -93,3 +93,88 @@ fn the_relay_refuses_to_start_on_fds_that_are_not_sockets() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--guest-fd 40"));
 }
+
+#[test]
+fn the_confined_relay_takes_rules_and_reports_denials_and_stats_over_its_control_fd() {
+    use netrelay::control::{self, Client, FromRelay, RuleSpec};
+    let (mut guest, relay_guest) = pair();
+    let (mut passt, relay_passt) = pair();
+    let (ours, theirs) = control::socketpair().unwrap();
+    inheritable(&relay_guest);
+    inheritable(&relay_passt);
+    rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty()).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_bulkhead-netrelay"))
+        .arg(format!("--guest-fd={}", relay_guest.as_raw_fd()))
+        .arg(format!("--passt-fd={}", relay_passt.as_raw_fd()))
+        .arg(format!("--control-fd={}", theirs.as_raw_fd()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop::<(OwnedFd, OwnedFd, OwnedFd)>((relay_guest.into(), relay_passt.into(), theirs));
+    let mut client = Client::new(ours).unwrap();
+    // Garbage first: logged and dropped, the relay lives on.
+    rustix::net::send(&client, b"}{", rustix::net::SendFlags::empty()).unwrap();
+    client
+        .send_rules(
+            vec![RuleSpec {
+                action: isolation_policy::network::FirewallAction::Allow,
+                protocol: isolation_policy::network::Protocol::Tcp,
+                dest: "192.0.2.1".into(),
+                ports: "8080".into(),
+                source: "/p/partitions.toml:12".into(),
+            }],
+            false,
+        )
+        .unwrap();
+    assert_eq!(
+        client.recv().unwrap(),
+        FromRelay::RulesApplied {
+            generation: 1,
+            cut_flows: 0
+        }
+    );
+    guest.write_all(&frame(&syn(8080))).unwrap();
+    assert_eq!(read_frame(&mut passt), syn(8080));
+    guest.write_all(&frame(&syn(22))).unwrap();
+    assert_eq!(read_frame(&mut guest)[14 + 20 + 13], 0x14, "RST|ACK");
+    assert_eq!(
+        client.recv().unwrap(),
+        FromRelay::Denied {
+            protocol: "tcp".into(),
+            destination: "192.0.2.1".parse().unwrap(),
+            port: Some(22),
+            host: None,
+            reason: "no rule allows".into(),
+            suppressed: 0
+        }
+    );
+    // Stats come every few seconds (the poll timeout path under seccomp).
+    match client.recv().unwrap() {
+        FromRelay::Stats {
+            frames_out, denied, ..
+        } => assert_eq!((frames_out, denied), (1, 1)),
+        other => panic!("{other:?}"),
+    }
+    drop(guest);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}\n{stderr}", out.status);
+    assert!(
+        stderr.contains("control channel: control message is not a valid message"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn control_fd_and_allow_do_not_mix() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bulkhead-netrelay"))
+        .args([
+            "--guest-fd=40",
+            "--passt-fd=41",
+            "--control-fd=42",
+            "--allow=tcp:*:1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
         ],
         dns: true,
         resolvers: vec!["192.0.2.53".parse().expect("address")],
+        sources: Vec::new(),
     };
     let verdict = classify(data, &rules);
     if verdict != Verdict::Forward || data.len() < 14 + 20 {

@@ -323,10 +323,28 @@ fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, segment: &[u8]) -> u16 {
 
 /// An Ethernet + IP header for a reply to the guest, followed by `segment`.
 fn reply_frame(frame: &[u8], src: IpAddr, dst: IpAddr, proto: u8, segment: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ETH_HLEN + 40 + segment.len());
     // To the guest's MAC, from the MAC it addressed (passt's).
-    out.extend_from_slice(&frame[6..12]);
-    out.extend_from_slice(&frame[0..6]);
+    let mac = |at: usize| {
+        let mut m = [0u8; 6];
+        m.copy_from_slice(&frame[at..at + 6]);
+        m
+    };
+    ip_frame(mac(6), mac(0), src, dst, proto, segment)
+}
+
+/// An Ethernet frame to `dst_mac` from `src_mac` carrying an IP packet `src` -> `dst`
+/// with `segment` as its payload (`segment` is at most a few hundred bytes here).
+fn ip_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    segment: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ETH_HLEN + 40 + segment.len());
+    out.extend_from_slice(&dst_mac);
+    out.extend_from_slice(&src_mac);
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             out.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
@@ -409,6 +427,148 @@ fn admin_prohibited(frame: &[u8], ip: &Ip<'_>) -> Vec<u8> {
     };
     m[2..4].copy_from_slice(&c.to_be_bytes());
     reply_frame(frame, ip.dst, ip.src, proto, &m)
+}
+
+/// The transport header fields of a TCP or UDP frame, in either direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct L4<'a> {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP only (0 for UDP).
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    /// The TCP or UDP payload.
+    pub payload: &'a [u8],
+}
+
+impl L4<'_> {
+    /// The sequence number just after this segment (what the receiver acknowledges).
+    pub fn seq_end(&self) -> u32 {
+        let len = u32::try_from(self.payload.len()).unwrap_or(u32::MAX);
+        self.seq
+            .wrapping_add(len)
+            .wrapping_add(u32::from(self.flags & TCP_SYN != 0))
+            .wrapping_add(u32::from(self.flags & TCP_FIN != 0))
+    }
+}
+
+/// The TCP/UDP fields of `frame` (either direction), or `None` for anything else:
+/// other protocols, fragments, truncated or inconsistent headers. Bounded like
+/// [`classify`]; never panics.
+pub fn parse_l4(frame: &[u8]) -> Option<L4<'_>> {
+    let mac = |at: usize| -> Option<[u8; 6]> { frame.get(at..at + 6)?.try_into().ok() };
+    let (dst_mac, src_mac) = (mac(0)?, mac(6)?);
+    let l3 = frame.get(ETH_HLEN..)?;
+    let (src, dst, proto, payload) = match be16(frame, 12)? {
+        ETHERTYPE_IPV4 => {
+            let ihl = usize::from(*l3.first()? & 0x0f) * 4;
+            let total = usize::from(be16(l3, 2)?);
+            if l3.len() < 20 || l3[0] >> 4 != 4 || ihl < 20 || total < ihl || total > l3.len() {
+                return None;
+            }
+            let frag = be16(l3, 6)?;
+            if frag & 0x3fff != 0 {
+                return None;
+            }
+            let a =
+                |at: usize| IpAddr::V4(Ipv4Addr::new(l3[at], l3[at + 1], l3[at + 2], l3[at + 3]));
+            (a(12), a(16), l3[9], &l3[ihl..total])
+        }
+        ETHERTYPE_IPV6 => {
+            if l3.len() < 40 || l3[0] >> 4 != 6 {
+                return None;
+            }
+            let total = 40 + usize::from(be16(l3, 4)?);
+            let packet = l3.get(..total)?;
+            let a = |at: usize| {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(&l3[at..at + 16]);
+                IpAddr::V6(Ipv6Addr::from(o))
+            };
+            let (mut next, mut at) = (l3[6], 40usize);
+            for _ in 0..MAX_EXT_HEADERS {
+                if next != 0 && next != 60 {
+                    break;
+                }
+                let len = usize::from(*packet.get(at + 1)?);
+                next = *packet.get(at)?;
+                at += (len + 1) * 8;
+            }
+            (a(8), a(24), next, packet.get(at..)?)
+        }
+        _ => return None,
+    };
+    match proto {
+        IPPROTO_TCP => {
+            let doff = usize::from(*payload.get(12)? >> 4) * 4;
+            if doff < 20 || doff > payload.len() {
+                return None;
+            }
+            Some(L4 {
+                dst_mac,
+                src_mac,
+                proto,
+                src,
+                dst,
+                sport: be16(payload, 0)?,
+                dport: be16(payload, 2)?,
+                seq: be32(payload, 4)?,
+                ack: be32(payload, 8)?,
+                flags: payload[13],
+                payload: &payload[doff..],
+            })
+        }
+        IPPROTO_UDP => {
+            let len = usize::from(be16(payload, 4)?);
+            if len < 8 || len > payload.len() {
+                return None;
+            }
+            Some(L4 {
+                dst_mac,
+                src_mac,
+                proto,
+                src,
+                dst,
+                sport: be16(payload, 0)?,
+                dport: be16(payload, 2)?,
+                seq: 0,
+                ack: 0,
+                flags: 0,
+                payload: &payload[8..len],
+            })
+        }
+        _ => None,
+    }
+}
+
+/// One end of a TCP connection, for [`tcp_rst_frame`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub mac: [u8; 6],
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+/// A RST|ACK from `from` to `to` with sequence number `seq` and acknowledgement `ack`:
+/// how the relay cuts a connection the rules no longer allow.
+pub fn tcp_rst_frame(from: Endpoint, to: Endpoint, seq: u32, ack: u32) -> Vec<u8> {
+    let mut t = [0u8; 20];
+    t[0..2].copy_from_slice(&from.port.to_be_bytes());
+    t[2..4].copy_from_slice(&to.port.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = TCP_RST | TCP_ACK;
+    let c = l4_checksum(from.ip, to.ip, IPPROTO_TCP, &t);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    ip_frame(to.mac, from.mac, from.ip, to.ip, IPPROTO_TCP, &t)
 }
 
 #[cfg(test)]

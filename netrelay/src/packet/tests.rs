@@ -23,6 +23,7 @@ fn rules() -> RuleSet {
         ],
         dns: true,
         resolvers: vec!["192.0.2.53".parse().unwrap()],
+        sources: Vec::new(),
     }
 }
 

@@ -9,13 +9,21 @@
 //! close with it, so the VMM sees its link go down and passt (one-off) exits. A dead
 //! relay never leaves the guest connected to passt directly.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+use isolation_policy::network::Protocol;
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::net::{RecvFlags, SendFlags};
 
-use crate::packet::{classify, DropReason, Flow, Verdict};
+use crate::control::{self, ControlError, FromRelay, ToRelay};
+use crate::packet::{
+    classify, parse_l4, tcp_rst_frame, DropReason, Endpoint, Flow, Verdict, IPPROTO_TCP, TCP_ACK,
+    TCP_RST,
+};
 use crate::rules::{Denial, RuleSet};
 use crate::stream::{encode, FrameReader, StreamError};
 
@@ -47,18 +55,42 @@ pub enum RelayEnd {
 /// Something worth a log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Refused { flow: Flow, denial: Denial },
+    Refused {
+        flow: Flow,
+        denial: Denial,
+    },
     Dropped(DropReason),
+    /// A tracked flow the new rule set denies was cut.
+    Cut {
+        flow: Flow,
+        denial: Denial,
+    },
+    /// A rule set from the control channel took effect.
+    RulesApplied {
+        generation: u64,
+        cut_flows: u32,
+    },
+    /// The control channel broke its protocol or failed; the message was dropped.
+    Control(String),
 }
 
-/// Counters, for the final report and tests.
+/// Counters, for the final report, the control channel's `stats` and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     pub to_passt: u64,
     pub to_guest: u64,
+    pub bytes_to_passt: u64,
+    pub bytes_to_guest: u64,
     pub refused: u64,
     pub dropped: u64,
+    /// Every denial (refused, dropped because denied, cut).
+    pub denied: u64,
 }
+
+/// Denials reported on the control channel per second at most.
+pub const DENIED_PER_SECOND: u32 = 20;
+/// How often `stats` goes out on the control channel.
+pub const STATS_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct Out {
@@ -119,7 +151,8 @@ fn read_side(
     }
 }
 
-/// Relays until one side ends; `on_event` hears every refusal and drop.
+/// Relays until one side ends with a fixed rule set; `on_event` hears every refusal and
+/// drop.
 pub fn run(
     guest: &OwnedFd,
     passt: &OwnedFd,
@@ -127,88 +160,502 @@ pub fn run(
     stats: &mut Stats,
     on_event: &mut dyn FnMut(&Event),
 ) -> RelayEnd {
-    match run_inner(guest, passt, rules, stats, on_event) {
+    run_with(guest, passt, None, rules.clone(), stats, on_event)
+}
+
+/// Relays until one side ends. With a `control` socket the relay reads nothing from the
+/// guest until the first `rules` message arrives (`rules` is replaced by it), reports
+/// denials and counters on it, and a closed control channel leaves the last rule set in
+/// force.
+pub fn run_with(
+    guest: &OwnedFd,
+    passt: &OwnedFd,
+    control: Option<&OwnedFd>,
+    rules: RuleSet,
+    stats: &mut Stats,
+    on_event: &mut dyn FnMut(&Event),
+) -> RelayEnd {
+    let mut relay = Relay {
+        rules,
+        flows: FlowTable::default(),
+        generation: 0,
+        control: control.map(|fd| Control::new(fd.as_fd())),
+    };
+    match relay.run(guest, passt, stats, on_event) {
         Ok(()) => RelayEnd::Closed(Side::Guest),
         Err(e) => e,
     }
 }
 
-fn run_inner(
-    guest: &OwnedFd,
-    passt: &OwnedFd,
-    rules: &RuleSet,
-    stats: &mut Stats,
-    on_event: &mut dyn FnMut(&Event),
-) -> Result<(), RelayEnd> {
-    let (mut from_guest, mut from_passt) = (FrameReader::new(), FrameReader::new());
-    let (mut to_guest, mut to_passt) = (Out::default(), Out::default());
-    let mut frames = std::collections::VecDeque::new();
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
-        let read_guest = to_passt.pending() < OUT_MAX && to_guest.pending() < OUT_MAX;
-        let read_passt = to_guest.pending() < OUT_MAX;
-        let mut ge = PollFlags::empty();
-        let mut pe = PollFlags::empty();
-        if read_guest {
-            ge |= PollFlags::IN;
+struct Relay<'a> {
+    rules: RuleSet,
+    flows: FlowTable,
+    generation: u64,
+    control: Option<Control<'a>>,
+}
+
+impl Relay<'_> {
+    fn run(
+        &mut self,
+        guest: &OwnedFd,
+        passt: &OwnedFd,
+        stats: &mut Stats,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<(), RelayEnd> {
+        let (mut from_guest, mut from_passt) = (FrameReader::new(), FrameReader::new());
+        let (mut to_guest, mut to_passt) = (Out::default(), Out::default());
+        let mut frames = std::collections::VecDeque::new();
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut next_tick = Instant::now() + STATS_EVERY;
+        loop {
+            // With a control channel, the guest waits for its first rule set.
+            let rules_known = self.control.is_none() || self.generation > 0;
+            let read_guest =
+                rules_known && to_passt.pending() < OUT_MAX && to_guest.pending() < OUT_MAX;
+            let read_passt = to_guest.pending() < OUT_MAX;
+            let mut ge = PollFlags::empty();
+            let mut pe = PollFlags::empty();
+            if read_guest {
+                ge |= PollFlags::IN;
+            }
+            if to_guest.pending() > 0 {
+                ge |= PollFlags::OUT;
+            }
+            if read_passt {
+                pe |= PollFlags::IN;
+            }
+            if to_passt.pending() > 0 {
+                pe |= PollFlags::OUT;
+            }
+            let control_fd = self.control.as_ref().filter(|c| c.open).map(|c| c.fd);
+            let mut fds = vec![
+                PollFd::from_borrowed_fd(guest.as_fd(), ge),
+                PollFd::from_borrowed_fd(passt.as_fd(), pe),
+            ];
+            if let Some(fd) = control_fd {
+                fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+            }
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let timeout = rustix::event::Timespec {
+                tv_sec: wait.as_secs().try_into().unwrap_or(i64::MAX),
+                tv_nsec: wait.subsec_nanos().into(),
+            };
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(error) => {
+                    return Err(RelayEnd::Io {
+                        side: Side::Guest,
+                        error,
+                    })
+                }
+            }
+            let (gr, pr) = (fds[0].revents(), fds[1].revents());
+            let cr = fds.get(2).map(|f| f.revents());
+            drop(fds);
+            let readable = PollFlags::IN | PollFlags::HUP | PollFlags::ERR;
+            if cr.is_some_and(|r| r.intersects(readable)) {
+                self.control_message(stats, &mut to_guest, &mut to_passt, on_event);
+            }
+            if read_guest && gr.intersects(readable) {
+                read_side(guest, Side::Guest, &mut buf, &mut from_guest, &mut frames)?;
+                for f in frames.drain(..) {
+                    self.guest_frame(&f, stats, &mut to_guest, &mut to_passt, on_event);
+                }
+            }
+            if read_passt && pr.intersects(readable) {
+                read_side(passt, Side::Passt, &mut buf, &mut from_passt, &mut frames)?;
+                for f in frames.drain(..) {
+                    self.flows.saw_passt(&f);
+                    stats.to_guest += 1;
+                    stats.bytes_to_guest += f.len() as u64;
+                    to_guest.push(&f);
+                }
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                next_tick = now + STATS_EVERY;
+                self.flows.expire(now);
+                if let Some(c) = &mut self.control {
+                    c.stats(stats);
+                }
+            }
+            to_passt.flush(passt, Side::Passt)?;
+            to_guest.flush(guest, Side::Guest)?;
         }
-        if to_guest.pending() > 0 {
-            ge |= PollFlags::OUT;
-        }
-        if read_passt {
-            pe |= PollFlags::IN;
-        }
-        if to_passt.pending() > 0 {
-            pe |= PollFlags::OUT;
-        }
-        let mut fds = [
-            PollFd::from_borrowed_fd(guest.as_fd(), ge),
-            PollFd::from_borrowed_fd(passt.as_fd(), pe),
-        ];
-        match rustix::event::poll(&mut fds, None) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(error) => {
-                return Err(RelayEnd::Io {
-                    side: Side::Guest,
-                    error,
-                })
+    }
+
+    fn guest_frame(
+        &mut self,
+        f: &[u8],
+        stats: &mut Stats,
+        to_guest: &mut Out,
+        to_passt: &mut Out,
+        on_event: &mut dyn FnMut(&Event),
+    ) {
+        match classify(f, &self.rules) {
+            Verdict::Forward => {
+                self.flows.saw_guest(f);
+                stats.to_passt += 1;
+                stats.bytes_to_passt += f.len() as u64;
+                to_passt.push(f);
+            }
+            Verdict::Refuse {
+                reply,
+                flow,
+                denial,
+            } => {
+                stats.refused += 1;
+                stats.denied += 1;
+                self.flows.forget(f);
+                to_guest.push(&reply);
+                self.report(&flow, &denial);
+                on_event(&Event::Refused { flow, denial });
+            }
+            Verdict::Drop(d) => {
+                stats.dropped += 1;
+                if let DropReason::Denied(_) = d {
+                    stats.denied += 1;
+                }
+                on_event(&Event::Dropped(d));
             }
         }
-        let (gr, pr) = (fds[0].revents(), fds[1].revents());
-        let readable = PollFlags::IN | PollFlags::HUP | PollFlags::ERR;
-        if read_guest && gr.intersects(readable) {
-            read_side(guest, Side::Guest, &mut buf, &mut from_guest, &mut frames)?;
-            for f in frames.drain(..) {
-                match classify(&f, rules) {
-                    Verdict::Forward => {
-                        stats.to_passt += 1;
-                        to_passt.push(&f);
+    }
+
+    fn report(&mut self, flow: &Flow, denial: &Denial) {
+        if let Some(c) = &mut self.control {
+            c.denied(flow, None, denial);
+        }
+    }
+
+    fn control_message(
+        &mut self,
+        stats: &mut Stats,
+        to_guest: &mut Out,
+        to_passt: &mut Out,
+        on_event: &mut dyn FnMut(&Event),
+    ) {
+        let Some(c) = &mut self.control else {
+            return;
+        };
+        let msg = match c.recv() {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                on_event(&Event::Control(e.to_string()));
+                return;
+            }
+        };
+        match msg {
+            ToRelay::Rules { rules, dns } => {
+                match control::rule_set(&rules, dns, &self.rules.resolvers) {
+                    Ok(set) => {
+                        self.rules = set;
+                        self.generation += 1;
+                        let cut = self.cut_denied_flows(stats, to_guest, to_passt, on_event);
+                        let applied = FromRelay::RulesApplied {
+                            generation: self.generation,
+                            cut_flows: cut,
+                        };
+                        if let Some(c) = &mut self.control {
+                            c.send(&applied);
+                        }
+                        on_event(&Event::RulesApplied {
+                            generation: self.generation,
+                            cut_flows: cut,
+                        });
                     }
-                    Verdict::Refuse {
-                        reply,
-                        flow,
-                        denial,
-                    } => {
-                        stats.refused += 1;
-                        to_guest.push(&reply);
-                        on_event(&Event::Refused { flow, denial });
-                    }
-                    Verdict::Drop(d) => {
-                        stats.dropped += 1;
-                        on_event(&Event::Dropped(d));
+                    Err(e) => {
+                        let error = e.to_string();
+                        on_event(&Event::Control(format!("rules rejected: {error}")));
+                        if let Some(c) = &mut self.control {
+                            c.send(&FromRelay::RulesRejected { error });
+                        }
                     }
                 }
             }
         }
-        if read_passt && pr.intersects(readable) {
-            read_side(passt, Side::Passt, &mut buf, &mut from_passt, &mut frames)?;
-            for f in frames.drain(..) {
-                stats.to_guest += 1;
-                to_guest.push(&f);
+    }
+
+    /// Cuts every tracked flow the current rules deny: TCP gets a RST each way.
+    fn cut_denied_flows(
+        &mut self,
+        stats: &mut Stats,
+        to_guest: &mut Out,
+        to_passt: &mut Out,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> u32 {
+        let denied: Vec<(FlowKey, Denial)> = self
+            .flows
+            .map
+            .keys()
+            .filter_map(|k| {
+                self.rules
+                    .check(k.protocol(), k.remote, Some(k.remote_port))
+                    .err()
+                    .map(|d| (*k, d))
+            })
+            .collect();
+        let mut cut = 0u32;
+        for (key, denial) in denied {
+            let Some(state) = self.flows.map.remove(&key) else {
+                continue;
+            };
+            if key.proto == IPPROTO_TCP {
+                let (to_g, to_p) = state.resets(&key);
+                to_guest.push(&to_g);
+                to_passt.push(&to_p);
             }
+            cut = cut.saturating_add(1);
+            stats.denied += 1;
+            let flow = Flow {
+                protocol: key.protocol(),
+                dst: key.remote,
+                port: Some(key.remote_port),
+            };
+            self.report(&flow, &denial);
+            on_event(&Event::Cut { flow, denial });
         }
-        to_passt.flush(passt, Side::Passt)?;
-        to_guest.flush(guest, Side::Guest)?;
+        cut
+    }
+}
+
+/// The relay's end of the control channel.
+struct Control<'a> {
+    fd: BorrowedFd<'a>,
+    open: bool,
+    buf: Vec<u8>,
+    window: Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+impl<'a> Control<'a> {
+    fn new(fd: BorrowedFd<'a>) -> Self {
+        Control {
+            fd,
+            open: true,
+            buf: vec![0; control::MAX_MESSAGE + 1],
+            window: Instant::now(),
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn recv(&mut self) -> Result<Option<ToRelay>, ControlError> {
+        match control::recv_on(self.fd, &mut self.buf, true) {
+            Err(ControlError::Closed) => {
+                self.open = false;
+                Err(ControlError::Closed)
+            }
+            r => r,
+        }
+    }
+
+    /// Sends without blocking; false when the message was dropped.
+    fn send(&mut self, msg: &FromRelay) -> bool {
+        if !self.open {
+            return false;
+        }
+        match control::send_on(self.fd, msg, true) {
+            Ok(()) => true,
+            Err(ControlError::Closed) => {
+                self.open = false;
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn denied(&mut self, flow: &Flow, host: Option<String>, denial: &Denial) {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            self.window = Instant::now();
+            self.used = 0;
+        }
+        if self.used >= DENIED_PER_SECOND {
+            self.suppressed += 1;
+            return;
+        }
+        let msg = FromRelay::Denied {
+            protocol: flow.protocol.name().to_string(),
+            destination: flow.dst,
+            port: flow.port,
+            host,
+            reason: denial.to_string(),
+            suppressed: self.suppressed,
+        };
+        if self.send(&msg) {
+            self.used += 1;
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+    }
+
+    fn stats(&mut self, s: &Stats) {
+        self.send(&FromRelay::Stats {
+            frames_in: s.to_guest,
+            frames_out: s.to_passt,
+            bytes_in: s.bytes_to_guest,
+            bytes_out: s.bytes_to_passt,
+            denied: s.denied,
+        });
+    }
+}
+
+/// The flows the guest opened, so a new rule set can cut the ones it denies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct FlowKey {
+    proto: u8,
+    guest: IpAddr,
+    guest_port: u16,
+    remote: IpAddr,
+    remote_port: u16,
+}
+
+impl FlowKey {
+    fn protocol(&self) -> Protocol {
+        if self.proto == IPPROTO_TCP {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FlowState {
+    guest_mac: [u8; 6],
+    remote_mac: [u8; 6],
+    /// The sequence number after the guest's latest segment.
+    guest_next: u32,
+    /// The sequence number after passt's latest segment, once one was seen.
+    remote_next: Option<u32>,
+    /// What the guest last acknowledged.
+    guest_ack: Option<u32>,
+    last: Instant,
+}
+
+impl FlowState {
+    /// RSTs to the guest and to passt.
+    fn resets(&self, k: &FlowKey) -> (Vec<u8>, Vec<u8>) {
+        let guest = Endpoint {
+            mac: self.guest_mac,
+            ip: k.guest,
+            port: k.guest_port,
+        };
+        let remote = Endpoint {
+            mac: self.remote_mac,
+            ip: k.remote,
+            port: k.remote_port,
+        };
+        let remote_seq = self.remote_next.or(self.guest_ack).unwrap_or(0);
+        (
+            tcp_rst_frame(remote, guest, remote_seq, self.guest_next),
+            tcp_rst_frame(guest, remote, self.guest_next, remote_seq),
+        )
+    }
+}
+
+/// Flows tracked at most; past it new flows are not tracked (they are still checked
+/// frame by frame, so a rule change still stops them, just without the RST).
+pub const MAX_FLOWS: usize = 16 * 1024;
+const TCP_IDLE: Duration = Duration::from_secs(2 * 3600);
+const UDP_IDLE: Duration = Duration::from_secs(180);
+
+#[derive(Default)]
+struct FlowTable {
+    // A BTreeMap: no random hash keys (no getrandom under seccomp), bounded by MAX_FLOWS.
+    map: BTreeMap<FlowKey, FlowState>,
+}
+
+/// Sequence number `a` is after `b` (RFC 1982 arithmetic).
+fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+impl FlowTable {
+    fn saw_guest(&mut self, f: &[u8]) {
+        let Some(l4) = parse_l4(f) else { return };
+        let key = FlowKey {
+            proto: l4.proto,
+            guest: l4.src,
+            guest_port: l4.sport,
+            remote: l4.dst,
+            remote_port: l4.dport,
+        };
+        if l4.flags & TCP_RST != 0 {
+            self.map.remove(&key);
+            return;
+        }
+        let now = Instant::now();
+        let ack = (l4.flags & TCP_ACK != 0).then_some(l4.ack);
+        if let Some(s) = self.map.get_mut(&key) {
+            if seq_after(l4.seq_end(), s.guest_next) {
+                s.guest_next = l4.seq_end();
+            }
+            if ack.is_some() {
+                s.guest_ack = ack;
+            }
+            s.last = now;
+        } else if self.map.len() < MAX_FLOWS {
+            self.map.insert(
+                key,
+                FlowState {
+                    guest_mac: l4.src_mac,
+                    remote_mac: l4.dst_mac,
+                    guest_next: l4.seq_end(),
+                    remote_next: None,
+                    guest_ack: ack,
+                    last: now,
+                },
+            );
+        }
+    }
+
+    fn saw_passt(&mut self, f: &[u8]) {
+        let Some(l4) = parse_l4(f) else { return };
+        let key = FlowKey {
+            proto: l4.proto,
+            guest: l4.dst,
+            guest_port: l4.dport,
+            remote: l4.src,
+            remote_port: l4.sport,
+        };
+        if l4.flags & TCP_RST != 0 {
+            self.map.remove(&key);
+            return;
+        }
+        if let Some(s) = self.map.get_mut(&key) {
+            let end = l4.seq_end();
+            if s.remote_next.is_none_or(|n| seq_after(end, n)) {
+                s.remote_next = Some(end);
+            }
+            s.last = Instant::now();
+        }
+    }
+
+    /// A refused frame's flow is gone (the guest got a RST or an ICMP error).
+    fn forget(&mut self, f: &[u8]) {
+        if let Some(l4) = parse_l4(f) {
+            self.map.remove(&FlowKey {
+                proto: l4.proto,
+                guest: l4.src,
+                guest_port: l4.sport,
+                remote: l4.dst,
+                remote_port: l4.dport,
+            });
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        self.map.retain(|k, s| {
+            let idle = if k.proto == IPPROTO_TCP {
+                TCP_IDLE
+            } else {
+                UDP_IDLE
+            };
+            now.saturating_duration_since(s.last) < idle
+        });
     }
 }
 

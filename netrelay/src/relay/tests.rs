@@ -221,3 +221,279 @@ fn nix_like_rusage() -> f64 {
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     t(u.ru_utime) + t(u.ru_stime)
 }
+
+struct Controlled {
+    guest: UnixStream,
+    passt: UnixStream,
+    client: crate::control::Client,
+    relay: JoinHandle<(RelayEnd, Stats, Vec<Event>)>,
+}
+
+fn start_controlled() -> Controlled {
+    let (guest, relay_guest) = UnixStream::pair().unwrap();
+    let (passt, relay_passt) = UnixStream::pair().unwrap();
+    for s in [&guest, &passt] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    let (ours, theirs) = crate::control::socketpair().unwrap();
+    let client = crate::control::Client::new(ours).unwrap();
+    let relay = std::thread::spawn(move || {
+        let (g, p): (OwnedFd, OwnedFd) = (relay_guest.into(), relay_passt.into());
+        let mut stats = Stats::default();
+        let mut events = Vec::new();
+        let end = run_with(
+            &g,
+            &p,
+            Some(&theirs),
+            RuleSet::default(),
+            &mut stats,
+            &mut |e| events.push(e.clone()),
+        );
+        (end, stats, events)
+    });
+    Controlled {
+        guest,
+        passt,
+        client,
+        relay,
+    }
+}
+
+fn allow_spec(dest: &str, ports: &str) -> crate::control::RuleSpec {
+    crate::control::RuleSpec {
+        action: isolation_policy::network::FirewallAction::Allow,
+        protocol: isolation_policy::network::Protocol::Tcp,
+        dest: dest.into(),
+        ports: ports.into(),
+        source: "p.toml:4".into(),
+    }
+}
+
+/// A TCP segment between 192.0.2.2:40000 (guest) and 192.0.2.1:`port` with `flags`.
+fn segment(port: u16, flags: u8, seq: u32, ack: u32, from_guest: bool, data: &[u8]) -> Vec<u8> {
+    let mut f = syn(port);
+    let t = 14 + 20;
+    f[t + 13] = flags;
+    f[t + 4..t + 8].copy_from_slice(&seq.to_be_bytes());
+    f[t + 8..t + 12].copy_from_slice(&ack.to_be_bytes());
+    f.extend_from_slice(data);
+    let total = (40 + data.len()) as u16;
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    if !from_guest {
+        let (a, b) = (f[0..6].to_vec(), f[6..12].to_vec());
+        f[0..6].copy_from_slice(&b);
+        f[6..12].copy_from_slice(&a);
+        let (s, d) = (f[26..30].to_vec(), f[30..34].to_vec());
+        f[26..30].copy_from_slice(&d);
+        f[30..34].copy_from_slice(&s);
+        let (sp, dp) = (f[t..t + 2].to_vec(), f[t + 2..t + 4].to_vec());
+        f[t..t + 2].copy_from_slice(&dp);
+        f[t + 2..t + 4].copy_from_slice(&sp);
+    }
+    f
+}
+
+use crate::control::FromRelay;
+
+#[test]
+fn with_a_control_channel_the_guest_waits_for_the_first_rule_set() {
+    let mut c = start_controlled();
+    c.guest.write_all(&encode(&syn(8080))).unwrap();
+    // Nothing reaches passt before the rules.
+    c.passt
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert!(c.passt.read(&mut b).is_err());
+    c.passt
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    c.client
+        .send_rules(vec![allow_spec("192.0.2.1", "8080")], false)
+        .unwrap();
+    assert_eq!(
+        c.client.recv().unwrap(),
+        FromRelay::RulesApplied {
+            generation: 1,
+            cut_flows: 0
+        }
+    );
+    assert_eq!(read_frame(&mut c.passt), syn(8080));
+    drop(c.guest);
+    let (end, _, _) = c.relay.join().unwrap();
+    assert!(matches!(end, RelayEnd::Closed(Side::Guest)), "{end}");
+}
+
+#[test]
+fn a_new_rule_set_cuts_the_flows_it_denies_with_rsts_both_ways_and_reports_them() {
+    let mut c = start_controlled();
+    c.client
+        .send_rules(
+            vec![
+                allow_spec("192.0.2.1", "8080"),
+                allow_spec("192.0.2.1", "9090"),
+            ],
+            false,
+        )
+        .unwrap();
+    assert!(matches!(
+        c.client.recv().unwrap(),
+        FromRelay::RulesApplied { generation: 1, .. }
+    ));
+    // Two connections: guest SYN, passt's SYN-ACK (seq 5000), guest data.
+    for port in [8080, 9090] {
+        let syn = segment(port, crate::packet::TCP_SYN, 100, 0, true, &[]);
+        c.guest.write_all(&encode(&syn)).unwrap();
+        assert_eq!(read_frame(&mut c.passt), syn);
+        let synack = segment(
+            port,
+            crate::packet::TCP_SYN | crate::packet::TCP_ACK,
+            5000,
+            101,
+            false,
+            &[],
+        );
+        c.passt.write_all(&encode(&synack)).unwrap();
+        assert_eq!(read_frame(&mut c.guest), synack);
+        let data = segment(port, crate::packet::TCP_ACK, 101, 5001, true, b"hello");
+        c.guest.write_all(&encode(&data)).unwrap();
+        assert_eq!(read_frame(&mut c.passt), data);
+    }
+    // The new set keeps 8080 only.
+    c.client
+        .send_rules(vec![allow_spec("192.0.2.1", "8080")], false)
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(c.client.recv().unwrap());
+    }
+    assert!(
+        got.contains(&FromRelay::RulesApplied {
+            generation: 2,
+            cut_flows: 1
+        }),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&FromRelay::Denied {
+            protocol: "tcp".into(),
+            destination: "192.0.2.1".parse().unwrap(),
+            port: Some(9090),
+            host: None,
+            reason: "no rule allows".into(),
+            suppressed: 0,
+        }),
+        "{got:?}"
+    );
+    // The guest gets a RST from 192.0.2.1:9090 at passt's next sequence number...
+    let to_guest = read_frame(&mut c.guest);
+    let l4 = crate::packet::parse_l4(&to_guest).unwrap();
+    assert_eq!((l4.sport, l4.dport), (9090, 40000));
+    assert_eq!(l4.flags & crate::packet::TCP_RST, crate::packet::TCP_RST);
+    assert_eq!((l4.seq, l4.ack), (5001, 106));
+    assert_eq!(l4.dst_mac, to_guest[0..6]);
+    // ...and passt one from the guest at the guest's.
+    let to_passt = read_frame(&mut c.passt);
+    let l4 = crate::packet::parse_l4(&to_passt).unwrap();
+    assert_eq!(
+        (l4.sport, l4.dport, l4.seq, l4.ack),
+        (40000, 9090, 106, 5001)
+    );
+    assert_eq!(l4.flags & crate::packet::TCP_RST, crate::packet::TCP_RST);
+    // The kept flow still works.
+    let more = segment(8080, crate::packet::TCP_ACK, 106, 5001, true, b"x");
+    c.guest.write_all(&encode(&more)).unwrap();
+    assert_eq!(read_frame(&mut c.passt), more);
+    drop(c.guest);
+    let (_, stats, events) = c.relay.join().unwrap();
+    assert_eq!(stats.denied, 1);
+    assert!(events.iter().any(|e| matches!(e, Event::Cut { .. })));
+}
+
+#[test]
+fn bad_control_messages_are_dropped_and_the_old_rules_stay() {
+    let mut c = start_controlled();
+    c.client
+        .send_rules(vec![allow_spec("192.0.2.1", "8080")], false)
+        .unwrap();
+    assert!(matches!(
+        c.client.recv().unwrap(),
+        FromRelay::RulesApplied { generation: 1, .. }
+    ));
+    let raw = |b: &[u8]| {
+        rustix::net::send(&c.client, b, rustix::net::SendFlags::empty()).unwrap();
+    };
+    raw(b"\xff\xfe garbage");
+    raw(br#"{"type":"rules","dns":false}"#);
+    raw(&vec![b'{'; crate::control::MAX_MESSAGE + 1]);
+    c.client
+        .send_rules(vec![allow_spec("192.0.2.1", "0")], false)
+        .unwrap();
+    match c.client.recv().unwrap() {
+        FromRelay::RulesRejected { error } => {
+            assert!(error.contains("ports \"0\""), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Rule set 1 still applies.
+    c.guest.write_all(&encode(&syn(8080))).unwrap();
+    assert_eq!(read_frame(&mut c.passt), syn(8080));
+    c.guest.write_all(&encode(&syn(8081))).unwrap();
+    let rst = read_frame(&mut c.guest);
+    assert_eq!(
+        rst[14 + 20 + 13],
+        crate::packet::TCP_RST | crate::packet::TCP_ACK
+    );
+    match c.client.recv().unwrap() {
+        FromRelay::Denied { port, reason, .. } => {
+            assert_eq!((port, reason.as_str()), (Some(8081), "no rule allows"))
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(c.guest);
+    let (end, _, events) = c.relay.join().unwrap();
+    assert!(matches!(end, RelayEnd::Closed(Side::Guest)), "{end}");
+    let errors = events
+        .iter()
+        .filter(|e| matches!(e, Event::Control(_)))
+        .count();
+    assert_eq!(errors, 4, "{events:?}");
+}
+
+#[test]
+fn denial_reports_are_rate_limited_and_count_what_was_suppressed() {
+    let mut c = start_controlled();
+    c.client.send_rules(Vec::new(), false).unwrap();
+    assert!(matches!(
+        c.client.recv().unwrap(),
+        FromRelay::RulesApplied { .. }
+    ));
+    let n = DENIED_PER_SECOND as usize + 15;
+    for _ in 0..n {
+        c.guest.write_all(&encode(&syn(8081))).unwrap();
+        let _ = read_frame(&mut c.guest);
+    }
+    let mut reported = 0;
+    while let Some(m) = c.client.try_recv().unwrap() {
+        assert!(
+            matches!(m, FromRelay::Denied { suppressed: 0, .. }),
+            "{m:?}"
+        );
+        reported += 1;
+    }
+    assert_eq!(reported, DENIED_PER_SECOND as usize);
+    // After the window the next report carries the count of what was held back (unless
+    // the burst straddled a window edge, in which case fewer were suppressed).
+    std::thread::sleep(Duration::from_millis(1100));
+    c.guest.write_all(&encode(&syn(8081))).unwrap();
+    let _ = read_frame(&mut c.guest);
+    match c.client.recv().unwrap() {
+        FromRelay::Denied { suppressed, .. } => {
+            assert!((1..=15).contains(&suppressed), "{suppressed}")
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(c.guest);
+    let (_, stats, _) = c.relay.join().unwrap();
+    assert_eq!(stats.denied, n as u64 + 1);
+}
