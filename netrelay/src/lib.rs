@@ -5,6 +5,7 @@
 //!
 //! - [`control`]: the supervisor's control channel (rule updates in, denials and
 //!   counters out) and the client the supervisor uses.
+//! - [`dns`]: learns host names from passt's resolver's answers, for host-name rules.
 //! - [`rules`]: the rule set (isolation-policy's `FirewallRule`s plus DNS) and the bare
 //!   `--allow PROTO:DEST:PORTS` syntax.
 //! - [`packet`]: classifies each frame from the guest, builds RSTs and ICMP refusals.
@@ -12,6 +13,7 @@
 //! - [`sandbox`]: closing every other fd and the seccomp profile.
 
 pub mod control;
+pub mod dns;
 pub mod packet;
 pub mod relay;
 pub mod rules;

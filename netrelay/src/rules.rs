@@ -57,6 +57,18 @@ impl RuleSet {
 
     /// Whether a new flow of `protocol` to `ip`:`port` may start.
     pub fn check(&self, protocol: Protocol, ip: IpAddr, port: Option<u16>) -> Result<(), Denial> {
+        self.check_names(protocol, ip, port, &[])
+    }
+
+    /// [`RuleSet::check`], where `names` are the host names passt's resolver gave `ip` for
+    /// (a host-name rule matches when one of them does).
+    pub fn check_names(
+        &self,
+        protocol: Protocol,
+        ip: IpAddr,
+        port: Option<u16>,
+        names: &[&str],
+    ) -> Result<(), Denial> {
         if port == Some(DNS_PORT) && matches!(protocol, Protocol::Tcp | Protocol::Udp) {
             return if self.dns && self.resolvers.contains(&ip) {
                 Ok(())
@@ -64,14 +76,18 @@ impl RuleSet {
                 Err(Denial::Dns)
             };
         }
-        let target = NetTarget {
-            host: None,
+        let target = |host: Option<&str>| NetTarget {
+            host: host.map(str::to_string),
             ip: Some(ip),
             protocol,
             port,
         };
         for (i, rule) in self.rules.iter().enumerate() {
-            if rule.matches(&target) {
+            let matched = match rule.destination {
+                Destination::Host(_) => names.iter().any(|n| rule.matches(&target(Some(n)))),
+                _ => rule.matches(&target(None)),
+            };
+            if matched {
                 return match rule.action {
                     FirewallAction::Allow => Ok(()),
                     FirewallAction::Deny => Err(Denial::Rule {
@@ -91,13 +107,9 @@ pub enum AllowError {
     Shape { arg: String },
     #[error("--allow {arg:?}: {source}")]
     Part { arg: String, source: NetParseError },
-    #[error(
-        "--allow {arg:?}: host names are not supported by the relay yet; give an address or a CIDR"
-    )]
-    HostName { arg: String },
 }
 
-/// `PROTO:DEST:PORTS` (PROTO tcp|udp|icmp|any; DEST `*`, an address or CIDR, IPv6 in
+/// `PROTO:DEST:PORTS` (PROTO tcp|udp|icmp|any; DEST `*`, a host name, an address or CIDR, IPv6 in
 /// brackets; PORTS `80`, `80,443`, `8000-8080` or `*`; icmp takes no ports: `icmp:DEST`).
 /// `position` (1-based) becomes the rule's line, for denial messages.
 pub fn parse_allow(arg: &str, position: usize) -> Result<FirewallRule, AllowError> {
@@ -122,12 +134,8 @@ pub fn parse_allow(arg: &str, position: usize) -> Result<FirewallRule, AllowErro
             None => (rest, None),
         }
     };
+    // A host name matches the addresses passt's resolver answered for it (needs --dns).
     let destination: Destination = dest.parse().map_err(part)?;
-    if matches!(destination, Destination::Host(_)) {
-        return Err(AllowError::HostName {
-            arg: arg.to_string(),
-        });
-    }
     let ports = match ports {
         None | Some("*") => Vec::new(),
         Some(p) => p
@@ -193,10 +201,10 @@ mod tests {
             let e = parse_allow(bad, 1).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
-        assert!(matches!(
-            parse_allow("tcp:example.org:443", 1),
-            Err(AllowError::HostName { .. })
-        ));
+        assert_eq!(
+            parse_allow("tcp:*.example.org:443", 1).unwrap().destination,
+            Destination::Host("*.example.org".into())
+        );
     }
 
     #[test]
@@ -231,6 +239,51 @@ mod tests {
         // A wide rule does not open DNS to anyone else.
         assert_eq!(
             set.check(Protocol::Udp, ip("8.8.8.8"), Some(53)),
+            Err(Denial::Dns)
+        );
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn host_name_rules_match_only_through_the_names_learned_for_the_address() {
+        let set = RuleSet {
+            rules: vec![
+                parse_allow("tcp:*.example.org:443", 1).unwrap(),
+                parse_allow("tcp:api.test:443", 2).unwrap(),
+            ],
+            ..RuleSet::default()
+        };
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        assert_eq!(
+            set.check(Protocol::Tcp, ip, Some(443)),
+            Err(Denial::NoRuleAllows)
+        );
+        assert_eq!(
+            set.check_names(Protocol::Tcp, ip, Some(443), &["www.example.org"]),
+            Ok(())
+        );
+        assert_eq!(
+            set.check_names(Protocol::Tcp, ip, Some(443), &["other.net", "api.test"]),
+            Ok(())
+        );
+        assert!(set
+            .check_names(Protocol::Tcp, ip, Some(80), &["www.example.org"])
+            .is_err());
+        // `*.example.org` is its subdomains only; names never widen DNS.
+        assert!(set
+            .check_names(
+                Protocol::Tcp,
+                ip,
+                Some(443),
+                &["example.org", "evilexample.org"]
+            )
+            .is_err());
+        assert_eq!(
+            set.check_names(Protocol::Udp, ip, Some(53), &["www.example.org"]),
             Err(Denial::Dns)
         );
     }

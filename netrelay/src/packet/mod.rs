@@ -13,9 +13,11 @@
 //! ICMPv6 type 1 code 1), a denied ping nothing.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Instant;
 
 use isolation_policy::network::Protocol;
 
+use crate::dns::Names;
 use crate::rules::{Denial, RuleSet};
 
 pub const ETH_HLEN: usize = 14;
@@ -55,6 +57,34 @@ pub struct Flow {
     pub protocol: Protocol,
     pub dst: IpAddr,
     pub port: Option<u16>,
+    /// A name passt's resolver gave `dst` for, when the relay saw one.
+    pub host: Option<String>,
+}
+
+/// What a frame is checked against: the rules and the names learned from DNS answers.
+#[derive(Clone, Copy)]
+struct Cx<'a> {
+    rules: &'a RuleSet,
+    names: &'a Names,
+    /// Names the frame's flow was allowed through when it started.
+    flow_names: &'a [String],
+    now: Instant,
+}
+
+impl Cx<'_> {
+    fn check(&self, protocol: Protocol, ip: IpAddr, port: Option<u16>) -> Result<(), Denial> {
+        let mut names = self.names.names_for(ip, self.now);
+        names.extend(self.flow_names.iter().map(String::as_str));
+        self.rules.check_names(protocol, ip, port, &names)
+    }
+
+    fn host(&self, ip: IpAddr) -> Option<String> {
+        self.names
+            .names_for(ip, self.now)
+            .first()
+            .map(|s| s.to_string())
+            .or_else(|| self.flow_names.first().cloned())
+    }
 }
 
 /// What to do with one frame from the guest.
@@ -84,8 +114,26 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
     ]))
 }
 
-/// The verdict on `frame`, an Ethernet frame from the guest.
+/// The verdict on `frame`, an Ethernet frame from the guest, with no names known.
 pub fn classify(frame: &[u8], rules: &RuleSet) -> Verdict {
+    classify_with(frame, rules, &Names::default(), &[], Instant::now())
+}
+
+/// The verdict on `frame`, host-name rules matching through the names learned for its
+/// destination (`names`, at `now`) and those its flow started with (`flow_names`).
+pub fn classify_with(
+    frame: &[u8],
+    rules: &RuleSet,
+    names: &Names,
+    flow_names: &[String],
+    now: Instant,
+) -> Verdict {
+    let rules = Cx {
+        rules,
+        names,
+        flow_names,
+        now,
+    };
     let Some(ethertype) = be16(frame, 12) else {
         return Verdict::Drop(DropReason::Truncated);
     };
@@ -109,7 +157,7 @@ struct Ip<'a> {
     payload: &'a [u8],
 }
 
-fn ipv4<'a>(frame: &'a [u8], l3: &'a [u8], rules: &RuleSet) -> Verdict {
+fn ipv4<'a>(frame: &'a [u8], l3: &'a [u8], rules: Cx<'_>) -> Verdict {
     if l3.len() < 20 {
         return Verdict::Drop(DropReason::Truncated);
     }
@@ -144,7 +192,7 @@ fn ipv4<'a>(frame: &'a [u8], l3: &'a [u8], rules: &RuleSet) -> Verdict {
     }
 }
 
-fn ipv6<'a>(frame: &'a [u8], l3: &'a [u8], rules: &RuleSet) -> Verdict {
+fn ipv6<'a>(frame: &'a [u8], l3: &'a [u8], rules: Cx<'_>) -> Verdict {
     if l3.len() < 40 {
         return Verdict::Drop(DropReason::Truncated);
     }
@@ -205,7 +253,7 @@ fn ipv6<'a>(frame: &'a [u8], l3: &'a [u8], rules: &RuleSet) -> Verdict {
     Verdict::Drop(DropReason::ExtensionHeader(next))
 }
 
-fn tcp(frame: &[u8], ip: Ip<'_>, rules: &RuleSet) -> Verdict {
+fn tcp(frame: &[u8], ip: Ip<'_>, rules: Cx<'_>) -> Verdict {
     let p = ip.payload;
     if p.len() < 20 {
         return Verdict::Drop(DropReason::Truncated);
@@ -228,6 +276,7 @@ fn tcp(frame: &[u8], ip: Ip<'_>, rules: &RuleSet) -> Verdict {
                     protocol: Protocol::Tcp,
                     dst: ip.dst,
                     port: Some(port),
+                    host: rules.host(ip.dst),
                 },
                 denial,
             }
@@ -235,7 +284,7 @@ fn tcp(frame: &[u8], ip: Ip<'_>, rules: &RuleSet) -> Verdict {
     }
 }
 
-fn udp(frame: &[u8], ip: Ip<'_>, rules: &RuleSet) -> Verdict {
+fn udp(frame: &[u8], ip: Ip<'_>, rules: Cx<'_>) -> Verdict {
     let p = ip.payload;
     if p.len() < 8 {
         return Verdict::Drop(DropReason::Truncated);
@@ -259,13 +308,14 @@ fn udp(frame: &[u8], ip: Ip<'_>, rules: &RuleSet) -> Verdict {
                 protocol: Protocol::Udp,
                 dst: ip.dst,
                 port: Some(dport),
+                host: rules.host(ip.dst),
             },
             denial,
         },
     }
 }
 
-fn ping(ip: Ip<'_>, rules: &RuleSet) -> Verdict {
+fn ping(ip: Ip<'_>, rules: Cx<'_>) -> Verdict {
     match rules.check(Protocol::Icmp, ip.dst, None) {
         Ok(()) => Verdict::Forward,
         Err(d) => Verdict::Drop(DropReason::Denied(d)),

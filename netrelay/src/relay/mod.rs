@@ -20,11 +20,12 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::net::{RecvFlags, SendFlags};
 
 use crate::control::{self, ControlError, FromRelay, ToRelay};
+use crate::dns::Names;
 use crate::packet::{
-    classify, parse_l4, tcp_rst_frame, DropReason, Endpoint, Flow, Verdict, IPPROTO_TCP, TCP_ACK,
-    TCP_RST,
+    classify_with, parse_l4, tcp_rst_frame, DropReason, Endpoint, Flow, Verdict, IPPROTO_TCP,
+    IPPROTO_UDP, L4, TCP_ACK, TCP_RST,
 };
-use crate::rules::{Denial, RuleSet};
+use crate::rules::{Denial, RuleSet, DNS_PORT};
 use crate::stream::{encode, FrameReader, StreamError};
 
 /// Bytes waiting for one side before the relay stops reading what would add to them.
@@ -177,6 +178,7 @@ pub fn run_with(
 ) -> RelayEnd {
     let mut relay = Relay {
         rules,
+        names: Names::default(),
         flows: FlowTable::default(),
         generation: 0,
         control: control.map(|fd| Control::new(fd.as_fd())),
@@ -189,6 +191,7 @@ pub fn run_with(
 
 struct Relay<'a> {
     rules: RuleSet,
+    names: Names,
     flows: FlowTable,
     generation: u64,
     control: Option<Control<'a>>,
@@ -266,6 +269,7 @@ impl Relay<'_> {
                 read_side(passt, Side::Passt, &mut buf, &mut from_passt, &mut frames)?;
                 for f in frames.drain(..) {
                     self.flows.saw_passt(&f);
+                    self.learn(&f);
                     stats.to_guest += 1;
                     stats.bytes_to_guest += f.len() as u64;
                     to_guest.push(&f);
@@ -275,6 +279,7 @@ impl Relay<'_> {
             if now >= next_tick {
                 next_tick = now + STATS_EVERY;
                 self.flows.expire(now);
+                self.names.expire(now);
                 if let Some(c) = &mut self.control {
                     c.stats(stats);
                 }
@@ -292,9 +297,16 @@ impl Relay<'_> {
         to_passt: &mut Out,
         on_event: &mut dyn FnMut(&Event),
     ) {
-        match classify(f, &self.rules) {
+        let now = Instant::now();
+        // A flow allowed through a name stays allowed by it after the name's TTL.
+        let flow_names: Vec<String> = parse_l4(f)
+            .and_then(|l4| self.flows.map.get(&FlowKey::outbound(&l4)))
+            .map(|s| s.names.clone())
+            .unwrap_or_default();
+        match classify_with(f, &self.rules, &self.names, &flow_names, now) {
             Verdict::Forward => {
-                self.flows.saw_guest(f);
+                self.flows.saw_guest(f, &self.names, now);
+                self.note_query(f, now);
                 stats.to_passt += 1;
                 stats.bytes_to_passt += f.len() as u64;
                 to_passt.push(f);
@@ -323,7 +335,39 @@ impl Relay<'_> {
 
     fn report(&mut self, flow: &Flow, denial: &Denial) {
         if let Some(c) = &mut self.control {
-            c.denied(flow, None, denial);
+            c.denied(flow, denial);
+        }
+    }
+
+    fn host(&self, ip: IpAddr) -> Option<String> {
+        self.names
+            .names_for(ip, Instant::now())
+            .first()
+            .map(|s| s.to_string())
+    }
+
+    /// A DNS query the guest sent to passt's resolver (forwarded, so allowed).
+    fn note_query(&mut self, f: &[u8], now: Instant) {
+        if let Some(l4) = parse_l4(f) {
+            if l4.proto == IPPROTO_UDP
+                && l4.dport == DNS_PORT
+                && self.rules.resolvers.contains(&l4.dst)
+            {
+                self.names.query(l4.dst, l4.sport, l4.payload, now);
+            }
+        }
+    }
+
+    /// An answer from passt's resolver on its way to the guest: host-name rules follow it.
+    fn learn(&mut self, f: &[u8]) {
+        if let Some(l4) = parse_l4(f) {
+            if l4.proto == IPPROTO_UDP
+                && l4.sport == DNS_PORT
+                && self.rules.resolvers.contains(&l4.src)
+            {
+                self.names
+                    .answer(l4.src, l4.dport, l4.payload, Instant::now());
+            }
         }
     }
 
@@ -384,13 +428,16 @@ impl Relay<'_> {
         to_passt: &mut Out,
         on_event: &mut dyn FnMut(&Event),
     ) -> u32 {
+        let now = Instant::now();
         let denied: Vec<(FlowKey, Denial)> = self
             .flows
             .map
-            .keys()
-            .filter_map(|k| {
+            .iter()
+            .filter_map(|(k, state)| {
+                let mut names = self.names.names_for(k.remote, now);
+                names.extend(state.names.iter().map(String::as_str));
                 self.rules
-                    .check(k.protocol(), k.remote, Some(k.remote_port))
+                    .check_names(k.protocol(), k.remote, Some(k.remote_port), &names)
                     .err()
                     .map(|d| (*k, d))
             })
@@ -411,6 +458,7 @@ impl Relay<'_> {
                 protocol: key.protocol(),
                 dst: key.remote,
                 port: Some(key.remote_port),
+                host: self.host(key.remote),
             };
             self.report(&flow, &denial);
             on_event(&Event::Cut { flow, denial });
@@ -466,7 +514,7 @@ impl<'a> Control<'a> {
         }
     }
 
-    fn denied(&mut self, flow: &Flow, host: Option<String>, denial: &Denial) {
+    fn denied(&mut self, flow: &Flow, denial: &Denial) {
         if self.window.elapsed() >= Duration::from_secs(1) {
             self.window = Instant::now();
             self.used = 0;
@@ -479,7 +527,7 @@ impl<'a> Control<'a> {
             protocol: flow.protocol.name().to_string(),
             destination: flow.dst,
             port: flow.port,
-            host,
+            host: flow.host.clone(),
             reason: denial.to_string(),
             suppressed: self.suppressed,
         };
@@ -513,6 +561,17 @@ struct FlowKey {
 }
 
 impl FlowKey {
+    /// The flow of a frame from the guest.
+    fn outbound(l4: &L4<'_>) -> Self {
+        FlowKey {
+            proto: l4.proto,
+            guest: l4.src,
+            guest_port: l4.sport,
+            remote: l4.dst,
+            remote_port: l4.dport,
+        }
+    }
+
     fn protocol(&self) -> Protocol {
         if self.proto == IPPROTO_TCP {
             Protocol::Tcp
@@ -522,8 +581,10 @@ impl FlowKey {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct FlowState {
+    /// The names passt's resolver had given the remote address when the flow started.
+    names: Vec<String>,
     guest_mac: [u8; 6],
     remote_mac: [u8; 6],
     /// The sequence number after the guest's latest segment.
@@ -574,20 +635,13 @@ fn seq_after(a: u32, b: u32) -> bool {
 }
 
 impl FlowTable {
-    fn saw_guest(&mut self, f: &[u8]) {
+    fn saw_guest(&mut self, f: &[u8], names: &Names, now: Instant) {
         let Some(l4) = parse_l4(f) else { return };
-        let key = FlowKey {
-            proto: l4.proto,
-            guest: l4.src,
-            guest_port: l4.sport,
-            remote: l4.dst,
-            remote_port: l4.dport,
-        };
+        let key = FlowKey::outbound(&l4);
         if l4.flags & TCP_RST != 0 {
             self.map.remove(&key);
             return;
         }
-        let now = Instant::now();
         let ack = (l4.flags & TCP_ACK != 0).then_some(l4.ack);
         if let Some(s) = self.map.get_mut(&key) {
             if seq_after(l4.seq_end(), s.guest_next) {
@@ -601,6 +655,11 @@ impl FlowTable {
             self.map.insert(
                 key,
                 FlowState {
+                    names: names
+                        .names_for(l4.dst, now)
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect(),
                     guest_mac: l4.src_mac,
                     remote_mac: l4.dst_mac,
                     guest_next: l4.seq_end(),
@@ -637,13 +696,7 @@ impl FlowTable {
     /// A refused frame's flow is gone (the guest got a RST or an ICMP error).
     fn forget(&mut self, f: &[u8]) {
         if let Some(l4) = parse_l4(f) {
-            self.map.remove(&FlowKey {
-                proto: l4.proto,
-                guest: l4.src,
-                guest_port: l4.sport,
-                remote: l4.dst,
-                remote_port: l4.dport,
-            });
+            self.map.remove(&FlowKey::outbound(&l4));
         }
     }
 

@@ -497,3 +497,174 @@ fn denial_reports_are_rate_limited_and_count_what_was_suppressed() {
     let (_, stats, _) = c.relay.join().unwrap();
     assert_eq!(stats.denied, n as u64 + 1);
 }
+
+/// An IPv4 UDP frame `src`:`sport` -> `dst`:`dport` (guest MAC 02:00:00:00:00:02,
+/// passt's 9a:9a:…); `to_guest` swaps the MACs.
+fn udp4(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    payload: &[u8],
+    to_guest: bool,
+) -> Vec<u8> {
+    let guest_mac = [2u8, 0, 0, 0, 0, 2];
+    let passt_mac = [0x9au8; 6];
+    let mut f = Vec::new();
+    if to_guest {
+        f.extend_from_slice(&guest_mac);
+        f.extend_from_slice(&passt_mac);
+    } else {
+        f.extend_from_slice(&passt_mac);
+        f.extend_from_slice(&guest_mac);
+    }
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+fn dns_name(n: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for l in n.split('.') {
+        out.push(l.len() as u8);
+        out.extend_from_slice(l.as_bytes());
+    }
+    out.push(0);
+    out
+}
+
+/// A DNS message for `q`: a query, or an answer giving `a` for it.
+fn dns(id: u16, q: &str, a: Option<[u8; 4]>) -> Vec<u8> {
+    let mut m = id.to_be_bytes().to_vec();
+    m.extend_from_slice(if a.is_some() {
+        &[0x81, 0x80]
+    } else {
+        &[0x01, 0x00]
+    });
+    m.extend_from_slice(&[0, 1, 0, u8::from(a.is_some()), 0, 0, 0, 0]);
+    m.extend(dns_name(q));
+    m.extend_from_slice(&[0, 1, 0, 1]);
+    if let Some(ip) = a {
+        m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0x0e, 0x10, 0, 4]);
+        m.extend_from_slice(&ip);
+    }
+    m
+}
+
+const RESOLVER: [u8; 4] = [192, 0, 2, 53];
+const GUEST: [u8; 4] = [192, 0, 2, 2];
+
+/// A SYN from the guest to `dst`:443.
+fn syn_to(dst: [u8; 4]) -> Vec<u8> {
+    let mut f = syn(443);
+    f[30..34].copy_from_slice(&dst);
+    f
+}
+
+#[test]
+fn a_host_name_rule_allows_the_addresses_the_resolver_answered_and_nothing_the_guest_claims() {
+    let (guest, relay_guest) = UnixStream::pair().unwrap();
+    let (passt, relay_passt) = UnixStream::pair().unwrap();
+    for s in [&guest, &passt] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    let (ours, theirs) = crate::control::socketpair().unwrap();
+    let mut client = crate::control::Client::new(ours).unwrap();
+    let relay = std::thread::spawn(move || {
+        let (g, p): (OwnedFd, OwnedFd) = (relay_guest.into(), relay_passt.into());
+        let mut stats = Stats::default();
+        let rules = RuleSet {
+            resolvers: vec![IpAddr::from(RESOLVER)],
+            ..RuleSet::default()
+        };
+        run_with(&g, &p, Some(&theirs), rules, &mut stats, &mut |_| {})
+    });
+    let (mut guest, mut passt) = (guest, passt);
+    client
+        .send_rules(
+            vec![crate::control::RuleSpec {
+                dest: "*.example.org".into(),
+                ..allow_spec("*", "443")
+            }],
+            true,
+        )
+        .unwrap();
+    assert!(matches!(
+        client.recv().unwrap(),
+        FromRelay::RulesApplied { .. }
+    ));
+    // The guest sends an "answer" to the resolver (DNS is allowed, so passt gets it):
+    // nothing is learned from it.
+    let forged = udp4(
+        GUEST,
+        40000,
+        RESOLVER,
+        53,
+        &dns(1, "www.example.org", Some([203, 0, 113, 9])),
+        false,
+    );
+    guest.write_all(&encode(&forged)).unwrap();
+    assert_eq!(read_frame(&mut passt), forged);
+    guest.write_all(&encode(&syn_to([203, 0, 113, 9]))).unwrap();
+    let rst = read_frame(&mut guest);
+    assert_eq!(
+        rst[14 + 20 + 13] & crate::packet::TCP_RST,
+        crate::packet::TCP_RST
+    );
+    assert!(matches!(
+        client.recv().unwrap(),
+        FromRelay::Denied { host: None, .. }
+    ));
+    // A real lookup: query to the resolver, answer from it.
+    let q = udp4(
+        GUEST,
+        40001,
+        RESOLVER,
+        53,
+        &dns(2, "www.example.org", None),
+        false,
+    );
+    guest.write_all(&encode(&q)).unwrap();
+    assert_eq!(read_frame(&mut passt), q);
+    let a = udp4(
+        RESOLVER,
+        53,
+        GUEST,
+        40001,
+        &dns(2, "www.example.org", Some([203, 0, 113, 9])),
+        true,
+    );
+    passt.write_all(&encode(&a)).unwrap();
+    assert_eq!(read_frame(&mut guest), a);
+    guest.write_all(&encode(&syn_to([203, 0, 113, 9]))).unwrap();
+    assert_eq!(read_frame(&mut passt), syn_to([203, 0, 113, 9]));
+    // Port 80 to the same address is still denied, and the report names the host.
+    let mut s80 = syn_to([203, 0, 113, 9]);
+    s80[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&80u16.to_be_bytes());
+    guest.write_all(&encode(&s80)).unwrap();
+    let _ = read_frame(&mut guest);
+    assert_eq!(
+        client.recv().unwrap(),
+        FromRelay::Denied {
+            protocol: "tcp".into(),
+            destination: "203.0.113.9".parse().unwrap(),
+            port: Some(80),
+            host: Some("www.example.org".into()),
+            reason: "no rule allows".into(),
+            suppressed: 0,
+        }
+    );
+    drop(guest);
+    let end = relay.join().unwrap();
+    assert!(matches!(end, RelayEnd::Closed(Side::Guest)), "{end}");
+}
