@@ -598,6 +598,69 @@ pub fn parse_l4(frame: &[u8]) -> Option<L4<'_>> {
     }
 }
 
+/// What a dropped frame tried to reach, for a denial report: (protocol name, destination,
+/// port), or `None` when the drop is not a denial (truncated, malformed, not IP) or says
+/// nothing about a destination. Bounded like [`classify`]; never panics.
+pub fn drop_report(
+    frame: &[u8],
+    reason: &DropReason,
+) -> Option<(String, IpAddr, Option<u16>, String)> {
+    let why = match reason {
+        DropReason::Denied(d) => d.to_string(),
+        DropReason::Fragment => "IP fragments are not relayed".to_string(),
+        DropReason::Protocol(p) => format!("IP protocol {p} is not relayed"),
+        DropReason::ExtensionHeader(h) => format!("IPv6 extension header {h} is not relayed"),
+        DropReason::IcmpType(t) => format!("ICMP type {t} is not relayed"),
+        DropReason::Truncated | DropReason::Malformed | DropReason::EtherType(_) => return None,
+    };
+    let l3 = frame.get(ETH_HLEN..)?;
+    let (dst, proto, l4, first) = match be16(frame, 12)? {
+        ETHERTYPE_IPV4 => {
+            let ihl = usize::from(*l3.first()? & 0x0f) * 4;
+            let dst = IpAddr::V4(Ipv4Addr::new(
+                *l3.get(16)?,
+                *l3.get(17)?,
+                *l3.get(18)?,
+                *l3.get(19)?,
+            ));
+            let first = be16(l3, 6)? & 0x1fff == 0;
+            (dst, *l3.get(9)?, l3.get(ihl..), first)
+        }
+        ETHERTYPE_IPV6 => {
+            let o: [u8; 16] = l3.get(24..40)?.try_into().ok()?;
+            let (mut next, mut at, mut first) = (*l3.get(6)?, 40usize, true);
+            for _ in 0..=MAX_EXT_HEADERS {
+                match next {
+                    0 | 60 => {
+                        let len = usize::from(*l3.get(at + 1)?);
+                        next = *l3.get(at)?;
+                        at += (len + 1) * 8;
+                    }
+                    44 => {
+                        first = be16(l3, at + 2)? & 0xfff8 == 0;
+                        next = *l3.get(at)?;
+                        at += 8;
+                    }
+                    _ => break,
+                }
+            }
+            (IpAddr::V6(Ipv6Addr::from(o)), next, l3.get(at..), first)
+        }
+        _ => return None,
+    };
+    let name = match proto {
+        IPPROTO_TCP => "tcp".to_string(),
+        IPPROTO_UDP => "udp".to_string(),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => "icmp".to_string(),
+        p => format!("ip-proto-{p}"),
+    };
+    let port = match (proto, first) {
+        (IPPROTO_TCP | IPPROTO_UDP, true) => l4.and_then(|p| be16(p, 2)),
+        _ => None,
+    };
+    Some((name, dst, port, why))
+}
+
 /// One end of a TCP connection, for [`tcp_rst_frame`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint {

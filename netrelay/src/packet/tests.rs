@@ -474,7 +474,23 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(f in proptest::collection::vec(any::<u8>(), 0..200)) {
         let _ = classify(&f, &rules());
-        let _ = classify(&f, &RuleSet::default());
+        if let Verdict::Drop(d) = classify(&f, &RuleSet::default()) {
+            let _ = drop_report(&f, &d);
+        }
+        let _ = parse_l4(&f);
+    }
+
+    #[test]
+    fn every_generated_drop_that_is_a_denial_names_its_destination(g in gen()) {
+        let f = build(&g);
+        if let Verdict::Drop(d) = classify(&f, &rules()) {
+            let denial = matches!(
+                d,
+                DropReason::Denied(_) | DropReason::Fragment | DropReason::Protocol(_)
+                    | DropReason::ExtensionHeader(_) | DropReason::IcmpType(_)
+            );
+            prop_assert_eq!(drop_report(&f, &d).is_some(), denial && !g.vlan, "{:?} {:?}", d, g);
+        }
     }
 
     #[test]
@@ -487,4 +503,31 @@ proptest! {
         f.extend(rest);
         let _ = classify(&f, &rules());
     }
+}
+
+#[test]
+fn drop_reports_name_protocol_destination_and_port_where_known() {
+    // An IPv4 first fragment of TCP to 8080: its port is known.
+    let mut t = vec![0u8; 20];
+    t[2..4].copy_from_slice(&8080u16.to_be_bytes());
+    t[12] = 5 << 4;
+    let first = ipv4(IPPROTO_TCP, GW4, 0x2000, &t);
+    let (p, dst, port, why) = drop_report(&first, &DropReason::Fragment).unwrap();
+    assert_eq!(
+        (p.as_str(), dst, port),
+        ("tcp", IpAddr::from(GW4), Some(8080))
+    );
+    assert_eq!(why, "IP fragments are not relayed");
+    // A later fragment: no port (its bytes are data, not a header).
+    let later = ipv4(IPPROTO_TCP, GW4, 0x0010, &t);
+    assert_eq!(drop_report(&later, &DropReason::Fragment).unwrap().2, None);
+    // IPv6 behind a fragment header: the protocol inside it.
+    let mut fh = vec![IPPROTO_UDP, 0, 0, 0x08, 0, 0, 0, 1];
+    fh.extend_from_slice(&[0; 8]);
+    let v6 = ipv6(44, GW6, &fh);
+    let (p, dst, port, _) = drop_report(&v6, &DropReason::Fragment).unwrap();
+    assert_eq!((p.as_str(), dst, port), ("udp", IpAddr::from(GW6), None));
+    // Garbage is not a denial.
+    assert_eq!(drop_report(&first[..20], &DropReason::Truncated), None);
+    assert_eq!(drop_report(&first, &DropReason::Malformed), None);
 }

@@ -22,8 +22,8 @@ use rustix::net::{RecvFlags, SendFlags};
 use crate::control::{self, ControlError, FromRelay, ToRelay};
 use crate::dns::Names;
 use crate::packet::{
-    classify_with, parse_l4, tcp_rst_frame, DropReason, Endpoint, Flow, Verdict, IPPROTO_TCP,
-    IPPROTO_UDP, L4, TCP_ACK, TCP_RST,
+    classify_with, drop_report, parse_l4, tcp_rst_frame, DropReason, Endpoint, Flow, Verdict,
+    IPPROTO_TCP, IPPROTO_UDP, L4, TCP_ACK, TCP_RST,
 };
 use crate::rules::{Denial, RuleSet, DNS_PORT};
 use crate::stream::{encode, FrameReader, StreamError};
@@ -325,8 +325,14 @@ impl Relay<'_> {
             }
             Verdict::Drop(d) => {
                 stats.dropped += 1;
-                if let DropReason::Denied(_) = d {
+                // Denied pings and RSTs, fragments, protocols and ICMP types the relay
+                // does not pass: denials too, reported with what they tried to reach.
+                if let Some((protocol, dst, port, reason)) = drop_report(f, &d) {
                     stats.denied += 1;
+                    let host = self.host(dst);
+                    if let Some(c) = &mut self.control {
+                        c.denied(protocol, dst, port, host, reason);
+                    }
                 }
                 on_event(&Event::Dropped(d));
             }
@@ -335,7 +341,13 @@ impl Relay<'_> {
 
     fn report(&mut self, flow: &Flow, denial: &Denial) {
         if let Some(c) = &mut self.control {
-            c.denied(flow, denial);
+            c.denied(
+                flow.protocol.name().to_string(),
+                flow.dst,
+                flow.port,
+                flow.host.clone(),
+                denial.to_string(),
+            );
         }
     }
 
@@ -514,7 +526,14 @@ impl<'a> Control<'a> {
         }
     }
 
-    fn denied(&mut self, flow: &Flow, denial: &Denial) {
+    fn denied(
+        &mut self,
+        protocol: String,
+        destination: IpAddr,
+        port: Option<u16>,
+        host: Option<String>,
+        reason: String,
+    ) {
         if self.window.elapsed() >= Duration::from_secs(1) {
             self.window = Instant::now();
             self.used = 0;
@@ -524,11 +543,11 @@ impl<'a> Control<'a> {
             return;
         }
         let msg = FromRelay::Denied {
-            protocol: flow.protocol.name().to_string(),
-            destination: flow.dst,
-            port: flow.port,
-            host: flow.host.clone(),
-            reason: denial.to_string(),
+            protocol,
+            destination,
+            port,
+            host,
+            reason,
             suppressed: self.suppressed,
         };
         if self.send(&msg) {

@@ -668,3 +668,75 @@ fn a_host_name_rule_allows_the_addresses_the_resolver_answered_and_nothing_the_g
     let end = relay.join().unwrap();
     assert!(matches!(end, RelayEnd::Closed(Side::Guest)), "{end}");
 }
+
+#[test]
+fn every_denial_path_is_reported_on_the_control_channel() {
+    let mut c = start_controlled();
+    c.client
+        .send_rules(vec![allow_spec("192.0.2.1", "8080")], false)
+        .unwrap();
+    assert!(matches!(
+        c.client.recv().unwrap(),
+        FromRelay::RulesApplied { .. }
+    ));
+    let t = 14 + 20;
+    // Denied TCP: a RST back.
+    c.guest.write_all(&encode(&syn(22))).unwrap();
+    assert_eq!(
+        read_frame(&mut c.guest)[t + 13] & crate::packet::TCP_RST,
+        crate::packet::TCP_RST
+    );
+    // Denied UDP: ICMP administratively prohibited back.
+    let udp = udp4(GUEST, 5000, [192, 0, 2, 1], 9999, b"x", false);
+    c.guest.write_all(&encode(&udp)).unwrap();
+    let icmp = read_frame(&mut c.guest);
+    assert_eq!((icmp[14 + 9], icmp[t], icmp[t + 1]), (1, 3, 13));
+    // Denied RST and ping: nothing back.
+    let mut rst = syn(23);
+    rst[t + 13] = crate::packet::TCP_RST;
+    c.guest.write_all(&encode(&rst)).unwrap();
+    let mut ping = syn(0);
+    ping[14 + 9] = 1;
+    ping[t..t + 8].copy_from_slice(&[8, 0, 0, 0, 0, 1, 0, 1]);
+    c.guest.write_all(&encode(&ping)).unwrap();
+    // A fragment of an allowed flow and an unknown protocol (GRE).
+    let mut frag = syn(8080);
+    frag[14 + 6] = 0x20;
+    c.guest.write_all(&encode(&frag)).unwrap();
+    let mut gre = syn(8080);
+    gre[14 + 9] = 47;
+    c.guest.write_all(&encode(&gre)).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        match c.client.recv().unwrap() {
+            FromRelay::Denied {
+                protocol,
+                destination,
+                port,
+                reason,
+                ..
+            } => {
+                assert_eq!(destination, IpAddr::from([192, 0, 2, 1]));
+                got.push((protocol, port, reason));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let want = [
+        ("tcp", Some(22), "no rule allows"),
+        ("udp", Some(9999), "no rule allows"),
+        ("tcp", Some(23), "no rule allows"),
+        ("icmp", None, "no rule allows"),
+        ("tcp", Some(8080), "IP fragments are not relayed"),
+        ("ip-proto-47", None, "IP protocol 47 is not relayed"),
+    ];
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!((g.0.as_str(), g.1, g.2.as_str()), w, "{got:?}");
+    }
+    // Nothing of it reached passt: the next frame there is an allowed SYN.
+    c.guest.write_all(&encode(&syn(8080))).unwrap();
+    assert_eq!(read_frame(&mut c.passt), syn(8080));
+    drop(c.guest);
+    let (_, stats, _) = c.relay.join().unwrap();
+    assert_eq!(stats.denied, 6);
+}
