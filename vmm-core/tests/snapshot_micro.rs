@@ -272,3 +272,110 @@ fn a_snapshot_restored_with_another_memory_size_is_refused() {
     let err = builder::restore(&kvm, cfg, &mut snap).err().unwrap();
     assert!(err.to_string().contains("does not fit"), "{err}");
 }
+
+/// `mov [addr], value` (32 bits), to RAM or a device register.
+fn store32(asm: &mut Asm, addr: u64, value: u32) {
+    asm.mov_rbx(addr).mov_eax(value).store_eax_rbx();
+}
+
+/// A guest that sets up virtio-rng (window 2 without a display: keyboard, console, rng),
+/// prints READY, waits for a byte on COM1, then asks the device for 8 random bytes,
+/// prints them and resets. Snapshotted while it waits, each restore draws its own bytes.
+fn rng_guest() -> Asm {
+    const BASE: u64 = vmm_core::layout::VIRTIO_MMIO_BASE + 2 * vmm_core::layout::VIRTIO_MMIO_SIZE;
+    const DESC: u64 = 0x20_0000;
+    const AVAIL: u64 = 0x20_1000;
+    const USED: u64 = 0x20_2000;
+    const DATA: u64 = 0x20_3000;
+    let mut asm = Asm::new();
+    // Probe: reset, ACKNOWLEDGE, DRIVER, VERSION_1, FEATURES_OK, queue 0 of 8, DRIVER_OK.
+    for (reg, value) in [
+        (0x070, 0),
+        (0x070, 1),
+        (0x070, 3),
+        (0x024, 1),
+        (0x020, 1),
+        (0x024, 0),
+        (0x020, 0),
+        (0x070, 0xb),
+        (0x030, 0),
+        (0x038, 8),
+        (0x080, DESC as u32),
+        (0x084, 0),
+        (0x090, AVAIL as u32),
+        (0x094, 0),
+        (0x0a0, USED as u32),
+        (0x0a4, 0),
+        (0x044, 1),
+        (0x070, 0xf),
+    ] {
+        store32(&mut asm, BASE + reg, value);
+    }
+    // One device-writable descriptor of 8 bytes, ring[0] = head 0.
+    store32(&mut asm, DESC, DATA as u32);
+    store32(&mut asm, DESC + 4, 0);
+    store32(&mut asm, DESC + 8, 8);
+    store32(&mut asm, DESC + 12, 2);
+    store32(&mut asm, AVAIL + 4, 0);
+    asm.print("READY\n");
+    // Until COM1 has a byte: the line status register reads 0x60 when idle.
+    asm.mov_dx(0x3fd);
+    let wait = asm.here();
+    asm.in_al().cmp_al(0x60);
+    let got = asm.jne();
+    asm.jmp_back(wait);
+    asm.bind(got);
+    store32(&mut asm, AVAIL, 1 << 16); // avail idx 1
+    store32(&mut asm, BASE + 0x050, 0); // QueueNotify
+    let poll = asm.here();
+    asm.mov_rbx(USED).load_eax_rbx().cmp_eax(1 << 16);
+    let done = asm.jne();
+    let out = asm.jmp();
+    asm.bind(done).jmp_back(poll).bind(out);
+    asm.mov_rsi(DATA)
+        .mov_ecx(8)
+        .mov_dx(0x3f8)
+        .rep_outsb()
+        .reset();
+    asm
+}
+
+#[test]
+fn two_restores_of_one_snapshot_draw_different_virtio_rng_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let kvm = kvm();
+    let out = Captured::default();
+    let boot = BootSource::Raw {
+        code: rng_guest().code,
+        load_addr: LOAD_ADDR,
+    };
+    let p = builder::build(&kvm, config(boot, &out))
+        .unwrap()
+        .start()
+        .unwrap();
+    out.wait_for(b"READY\n".len());
+    let files = SnapshotFiles::create(dir.path()).unwrap();
+    p.snapshot(&kvm, &files, 0, serde_json::Value::Null)
+        .unwrap();
+    p.finish();
+
+    let draw = || {
+        let (p, out) = restore(dir.path(), false).unwrap();
+        p.serial().lock().unwrap().enqueue_input(b"g");
+        assert_eq!(
+            p.wait_timeout(WAIT),
+            Some(vmm_core::devices::StopReason::Reset)
+        );
+        p.finish();
+        let bytes = out.bytes();
+        assert_eq!(bytes.len(), 8, "restored guest printed {bytes:?}");
+        bytes
+    };
+    let (a, b) = (draw(), draw());
+    eprintln!("clone A {a:02x?}, clone B {b:02x?}");
+    assert_ne!(a, b, "two clones drew the same random bytes");
+    assert!(
+        a != [0; 8] && b != [0; 8],
+        "the device did not fill the buffer"
+    );
+}

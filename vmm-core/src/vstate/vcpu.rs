@@ -387,7 +387,7 @@ pub struct VcpuState {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum FpuState {
     Xsave(Box<kvm_bindings::kvm_xsave>),
-    Legacy(LegacyFpu),
+    Legacy(Box<LegacyFpu>),
 }
 
 /// `kvm_fpu`, which kvm-bindings does not serialise.
@@ -485,7 +485,9 @@ impl Vcpu {
             Ok(x) => FpuState::Xsave(Box::new(x)),
             Err(_) => {
                 unavailable.push("xsave".to_string());
-                FpuState::Legacy(self.fd.get_fpu().map_err(err("KVM_GET_FPU"))?.into())
+                FpuState::Legacy(Box::new(
+                    self.fd.get_fpu().map_err(err("KVM_GET_FPU"))?.into(),
+                ))
             }
         };
         let xcrs = match self.fd.get_xcrs() {
@@ -628,7 +630,10 @@ impl Vcpu {
             // KVM_GET_XSAVE; the CPUID set above is the one it was saved under, so KVM
             // expects no larger (XSAVE2) buffer.
             FpuState::Xsave(x) => unsafe { self.fd.set_xsave(x) }.map_err(err("KVM_SET_XSAVE"))?,
-            FpuState::Legacy(f) => self.fd.set_fpu(&f.into()).map_err(err("KVM_SET_FPU"))?,
+            FpuState::Legacy(f) => self
+                .fd
+                .set_fpu(&f.as_ref().into())
+                .map_err(err("KVM_SET_FPU"))?,
         }
         if let Some(xcrs) = &state.xcrs {
             self.fd.set_xcrs(xcrs).map_err(err("KVM_SET_XCRS"))?;
