@@ -123,7 +123,8 @@ pub fn check_memory_file(
     }
     if (meta.mtime(), meta.mtime_nsec()) != (record.mtime_sec, record.mtime_nsec) {
         return Err(SnapshotError::MemoryFile(
-            "was modified after the snapshot was written (its mtime changed)".into(),
+            "was modified after the snapshot was written (its mtime changed; copy snapshots with `cp -p`)"
+                .into(),
         ));
     }
     if verify {
