@@ -70,6 +70,18 @@ pub struct GuestRun {
     /// A network for a bare run (`--net passt`); such runs always use the lab machine,
     /// whose only interface is a dummy one, so nothing leaves it.
     pub network: Option<LabNetwork>,
+    /// Snapshot the bare run at a marker, then restore it (lab runner only).
+    pub snapshot: Option<LabSnapshot>,
+}
+
+/// `run --snapshot-on MARKER`, then `restores` times `bulkhead-vmm restore` of that one
+/// snapshot (sandboxed, as a bare run is); restore `i`'s serial console comes back in
+/// [`RunOutput::files`] as `restore{i}.log`, its exit code in the VMM's stderr as
+/// `restore {i} exit N`.
+#[derive(Debug, Clone)]
+pub struct LabSnapshot {
+    pub marker: String,
+    pub restores: u8,
 }
 
 /// The lab machine's network for a guest: a dummy interface with 192.0.2.2/24 and a
@@ -138,6 +150,7 @@ impl Default for GuestRun {
             disks: Vec::new(),
             app: None,
             network: None,
+            snapshot: None,
         }
     }
 }
@@ -468,6 +481,13 @@ fn vmm_args(run: &GuestRun, paths: &VmmPaths) -> Vec<String> {
     }
     args.push(format!("--serial={serial}"));
     args.push(format!("--timeout={}", run.timeout_s));
+    if let Some(snap) = &run.snapshot {
+        // Snapshotting needs an unconfined VMM (its seccomp filters forbid the state
+        // ioctls); the restores run sandboxed.
+        args.push(format!("--snapshot-on={}", snap.marker));
+        args.push("--snapshot-dir=/snap".into());
+        args.push("--no-sandbox".into());
+    }
     if run.display.is_some() {
         args.push(format!("--screenshot={shot}"));
         if let Some(m) = &run.screenshot_on {
@@ -530,6 +550,10 @@ pub fn lock_machine_wide() -> Option<std::fs::File> {
 }
 
 fn run_direct(run: &GuestRun) -> RunOutput {
+    assert!(
+        run.snapshot.is_none(),
+        "snapshot lab runs are implemented for the lab runner only (set BULKHEAD_FORCE_LAB=1)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd");
     std::fs::write(&initrd, guest_initrd_with_test(run)).unwrap();
@@ -804,6 +828,18 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
             .map(lab_network_init)
             .unwrap_or_default(),
     );
+    if let Some(snap) = &run.snapshot {
+        let exit_line = "echo \"===LAB-VMM-EXIT $?===\"\n";
+        let mut lines = exit_line.to_string();
+        for i in 1..=snap.restores {
+            lines.push_str(&format!(
+                "/bulkhead-vmm restore /snap --serial=/out/restore{i}.log --timeout={t} 2>>/vmm.err >/dev/null\n\
+                 echo \"restore {i} exit $?\" >>/vmm.err\n",
+                t = run.timeout_s
+            ));
+        }
+        init = init.replacen(exit_line, &lines, 1);
+    }
     if run.network.is_some() {
         init = init.replacen(
             BUSYBOX_INSTALL,

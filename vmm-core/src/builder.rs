@@ -48,6 +48,8 @@ pub enum BootSource {
     /// Flat 64-bit code at `load_addr`, entered in long mode at its first byte with the
     /// low 1 GiB identity-mapped. For micro-guests built by tests.
     Raw { code: Vec<u8>, load_addr: u64 },
+    /// Nothing to load: memory and registers come from a snapshot ([`restore`]).
+    Snapshot,
 }
 
 /// A partition, fully resolved: no policy language, only what the VM needs.
@@ -113,6 +115,10 @@ pub enum BuildError {
     Bus(#[from] crate::devices::BusError),
     #[error("starting vCPU thread {index}: {source}")]
     Thread { index: u8, source: std::io::Error },
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error("a VM built to boot cannot take BootSource::Snapshot; use builder::restore")]
+    SnapshotBoot,
 }
 
 /// The guest framebuffer: a sealed memfd (so the supervisor can map the same pixels),
@@ -241,10 +247,58 @@ pub fn build_with_network(
     config: VmConfig,
     network: Option<NetConfig>,
 ) -> Result<Partition, BuildError> {
+    assemble(kvm, config, network, None)
+}
+
+/// Builds the VM a snapshot was taken of and puts its state back: memory mapped
+/// copy-on-write from the snapshot, then (Firecracker's order) the VM's PIT, clock and
+/// irqchip, each vCPU, each device, the framebuffer. `config` must be the snapshot's
+/// ([`crate::snapshot::Snapshot::config`]) with the caller's serial sink and reopened
+/// disks; its boot source is [`BootSource::Snapshot`]. The result starts like a built one.
+pub fn restore(
+    kvm: &Kvm,
+    config: VmConfig,
+    snapshot: &mut crate::snapshot::Snapshot,
+) -> Result<Partition, BuildError> {
+    use crate::snapshot::SnapshotError;
+    let saved = &snapshot.config;
+    let asked = (
+        config.mem_mib,
+        config.vcpus,
+        config.display,
+        config.disks.len(),
+    );
+    let have = (saved.mem_mib, saved.vcpus, saved.display, saved.disks);
+    if asked != have {
+        return Err(SnapshotError::Mismatch(format!(
+            "memory MiB, vCPUs, display, disks {asked:?} asked, the snapshot has {have:?}"
+        ))
+        .into());
+    }
+    assemble(kvm, config, None, Some(snapshot))
+}
+
+fn assemble(
+    kvm: &Kvm,
+    config: VmConfig,
+    network: Option<NetConfig>,
+    mut snapshot: Option<&mut crate::snapshot::Snapshot>,
+) -> Result<Partition, BuildError> {
     if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
         return Err(BuildError::VcpuCount(config.vcpus));
     }
-    let memory = memory::create_guest_memory(config.mem_mib)?;
+    let memory = match snapshot.as_deref_mut() {
+        Some(s) => {
+            if !(memory::MIN_MEM_MIB..=memory::MAX_MEM_MIB).contains(&config.mem_mib) {
+                return Err(MemoryError::BadSize {
+                    mib: config.mem_mib,
+                }
+                .into());
+            }
+            s.map_memory(&crate::layout::ram_regions(config.mem_mib << 20))?
+        }
+        None => memory::create_guest_memory(config.mem_mib)?,
+    };
     let mut vm = Vm::new(kvm)?;
     vm.register_guest_memory(&memory)?;
     let framebuffer = config
@@ -278,6 +332,30 @@ pub fn build_with_network(
             Ok::<_, BuildError>(NetInterface { dev, worker })
         })
         .transpose()?;
+
+    if let Some(snapshot) = snapshot {
+        let vcpus = restore_state(
+            snapshot,
+            &vm,
+            config.vcpus,
+            &pio,
+            &mmio,
+            framebuffer.as_ref(),
+        )?;
+        return Ok(Partition {
+            vm,
+            vcpus,
+            framebuffer,
+            memory,
+            pio,
+            mmio,
+            stop,
+            serial,
+            virtio,
+            disks,
+            network,
+        });
+    }
 
     regs::write_boot_tables(&memory)?;
     mptable::write(&memory, config.vcpus)?;
@@ -326,6 +404,7 @@ pub fn build_with_network(
                 rsp: BOOT_STACK,
             }
         }
+        BootSource::Snapshot => return Err(BuildError::SnapshotBoot),
     };
     let base_cpuid = match (&config.boot, base_cpuid) {
         (_, Ok(c)) => c,
@@ -356,6 +435,78 @@ pub fn build_with_network(
         disks,
         network,
     })
+}
+
+/// Puts a snapshot's state into a freshly assembled VM (devices attached, nothing run):
+/// VM, vCPUs, every bus device by address, framebuffer pixels. Every record must be used
+/// and every device must have one.
+fn restore_state(
+    snapshot: &crate::snapshot::Snapshot,
+    vm: &Vm,
+    vcpu_count: u8,
+    pio: &Bus,
+    mmio: &Bus,
+    framebuffer: Option<&Framebuffer>,
+) -> Result<Vec<Vcpu>, BuildError> {
+    use crate::snapshot::{record, SnapshotError};
+    let mut used = vec![
+        record::CONFIG.to_string(),
+        record::MEMORY.to_string(),
+        record::VM.to_string(),
+    ];
+    vm.restore_state(&snapshot.decode(record::VM)?)
+        .map_err(SnapshotError::from)?;
+    let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
+    for index in 0..vcpu_count {
+        let vcpu = Vcpu::new(vm.fd(), index)?;
+        let name = record::vcpu(index);
+        let state: crate::vstate::vcpu::VcpuState = snapshot.decode(&name)?;
+        vcpu.restore_state(&state).map_err(SnapshotError::from)?;
+        used.push(name);
+        vcpus.push(vcpu);
+    }
+    for (bus, name) in [
+        (pio, record::pio as fn(u64) -> String),
+        (mmio, record::mmio),
+    ] {
+        for (base, dev) in bus.devices() {
+            let device = name(base);
+            let state = snapshot.raw(&device)?;
+            dev.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .restore_state(state)
+                .map_err(|source| SnapshotError::Record {
+                    record: device.clone(),
+                    source,
+                })?;
+            used.push(device);
+        }
+    }
+    if let Some(fb) = framebuffer {
+        let pixels = snapshot.raw(record::FRAMEBUFFER)?;
+        if pixels.len() > fb.region.len() {
+            return Err(SnapshotError::Mismatch(format!(
+                "framebuffer of {} bytes saved, this one has {}",
+                pixels.len(),
+                fb.region.len()
+            ))
+            .into());
+        }
+        fb.region
+            .write_at(0, pixels)
+            .map_err(|e| SnapshotError::Memory(format!("framebuffer: {e}")))?;
+        used.push(record::FRAMEBUFFER.to_string());
+    }
+    if let Some(extra) = snapshot
+        .record_names()
+        .find(|n| !used.iter().any(|u| u == n))
+    {
+        return Err(SnapshotError::Mismatch(format!(
+            "record {extra:?} has no device here (a device the snapshot had is missing)"
+        ))
+        .into());
+    }
+    Ok(vcpus)
 }
 
 fn attach_framebuffer(vm: &mut Vm, layout: FramebufferLayout) -> Result<Framebuffer, BuildError> {

@@ -20,5 +20,6 @@ pub mod microguest;
 pub mod partition;
 pub mod sandbox;
 pub mod shm;
+pub mod snapshot;
 pub mod vmm;
 pub mod vstate;

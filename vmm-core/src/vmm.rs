@@ -39,7 +39,10 @@ pub struct RunningPartition {
     threads: Vec<JoinHandle<()>>,
     vm: Vm,
     framebuffer: Option<Framebuffer>,
-    _memory: vm_memory::GuestMemoryMmap,
+    memory: vm_memory::GuestMemoryMmap,
+    /// The buses, kept to save every device on them in a snapshot.
+    pio: Arc<crate::devices::Bus>,
+    mmio: Arc<crate::devices::Bus>,
     stop: Arc<StopHandle>,
     serial: Arc<Mutex<SerialConsole>>,
     virtio: VirtioHandles,
@@ -120,7 +123,9 @@ impl Partition {
             threads,
             vm: self.vm,
             framebuffer: self.framebuffer,
-            _memory: self.memory,
+            memory: self.memory,
+            pio,
+            mmio,
             stop: self.stop,
             serial: self.serial,
             virtio: self.virtio,
@@ -274,6 +279,112 @@ impl RunningPartition {
         kick_and_join(&mut self.threads);
         join_disk_workers(&mut self.disk_workers);
         self.stop.reason().unwrap_or(StopReason::Stopped)
+    }
+}
+
+/// How long a snapshot waits for the vCPUs to hand over their state, and for disks to
+/// finish the requests they have.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
+
+impl RunningPartition {
+    /// Pauses the partition (it stays paused) and writes a snapshot into `files`:
+    /// every vCPU, the VM's irqchip/PIT/clock, every device on both buses, the
+    /// framebuffer and guest RAM. `extra` is kept for the caller (see
+    /// [`crate::snapshot::SnapshotConfig::extra`]). Any device that cannot be saved
+    /// fails the whole snapshot.
+    pub fn snapshot(
+        &self,
+        kvm: &kvm_ioctls::Kvm,
+        files: &crate::snapshot::SnapshotFiles,
+        disks: usize,
+        extra: serde_json::Value,
+    ) -> Result<crate::snapshot::SnapshotReport, crate::snapshot::SnapshotError> {
+        use crate::snapshot::{record, SnapshotConfig, SnapshotError, Writer};
+        self.pause();
+        if self.stop.is_stopped() {
+            return Err(SnapshotError::Stopped);
+        }
+        let mut w = Writer::new(kvm)?;
+        let mem_mib = vm_memory::GuestMemoryBackend::iter(&self.memory)
+            .map(vm_memory::GuestMemoryRegion::len)
+            .sum::<u64>()
+            >> 20;
+        w.json(
+            record::CONFIG,
+            &SnapshotConfig {
+                mem_mib,
+                vcpus: self.threads.len() as u8,
+                display: self.framebuffer.as_ref().map(|fb| fb.layout),
+                disks,
+                extra,
+            },
+        )?;
+        let msrs = kvm
+            .get_msr_index_list()
+            .map_err(|e| SnapshotError::Memory(format!("KVM_GET_MSR_INDEX_LIST: {e}")))?;
+        let states = self.gate.save_states(
+            self.threads.len(),
+            Arc::new(msrs.as_slice().to_vec()),
+            SNAPSHOT_WAIT,
+        )?;
+        let mut unavailable = Vec::new();
+        for s in &states {
+            unavailable.extend(
+                s.unavailable
+                    .iter()
+                    .map(|u| format!("vCPU {}: {u}", s.index)),
+            );
+            w.json(&record::vcpu(s.index), s)?;
+        }
+        w.json(record::VM, &self.vm.save_state()?)?;
+        let mut devices = 0;
+        for (bus, name) in [
+            (&self.pio, record::pio as fn(u64) -> String),
+            (&self.mmio, record::mmio),
+        ] {
+            for (base, dev) in bus.devices() {
+                let device = name(base);
+                let state = save_device(dev, &device)?;
+                w.raw(&device, state);
+                devices += 1;
+            }
+        }
+        if let Some(fb) = &self.framebuffer {
+            w.raw(record::FRAMEBUFFER, fb.snapshot());
+        }
+        let (state_bytes, memory) = w.finish(&self.memory, files)?;
+        Ok(crate::snapshot::SnapshotReport {
+            state_bytes,
+            memory_bytes: memory.file_len,
+            memory_pages_written: memory.pages_written,
+            devices,
+            unavailable,
+        })
+    }
+}
+
+/// One device's state; a device still finishing requests (a disk) is asked again until
+/// [`SNAPSHOT_WAIT`] runs out, without holding its lock in between.
+fn save_device(
+    dev: &Arc<Mutex<dyn crate::devices::BusDevice>>,
+    name: &str,
+) -> Result<Vec<u8>, crate::snapshot::SnapshotError> {
+    use crate::devices::persist::PersistError;
+    let deadline = Instant::now() + SNAPSHOT_WAIT;
+    loop {
+        let result = dev.lock().unwrap_or_else(|e| e.into_inner()).save_state();
+        match result {
+            Ok(state) => return Ok(state),
+            Err(PersistError::Busy(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(source) => {
+                return Err(crate::snapshot::SnapshotError::Device {
+                    device: name.to_string(),
+                    source,
+                })
+            }
+        }
     }
 }
 

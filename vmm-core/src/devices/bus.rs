@@ -11,6 +11,20 @@ use std::sync::{Arc, Mutex};
 pub trait BusDevice: Send {
     fn read(&mut self, offset: u64, data: &mut [u8]);
     fn write(&mut self, offset: u64, data: &[u8]);
+
+    /// This device's state for a snapshot (see [`super::persist`]). The default refuses.
+    fn save_state(&self) -> Result<Vec<u8>, super::persist::PersistError> {
+        Err(super::persist::PersistError::Unsupported(
+            "this device".into(),
+        ))
+    }
+
+    /// Takes back what [`BusDevice::save_state`] returned, before the guest runs.
+    fn restore_state(&mut self, _state: &[u8]) -> Result<(), super::persist::PersistError> {
+        Err(super::persist::PersistError::Unsupported(
+            "this device".into(),
+        ))
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -56,6 +70,11 @@ impl Bus {
         }
         self.devices.insert(base, Entry { len, device });
         Ok(())
+    }
+
+    /// Every device with its base address, in address order.
+    pub fn devices(&self) -> impl Iterator<Item = (u64, &Arc<Mutex<dyn BusDevice>>)> {
+        self.devices.iter().map(|(base, e)| (*base, &e.device))
     }
 
     fn find(&self, addr: u64) -> Option<(u64, &Arc<Mutex<dyn BusDevice>>)> {

@@ -7,6 +7,7 @@
 pub mod bus;
 pub mod framebuffer;
 pub mod legacy;
+pub mod persist;
 pub mod ratelimit;
 pub mod virtio;
 

@@ -17,6 +17,8 @@ use crate::devices::legacy::SerialSink;
 use crate::devices::StopReason;
 use crate::launch::{LaunchConfig, LaunchFiles};
 use crate::sandbox::{self, SandboxError, SandboxGap, SeccompProfile};
+use crate::snapshot::{Snapshot, SnapshotError, SnapshotFiles};
+use kvm_ioctls::Kvm;
 
 /// Whether a bare run confines itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +41,25 @@ pub struct BareOptions {
     /// Stop the partition after this long (exit code 4).
     pub timeout: Option<Duration>,
     pub sandbox: Sandbox,
+    /// Pause and write a snapshot when a marker appears, then end (exit code 0).
+    pub snapshot: Option<SnapshotOnMarker>,
+}
+
+/// `--snapshot-on MARKER --snapshot-dir DIR`: files created before the guest runs.
+pub struct SnapshotOnMarker {
+    pub marker: String,
+    pub files: SnapshotFiles,
+    pub dir: PathBuf,
+    /// What the caller needs to restore (the binary's launch flags).
+    pub extra: serde_json::Value,
+}
+
+/// How a bare run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Stopped(StopReason),
+    /// Paused at the marker and written to this directory.
+    Snapshotted(PathBuf),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +76,10 @@ pub enum BareError {
     Sandbox(#[from] SandboxError),
     #[error("seccomp filter for the main thread: {0}")]
     MainFilter(#[from] sandbox::SeccompError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("--snapshot-on needs --no-sandbox: a confined partition's seccomp filters do not allow reading vCPU state or writing files")]
+    SnapshotConfined,
 }
 
 /// How a bare run ended, as its exit code says: 0 the guest powered off or rebooted,
@@ -68,22 +93,77 @@ pub fn exit_code(reason: &StopReason) -> (i32, String) {
     }
 }
 
-/// Runs the partition until it stops; returns why.
+/// Runs the partition until it stops, or until it is snapshotted; returns how it ended.
 pub fn run(
     launch: &LaunchConfig,
     mut files: LaunchFiles,
-    options: BareOptions,
-) -> Result<StopReason, BareError> {
-    let mut serial = SerialSink::new(options.serial);
+    mut options: BareOptions,
+) -> Result<Outcome, BareError> {
+    if options.snapshot.is_some() && options.sandbox != Sandbox::Off {
+        return Err(BareError::SnapshotConfined);
+    }
+    let serial = serial_sink(&mut options);
+    let network = super::network_config(launch, &mut files)?;
+    let disks = launch.disks.len();
+    let (kvm, config) = super::vm_config(launch, files, serial.0)?;
+    let mem_bytes = config.mem_mib << 20;
+    let built = builder::build_with_network(&kvm, config, network)?;
+    drive(&kvm, built, mem_bytes, options, serial.1, None, disks)
+}
+
+/// `bulkhead-vmm restore DIR`: the partition a snapshot was taken of, continued. `config`
+/// comes from [`crate::snapshot::Snapshot::config`] with the reopened disks; the serial
+/// sink is replaced by the one `options` asks for. Says on stderr how long the restore
+/// took until the vCPUs ran.
+pub fn restore(
+    kvm: &Kvm,
+    snapshot: &mut Snapshot,
+    mut config: builder::VmConfig,
+    mut options: BareOptions,
+    started: Instant,
+) -> Result<Outcome, BareError> {
+    let serial = serial_sink(&mut options);
+    config.serial = serial.0;
+    let mem_bytes = config.mem_mib << 20;
+    let disks = config.disks.len();
+    let built = builder::restore(kvm, config, snapshot)?;
+    drive(
+        kvm,
+        built,
+        mem_bytes,
+        options,
+        serial.1,
+        Some(started),
+        disks,
+    )
+}
+
+/// The serial sink `options` asks for, watching for the screenshot or snapshot marker.
+fn serial_sink(options: &mut BareOptions) -> (SerialSink, mpsc::Receiver<()>) {
+    let out = std::mem::replace(&mut options.serial, Box::new(std::io::sink()));
+    let mut serial = SerialSink::new(out);
     let (marker_tx, marker_rx) = mpsc::channel();
-    if let Some(marker) = &options.screenshot_on {
+    let marker = options
+        .screenshot_on
+        .as_ref()
+        .or(options.snapshot.as_ref().map(|s| &s.marker));
+    if let Some(marker) = marker {
         serial.watch_marker(marker, marker_tx);
     }
-    let network = super::network_config(launch, &mut files)?;
-    let (kvm, config) = super::vm_config(launch, files, serial)?;
-    let mem_bytes = config.mem_mib << 20;
-    let started = Instant::now();
-    let mut built = builder::build_with_network(&kvm, config, network)?;
+    (serial, marker_rx)
+}
+
+/// Confines (unless told not to), starts and watches a built partition.
+fn drive(
+    kvm: &Kvm,
+    mut built: builder::Partition,
+    mem_bytes: u64,
+    options: BareOptions,
+    marker_rx: mpsc::Receiver<()>,
+    restore_started: Option<Instant>,
+    disks: usize,
+) -> Result<Outcome, BareError> {
+    let started = restore_started.unwrap_or_else(Instant::now);
     let net = built.take_network();
     // Opened now: a confined process opens nothing. Left empty if no shot is taken.
     let mut shot_file = match &options.screenshot {
@@ -119,6 +199,13 @@ pub fn run(
     if confined {
         sandbox::install(SeccompProfile::Main)?;
     }
+    if let Some(t) = restore_started {
+        // From reading the snapshot to running vCPUs (memory is mapped, not read).
+        eprintln!(
+            "bulkhead-vmm: restored, guest running {:.1} ms after the restore began",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     let deadline = options.timeout.map(|t| started + t);
     let mut save = |path: &PathBuf| {
         let shot = |reason: String| BareError::Screenshot {
@@ -138,6 +225,26 @@ pub fn run(
         if let Some(r) = partition.wait_timeout(Duration::from_millis(20)) {
             break r;
         }
+        if let Some(snap) = options.snapshot.as_ref() {
+            if marker_rx.try_recv().is_ok() {
+                let report = partition.snapshot(kvm, &snap.files, disks, snap.extra.clone())?;
+                eprintln!(
+                    "bulkhead-vmm: snapshot written to {}: state {} bytes, memory {} of {} pages, {} devices{}",
+                    snap.dir.display(),
+                    report.state_bytes,
+                    report.memory_pages_written,
+                    report.memory_bytes / 4096,
+                    report.devices,
+                    if report.unavailable.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; not available on this host: {}", report.unavailable.join(", "))
+                    }
+                );
+                partition.finish();
+                return Ok(Outcome::Snapshotted(snap.dir.clone()));
+            }
+        }
         if !shot_taken && marker_rx.try_recv().is_ok() {
             if let Some(path) = &options.screenshot {
                 save(path)?;
@@ -155,11 +262,11 @@ pub fn run(
     ) {
         save(path)?;
     }
-    Ok(match reason {
+    Ok(Outcome::Stopped(match reason {
         StopReason::Stopped => partition.finish(),
         r => {
             partition.finish();
             r
         }
-    })
+    }))
 }

@@ -112,3 +112,76 @@ impl Vm {
             .map_err(|source| VmError::Irqfd { gsi, source })
     }
 }
+
+/// The in-kernel devices and clock of a VM, as saved for a snapshot.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VmState {
+    pub pic_master: kvm_bindings::kvm_irqchip,
+    pub pic_slave: kvm_bindings::kvm_irqchip,
+    pub ioapic: kvm_bindings::kvm_irqchip,
+    pub pit: kvm_bindings::kvm_pit_state2,
+    pub clock: kvm_bindings::kvm_clock_data,
+    /// Host wall-clock time when the clock was read (ns since the epoch): the guest's
+    /// clock moves on by the time the snapshot spent on disk.
+    pub saved_at_ns: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("VM state: {what}: {source}")]
+pub struct VmStateError {
+    what: &'static str,
+    source: kvm_ioctls::Error,
+}
+
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64)
+}
+
+fn irqchip(fd: &VmFd, chip_id: u32) -> Result<kvm_bindings::kvm_irqchip, VmStateError> {
+    let mut chip = kvm_bindings::kvm_irqchip {
+        chip_id,
+        ..Default::default()
+    };
+    fd.get_irqchip(&mut chip).map_err(|source| VmStateError {
+        what: "KVM_GET_IRQCHIP",
+        source,
+    })?;
+    Ok(chip)
+}
+
+impl Vm {
+    /// Reads the irqchip, PIT and clock; call with every vCPU parked.
+    pub fn save_state(&self) -> Result<VmState, VmStateError> {
+        let e = |what| move |source| VmStateError { what, source };
+        Ok(VmState {
+            pic_master: irqchip(&self.fd, kvm_bindings::KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: irqchip(&self.fd, kvm_bindings::KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: irqchip(&self.fd, kvm_bindings::KVM_IRQCHIP_IOAPIC)?,
+            pit: self.fd.get_pit2().map_err(e("KVM_GET_PIT2"))?,
+            clock: self.fd.get_clock().map_err(e("KVM_GET_CLOCK"))?,
+            saved_at_ns: wall_ns(),
+        })
+    }
+
+    /// Sets the PIT, the clock (advanced by the wall-clock time since the save, so the
+    /// guest's time of day is right again) and the irqchip; before any vCPU state.
+    pub fn restore_state(&self, state: &VmState) -> Result<(), VmStateError> {
+        let e = |what| move |source| VmStateError { what, source };
+        self.fd.set_pit2(&state.pit).map_err(e("KVM_SET_PIT2"))?;
+        let elapsed = wall_ns().saturating_sub(state.saved_at_ns);
+        let clock = kvm_bindings::kvm_clock_data {
+            clock: state.clock.clock.saturating_add(elapsed),
+            // The saved flags describe the saving host's clock; setting them would ask
+            // for a realtime correction on top of ours.
+            flags: 0,
+            ..Default::default()
+        };
+        self.fd.set_clock(&clock).map_err(e("KVM_SET_CLOCK"))?;
+        for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
+            self.fd.set_irqchip(chip).map_err(e("KVM_SET_IRQCHIP"))?;
+        }
+        Ok(())
+    }
+}

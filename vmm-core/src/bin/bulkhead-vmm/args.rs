@@ -10,12 +10,16 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use kvm_ioctls::Kvm;
+use vmm_core::builder::{BootSource, DiskConfig as BlockDisk, VmConfig};
+use vmm_core::devices::legacy::SerialSink;
 use vmm_core::hostcheck::{self, HostError};
 use vmm_core::launch::{
     parse_display, parse_memory_mib, AgentChannel, BootConfig, DiskConfig, DisplaySize,
     LaunchConfig, LaunchError, LaunchFiles, NetworkConfig, DEFAULT_CMDLINE,
 };
-use vmm_core::partition::bare::{BareOptions, Sandbox};
+use vmm_core::partition::bare::{BareOptions, Sandbox, SnapshotOnMarker};
+use vmm_core::snapshot::{Snapshot, SnapshotFiles};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +46,32 @@ pub enum VmmCommand {
     },
     /// Say what this host's /dev/kvm can run.
     Check,
+    /// Continue a partition from a snapshot directory written by `run --snapshot-on`.
+    Restore(Box<RestoreArgs>),
+}
+
+/// `bulkhead-vmm restore DIR`: the output flags mirror `run`'s.
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// The snapshot directory (`state` and `memory`).
+    pub dir: PathBuf,
+    /// Serial console output: a file, or `-` for stdout.
+    #[arg(long, default_value = "-")]
+    pub serial: String,
+    /// Save the framebuffer as PNG (at --screenshot-on's marker, else when the guest stops).
+    #[arg(long)]
+    pub screenshot: Option<PathBuf>,
+    #[arg(long, requires = "screenshot")]
+    pub screenshot_on: Option<String>,
+    /// Stop the partition after this many seconds (exit code 4).
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Also check the memory file against its SHA-256 (reads all of it first).
+    #[arg(long)]
+    pub verify: bool,
+    /// Run the guest in an unconfined process.
+    #[arg(long)]
+    pub no_sandbox: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -105,6 +135,20 @@ pub struct RunArgs {
     /// With `--allow`: let DNS through to passt's resolver (this host's nameservers).
     #[arg(long, requires = "allow")]
     pub dns: bool,
+    /// When this text appears on the serial console: pause, write a snapshot to
+    /// --snapshot-dir, end with status 0. Needs --no-sandbox.
+    #[arg(long, requires_all = ["snapshot_dir", "no_sandbox"], conflicts_with = "screenshot_on")]
+    pub snapshot_on: Option<String>,
+    /// Where --snapshot-on writes (`state` and `memory`; created, files replaced).
+    #[arg(long, requires = "snapshot_on")]
+    pub snapshot_dir: Option<PathBuf>,
+}
+
+/// What `restore` needs besides the snapshot: the launch and where its disks were.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedLaunch {
+    launch: LaunchConfig,
+    disk_paths: Vec<PathBuf>,
 }
 
 /// `--net`.
@@ -271,6 +315,10 @@ pub enum ArgsError {
     AllowWithoutNetwork(String),
     #[error("starting {RELAY} for --allow: {source}")]
     Relay { source: std::io::Error },
+    #[error(transparent)]
+    Snapshot(#[from] vmm_core::snapshot::SnapshotError),
+    #[error("snapshot {dir}: it was not written by `bulkhead-vmm run --snapshot-on` ({reason})")]
+    NotBare { dir: PathBuf, reason: String },
 }
 
 impl RunArgs {
@@ -342,7 +390,11 @@ impl RunArgs {
         Ok((config, files, procs))
     }
 
-    pub fn bare_options(&self, sandbox: Sandbox) -> Result<BareOptions, ArgsError> {
+    pub fn bare_options(
+        &self,
+        sandbox: Sandbox,
+        launch: &LaunchConfig,
+    ) -> Result<BareOptions, ArgsError> {
         let serial: Box<dyn Write + Send> = if self.serial == "-" {
             Box::new(std::io::stdout())
         } else {
@@ -353,13 +405,101 @@ impl RunArgs {
                 source,
             })?)
         };
+        let snapshot = match (&self.snapshot_on, &self.snapshot_dir) {
+            (Some(marker), Some(dir)) => {
+                let extra = SavedLaunch {
+                    launch: launch.clone(),
+                    disk_paths: self
+                        .disks
+                        .iter()
+                        .enumerate()
+                        .map(|(i, d)| disk_arg(i, d).0)
+                        .map(|p| std::path::absolute(&p).unwrap_or(p))
+                        .collect(),
+                };
+                Some(SnapshotOnMarker {
+                    marker: marker.clone(),
+                    files: SnapshotFiles::create(dir)?,
+                    dir: dir.clone(),
+                    extra: serde_json::to_value(&extra).unwrap_or_default(),
+                })
+            }
+            _ => None,
+        };
         Ok(BareOptions {
             serial,
             screenshot: self.screenshot.clone(),
             screenshot_on: self.screenshot_on.clone(),
             timeout: self.timeout.map(Duration::from_secs),
             sandbox,
+            snapshot,
         })
+    }
+}
+
+fn serial_out(serial: &str) -> Result<Box<dyn Write + Send>, ArgsError> {
+    if serial == "-" {
+        return Ok(Box::new(std::io::stdout()));
+    }
+    let path = PathBuf::from(serial);
+    Ok(Box::new(File::create(&path).map_err(|source| {
+        ArgsError::Open {
+            what: "serial log",
+            path,
+            source,
+        }
+    })?))
+}
+
+impl RestoreArgs {
+    /// Opens /dev/kvm and the snapshot (checked), reopens its disks, and returns what
+    /// `bare::restore` takes.
+    pub fn open(
+        &self,
+        sandbox: Sandbox,
+    ) -> Result<(Kvm, Snapshot, VmConfig, BareOptions), ArgsError> {
+        let (kvm, _) = hostcheck::open_kvm()?;
+        let snapshot = Snapshot::open(&self.dir, &kvm, self.verify)?;
+        let not_bare = |reason: String| ArgsError::NotBare {
+            dir: self.dir.clone(),
+            reason,
+        };
+        let saved: SavedLaunch = serde_json::from_value(snapshot.config.extra.clone())
+            .map_err(|e| not_bare(e.to_string()))?;
+        if saved.disk_paths.len() != saved.launch.disks.len() {
+            return Err(not_bare("disk paths and disks differ in number".into()));
+        }
+        let disks = saved
+            .launch
+            .disks
+            .iter()
+            .zip(&saved.disk_paths)
+            .map(|(d, path)| {
+                Ok(BlockDisk {
+                    file: open("disk", path, !d.read_only)?,
+                    read_only: d.read_only,
+                    id: d.id.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, ArgsError>>()?;
+        let config = VmConfig {
+            mem_mib: snapshot.config.mem_mib,
+            vcpus: snapshot.config.vcpus,
+            boot: BootSource::Snapshot,
+            display: snapshot.config.display,
+            // Replaced by the one the options ask for.
+            serial: SerialSink::new(Box::new(std::io::sink())),
+            disks,
+        };
+        let options = BareOptions {
+            serial: serial_out(&self.serial)?,
+            screenshot: self.screenshot.clone(),
+            screenshot_on: self.screenshot_on.clone(),
+            timeout: self.timeout.map(Duration::from_secs),
+            sandbox,
+            snapshot: None,
+        };
+        Ok((kvm, snapshot, config, options))
     }
 }
 

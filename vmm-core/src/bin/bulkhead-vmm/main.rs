@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         VmmCommand::Run(args) => run(&args),
+        VmmCommand::Restore(args) => restore(&args),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
@@ -57,19 +58,11 @@ fn run(args: &args::RunArgs) -> i32 {
         Ok(l) => l,
         Err(e) => return fail(&e),
     };
-    let options = match args.bare_options(sandbox) {
+    let options = match args.bare_options(sandbox, &launch) {
         Ok(o) => o,
         Err(e) => return fail(&e),
     };
-    let code = match bare::run(&launch, files, options) {
-        Ok(reason) => {
-            let _ = std::io::stdout().flush();
-            let (code, text) = bare::exit_code(&reason);
-            eprintln!("bulkhead-vmm: {text}");
-            code
-        }
-        Err(e) => fail(&e),
-    };
+    let code = ended(bare::run(&launch, files, options));
     if args.no_sandbox {
         // Killed and reaped.
         drop(net_helpers);
@@ -80,6 +73,42 @@ fn run(args: &args::RunArgs) -> i32 {
         std::mem::forget(net_helpers);
     }
     code
+}
+
+/// The exit code and the last line of a bare run or restore.
+fn ended(result: Result<bare::Outcome, bare::BareError>) -> i32 {
+    match result {
+        Ok(bare::Outcome::Stopped(reason)) => {
+            let _ = std::io::stdout().flush();
+            let (code, text) = bare::exit_code(&reason);
+            eprintln!("bulkhead-vmm: {text}");
+            code
+        }
+        Ok(bare::Outcome::Snapshotted(dir)) => {
+            let _ = std::io::stdout().flush();
+            eprintln!("bulkhead-vmm: partition snapshotted to {}", dir.display());
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// `restore DIR`: exit codes as `run`'s; 1 also when the snapshot is refused.
+fn restore(args: &args::RestoreArgs) -> i32 {
+    let started = std::time::Instant::now();
+    let sandbox = if args.no_sandbox {
+        bare::Sandbox::Off
+    } else {
+        match partition::enter_pid_namespace() {
+            Ok(pid_gap) => bare::Sandbox::Confine { pid_gap },
+            Err(e) => return fail(&format!("sandbox: entering a PID namespace: {e}")),
+        }
+    };
+    let (kvm, mut snapshot, config, options) = match args.open(sandbox) {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    ended(bare::restore(&kvm, &mut snapshot, config, options, started))
 }
 
 fn check() -> i32 {

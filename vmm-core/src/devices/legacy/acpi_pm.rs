@@ -55,6 +55,15 @@ impl AcpiPm {
 }
 
 impl BusDevice for AcpiPm {
+    // No registers hold state: status reads as zero, the rest is write-only.
+    fn save_state(&self) -> Result<Vec<u8>, crate::devices::persist::PersistError> {
+        crate::devices::persist::encode(&())
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::devices::persist::PersistError> {
+        crate::devices::persist::decode::<()>(state)
+    }
+
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
         // Sleep status: WAK_STS never set (the partition never sleeps); the other
         // registers are write-only.

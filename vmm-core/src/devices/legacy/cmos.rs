@@ -91,7 +91,33 @@ impl Cmos {
     }
 }
 
+/// The clock registers are read from the host's clock, so only the index and RAM count.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CmosState {
+    index: u8,
+    ram: Vec<u8>,
+}
+
 impl BusDevice for Cmos {
+    fn save_state(&self) -> Result<Vec<u8>, crate::devices::persist::PersistError> {
+        crate::devices::persist::encode(&CmosState {
+            index: self.index,
+            ram: self.ram.to_vec(),
+        })
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::devices::persist::PersistError> {
+        let s: CmosState = crate::devices::persist::decode(state)?;
+        self.ram = s.ram.as_slice().try_into().map_err(|_| {
+            crate::devices::persist::PersistError::Mismatch(format!(
+                "CMOS RAM of {} bytes, not 128",
+                s.ram.len()
+            ))
+        })?;
+        self.index = s.index;
+        Ok(())
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = match offset {
             1 => self.register(self.index),

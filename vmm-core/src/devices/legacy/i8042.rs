@@ -79,7 +79,39 @@ impl I8042 {
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
+struct I8042State {
+    ctr: u8,
+    out: Vec<u8>,
+    expecting_ctr: bool,
+    last_was_command: bool,
+}
+
 impl BusDevice for I8042 {
+    fn save_state(&self) -> Result<Vec<u8>, crate::devices::persist::PersistError> {
+        crate::devices::persist::encode(&I8042State {
+            ctr: self.ctr,
+            out: self.out.iter().copied().collect(),
+            expecting_ctr: self.expecting_ctr,
+            last_was_command: self.last_was_command,
+        })
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::devices::persist::PersistError> {
+        let s: I8042State = crate::devices::persist::decode(state)?;
+        if s.out.len() > MAX_QUEUED {
+            return Err(crate::devices::persist::PersistError::Mismatch(format!(
+                "{} queued i8042 bytes (at most {MAX_QUEUED})",
+                s.out.len()
+            )));
+        }
+        self.ctr = s.ctr;
+        self.out = s.out.into();
+        self.expecting_ctr = s.expecting_ctr;
+        self.last_was_command = s.last_was_command;
+        Ok(())
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = match offset {
             0 => self.out.pop_front().unwrap_or(0),

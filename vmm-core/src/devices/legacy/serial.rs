@@ -188,7 +188,75 @@ impl SerialConsole {
     }
 }
 
+/// vm-superio's receive FIFO size (private there).
+const UART_FIFO: usize = 0x40;
+
+/// vm-superio's `SerialState`, which has no serde.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct UartState {
+    baud_divisor_low: u8,
+    baud_divisor_high: u8,
+    interrupt_enable: u8,
+    interrupt_identification: u8,
+    line_control: u8,
+    line_status: u8,
+    modem_control: u8,
+    modem_status: u8,
+    scratch: u8,
+    in_buffer: Vec<u8>,
+}
+
 impl BusDevice for SerialConsole {
+    fn save_state(&self) -> Result<Vec<u8>, crate::devices::persist::PersistError> {
+        let s = self.uart.state();
+        crate::devices::persist::encode(&UartState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        })
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::devices::persist::PersistError> {
+        let s: UartState = crate::devices::persist::decode(state)?;
+        // Checked here: `from_state` would fail after taking the sink.
+        if s.in_buffer.len() > UART_FIFO {
+            return Err(crate::devices::persist::PersistError::Mismatch(format!(
+                "{} bytes in the UART's receive FIFO",
+                s.in_buffer.len()
+            )));
+        }
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        };
+        // The sink and the IRQ line stay this partition's; only the registers come back.
+        let irq = self.uart.interrupt_evt().0.clone();
+        let placeholder = Serial::new(
+            IrqTrigger(irq.clone()),
+            SerialSink::new(Box::new(io::sink())),
+        );
+        let old = std::mem::replace(&mut self.uart, placeholder);
+        let sink = old.into_writer();
+        self.uart = Serial::from_state(&state, IrqTrigger(irq), vm_superio::serial::NoEvents, sink)
+            .map_err(|e| crate::devices::persist::PersistError::Mismatch(format!("{e:?}")))?;
+        Ok(())
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if let (Ok(off), [first, rest @ ..]) = (u8::try_from(offset), &mut *data) {
             *first = self.uart.read(off);

@@ -14,6 +14,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::queue::{QueueError, Queues};
 use super::{status, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::persist::{self, PersistError};
 use crate::devices::{BusDevice, InterruptLine};
 
 /// "virt" in little endian.
@@ -434,7 +435,144 @@ fn set_high(
     ))
 }
 
+/// One queue as the driver configured it (virtio-queue's `QueueState`, which has no serde).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct QueueSnapshot {
+    max_size: u16,
+    next_avail: u16,
+    next_used: u16,
+    event_idx_enabled: bool,
+    size: u16,
+    ready: bool,
+    desc_table: u64,
+    avail_ring: u64,
+    used_ring: u64,
+}
+
+/// The transport's registers, its queues and the device's own state.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TransportState {
+    device_type: u32,
+    queue_select: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    status: u32,
+    interrupt_status: u32,
+    config_generation: u32,
+    queues: Vec<QueueSnapshot>,
+    device: serde_json::Value,
+}
+
+impl<D: VirtioDevice> VirtioMmioDevice<D> {
+    fn save_transport(&self) -> Result<Vec<u8>, PersistError> {
+        let device = self.device.save_state()?;
+        let device = serde_json::from_slice(&device)
+            .map_err(|e| PersistError::Encode(format!("device state: {e}")))?;
+        let queues = self
+            .queues
+            .iter()
+            .map(|q| {
+                let s = q.state();
+                QueueSnapshot {
+                    max_size: s.max_size,
+                    next_avail: s.next_avail,
+                    next_used: s.next_used,
+                    event_idx_enabled: s.event_idx_enabled,
+                    size: s.size,
+                    ready: s.ready,
+                    desc_table: s.desc_table,
+                    avail_ring: s.avail_ring,
+                    used_ring: s.used_ring,
+                }
+            })
+            .collect();
+        persist::encode(&TransportState {
+            device_type: self.device.device_type(),
+            queue_select: self.queue_select,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            driver_features: self.driver_features,
+            status: self.status,
+            interrupt_status: self.interrupt_status,
+            config_generation: self.config_generation,
+            queues,
+            device,
+        })
+    }
+
+    fn restore_transport(&mut self, state: &[u8]) -> Result<(), PersistError> {
+        let s: TransportState = persist::decode(state)?;
+        let here = self.device.device_type();
+        if s.device_type != here {
+            return Err(PersistError::Mismatch(format!(
+                "a virtio device of type {} saved where this partition has type {here}",
+                s.device_type
+            )));
+        }
+        if s.queues.len() != self.queues.len() {
+            return Err(PersistError::Mismatch(format!(
+                "{} queues saved, the device has {}",
+                s.queues.len(),
+                self.queues.len()
+            )));
+        }
+        let mut queues = Vec::with_capacity(s.queues.len());
+        for (index, (q, current)) in s.queues.iter().zip(&self.queues).enumerate() {
+            if q.max_size != current.max_size() {
+                return Err(PersistError::Mismatch(format!(
+                    "queue {index}: maximum size {} saved, the device has {}",
+                    q.max_size,
+                    current.max_size()
+                )));
+            }
+            let queue = Queue::try_from(virtio_queue::QueueState {
+                max_size: q.max_size,
+                next_avail: q.next_avail,
+                next_used: q.next_used,
+                event_idx_enabled: q.event_idx_enabled,
+                size: q.size,
+                ready: q.ready,
+                desc_table: q.desc_table,
+                avail_ring: q.avail_ring,
+                used_ring: q.used_ring,
+            })
+            .map_err(|e| PersistError::Mismatch(format!("queue {index}: {e}")))?;
+            queues.push(queue);
+        }
+        let device = serde_json::to_vec(&s.device)
+            .map_err(|e| PersistError::Decode(format!("device state: {e}")))?;
+        self.device.restore_state(&device)?;
+        self.queues = queues;
+        self.queue_select = s.queue_select;
+        self.device_features_select = s.device_features_select;
+        self.driver_features_select = s.driver_features_select;
+        self.driver_features = s.driver_features;
+        self.status = s.status;
+        self.interrupt_status = s.interrupt_status;
+        self.config_generation = s.config_generation;
+        if self.interrupt_status != 0 {
+            // An interrupt the guest had not acknowledged: raised again, since a lost
+            // one stalls the driver and a spurious one is checked and ignored.
+            if let Err(e) = self.interrupt.trigger() {
+                return Err(PersistError::Mismatch(format!(
+                    "raising the pending interrupt: {e}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<D: VirtioDevice> BusDevice for VirtioMmioDevice<D> {
+    fn save_state(&self) -> Result<Vec<u8>, PersistError> {
+        self.save_transport()
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), PersistError> {
+        self.restore_transport(state)
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= reg::CONFIG {
             data.fill(0);

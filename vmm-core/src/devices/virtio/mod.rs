@@ -136,4 +136,24 @@ pub trait VirtioDevice: Send {
 
     /// Forgets all per-driver state; the driver wrote 0 to the status register.
     fn reset(&mut self);
+
+    /// The device's own state for a snapshot (the transport saves queues and registers).
+    /// The default refuses, so a device nobody taught to save fails the snapshot.
+    fn save_state(&self) -> Result<Vec<u8>, crate::devices::persist::PersistError> {
+        Err(crate::devices::persist::PersistError::Unsupported(format!(
+            "virtio device type {}",
+            self.device_type()
+        )))
+    }
+
+    /// Takes back what [`VirtioDevice::save_state`] returned, before the guest runs.
+    fn restore_state(
+        &mut self,
+        _state: &[u8],
+    ) -> Result<(), crate::devices::persist::PersistError> {
+        Err(crate::devices::persist::PersistError::Unsupported(format!(
+            "virtio device type {}",
+            self.device_type()
+        )))
+    }
 }

@@ -105,7 +105,39 @@ impl VirtioConsole {
     }
 }
 
+/// Bytes waiting in either direction.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ConsoleState {
+    to_guest: Vec<u8>,
+    from_guest: Vec<u8>,
+}
+
 impl VirtioDevice for VirtioConsole {
+    fn save_state(&self) -> Result<Vec<u8>, crate::devices::persist::PersistError> {
+        crate::devices::persist::encode(&ConsoleState {
+            to_guest: self.to_guest.iter().copied().collect(),
+            from_guest: self.from_guest.iter().copied().collect(),
+        })
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::devices::persist::PersistError> {
+        let s: ConsoleState = crate::devices::persist::decode(state)?;
+        if s.to_guest.len() > BUFFER_LIMIT || s.from_guest.len() > BUFFER_LIMIT {
+            return Err(crate::devices::persist::PersistError::Mismatch(format!(
+                "console buffers of {} and {} bytes (at most {BUFFER_LIMIT})",
+                s.to_guest.len(),
+                s.from_guest.len()
+            )));
+        }
+        self.to_guest = s.to_guest.into();
+        self.from_guest = s.from_guest.into();
+        if !self.from_guest.is_empty() {
+            // Whoever reads guest output waits for this event.
+            let _ = self.output_evt.write(1);
+        }
+        Ok(())
+    }
+
     fn device_type(&self) -> u32 {
         device_type::CONSOLE
     }

@@ -299,7 +299,46 @@ fn bitmap(bits: impl Iterator<Item = u16>) -> Vec<u8> {
     map
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
+struct InputState {
+    /// `Debug` of the kind, checked on restore (a tablet's size included).
+    kind: String,
+    select: u8,
+    subsel: u8,
+    pending: Vec<InputEvent>,
+}
+
 impl VirtioDevice for VirtioInput {
+    fn save_state(&self) -> Result<Vec<u8>, crate::devices::persist::PersistError> {
+        crate::devices::persist::encode(&InputState {
+            kind: format!("{:?}", self.kind),
+            select: self.select,
+            subsel: self.subsel,
+            pending: self.pending.iter().copied().collect(),
+        })
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::devices::persist::PersistError> {
+        let s: InputState = crate::devices::persist::decode(state)?;
+        let here = format!("{:?}", self.kind);
+        if s.kind != here {
+            return Err(crate::devices::persist::PersistError::Mismatch(format!(
+                "input device {} saved where this partition has {here}",
+                s.kind
+            )));
+        }
+        if s.pending.len() > MAX_PENDING_EVENTS {
+            return Err(crate::devices::persist::PersistError::Mismatch(format!(
+                "{} pending input events (at most {MAX_PENDING_EVENTS})",
+                s.pending.len()
+            )));
+        }
+        self.select = s.select;
+        self.subsel = s.subsel;
+        self.pending = s.pending.into();
+        Ok(())
+    }
+
     fn device_type(&self) -> u32 {
         device_type::INPUT
     }

@@ -38,6 +38,16 @@ pub fn fill_random(buf: &mut [u8]) -> io::Result<()> {
 }
 
 impl VirtioDevice for VirtioRng {
+    // Stateless: every request is filled fresh from the host, which is also what makes
+    // two restores of one snapshot see different random bytes.
+    fn save_state(&self) -> Result<Vec<u8>, crate::devices::persist::PersistError> {
+        crate::devices::persist::encode(&())
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::devices::persist::PersistError> {
+        crate::devices::persist::decode::<()>(state)
+    }
+
     fn device_type(&self) -> u32 {
         device_type::RNG
     }
