@@ -14,7 +14,7 @@ const INIT: &str = include_str!("../../../assets/guest/init");
 const MODULES: &str = include_str!("../../../assets/guest/modules");
 /// The guest-side programs a template partition runs after `switch_root` (init copies
 /// them into the new root): path in the initramfs, contents.
-const TEMPLATE_PROGRAMS: [(&str, &str); 4] = [
+const TEMPLATE_PROGRAMS: [(&str, &str); 5] = [
     (
         "bulkhead/stage2",
         include_str!("../../../assets/guest/bulkhead/stage2"),
@@ -30,6 +30,10 @@ const TEMPLATE_PROGRAMS: [(&str, &str); 4] = [
     (
         "bulkhead/firefox-policies.json",
         include_str!("../../../assets/guest/bulkhead/firefox-policies.json"),
+    ),
+    (
+        "bulkhead/firefox-prefs.js",
+        include_str!("../../../assets/guest/bulkhead/firefox-prefs.js"),
     ),
 ];
 /// DHCP on eth0; init runs it when the partition has a network device.

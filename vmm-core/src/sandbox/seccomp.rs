@@ -306,6 +306,8 @@ const DEVICE: &[SyscallRule] = &[
 const BLOCK: &[SyscallRule] = &[
     any("pread64", libc::SYS_pread64),
     any("pwrite64", libc::SYS_pwrite64),
+    any("preadv", libc::SYS_preadv),
+    any("pwritev", libc::SYS_pwritev),
     any("fdatasync", libc::SYS_fdatasync),
     with(
         "fallocate",

@@ -23,7 +23,7 @@
 //! single-threaded when it applies its sandbox, which happens after the VM is built.
 //! [`BlockWorker::start`] runs at `Partition::start_with`, next to the vCPU threads, and
 //! installs the worker's own seccomp profile ([`crate::sandbox::SeccompProfile::Block`]:
-//! `pread64`, `pwrite64`, `fdatasync`, `fallocate` with exactly the two modes used here,
+//! `preadv`, `pwritev`, `pread64`, `pwrite64`, `fdatasync`, `fallocate` with exactly the two modes used here,
 //! plus the common table: `futex` for the channel and mutex, `write` for the irqfd).
 //! Requests notified before the worker runs wait in the channel.
 //!
@@ -51,10 +51,11 @@
 //! zeroes where the file system has neither), one segment per request. Not offered: multiqueue, topology, geometry,
 //! config write-back toggle, secure erase, zoned.
 //!
-//! Guest data is copied through a per-worker buffer of at most `SEG_MAX * SIZE_MAX` bytes
-//! (8 MiB): that keeps all I/O positional (`read_at`/`write_at`, no shared cursor) and
-//! the guest-memory side free of `unsafe`, at the price of one memcpy per request. (The
-//! one `unsafe` block here is the `fallocate` call, which std does not wrap.)
+//! Data moves straight between the file and guest RAM: the worker turns a request's
+//! segments into host iovecs (each piece bounds-checked into a guest memory region by
+//! vm-memory's `get_slices`) and calls `preadv`/`pwritev` at the request's offset,
+//! resuming after short transfers. No bounce buffer, no memcpy, no per-request
+//! allocation (the iovec array is reused). I/O stays positional (no shared cursor).
 
 mod request;
 mod worker;
@@ -328,7 +329,7 @@ impl BlockWorker {
             mem,
             jobs: self.jobs,
             generation: self.generation,
-            buf: Vec::new(),
+            iovecs: Vec::with_capacity(2 * SEG_MAX as usize),
         };
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
         let handle = std::thread::Builder::new()
