@@ -329,7 +329,10 @@ mod tests {
             kind("cpu_weight"),
             integer(limits::CPU_WEIGHT, "(relative weight)")
         );
-        assert_eq!(kind("cpu_max_percent"), integer(limits::CPU_MAX_PERCENT, "%"));
+        assert_eq!(
+            kind("cpu_max_percent"),
+            integer(limits::CPU_MAX_PERCENT, "%")
+        );
         assert_eq!(kind("io_max_mib_s"), integer(limits::IO_MAX_MIB_S, "MiB/s"));
     }
 

@@ -897,7 +897,10 @@ ports = [80, 443, "8000-8100"]
         assert!(p.autostart);
         assert_eq!(p.restart, RestartPolicy::OnCrash);
         assert_eq!(p.cpu_weight, 200);
-        assert_eq!((p.cpu_max_percent, p.io_weight, p.io_max_mib_s), (150, 50, 40));
+        assert_eq!(
+            (p.cpu_max_percent, p.io_weight, p.io_max_mib_s),
+            (150, 50, 40)
+        );
         assert!(!p.clipboard_paste_in && p.clipboard_copy_out);
         assert!(!p.file_send && p.file_receive);
         assert_eq!(p.network.mode, NetworkMode::Nat);

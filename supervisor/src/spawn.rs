@@ -32,6 +32,9 @@ pub fn spawn_partition(spec: &LaunchSpec) -> io::Result<Spawned> {
     let (output, output_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let mut command = Command::new(&spec.program);
     command
+        // What `ps` and `top -c` show: the partition's name (the VMM sets its thread
+        // name, `top`'s default column, once it knows it).
+        .arg0(format!("bulkhead-vmm: {}", spec.name()))
         .args(&spec.args)
         .arg("--control-fd")
         .arg(CONTROL_FD.to_string())
