@@ -417,39 +417,30 @@ impl PartitionCgroup {
     }
 }
 
-/// Makes partition `name`'s cgroup under this host's base, moves `pid` into it and
-/// writes `resources`. Never fails the start: what could not be done is in the status.
-pub fn place(
-    name: &str,
-    pid: u32,
-    resources: &Resources,
-    disks: &[String],
-) -> (Option<PartitionCgroup>, ResourceStatus) {
-    let unlimited = |why: String| {
-        tracing::warn!(partition = %name, "no resource limits: {why}");
-        let status = ResourceStatus {
-            cgroup: None,
-            missing: vec![why],
-        };
-        (None, status)
-    };
-    let base = match CgroupBase::for_host() {
-        Ok(b) => b,
-        Err(why) => return unlimited(why),
-    };
-    let cg = match base.create(name) {
-        Ok(cg) => cg,
-        Err(e) => return unlimited(e.to_string()),
-    };
-    if let Err(e) = cg.add_pid(pid) {
-        let _ = cg.remove(Duration::ZERO);
-        return unlimited(e.to_string());
+/// A new cgroup for partition `name` under this host's base, with its `cgroup.procs`
+/// open for the process to join before it execs ([`crate::spawn::spawn_partition`]): a
+/// partition forks its PID-namespace child at once, so moving it afterwards would leave
+/// that child behind. `Err` is why the partition runs without limits.
+pub fn prepare(name: &str) -> Result<(PartitionCgroup, std::fs::File), String> {
+    let base = CgroupBase::for_host()?;
+    let cg = base.create(name).map_err(|e| e.to_string())?;
+    let path = cg.path.join("cgroup.procs");
+    match std::fs::OpenOptions::new().write(true).open(&path) {
+        Ok(f) => Ok((cg, f)),
+        Err(e) => {
+            let _ = cg.remove(Duration::ZERO);
+            Err(io_err(&path)(e).to_string())
+        }
     }
-    let status = cg.apply(resources, disks);
-    if !status.missing.is_empty() {
-        tracing::warn!(partition = %name, missing = ?status.missing, "resource limits not in force");
+}
+
+/// How a partition without a cgroup is governed: not at all, and why.
+pub fn unlimited(name: &str, why: String) -> ResourceStatus {
+    tracing::warn!(partition = %name, "no resource limits: {why}");
+    ResourceStatus {
+        cgroup: None,
+        missing: vec![why],
     }
-    (Some(cg), status)
 }
 
 /// The whole-disk block devices (`MAJ:MIN`) holding `files`, for `io.max`; files on

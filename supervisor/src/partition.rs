@@ -248,16 +248,26 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
         }
     };
     let disk_devices = cgroup::disk_devices(&files.disks);
-    let spawned = spawn_partition(&slot.spec).map_err(|source| SupervisorError::Spawn {
+    let placed = cgroup::prepare(slot.spec.name());
+    let spawned = spawn_partition(&slot.spec, placed.as_ref().ok().map(|(_, procs)| procs));
+    let (cgroup, resource_status) = match placed {
+        Ok((cg, _)) if spawned.is_err() => {
+            let _ = cg.remove(Duration::ZERO);
+            (None, ResourceStatus::default())
+        }
+        Ok((cg, _)) => {
+            let resources = inner.resources.unwrap_or(slot.spec.resources);
+            let status = cg.apply(&resources, &disk_devices);
+            (Some(cg), status)
+        }
+        Err(why) => (None, cgroup::unlimited(slot.spec.name(), why)),
+    };
+    let spawned = spawned.map_err(|source| SupervisorError::Spawn {
         name: slot.spec.name().to_string(),
         program: slot.spec.program.clone(),
         source,
     })?;
     let pid = spawned.child.id();
-    // Before the handshake: the process waits for it, so it has not forked its
-    // PID-namespace child or touched guest memory yet; both are charged here.
-    let resources = inner.resources.unwrap_or(slot.spec.resources);
-    let (cgroup, resource_status) = cgroup::place(slot.spec.name(), pid, &resources, &disk_devices);
     let io_err = |source: std::io::Error| SupervisorError::Spawn {
         name: slot.spec.name().to_string(),
         program: slot.spec.program.clone(),

@@ -622,7 +622,7 @@ fn cpu_time() -> Duration {
 /// bookkeeping.
 fn bare_reader_cpu() -> Duration {
     let spec = fake("bare", "flood", AutoRestart::Never);
-    let mut spawned = super::spawn::spawn_partition(&spec).unwrap();
+    let mut spawned = super::spawn::spawn_partition(&spec, None).unwrap();
     let mut reader =
         vmm_core::control::MessageReader::<Event>::new(spawned.socket.try_clone().unwrap());
     let mut writer = vmm_core::control::MessageWriter::<Command>::new(spawned.socket);
