@@ -313,6 +313,18 @@ impl Supervisor {
         Ok(self.slot(name)?.set_resources(resources))
     }
 
+    /// The shares and caps `spec` asks for (the policy editor saved it), written to the
+    /// partition's cgroup now if it runs. Its memory limit stays that of the guest RAM it
+    /// was launched with: a smaller `memory_mib` takes effect at its next start, never
+    /// by starving the running guest.
+    pub fn set_resources_from(
+        &self,
+        spec: &isolation_policy::PartitionSpec,
+    ) -> Result<cgroup::ResourceStatus, SupervisorError> {
+        let slot = self.slot(&spec.name)?;
+        Ok(slot.set_resources(launch::resources_of(spec, &slot.spec.launch)))
+    }
+
     /// Puts another process of the partition (its network relay, passt) into its
     /// cgroup; nothing when it has none.
     pub fn add_to_cgroup(&self, name: &str, pid: u32) -> Result<(), SupervisorError> {
