@@ -409,8 +409,8 @@ thread_local! {
 
 #[test]
 fn a_partition_without_resource_limits_wears_a_badge_in_the_launcher_and_its_view() {
-    const BADGE: &str =
-        "no resource limits: cpu: no cpu controller, not in this host's cgroup v2 (held by cgroup v1?)";
+    const BADGE: &str = "no resource limits: cpu, memory, io: no controller, \
+                         not in this host's cgroup v2 (held by cgroup v1?)";
     let unlimited = ReducedSandbox(running("mail", Label::Yellow), Some(BADGE));
     let full = running("work", Label::Blue);
     let backends: Vec<Box<dyn PartitionBackend>> = vec![Box::new(unlimited), Box::new(full)];
@@ -441,8 +441,10 @@ fn saving_the_policy_hands_each_running_partition_its_new_settings() {
         "[partition.mail]\nlabel = \"yellow\"\ncpu_weight = 100\n",
     )
     .unwrap();
-    let backends: Vec<Box<dyn PartitionBackend>> =
-        vec![Box::new(ReducedSandbox(running("mail", Label::Yellow), None))];
+    let backends: Vec<Box<dyn PartitionBackend>> = vec![Box::new(ReducedSandbox(
+        running("mail", Label::Yellow),
+        None,
+    ))];
     let mut app = BulkheadApp::new(backends);
     app.policy = bulkhead::app::policy_editor::PolicyEditor::open(dir.path());
     app.apply_saved_policy();
