@@ -269,6 +269,19 @@ impl PartitionBackend for SupervisedPartition {
         }
     }
 
+    fn resource_badge(&self) -> Option<String> {
+        match self.supervisor.status(self.name()) {
+            Ok(status) if status.pid.is_some() => status.resources.badge(),
+            _ => None,
+        }
+    }
+
+    fn apply_policy(&mut self, spec: &isolation_policy::PartitionSpec) {
+        if let Err(e) = self.supervisor.set_resources_from(spec) {
+            tracing::warn!(partition = %self.name(), "applying the saved policy: {e}");
+        }
+    }
+
     fn stats(&self) -> PartitionStats {
         PartitionStats {
             memory_mib: self.usage.rss_mib.unwrap_or(0),

@@ -323,9 +323,9 @@ fn a_host_that_can_only_run_the_test_card_says_so_in_the_window() {
     h.snapshot("host_notice");
 }
 
-/// A source whose process reported that this host lacks Landlock: everything else is
-/// the software source's.
-struct ReducedSandbox(SoftwareBackend);
+/// A source whose process reported that this host lacks Landlock (or, with the second
+/// field, whose limits are not in force): everything else is the software source's.
+struct ReducedSandbox(SoftwareBackend, Option<&'static str>);
 
 impl PartitionBackend for ReducedSandbox {
     fn info(&self) -> &PartitionInfo {
@@ -338,7 +338,16 @@ impl PartitionBackend for ReducedSandbox {
         self.0.stats()
     }
     fn sandbox_gaps(&self) -> Vec<String> {
-        vec!["no Landlock".to_string()]
+        match self.1 {
+            Some(_) => Vec::new(),
+            None => vec!["no Landlock".to_string()],
+        }
+    }
+    fn resource_badge(&self) -> Option<String> {
+        self.1.map(str::to_string)
+    }
+    fn apply_policy(&mut self, spec: &isolation_policy::PartitionSpec) {
+        APPLIED.with(|a| a.borrow_mut().push((spec.name.clone(), spec.cpu_weight)));
     }
     fn start(&mut self) -> Result<(), bulkhead::app::BackendError> {
         self.0.start()
@@ -371,7 +380,7 @@ impl PartitionBackend for ReducedSandbox {
 
 #[test]
 fn a_reduced_sandbox_is_a_badge_on_the_partition_in_the_launcher_and_its_view() {
-    let reduced = ReducedSandbox(running("mail", Label::Yellow));
+    let reduced = ReducedSandbox(running("mail", Label::Yellow), None);
     let full = running("work", Label::Blue);
     let backends: Vec<Box<dyn PartitionBackend>> = vec![Box::new(reduced), Box::new(full)];
     let mut app = BulkheadApp::new(backends);
@@ -391,4 +400,63 @@ fn a_reduced_sandbox_is_a_badge_on_the_partition_in_the_launcher_and_its_view() 
         h.mask(r);
     }
     h.snapshot("launcher_sandbox_reduced");
+}
+
+thread_local! {
+    /// (partition, cpu_weight) handed to `apply_policy`, in order.
+    static APPLIED: std::cell::RefCell<Vec<(String, u32)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[test]
+fn a_partition_without_resource_limits_wears_a_badge_in_the_launcher_and_its_view() {
+    const BADGE: &str = "no resource limits: cpu, memory, io: no controller, \
+                         not in this host's cgroup v2 (held by cgroup v1?)";
+    let unlimited = ReducedSandbox(running("mail", Label::Yellow), Some(BADGE));
+    let full = running("work", Label::Blue);
+    let backends: Vec<Box<dyn PartitionBackend>> = vec![Box::new(unlimited), Box::new(full)];
+    let mut app = BulkheadApp::new(backends);
+    app.prefs.layout = ViewLayout::Tabs;
+    let mut h = harness(app, (1000.0, 480.0));
+    h.run_steps(2);
+    assert_eq!(
+        h.query_all_by_label(BADGE).count(),
+        1,
+        "one badge in the launcher, on the unlimited partition only"
+    );
+    let live: Vec<egui::Rect> = h
+        .query_all_by_label_contains("CPU ")
+        .map(|n| n.rect())
+        .collect();
+    for r in live {
+        h.mask(r);
+    }
+    h.snapshot("launcher_no_resource_limits");
+}
+
+#[test]
+fn saving_the_policy_hands_each_running_partition_its_new_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("partitions.toml"),
+        "[partition.mail]\nlabel = \"yellow\"\ncpu_weight = 100\n",
+    )
+    .unwrap();
+    let backends: Vec<Box<dyn PartitionBackend>> = vec![Box::new(ReducedSandbox(
+        running("mail", Label::Yellow),
+        None,
+    ))];
+    let mut app = BulkheadApp::new(backends);
+    app.policy = bulkhead::app::policy_editor::PolicyEditor::open(dir.path());
+    app.apply_saved_policy();
+    assert!(APPLIED.with(|a| a.borrow().is_empty()), "nothing saved yet");
+    app.policy.select("mail");
+    app.policy.set_field("cpu_weight", "700");
+    app.policy.save();
+    app.apply_saved_policy();
+    app.apply_saved_policy();
+    assert_eq!(
+        APPLIED.with(|a| a.borrow().clone()),
+        [("mail".to_string(), 700)],
+        "applied once, with the saved value"
+    );
 }

@@ -128,6 +128,33 @@ pub const PARTITION_FIELDS: &[PartitionField] = &[
         },
         |p| p.cpu_weight.to_string(),
     ),
+    field(
+        "cpu_max_percent",
+        "CPU cap (% of one CPU, 0 = none)",
+        FieldKind::Integer {
+            range: limits::CPU_MAX_PERCENT,
+            unit: "%",
+        },
+        |p| p.cpu_max_percent.to_string(),
+    ),
+    field(
+        "io_weight",
+        "Disk weight",
+        FieldKind::Integer {
+            range: limits::IO_WEIGHT,
+            unit: "(relative weight)",
+        },
+        |p| p.io_weight.to_string(),
+    ),
+    field(
+        "io_max_mib_s",
+        "Disk cap (MiB/s, 0 = none)",
+        FieldKind::Integer {
+            range: limits::IO_MAX_MIB_S,
+            unit: "MiB/s",
+        },
+        |p| p.io_max_mib_s.to_string(),
+    ),
     field("display", "Display (WxH)", FieldKind::Text, |p| {
         format!("{}x{}", p.display.0, p.display.1)
     }),
@@ -302,6 +329,11 @@ mod tests {
             kind("cpu_weight"),
             integer(limits::CPU_WEIGHT, "(relative weight)")
         );
+        assert_eq!(
+            kind("cpu_max_percent"),
+            integer(limits::CPU_MAX_PERCENT, "%")
+        );
+        assert_eq!(kind("io_max_mib_s"), integer(limits::IO_MAX_MIB_S, "MiB/s"));
     }
 
     #[test]
@@ -322,6 +354,9 @@ mod tests {
                 "memory_mib",
                 "vcpus",
                 "cpu_weight",
+                "cpu_max_percent",
+                "io_weight",
+                "io_max_mib_s",
                 "display",
                 "image",
                 "template",

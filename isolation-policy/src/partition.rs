@@ -50,6 +50,11 @@ pub mod limits {
     pub const MEMORY_MIB: (i64, i64) = (64, 1 << 20);
     pub const VCPUS: (i64, i64) = (1, 64);
     pub const CPU_WEIGHT: (i64, i64) = (1, 10_000);
+    /// Percent of one host CPU (`150`: one and a half CPUs); 0 means no cap.
+    pub const CPU_MAX_PERCENT: (i64, i64) = (0, 6_400);
+    pub const IO_WEIGHT: (i64, i64) = (1, 10_000);
+    /// MiB/s each way on each disk's host device; 0 means no cap.
+    pub const IO_MAX_MIB_S: (i64, i64) = (0, 100_000);
     pub const WIDTH: (u32, u32) = (320, 7680);
     pub const HEIGHT: (u32, u32) = (200, 4320);
     /// The framebuffer lives in the 3–4 GiB MMIO hole beside the virtio windows.
@@ -86,7 +91,14 @@ pub struct Partition {
     pub tags: BTreeSet<String>,
     pub autostart: bool,
     pub restart: RestartPolicy,
+    /// Share of host CPU time against other partitions (cgroup `cpu.weight`).
     pub cpu_weight: u32,
+    /// Hard CPU cap in percent of one host CPU (cgroup `cpu.max`); 0: none.
+    pub cpu_max_percent: u32,
+    /// Share of disk time against other partitions (cgroup `io.weight`).
+    pub io_weight: u32,
+    /// Read and write bandwidth cap per disk device, MiB/s (cgroup `io.max`); 0: none.
+    pub io_max_mib_s: u32,
     pub network: Network,
     /// May text copied in this partition be pasted elsewhere?
     pub clipboard_copy_out: bool,
@@ -121,6 +133,9 @@ impl Partition {
             autostart: false,
             restart: RestartPolicy::Never,
             cpu_weight: 100,
+            cpu_max_percent: 0,
+            io_weight: 100,
+            io_max_mib_s: 0,
             network: Network::default(),
             clipboard_copy_out: true,
             clipboard_paste_in: true,

@@ -333,6 +333,21 @@ impl Reader<'_> {
                         p.cpu_weight = v;
                     }
                 }
+                "cpu_max_percent" => {
+                    if let Some(v) = self.integer_field(item, &what, key) {
+                        p.cpu_max_percent = v;
+                    }
+                }
+                "io_weight" => {
+                    if let Some(v) = self.integer_field(item, &what, key) {
+                        p.io_weight = v;
+                    }
+                }
+                "io_max_mib_s" => {
+                    if let Some(v) = self.integer_field(item, &what, key) {
+                        p.io_max_mib_s = v;
+                    }
+                }
                 "display" => {
                     if let Some(s) = self.string(item, &what) {
                         match parse_display(&s) {
@@ -856,6 +871,9 @@ tags = ["web"]
 autostart = true
 restart = "on-crash"
 cpu_weight = 200
+cpu_max_percent = 150
+io_weight = 50
+io_max_mib_s = 40
 clipboard = { copy_out = true, paste_in = false }
 file_transfer = { send = false, receive = true }
 
@@ -879,13 +897,17 @@ ports = [80, 443, "8000-8100"]
         assert!(p.autostart);
         assert_eq!(p.restart, RestartPolicy::OnCrash);
         assert_eq!(p.cpu_weight, 200);
+        assert_eq!(
+            (p.cpu_max_percent, p.io_weight, p.io_max_mib_s),
+            (150, 50, 40)
+        );
         assert!(!p.clipboard_paste_in && p.clipboard_copy_out);
         assert!(!p.file_send && p.file_receive);
         assert_eq!(p.network.mode, NetworkMode::Nat);
         assert!(p.network.dns);
         assert_eq!(p.network.rules.len(), 1);
         assert_eq!(p.network.rules[0].ports.len(), 3);
-        assert_eq!(p.network.rules[0].line, 21);
+        assert_eq!(p.network.rules[0].line, 24);
         assert_eq!(p.position_of("memory_mib"), (5, 14));
     }
 

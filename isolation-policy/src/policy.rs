@@ -38,6 +38,11 @@ pub struct PartitionSpec {
     pub autostart: bool,
     pub restart: RestartPolicy,
     pub cpu_weight: u32,
+    /// Percent of one host CPU; 0: no cap.
+    pub cpu_max_percent: u32,
+    pub io_weight: u32,
+    /// MiB/s per disk device; 0: no cap.
+    pub io_max_mib_s: u32,
 }
 
 /// A checked policy: every rule names known partitions and tags.
@@ -96,6 +101,9 @@ impl Policy {
             autostart: p.autostart,
             restart: p.restart,
             cpu_weight: p.cpu_weight,
+            cpu_max_percent: p.cpu_max_percent,
+            io_weight: p.io_weight,
+            io_max_mib_s: p.io_max_mib_s,
         })
     }
 

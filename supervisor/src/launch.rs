@@ -4,6 +4,7 @@
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use isolation_policy::PartitionSpec;
 use vmm_core::hostcheck::{self, HostError, Virtualization};
@@ -12,20 +13,54 @@ use vmm_core::launch::{
     DEFAULT_CMDLINE,
 };
 
+use crate::cgroup::Resources;
 use crate::guest_image::{self, ImageError};
 use crate::template::TemplateStore;
 
-/// Automatic restarts of a crashing partition before it stays crashed.
-const MAX_AUTO_RESTARTS: u32 = 3;
+/// Automatic restarts of a crashing partition within [`CRASH_WINDOW`] before it stays
+/// crashed: a partition that crashes now and then keeps coming back, one in a crash loop
+/// stops and says so.
+const MAX_AUTO_RESTARTS: u32 = 5;
+/// How long an automatic restart counts against [`AutoRestart::OnCrash`]'s `max_retries`.
+pub const CRASH_WINDOW: Duration = Duration::from_secs(10 * 60);
 
 /// What to do when a partition's process crashes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AutoRestart {
     Never,
-    /// Restart automatically, at most `max_retries` times until the next manual start.
+    /// Restart automatically after a growing delay, at most `max_retries` times within
+    /// [`CRASH_WINDOW`]; then it stays crashed until started by hand.
     OnCrash {
         max_retries: u32,
     },
+}
+
+/// When a partition was restarted automatically, within [`CRASH_WINDOW`].
+#[derive(Debug, Default)]
+pub struct CrashHistory {
+    restarts: std::collections::VecDeque<Instant>,
+}
+
+impl CrashHistory {
+    /// A crash at `now`: the delay before restarting, or `None` when `max_retries`
+    /// restarts happened within the window already (a crash loop).
+    pub fn record(&mut self, now: Instant, max_retries: u32) -> Option<Duration> {
+        while self
+            .restarts
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > CRASH_WINDOW)
+        {
+            self.restarts.pop_front();
+        }
+        let recent = u32::try_from(self.restarts.len()).unwrap_or(u32::MAX);
+        if recent >= max_retries {
+            return None;
+        }
+        self.restarts.push_back(now);
+        // 200 ms, 400 ms, 800 ms … up to 10 s by the restarts in the window: a partition
+        // that dies at once cannot spin, one that crashed long ago comes back at once.
+        Some(Duration::from_millis(200 << recent.min(6)).min(Duration::from_secs(10)))
+    }
 }
 
 /// Where a partition's boot files come from; opened at every start, so a rebuilt image
@@ -58,6 +93,8 @@ pub struct LaunchSpec {
     /// to the initramfs as one more archive.
     pub guest_config: Option<GuestConfig>,
     pub restart: AutoRestart,
+    /// The partition's cgroup limits.
+    pub resources: Resources,
 }
 
 /// Where one disk's file comes from, resolved at every start.
@@ -135,6 +172,7 @@ impl LaunchSpec {
         LaunchSpec {
             program: vmm_binary(),
             args: vec!["partition".into()],
+            resources: default_resources(&launch),
             launch,
             boot_files,
             disk_files: Vec::new(),
@@ -146,7 +184,29 @@ impl LaunchSpec {
     pub fn name(&self) -> &str {
         &self.launch.name
     }
+}
 
+/// The limits of `launch` with default shares: its guest RAM and framebuffer plus the
+/// VMM's allowance.
+pub fn default_resources(launch: &LaunchConfig) -> Resources {
+    let framebuffer = launch
+        .display
+        .map_or(0, |d| u64::from(d.width) * u64::from(d.height) * 4);
+    Resources::new(launch.memory_mib.saturating_mul(1 << 20), framebuffer)
+}
+
+/// The limits `spec` asks for, for a partition launched as `launch`.
+pub fn resources_of(spec: &PartitionSpec, launch: &LaunchConfig) -> Resources {
+    Resources {
+        cpu_weight: spec.cpu_weight,
+        cpu_max_percent: spec.cpu_max_percent,
+        io_weight: spec.io_weight,
+        io_max_bytes_per_sec: u64::from(spec.io_max_mib_s) << 20,
+        ..default_resources(launch)
+    }
+}
+
+impl LaunchSpec {
     /// Opens /dev/kvm (refusing a software-only KVM for Linux), the boot files and the
     /// disks; resolves the default image first when the spec asks for it.
     pub fn open_files(&self) -> Result<LaunchFiles, LaunchFileError> {
@@ -366,6 +426,7 @@ pub fn launch_spec(spec: &PartitionSpec, engine: Engine) -> LaunchSpec {
     LaunchSpec {
         disk_files,
         guest_config,
+        resources: resources_of(spec, &launch),
         ..LaunchSpec::partition(launch, boot_files, restart)
     }
 }
@@ -449,6 +510,45 @@ mod tests {
         assert!(text.contains("etc/bulkhead/partition.conf"));
         assert!(text.contains(r#"BULKHEAD_APP='claws-mail --select '\''#mh/Mailbox/inbox'\'''"#));
         assert!(text.contains("BULKHEAD_KEYMAP='de'"));
+    }
+
+    #[test]
+    fn a_crash_loop_stops_after_max_retries_within_the_window_and_old_crashes_are_forgotten() {
+        let mut h = CrashHistory::default();
+        let t0 = Instant::now();
+        let delays: Vec<_> = (0..3)
+            .map(|i| h.record(t0 + Duration::from_secs(i), 3))
+            .collect();
+        assert_eq!(
+            delays,
+            [200, 400, 800].map(|ms| Some(Duration::from_millis(ms)))
+        );
+        assert_eq!(h.record(t0 + Duration::from_secs(4), 3), None, "a loop");
+        // Past the window the early restarts no longer count: back with a short delay.
+        let later = t0 + CRASH_WINDOW + Duration::from_secs(10);
+        assert_eq!(h.record(later, 3), Some(Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn the_partitions_limits_come_from_its_policy_and_memory_covers_guest_and_screen() {
+        let policy = isolation_policy::Policy::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/policy"),
+        )
+        .unwrap()
+        .0;
+        let mut spec = policy.spec("work").unwrap();
+        spec.cpu_weight = 300;
+        spec.cpu_max_percent = 50;
+        spec.io_max_mib_s = 20;
+        let l = launch_spec(&spec, Engine::TestCard);
+        let r = l.resources;
+        assert_eq!((r.cpu_weight, r.cpu_max_percent), (300, 50));
+        assert_eq!(r.io_max_bytes_per_sec, 20 << 20);
+        let fb = u64::from(spec.display_width) * u64::from(spec.display_height) * 4;
+        assert_eq!(
+            r.memory_max_bytes,
+            (u64::from(spec.memory_mib) << 20) + fb + crate::cgroup::VMM_ALLOWANCE_BYTES
+        );
     }
 
     #[test]

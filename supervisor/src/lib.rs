@@ -11,6 +11,7 @@
 //! protocol becomes `Crashed` with the reason; the others never notice. See
 //! `vmm_core::control` for the protocol and the sequence a partition process follows.
 
+pub mod cgroup;
 pub mod damage;
 mod framebuffer;
 pub mod guest_image;
@@ -99,6 +100,9 @@ pub struct PartitionStatus {
     pub sandbox: Option<SandboxStatus>,
     /// The current process's stdout and stderr, sanitised ([`log`]).
     pub log_file: Option<PathBuf>,
+    /// The current process's cgroup and the limits not in force ([`cgroup`]); the app
+    /// shows [`cgroup::ResourceStatus::badge`].
+    pub resources: cgroup::ResourceStatus,
 }
 
 impl PartitionStatus {
@@ -147,6 +151,11 @@ pub enum SupervisorError {
         name: String,
         program: PathBuf,
         source: std::io::Error,
+    },
+    #[error("partition {name:?}: {source}")]
+    Cgroup {
+        name: String,
+        source: cgroup::CgroupError,
     },
     #[error("partition {name:?} was cut off: it {reason}")]
     Unresponsive { name: String, reason: String },
@@ -292,6 +301,39 @@ impl Supervisor {
 
     pub fn reply_service(&self, name: &str, id: u64, allowed: bool) -> Result<(), SupervisorError> {
         partition::send(self.slot(name)?, Command::ServiceReply { id, allowed })
+    }
+
+    /// New cgroup limits for a partition: written to its cgroup now if it runs, used at
+    /// every later start. Returns what is in force.
+    pub fn set_resources(
+        &self,
+        name: &str,
+        resources: cgroup::Resources,
+    ) -> Result<cgroup::ResourceStatus, SupervisorError> {
+        Ok(self.slot(name)?.set_resources(resources))
+    }
+
+    /// The shares and caps `spec` asks for (the policy editor saved it), written to the
+    /// partition's cgroup now if it runs. Its memory limit stays that of the guest RAM it
+    /// was launched with: a smaller `memory_mib` takes effect at its next start, never
+    /// by starving the running guest.
+    pub fn set_resources_from(
+        &self,
+        spec: &isolation_policy::PartitionSpec,
+    ) -> Result<cgroup::ResourceStatus, SupervisorError> {
+        let slot = self.slot(&spec.name)?;
+        Ok(slot.set_resources(launch::resources_of(spec, &slot.spec.launch)))
+    }
+
+    /// Puts another process of the partition (its network relay, passt) into its
+    /// cgroup; nothing when it has none.
+    pub fn add_to_cgroup(&self, name: &str, pid: u32) -> Result<(), SupervisorError> {
+        self.slot(name)?
+            .add_to_cgroup(pid)
+            .map_err(|e| SupervisorError::Cgroup {
+                name: name.to_string(),
+                source: e,
+            })
     }
 
     pub fn status(&self, name: &str) -> Result<PartitionStatus, SupervisorError> {

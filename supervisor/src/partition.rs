@@ -21,6 +21,7 @@ use vmm_core::control::{
 use vmm_core::devices::framebuffer::DamageRect;
 use vmm_core::shm::Memfd;
 
+use super::cgroup::{self, PartitionCgroup, ResourceStatus, Resources};
 use super::damage::DamageSet;
 use super::framebuffer::SharedFramebuffer;
 use super::spawn::{describe_signal, spawn_partition, Pidfd};
@@ -81,6 +82,15 @@ struct Inner {
     /// Where the current process's stdout and stderr go.
     log_file: Option<std::path::PathBuf>,
     restarts: u32,
+    /// When the automatic restarts happened, for crash-loop protection.
+    crashes: crate::launch::CrashHistory,
+    /// Limits set while running (the policy editor), replacing the spec's from then on.
+    resources: Option<Resources>,
+    /// The current process's cgroup, removed when it is reaped.
+    cgroup: Option<Arc<PartitionCgroup>>,
+    /// Its disks' block devices, for `io.max`.
+    disk_devices: Vec<String>,
+    resource_status: ResourceStatus,
     framebuffer: Option<Arc<SharedFramebuffer>>,
     /// Damage since the last poll, merged: at most a few rectangles, one screen in all.
     damage: DamageSet,
@@ -133,6 +143,29 @@ impl Slot {
             killed_after_timeout: inner.killed_after_timeout,
             sandbox: inner.sandbox.clone(),
             log_file: inner.log_file.clone(),
+            resources: inner.resource_status.clone(),
+        }
+    }
+
+    /// New limits: written to the running process's cgroup at once, and used by every
+    /// later start.
+    pub fn set_resources(&self, resources: Resources) -> ResourceStatus {
+        let mut inner = self.lock();
+        inner.resources = Some(resources);
+        if let Some(cg) = inner.cgroup.clone() {
+            inner.resource_status = cg.apply(&resources, &inner.disk_devices);
+        }
+        let status = inner.resource_status.clone();
+        drop(inner);
+        self.changed();
+        status
+    }
+
+    /// Puts another process of this partition (its relay, passt) into its cgroup.
+    pub fn add_to_cgroup(&self, pid: u32) -> Result<(), cgroup::CgroupError> {
+        match self.lock().cgroup.clone() {
+            Some(cg) => cg.add_pid(pid),
+            None => Ok(()),
         }
     }
 
@@ -214,7 +247,22 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
             });
         }
     };
-    let spawned = spawn_partition(&slot.spec).map_err(|source| SupervisorError::Spawn {
+    let disk_devices = cgroup::disk_devices(&files.disks);
+    let placed = cgroup::prepare(slot.spec.name());
+    let spawned = spawn_partition(&slot.spec, placed.as_ref().ok().map(|(_, procs)| procs));
+    let (cgroup, resource_status) = match placed {
+        Ok((cg, _)) if spawned.is_err() => {
+            let _ = cg.remove(Duration::ZERO);
+            (None, ResourceStatus::default())
+        }
+        Ok((cg, _)) => {
+            let resources = inner.resources.unwrap_or(slot.spec.resources);
+            let status = cg.apply(&resources, &disk_devices);
+            (Some(cg), status)
+        }
+        Err(why) => (None, cgroup::unlimited(slot.spec.name(), why)),
+    };
+    let spawned = spawned.map_err(|source| SupervisorError::Spawn {
         name: slot.spec.name().to_string(),
         program: slot.spec.program.clone(),
         source,
@@ -245,7 +293,11 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
     let generation = inner.generation;
     if reset_restarts {
         inner.restarts = 0;
+        inner.crashes = Default::default();
     }
+    inner.cgroup = cgroup.map(Arc::new);
+    inner.disk_devices = disk_devices;
+    inner.resource_status = resource_status;
     inner.state = ProcessState::Booting;
     inner.pid = Some(pid);
     inner.pidfd = Some(Arc::new(spawned.pidfd));
@@ -731,6 +783,20 @@ fn reap(slot: &Arc<Slot>, generation: u64, mut child: Child, reader_done: mpsc::
     // The socket reaches end-of-file once the process is gone; bounded in case a
     // descendant still holds it.
     let _ = reader_done.recv_timeout(READER_DRAIN);
+    let cgroup = {
+        let mut inner = slot.lock();
+        if inner.generation == generation {
+            inner.resource_status = ResourceStatus::default();
+            inner.cgroup.take()
+        } else {
+            None
+        }
+    };
+    if let Some(cg) = cgroup {
+        if let Err(e) = cg.remove(Duration::from_secs(1)) {
+            warn!(partition = %slot.spec.name(), "removing its cgroup: {e}");
+        }
+    }
     let restart_after = {
         let mut inner = slot.lock();
         let (state, exit) = final_state(&inner, status);
@@ -817,13 +883,23 @@ fn restart_delay(slot: &Slot, inner: &mut Inner) -> Option<Duration> {
     if !matches!(inner.state, ProcessState::Crashed { .. })
         || inner.violation.is_some()
         || inner.sandbox_failure.is_some()
-        || inner.restarts >= max_retries
     {
         return None;
     }
+    let ProcessState::Crashed { reason } = &inner.state else {
+        return None;
+    };
+    let Some(delay) = inner.crashes.record(Instant::now(), max_retries) else {
+        let reason = format!(
+            "crash loop: {} automatic restart(s) within {} min, stays stopped until started by hand; last crash: {reason}",
+            max_retries,
+            crate::launch::CRASH_WINDOW.as_secs() / 60
+        );
+        warn!(partition = %slot.spec.name(), %reason, "not restarting");
+        inner.state = ProcessState::Crashed { reason };
+        return None;
+    };
     inner.restarts += 1;
-    // 100 ms, 200 ms, 400 ms … up to 5 s: a partition that dies at once cannot spin.
-    let delay = Duration::from_millis(100 << inner.restarts.min(6)).min(Duration::from_secs(5));
     info!(partition = %slot.spec.name(), attempt = inner.restarts, ?delay, "restarting crashed partition");
     Some(delay)
 }

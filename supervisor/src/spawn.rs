@@ -22,8 +22,14 @@ pub struct Spawned {
     pub output: OwnedFd,
 }
 
-/// Starts `spec.program spec.args… --control-fd 3`.
-pub fn spawn_partition(spec: &LaunchSpec) -> io::Result<Spawned> {
+/// Starts `spec.program spec.args… --control-fd 3`; with `cgroup_procs` (a cgroup's
+/// `cgroup.procs`, open for writing) the child joins that cgroup before it execs, so
+/// everything it runs and forks is in it from the start.
+pub fn spawn_partition(
+    spec: &LaunchSpec,
+    cgroup_procs: Option<&std::fs::File>,
+) -> io::Result<Spawned> {
+    let procs_fd = cgroup_procs.map(AsRawFd::as_raw_fd);
     // Both ends are close-on-exec; the child's end is dup'ed onto CONTROL_FD below.
     let (ours, theirs) = UnixStream::pair()?;
     let theirs_fd = theirs.as_raw_fd();
@@ -32,6 +38,9 @@ pub fn spawn_partition(spec: &LaunchSpec) -> io::Result<Spawned> {
     let (output, output_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let mut command = Command::new(&spec.program);
     command
+        // What `ps` and `top -c` show: the partition's name (the VMM sets its thread
+        // name, `top`'s default column, once it knows it).
+        .arg0(format!("bulkhead-vmm: {}", spec.name()))
         .args(&spec.args)
         .arg("--control-fd")
         .arg(CONTROL_FD.to_string())
@@ -39,13 +48,21 @@ pub fn spawn_partition(spec: &LaunchSpec) -> io::Result<Spawned> {
         .stdout(Stdio::from(output_write.try_clone()?))
         .stderr(Stdio::from(output_write));
     // SAFETY: the hook runs in the forked child between fork and exec, where only
-    // async-signal-safe calls are allowed: it makes two system calls (dup2 or fcntl) on
-    // plain integers and allocates nothing. `theirs_fd` stays open in the parent until
+    // async-signal-safe calls are allowed: it makes at most three system calls (write,
+    // dup2 or fcntl) on plain integers and a static buffer, and allocates nothing.
+    // `procs_fd` is open in the parent (the caller holds its `File` across this call),
+    // so in the child too, until the exec closes it (CLOEXEC); writing "0" to a
+    // cgroup.procs file moves the writer. `theirs_fd` stays open in the parent until
     // after spawn, so it is open in the child too; dup2 onto CONTROL_FD clears CLOEXEC
     // on the copy (and fcntl does when it already is CONTROL_FD), so exactly this fd
     // survives the exec, and no Rust object in the child owns CONTROL_FD.
     unsafe {
         command.pre_exec(move || {
+            if let Some(fd) = procs_fd {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             let rc = if theirs_fd != CONTROL_FD {
                 libc::dup2(theirs_fd, CONTROL_FD)
             } else {

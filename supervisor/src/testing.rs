@@ -62,6 +62,7 @@ pub fn fake_spec(
         agent: AgentChannel::VirtioConsole,
     };
     LaunchSpec {
+        resources: crate::launch::default_resources(&launch),
         program,
         args: [
             test_name,

@@ -72,32 +72,163 @@ fn kill_minus_nine_crashes_only_that_partition_and_restart_brings_it_back() {
 }
 
 #[test]
-fn on_crash_policy_restarts_until_retries_run_out() {
+fn on_crash_policy_restarts_until_a_crash_loop_stops_it_with_the_reason() {
     let sup = supervisor(vec![fake(
         "r",
         "normal",
-        AutoRestart::OnCrash { max_retries: 1 },
+        AutoRestart::OnCrash { max_retries: 2 },
     )]);
-    let first = wait_running(&sup, "r").pid.unwrap();
-    kill9(first);
-    let (status, ok) = sup
-        .wait_until("r", WAIT, |s| {
-            s.restarts == 1 && s.state == ProcessState::Running && s.pid != Some(first)
-        })
-        .unwrap();
-    assert!(ok, "no automatic restart: {status:?}");
+    let mut pid = wait_running(&sup, "r").pid.unwrap();
+    for restart in 1..=2 {
+        kill9(pid);
+        let (status, ok) = sup
+            .wait_until("r", WAIT, |s| {
+                s.restarts == restart && s.state == ProcessState::Running && s.pid != Some(pid)
+            })
+            .unwrap();
+        assert!(ok, "no automatic restart {restart}: {status:?}");
+        pid = status.pid.unwrap();
+    }
 
-    kill9(status.pid.unwrap());
+    kill9(pid);
+    // The third crash within the window: no restart, and the window says why.
     let (status, _) = sup
-        .wait_until("r", Duration::from_secs(2), |s| {
-            s.state == ProcessState::Running && s.restarts > 1
+        .wait_until("r", Duration::from_secs(3), |s| {
+            s.state == ProcessState::Running && s.restarts > 2
         })
         .unwrap();
+    let why = reason(&status);
     assert!(
-        status.state.is_crashed(),
-        "retries exhausted, must stay crashed: {status:?}"
+        why.starts_with("crash loop: 2 automatic restart(s) within 10 min")
+            && why.contains("killed by SIGKILL"),
+        "{why}"
     );
-    assert_eq!(status.restarts, 1);
+    assert_eq!(status.restarts, 2);
+    assert_eq!(status.pid, None);
+    // Started by hand, it runs again with a fresh count.
+    sup.start("r").unwrap();
+    assert_eq!(wait_running(&sup, "r").restarts, 0);
+}
+
+/// The host's cgroup v2 base for partitions, or why this test cannot use one.
+fn cgroup_base_or_skip() -> Option<&'static cgroup::CgroupBase> {
+    match cgroup::CgroupBase::for_host() {
+        Ok(b) => Some(b),
+        Err(why) => {
+            eprintln!("SKIPPED: no partition cgroups on this host: {why}");
+            None
+        }
+    }
+}
+
+#[test]
+fn a_partition_process_lives_in_its_own_cgroup_with_its_limits_until_it_ends() {
+    let Some(base) = cgroup_base_or_skip() else {
+        return;
+    };
+    let mut spec = fake("cg", "normal", AutoRestart::Never);
+    spec.resources.cpu_weight = 250;
+    spec.resources.cpu_max_percent = 50;
+    spec.resources.io_weight = 40;
+    let sup = supervisor(vec![spec]);
+    let status = wait_running(&sup, "cg");
+    let pid = status.pid.unwrap();
+    let dir = status.resources.cgroup.clone().expect("no cgroup");
+    assert!(dir.starts_with(base.dir()), "{}", dir.display());
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
+    let procs: Vec<u32> = read("cgroup.procs")
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(procs.contains(&pid), "{pid} not in {procs:?}");
+    let rel = dir.strip_prefix(cgroup::cgroup2_mount().unwrap()).unwrap();
+    assert_eq!(
+        cgroup::cgroup_of(pid).unwrap(),
+        format!("/{}", rel.display()),
+        "the kernel's view of the process"
+    );
+
+    // Another process of the partition (its relay, passt) joins it by pid.
+    let mut helper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    sup.add_to_cgroup("cg", helper.id()).unwrap();
+    assert!(read("cgroup.procs").contains(&helper.id().to_string()));
+
+    if base.controllers().contains("cpu") {
+        assert_eq!(read("cpu.weight").trim(), "250");
+        assert_eq!(read("cpu.max").trim(), "50000 100000");
+        let mut r = sup.status("cg").unwrap();
+        assert!(!r.resources.missing.iter().any(|m| m.starts_with("cpu")));
+        // A change in the policy editor reaches the running partition.
+        let mut changed = fake("cg", "normal", AutoRestart::Never).resources;
+        changed.cpu_weight = 700;
+        sup.set_resources("cg", changed).unwrap();
+        assert_eq!(read("cpu.weight").trim(), "700");
+        assert_eq!(read("cpu.max").trim(), "max 100000");
+        r = sup.status("cg").unwrap();
+        assert_eq!(r.resources.cgroup.as_ref(), Some(&dir));
+    } else {
+        eprintln!(
+            "SKIPPED cpu values: cgroup v2 here offers no cpu controller ({:?} enabled)",
+            base.controllers()
+        );
+        let badge = status.resources.badge().unwrap();
+        assert!(
+            badge.contains("cpu") && badge.contains(": no controller"),
+            "{badge}"
+        );
+    }
+    if base.controllers().contains("memory") {
+        let limit: u64 = read("memory.max").trim().parse().unwrap();
+        assert_eq!(
+            limit,
+            (16 << 20) + 64 * 64 * 4 + cgroup::VMM_ALLOWANCE_BYTES
+        );
+        assert_eq!(read("memory.swap.max").trim(), "0");
+        assert_eq!(read("memory.oom.group").trim(), "1");
+    } else {
+        eprintln!("SKIPPED memory values: cgroup v2 here offers no memory controller");
+    }
+    if base.controllers().contains("io") {
+        assert_eq!(read("io.weight").trim(), "default 40");
+    } else {
+        eprintln!("SKIPPED io values: cgroup v2 here offers no io controller");
+    }
+
+    sup.stop("cg", Duration::from_secs(5)).unwrap();
+    // Its cgroup goes with it, helpers and all.
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    let ended = helper.wait().unwrap();
+    assert!(
+        !ended.success(),
+        "the helper was killed with the cgroup: {ended}"
+    );
+    assert_eq!(sup.status("cg").unwrap().resources.cgroup, None);
+}
+
+#[test]
+fn two_partitions_of_the_same_name_get_separate_cgroups() {
+    let Some(base) = cgroup_base_or_skip() else {
+        return;
+    };
+    let one = base.create("same").unwrap();
+    let two = base.create("same").unwrap();
+    assert_ne!(one.path(), two.path());
+    assert!(two.path().ends_with("same-2"), "{}", two.path().display());
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    two.add_pid(child.id()).unwrap();
+    assert_eq!(two.pids().unwrap(), [child.id()]);
+    // Removing one leaves the other's process alone.
+    one.remove(Duration::from_secs(1)).unwrap();
+    assert!(child.try_wait().unwrap().is_none());
+    two.remove(Duration::from_secs(1)).unwrap();
+    assert!(!two.path().exists());
+    child.wait().unwrap();
 }
 
 #[test]
@@ -494,7 +625,7 @@ fn cpu_time() -> Duration {
 /// bookkeeping.
 fn bare_reader_cpu() -> Duration {
     let spec = fake("bare", "flood", AutoRestart::Never);
-    let mut spawned = super::spawn::spawn_partition(&spec).unwrap();
+    let mut spawned = super::spawn::spawn_partition(&spec, None).unwrap();
     let mut reader =
         vmm_core::control::MessageReader::<Event>::new(spawned.socket.try_clone().unwrap());
     let mut writer = vmm_core::control::MessageWriter::<Command>::new(spawned.socket);

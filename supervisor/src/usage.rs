@@ -74,9 +74,106 @@ fn page_size() -> u64 {
     rustix::param::page_size() as u64
 }
 
+/// What a partition process is titled in `ps` (argv[0], set by the supervisor).
+pub const TITLE_PREFIX: &str = "bulkhead-vmm: ";
+
+/// A partition process as `/proc` shows it, found by its title.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionProcess {
+    /// The partition's name, from the title.
+    pub name: String,
+    /// The process the supervisor started.
+    pub pid: u32,
+    /// The supervisor that started it (the app or `bulkhead up`).
+    pub parent: u32,
+    /// Resident memory of the VM process ([`crate::vm_process`]), KiB.
+    pub rss_kib: Option<u64>,
+    /// Its cgroup v2 path, as `/proc/PID/cgroup` gives it.
+    pub cgroup: Option<String>,
+}
+
+/// Every process of this user titled as a partition ([`TITLE_PREFIX`]), by pid. The
+/// title is the process's own argv, so this is for people, never for decisions.
+pub fn partition_processes() -> Vec<PartitionProcess> {
+    let me = rustix::process::geteuid().as_raw();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PartitionProcess> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let arg0 = cmdline.split(|b| *b == 0).next()?;
+            let name = std::str::from_utf8(arg0).ok()?.strip_prefix(TITLE_PREFIX)?;
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let field = |key: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse::<u32>().ok())
+            };
+            if field("Uid:")? != me {
+                return None;
+            }
+            // The PID-namespace reaper's child is the VMM, titled the same: list it once.
+            let parent = field("PPid:").unwrap_or(0);
+            if is_titled(parent, name) {
+                return None;
+            }
+            Some(PartitionProcess {
+                name: name.to_string(),
+                pid,
+                parent,
+                rss_kib: rss_kib(crate::vm_process(pid)),
+                cgroup: crate::cgroup::cgroup_of(pid),
+            })
+        })
+        .collect();
+    found.sort_by_key(|p| p.pid);
+    found
+}
+
+fn is_titled(pid: u32, name: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        c.split(|b| *b == 0)
+            .next()
+            .is_some_and(|a| a == format!("{TITLE_PREFIX}{name}").as_bytes())
+    })
+}
+
+/// Resident memory of `pid`, KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size() / 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_titled_process_of_this_user_is_listed_once_with_its_memory_and_cgroup() {
+        use std::os::unix::process::CommandExt;
+        let name = format!("usage-test-{}", std::process::id());
+        let mut child = std::process::Command::new("sleep")
+            .arg0(format!("{TITLE_PREFIX}{name}"))
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let listed: Vec<_> = partition_processes()
+            .into_iter()
+            .filter(|p| p.name == name)
+            .collect();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        let p = &listed[0];
+        assert_eq!((p.pid, p.parent), (child.id(), std::process::id()));
+        assert!(p.rss_kib.is_some_and(|k| k > 0), "{p:?}");
+        assert_eq!(p.cgroup, crate::cgroup::cgroup_of(std::process::id()));
+    }
 
     #[test]
     fn cpu_and_memory_of_a_busy_process_are_measured_from_proc() {

@@ -40,6 +40,15 @@ pub trait PartitionBackend {
     fn sandbox_gaps(&self) -> Vec<String> {
         Vec::new()
     }
+    /// What of the partition's resource limits is not in force while it runs ("no
+    /// resource limits: …"), shown as a badge like the sandbox's; `None` when all are,
+    /// or when nothing runs.
+    fn resource_badge(&self) -> Option<String> {
+        None
+    }
+    /// The policy was saved: apply what can change while the partition runs (its CPU
+    /// and disk shares and caps).
+    fn apply_policy(&mut self, _spec: &isolation_policy::PartitionSpec) {}
 
     fn start(&mut self) -> Result<(), BackendError>;
     fn stop(&mut self) -> Result<(), BackendError>;

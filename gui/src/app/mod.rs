@@ -132,6 +132,8 @@ pub struct BulkheadApp {
     /// What this host cannot run and what runs instead, shown under the top bar.
     pub host_notice: Option<String>,
     frames: u64,
+    /// The policy editor's save count last applied to the partitions.
+    applied_saves: u64,
     first_frame_marker: Option<std::path::PathBuf>,
 }
 
@@ -150,7 +152,23 @@ impl BulkheadApp {
             renderer: "test".into(),
             host_notice: None,
             frames: 0,
+            applied_saves: 0,
             first_frame_marker: None,
+        }
+    }
+
+    /// After a save in the policy editor, hands each partition its new settings; the
+    /// backends apply what can change while running (CPU and disk shares and caps).
+    pub fn apply_saved_policy(&mut self) {
+        let seen = self.applied_saves;
+        self.applied_saves = self.policy.saves;
+        let Some(specs) = self.policy.saved_specs_since(seen) else {
+            return;
+        };
+        for slot in &mut self.slots {
+            if let Some(spec) = specs.iter().find(|s| s.name == slot.backend.info().name) {
+                slot.backend.apply_policy(spec);
+            }
         }
     }
 
@@ -285,6 +303,7 @@ impl BulkheadApp {
                 .resizable(true)
                 .default_size(420.0)
                 .show(ui, |ui| self.policy.show(ui));
+            self.apply_saved_policy();
         }
         if self.prefs.show_serial || self.prefs.show_audit {
             egui::Panel::bottom("bottom")

@@ -3,6 +3,7 @@
 pub mod image;
 pub mod manpage;
 pub mod policy;
+pub mod ps;
 pub mod run;
 pub mod template;
 pub mod up;
@@ -31,6 +32,8 @@ pub enum Command {
     Policy(policy::PolicyCommand),
     /// Start the configured partitions headless and print their states.
     Up(up::UpArgs),
+    /// List this user's running partitions: pid, host memory, cgroup.
+    Ps(ps::PsArgs),
     /// Build or locate the guest image (Debian kernel + initramfs) in the cache.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -47,6 +50,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Some(Command::Run(args)) => run::run(args),
         Some(Command::Policy(cmd)) => policy::run(cmd),
         Some(Command::Up(args)) => up::run(args),
+        Some(Command::Ps(args)) => ps::run(args),
         Some(Command::Image(cmd)) => image::run(cmd),
         Some(Command::Template(cmd)) => template::run(cmd),
         Some(Command::Man(args)) => manpage::run(args),

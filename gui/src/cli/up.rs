@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bulkhead_supervisor::guest_image;
 use bulkhead_supervisor::launch::{launch_spec, Engine};
-use bulkhead_supervisor::{ProcessState, Supervisor};
+use bulkhead_supervisor::{usage, vm_process, PartitionStatus, ProcessState, Supervisor};
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -37,6 +37,33 @@ fn describe(state: &ProcessState) -> String {
         ProcessState::Exited { status } => format!("exited ({status})"),
         other => format!("{other:?}").to_lowercase(),
     }
+}
+
+/// State, pid, host memory and cgroup of each partition, then what is not governed.
+fn print_statuses(statuses: &[(String, PartitionStatus)]) {
+    println!("{}", super::ps::header());
+    for (name, st) in statuses {
+        let rss = st.pid.and_then(|p| usage::rss_kib(vm_process(p)));
+        let cgroup = st
+            .resources
+            .cgroup
+            .as_ref()
+            .map_or("-".to_string(), |c| c.display().to_string());
+        // The state may be long (a crash reason): last, after the fixed columns.
+        let state = describe(&st.state);
+        let (short, long) = match state.split_once(": ") {
+            Some((s, why)) => (s.to_string(), Some(why)),
+            None => (state.clone(), None),
+        };
+        println!("{}", super::ps::row(name, &short, st.pid, rss, &cgroup));
+        if let Some(why) = long {
+            println!("  {name}: {why}");
+        }
+        if let Some(badge) = st.resources.badge() {
+            println!("  {name}: {badge}");
+        }
+    }
+    println!();
 }
 
 fn settled(state: &ProcessState) -> bool {
@@ -107,14 +134,11 @@ pub fn run(args: UpArgs) -> ExitCode {
         let statuses = supervisor.statuses();
         let all_settled = statuses.iter().all(|(_, st)| settled(&st.state));
         let states: Vec<(String, String)> = statuses
-            .into_iter()
-            .map(|(name, st)| (name, describe(&st.state)))
+            .iter()
+            .map(|(name, st)| (name.clone(), describe(&st.state)))
             .collect();
         if states != printed && (all_settled || started.elapsed() > Duration::from_secs(60)) {
-            for (name, state) in &states {
-                println!("{name:<12} {state}");
-            }
-            println!();
+            print_statuses(&statuses);
             printed = states;
         }
         if INTERRUPTED.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -123,8 +147,6 @@ pub fn run(args: UpArgs) -> ExitCode {
         std::thread::sleep(Duration::from_millis(100));
     }
     supervisor.stop_all(Duration::from_secs(5));
-    for (name, st) in supervisor.statuses() {
-        println!("{name:<12} {}", describe(&st.state));
-    }
+    print_statuses(&supervisor.statuses());
     ExitCode::SUCCESS
 }

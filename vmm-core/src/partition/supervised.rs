@@ -77,6 +77,7 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
         config: launch,
         files,
     } = PartitionEndpoint::handshake(stream)?;
+    name_process(&launch.name);
 
     let serial_tap = SerialTap::new(MAX_SERIAL_PENDING);
     let mut sink = SerialSink::new(Box::new(std::io::sink()));
@@ -145,6 +146,19 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
         .map_err(PartitionError::ControlThread)?;
 
     Ok(serve(&running, &mut events, &cmd_rx, &serial_tap))
+}
+
+/// `top` shows this thread's name (`vmm:work`; the kernel keeps 15 bytes), `ps` the
+/// supervisor's argv[0] (`bulkhead-vmm: work`), so a person can tell partitions apart.
+/// The name was validated in the handshake (ASCII letters, digits, `_.-`).
+fn name_process(partition: &str) {
+    let name = std::ffi::CString::new(format!("vmm:{partition}"));
+    if let Err(e) = name
+        .map_err(|e| e.to_string())
+        .and_then(|n| rustix::thread::set_name(&n).map_err(|e| e.to_string()))
+    {
+        tracing::debug!("naming the process: {e}");
+    }
 }
 
 fn serve(

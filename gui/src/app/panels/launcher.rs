@@ -55,6 +55,14 @@ fn row(ui: &mut Ui, i: usize, slot: &PartitionSlot, focused: bool, actions: &mut
             if let Some(badge) = sandbox_badge(&slot.backend.sandbox_gaps()) {
                 sandbox_reduced(ui, &badge);
             }
+            if let Some(badge) = slot.backend.resource_badge() {
+                outlined_badge(
+                    ui,
+                    &badge,
+                    "This partition's CPU, memory or disk use is not limited as its policy says: \
+                     it can take more of the host than its share.",
+                );
+            }
             if let PartitionState::Crashed { reason } = &state {
                 ui.colored_label(ui.visuals().error_fg_color, format!("reason: {reason}"));
             }
@@ -69,6 +77,14 @@ fn row(ui: &mut Ui, i: usize, slot: &PartitionSlot, focused: bool, actions: &mut
 /// A badge, not a log line: the partition runs with less confinement than designed.
 /// Outlined rather than filled, so it never reads as a trust label's colour.
 fn sandbox_reduced(ui: &mut Ui, text: &str) {
+    outlined_badge(
+        ui,
+        text,
+        "This host lacks part of the partition sandbox; the partition runs with the rest.",
+    );
+}
+
+fn outlined_badge(ui: &mut Ui, text: &str, hover: &str) {
     let warn = ui.visuals().warn_fg_color;
     egui::Frame::new()
         .stroke(egui::Stroke::new(1.5, warn))
@@ -78,9 +94,7 @@ fn sandbox_reduced(ui: &mut Ui, text: &str) {
             ui.label(RichText::new(text).color(warn).strong());
         })
         .response
-        .on_hover_text(
-            "This host lacks part of the partition sandbox; the partition runs with the rest.",
-        );
+        .on_hover_text(hover);
 }
 
 fn swatch(ui: &mut Ui, color: Color32) {

@@ -227,6 +227,9 @@ pub fn show_one(
     if let Some(badge) = sandbox_badge(&slot.backend.sandbox_gaps()) {
         title.push_str(&format!("  [{badge}]"));
     }
+    if let Some(badge) = slot.backend.resource_badge() {
+        title.push_str(&format!("  [{badge}]"));
+    }
     if captured {
         title.push_str("  - KEYBOARD CAPTURED");
     } else if focused {

@@ -50,6 +50,8 @@ pub struct PolicyEditor {
     pub(super) new_partition: String,
     pub(super) edit_error: Option<String>,
     pub status: Option<Status>,
+    /// Successful saves so far: the app applies a saved policy to running partitions.
+    pub saves: u64,
 }
 
 impl PolicyEditor {
@@ -196,13 +198,32 @@ impl PolicyEditor {
             return;
         }
         self.status = Some(match doc.save() {
-            Ok(_) => Status::Saved(format!("Saved to {}", doc.dir().display())),
+            Ok(_) => {
+                self.saves += 1;
+                Status::Saved(format!("Saved to {}", doc.dir().display()))
+            }
             Err(SaveError::Invalid(report)) => Status::Refused(format!(
                 "Not saved: the policy has {} error(s); nothing was written",
                 report.errors().count()
             )),
             Err(e) => Status::Failed(e.to_string()),
         });
+    }
+
+    /// The policy as last saved, resolved per partition, when a save happened since
+    /// the save count `seen`.
+    pub fn saved_specs_since(&self, seen: u64) -> Option<Vec<isolation_policy::PartitionSpec>> {
+        if self.saves == seen {
+            return None;
+        }
+        let dir = self.doc.as_ref()?.dir();
+        match isolation_policy::Policy::load(dir) {
+            Ok((policy, _)) => Some(policy.specs()),
+            Err(e) => {
+                tracing::warn!("reading the saved policy: {e}");
+                None
+            }
+        }
     }
 
     /// Throws away unsaved edits.
