@@ -70,27 +70,49 @@ impl Clipboard {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostMessage {
     /// The host's answer to the agent's `Hello`.
-    Hello { version: u16 },
-    Ping { id: u32 },
+    Hello {
+        version: u16,
+    },
+    Ping {
+        id: u32,
+    },
     /// Read the CLIPBOARD selection; answered by `Clipboard` or `Failed`.
-    ClipboardGet { id: u32 },
+    ClipboardGet {
+        id: u32,
+    },
     /// Own the CLIPBOARD selection with this content; answered by `ClipboardSet` or
     /// `Failed`.
-    ClipboardSet { id: u32, content: Clipboard },
+    ClipboardSet {
+        id: u32,
+        content: Clipboard,
+    },
 }
 
 /// Agent → host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentMessage {
     /// The agent's first message (again after it restarted).
-    Hello { version: u16, features: u32 },
-    Pong { id: u32 },
+    Hello {
+        version: u16,
+        features: u32,
+    },
+    Pong {
+        id: u32,
+    },
     /// The CLIPBOARD content, `None` when the selection is empty or unowned.
-    Clipboard { id: u32, content: Option<Clipboard> },
+    Clipboard {
+        id: u32,
+        content: Option<Clipboard>,
+    },
     /// The agent owns the CLIPBOARD selection with the content it was sent.
-    ClipboardSet { id: u32 },
+    ClipboardSet {
+        id: u32,
+    },
     /// The request `id` failed, for a person.
-    Failed { id: u32, reason: String },
+    Failed {
+        id: u32,
+        reason: String,
+    },
 }
 
 mod kind {
@@ -430,7 +452,8 @@ impl<M: Frame> Decoder<M> {
             }
             match self.want {
                 None => {
-                    let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+                    let len =
+                        u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
                     let len = usize::try_from(len).unwrap_or(usize::MAX);
                     self.buf.clear();
                     if len > MAX_BODY {
