@@ -311,6 +311,13 @@ impl Event {
             .map(|c| Event::Console { bytes: c.to_vec() })
     }
 
+    /// Splits guest agent output into [`Event::Agent`] messages within the cap.
+    pub fn agent_chunks(bytes: &[u8]) -> impl Iterator<Item = Event> + '_ {
+        bytes
+            .chunks(MAX_CONSOLE_CHUNK)
+            .map(|c| Event::Agent { bytes: c.to_vec() })
+    }
+
     /// Splits damage into [`Event::Damage`] messages within the cap.
     pub fn damage_chunks(rects: &[DamageRect]) -> impl Iterator<Item = Event> + '_ {
         rects
