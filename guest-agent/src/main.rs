@@ -30,6 +30,23 @@ struct Args {
     /// The X display whose CLIPBOARD the agent serves.
     #[arg(long, default_value = ":0")]
     display: String,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+/// Without a command the agent serves the host; these use the same X code from a shell
+/// inside the guest (no xclip in the template).
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Print the CLIPBOARD's text (or `PNG <n> bytes`) and exit.
+    ClipGet,
+    /// Own the CLIPBOARD with TEXT and serve it until another client takes it or
+    /// `--seconds` pass.
+    ClipSet {
+        text: String,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +68,24 @@ enum AgentError {
 
 fn main() {
     let args = Args::parse();
+    if let Some(cmd) = &args.command {
+        let mut clip = x11::Clipboard::new(args.display.clone());
+        let r = match cmd {
+            Cmd::ClipGet => clip.get().map(|c| match c {
+                Some(bulkhead_agent_proto::Clipboard::Text(t)) => println!("{t}"),
+                Some(bulkhead_agent_proto::Clipboard::Png(p)) => println!("PNG {} bytes", p.len()),
+                None => println!(),
+            }),
+            Cmd::ClipSet { text, seconds } => clip
+                .set(bulkhead_agent_proto::Clipboard::Text(text.clone()))
+                .map(|()| clip.serve_for(std::time::Duration::from_secs(*seconds))),
+        };
+        if let Err(e) = r {
+            eprintln!("bulkhead-agent: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Err(e) = run(&args) {
         eprintln!("bulkhead-agent: {e}");
         std::process::exit(1);

@@ -104,6 +104,25 @@ impl Clipboard {
         }
     }
 
+    /// Serves selection requests until `d` passes or another client takes CLIPBOARD.
+    pub fn serve_for(&mut self, d: Duration) {
+        let deadline = Instant::now() + d;
+        while Instant::now() < deadline {
+            let Some(fd) = self.fd() else { return };
+            if self.session.as_ref().is_some_and(|s| s.owned.is_none()) {
+                return;
+            }
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the call.
+            unsafe { libc::poll(&mut p, 1, 200) };
+            self.serve_pending();
+        }
+    }
+
     pub fn get(&mut self) -> Result<Option<Content>, ClipError> {
         let r = self.session().and_then(Session::get);
         if matches!(r, Err(ClipError::X(_))) {

@@ -108,8 +108,8 @@ pub fn agent_binary() -> Option<PathBuf> {
 
 /// Why the image has no agent (for the build's progress), or the agent's bytes.
 fn agent_bytes() -> Result<Vec<u8>, String> {
-    let path = agent_binary()
-        .ok_or("no bulkhead-agent beside this program and BULKHEAD_AGENT unset")?;
+    let path =
+        agent_binary().ok_or("no bulkhead-agent beside this program and BULKHEAD_AGENT unset")?;
     let bytes = fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     if !is_static_elf(&bytes) {
         return Err(format!(
