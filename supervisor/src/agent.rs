@@ -8,7 +8,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-pub use bulkhead_agent_proto::Clipboard;
+/// Clipboard content, and the most one agent message carries.
+pub use bulkhead_agent_proto::{Clipboard, MAX_PAYLOAD};
 use bulkhead_agent_proto::{
     AgentMessage, Decoder, EncodeError, Frame, HostMessage, PROTOCOL_VERSION,
 };
