@@ -6,11 +6,11 @@
 
 use std::path::Path;
 
-use bulkhead::app::backend::{
-    AgentReply, AgentRequest, BackendError, Clipboard, PartitionBackend,
-};
+use bulkhead::app::backend::{AgentReply, AgentRequest, BackendError, Clipboard, PartitionBackend};
 use bulkhead::app::clipboard::{SecureClipboard, StatusKind};
-use bulkhead::app::{BulkheadApp, Label, PartitionInfo, PartitionState, SoftwareBackend, SourceKind};
+use bulkhead::app::{
+    BulkheadApp, Label, PartitionInfo, PartitionState, SoftwareBackend, SourceKind,
+};
 use bulkhead::display::software::Pattern;
 use bulkhead::display::FrameView;
 use bulkhead::input::router::ClipboardGesture;
@@ -148,7 +148,11 @@ const WORK_TEXT: &str = "quarterly numbers: 42";
 fn app(policy: &Path, audit: &Path, max_bytes: usize) -> BulkheadApp {
     let backends: Vec<Box<dyn PartitionBackend>> = vec![
         Box::new(AgentBackend::new("work", Label::Green, Some(WORK_TEXT))),
-        Box::new(AgentBackend::new("browser", Label::Red, Some("browser's own"))),
+        Box::new(AgentBackend::new(
+            "browser",
+            Label::Red,
+            Some("browser's own"),
+        )),
         Box::new(AgentBackend::new("vault", Label::Black, Some("secret"))),
     ];
     let mut app = BulkheadApp::new(backends);
@@ -208,7 +212,10 @@ fn an_allowed_paste_arrives_once_and_both_decisions_are_audited() {
     gesture(&mut app, 1, ClipboardGesture::Paste);
     let (kind, text) = status(&app);
     assert_eq!(kind, StatusKind::Done, "{text}");
-    assert!(text.starts_with("pasted 21 bytes from [work] into [browser]"), "{text}");
+    assert!(
+        text.starts_with("pasted 21 bytes from [work] into [browser]"),
+        "{text}"
+    );
     assert_eq!(app.clipboard.held(), None, "the buffer outlived its paste");
     // What the browser's agent now owns: ask it back through a copy.
     gesture(&mut app, 1, ClipboardGesture::Copy);
@@ -224,10 +231,30 @@ fn an_allowed_paste_arrives_once_and_both_decisions_are_audited() {
     assert_eq!(
         audited(audit.path()),
         vec![
-            ("bulkhead.ClipboardCopy".into(), "work".into(), "@host".into(), "allow".into()),
-            ("bulkhead.ClipboardPaste".into(), "work".into(), "browser".into(), "allow".into()),
-            ("bulkhead.ClipboardCopy".into(), "browser".into(), "@host".into(), "allow".into()),
-            ("bulkhead.ClipboardPaste".into(), "browser".into(), "work".into(), "deny".into()),
+            (
+                "bulkhead.ClipboardCopy".into(),
+                "work".into(),
+                "@host".into(),
+                "allow".into()
+            ),
+            (
+                "bulkhead.ClipboardPaste".into(),
+                "work".into(),
+                "browser".into(),
+                "allow".into()
+            ),
+            (
+                "bulkhead.ClipboardCopy".into(),
+                "browser".into(),
+                "@host".into(),
+                "allow".into()
+            ),
+            (
+                "bulkhead.ClipboardPaste".into(),
+                "browser".into(),
+                "work".into(),
+                "deny".into()
+            ),
         ]
     );
     // The audit panel shows the same decisions the engine made.
@@ -238,7 +265,9 @@ fn an_allowed_paste_arrives_once_and_both_decisions_are_audited() {
         .map(|r| (r.service.clone(), r.decision.clone()))
         .collect();
     assert_eq!(rows.len(), 4, "{rows:?}");
-    assert!(rows.iter().any(|(s, d)| s.contains("ClipboardPaste") && d == "deny"));
+    assert!(rows
+        .iter()
+        .any(|(s, d)| s.contains("ClipboardPaste") && d == "deny"));
 }
 
 #[test]
@@ -276,7 +305,10 @@ fn denied_and_ask_pastes_are_refused_visibly_and_nothing_crosses() {
         text.starts_with("paste from [work] into [browser] refused: denied by rule"),
         "{text}"
     );
-    assert!(text.contains("50-test.policy:1"), "names the rule's line: {text}");
+    assert!(
+        text.contains("50-test.policy:1"),
+        "names the rule's line: {text}"
+    );
 
     gesture(&mut app, 2, ClipboardGesture::Paste);
     let (kind, text) = status(&app);
@@ -300,7 +332,10 @@ fn a_policy_saved_between_two_pastes_decides_the_second() {
     gesture(&mut app, 1, ClipboardGesture::Paste);
     assert_eq!(status(&app).0, StatusKind::Refused);
 
-    write_rules(policy.path(), "bulkhead.ClipboardPaste  *  work  browser  allow\n");
+    write_rules(
+        policy.path(),
+        "bulkhead.ClipboardPaste  *  work  browser  allow\n",
+    );
     gesture(&mut app, 1, ClipboardGesture::Paste);
     assert_eq!(status(&app).0, StatusKind::Done, "{}", status(&app).1);
 

@@ -8,11 +8,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// Clipboard content, and the most one agent message carries.
-pub use bulkhead_agent_proto::{Clipboard, MAX_PAYLOAD};
 use bulkhead_agent_proto::{
     AgentMessage, Decoder, EncodeError, Frame, HostMessage, PROTOCOL_VERSION,
 };
+/// Clipboard content, and the most one agent message carries.
+pub use bulkhead_agent_proto::{Clipboard, MAX_PAYLOAD};
 
 /// Requests in flight per agent.
 pub const MAX_PENDING: usize = 8;

@@ -150,7 +150,11 @@ impl SecureClipboard {
         if let Some(dir) = &self.policy_dir {
             match Policy::load(dir) {
                 Ok((policy, _)) => self.last_good = Some(policy),
-                Err(e) => note = Some(format!("(the saved policy does not load: {e}; using the last good one) ")),
+                Err(e) => {
+                    note = Some(format!(
+                        "(the saved policy does not load: {e}; using the last good one) "
+                    ))
+                }
             }
         }
         let mut decision = match &self.last_good {
@@ -197,7 +201,11 @@ impl SecureClipboard {
                     id,
                     source: source.to_string(),
                 });
-                self.say(source, StatusKind::Waiting, format!("copying from [{source}]…"));
+                self.say(
+                    source,
+                    StatusKind::Waiting,
+                    format!("copying from [{source}]…"),
+                );
             }
             Err(e) => self.say(
                 source,
@@ -330,7 +338,9 @@ impl SecureClipboard {
             ) => self.say(
                 &target,
                 StatusKind::Done,
-                format!("pasted {bytes} bytes from [{source}] into [{target}]; the buffer is empty"),
+                format!(
+                    "pasted {bytes} bytes from [{source}] into [{target}]; the buffer is empty"
+                ),
             ),
             (Pending::Copy { source, .. }, AgentReply::Failed { reason, .. }) => self.say(
                 &source,

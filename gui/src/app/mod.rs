@@ -493,9 +493,12 @@ impl BulkheadApp {
             .map(|i| i.label);
         egui::Panel::bottom("clipboard_status").show(ui, |ui| {
             ui.horizontal_wrapped(|ui| {
-                let mut tag = egui::RichText::new(format!("Clipboard [{}]", status.partition)).strong();
+                let mut tag =
+                    egui::RichText::new(format!("Clipboard [{}]", status.partition)).strong();
                 if let Some(label) = label {
-                    tag = tag.color(label.text_color()).background_color(label.color());
+                    tag = tag
+                        .color(label.text_color())
+                        .background_color(label.color());
                 }
                 ui.label(tag);
                 let text = egui::RichText::new(status.text.as_str());

@@ -205,8 +205,7 @@ impl InputRouter {
         else {
             return None;
         };
-        if !self.state.keyboard_captured || !modifiers.ctrl || !modifiers.shift || modifiers.alt
-        {
+        if !self.state.keyboard_captured || !modifiers.ctrl || !modifiers.shift || modifiers.alt {
             return None;
         }
         let is = |k: egui::Key| *key == k || *physical_key == Some(k);
@@ -418,7 +417,10 @@ mod tests {
             })
             .collect();
         // The modifiers are the guest's (it saw them pressed); C and V are not.
-        assert!(!codes.contains(&KEY_C) && !codes.contains(&KEY_V), "{codes:?}");
+        assert!(
+            !codes.contains(&KEY_C) && !codes.contains(&KEY_V),
+            "{codes:?}"
+        );
         assert!(codes.contains(&KEY_LEFTCTRL) && codes.contains(&KEY_LEFTSHIFT));
     }
 
