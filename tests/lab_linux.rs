@@ -138,7 +138,8 @@ poweroff -f
     eprintln!("{}", out.summary());
     out.save_artifacts("virtio-probe");
     let s = &out.serial;
-    assert!(s.contains("virtio devices: 4"), "{}", out.diagnostics());
+    // Keyboard, tablet, console, the agent's console, rng.
+    assert!(s.contains("virtio devices: 5"), "{}", out.diagnostics());
     // Device ids: 18 input, 3 console, 4 entropy; all bound to their drivers.
     for (id, driver) in [
         ("0x0012", "virtio_input"),

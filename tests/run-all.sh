@@ -17,15 +17,18 @@ cargo fmt --all -- --check
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "static partition binary (for the lab and the package), the lab's supervisor driver, the guest's evtest"
+step "static partition binary (for the lab and the package), the guest agent, the lab's supervisor driver, the guest's evtest"
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
     -p vmm-core --bin bulkhead-vmm -p bulkhead-netrelay --bin bulkhead-netrelay \
+    -p bulkhead-guest-agent --bin bulkhead-agent \
     -p bulkhead-tests --bin lab-supervise --bin guest-evtest \
     --target x86_64-unknown-linux-gnu
 export BULKHEAD_VMM_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/bulkhead-vmm"
 export BULKHEAD_NETRELAY_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/bulkhead-netrelay"
 export BULKHEAD_LAB_SUPERVISE_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/lab-supervise"
 export BULKHEAD_GUEST_EVTEST_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/guest-evtest"
+# The guest image packs the agent (guest_image::agent_binary).
+export BULKHEAD_AGENT="$PWD/target/x86_64-unknown-linux-gnu/release/bulkhead-agent"
 
 step "guest image"
 cargo build --release --locked -p vmm-core --bin bulkhead-vmm

@@ -258,6 +258,24 @@ impl PartitionBackend for SupervisedPartition {
         }
     }
 
+    fn agent_request(
+        &mut self,
+        request: crate::app::backend::AgentRequest,
+    ) -> Result<u32, BackendError> {
+        self.supervisor
+            .agent_request(self.name(), request)
+            .map_err(|e| BackendError::Process {
+                name: self.info.name.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    fn take_agent_replies(&mut self) -> Vec<crate::app::backend::AgentReply> {
+        self.supervisor
+            .take_agent_replies(self.name())
+            .unwrap_or_default()
+    }
+
     fn sandbox_gaps(&self) -> Vec<String> {
         match self.supervisor.status(self.name()) {
             Ok(status) if status.pid.is_some() => status

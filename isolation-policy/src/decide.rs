@@ -75,6 +75,9 @@ impl Policy {
                 Vec::new(),
             );
         };
+        if service == service::CLIPBOARD_COPY {
+            return clipboard_copy(src, target);
+        }
         let tgt = if target == "@dispvm" {
             None
         } else if let Some(base) = target.strip_prefix("@dispvm:") {
@@ -327,6 +330,45 @@ impl Policy {
                 Vec::new(),
             )
         }
+    }
+}
+
+/// Copying into the host's buffer: only the source's `clipboard.copy_out` decides (what
+/// may leave it goes on to the paste's own decision, rules and all).
+fn clipboard_copy(src: &Partition, target: &str) -> Decision {
+    if target != service::HOST {
+        return Decision::deny(
+            None,
+            format!(
+                "denied: {} goes to {}, not to `{target}`",
+                service::CLIPBOARD_COPY,
+                service::HOST
+            ),
+            Vec::new(),
+        );
+    }
+    let value = if src.clipboard_copy_out {
+        "true"
+    } else {
+        "false"
+    };
+    let r = setting_ref(src, "clipboard.copy_out", value);
+    let at = format!("{}:{}", r.file.display(), r.line);
+    if src.clipboard_copy_out {
+        Decision {
+            verdict: Verdict::Allow {
+                target: Some(service::HOST.to_string()),
+            },
+            explanation: format!("allowed by partition setting `{}` at {at}", r.text),
+            rule: Some(r),
+            chain: Vec::new(),
+        }
+    } else {
+        Decision::deny(
+            Some(r.clone()),
+            format!("denied by partition setting `{}` at {at}", r.text),
+            Vec::new(),
+        )
     }
 }
 

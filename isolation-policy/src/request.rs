@@ -12,6 +12,11 @@ use crate::rules::RuleRef;
 pub mod service {
     /// Paste the global clipboard (copied from `source`) into `target`.
     pub const CLIPBOARD_PASTE: &str = "bulkhead.ClipboardPaste";
+    /// Copy `source`'s clipboard into the host's one-slot buffer (target [`HOST`]);
+    /// decided by the source's `clipboard.copy_out` setting, not by rules.
+    pub const CLIPBOARD_COPY: &str = "bulkhead.ClipboardCopy";
+    /// The target of a request that ends in the host itself (the clipboard buffer).
+    pub const HOST: &str = "@host";
     /// Copy files from `source` into `target`.
     pub const FILE_COPY: &str = "bulkhead.FileCopy";
     /// Open a URL (`+url`) or a file (`+file`) from `source` in `target`.
@@ -50,6 +55,10 @@ impl Request {
     }
     pub fn clipboard_paste(from: &str, to: &str) -> Self {
         Request::service(service::CLIPBOARD_PASTE, None, from, to)
+    }
+    /// Copying `from`'s clipboard into the host's buffer.
+    pub fn clipboard_copy(from: &str) -> Self {
+        Request::service(service::CLIPBOARD_COPY, None, from, service::HOST)
     }
     pub fn file_copy(from: &str, to: &str) -> Self {
         Request::service(service::FILE_COPY, None, from, to)

@@ -431,3 +431,40 @@ fn rule_errors_are_reported_alongside_partition_errors() {
         lines[2]
     );
 }
+
+#[test]
+fn clipboard_copy_into_the_host_buffer_is_decided_by_the_copy_out_setting_alone() {
+    // Even a rule that denies everything does not govern the copy: the paste does.
+    let p = policy("*  *  @anyvm  *  deny\n");
+    let work = p.decide(&Request::clipboard_copy("work"));
+    assert_eq!(
+        work.verdict,
+        Verdict::Allow {
+            target: Some("@host".into())
+        }
+    );
+    assert!(
+        work.explanation
+            .contains("partition.work.clipboard.copy_out = true"),
+        "{}",
+        work.explanation
+    );
+    let vault = p.decide(&Request::clipboard_copy("vault"));
+    assert!(vault.verdict.is_deny());
+    let r = vault.rule.unwrap();
+    assert_eq!(r.text, "partition.vault.clipboard.copy_out = false");
+    // The setting's own line in partitions.toml (the vault's `clipboard = …`).
+    let line = PARTITIONS
+        .lines()
+        .position(|l| l.starts_with("clipboard = { copy_out = false }"))
+        .unwrap()
+        + 1;
+    assert_eq!(r.line, line);
+    assert!(p
+        .decide(&Request::clipboard_copy("nobody"))
+        .verdict
+        .is_deny());
+    // Only into the host.
+    let elsewhere = Request::service("bulkhead.ClipboardCopy", None, "work", "mail");
+    assert!(p.decide(&elsewhere).verdict.is_deny());
+}

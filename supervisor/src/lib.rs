@@ -11,6 +11,7 @@
 //! protocol becomes `Crashed` with the reason; the others never notice. See
 //! `vmm_core::control` for the protocol and the sequence a partition process follows.
 
+pub mod agent;
 pub mod cgroup;
 pub mod damage;
 mod framebuffer;
@@ -103,6 +104,9 @@ pub struct PartitionStatus {
     /// The current process's cgroup and the limits not in force ([`cgroup`]); the app
     /// shows [`cgroup::ResourceStatus::badge`].
     pub resources: cgroup::ResourceStatus,
+    /// The current process's guest agent; [`agent::AgentStatus::CutOff`] says why it
+    /// is no longer heard.
+    pub agent: agent::AgentStatus,
 }
 
 impl PartitionStatus {
@@ -165,6 +169,8 @@ pub enum SupervisorError {
         command: &'static str,
         source: ControlError,
     },
+    #[error("{0}")]
+    Agent(agent::AgentError),
 }
 
 /// Owns every partition process; stops them all when dropped.
@@ -273,8 +279,7 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Sends bytes to the guest's virtio-console (`/dev/hvc0`, the guest agent's
-    /// stream), split into protocol-sized chunks. The partition holds them, in order and
+    /// Sends bytes to the guest's first virtio-console (`/dev/hvc0`), split into protocol-sized chunks. The partition holds them, in order and
     /// up to a bound, until the guest reads.
     pub fn console_write(&self, name: &str, bytes: &[u8]) -> Result<(), SupervisorError> {
         let slot = self.slot(name)?;
@@ -282,6 +287,24 @@ impl Supervisor {
             partition::send(slot, command)?;
         }
         Ok(())
+    }
+
+    /// Sends a request to the partition's guest agent; the answer, with the returned id,
+    /// comes from [`Supervisor::take_agent_replies`] (a failure after
+    /// [`agent::REQUEST_TIMEOUT`] if the agent stays silent).
+    pub fn agent_request(
+        &self,
+        name: &str,
+        request: agent::AgentRequest,
+    ) -> Result<u32, SupervisorError> {
+        self.slot(name)?.agent_request(request)
+    }
+
+    pub fn take_agent_replies(
+        &self,
+        name: &str,
+    ) -> Result<Vec<agent::AgentReply>, SupervisorError> {
+        Ok(self.slot(name)?.take_agent_replies())
     }
 
     /// Asks for fresh stats; they appear in [`PartitionStatus::stats`].
@@ -400,5 +423,7 @@ impl Drop for Supervisor {
     }
 }
 
+#[cfg(test)]
+mod agent_tests;
 #[cfg(test)]
 mod tests;

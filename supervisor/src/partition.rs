@@ -99,6 +99,8 @@ struct Inner {
     /// Guest console bytes of the current process only (see [`start`]).
     console: VecDeque<u8>,
     services: VecDeque<ServiceRequest>,
+    /// The guest agent's link of the current process (see [`crate::agent`]).
+    agent: crate::agent::AgentLink,
     screenshots_ready: VecDeque<u64>,
     stats: Option<VmStats>,
     last_exit: Option<String>,
@@ -140,6 +142,7 @@ impl Slot {
             framebuffer: inner.framebuffer.as_ref().map(|f| f.layout()),
             stats: inner.stats,
             last_exit: inner.last_exit.clone(),
+            agent: inner.agent.status().clone(),
             killed_after_timeout: inner.killed_after_timeout,
             sandbox: inner.sandbox.clone(),
             log_file: inner.log_file.clone(),
@@ -187,6 +190,26 @@ impl Slot {
 
     pub fn take_console(&self) -> Vec<u8> {
         self.lock().console.drain(..).collect()
+    }
+
+    /// Sends `request` to the guest agent; its answer comes from [`Slot::take_agent_replies`].
+    pub fn agent_request(
+        &self,
+        request: crate::agent::AgentRequest,
+    ) -> Result<u32, SupervisorError> {
+        let (id, frame) = self
+            .lock()
+            .agent
+            .request(request, Instant::now())
+            .map_err(SupervisorError::Agent)?;
+        for command in Command::agent_chunks(&frame) {
+            send(self, command)?;
+        }
+        Ok(id)
+    }
+
+    pub fn take_agent_replies(&self) -> Vec<crate::agent::AgentReply> {
+        self.lock().agent.take_replies(Instant::now())
     }
 
     pub fn take_service_requests(&self) -> Vec<ServiceRequest> {
@@ -318,6 +341,7 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
     // A new process is a new guest-agent session: bytes of the previous one would
     // splice into its stream mid-message.
     inner.console.clear();
+    inner.agent = crate::agent::AgentLink::default();
     inner.stats = None;
     drop(inner);
     info!(partition = %slot.spec.name(), pid, "partition process started");
@@ -551,6 +575,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Stats { .. } => "Stats",
         Command::ServiceReply { .. } => "ServiceReply",
         Command::ConsoleWrite { .. } => "ConsoleWrite",
+        Command::AgentWrite { .. } => "AgentWrite",
     }
 }
 
@@ -655,6 +680,7 @@ fn handle_event(
         return Ok(());
     }
     let mut start = false;
+    let mut agent_out = Vec::new();
     match event {
         Event::Hello { .. } => return Err("sent Hello twice".to_string()),
         Event::Sandbox(status) => {
@@ -727,6 +753,16 @@ fn handle_event(
                 inner.console.drain(..excess);
             }
         }
+        Event::Agent { bytes } => {
+            // A broken agent is cut off on its own; the partition goes on.
+            match inner.agent.feed(&bytes, Instant::now()) {
+                Ok(reply) if !reply.is_empty() => agent_out = reply,
+                Ok(_) => {}
+                Err(reason) => {
+                    warn!(partition = %slot.spec.name(), %reason, "cutting off the guest agent")
+                }
+            }
+        }
         Event::ServiceRequest {
             id,
             service,
@@ -756,6 +792,9 @@ fn handle_event(
     if start {
         // The only failure worth reporting (not reading) cuts the partition off itself.
         let _ = send(slot, Command::Start);
+    }
+    for command in Command::agent_chunks(&agent_out) {
+        let _ = send(slot, command);
     }
     slot.changed();
     Ok(())

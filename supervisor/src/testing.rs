@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bulkhead_agent_proto::{AgentMessage, Clipboard, Decoder, Frame, HostMessage};
 use vmm_core::control::{
     control_stream_from_inherited_fd, Command, Event, Launch, MessageWriter, PartitionEndpoint,
     SandboxGap, SandboxStatus, VmState, VmStats, MAX_CONSOLE_CHUNK, MAX_FDS_PER_MESSAGE,
@@ -321,6 +322,11 @@ fn run_fake(stream: UnixStream, mode: &str) -> i32 {
             let obey_stop = mode != "ignore_stop";
             let e = Arc::clone(&events);
             std::thread::spawn(move || serve_commands(commands, e, obey_stop));
+            if let Some(bytes) = fake_agent_opening(mode) {
+                for e in Event::agent_chunks(&bytes) {
+                    events.lock().unwrap().send(&e).unwrap();
+                }
+            }
             render(&events, &pixels)
         }
     }
@@ -381,6 +387,80 @@ fn render(events: &Mutex<MessageWriter<Event>>, pixels: &MappedRegion) -> i32 {
     21
 }
 
+/// What the fake guest agent says first in `mode`: a `Hello` for `agent`, hostile
+/// bytes for the `agent_*` modes (each then also keeps its partition running).
+pub fn fake_agent_opening(mode: &str) -> Option<Vec<u8>> {
+    let hello = AgentMessage::Hello {
+        version: bulkhead_agent_proto::PROTOCOL_VERSION,
+        features: bulkhead_agent_proto::features::CLIPBOARD,
+    }
+    .encode()
+    .unwrap();
+    let mut bytes = hello.clone();
+    match mode {
+        "agent" => {}
+        // A header announcing one byte more than any frame may hold.
+        "agent_oversized" => {
+            bytes.extend_from_slice(&(bulkhead_agent_proto::MAX_BODY as u32 + 1).to_le_bytes())
+        }
+        // A well-framed message of a kind that does not exist.
+        "agent_garbage" => bytes.extend_from_slice(&[4, 0, 0, 0, 0x66, 0xde, 0xad, 0x00]),
+        // Hellos as fast as it can write them.
+        "agent_flood" => {
+            for _ in 0..10_000 {
+                bytes.extend_from_slice(&hello);
+            }
+        }
+        // An answer to a question nobody asked.
+        "agent_unsolicited" => bytes.extend(
+            AgentMessage::Clipboard {
+                id: 77,
+                content: Some(Clipboard::Text("unasked".into())),
+            }
+            .encode()
+            .unwrap(),
+        ),
+        _ => return None,
+    }
+    Some(bytes)
+}
+
+/// The fake agent's answers: pong, and a one-slot clipboard that `ClipboardSet` fills
+/// and `ClipboardGet` reads (starting with [`FAKE_AGENT_CLIPBOARD`]).
+struct FakeAgent {
+    decoder: Decoder<HostMessage>,
+    clipboard: Option<Clipboard>,
+}
+
+/// What the fake agent's clipboard holds at start.
+pub const FAKE_AGENT_CLIPBOARD: &str = "copied in the fake guest";
+
+impl FakeAgent {
+    fn answer(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut msgs = Vec::new();
+        if self.decoder.push(bytes, &mut msgs).is_err() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for msg in msgs {
+            let reply = match msg {
+                HostMessage::Hello { .. } => continue,
+                HostMessage::Ping { id } => AgentMessage::Pong { id },
+                HostMessage::ClipboardGet { id } => AgentMessage::Clipboard {
+                    id,
+                    content: self.clipboard.clone(),
+                },
+                HostMessage::ClipboardSet { id, content } => {
+                    self.clipboard = Some(content);
+                    AgentMessage::ClipboardSet { id }
+                }
+            };
+            out.extend(reply.encode().unwrap());
+        }
+        out
+    }
+}
+
 fn serve_commands(
     mut commands: vmm_core::control::MessageReader<Command>,
     events: Arc<Mutex<MessageWriter<Event>>>,
@@ -388,6 +468,10 @@ fn serve_commands(
 ) {
     let send = |e: Event| {
         let _ = events.lock().unwrap().send(&e);
+    };
+    let mut agent = FakeAgent {
+        decoder: Decoder::new(),
+        clipboard: Some(Clipboard::Text(FAKE_AGENT_CLIPBOARD.into())),
     };
     while let Ok(received) = commands.recv() {
         let command = received.message;
@@ -414,6 +498,11 @@ fn serve_commands(
             Command::ConsoleWrite { bytes } => send(Event::Console {
                 bytes: bytes.iter().map(|b| !b).collect(),
             }),
+            Command::AgentWrite { bytes } => {
+                for e in Event::agent_chunks(&agent.answer(&bytes)) {
+                    send(e);
+                }
+            }
             _ => {}
         }
     }

@@ -189,8 +189,11 @@ pub struct VirtioHandles {
     pub keyboard: InputEventSender,
     /// Absolute pointer; present when the partition has a display.
     pub tablet: Option<InputEventSender>,
-    /// The guest agent's byte stream (`/dev/hvc0` in the guest).
+    /// A plain byte stream (`/dev/hvc0` in the guest).
     pub console: ConsoleHandle,
+    /// The guest agent's own stream (`/dev/hvc1`: its window follows the first
+    /// console's, and the guest numbers consoles in probe order).
+    pub agent: ConsoleHandle,
 }
 
 impl Partition {
@@ -625,12 +628,19 @@ fn virtio_devices(
     })?;
     let (con, s) = attach_virtio(vm, mmio, memory, next(), "console", console)?;
     slots.push(s);
+    let agent = VirtioConsole::new().map_err(|source| BuildError::EventFd {
+        what: "virtio-console (agent)",
+        source,
+    })?;
+    let (agent, s) = attach_virtio(vm, mmio, memory, next(), "agent console", agent)?;
+    slots.push(s);
     let (_, s) = attach_virtio(vm, mmio, memory, next(), "rng", VirtioRng::new())?;
     slots.push(s);
     let handles = VirtioHandles {
         keyboard: InputEventSender::new(kbd),
         tablet,
         console: ConsoleHandle::new(con),
+        agent: ConsoleHandle::new(agent),
     };
     Ok((handles, slots))
 }

@@ -93,7 +93,7 @@ pub fn partition_mac(name: &str) -> [u8; 6] {
 /// The guest agent's byte channel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentChannel {
-    /// `/dev/hvc0`: the virtio console, relayed over the control socket.
+    /// `/dev/hvc1`: the agent's own virtio console, relayed over the control socket.
     #[default]
     VirtioConsole,
 }

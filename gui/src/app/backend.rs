@@ -8,6 +8,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// What the app asks a partition's guest agent, and its answers.
+pub use bulkhead_supervisor::agent::{AgentReply, AgentRequest, Clipboard};
+
 use crate::display::software::{Pattern, SoftwareSource};
 use crate::display::{FrameView, FramebufferLayout};
 use crate::input::UserInput;
@@ -67,6 +70,20 @@ pub trait PartitionBackend {
     fn send_input(&mut self, events: &[UserInput]) -> Result<(), BackendError>;
     /// Gives the backend a way to wake the UI when something changes off-frame.
     fn set_waker(&mut self, _ctx: egui::Context) {}
+
+    /// Sends a request to the partition's guest agent; the answer with the returned id
+    /// comes from [`PartitionBackend::take_agent_replies`]. A source without an agent
+    /// refuses.
+    fn agent_request(&mut self, _request: AgentRequest) -> Result<u32, BackendError> {
+        Err(BackendError::Process {
+            name: self.info().name.clone(),
+            message: "has no guest agent".into(),
+        })
+    }
+    /// Answers of the agent since the last call.
+    fn take_agent_replies(&mut self) -> Vec<AgentReply> {
+        Vec::new()
+    }
 }
 
 /// Start-up takes this many polls, so "booting" is visible like a real partition's.

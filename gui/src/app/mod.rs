@@ -3,6 +3,7 @@
 //! return actions; [`BulkheadApp::apply`] carries them out).
 
 pub mod backend;
+pub mod clipboard;
 pub mod model;
 pub mod panels;
 pub mod run;
@@ -127,6 +128,8 @@ pub struct BulkheadApp {
     pub serial_tab: usize,
     pub policy: policy_editor::PolicyEditor,
     pub audit: audit_log::AuditPanel,
+    /// The secure clipboard's buffer, decisions and status line.
+    pub clipboard: clipboard::SecureClipboard,
     /// Which renderer draws this window, shown in the status bar.
     pub renderer: String,
     /// What this host cannot run and what runs instead, shown under the top bar.
@@ -149,6 +152,7 @@ impl BulkheadApp {
             serial_tab: 0,
             policy: policy_editor::PolicyEditor::default(),
             audit: audit_log::AuditPanel::default(),
+            clipboard: clipboard::SecureClipboard::default(),
             renderer: "test".into(),
             host_notice: None,
             frames: 0,
@@ -287,9 +291,11 @@ impl BulkheadApp {
             slot.poll(&ctx);
             slot.geometry = None;
         }
+        self.clipboard.poll(&mut self.slots);
         let mut actions = Vec::new();
         self.top_bar(ui, &mut actions);
         self.host_notice_bar(ui);
+        self.clipboard_status_bar(ui);
         if self.prefs.show_launcher {
             egui::Panel::left("launcher")
                 .resizable(true)
@@ -474,8 +480,56 @@ impl BulkheadApp {
         };
         let geometry = self.slots.get(i).and_then(|s| s.geometry);
         let (events, modifiers) = ui.input(|input| (input.events.clone(), input.modifiers));
-        let routed = self.router.route(&events, geometry, modifiers);
+        let mut routed = self.router.route(&events, geometry, modifiers);
+        let gestures = std::mem::take(&mut routed.gestures);
+        let target = routed.target;
         self.deliver(routed);
+        if let Some(i) = target {
+            for g in gestures {
+                self.clipboard_gesture(i, g);
+            }
+        }
+    }
+
+    /// Carries out a clipboard gesture in partition `i` (keyboard shortcuts, or tests).
+    pub fn clipboard_gesture(&mut self, i: usize, g: crate::input::router::ClipboardGesture) {
+        self.clipboard.gesture(&mut self.slots, i, g);
+        if std::mem::take(&mut self.clipboard.audited) {
+            self.audit.reload();
+        }
+    }
+
+    /// The last clipboard step, in the partition's colours; a refusal stands out.
+    fn clipboard_status_bar(&self, ui: &mut egui::Ui) {
+        let Some(status) = &self.clipboard.status else {
+            return;
+        };
+        let label = self
+            .slots
+            .iter()
+            .map(|s| s.backend.info())
+            .find(|i| i.name == status.partition)
+            .map(|i| i.label);
+        egui::Panel::bottom("clipboard_status").show(ui, |ui| {
+            ui.horizontal_wrapped(|ui| {
+                let mut tag =
+                    egui::RichText::new(format!("Clipboard [{}]", status.partition)).strong();
+                if let Some(label) = label {
+                    tag = tag
+                        .color(label.text_color())
+                        .background_color(label.color());
+                }
+                ui.label(tag);
+                let text = egui::RichText::new(status.text.as_str());
+                ui.label(match status.kind {
+                    clipboard::StatusKind::Refused => {
+                        text.color(ui.visuals().error_fg_color).strong()
+                    }
+                    clipboard::StatusKind::Waiting => text.weak(),
+                    clipboard::StatusKind::Done => text,
+                });
+            });
+        });
     }
 
     fn schedule(&self, ctx: &egui::Context) {

@@ -142,9 +142,15 @@ pub fn run_desktop_with(
                 .with_first_frame_marker(marker);
             app.policy =
                 super::policy_editor::PolicyEditor::open(&isolation_policy::default_policy_dir());
-            if let Some(dir) = super::audit_log::default_audit_dir() {
-                app.audit = super::audit_log::AuditPanel::open(&dir);
+            let audit_dir = super::audit_log::default_audit_dir();
+            if let Some(dir) = &audit_dir {
+                app.audit = super::audit_log::AuditPanel::open(dir);
             }
+            app.clipboard = super::clipboard::SecureClipboard::new(
+                Some(isolation_policy::default_policy_dir()),
+                audit_dir.as_deref(),
+                super::clipboard::SecureClipboard::max_bytes_from_env(),
+            );
             app.renderer = why;
             app.host_notice = host_notice;
             Ok(Box::new(app))

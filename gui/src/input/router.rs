@@ -49,6 +49,19 @@ impl ViewGeometry {
     }
 }
 
+/// The secure clipboard's gestures, taken from the keyboard before the guest sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClipboardGesture {
+    /// Ctrl+Shift+C: copy the focused partition's clipboard into the host's buffer.
+    Copy,
+    /// Ctrl+Shift+V: paste the host's buffer into the focused partition, if policy allows.
+    Paste,
+}
+
+/// What the user presses to copy out of / paste into the focused partition.
+pub const COPY_SHORTCUT_TEXT: &str = "Ctrl+Shift+C";
+pub const PASTE_SHORTCUT_TEXT: &str = "Ctrl+Shift+V";
+
 /// Events for one partition, produced by one [`InputRouter::route`] call.
 #[derive(Debug, Default, PartialEq)]
 pub struct Routed {
@@ -57,6 +70,9 @@ pub struct Routed {
     pub events: Vec<UserInput>,
     /// The user pressed the release shortcut this frame.
     pub released: bool,
+    /// Clipboard gestures pressed this frame, for [`Routed::target`]; their keys are
+    /// not in `events`.
+    pub gestures: Vec<ClipboardGesture>,
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +147,7 @@ impl InputRouter {
             target: self.state.focused,
             events,
             released: false,
+            gestures: Vec::new(),
         }
     }
 
@@ -149,11 +166,17 @@ impl InputRouter {
             return Routed::default();
         };
         let mut out = Vec::new();
+        let mut gestures = Vec::new();
         for event in events {
             if self.is_release_shortcut(event) {
                 let mut released = self.release();
                 released.events.splice(0..0, out);
+                released.gestures = gestures;
                 return released;
+            }
+            if let Some(g) = self.clipboard_gesture(event) {
+                gestures.push(g);
+                continue;
             }
             self.translate(event, view, &mut out);
         }
@@ -164,6 +187,34 @@ impl InputRouter {
             target: Some(target),
             events: out,
             released: false,
+            gestures,
+        }
+    }
+
+    /// Ctrl+Shift+C / Ctrl+Shift+V while a partition has the keyboard: the host's, never
+    /// the guest's. Their key-ups are not forwarded either (the guest never saw the
+    /// press, so `push_key` drops the release).
+    fn clipboard_gesture(&self, event: &Event) -> Option<ClipboardGesture> {
+        let Event::Key {
+            key,
+            physical_key,
+            pressed: true,
+            repeat: false,
+            modifiers,
+        } = event
+        else {
+            return None;
+        };
+        if !self.state.keyboard_captured || !modifiers.ctrl || !modifiers.shift || modifiers.alt {
+            return None;
+        }
+        let is = |k: egui::Key| *key == k || *physical_key == Some(k);
+        if is(egui::Key::C) {
+            Some(ClipboardGesture::Copy)
+        } else if is(egui::Key::V) {
+            Some(ClipboardGesture::Paste)
+        } else {
+            None
         }
     }
 
@@ -329,6 +380,85 @@ mod tests {
                 pressed: true
             }]
         );
+    }
+
+    #[test]
+    fn clipboard_gestures_go_to_the_host_and_their_keys_never_reach_the_guest() {
+        use vmm_core::evdev::{KEY_C, KEY_LEFTSHIFT, KEY_V};
+        let mut r = InputRouter::default();
+        r.focus(Some(1));
+        r.capture();
+        let cs = Modifiers {
+            ctrl: true,
+            shift: true,
+            ..Modifiers::NONE
+        };
+        let routed = r.route(
+            &[
+                key(Key::C, true, cs),
+                key(Key::C, false, cs),
+                key(Key::V, true, cs),
+                key(Key::V, false, cs),
+            ],
+            Some(view()),
+            cs,
+        );
+        assert_eq!(routed.target, Some(1));
+        assert_eq!(
+            routed.gestures,
+            vec![ClipboardGesture::Copy, ClipboardGesture::Paste]
+        );
+        let codes: Vec<u16> = routed
+            .events
+            .iter()
+            .map(|e| match e {
+                UserInput::Key { code, .. } => *code,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        // The modifiers are the guest's (it saw them pressed); C and V are not.
+        assert!(
+            !codes.contains(&KEY_C) && !codes.contains(&KEY_V),
+            "{codes:?}"
+        );
+        assert!(codes.contains(&KEY_LEFTCTRL) && codes.contains(&KEY_LEFTSHIFT));
+    }
+
+    #[test]
+    fn plain_ctrl_c_and_uncaptured_gestures_are_not_clipboard_gestures() {
+        let ctrl = Modifiers {
+            ctrl: true,
+            ..Modifiers::NONE
+        };
+        let cs = Modifiers {
+            shift: true,
+            ..ctrl
+        };
+        let mut r = InputRouter::default();
+        r.focus(Some(0));
+        r.capture();
+        let routed = r.route(&[key(Key::C, true, ctrl)], Some(view()), ctrl);
+        assert!(routed.gestures.is_empty());
+        assert!(routed.events.contains(&UserInput::Key {
+            code: vmm_core::evdev::KEY_C,
+            pressed: true
+        }));
+        // Autorepeat of a held gesture is not a second gesture.
+        let repeat = Event::Key {
+            key: Key::V,
+            physical_key: Some(Key::V),
+            pressed: true,
+            repeat: true,
+            modifiers: cs,
+        };
+        assert!(r.route(&[repeat], Some(view()), cs).gestures.is_empty());
+        // Without the keyboard captured, the keys are the host's anyway.
+        let mut idle = InputRouter::default();
+        idle.focus(Some(0));
+        assert!(idle
+            .route(&[key(Key::C, true, cs)], Some(view()), cs)
+            .gestures
+            .is_empty());
     }
 
     #[test]

@@ -97,18 +97,77 @@ pub fn default_image_dir() -> PathBuf {
     cache_root().join("images/default")
 }
 
-/// The recipe's fingerprint: a change to init or the module list rebuilds the image.
+/// The guest agent's static binary: `$BULKHEAD_AGENT`, else `bulkhead-agent` next to
+/// this executable (as `bulkhead-vmm` is found).
+pub fn agent_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BULKHEAD_AGENT") {
+        return Some(PathBuf::from(p));
+    }
+    let beside = std::env::current_exe()
+        .ok()?
+        .parent()?
+        .join("bulkhead-agent");
+    beside.is_file().then_some(beside)
+}
+
+/// Why the image has no agent (for the build's progress), or the agent's bytes.
+fn agent_bytes() -> Result<Vec<u8>, String> {
+    let path =
+        agent_binary().ok_or("no bulkhead-agent beside this program and BULKHEAD_AGENT unset")?;
+    let bytes = fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    if !is_static_elf(&bytes) {
+        return Err(format!(
+            "{} is not a static x86-64 ELF executable (the guest has no libc for it); \
+             build it with RUSTFLAGS='-C target-feature=+crt-static' --target x86_64-unknown-linux-gnu",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// An x86-64 ELF executable without a program interpreter (`PT_INTERP`).
+fn is_static_elf(b: &[u8]) -> bool {
+    let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
+    let u64_at = |o: usize| {
+        b.get(o..o + 8)
+            .and_then(|s| s.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    if !b.starts_with(b"\x7fELF\x02\x01") || u16_at(18) != Some(62) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(32), u16_at(54), u16_at(56)) else {
+        return false;
+    };
+    let Ok(phoff) = usize::try_from(phoff) else {
+        return false;
+    };
+    (0..usize::from(phnum)).all(|i| {
+        let at = phoff.saturating_add(i.saturating_mul(usize::from(phentsize)));
+        b.get(at..at + 4)
+            .is_some_and(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != 3)
+    })
+}
+
+/// The recipe's fingerprint: a change to init, the module list or the agent rebuilds
+/// the image.
 fn recipe_fingerprint(kernel_package: &str) -> String {
+    recipe_fingerprint_with(kernel_package, agent_bytes().ok().as_deref())
+}
+
+fn recipe_fingerprint_with(kernel_package: &str, agent: Option<&[u8]>) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let programs = TEMPLATE_PROGRAMS
         .iter()
         .flat_map(|(path, text)| path.bytes().chain(text.bytes()));
+    let agent = agent.unwrap_or(b"no agent").iter().copied();
     for b in INIT
         .bytes()
         .chain(MODULES.bytes())
         .chain(programs)
         .chain(NET_UP.bytes())
         .chain(kernel_package.bytes())
+        .chain(agent)
     {
         h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
     }
@@ -309,7 +368,17 @@ pub fn build_default(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Guest
     ));
     let root = fetch_and_unpack(&[&package, BUSYBOX_PACKAGE], &work)?;
     progress("[3/4] writing the initramfs");
-    let initrd = build_initramfs(&root, &version, &[])?;
+    let agent = agent_bytes();
+    let extra: Vec<(&str, u32, &[u8])> = match &agent {
+        Ok(bytes) => vec![("bulkhead/bulkhead-agent", 0o755, bytes.as_slice())],
+        Err(why) => {
+            progress(&format!(
+                "no guest agent in this image (no clipboard): {why}"
+            ));
+            Vec::new()
+        }
+    };
+    let initrd = build_initramfs(&root, &version, &extra)?;
     let image = image_in(dir, &version);
     // Each file replaced whole (temp + rename): a partition opening the image while a
     // rebuild runs gets the old file or the new one, never half of one.
@@ -319,7 +388,10 @@ pub fn build_default(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Guest
     replace_file(&image.kernel, &kernel)?;
     progress("[4/4] cleaning up");
     let _ = fs::remove_dir_all(&work);
-    let stamp = format!("{}\n{version}\n", recipe_fingerprint(&package));
+    let stamp = format!(
+        "{}\n{version}\n",
+        recipe_fingerprint_with(&package, agent.as_deref().ok())
+    );
     replace_file(&dir.join(STAMP), stamp.as_bytes())?;
     progress(&format!("guest image ready: {}", dir.display()));
     Ok(image)
@@ -399,6 +471,38 @@ mod tests {
         drop(held);
         assert_eq!(waiter.join().unwrap().unwrap(), "6.1.0-9-amd64");
         assert!(rx.recv().unwrap().contains("built meanwhile"));
+    }
+
+    #[test]
+    fn only_a_static_x86_64_executable_passes_as_the_agent() {
+        // This test binary is dynamically linked: it names an interpreter.
+        let me = fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(!is_static_elf(&me));
+        // A minimal ELF64 header with no program headers has no interpreter.
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[18] = 62;
+        assert!(is_static_elf(&elf));
+        elf[18] = 40; // ARM
+        assert!(!is_static_elf(&elf));
+        assert!(!is_static_elf(b"#!/bin/sh\n"));
+        // A program header table pointing past the end is not trusted.
+        elf[18] = 62;
+        elf[32..40].copy_from_slice(&1000u64.to_le_bytes());
+        elf[56] = 1;
+        assert!(!is_static_elf(&elf));
+    }
+
+    #[test]
+    fn the_agent_binary_is_part_of_the_recipe() {
+        assert_ne!(
+            recipe_fingerprint_with("linux-image-x", Some(b"agent v1")),
+            recipe_fingerprint_with("linux-image-x", Some(b"agent v2"))
+        );
+        assert_ne!(
+            recipe_fingerprint_with("linux-image-x", None),
+            recipe_fingerprint_with("linux-image-x", Some(b"agent v1"))
+        );
     }
 
     #[test]

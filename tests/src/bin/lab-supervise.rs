@@ -12,7 +12,8 @@
 //!
 //! Steps: `wait-serial:TEXT`, `wait-console:TEXT`, `wait-console-bytes:N`, `type:TEXT`,
 //! `tablet:X,Y`, `click`, `console:TEXT`, `console-pattern:N`, `screenshot:NAME`,
-//! `sleep:MS`, `sandbox-report`, `pause`, `resume`, `stats`, `stop`, `wait-exit`. In TEXT, `\n` is a newline (Enter when typed).
+//! `sleep:MS`, `sandbox-report`, `pause`, `resume`, `stats`, `stop`, `wait-exit`,
+//! `wait-agent`, `agent-ping`, `clipboard-set:TEXT`, `wait-clipboard:TEXT`. In TEXT, `\n` is a newline (Enter when typed).
 //!
 //! The flags after the VMM become the partition's launch config and boot files, sent by
 //! the supervisor as the app sends them (`bulkhead-vmm partition`, no other argv).
@@ -29,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use bulkhead_supervisor::agent::{AgentReply, AgentRequest, AgentStatus, Clipboard};
 use bulkhead_supervisor::launch::{DiskFile, GuestConfig};
 use bulkhead_supervisor::{
     vm_process, AutoRestart, BootFiles, LaunchSpec, ProcessState, Supervisor,
@@ -73,6 +75,14 @@ enum Step {
     Stats,
     Stop,
     WaitExit,
+    /// Wait until the guest agent said Hello (on its own console, `/dev/hvc1`).
+    WaitAgent,
+    /// Ping the agent and wait for its answer.
+    AgentPing,
+    /// Have the agent own the guest's X CLIPBOARD with this text.
+    ClipboardSet(String),
+    /// Ask the agent for the CLIPBOARD until it holds this text.
+    WaitClipboard(String),
 }
 
 struct Options {
@@ -202,6 +212,10 @@ fn parse_step(s: &str) -> Result<Step, String> {
         "stats" => Step::Stats,
         "stop" => Step::Stop,
         "wait-exit" => Step::WaitExit,
+        "wait-agent" => Step::WaitAgent,
+        "agent-ping" => Step::AgentPing,
+        "clipboard-set" => Step::ClipboardSet(unescape(arg)),
+        "wait-clipboard" => Step::WaitClipboard(unescape(arg)),
         _ => return Err(format!("unknown step `{s}`\n{USAGE}")),
     })
 }
@@ -368,8 +382,71 @@ impl Session {
         Ok(())
     }
 
+    /// Sends `request` to the agent and waits for its answer.
+    fn agent_call(&mut self, request: AgentRequest) -> Result<AgentReply, String> {
+        let id = self
+            .sup
+            .agent_request(NAME, request)
+            .map_err(|e| format!("asking the agent: {e}"))?;
+        let mut answer = None;
+        self.wait_for("the agent's answer", |s| {
+            let replies = s.sup.take_agent_replies(NAME).unwrap_or_default();
+            answer = replies.into_iter().find(|r| reply_id(r) == id);
+            answer.is_some()
+        })?;
+        answer.ok_or_else(|| "no answer".to_string())
+    }
+
     fn run_step(&mut self, step: &Step) -> Result<(), String> {
         match step {
+            Step::WaitAgent => {
+                let mut agent = AgentStatus::Absent;
+                self.wait_for("the guest agent's Hello", |s| {
+                    agent = s.sup.status(NAME).map(|st| st.agent).unwrap_or_default();
+                    !matches!(agent, AgentStatus::Absent)
+                })?;
+                self.log(&format!("agent: {}", agent.describe()));
+                match agent {
+                    AgentStatus::Connected { .. } => Ok(()),
+                    other => Err(other.describe()),
+                }
+            }
+            Step::AgentPing => {
+                let start = Instant::now();
+                match self.agent_call(AgentRequest::Ping)? {
+                    AgentReply::Pong { .. } => {
+                        self.log(&format!("agent pong after {:?}", start.elapsed()));
+                        Ok(())
+                    }
+                    other => Err(format!("ping answered with {other:?}")),
+                }
+            }
+            Step::ClipboardSet(text) => {
+                match self.agent_call(AgentRequest::ClipboardSet(Clipboard::Text(text.clone())))? {
+                    AgentReply::ClipboardSet { .. } => {
+                        self.log(&format!("agent owns the CLIPBOARD with {text:?}"));
+                        Ok(())
+                    }
+                    other => Err(format!("clipboard-set answered with {other:?}")),
+                }
+            }
+            Step::WaitClipboard(text) => loop {
+                let got = self.agent_call(AgentRequest::ClipboardGet)?;
+                self.log(&format!("agent clipboard: {got:?}"));
+                if let AgentReply::Clipboard {
+                    content: Some(Clipboard::Text(t)),
+                    ..
+                } = &got
+                {
+                    if t == text {
+                        return Ok(());
+                    }
+                }
+                if Instant::now() >= self.deadline {
+                    return Err(format!("the CLIPBOARD never held {text:?}"));
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            },
             Step::WaitSerial(text) => {
                 let needle = text.as_bytes().to_vec();
                 self.wait_for(&format!("serial {text:?}"), |s| {
@@ -455,6 +532,15 @@ impl Session {
                 )
             }),
         }
+    }
+}
+
+fn reply_id(r: &AgentReply) -> u32 {
+    match r {
+        AgentReply::Pong { id }
+        | AgentReply::Clipboard { id, .. }
+        | AgentReply::ClipboardSet { id }
+        | AgentReply::Failed { id, .. } => *id,
     }
 }
 

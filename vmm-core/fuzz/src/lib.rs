@@ -544,6 +544,9 @@ fn control_seeds() -> Vec<Vec<u8>> {
     let mut events: Vec<Vec<u8>> = Vec::new();
     for e in Event::serial_chunks(b"hello\n\xff")
         .chain(Event::console_chunks(b"$ "))
+        .chain([Event::Agent {
+            bytes: b"\x07\x00\x00\x00\x81\x01\x00\x01\x00\x00\x00".to_vec(),
+        }])
         .chain(Event::damage_chunks(&[]))
     {
         events.push(serde_json::to_vec(&e).expect("serialize"));
@@ -583,7 +586,9 @@ fn control_seeds() -> Vec<Vec<u8>> {
         events.push(serde_json::to_vec(&e).expect("serialize"));
     }
     let mut commands: Vec<Vec<u8>> = Vec::new();
-    for c in Command::console_chunks(b"ls\n").chain([
+    for c in Command::console_chunks(b"ls\n")
+        .chain(Command::agent_chunks(b"\x05\x00\x00\x00\x03\x01\x00\x00\x00"))
+        .chain([
         Command::Start,
         Command::File {
             role: FileRole::Disk(0),

@@ -22,13 +22,15 @@ pub use crate::sandbox::SandboxGap;
 ///    [`Command::File`] hands over its files; [`Command::Input`] carries the shared
 ///    [`InputEvent`], which names its `device`.
 /// 4: [`Event::Sandbox`], sent before `State(Ready)`.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: [`Command::AgentWrite`] and [`Event::Agent`], the guest agent's own console.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Serial bytes per [`Event::Serial`]. JSON spends up to 4 bytes per byte, so
 /// 4096 bytes stay well inside the 64 KiB frame.
 pub const MAX_SERIAL_CHUNK: usize = 4096;
-/// Console bytes per [`Command::ConsoleWrite`] and [`Event::Console`], for the same
-/// reason as [`MAX_SERIAL_CHUNK`].
+/// Console bytes per [`Command::ConsoleWrite`] and [`Event::Console`] (and the agent's
+/// [`Command::AgentWrite`] and [`Event::Agent`]), for the same reason as
+/// [`MAX_SERIAL_CHUNK`].
 pub const MAX_CONSOLE_CHUNK: usize = 4096;
 /// Rectangles per [`Event::Damage`].
 pub const MAX_DAMAGE_RECTS: usize = 512;
@@ -78,8 +80,13 @@ pub enum Command {
         id: u64,
         allowed: bool,
     },
-    /// Bytes for the guest's virtio-console (`/dev/hvc0`, the guest agent's stream).
+    /// Bytes for the guest's first virtio-console (`/dev/hvc0`, a plain byte stream).
     ConsoleWrite {
+        bytes: Vec<u8>,
+    },
+    /// Bytes for the guest agent's virtio-console (`/dev/hvc1`); the supervisor frames
+    /// them (crate `bulkhead-agent-proto`), the partition only carries them.
+    AgentWrite {
         bytes: Vec<u8>,
     },
 }
@@ -152,8 +159,13 @@ pub enum Event {
     Serial {
         bytes: Vec<u8>,
     },
-    /// Bytes the guest wrote to its virtio-console (`/dev/hvc0`).
+    /// Bytes the guest wrote to its first virtio-console (`/dev/hvc0`).
     Console {
+        bytes: Vec<u8>,
+    },
+    /// Bytes the guest wrote to the agent's virtio-console (`/dev/hvc1`): hostile,
+    /// decoded by the supervisor.
+    Agent {
         bytes: Vec<u8>,
     },
     /// The guest agent asks for an inter-partition service (clipboard, file copy, …).
@@ -222,6 +234,9 @@ impl Command {
             Command::ConsoleWrite { bytes } => {
                 check_len("console bytes", bytes.len(), MAX_CONSOLE_CHUNK)
             }
+            Command::AgentWrite { bytes } => {
+                check_len("agent bytes", bytes.len(), MAX_CONSOLE_CHUNK)
+            }
             _ => Ok(()),
         }
     }
@@ -239,6 +254,14 @@ impl Command {
         bytes
             .chunks(MAX_CONSOLE_CHUNK)
             .map(|c| Command::ConsoleWrite { bytes: c.to_vec() })
+    }
+
+    /// Splits bytes for the guest agent into [`Command::AgentWrite`] messages within the
+    /// cap.
+    pub fn agent_chunks(bytes: &[u8]) -> impl Iterator<Item = Command> + '_ {
+        bytes
+            .chunks(MAX_CONSOLE_CHUNK)
+            .map(|c| Command::AgentWrite { bytes: c.to_vec() })
     }
 }
 
@@ -259,6 +282,7 @@ impl Event {
             Event::Damage { rects } => check_len("damage rects", rects.len(), MAX_DAMAGE_RECTS),
             Event::Serial { bytes } => check_len("serial bytes", bytes.len(), MAX_SERIAL_CHUNK),
             Event::Console { bytes } => check_len("console bytes", bytes.len(), MAX_CONSOLE_CHUNK),
+            Event::Agent { bytes } => check_len("agent bytes", bytes.len(), MAX_CONSOLE_CHUNK),
             Event::ServiceRequest {
                 service,
                 argument,
@@ -285,6 +309,13 @@ impl Event {
         bytes
             .chunks(MAX_CONSOLE_CHUNK)
             .map(|c| Event::Console { bytes: c.to_vec() })
+    }
+
+    /// Splits guest agent output into [`Event::Agent`] messages within the cap.
+    pub fn agent_chunks(bytes: &[u8]) -> impl Iterator<Item = Event> + '_ {
+        bytes
+            .chunks(MAX_CONSOLE_CHUNK)
+            .map(|c| Event::Agent { bytes: c.to_vec() })
     }
 
     /// Splits damage into [`Event::Damage`] messages within the cap.

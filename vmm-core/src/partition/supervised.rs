@@ -26,6 +26,9 @@ use crate::vmm::RunningPartition;
 const FRAME: Duration = Duration::from_millis(16);
 /// Host-to-guest console bytes held while the guest does not take them; more is dropped.
 const MAX_CONSOLE_PENDING: usize = 64 * 1024;
+/// The same for the agent's console: room for a few of the agent protocol's largest
+/// frames (256 KiB of clipboard plus header), so a full clipboard paste never drops.
+const MAX_AGENT_PENDING: usize = 1024 * 1024;
 /// Serial output held between two forwarding passes (one per frame); a guest writing
 /// faster than that loses its oldest bytes, never the partition's memory.
 const MAX_SERIAL_PENDING: usize = 256 * 1024;
@@ -173,6 +176,7 @@ fn serve(
         serial,
         damage_events: 0,
         console_out: ConsoleOutbox::new(MAX_CONSOLE_PENDING),
+        agent_out: ConsoleOutbox::new(MAX_AGENT_PENDING),
     };
     loop {
         if let Some(reason) = running.wait_timeout(FRAME) {
@@ -197,6 +201,8 @@ struct Session<'a> {
     damage_events: u64,
     /// [`Command::ConsoleWrite`] bytes the guest has not taken yet.
     console_out: ConsoleOutbox,
+    /// [`Command::AgentWrite`] bytes the guest agent has not taken yet.
+    agent_out: ConsoleOutbox,
 }
 
 impl Session<'_> {
@@ -228,6 +234,7 @@ impl Session<'_> {
     fn forward_output(&mut self) -> Result<(), ControlError> {
         self.forward_serial()?;
         self.forward_console()?;
+        self.forward_agent()?;
         self.forward_damage()
     }
 
@@ -248,17 +255,13 @@ impl Session<'_> {
     /// Sends what the guest wrote to `/dev/hvc0`, one read per [`Event::Console`].
     fn forward_console(&mut self) -> Result<(), ControlError> {
         let console = &self.running.virtio().console;
-        let mut buf = [0u8; MAX_CONSOLE_CHUNK];
-        for _ in 0..MAX_CONSOLE_CHUNKS_PER_FRAME {
-            let n = console.read_from_guest(&mut buf);
-            if n == 0 {
-                break;
-            }
-            self.events.send(&Event::Console {
-                bytes: buf[..n].to_vec(),
-            })?;
-        }
-        Ok(())
+        forward_stream(console, self.events, |bytes| Event::Console { bytes })
+    }
+
+    /// Sends what the guest agent wrote to `/dev/hvc1`, one read per [`Event::Agent`].
+    fn forward_agent(&mut self) -> Result<(), ControlError> {
+        let agent = &self.running.virtio().agent;
+        forward_stream(agent, self.events, |bytes| Event::Agent { bytes })
     }
 
     fn forward_damage(&mut self) -> Result<(), ControlError> {
@@ -280,6 +283,10 @@ impl Session<'_> {
         if console.is_ready() {
             self.console_out
                 .drain(|bytes| console.write_to_guest(bytes));
+        }
+        let agent = &self.running.virtio().agent;
+        if agent.is_ready() {
+            self.agent_out.drain(|bytes| agent.write_to_guest(bytes));
         }
     }
 
@@ -320,6 +327,17 @@ impl Session<'_> {
                 self.queue_console(&bytes);
                 Ok(())
             }
+            Command::AgentWrite { bytes } => {
+                let dropped = self.agent_out.push(&bytes);
+                if dropped > 0 {
+                    crate::limited!(
+                        warn,
+                        "guest agent not reading: dropped {dropped} byte(s) for it, \
+                         {MAX_AGENT_PENDING} already pending"
+                    );
+                }
+                Ok(())
+            }
             Command::Screenshot { id } => {
                 self.forward_output()?;
                 self.events.send(&Event::ScreenshotReady { id })
@@ -344,6 +362,24 @@ impl Session<'_> {
         };
         self.events.send(&Event::Stats { id, stats })
     }
+}
+
+/// Forwards what the guest wrote to one console, at most
+/// [`MAX_CONSOLE_CHUNKS_PER_FRAME`] reads, one event each.
+fn forward_stream(
+    console: &crate::devices::virtio::console::ConsoleHandle,
+    events: &mut MessageWriter<Event>,
+    event: impl Fn(Vec<u8>) -> Event,
+) -> Result<(), ControlError> {
+    let mut buf = [0u8; MAX_CONSOLE_CHUNK];
+    for _ in 0..MAX_CONSOLE_CHUNKS_PER_FRAME {
+        let n = console.read_from_guest(&mut buf);
+        if n == 0 {
+            break;
+        }
+        events.send(&event(buf[..n].to_vec()))?;
+    }
+    Ok(())
 }
 
 /// [`Command::ConsoleWrite`] bytes waiting for the guest console, in order. Bounded, so

@@ -1,0 +1,195 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn png(rest: &[u8]) -> Vec<u8> {
+    let mut p = PNG_SIGNATURE.to_vec();
+    p.extend_from_slice(rest);
+    p
+}
+
+fn clipboard() -> impl Strategy<Value = Clipboard> {
+    prop_oneof![
+        ".{0,64}".prop_map(Clipboard::Text),
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| Clipboard::Png(png(&b))),
+    ]
+}
+
+fn agent_message() -> impl Strategy<Value = AgentMessage> {
+    prop_oneof![
+        (any::<u16>(), any::<u32>())
+            .prop_map(|(version, features)| AgentMessage::Hello { version, features }),
+        any::<u32>().prop_map(|id| AgentMessage::Pong { id }),
+        (any::<u32>(), proptest::option::of(clipboard()))
+            .prop_map(|(id, content)| AgentMessage::Clipboard { id, content }),
+        any::<u32>().prop_map(|id| AgentMessage::ClipboardSet { id }),
+        (any::<u32>(), ".{0,40}").prop_map(|(id, reason)| AgentMessage::Failed { id, reason }),
+    ]
+}
+
+fn host_message() -> impl Strategy<Value = HostMessage> {
+    prop_oneof![
+        any::<u16>().prop_map(|version| HostMessage::Hello { version }),
+        any::<u32>().prop_map(|id| HostMessage::Ping { id }),
+        any::<u32>().prop_map(|id| HostMessage::ClipboardGet { id }),
+        (any::<u32>(), clipboard())
+            .prop_map(|(id, content)| HostMessage::ClipboardSet { id, content }),
+    ]
+}
+
+fn decode_all<M: Frame>(chunks: &[&[u8]]) -> Result<Vec<M>, DecodeError> {
+    let mut d = Decoder::<M>::new();
+    let mut out = Vec::new();
+    for c in chunks {
+        d.push(c, &mut out)?;
+    }
+    Ok(out)
+}
+
+proptest! {
+    #[test]
+    fn agent_messages_survive_any_split_of_the_stream(
+        msgs in proptest::collection::vec(agent_message(), 1..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let stream: Vec<u8> = msgs.iter().flat_map(|m| m.encode().unwrap()).collect();
+        let at = cut.index(stream.len() + 1);
+        let (a, b) = stream.split_at(at);
+        prop_assert_eq!(decode_all::<AgentMessage>(&[a, b]).unwrap(), msgs.clone());
+        // And byte by byte.
+        let singles: Vec<&[u8]> = stream.chunks(1).collect();
+        prop_assert_eq!(decode_all::<AgentMessage>(&singles).unwrap(), msgs);
+    }
+
+    #[test]
+    fn host_messages_round_trip(msg in host_message()) {
+        let frame = msg.encode().unwrap();
+        prop_assert_eq!(decode_all::<HostMessage>(&[&frame]).unwrap(), vec![msg]);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_never_buffer_past_the_frame_cap(
+        chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..20),
+    ) {
+        let mut d = Decoder::<AgentMessage>::new();
+        let mut out = Vec::new();
+        for c in &chunks {
+            let failed = d.push(c, &mut out).is_err();
+            prop_assert!(d.buffered() <= MAX_FRAME);
+            if failed {
+                // Failed stays failed, whatever follows.
+                prop_assert!(d.push(&[0, 0, 0, 0], &mut out).is_err());
+                break;
+            }
+        }
+    }
+
+    #[test]
+    fn a_truncated_body_is_refused_not_misread(msg in agent_message(), cut in 1usize..8) {
+        let frame = msg.encode().unwrap();
+        let body = &frame[4..];
+        let short = &body[..body.len().saturating_sub(cut)];
+        prop_assert!(AgentMessage::decode_body(short).is_err());
+    }
+}
+
+#[test]
+fn an_oversized_header_is_refused_before_its_body_is_buffered() {
+    let mut d = Decoder::<AgentMessage>::new();
+    let mut out = Vec::new();
+    let len = (MAX_BODY as u32 + 1).to_le_bytes();
+    assert_eq!(
+        d.push(&len, &mut out),
+        Err(DecodeError::Oversized { len: MAX_BODY + 1 })
+    );
+    assert_eq!(d.buffered(), 0);
+    assert!(d.push(&[1, 2, 3], &mut out).is_err());
+}
+
+#[test]
+fn a_full_size_clipboard_fits_and_one_byte_more_does_not_encode() {
+    let max = Clipboard::Png(png(&vec![7; MAX_PAYLOAD - PNG_SIGNATURE.len()]));
+    let msg = AgentMessage::Clipboard {
+        id: 9,
+        content: Some(max),
+    };
+    let frame = msg.encode().unwrap();
+    assert!(frame.len() <= MAX_FRAME);
+    assert_eq!(decode_all::<AgentMessage>(&[&frame]).unwrap(), vec![msg]);
+    let over = HostMessage::ClipboardSet {
+        id: 1,
+        content: Clipboard::Text("x".repeat(MAX_PAYLOAD + 1)),
+    };
+    assert_eq!(
+        over.encode().unwrap_err(),
+        EncodeError {
+            field: "clipboard text",
+            len: MAX_PAYLOAD + 1,
+            max: MAX_PAYLOAD
+        }
+    );
+}
+
+#[test]
+fn a_field_longer_than_its_cap_is_refused_even_inside_a_legal_frame() {
+    // Failed's reason may hold MAX_TEXT bytes; announce one more.
+    let mut body = vec![0x85, 1, 0, 0, 0];
+    body.extend_from_slice(&(MAX_TEXT as u32 + 1).to_le_bytes());
+    body.extend(std::iter::repeat_n(b'a', MAX_TEXT + 1));
+    assert_eq!(
+        AgentMessage::decode_body(&body),
+        Err(DecodeError::FieldTooLong {
+            field: "reason",
+            len: MAX_TEXT + 1,
+            max: MAX_TEXT
+        })
+    );
+}
+
+#[test]
+fn malformed_bodies_name_what_is_wrong() {
+    assert_eq!(AgentMessage::decode_body(&[]), Err(DecodeError::Empty));
+    assert_eq!(
+        AgentMessage::decode_body(&[0x7f]),
+        Err(DecodeError::UnknownKind(0x7f))
+    );
+    // A host kind arriving from the agent is unknown there.
+    assert_eq!(
+        AgentMessage::decode_body(&[0x01, 1, 0]),
+        Err(DecodeError::UnknownKind(0x01))
+    );
+    assert_eq!(
+        AgentMessage::decode_body(&[0x82, 1, 0, 0, 0, 0]),
+        Err(DecodeError::Trailing(1))
+    );
+    let text = |b: &[u8]| {
+        let mut body = vec![0x83, 0, 0, 0, 0, 1];
+        body.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        body.extend_from_slice(b);
+        body
+    };
+    assert_eq!(
+        AgentMessage::decode_body(&text(&[0xff, 0xfe])),
+        Err(DecodeError::NotUtf8 {
+            field: "clipboard text"
+        })
+    );
+    let mut not_png = vec![0x83, 0, 0, 0, 0, 2, 3, 0, 0, 0];
+    not_png.extend_from_slice(b"GIF");
+    assert_eq!(
+        AgentMessage::decode_body(&not_png),
+        Err(DecodeError::NotPng)
+    );
+    assert_eq!(
+        AgentMessage::decode_body(&[0x83, 0, 0, 0, 0, 9]),
+        Err(DecodeError::UnknownContent(9))
+    );
+}
+
+#[test]
+fn a_zero_length_frame_is_refused() {
+    assert_eq!(
+        decode_all::<AgentMessage>(&[&[0, 0, 0, 0]]),
+        Err(DecodeError::Empty)
+    );
+}
