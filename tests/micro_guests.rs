@@ -798,6 +798,7 @@ mod degraded_sandbox {
     /// The supervisor's launch of `bulkhead-vmm partition` through the wrapper.
     fn without_landlock(name: &str) -> LaunchSpec {
         let vmm = binary();
+        let launch = test_card(name);
         LaunchSpec {
             program: std::env::current_exe().unwrap(),
             args: [
@@ -812,7 +813,8 @@ mod degraded_sandbox {
             .map(Into::into)
             .chain([vmm.into_os_string(), "partition".into()])
             .collect(),
-            launch: test_card(name),
+            resources: bulkhead_supervisor::launch::default_resources(&launch),
+            launch,
             boot_files: BootFiles::None,
             disk_files: Vec::new(),
             guest_config: None,
