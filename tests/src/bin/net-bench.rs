@@ -506,6 +506,11 @@ fn fmt(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.1}"))
 }
 
+/// Throughput: the lab (TCG, nested KVM) moves well under 1 MiB/s.
+fn fmt3(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.3}"))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cfg = match parse_args(&args) {
@@ -555,7 +560,7 @@ fn main() -> ExitCode {
         println!(
             "  {:<10} upload {:>7} MiB/s  rr median {:>8} us  p99 {:>8} us  CPU ticks (relay, passt, vmm) {:?}",
             m.label,
-            fmt(m.upload_mibps),
+            fmt3(m.upload_mibps),
             fmt(m.rr_median_us),
             fmt(m.rr_p99_us),
             m.upload_ticks
@@ -572,7 +577,7 @@ fn main() -> ExitCode {
             v.label(),
             s.ok,
             cfg.runs,
-            fmt(s.mibps),
+            fmt3(s.mibps),
             fmt(s.rr_median_us),
             fmt(s.rr_p99_us),
             fmt(s.cpu_ms_per_mib[0]),
