@@ -238,7 +238,7 @@ impl CgroupBase {
         let own = mount.join(own.trim_start_matches('/'));
         let delegated = ["cgroup.procs", "cgroup.subtree_control"]
             .iter()
-            .all(|f| rustix::fs::access(&own.join(f), rustix::fs::Access::WRITE_OK).is_ok());
+            .all(|f| rustix::fs::access(own.join(f), rustix::fs::Access::WRITE_OK).is_ok());
         if !delegated {
             return Err(CgroupError::NotDelegated(own));
         }
