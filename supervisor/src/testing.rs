@@ -79,6 +79,7 @@ pub fn fake_spec(
         disk_files: Vec::new(),
         guest_config: None,
         restart,
+        network: None,
     }
 }
 
