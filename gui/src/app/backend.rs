@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::display::software::{Pattern, SoftwareSource};
 use crate::display::{FrameView, FramebufferLayout};
 use crate::input::UserInput;
+pub use bulkhead_supervisor::network::NetworkState;
 
 use super::model::{PartitionInfo, PartitionState, PartitionStats, SourceKind};
 
@@ -39,6 +40,16 @@ pub trait PartitionBackend {
     /// nothing runs. Shown as a badge ([`super::model::sandbox_badge`]).
     fn sandbox_gaps(&self) -> Vec<String> {
         Vec::new()
+    }
+    /// The partition's network: offline (no device), NAT with its rule count, or down
+    /// and why. Shown on the partition in the launcher.
+    fn network(&self) -> NetworkState {
+        NetworkState::Offline
+    }
+    /// The policy was saved: apply what may change while the partition runs (its
+    /// firewall rules, for new connections within a second).
+    fn apply_policy(&mut self, _policy: &isolation_policy::Policy) -> Result<(), BackendError> {
+        Ok(())
     }
 
     fn start(&mut self) -> Result<(), BackendError>;

@@ -133,6 +133,8 @@ pub struct BulkheadApp {
     pub host_notice: Option<String>,
     frames: u64,
     first_frame_marker: Option<std::path::PathBuf>,
+    /// The policy editor's save count last applied to the partitions.
+    applied_saves: u64,
 }
 
 const PREFS_KEY: &str = "bulkhead-ui-prefs";
@@ -151,6 +153,34 @@ impl BulkheadApp {
             host_notice: None,
             frames: 0,
             first_frame_marker: None,
+            applied_saves: 0,
+        }
+    }
+
+    /// After the policy editor saved: every partition takes what may change while it
+    /// runs (firewall rules go to its relay at once).
+    pub fn apply_saved_policy(&mut self) {
+        if self.policy.saves == self.applied_saves {
+            return;
+        }
+        self.applied_saves = self.policy.saves;
+        let Some(dir) = self.policy.dir().map(std::path::Path::to_path_buf) else {
+            return;
+        };
+        // Saved only when it checks, so this loads; a failure is shown, never half-applied.
+        let policy = match isolation_policy::Policy::load(&dir) {
+            Ok((policy, _)) => policy,
+            Err(e) => {
+                tracing::warn!("the saved policy did not load: {e}");
+                return;
+            }
+        };
+        for slot in &mut self.slots {
+            slot.last_error = slot
+                .backend
+                .apply_policy(&policy)
+                .err()
+                .map(|e| e.to_string());
         }
     }
 
@@ -285,6 +315,7 @@ impl BulkheadApp {
                 .resizable(true)
                 .default_size(420.0)
                 .show(ui, |ui| self.policy.show(ui));
+            self.apply_saved_policy();
         }
         if self.prefs.show_serial || self.prefs.show_audit {
             egui::Panel::bottom("bottom")

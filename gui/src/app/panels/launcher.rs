@@ -3,6 +3,7 @@
 
 use egui::{Color32, RichText, Sense, Ui};
 
+use crate::app::backend::NetworkState;
 use crate::app::model::{format_uptime, sandbox_badge, LabelStyle, PartitionState};
 use crate::app::{Action, PartitionSlot};
 
@@ -55,6 +56,7 @@ fn row(ui: &mut Ui, i: usize, slot: &PartitionSlot, focused: bool, actions: &mut
             if let Some(badge) = sandbox_badge(&slot.backend.sandbox_gaps()) {
                 sandbox_reduced(ui, &badge);
             }
+            network(ui, &slot.backend.network());
             if let PartitionState::Crashed { reason } = &state {
                 ui.colored_label(ui.visuals().error_fg_color, format!("reason: {reason}"));
             }
@@ -81,6 +83,28 @@ fn sandbox_reduced(ui: &mut Ui, text: &str) {
         .on_hover_text(
             "This host lacks part of the partition sandbox; the partition runs with the rest.",
         );
+}
+
+/// The partition's network in one line: "offline", "NAT · 2 rules", or, in the error
+/// colour, "network down: relay killed by SIGKILL" (nothing passes).
+fn network(ui: &mut Ui, state: &NetworkState) {
+    let text = format!("network: {}", state.caption());
+    match state {
+        NetworkState::Offline => {
+            ui.weak(text);
+        }
+        NetworkState::Nat { applied, .. } => {
+            ui.label(text).on_hover_text(if *applied {
+                "NAT through passt; the firewall relay enforces these rules"
+            } else {
+                "NAT through passt; the relay denies everything until it has the rules"
+            });
+        }
+        NetworkState::Down { .. } => {
+            ui.colored_label(ui.visuals().error_fg_color, state.caption())
+                .on_hover_text("The firewall relay is gone: nothing reaches the network until the partition restarts");
+        }
+    }
 }
 
 fn swatch(ui: &mut Ui, color: Color32) {

@@ -50,9 +50,17 @@ pub struct PolicyEditor {
     pub(super) new_partition: String,
     pub(super) edit_error: Option<String>,
     pub status: Option<Status>,
+    /// Successful saves so far: the app applies the saved policy to running partitions
+    /// (their firewall rules) when this changes.
+    pub saves: u64,
 }
 
 impl PolicyEditor {
+    /// The directory the editor saves to.
+    pub fn dir(&self) -> Option<&Path> {
+        self.doc.as_ref().map(|d| d.dir())
+    }
+
     /// Opens the policy directory for editing. Invalid content still opens (and shows its
     /// errors); only I/O problems leave the editor empty with the reason.
     pub fn open(dir: &Path) -> Self {
@@ -196,7 +204,10 @@ impl PolicyEditor {
             return;
         }
         self.status = Some(match doc.save() {
-            Ok(_) => Status::Saved(format!("Saved to {}", doc.dir().display())),
+            Ok(_) => {
+                self.saves += 1;
+                Status::Saved(format!("Saved to {}", doc.dir().display()))
+            }
             Err(SaveError::Invalid(report)) => Status::Refused(format!(
                 "Not saved: the policy has {} error(s); nothing was written",
                 report.errors().count()
