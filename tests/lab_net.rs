@@ -295,4 +295,15 @@ fn a_supervised_nat_partition_survives_passt_dying_takes_live_rules_and_goes_dow
         "no visible network-down state\n{events}"
     );
     assert!(events.contains("killed passt") && events.contains("passt_restarts: 1"));
+    // Both refusals are in the audit log, the partition's and the port's, no rule matching.
+    let audit = String::from_utf8_lossy(out.files.get("audit.log").map_or(&[][..], |v| v));
+    for port in [8081, 8080] {
+        assert!(
+            audit.lines().any(|l| l.contains("\"kind\":\"network\"")
+                && l.contains(&format!("\"port\":{port}"))
+                && l.contains("no rule allows")
+                && l.contains("\"decision\":\"deny\"")),
+            "no audit record of the refused port {port}:\n{audit}"
+        );
+    }
 }

@@ -25,7 +25,8 @@
 //! Serial bytes go to stdout as they arrive (so `lab-measure` can watch for a marker);
 //! `DIR/console.bin` holds what the guest wrote to /dev/hvc0, `DIR/NAME.png` the
 //! screenshots, `DIR/events.log` state changes, and `DIR/final.txt` one line:
-//! `FINAL exited=<code>`, `FINAL crashed=<reason>` or `FINAL running`. Exits 0 when every
+//! `FINAL exited=<code>`, `FINAL crashed=<reason>` or `FINAL running`; `DIR/audit.log`
+//! the network denials. Exits 0 when every
 //! step completed, 1 otherwise (the failed step is on stderr and in `DIR/events.log`).
 
 use std::fs::File;
@@ -659,6 +660,10 @@ fn run(opts: Options) -> Result<bool, String> {
     spec.guest_config = opts.guest_config.clone();
     spec.network = opts.network.clone();
     let sup = Supervisor::new(vec![spec]).map_err(|e| e.to_string())?;
+    // The relay's denials, as the app records them (`DIR/audit.log`).
+    let audit =
+        isolation_policy::AuditLog::open(&opts.out, 1 << 20, 1).map_err(|e| e.to_string())?;
+    sup.set_audit_log(Some(std::sync::Arc::new(audit)));
     let started = Instant::now();
     let mut session = Session {
         sup,
