@@ -269,11 +269,8 @@ impl PartitionBackend for SupervisedPartition {
         }
     }
 
-    fn network(&self) -> crate::app::backend::NetworkState {
-        self.supervisor
-            .status(self.name())
-            .map(|s| s.network)
-            .unwrap_or_default()
+    fn network(&self) -> Option<crate::app::backend::NetworkState> {
+        self.supervisor.status(self.name()).ok().map(|s| s.network)
     }
 
     fn apply_policy(&mut self, policy: &isolation_policy::Policy) -> Result<(), BackendError> {

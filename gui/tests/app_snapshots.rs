@@ -421,8 +421,8 @@ impl PartitionBackend for Networked {
     fn stats(&self) -> bulkhead::app::PartitionStats {
         self.inner.stats()
     }
-    fn network(&self) -> bulkhead::app::backend::NetworkState {
-        self.network.clone()
+    fn network(&self) -> Option<bulkhead::app::backend::NetworkState> {
+        Some(self.network.clone())
     }
     fn apply_policy(
         &mut self,

@@ -42,9 +42,10 @@ pub trait PartitionBackend {
         Vec::new()
     }
     /// The partition's network: offline (no device), NAT with its rule count, or down
-    /// and why. Shown on the partition in the launcher.
-    fn network(&self) -> NetworkState {
-        NetworkState::Offline
+    /// and why. Shown on the partition in the launcher; `None` for a source that is not
+    /// a partition (no network to speak of).
+    fn network(&self) -> Option<NetworkState> {
+        None
     }
     /// The policy was saved: apply what may change while the partition runs (its
     /// firewall rules, for new connections within a second).

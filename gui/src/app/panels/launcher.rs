@@ -56,7 +56,9 @@ fn row(ui: &mut Ui, i: usize, slot: &PartitionSlot, focused: bool, actions: &mut
             if let Some(badge) = sandbox_badge(&slot.backend.sandbox_gaps()) {
                 sandbox_reduced(ui, &badge);
             }
-            network(ui, &slot.backend.network());
+            if let Some(state) = slot.backend.network() {
+                network(ui, &state);
+            }
             if let PartitionState::Crashed { reason } = &state {
                 ui.colored_label(ui.visuals().error_fg_color, format!("reason: {reason}"));
             }
