@@ -187,3 +187,123 @@ fn the_relay_lets_an_allowed_port_through_and_refuses_others_at_once() {
     );
     assert_eq!(out.exit_code, 0, "guest did not power off cleanly");
 }
+
+/// A [`timed_fetch`] with its own time limit (a fetch into a dead network waits it out).
+fn timed_fetch_within(tag: &str, url: &str, limit_s: u32) -> String {
+    timed_fetch(tag, url).replacen("timeout 20", &format!("timeout {limit_s}"), 1)
+}
+
+/// The guest side of the supervised run: fetches, then waits on /dev/hvc0 for the host
+/// to act (kill passt, change the rules, kill the relay) before the next fetches.
+fn supervised_script() -> String {
+    let url = |port: u16| format!("http://{LAB_GATEWAY}:{port}/");
+    let wait = |phase: &str| format!("echo {phase}\nread -r go <&3\necho \"GO[$go]\"\n");
+    let mut s = String::from("exec 3<>/dev/hvc0\nstty raw -echo <&3\n");
+    s += &timed_fetch("ALLOWED", &url(8080));
+    s += &timed_fetch("DENIED", &url(8081));
+    s += &wait("PHASE-KILL-PASST");
+    // The first try may meet the restart's last moments; the second must work.
+    s += &timed_fetch_within("AFTER-PASST-1", &url(8080), 10);
+    s += &timed_fetch("AFTER-PASST", &url(8080));
+    s += &wait("PHASE-RULES");
+    s += &timed_fetch("NEWLY-ALLOWED", &url(8081));
+    s += &timed_fetch("NEWLY-DENIED", &url(8080));
+    s += &wait("PHASE-KILL-RELAY");
+    s += &timed_fetch_within("AFTER-RELAY", &url(8081), 8);
+    s += "echo SCRIPT-DONE\npoweroff -f\n";
+    s
+}
+
+/// The host side: the same supervisor as the app's, through `lab-supervise`.
+fn supervised_steps() -> Vec<String> {
+    [
+        "wait-net:NAT · 1 rule",
+        "wait-serial:PHASE-KILL-PASST",
+        "kill-passt",
+        "wait-net-restarts:1",
+        "console:go\\n",
+        "wait-serial:PHASE-RULES",
+        "rules:tcp:192.0.2.1:8081",
+        "wait-net:NAT · 1 rule",
+        "console:go\\n",
+        "wait-serial:PHASE-KILL-RELAY",
+        "kill-relay",
+        "wait-net:network down: relay killed by SIGKILL",
+        "console:go\\n",
+        "wait-serial:SCRIPT-DONE",
+        "wait-exit",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn a_supervised_nat_partition_survives_passt_dying_takes_live_rules_and_goes_down_with_its_relay() {
+    let run = GuestRun {
+        display: None,
+        test_script: supervised_script(),
+        supervise: Some(supervised_steps()),
+        network: Some(LabNetwork {
+            allow: vec![format!("tcp:{LAB_GATEWAY}:8080")],
+            http: vec![(8080, PAGE.into()), (8081, "PAGE-8081".into())],
+        }),
+        timeout_s: 400,
+        ..GuestRun::default()
+    };
+    let out = run_guest(&run);
+    eprintln!("{}", out.summary());
+    out.save_artifacts("net-supervised");
+    let events = String::from_utf8_lossy(out.files.get("events.log").map_or(&[][..], |v| v));
+    eprintln!("events.log:\n{events}");
+    assert!(
+        out.serial.contains(READY_MARKER),
+        "guest never reached init\n{}",
+        out.diagnostics()
+    );
+    let get = |tag| {
+        fetch_result(&out.serial, tag)
+            .unwrap_or_else(|| panic!("no {tag} line\n{events}\n{}", out.diagnostics()))
+    };
+    let ok = |tag, body: &str| {
+        let (rc, took, line) = get(tag);
+        eprintln!("{tag}: {took:.2} s: {line}");
+        assert_eq!(rc, 0, "{line}\n{events}");
+        assert!(line.contains(body), "{line}");
+    };
+    let refused = |tag, body: &str| {
+        let (rc, took, line) = get(tag);
+        eprintln!("{tag}: refused after {took:.2} s: {line}");
+        assert_ne!(rc, 0, "{line}\n{events}");
+        assert!(!line.contains(body), "{line}");
+        assert!(
+            took < 3.0,
+            "{tag}: not refused at once: {took:.2} s ({line})"
+        );
+    };
+    ok("ALLOWED", PAGE);
+    refused("DENIED", "PAGE-8081");
+    ok("AFTER-PASST", PAGE);
+    ok("NEWLY-ALLOWED", "PAGE-8081");
+    refused("NEWLY-DENIED", PAGE);
+    // With the relay gone nothing passes (the fetch waits out its limit or fails).
+    let (rc, _, line) = get("AFTER-RELAY");
+    assert_ne!(rc, 0, "a fetch passed without the relay: {line}");
+    assert!(!line.contains("PAGE-8081"), "{line}");
+    assert!(
+        events.contains("network down: relay killed by SIGKILL"),
+        "no visible network-down state\n{events}"
+    );
+    assert!(events.contains("killed passt") && events.contains("passt_restarts: 1"));
+    // Both refusals are in the audit log, the partition's and the port's, no rule matching.
+    let audit = String::from_utf8_lossy(out.files.get("audit.log").map_or(&[][..], |v| v));
+    for port in [8081, 8080] {
+        assert!(
+            audit.lines().any(|l| l.contains("\"kind\":\"network\"")
+                && l.contains(&format!("\"port\":{port}"))
+                && l.contains("no rule allows")
+                && l.contains("\"decision\":\"deny\"")),
+            "no audit record of the refused port {port}:\n{audit}"
+        );
+    }
+}

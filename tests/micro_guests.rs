@@ -819,6 +819,7 @@ mod degraded_sandbox {
             disk_files: Vec::new(),
             guest_config: None,
             restart: AutoRestart::Never,
+            network: None,
         }
     }
 

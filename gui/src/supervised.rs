@@ -294,10 +294,31 @@ impl PartitionBackend for SupervisedPartition {
         }
     }
 
-    fn apply_policy(&mut self, spec: &isolation_policy::PartitionSpec) {
-        if let Err(e) = self.supervisor.set_resources_from(spec) {
-            tracing::warn!(partition = %self.name(), "applying the saved policy: {e}");
+    fn network(&self) -> Option<crate::app::backend::NetworkState> {
+        self.supervisor.status(self.name()).ok().map(|s| s.network)
+    }
+
+    fn apply_policy(&mut self, policy: &isolation_policy::Policy) -> Result<(), BackendError> {
+        let spec = policy.spec(self.name());
+        if let Some(spec) = &spec {
+            if let Err(e) = self.supervisor.set_resources_from(spec) {
+                tracing::warn!(partition = %self.name(), "applying the saved resources: {e}");
+            }
         }
+        let Some(plan) = spec
+            .as_ref()
+            .and_then(bulkhead_supervisor::network::NetworkPlan::of)
+        else {
+            // Offline, or gone from the policy: a mode change applies at the next start.
+            return Ok(());
+        };
+        self.supervisor
+            .set_network_rules(self.name(), plan)
+            .map(drop)
+            .map_err(|e| BackendError::Process {
+                name: self.name().to_string(),
+                message: e.to_string(),
+            })
     }
 
     fn stats(&self) -> PartitionStats {
@@ -429,7 +450,20 @@ pub fn supervised_backends(
     };
     let launches = specs.iter().map(|s| launch_spec(s, engine)).collect();
     let supervisor = match Supervisor::new(launches) {
-        Ok(s) => std::sync::Arc::new(s),
+        Ok(s) => {
+            // The relays' denials go where the audit panel reads.
+            let audit = crate::app::audit_log::default_audit_dir().and_then(|d| {
+                isolation_policy::AuditLog::open(
+                    &d,
+                    isolation_policy::audit::DEFAULT_MAX_BYTES,
+                    isolation_policy::audit::DEFAULT_KEEP,
+                )
+                .map_err(|e| tracing::warn!("audit log: {e}; network denials are not recorded"))
+                .ok()
+            });
+            s.set_audit_log(audit.map(std::sync::Arc::new));
+            std::sync::Arc::new(s)
+        }
         Err(e) => {
             tracing::error!("supervisor: {e}; showing software sources");
             return crate::app::run::software_backends(

@@ -346,8 +346,14 @@ impl PartitionBackend for ReducedSandbox {
     fn resource_badge(&self) -> Option<String> {
         self.1.map(str::to_string)
     }
-    fn apply_policy(&mut self, spec: &isolation_policy::PartitionSpec) {
-        APPLIED.with(|a| a.borrow_mut().push((spec.name.clone(), spec.cpu_weight)));
+    fn apply_policy(
+        &mut self,
+        policy: &isolation_policy::Policy,
+    ) -> Result<(), bulkhead::app::BackendError> {
+        if let Some(spec) = policy.spec(&self.info().name) {
+            APPLIED.with(|a| a.borrow_mut().push((spec.name.clone(), spec.cpu_weight)));
+        }
+        Ok(())
     }
     fn start(&mut self) -> Result<(), bulkhead::app::BackendError> {
         self.0.start()
@@ -459,4 +465,206 @@ fn saving_the_policy_hands_each_running_partition_its_new_settings() {
         [("mail".to_string(), 700)],
         "applied once, with the saved value"
     );
+}
+
+/// A source with a network state (as the supervisor reports it) that records every
+/// policy it is asked to apply.
+struct Networked {
+    inner: SoftwareBackend,
+    network: bulkhead::app::backend::NetworkState,
+    applied: Arc<Mutex<Vec<String>>>,
+}
+
+impl Networked {
+    fn new(name: &str, label: Label, network: bulkhead::app::backend::NetworkState) -> Self {
+        Networked {
+            inner: running(name, label),
+            network,
+            applied: Arc::default(),
+        }
+    }
+}
+
+impl PartitionBackend for Networked {
+    fn info(&self) -> &PartitionInfo {
+        self.inner.info()
+    }
+    fn state(&self) -> PartitionState {
+        self.inner.state()
+    }
+    fn stats(&self) -> bulkhead::app::PartitionStats {
+        self.inner.stats()
+    }
+    fn network(&self) -> Option<bulkhead::app::backend::NetworkState> {
+        Some(self.network.clone())
+    }
+    fn apply_policy(
+        &mut self,
+        policy: &isolation_policy::Policy,
+    ) -> Result<(), bulkhead::app::BackendError> {
+        let spec = policy.spec(&self.info().name);
+        self.applied
+            .lock()
+            .unwrap()
+            .push(format!("{} rules", spec.map_or(0, |s| s.firewall.len())));
+        Ok(())
+    }
+    fn start(&mut self) -> Result<(), bulkhead::app::BackendError> {
+        self.inner.start()
+    }
+    fn stop(&mut self) -> Result<(), bulkhead::app::BackendError> {
+        self.inner.stop()
+    }
+    fn pause(&mut self) -> Result<(), bulkhead::app::BackendError> {
+        self.inner.pause()
+    }
+    fn resume(&mut self) -> Result<(), bulkhead::app::BackendError> {
+        self.inner.resume()
+    }
+    fn restart(&mut self) -> Result<(), bulkhead::app::BackendError> {
+        self.inner.restart()
+    }
+    fn poll(&mut self) {
+        self.inner.poll()
+    }
+    fn frame(&mut self) -> Option<bulkhead::display::FrameView<'_>> {
+        self.inner.frame()
+    }
+    fn read_serial(&mut self, out: &mut Vec<u8>) {
+        self.inner.read_serial(out)
+    }
+    fn send_input(&mut self, events: &[UserInput]) -> Result<(), bulkhead::app::BackendError> {
+        self.inner.send_input(events)
+    }
+}
+
+/// An audit log directory holding one connection the relay refused.
+fn audit_dir_with_a_denial() -> tempfile::TempDir {
+    use isolation_policy::network::{Destination, FirewallAction, FirewallRule, PortRange};
+    use isolation_policy::{
+        AuditLog, AuditRecord, Decision, NetTarget, Protocol, Request, RuleRef, Verdict,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), 1 << 20, 2).unwrap();
+    let rule = FirewallRule {
+        action: FirewallAction::Deny,
+        protocol: Protocol::Tcp,
+        destination: Destination::Any,
+        ports: vec![PortRange::single(25)],
+        line: 31,
+        column: 1,
+    };
+    let request = Request::network(
+        "mail",
+        NetTarget {
+            host: None,
+            ip: Some("192.0.2.1".parse().unwrap()),
+            protocol: Protocol::Tcp,
+            port: Some(25),
+        },
+    );
+    let decision = Decision {
+        verdict: Verdict::Deny { notify: false },
+        rule: Some(RuleRef {
+            file: "partitions.toml".into(),
+            line: 31,
+            column: 1,
+            text: rule.to_string(),
+        }),
+        explanation: "rule 2 (partitions.toml:31) denies".into(),
+        chain: Vec::new(),
+    };
+    let mut record = AuditRecord::new(std::time::SystemTime::UNIX_EPOCH, &request, &decision);
+    record.time = "2026-12-02T10:00:00.000Z".into();
+    log.append(&record).unwrap();
+    dir
+}
+
+#[test]
+fn each_partition_shows_its_network_and_the_audit_panel_the_refused_connections() {
+    use bulkhead::app::backend::NetworkState;
+    let backends: Vec<Box<dyn PartitionBackend>> = vec![
+        Box::new(Networked::new(
+            "browser",
+            Label::Red,
+            NetworkState::Nat {
+                rules: 2,
+                applied: true,
+                passt_restarts: 0,
+            },
+        )),
+        Box::new(Networked::new("work", Label::Green, NetworkState::Offline)),
+        Box::new(Networked::new(
+            "mail",
+            Label::Yellow,
+            NetworkState::Down {
+                reason: "relay killed by SIGKILL".into(),
+            },
+        )),
+    ];
+    let mut app = BulkheadApp::new(backends);
+    app.prefs.layout = ViewLayout::Tabs;
+    app.prefs.show_audit = true;
+    let audit = audit_dir_with_a_denial();
+    app.audit = bulkhead::app::audit_log::AuditPanel::open(audit.path());
+    let mut h = harness(app, (1100.0, 700.0));
+    h.run_steps(2);
+    for text in [
+        "network: NAT · 2 rules",
+        "network: offline",
+        "network down: relay killed by SIGKILL",
+        "tcp 192.0.2.1 port 25",
+        "network tcp",
+    ] {
+        assert_eq!(h.query_all_by_label(text).count(), 1, "{text:?} shown once");
+    }
+    assert!(
+        h.query_by_label_contains("partitions.toml:31").is_some(),
+        "the denying rule's file:line is shown"
+    );
+    let live: Vec<egui::Rect> = h
+        .query_all_by_label_contains("CPU ")
+        .map(|n| n.rect())
+        .collect();
+    // The log's temporary path changes at every run.
+    let path = h.query_by_label_contains("audit.log").unwrap().rect();
+    // Its width too: to the window's right edge.
+    let path = egui::Rect::from_min_max(path.min, egui::pos2(1100.0, path.max.y));
+    for r in live.into_iter().chain([path]) {
+        h.mask(r);
+    }
+    h.snapshot("launcher_network");
+}
+
+#[test]
+fn a_saved_policy_reaches_every_partition_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/policy");
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+    };
+    copy(&assets, dir.path());
+    copy(&assets.join("policy.d"), &dir.path().join("policy.d"));
+    let browser = Networked::new(
+        "browser",
+        Label::Red,
+        bulkhead::app::backend::NetworkState::Offline,
+    );
+    let applied = browser.applied.clone();
+    let mut app = BulkheadApp::new(vec![Box::new(browser)]);
+    app.policy = bulkhead::app::policy_editor::PolicyEditor::open(dir.path());
+    app.apply_saved_policy();
+    assert!(applied.lock().unwrap().is_empty(), "nothing saved yet");
+    app.policy.save();
+    assert_eq!(app.policy.saves, 1, "{:?}", app.policy.status);
+    app.apply_saved_policy();
+    app.apply_saved_policy();
+    // browser's two web rules, once.
+    assert_eq!(*applied.lock().unwrap(), vec!["2 rules".to_string()]);
 }

@@ -35,6 +35,16 @@ pub struct PartitionSpec {
     /// Extra kernel command line, appended to the VMM's own.
     pub cmdline_extra: String,
     pub network: NetworkMode,
+    /// With `network = Nat`: may the partition use the NAT's DNS resolver?
+    #[serde(default)]
+    pub dns: bool,
+    /// With `network = Nat`: its firewall rules (first match wins, no match denies).
+    /// Not serialised: the rules are the policy file's, read from it.
+    #[serde(skip)]
+    pub firewall: Vec<crate::network::FirewallRule>,
+    /// The file the partition (and its rules) is written in.
+    #[serde(skip)]
+    pub file: std::path::PathBuf,
     pub autostart: bool,
     pub restart: RestartPolicy,
     pub cpu_weight: u32,
@@ -98,6 +108,9 @@ impl Policy {
             keyboard: p.keyboard.clone(),
             cmdline_extra: p.cmdline.clone(),
             network: p.network.mode,
+            dns: p.network.dns,
+            firewall: p.network.rules.clone(),
+            file: p.file.clone(),
             autostart: p.autostart,
             restart: p.restart,
             cpu_weight: p.cpu_weight,

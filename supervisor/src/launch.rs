@@ -95,6 +95,9 @@ pub struct LaunchSpec {
     pub restart: AutoRestart,
     /// The partition's cgroup limits.
     pub resources: Resources,
+    /// An online partition's firewall: with it the supervisor starts passt and the relay
+    /// at every start and `launch.network` must be `Stream`; `None`: no device at all.
+    pub network: Option<crate::network::NetworkPlan>,
 }
 
 /// Where one disk's file comes from, resolved at every start.
@@ -178,6 +181,7 @@ impl LaunchSpec {
             disk_files: Vec::new(),
             guest_config: None,
             restart,
+            network: None,
         }
     }
 
@@ -417,6 +421,14 @@ pub fn launch_spec(spec: &PartitionSpec, engine: Engine) -> LaunchSpec {
         network: NetworkConfig::None,
         agent: AgentChannel::VirtioConsole,
     };
+    let network = crate::network::NetworkPlan::of(spec);
+    let launch = LaunchConfig {
+        network: match network {
+            Some(_) => NetworkConfig::Stream,
+            None => NetworkConfig::None,
+        },
+        ..launch
+    };
     let restart = match spec.restart {
         isolation_policy::RestartPolicy::Never => AutoRestart::Never,
         isolation_policy::RestartPolicy::OnCrash => AutoRestart::OnCrash {
@@ -427,6 +439,7 @@ pub fn launch_spec(spec: &PartitionSpec, engine: Engine) -> LaunchSpec {
         disk_files,
         guest_config,
         resources: resources_of(spec, &launch),
+        network,
         ..LaunchSpec::partition(launch, boot_files, restart)
     }
 }

@@ -18,6 +18,7 @@ mod framebuffer;
 pub mod guest_image;
 pub mod launch;
 pub mod log;
+pub mod network;
 mod partition;
 pub mod private_disk;
 mod spawn;
@@ -107,6 +108,8 @@ pub struct PartitionStatus {
     /// The current process's guest agent; [`agent::AgentStatus::CutOff`] says why it
     /// is no longer heard.
     pub agent: agent::AgentStatus,
+    /// The partition's network: offline, NAT with its rule count, or down and why.
+    pub network: network::NetworkState,
 }
 
 impl PartitionStatus {
@@ -163,6 +166,8 @@ pub enum SupervisorError {
     },
     #[error("partition {name:?} was cut off: it {reason}")]
     Unresponsive { name: String, reason: String },
+    #[error("partition {name:?}: sending its firewall rules to its relay: {reason}")]
+    Network { name: String, reason: String },
     #[error("sending {command} to partition {name:?}: {source}")]
     Send {
         name: String,
@@ -178,6 +183,7 @@ pub struct Supervisor {
     slots: BTreeMap<String, Arc<Slot>>,
     notify: Notify,
     log_dir: LogDir,
+    audit: network::AuditSink,
     next_request_id: AtomicU64,
 }
 
@@ -187,10 +193,16 @@ impl Supervisor {
     pub fn new(specs: Vec<LaunchSpec>) -> Result<Supervisor, SupervisorError> {
         let notify: Notify = Arc::new(RwLock::new(None));
         let log_dir: LogDir = Arc::new(RwLock::new(log::default_log_dir()));
+        let audit: network::AuditSink = Arc::new(RwLock::new(None));
         let mut slots = BTreeMap::new();
         for spec in specs {
             let name = spec.name().to_string();
-            let slot = Arc::new(Slot::new(spec, Arc::clone(&notify), Arc::clone(&log_dir)));
+            let slot = Arc::new(Slot::new(
+                spec,
+                Arc::clone(&notify),
+                Arc::clone(&log_dir),
+                Arc::clone(&audit),
+            ));
             if slots.insert(name.clone(), slot).is_some() {
                 return Err(SupervisorError::DuplicateName(name));
             }
@@ -199,6 +211,7 @@ impl Supervisor {
             slots,
             notify,
             log_dir,
+            audit,
             next_request_id: AtomicU64::new(1),
         })
     }
@@ -216,6 +229,36 @@ impl Supervisor {
         if let Ok(mut guard) = self.log_dir.write() {
             *guard = dir;
         }
+    }
+
+    /// Where the relays' denials are recorded (`None`: the tracing log only).
+    pub fn set_audit_log(&self, log: Option<Arc<isolation_policy::AuditLog>>) {
+        if let Ok(mut guard) = self.audit.write() {
+            *guard = log;
+        }
+    }
+
+    /// Replaces an online partition's firewall rules: its running relay applies them to
+    /// new connections at once and cuts the existing flows they deny; later starts use
+    /// them. `Ok(false)`: the partition is offline (changing that needs a restart).
+    pub fn set_network_rules(
+        &self,
+        name: &str,
+        plan: network::NetworkPlan,
+    ) -> Result<bool, SupervisorError> {
+        self.slot(name)?
+            .net
+            .set_plan(plan)
+            .map_err(|e| SupervisorError::Network {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The pids of an online partition's passt and relay while they run (diagnostics,
+    /// tests).
+    pub fn network_pids(&self, name: &str) -> Result<Option<network::HelperPids>, SupervisorError> {
+        Ok(self.slot(name)?.net.pids())
     }
 
     fn slot(&self, name: &str) -> Result<&Arc<Slot>, SupervisorError> {

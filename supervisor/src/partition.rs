@@ -56,6 +56,8 @@ pub struct Slot {
     changed: Condvar,
     notify: Notify,
     log_dir: LogDir,
+    /// passt and the relay of an online partition ([`crate::network`]).
+    pub net: crate::network::NetSlot,
 }
 
 #[derive(Default)]
@@ -107,8 +109,14 @@ struct Inner {
 }
 
 impl Slot {
-    pub fn new(spec: LaunchSpec, notify: Notify, log_dir: LogDir) -> Slot {
+    pub fn new(
+        spec: LaunchSpec,
+        notify: Notify,
+        log_dir: LogDir,
+        audit: crate::network::AuditSink,
+    ) -> Slot {
         Slot {
+            net: crate::network::NetSlot::new(spec.network.clone(), audit),
             spec,
             inner: Mutex::new(Inner::default()),
             changed: Condvar::new(),
@@ -147,6 +155,7 @@ impl Slot {
             sandbox: inner.sandbox.clone(),
             log_file: inner.log_file.clone(),
             resources: inner.resource_status.clone(),
+            network: self.net.state(),
         }
     }
 
@@ -254,7 +263,7 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
             pid: inner.pid.unwrap_or(0),
         });
     }
-    let files = match slot.spec.open_files() {
+    let mut files = match slot.spec.open_files() {
         Ok(files) => files,
         Err(source) => {
             // Shown where the partition is, not only returned: the app starts partitions
@@ -268,6 +277,24 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
                 name: slot.spec.name().to_string(),
                 source,
             });
+        }
+    };
+    // The network first: the VMM's end of it travels with the other files.
+    let log_dir = slot.log_dir.read().ok().and_then(|d| d.clone());
+    let started_net = slot.net.start(
+        slot.spec.name(),
+        &slot.spec.program,
+        log_dir,
+        Arc::clone(&slot.notify),
+    );
+    files.network = match started_net {
+        Ok(end) => end,
+        Err(source) => {
+            return Err(SupervisorError::Spawn {
+                name: slot.spec.name().to_string(),
+                program: crate::network::RELAY_PROGRAM.into(),
+                source,
+            })
         }
     };
     let disk_devices = cgroup::disk_devices(&files.disks);
@@ -285,10 +312,13 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
         }
         Err(why) => (None, cgroup::unlimited(slot.spec.name(), why)),
     };
-    let spawned = spawned.map_err(|source| SupervisorError::Spawn {
-        name: slot.spec.name().to_string(),
-        program: slot.spec.program.clone(),
-        source,
+    let spawned = spawned.map_err(|source| {
+        slot.net.stop();
+        SupervisorError::Spawn {
+            name: slot.spec.name().to_string(),
+            program: slot.spec.program.clone(),
+            source,
+        }
     })?;
     let pid = spawned.child.id();
     let io_err = |source: std::io::Error| SupervisorError::Spawn {
@@ -849,6 +879,8 @@ fn reap(slot: &Arc<Slot>, generation: u64, mut child: Child, reader_done: mpsc::
         inner.socket = None;
         restart_delay(slot, &mut inner)
     };
+    // passt and the relay end with the process they served.
+    slot.net.stop();
     slot.changed();
     if let Some(delay) = restart_after {
         std::thread::sleep(delay);

@@ -90,8 +90,14 @@ pub fn spawn_partition(
 #[derive(Debug)]
 pub struct Pidfd(OwnedFd);
 
+impl std::os::fd::AsFd for Pidfd {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
 impl Pidfd {
-    fn open(pid: u32) -> io::Result<Pidfd> {
+    pub fn open(pid: u32) -> io::Result<Pidfd> {
         let pid = i32::try_from(pid)
             .ok()
             .and_then(rustix::process::Pid::from_raw)

@@ -81,6 +81,7 @@ pub fn fake_spec(
         disk_files: Vec::new(),
         guest_config: None,
         restart,
+        network: None,
     }
 }
 

@@ -67,8 +67,9 @@ pub struct GuestRun {
     /// go to the guest as the app's supervisor sends them, or in the test archive for a
     /// bare run).
     pub app: Option<String>,
-    /// A network for a bare run (`--net passt`); such runs always use the lab machine,
-    /// whose only interface is a dummy one, so nothing leaves it.
+    /// A network (`--net passt` for a bare run; for a supervised one the supervisor starts
+    /// passt and the relay with `allow` as the partition's rules); such runs always use
+    /// the lab machine, whose only interface is a dummy one, so nothing leaves it.
     pub network: Option<LabNetwork>,
     /// Snapshot the bare run at a marker, then restore it (lab runner only).
     pub snapshot: Option<LabSnapshot>,
@@ -453,6 +454,11 @@ fn supervised_command(run: &GuestRun, steps: &[String], p: &SupervisedPaths) -> 
     if let Some(app) = &run.app {
         cmd.push(format!("--app={app}"));
     }
+    if let Some(net) = &run.network {
+        // The supervisor starts passt and the relay (with these rules) itself.
+        cmd.push("--net=nat".into());
+        cmd.extend(net.allow.iter().map(|a| format!("--allow={a}")));
+    }
     cmd
 }
 
@@ -772,8 +778,8 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
     w.file("bulkhead-vmm", 0o755, &read(&static_vmm())).unwrap();
     if let Some(net) = &run.network {
         add_lab_network(&mut w, &kmods, net);
-        if !net.allow.is_empty() {
-            // Beside the VMM, where `--allow` looks for it.
+        if !net.allow.is_empty() || run.supervise.is_some() {
+            // Beside the VMM, where `--allow` and the supervisor look for it.
             w.file("bulkhead-netrelay", 0o755, &read(&static_netrelay()))
                 .unwrap();
         }

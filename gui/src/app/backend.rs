@@ -14,6 +14,7 @@ pub use bulkhead_supervisor::agent::{AgentReply, AgentRequest, Clipboard};
 use crate::display::software::{Pattern, SoftwareSource};
 use crate::display::{FrameView, FramebufferLayout};
 use crate::input::UserInput;
+pub use bulkhead_supervisor::network::NetworkState;
 
 use super::model::{PartitionInfo, PartitionState, PartitionStats, SourceKind};
 
@@ -49,9 +50,18 @@ pub trait PartitionBackend {
     fn resource_badge(&self) -> Option<String> {
         None
     }
-    /// The policy was saved: apply what can change while the partition runs (its CPU
-    /// and disk shares and caps).
-    fn apply_policy(&mut self, _spec: &isolation_policy::PartitionSpec) {}
+    /// The partition's network: offline (no device), NAT with its rule count, or down
+    /// and why. Shown on the partition in the launcher; `None` for a source that is not
+    /// a partition (no network to speak of).
+    fn network(&self) -> Option<NetworkState> {
+        None
+    }
+    /// The policy was saved: apply what may change while the partition runs (its
+    /// firewall rules, for new connections within a second; its CPU and disk shares
+    /// and caps).
+    fn apply_policy(&mut self, _policy: &isolation_policy::Policy) -> Result<(), BackendError> {
+        Ok(())
+    }
 
     fn start(&mut self) -> Result<(), BackendError>;
     fn stop(&mut self) -> Result<(), BackendError>;

@@ -161,18 +161,30 @@ impl BulkheadApp {
         }
     }
 
-    /// After a save in the policy editor, hands each partition its new settings; the
-    /// backends apply what can change while running (CPU and disk shares and caps).
+    /// After the policy editor saved: every partition takes what may change while it
+    /// runs (firewall rules go to its relay at once).
     pub fn apply_saved_policy(&mut self) {
-        let seen = self.applied_saves;
+        if self.policy.saves == self.applied_saves {
+            return;
+        }
         self.applied_saves = self.policy.saves;
-        let Some(specs) = self.policy.saved_specs_since(seen) else {
+        let Some(dir) = self.policy.dir().map(std::path::Path::to_path_buf) else {
             return;
         };
-        for slot in &mut self.slots {
-            if let Some(spec) = specs.iter().find(|s| s.name == slot.backend.info().name) {
-                slot.backend.apply_policy(spec);
+        // Saved only when it checks, so this loads; a failure is shown, never half-applied.
+        let policy = match isolation_policy::Policy::load(&dir) {
+            Ok((policy, _)) => policy,
+            Err(e) => {
+                tracing::warn!("the saved policy did not load: {e}");
+                return;
             }
+        };
+        for slot in &mut self.slots {
+            slot.last_error = slot
+                .backend
+                .apply_policy(&policy)
+                .err()
+                .map(|e| e.to_string());
         }
     }
 

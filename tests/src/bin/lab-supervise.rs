@@ -7,13 +7,18 @@
 //! ```text
 //! lab-supervise --out DIR [--timeout-s S] STEP… -- /path/bulkhead-vmm --kernel=K [--initrd=I]
 //!     [--mem=M] [--vcpus=N] [--cmdline=C] [--display=WxH|none] [--disk=PATH[,ro][,id=NAME]]…
-//!     [--app=CMD]
+//!     [--app=CMD] [--net=nat [--allow=PROTO:DEST:PORTS]… [--dns]]
 //! ```
 //!
 //! Steps: `wait-serial:TEXT`, `wait-console:TEXT`, `wait-console-bytes:N`, `type:TEXT`,
 //! `tablet:X,Y`, `click`, `console:TEXT`, `console-pattern:N`, `screenshot:NAME`,
 //! `sleep:MS`, `sandbox-report`, `pause`, `resume`, `stats`, `stop`, `wait-exit`,
 //! `wait-agent`, `agent-ping`, `clipboard-set:TEXT`, `wait-clipboard:TEXT`. In TEXT, `\n` is a newline (Enter when typed).
+//! For a `--net=nat` partition (passt and the relay started by the supervisor):
+//! `wait-net:TEXT` (the network caption contains TEXT and, while NAT, the relay applied
+//! the current rules), `wait-net-restarts:N` (passt restarted N times, rules applied),
+//! `kill-passt`, `kill-relay` (SIGKILL), `rules:SPEC;SPEC…` (replace the rules live with
+//! these `--allow` specs; `rules:` alone: none).
 //!
 //! The flags after the VMM become the partition's launch config and boot files, sent by
 //! the supervisor as the app sends them (`bulkhead-vmm partition`, no other argv).
@@ -21,7 +26,8 @@
 //! Serial bytes go to stdout as they arrive (so `lab-measure` can watch for a marker);
 //! `DIR/console.bin` holds what the guest wrote to /dev/hvc0, `DIR/NAME.png` the
 //! screenshots, `DIR/events.log` state changes, and `DIR/final.txt` one line:
-//! `FINAL exited=<code>`, `FINAL crashed=<reason>` or `FINAL running`. Exits 0 when every
+//! `FINAL exited=<code>`, `FINAL crashed=<reason>` or `FINAL running`; `DIR/audit.log`
+//! the network denials. Exits 0 when every
 //! step completed, 1 otherwise (the failed step is on stderr and in `DIR/events.log`).
 
 use std::fs::File;
@@ -32,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use bulkhead_supervisor::agent::{AgentReply, AgentRequest, AgentStatus, Clipboard};
 use bulkhead_supervisor::launch::{DiskFile, GuestConfig};
+use bulkhead_supervisor::network::{NetworkPlan, NetworkState};
 use bulkhead_supervisor::{
     vm_process, AutoRestart, BootFiles, LaunchSpec, ProcessState, Supervisor,
 };
@@ -83,6 +90,11 @@ enum Step {
     ClipboardSet(String),
     /// Ask the agent for the CLIPBOARD until it holds this text.
     WaitClipboard(String),
+    WaitNet(String),
+    WaitNetRestarts(u32),
+    KillPasst,
+    KillRelay,
+    Rules(Vec<String>),
 }
 
 struct Options {
@@ -94,12 +106,32 @@ struct Options {
     boot_files: BootFiles,
     disk_files: Vec<DiskFile>,
     guest_config: Option<GuestConfig>,
+    network: Option<NetworkPlan>,
 }
 
 /// The partition's flags after the VMM path, as a launch config, its boot files, its
 /// disks (`--disk=PATH[,ro][,id=NAME]`, as `bulkhead-vmm run` takes them) and the app a
 /// template partition starts (`--app=CMD`).
-type PartitionFlags = (LaunchConfig, BootFiles, Vec<DiskFile>, Option<GuestConfig>);
+type PartitionFlags = (
+    LaunchConfig,
+    BootFiles,
+    Vec<DiskFile>,
+    Option<GuestConfig>,
+    Option<NetworkPlan>,
+);
+
+/// Rules in `--allow` syntax, numbered from 1 as their "line".
+fn allow_rules(specs: &[String]) -> Result<NetworkPlan, String> {
+    Ok(NetworkPlan {
+        rules: specs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| netrelay::rules::parse_allow(a, i + 1).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?,
+        dns: false,
+        file: PathBuf::from("lab-supervise"),
+    })
+}
 
 fn parse_vmm_flags(args: &[String]) -> Result<PartitionFlags, String> {
     let mut launch = LaunchConfig {
@@ -117,7 +149,12 @@ fn parse_vmm_flags(args: &[String]) -> Result<PartitionFlags, String> {
     };
     let (mut kernel, mut initrd, mut cmdline) = (None, None, DEFAULT_CMDLINE.to_string());
     let (mut disk_files, mut guest_config) = (Vec::new(), None);
+    let (mut nat, mut allow, mut dns) = (false, Vec::new(), false);
     for a in args {
+        if a == "--dns" {
+            dns = true;
+            continue;
+        }
         let (key, value) = a
             .split_once('=')
             .ok_or_else(|| format!("partition flag `{a}`: write --key=value\n{USAGE}"))?;
@@ -141,6 +178,9 @@ fn parse_vmm_flags(args: &[String]) -> Result<PartitionFlags, String> {
                     keyboard: "us".into(),
                 })
             }
+            "--net" if value == "nat" => nat = true,
+            "--net" if value == "none" => nat = false,
+            "--allow" => allow.push(value.to_string()),
             _ => return Err(format!("unknown partition flag `{a}`\n{USAGE}")),
         }
     }
@@ -149,12 +189,26 @@ fn parse_vmm_flags(args: &[String]) -> Result<PartitionFlags, String> {
         cmdline,
         initrd: initrd.is_some(),
     };
+    if !nat && (dns || !allow.is_empty()) {
+        return Err(format!("--allow and --dns need --net=nat\n{USAGE}"));
+    }
+    let network = match nat {
+        true => Some(NetworkPlan {
+            dns,
+            ..allow_rules(&allow)?
+        }),
+        false => None,
+    };
+    if network.is_some() {
+        launch.network = NetworkConfig::Stream;
+    }
     launch.validate().map_err(|e| e.to_string())?;
     Ok((
         launch,
         BootFiles::Linux { kernel, initrd },
         disk_files,
         guest_config,
+        network,
     ))
 }
 
@@ -216,6 +270,16 @@ fn parse_step(s: &str) -> Result<Step, String> {
         "agent-ping" => Step::AgentPing,
         "clipboard-set" => Step::ClipboardSet(unescape(arg)),
         "wait-clipboard" => Step::WaitClipboard(unescape(arg)),
+        "wait-net" => Step::WaitNet(arg.to_string()),
+        "wait-net-restarts" => Step::WaitNetRestarts(number("restart count")? as u32),
+        "kill-passt" => Step::KillPasst,
+        "kill-relay" => Step::KillRelay,
+        "rules" => Step::Rules(
+            arg.split(';')
+                .filter(|r| !r.is_empty())
+                .map(String::from)
+                .collect(),
+        ),
         _ => return Err(format!("unknown step `{s}`\n{USAGE}")),
     })
 }
@@ -240,7 +304,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         }
     }
     let program = PathBuf::from(it.next().ok_or(USAGE)?);
-    let (launch, boot_files, disk_files, guest_config) =
+    let (launch, boot_files, disk_files, guest_config, network) =
         parse_vmm_flags(&it.cloned().collect::<Vec<_>>())?;
     Ok(Options {
         out: out.ok_or(USAGE)?,
@@ -251,6 +315,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         boot_files,
         disk_files,
         guest_config,
+        network,
     })
 }
 
@@ -262,6 +327,9 @@ struct Session {
     serial: Vec<u8>,
     console: Vec<u8>,
     last_state: Option<ProcessState>,
+    last_network: Option<NetworkState>,
+    /// The partition's `--dns`, kept by live rule changes.
+    dns: bool,
     events: BufWriter<File>,
     out: PathBuf,
 }
@@ -285,10 +353,19 @@ impl Session {
         }
         let console = self.sup.take_console(NAME).map_err(|e| e.to_string())?;
         self.console.extend_from_slice(&console);
-        let state = self.sup.status(NAME).map_err(|e| e.to_string())?.state;
+        let status = self.sup.status(NAME).map_err(|e| e.to_string())?;
+        let state = status.state;
         if self.last_state.as_ref() != Some(&state) {
             self.log(&format!("state {state:?}"));
             self.last_state = Some(state.clone());
+        }
+        if self.last_network.as_ref() != Some(&status.network) {
+            self.log(&format!(
+                "network {:?} ({})",
+                status.network,
+                status.network.caption()
+            ));
+            self.last_network = Some(status.network);
         }
         Ok(state)
     }
@@ -531,6 +608,57 @@ impl Session {
                     Some(ProcessState::Exited { .. } | ProcessState::Crashed { .. })
                 )
             }),
+            Step::WaitNet(text) => self.wait_for(&format!("network {text:?}"), |s| {
+                s.last_network.as_ref().is_some_and(|n| {
+                    n.caption().contains(text.as_str())
+                        && !matches!(n, NetworkState::Nat { applied: false, .. })
+                })
+            }),
+            Step::WaitNetRestarts(n) => {
+                self.wait_for(&format!("{n} passt restart(s)"), |s| {
+                    matches!(
+                        s.last_network,
+                        Some(NetworkState::Nat { passt_restarts, applied: true, .. }) if passt_restarts >= *n
+                    )
+                })
+            }
+            Step::KillPasst | Step::KillRelay => {
+                let pids = self
+                    .sup
+                    .network_pids(NAME)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("the partition's network is not running")?;
+                let (what, pid) = match step {
+                    Step::KillPasst => ("passt", pids.passt),
+                    _ => ("relay", pids.relay),
+                };
+                let pid = i32::try_from(pid).map_err(|_| format!("{what} pid {pid}"))?;
+                // SAFETY: kill takes plain integers; `pid` is a child of this process
+                // (the supervisor's), unreaped while the link lists it.
+                if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+                    return Err(format!(
+                        "killing {what} {pid}: {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+                self.log(&format!("killed {what} (pid {pid})"));
+                self.pump().map(|_| ())
+            }
+            Step::Rules(specs) => {
+                let plan = NetworkPlan {
+                    dns: self.dns,
+                    ..allow_rules(specs)?
+                };
+                let sent = self
+                    .sup
+                    .set_network_rules(NAME, plan)
+                    .map_err(|e| e.to_string())?;
+                if !sent {
+                    return Err("the partition is offline: no rules to change".into());
+                }
+                self.log(&format!("rules replaced: {specs:?}"));
+                self.pump().map(|_| ())
+            }
         }
     }
 }
@@ -616,7 +744,12 @@ fn run(opts: Options) -> Result<bool, String> {
     spec.program = opts.program.clone();
     spec.disk_files = opts.disk_files.clone();
     spec.guest_config = opts.guest_config.clone();
+    spec.network = opts.network.clone();
     let sup = Supervisor::new(vec![spec]).map_err(|e| e.to_string())?;
+    // The relay's denials, as the app records them (`DIR/audit.log`).
+    let audit =
+        isolation_policy::AuditLog::open(&opts.out, 1 << 20, 1).map_err(|e| e.to_string())?;
+    sup.set_audit_log(Some(std::sync::Arc::new(audit)));
     let started = Instant::now();
     let mut session = Session {
         sup,
@@ -625,6 +758,8 @@ fn run(opts: Options) -> Result<bool, String> {
         serial: Vec::new(),
         console: Vec::new(),
         last_state: None,
+        last_network: None,
+        dns: opts.network.as_ref().is_some_and(|n| n.dns),
         events: BufWriter::new(events),
         out: opts.out.clone(),
     };

@@ -31,6 +31,24 @@ pub struct AuditRow {
 
 impl AuditRow {
     pub fn from_record(r: &AuditRecord) -> Self {
+        if let Request::Network {
+            source,
+            destination,
+        } = &r.request
+        {
+            // A connection the firewall relay refused: what, where, and which rule.
+            return Self {
+                time: r.time.clone(),
+                service: format!("network {}", destination.protocol.name()),
+                source: source.clone(),
+                target: destination.to_string(),
+                decision: r.decision.clone(),
+                rule: r.rule.as_ref().map_or_else(
+                    || r.explanation.clone(),
+                    |rule| format!("{rule} ({})", r.explanation),
+                ),
+            };
+        }
         let service = match &r.request {
             Request::Service {
                 service,
@@ -84,6 +102,9 @@ pub struct AuditPanel {
     /// Where the rows came from, or why there are none.
     pub source_note: String,
     dir: Option<PathBuf>,
+    /// The live file's size and time when last read: new denials reload the panel.
+    seen: Option<(u64, Option<std::time::SystemTime>)>,
+    checked: Option<std::time::Instant>,
 }
 
 impl AuditPanel {
@@ -131,7 +152,28 @@ impl AuditPanel {
         self.rows.iter().filter(|r| r.matches(&self.filter))
     }
 
+    /// Reloads when the live file changed (checked at most once a second), so denials
+    /// the relays report show up without a click.
+    fn reload_if_changed(&mut self) {
+        let Some(dir) = &self.dir else { return };
+        if self
+            .checked
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
+        {
+            return;
+        }
+        self.checked = Some(std::time::Instant::now());
+        let now = std::fs::metadata(dir.join(isolation_policy::audit::FILE_NAME))
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()));
+        if now != self.seen {
+            self.seen = now;
+            self.reload();
+        }
+    }
+
     pub fn show(&mut self, ui: &mut Ui) {
+        self.reload_if_changed();
         ui.heading("Audit log");
         ui.horizontal(|ui| {
             ui.label("Filter:");

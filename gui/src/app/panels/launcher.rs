@@ -3,6 +3,7 @@
 
 use egui::{Color32, RichText, Sense, Ui};
 
+use crate::app::backend::NetworkState;
 use crate::app::model::{format_uptime, sandbox_badge, LabelStyle, PartitionState};
 use crate::app::{Action, PartitionSlot};
 
@@ -55,6 +56,9 @@ fn row(ui: &mut Ui, i: usize, slot: &PartitionSlot, focused: bool, actions: &mut
             if let Some(badge) = sandbox_badge(&slot.backend.sandbox_gaps()) {
                 sandbox_reduced(ui, &badge);
             }
+            if let Some(state) = slot.backend.network() {
+                network(ui, &state);
+            }
             if let Some(badge) = slot.backend.resource_badge() {
                 outlined_badge(
                     ui,
@@ -95,6 +99,28 @@ fn outlined_badge(ui: &mut Ui, text: &str, hover: &str) {
         })
         .response
         .on_hover_text(hover);
+}
+
+/// The partition's network in one line: "offline", "NAT · 2 rules", or, in the error
+/// colour, "network down: relay killed by SIGKILL" (nothing passes).
+fn network(ui: &mut Ui, state: &NetworkState) {
+    let text = format!("network: {}", state.caption());
+    match state {
+        NetworkState::Offline => {
+            ui.weak(text);
+        }
+        NetworkState::Nat { applied, .. } => {
+            ui.label(text).on_hover_text(if *applied {
+                "NAT through passt; the firewall relay enforces these rules"
+            } else {
+                "NAT through passt; the relay denies everything until it has the rules"
+            });
+        }
+        NetworkState::Down { .. } => {
+            ui.colored_label(ui.visuals().error_fg_color, state.caption())
+                .on_hover_text("The firewall relay is gone: nothing reaches the network until the partition restarts");
+        }
+    }
 }
 
 fn swatch(ui: &mut Ui, color: Color32) {

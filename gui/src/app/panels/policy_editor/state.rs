@@ -50,11 +50,17 @@ pub struct PolicyEditor {
     pub(super) new_partition: String,
     pub(super) edit_error: Option<String>,
     pub status: Option<Status>,
-    /// Successful saves so far: the app applies a saved policy to running partitions.
+    /// Successful saves so far: the app applies the saved policy to running partitions
+    /// (firewall rules, CPU and disk shares) when this changes.
     pub saves: u64,
 }
 
 impl PolicyEditor {
+    /// The directory the editor saves to.
+    pub fn dir(&self) -> Option<&Path> {
+        self.doc.as_ref().map(|d| d.dir())
+    }
+
     /// Opens the policy directory for editing. Invalid content still opens (and shows its
     /// errors); only I/O problems leave the editor empty with the reason.
     pub fn open(dir: &Path) -> Self {
@@ -208,22 +214,6 @@ impl PolicyEditor {
             )),
             Err(e) => Status::Failed(e.to_string()),
         });
-    }
-
-    /// The policy as last saved, resolved per partition, when a save happened since
-    /// the save count `seen`.
-    pub fn saved_specs_since(&self, seen: u64) -> Option<Vec<isolation_policy::PartitionSpec>> {
-        if self.saves == seen {
-            return None;
-        }
-        let dir = self.doc.as_ref()?.dir();
-        match isolation_policy::Policy::load(dir) {
-            Ok((policy, _)) => Some(policy.specs()),
-            Err(e) => {
-                tracing::warn!("reading the saved policy: {e}");
-                None
-            }
-        }
     }
 
     /// Throws away unsaved edits.
