@@ -140,8 +140,9 @@ fn is_static_elf(b: &[u8]) -> bool {
     };
     (0..usize::from(phnum)).all(|i| {
         let at = phoff.saturating_add(i.saturating_mul(usize::from(phentsize)));
-        b.get(at..at + 4)
-            .is_some_and(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != 3)
+        b.get(at..at.saturating_add(4))
+            .and_then(|t| <[u8; 4]>::try_from(t).ok())
+            .is_some_and(|t| u32::from_le_bytes(t) != 3)
     })
 }
 
