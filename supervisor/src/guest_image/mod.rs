@@ -488,6 +488,10 @@ mod tests {
         elf[32..40].copy_from_slice(&1000u64.to_le_bytes());
         elf[56] = 1;
         assert!(!is_static_elf(&elf));
+        // Nor one whose offset would overflow.
+        elf[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        elf[54] = 0xff;
+        assert!(!is_static_elf(&elf));
     }
 
     #[test]
