@@ -396,9 +396,14 @@ fn copy_out_off_an_oversized_clipboard_and_a_cut_off_agent_are_refused() {
 
 #[test]
 fn the_status_line_shows_a_refused_paste_in_the_app() {
-    let policy = policy_dir("bulkhead.ClipboardPaste  *  work  browser  deny\n");
+    // A fixed directory: the refusal names the rule's file, and the snapshot shows it.
+    let policy = std::env::temp_dir().join("bulkhead-clipboard-snapshot-policy");
+    let _ = std::fs::remove_dir_all(&policy);
+    std::fs::create_dir_all(policy.join("policy.d")).unwrap();
+    std::fs::write(policy.join("partitions.toml"), PARTITIONS).unwrap();
+    write_rules(&policy, "bulkhead.ClipboardPaste  *  work  browser  deny\n");
     let audit = tempfile::tempdir().unwrap();
-    let mut app = app(policy.path(), audit.path(), 256 * 1024);
+    let mut app = app(&policy, audit.path(), 256 * 1024);
     gesture(&mut app, 0, ClipboardGesture::Copy);
     gesture(&mut app, 1, ClipboardGesture::Paste);
     let mut h = Harness::builder()

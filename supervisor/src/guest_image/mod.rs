@@ -144,8 +144,9 @@ fn is_static_elf(b: &[u8]) -> bool {
     };
     (0..usize::from(phnum)).all(|i| {
         let at = phoff.saturating_add(i.saturating_mul(usize::from(phentsize)));
-        b.get(at..at + 4)
-            .is_some_and(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != 3)
+        b.get(at..at.saturating_add(4))
+            .and_then(|t| <[u8; 4]>::try_from(t).ok())
+            .is_some_and(|t| u32::from_le_bytes(t) != 3)
     })
 }
 
@@ -490,6 +491,10 @@ mod tests {
         elf[18] = 62;
         elf[32..40].copy_from_slice(&1000u64.to_le_bytes());
         elf[56] = 1;
+        assert!(!is_static_elf(&elf));
+        // Nor one whose offset would overflow.
+        elf[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        elf[54] = 0xff;
         assert!(!is_static_elf(&elf));
     }
 
