@@ -39,7 +39,7 @@ target_dir=$(cargo metadata --format-version 1 --no-deps |
 if [ "$build" = yes ]; then
     cargo build --release --locked -p bulkhead
     RUSTFLAGS='-C target-feature=+crt-static' \
-        cargo build --release --locked --target "$VMM_TRIPLE" -p vmm-core -p bulkhead-netrelay
+        cargo build --release --locked --target "$VMM_TRIPLE" -p vmm-core -p bulkhead-netrelay -p bulkhead-guest-agent
 fi
 
 bulkhead="$target_dir/release/bulkhead"
@@ -48,10 +48,13 @@ vmm="$target_dir/$VMM_TRIPLE/release/bulkhead-vmm"
 relay="$target_dir/$VMM_TRIPLE/release/bulkhead-netrelay"
 [ -x "$bulkhead" ] || die "$bulkhead not found: run without --no-build, or: cargo build --release -p bulkhead"
 [ -x "$vmm" ] || die "$vmm not found: run without --no-build, or: RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target $VMM_TRIPLE -p vmm-core"
+# The guest agent `bulkhead image build` packs into the guest image.
+agent="$target_dir/$VMM_TRIPLE/release/bulkhead-agent"
+[ -x "$agent" ] || die "$agent not found: run without --no-build, or: RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target $VMM_TRIPLE -p bulkhead-guest-agent"
 [ -x "$relay" ] || die "$relay not found: run without --no-build, or: RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target $VMM_TRIPLE -p bulkhead-netrelay"
 # A dynamically linked VMM would work here and fail on a user's older glibc: refuse it.
 # (ldd lists "lib… => path" lines only for dynamically linked programs.)
-for static in "$vmm" "$relay"; do
+for static in "$vmm" "$relay" "$agent"; do
     if ldd "$static" 2>&1 | grep -q '=>'; then
         die "$static is dynamically linked; build it with RUSTFLAGS='-C target-feature=+crt-static'"
     fi
@@ -64,6 +67,7 @@ rm -rf "$staging"
 mkdir -p "$staging/man"
 cp "$vmm" "$staging/bulkhead-vmm"
 cp "$relay" "$staging/bulkhead-netrelay"
+cp "$agent" "$staging/bulkhead-agent"
 # The pages carry the date of the newest changelog entry, so rebuilds are identical.
 changelog_date=$(sed -n 's/^ -- .*>  //p' packaging/changelog | head -n 1)
 man_date=$(date -u -d "$changelog_date" +%Y-%m-%d) ||

@@ -71,7 +71,7 @@ fi
 # --- the package file -------------------------------------------------------------
 dpkg-deb -c "$deb" | awk '{print $NF}' | sed 's|^\./|/|' >"$work/contents"
 for path in \
-    /usr/bin/bulkhead /usr/bin/bulkhead-vmm \
+    /usr/bin/bulkhead /usr/bin/bulkhead-vmm /usr/bin/bulkhead-netrelay /usr/bin/bulkhead-agent \
     /etc/bulkhead/partitions.toml \
     /usr/share/bulkhead/templates/debian-12.toml \
     /usr/share/applications/bulkhead.desktop \
@@ -104,8 +104,10 @@ check "Recommends declares libvulkan1 and passt" \
 
 mkdir "$work/x"
 dpkg-deb -x "$deb" "$work/x"
-check "bulkhead-vmm in the package is statically linked" \
-    sh -c "! ldd '$work/x/usr/bin/bulkhead-vmm' 2>&1 | grep -q '=>'"
+for static in bulkhead-vmm bulkhead-netrelay bulkhead-agent; do
+    check "$static in the package is statically linked" \
+        sh -c "! ldd '$work/x/usr/bin/$static' 2>&1 | grep -q '=>'"
+done
 
 # lintian warns that it runs as root, harmlessly; --fail-on error makes errors fatal.
 lintian --fail-on error --tag-display-limit 0 "$deb" >"$work/lintian.log" 2>&1
