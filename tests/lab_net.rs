@@ -130,7 +130,7 @@ fn fetch_result(serial: &str, tag: &str) -> Option<(i32, f64, String)> {
 }
 
 #[test]
-fn the_relay_lets_an_allowed_port_through_and_refuses_others_at_once() {
+fn the_relay_lets_an_allowed_port_through_and_refuses_other_ports_addresses_and_dns_at_once() {
     let mut script = String::new();
     script.push_str(&timed_fetch(
         "ALLOWED",
@@ -143,6 +143,10 @@ fn the_relay_lets_an_allowed_port_through_and_refuses_others_at_once() {
     ));
     // Nothing answers at .77: without the relay this would time out, not be refused.
     script.push_str(&timed_fetch("DENIED-ADDR", "http://192.0.2.77:8080/"));
+    // No `--dns`: a query to passt's resolver (the gateway) must stop at the relay.
+    script.push_str(&format!(
+        "timeout 5 nslookup bulkhead.test {LAB_GATEWAY} >/dev/null 2>&1; echo DNS-TRIED\n"
+    ));
     script.push_str("poweroff -f\n");
     let run = GuestRun {
         display: None,
@@ -183,6 +187,13 @@ fn the_relay_lets_an_allowed_port_through_and_refuses_others_at_once() {
         out.vmm_stderr
             .contains(&format!("refused tcp to {LAB_GATEWAY} port 8081")),
         "the relay did not report the refusal\n{}",
+        out.vmm_stderr
+    );
+    assert!(out.serial.contains("DNS-TRIED"), "{}", out.diagnostics());
+    assert!(
+        out.vmm_stderr
+            .contains(&format!("refused udp to {LAB_GATEWAY} port 53")),
+        "with dns off, the guest's DNS query was not stopped at the relay\n{}",
         out.vmm_stderr
     );
     assert_eq!(out.exit_code, 0, "guest did not power off cleanly");
