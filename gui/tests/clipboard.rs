@@ -414,6 +414,7 @@ fn the_status_line_shows_a_refused_paste_in_the_app() {
     h.get_by_label("Clipboard [browser]");
     let refusal = status(h.state()).1;
     h.get_by_label(&refusal);
+    mask_live_figures(&mut h);
     h.snapshot("clipboard_refused_paste");
 }
 
@@ -430,5 +431,18 @@ fn the_status_line_says_what_was_copied() {
     h.run_steps(2);
     h.get_by_label("Clipboard [work]");
     h.get_by_label(&format!("copied {} bytes from [work]", WORK_TEXT.len()));
+    mask_live_figures(&mut h);
     h.snapshot("clipboard_copied");
+}
+
+/// Hides the partitions' live figures (CPU, uptime), which change with the machine's load.
+fn mask_live_figures(h: &mut Harness<'_, BulkheadApp>) {
+    let live: Vec<egui::Rect> = h
+        .query_all_by_label_contains("CPU ")
+        .map(|n| n.rect())
+        .collect();
+    assert!(!live.is_empty(), "running partitions show live figures");
+    for r in live {
+        h.mask(r);
+    }
 }
