@@ -278,11 +278,12 @@ fn store32(asm: &mut Asm, addr: u64, value: u32) {
     asm.mov_rbx(addr).mov_eax(value).store_eax_rbx();
 }
 
-/// A guest that sets up virtio-rng (window 2 without a display: keyboard, console, rng),
+/// A guest that sets up virtio-rng (window 3 without a display: keyboard, console, the
+/// agent's console, rng),
 /// prints READY, waits for a byte on COM1, then asks the device for 8 random bytes,
 /// prints them and resets. Snapshotted while it waits, each restore draws its own bytes.
 fn rng_guest() -> Asm {
-    const BASE: u64 = vmm_core::layout::VIRTIO_MMIO_BASE + 2 * vmm_core::layout::VIRTIO_MMIO_SIZE;
+    const BASE: u64 = vmm_core::layout::VIRTIO_MMIO_BASE + 3 * vmm_core::layout::VIRTIO_MMIO_SIZE;
     const DESC: u64 = 0x20_0000;
     const AVAIL: u64 = 0x20_1000;
     const USED: u64 = 0x20_2000;
