@@ -470,10 +470,11 @@ fn config_with_disks(asm: &Asm, out: &Captured, disks: Vec<builder::DiskConfig>)
 
 #[test]
 fn disks_get_the_virtio_windows_after_the_other_devices_in_config_order() {
-    // No display: keyboard, console and rng take windows 0..=2, then disk 0, disk 1.
+    // No display: keyboard, console, the agent's console and rng take windows 0..=3,
+    // then disk 0, disk 1.
     let mut asm = Asm::new();
     let mut fails = Vec::new();
-    for (window, sectors) in [(3u64, 8u32), (4, 16)] {
+    for (window, sectors) in [(4u64, 8u32), (5, 16)] {
         let base = VIRTIO_MMIO_BASE + window * VIRTIO_MMIO_SIZE;
         asm.mov_rbx(base + 8).load_eax_rbx().cmp_eax(2); // DeviceID: block
         fails.push(asm.jne());
@@ -509,8 +510,8 @@ fn more_disks_than_free_virtio_windows_are_refused() {
         matches!(
             e,
             builder::BuildError::TooManyDisks {
-                count: 9,
-                fixed: 3,
+                count: 10,
+                fixed: 4,
                 max: 8
             }
         ),
@@ -546,7 +547,7 @@ fn wait32(asm: &mut Asm, addr: u64, value: u32) {
 /// thread does the file I/O.
 #[test]
 fn a_guest_writes_and_reads_its_disk_through_virtio_blk() {
-    const BASE: u64 = VIRTIO_MMIO_BASE + 3 * VIRTIO_MMIO_SIZE; // after kbd, console, rng
+    const BASE: u64 = VIRTIO_MMIO_BASE + 4 * VIRTIO_MMIO_SIZE; // after kbd, 2 consoles, rng
     const DESC: u64 = 0x20_0000;
     const AVAIL: u64 = 0x20_1000;
     const USED: u64 = 0x20_2000;
