@@ -277,6 +277,7 @@ impl RunningPartition {
     pub fn finish(mut self) -> StopReason {
         self.stop.request(StopReason::Stopped);
         kick_and_join(&mut self.threads);
+        self.release_devices();
         join_disk_workers(&mut self.disk_workers);
         self.stop.reason().unwrap_or(StopReason::Stopped)
     }
@@ -394,7 +395,18 @@ impl Drop for RunningPartition {
             self.stop.request(StopReason::Stopped);
             kick_and_join(&mut self.threads);
         }
+        self.release_devices();
         join_disk_workers(&mut self.disk_workers);
+    }
+}
+
+impl RunningPartition {
+    /// Drops this partition's hold on the buses (and so on their devices) once the vCPU
+    /// threads are gone: a disk worker ends only when its device does, so joining it
+    /// while the buses are still held here would wait forever.
+    fn release_devices(&mut self) {
+        self.pio = Arc::new(crate::devices::Bus::new());
+        self.mmio = Arc::new(crate::devices::Bus::new());
     }
 }
 
