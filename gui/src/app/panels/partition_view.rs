@@ -228,7 +228,12 @@ pub fn show_one(
         title.push_str(&format!("  [{badge}]"));
     }
     if let Some(badge) = slot.backend.resource_badge() {
-        title.push_str(&format!("  [{badge}]"));
+        // Only the headline ("no resource limits"): the details are in the launcher, and
+        // the whole text would push the focus/capture state out of the title.
+        let headline = badge
+            .split_once(':')
+            .map_or(badge.as_str(), |(head, _)| head);
+        title.push_str(&format!("  [{headline}]"));
     }
     if captured {
         title.push_str("  - KEYBOARD CAPTURED");
