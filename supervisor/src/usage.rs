@@ -162,6 +162,13 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
+        // The spawn returns once the exec has begun, before the kernel has laid out the
+        // new argv (a window that widens on a loaded host): wait for it, bounded.
+        let cmdline = format!("/proc/{}/cmdline", child.id());
+        let until = Instant::now() + Duration::from_secs(5);
+        while std::fs::read(&cmdline).is_ok_and(|c| c.is_empty()) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let listed: Vec<_> = partition_processes()
             .into_iter()
             .filter(|p| p.name == name)
