@@ -49,6 +49,8 @@ pub enum EditError {
     BadRuleFileName(String),
     #[error("rule file `{0}` does not exist")]
     UnknownRuleFile(String),
+    #[error("the partition text must define exactly one `[partition.NAME]` table")]
+    BadSnippet,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -369,6 +371,74 @@ impl PolicyDocument {
         t.insert("network", Item::Table(net));
         parts.insert(name, Item::Table(t));
         Ok(self.after_doc_edit())
+    }
+
+    /// Partition `name`'s tables as a standalone `partitions.toml` text (for export).
+    pub fn partition_snippet(&self, name: &str) -> Result<String, EditError> {
+        let doc = self.partitions_doc.as_ref().ok_or(EditError::Unparsable)?;
+        let table = doc
+            .get("partition")
+            .and_then(Item::as_table)
+            .and_then(|t| t.get(name))
+            .and_then(Item::as_table)
+            .ok_or_else(|| EditError::UnknownPartition(name.to_string()))?;
+        let mut out = DocumentMut::new();
+        let mut parts = Table::new();
+        parts.set_implicit(true);
+        parts.insert(name, Item::Table(table.clone()));
+        out.insert("partition", Item::Table(parts));
+        Ok(out.to_string())
+    }
+
+    /// Add the one partition a [`PolicyDocument::partition_snippet`] text defines, under
+    /// `name`. Refuses a clash; the result is validated like any edit (see the report).
+    pub fn insert_partition_snippet(
+        &mut self,
+        name: &str,
+        snippet: &str,
+    ) -> Result<Report, EditError> {
+        if !valid_name(name) {
+            return Err(EditError::BadName {
+                name: name.to_string(),
+            });
+        }
+        let imported: DocumentMut = snippet.parse().map_err(|_| EditError::BadSnippet)?;
+        let tables = imported
+            .get("partition")
+            .and_then(Item::as_table)
+            .ok_or(EditError::BadSnippet)?;
+        let mut entries = tables.iter();
+        let (Some((_, Item::Table(table))), None) = (entries.next(), entries.next()) else {
+            return Err(EditError::BadSnippet);
+        };
+        let table = table.clone();
+        let doc = self.partitions_doc.as_mut().ok_or(EditError::Unparsable)?;
+        let parts = doc.entry("partition").or_insert_with(|| {
+            let mut t = Table::new();
+            t.set_implicit(true);
+            Item::Table(t)
+        });
+        let parts = parts.as_table_mut().ok_or(EditError::Unparsable)?;
+        if parts.contains_key(name) {
+            return Err(EditError::PartitionExists(name.to_string()));
+        }
+        parts.insert(name, Item::Table(table));
+        Ok(self.after_doc_edit())
+    }
+
+    /// Every rule (in evaluation order) that names partition `name` as its source, its
+    /// target, or its redirect / default target.
+    pub fn rules_naming(&self, name: &str) -> Vec<crate::rules::Rule> {
+        let mut out = Vec::new();
+        for f in &self.rule_files {
+            let (rules, _) = parse_rules(&self.rule_file_path(&f.name), &f.text);
+            out.extend(
+                rules
+                    .into_iter()
+                    .filter(|r| r.named_partitions().iter().any(|(n, _)| *n == name)),
+            );
+        }
+        out
     }
 
     pub fn remove_partition(&mut self, name: &str) -> Result<Report, EditError> {

@@ -143,6 +143,38 @@ impl Rule {
         out
     }
 
+    /// This rule with every mention of partition `from` (as in
+    /// [`Rule::named_partitions`]) replaced by `to`.
+    pub fn renamed(&self, from: &str, to: &str) -> Rule {
+        let swap = |p: &Pattern| match p {
+            Pattern::Name(n) if n == from => Pattern::Name(to.to_string()),
+            Pattern::DispVmOf(n) if n == from => Pattern::DispVmOf(to.to_string()),
+            other => other.clone(),
+        };
+        let swap_target = |t: &Option<String>| {
+            t.as_ref().map(|t| match t.strip_prefix("@dispvm:") {
+                Some(n) if n == from => format!("@dispvm:{to}"),
+                _ if t == from => to.to_string(),
+                _ => t.clone(),
+            })
+        };
+        let action = match &self.action {
+            Action::Allow { target } => Action::Allow {
+                target: swap_target(target),
+            },
+            Action::Ask { default_target } => Action::Ask {
+                default_target: swap_target(default_target),
+            },
+            deny => deny.clone(),
+        };
+        Rule {
+            source: swap(&self.source),
+            target: swap(&self.target),
+            action,
+            ..self.clone()
+        }
+    }
+
     /// Tags this rule mentions, with their columns.
     pub fn named_tags(&self) -> Vec<(&str, usize)> {
         [

@@ -256,3 +256,76 @@ fn a_syntax_error_in_raw_text_is_reported_and_blocks_field_edits() {
         Err(EditError::Unparsable)
     ));
 }
+
+#[test]
+fn a_partition_snippet_reinserted_under_a_new_name_defines_the_same_partition() {
+    let (_tmp, dir) = defaults_copy();
+    let mut doc = PolicyDocument::load(&dir).unwrap();
+    let snippet = doc.partition_snippet("browser").unwrap();
+    assert!(snippet.contains("[partition.browser.network]"), "{snippet}");
+    assert!(matches!(
+        doc.insert_partition_snippet("browser", &snippet),
+        Err(EditError::PartitionExists(_))
+    ));
+    let report = doc.insert_partition_snippet("browser2", &snippet).unwrap();
+    assert!(!report.has_errors(), "{report}");
+    let policy = doc.policy().unwrap();
+    let (a, b) = (
+        policy.spec("browser").unwrap(),
+        policy.spec("browser2").unwrap(),
+    );
+    assert_eq!((a.memory_mib, a.vcpus), (b.memory_mib, b.vcpus));
+    assert_eq!((a.network, a.dns), (b.network, b.dns));
+    let what = |rules: &[FirewallRule]| -> Vec<_> {
+        rules
+            .iter()
+            .map(|r| (r.action, r.protocol, r.destination.clone(), r.ports.clone()))
+            .collect()
+    };
+    assert_eq!(what(&a.firewall), what(&b.firewall));
+    assert_eq!(a.firewall.len(), 2);
+}
+
+#[test]
+fn a_snippet_with_two_partitions_or_none_is_refused() {
+    let (_tmp, dir) = defaults_copy();
+    let mut doc = PolicyDocument::load(&dir).unwrap();
+    for bad in [
+        "",
+        "[partition.a]\nlabel = \"red\"\n[partition.b]\nlabel = \"red\"\n",
+        "not toml [",
+    ] {
+        assert!(
+            matches!(
+                doc.insert_partition_snippet("fresh", bad),
+                Err(EditError::BadSnippet)
+            ),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn rules_naming_a_partition_are_found_and_renamed_everywhere_they_name_it() {
+    let (_tmp, dir) = defaults_copy();
+    let mut doc = PolicyDocument::load(&dir).unwrap();
+    doc.set_rule_file_text(
+        "40-mine.policy",
+        "bulkhead.OpenIn +url work @dispvm:work allow\n\
+         bulkhead.FileCopy * @anyvm mail ask default_target=work\n\
+         bulkhead.FileCopy * browser mail deny\n",
+    )
+    .unwrap();
+    let found: Vec<String> = doc
+        .rules_naming("work")
+        .iter()
+        .map(|r| r.renamed("work", "job").to_string())
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "bulkhead.OpenIn +url job @dispvm:job allow",
+            "bulkhead.FileCopy * @anyvm mail ask default_target=job",
+        ]
+    );
+}
