@@ -12,6 +12,7 @@
 //! `vmm_core::control` for the protocol and the sequence a partition process follows.
 
 pub mod agent;
+pub mod bundle;
 pub mod cgroup;
 pub mod damage;
 mod framebuffer;
