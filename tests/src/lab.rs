@@ -961,6 +961,10 @@ fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 fn section<'a>(console: &'a str, name: &str) -> Option<&'a str> {
     let begin = format!("==={name}-BEGIN===");
     let end = format!("==={name}-END===");
@@ -1093,21 +1097,55 @@ fn run_lab_machine(run: &GuestRun) -> RunOutput {
         .spawn()
         .expect("starting the lab machine");
     let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf);
-        buf
+    let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = std::thread::spawn({
+        let output = output.clone();
+        move || {
+            let mut chunk = [0u8; 64 * 1024];
+            while let Ok(n @ 1..) = stdout.read(&mut chunk) {
+                if let Ok(mut out) = output.lock() {
+                    out.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
     });
-    let limit = Duration::from_secs(run.timeout_s + 120);
+    // The guest's bound is its own; copying its files out over the lab's serial console
+    // after it ended is slow on a loaded host, so that phase has its own bound: it may
+    // go on while output keeps coming, up to a hard cap.
+    let guest_limit = Duration::from_secs(run.timeout_s + 120);
+    let (dump_limit, dump_stall) = (Duration::from_secs(600), Duration::from_secs(60));
+    let (mut guest_ended_at, mut last_len, mut last_growth) = (None, 0usize, Instant::now());
     while child.try_wait().ok().flatten().is_none() {
-        if started.elapsed() > limit {
+        const EXIT_MARK: &[u8] = b"===LAB-VMM-EXIT ";
+        let (len, ended) = output
+            .lock()
+            .map(|o| {
+                // Only what arrived since the last look (plus an overlap for the marker).
+                let from = last_len.saturating_sub(EXIT_MARK.len()).min(o.len());
+                let ended = guest_ended_at.is_some() || contains(&o[from..], EXIT_MARK);
+                (o.len(), ended)
+            })
+            .unwrap_or((0, false));
+        if len != last_len {
+            (last_len, last_growth) = (len, Instant::now());
+        }
+        if ended && guest_ended_at.is_none() {
+            guest_ended_at = Some(Instant::now());
+        }
+        let expired = match guest_ended_at {
+            None => started.elapsed() > guest_limit,
+            Some(at) => at.elapsed() > dump_limit || last_growth.elapsed() > dump_stall,
+        };
+        if expired {
             let _ = child.kill();
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-    let mut console = String::from_utf8_lossy(&reader.join().unwrap_or_default()).replace('\r', "");
+    let _ = reader.join();
+    let bytes = output.lock().map(|o| o.clone()).unwrap_or_default();
+    let mut console = String::from_utf8_lossy(&bytes).replace('\r', "");
     let resets = std::fs::read_to_string(&qemu_log)
         .map(|l| l.matches("CPU Reset").count())
         .unwrap_or(0);
