@@ -1,5 +1,6 @@
 //! The command line. Without a subcommand `bulkhead` opens the desktop app.
 
+pub mod bundle;
 pub mod image;
 pub mod manpage;
 pub mod policy;
@@ -40,6 +41,10 @@ pub enum Command {
     /// Build, list and remove templates: read-only Debian root images for partitions.
     #[command(subcommand)]
     Template(template::TemplateCommand),
+    /// Write a stopped partition (config, rules naming it, private disk) to one encrypted file.
+    Export(bundle::ExportArgs),
+    /// Add a partition from a file made by `bulkhead export`, checking everything first.
+    Import(bundle::ImportArgs),
     /// Write the man pages into a directory (used by packaging).
     #[command(hide = true)]
     Man(manpage::ManArgs),
@@ -53,6 +58,8 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Some(Command::Ps(args)) => ps::run(args),
         Some(Command::Image(cmd)) => image::run(cmd),
         Some(Command::Template(cmd)) => template::run(cmd),
+        Some(Command::Export(args)) => bundle::export(args),
+        Some(Command::Import(args)) => bundle::import(args),
         Some(Command::Man(args)) => manpage::run(args),
         None => bulkhead::supervised::run_desktop(),
     }
