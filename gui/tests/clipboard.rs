@@ -764,12 +764,10 @@ fn a_paste_into_a_denied_target_is_refused_and_audited_through_the_ui() {
     h.key_press_modifiers(ctrl_shift, egui::Key::V);
     h.run_steps(2);
     // The browser's own line in the launcher says so, naming the rule.
-    let line = h
-        .query_by_label_contains(
-            "clipboard: paste from [work] into [browser] refused: denied by rule",
-        )
-        .expect("the refusal on the browser's status line");
-    drop(line);
+    h.query_by_label_contains(
+        "clipboard: paste from [work] into [browser] refused: denied by rule",
+    )
+    .expect("the refusal on the browser's status line");
     let text = h.state().slots[1]
         .event
         .as_ref()
