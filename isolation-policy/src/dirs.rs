@@ -26,6 +26,16 @@ pub fn user_dir() -> Option<PathBuf> {
     Some(config.join("bulkhead"))
 }
 
+/// Where the policy editor saves: `$BULKHEAD_POLICY_DIR` if set (the user chose that
+/// directory), else the user's config directory, never the installed (`/etc/bulkhead`)
+/// or source-tree defaults it may have been read from (they are copied there on the
+/// first save). `None` without `$HOME`.
+pub fn policy_save_dir() -> Option<PathBuf> {
+    env::var_os("BULKHEAD_POLICY_DIR")
+        .map(PathBuf::from)
+        .or_else(user_dir)
+}
+
 /// The defaults shipped in this source tree.
 pub fn source_tree_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/policy")

@@ -57,6 +57,10 @@ pub enum EditError {
 pub enum SaveError {
     #[error("not saved: the policy has errors:\n{0}")]
     Invalid(Report),
+    #[error(
+        "not saved: {path} already holds a policy; open it to edit it, or move it away to start from these files"
+    )]
+    TargetHoldsPolicy { path: PathBuf },
     #[error("not saved: cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -557,6 +561,53 @@ impl PolicyDocument {
         tracing::info!(dir = %self.dir.display(), "policy saved");
         self.saved = current;
         Ok(self.report.clone())
+    }
+
+    /// Save into `dir` instead of the directory this was read from (the user's config
+    /// directory, when the editor opened the installed or source-tree defaults): every
+    /// file is written there, the defaults are never touched, and from then on this
+    /// document is `dir`'s. Refuses a `dir` that already holds a policy (its files would
+    /// mix with these). On failure the document stays the old directory's.
+    pub fn save_to(&mut self, dir: &Path) -> Result<Report, SaveError> {
+        if dir == self.dir {
+            return self.save();
+        }
+        let holds_policy = dir.join(PARTITIONS_FILE).exists()
+            || fs::read_dir(dir.join(RULES_DIR)).is_ok_and(|entries| {
+                entries.flatten().any(|e| {
+                    Path::new(&e.file_name())
+                        .extension()
+                        .is_some_and(|x| x == RULES_EXT)
+                })
+            });
+        if holds_policy {
+            return Err(SaveError::TargetHoldsPolicy {
+                path: dir.to_path_buf(),
+            });
+        }
+        fs::create_dir_all(dir).map_err(|source| SaveError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let old_dir = std::mem::replace(&mut self.dir, dir.to_path_buf());
+        // Nothing saved there yet: every file is written, none renamed away.
+        let old_saved = std::mem::replace(
+            &mut self.saved,
+            Sources {
+                dir: dir.to_path_buf(),
+                partitions: String::new(),
+                rule_files: Vec::new(),
+            },
+        );
+        match self.save() {
+            Ok(report) => Ok(report),
+            Err(e) => {
+                self.dir = old_dir;
+                self.saved = old_saved;
+                self.revalidate();
+                Err(e)
+            }
+        }
     }
 
     /// Throw away unsaved edits and reload from disk.

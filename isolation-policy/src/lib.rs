@@ -45,6 +45,8 @@
 //! - (e) [`PolicyDocument::save`]: atomic (temp + fsync + rename), keeps `<file>.bak`,
 //!   refuses with [`SaveError::Invalid`] if there is any error;
 //!   [`PolicyDocument::revert`] reloads from disk; [`PolicyDocument::is_dirty`].
+//!   [`PolicyDocument::save_to`]`(dir)` saves a policy read from the defaults into the
+//!   user's directory ([`policy_save_dir`]) instead, leaving the defaults untouched.
 //! - (f) [`AuditLog::open`]`(dir, max_bytes, keep)`, [`AuditLog::record`], and
 //!   [`AuditLog::read`]`(&AuditFilter)` (by partition, service, decision, time, last N).
 //!
@@ -87,7 +89,7 @@ pub mod rules;
 
 pub use audit::{AuditError, AuditFilter, AuditLog, AuditReadout, AuditRecord};
 pub use diag::{Diagnostic, Location, Report, Severity};
-pub use dirs::default_policy_dir;
+pub use dirs::{default_policy_dir, policy_save_dir};
 pub use document::{EditError, FieldValue, PolicyDocument, RuleFile, SaveError};
 pub use fields::{FieldKind, PartitionField, EDITABLE_FIELDS, PARTITION_FIELDS};
 pub use label::Label;
@@ -95,6 +97,6 @@ pub use load::{LoadError, Sources};
 pub use network::{NetParseError, NetTarget, NetworkMode, Protocol};
 pub use partition::{Kind, Partition, RestartPolicy};
 pub use partitions_toml::DisplayError;
-pub use policy::{PartitionSpec, Policy};
+pub use policy::{AppSettings, PartitionSpec, Policy, CLIPBOARD_MAX_BYTES_LIMIT};
 pub use request::{service, ChainStep, Decision, Request, Verdict};
 pub use rules::{Rule, RuleRef};

@@ -102,6 +102,8 @@ impl Sources {
         let ppath = self.partitions_path();
         let (partitions, diags) = partitions_toml::parse_partitions(&ppath, &self.partitions);
         report.extend(diags);
+        let (settings, diags) = partitions_toml::parse_settings(&ppath, &self.partitions);
+        report.extend(diags);
         let mut rules = Vec::new();
         for (path, text) in &self.rule_files {
             let (rs, diags) = rules::parse_rules(path, text);
@@ -115,8 +117,8 @@ impl Sources {
         if toml_ok {
             report.extend(check_rule_names(&rules, &partitions));
         }
-        let policy =
-            (!report.has_errors()).then(|| Policy::new(self.dir.clone(), partitions, rules));
+        let policy = (!report.has_errors())
+            .then(|| Policy::new(self.dir.clone(), partitions, rules, settings));
         if let Some(p) = &policy {
             report.extend(crate::lint::lint(p));
         }

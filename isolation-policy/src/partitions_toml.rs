@@ -17,6 +17,7 @@ use crate::network::{
     Destination, FirewallAction, FirewallRule, NetParseError, NetworkMode, PortRange, Protocol,
 };
 use crate::partition::{limits, valid_keyboard, valid_name, Kind, Partition, RestartPolicy};
+use crate::policy::{AppSettings, CLIPBOARD_MAX_BYTES_LIMIT};
 
 /// Keys of one `[[partition.<name>.network.rule]]` table.
 const RULE_KEYS: &[&str] = &["action", "protocol", "destination", "ports"];
@@ -45,8 +46,17 @@ pub fn parse_partitions(file: &Path, text: &str) -> (Vec<Partition>, Vec<Diagnos
     let root = doc.as_table();
     let mut partitions = Vec::new();
     for (key, item) in root.iter() {
+        if key == CLIPBOARD_TABLE {
+            // App settings: read by [`parse_settings`].
+            continue;
+        }
         if key != "partition" {
-            r.unknown_key(root, key, &["partition"], "at the top level");
+            r.unknown_key(
+                root,
+                key,
+                &["partition", CLIPBOARD_TABLE],
+                "at the top level",
+            );
             continue;
         }
         let Some(table) = item.as_table() else {
@@ -92,6 +102,52 @@ pub fn parse_partitions(file: &Path, text: &str) -> (Vec<Partition>, Vec<Diagnos
         );
     }
     (partitions, r.diags)
+}
+
+/// The top-level table of the secure clipboard's app-wide settings.
+const CLIPBOARD_TABLE: &str = "clipboard";
+/// Keys of the `[clipboard]` table.
+const CLIPBOARD_KEYS: &[&str] = &["max_bytes"];
+
+/// Parse the app-wide settings of `partitions.toml` (the top-level `[clipboard]` table);
+/// a missing table or key keeps its default. A TOML syntax error is reported by
+/// [`parse_partitions`], not twice here.
+pub fn parse_settings(file: &Path, text: &str) -> (AppSettings, Vec<Diagnostic>) {
+    let mut r = Reader {
+        file,
+        text,
+        diags: Vec::new(),
+    };
+    let mut settings = AppSettings::default();
+    let Ok(doc) = Document::parse(text) else {
+        return (settings, r.diags);
+    };
+    let Some(item) = doc.as_table().get(CLIPBOARD_TABLE) else {
+        return (settings, r.diags);
+    };
+    let Some(table) = TableLike::of(item) else {
+        r.error(
+            item_span(item),
+            format!(
+                "`{CLIPBOARD_TABLE}` is {}, expected a table",
+                type_name(item)
+            ),
+            "write it as a `[clipboard]` table, e.g. `max_bytes = 262144`",
+        );
+        return (settings, r.diags);
+    };
+    for (key, item, span) in table.entries() {
+        match key {
+            "max_bytes" => {
+                let range = (1, CLIPBOARD_MAX_BYTES_LIMIT as i64);
+                if let Some(n) = r.integer(item, "clipboard.max_bytes", range, "bytes") {
+                    settings.clipboard_max_bytes = n as usize;
+                }
+            }
+            other => r.unknown_key_at(span, other, CLIPBOARD_KEYS, "in [clipboard]"),
+        }
+    }
+    (settings, r.diags)
 }
 
 fn item_span(item: &Item) -> Option<Range<usize>> {
@@ -843,6 +899,48 @@ mod tests {
 
     fn parse(text: &str) -> (Vec<Partition>, Vec<Diagnostic>) {
         parse_partitions(Path::new("partitions.toml"), text)
+    }
+
+    #[test]
+    fn clipboard_cap_is_read_and_bad_values_are_located() {
+        let file = Path::new("partitions.toml");
+        let ok = "[partition.work]\nlabel = \"green\"\n\n[clipboard]\nmax_bytes = 4096\n";
+        let (ps, diags) = parse(ok);
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(ps.len(), 1);
+        let (settings, diags) = parse_settings(file, ok);
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(settings.clipboard_max_bytes, 4096);
+        let (settings, _) = parse_settings(file, "[partition.work]\nlabel = \"green\"\n");
+        assert_eq!(settings.clipboard_max_bytes, 256 * 1024, "the default");
+
+        let bad =
+            "[partition.work]\nlabel = \"green\"\n[clipboard]\nmax_bytes = 300000\nmax_byte = 1\n";
+        let (settings, diags) = parse_settings(file, bad);
+        assert_eq!(
+            settings.clipboard_max_bytes,
+            256 * 1024,
+            "a bad value keeps the default"
+        );
+        let shown: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        assert_eq!(diags.len(), 2, "{shown:?}");
+        assert!(
+            shown[0].starts_with("partitions.toml:4:13: error: `clipboard.max_bytes` = 300000 is impossible: it must be between 1 and 262144 bytes"),
+            "{shown:?}"
+        );
+        assert!(
+            shown[1]
+                .starts_with("partitions.toml:5:1: error: unknown key `max_byte` in [clipboard]"),
+            "{shown:?}"
+        );
+        assert!(shown[1].contains("did you mean `max_bytes`?"), "{shown:?}");
+        let (_, diags) = parse_settings(file, "clipboard = 5\n");
+        assert!(
+            diags[0].to_string().contains("expected a table"),
+            "{diags:?}"
+        );
+        let (_, diags) = parse_settings(file, "[clipboard]\nmax_bytes = \"1k\"\n");
+        assert!(diags[0].to_string().starts_with("partitions.toml:2:13: error: `clipboard.max_bytes` is a string, expected an integer"), "{diags:?}");
     }
 
     #[test]

@@ -55,22 +55,53 @@ pub struct PartitionSpec {
     pub io_max_mib_s: u32,
 }
 
+/// The secure clipboard's buffer holds at most this much by default, and never more: the
+/// guest agent protocol carries at most 256 KiB of content in one message.
+pub const CLIPBOARD_MAX_BYTES_LIMIT: usize = 256 * 1024;
+
+/// App-wide settings from `partitions.toml`'s top-level tables (`[clipboard]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppSettings {
+    /// `[clipboard] max_bytes`: the largest clipboard the host buffer takes (1..=256 KiB).
+    pub clipboard_max_bytes: usize,
+}
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        AppSettings {
+            clipboard_max_bytes: CLIPBOARD_MAX_BYTES_LIMIT,
+        }
+    }
+}
+
 /// A checked policy: every rule names known partitions and tags.
 #[derive(Debug, Clone)]
 pub struct Policy {
     dir: PathBuf,
     partitions: Vec<Partition>,
     rules: Vec<Rule>,
+    settings: AppSettings,
 }
 
 impl Policy {
     /// A policy from parts that have been checked together (by `Sources::check`).
-    pub(crate) fn new(dir: PathBuf, partitions: Vec<Partition>, rules: Vec<Rule>) -> Self {
+    pub(crate) fn new(
+        dir: PathBuf,
+        partitions: Vec<Partition>,
+        rules: Vec<Rule>,
+        settings: AppSettings,
+    ) -> Self {
         Policy {
             dir,
             partitions,
             rules,
+            settings,
         }
+    }
+
+    /// The app-wide settings (`[clipboard]`).
+    pub fn settings(&self) -> AppSettings {
+        self.settings
     }
 
     pub fn dir(&self) -> &Path {

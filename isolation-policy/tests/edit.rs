@@ -328,4 +328,72 @@ fn rules_naming_a_partition_are_found_and_renamed_everywhere_they_name_it() {
             "bulkhead.FileCopy * @anyvm mail ask default_target=job",
         ]
     );
+
+/// Every file under `dir` with its bytes, for "nothing changed" checks.
+fn snapshot_tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn saving_defaults_into_the_user_dir_copies_them_there_and_leaves_the_defaults_untouched() {
+    let (tmp, defaults) = defaults_copy();
+    let before = snapshot_tree(&defaults);
+    let user = tmp.path().join("config/bulkhead");
+    let mut doc = PolicyDocument::load(&defaults).unwrap();
+    doc.set_partition_field("browser", "memory_mib", FieldValue::Integer(3072))
+        .unwrap();
+    doc.save_to(&user).unwrap();
+    assert_eq!(
+        snapshot_tree(&defaults),
+        before,
+        "the defaults were written"
+    );
+    assert_eq!(doc.dir(), user);
+    assert!(!doc.is_dirty());
+    // The user's copy is the whole policy, with the edit, and loads on its own.
+    let (policy, _) = isolation_policy::Policy::load(&user).unwrap();
+    assert_eq!(policy.spec("browser").unwrap().memory_mib, 3072);
+    for (path, _) in &before {
+        if path.extension().is_some_and(|e| e == "bak") {
+            continue;
+        }
+        let rel = path.strip_prefix(&defaults).unwrap();
+        assert!(user.join(rel).exists(), "{} not copied", rel.display());
+    }
+    // Later saves go to the user's copy only.
+    doc.set_partition_field("browser", "memory_mib", FieldValue::Integer(1024))
+        .unwrap();
+    doc.save().unwrap();
+    assert_eq!(snapshot_tree(&defaults), before);
+    assert!(read(&user.join("partitions.toml")).contains("memory_mib = 1024"));
+}
+
+#[test]
+fn saving_into_a_directory_that_holds_a_policy_is_refused_and_writes_nothing() {
+    let (tmp, defaults) = defaults_copy();
+    let other = tmp.path().join("other");
+    fs::create_dir_all(other.join("policy.d")).unwrap();
+    fs::write(other.join("policy.d/10-mine.policy"), "# mine\n").unwrap();
+    let before = snapshot_tree(&other);
+    let mut doc = PolicyDocument::load(&defaults).unwrap();
+    doc.set_partition_field("browser", "memory_mib", FieldValue::Integer(3072))
+        .unwrap();
+    let err = doc.save_to(&other).unwrap_err();
+    assert!(matches!(err, SaveError::TargetHoldsPolicy { .. }), "{err}");
+    assert_eq!(snapshot_tree(&other), before);
+    assert_eq!(doc.dir(), defaults, "the document stays the defaults'");
+    assert!(doc.is_dirty());
 }

@@ -4,21 +4,28 @@
 //! source to that partition) and, if allowed, hands the buffer to its agent, which owns
 //! the CLIPBOARD with it; the buffer is emptied by that one paste. Both decisions are
 //! the policy engine's, with the policy as saved on disk at that moment (an edit saved in
-//! the editor applies to the next gesture), and both go to the audit log. The guest
-//! never sees the gesture keys (the router takes them) and never learns of a refusal.
+//! the editor applies to the next gesture), and both go to the audit log. A paste the
+//! policy answers with `ask` becomes an [`AskRequest`] for the host's ask dialog; the
+//! person's answer comes back through [`SecureClipboard::answer_ask`], is decided again
+//! with the policy saved at that moment and audited as what it was ("asked → allowed by
+//! the user"). The guest never sees the gesture keys (the router takes them) and never
+//! learns of a refusal.
 
 use std::path::{Path, PathBuf};
 
-use isolation_policy::{AuditLog, Decision, Policy, Request, Verdict};
+use isolation_policy::{service, AuditLog, Decision, Policy, Request, RuleRef, Verdict};
 
 use super::backend::{AgentReply, AgentRequest, Clipboard};
+use super::panels::ask_dialog::{AskAnswer, AskOwner, AskRequest};
 use super::PartitionSlot;
 use crate::input::router::ClipboardGesture;
 
 /// The buffer's default cap; the agent protocol carries at most this much in one
 /// message ([`bulkhead_supervisor::agent::MAX_PAYLOAD`]), so a larger setting is clamped.
-pub const DEFAULT_MAX_BYTES: usize = 256 * 1024;
-/// Environment variable that sets the cap in bytes.
+/// The policy's `[clipboard] max_bytes` (in `partitions.toml`) sets it.
+pub const DEFAULT_MAX_BYTES: usize = isolation_policy::CLIPBOARD_MAX_BYTES_LIMIT;
+/// Environment variable that overrides the policy's cap, in bytes (for tests and
+/// one-off runs; the setting belongs in `partitions.toml`).
 pub const MAX_BYTES_ENV: &str = "BULKHEAD_CLIPBOARD_MAX_BYTES";
 
 /// How the last clipboard step ended, for the status line.
@@ -61,14 +68,34 @@ enum Pending {
     },
 }
 
+/// A paste waiting for the person's answer.
+#[derive(Debug)]
+struct Asking {
+    continuation: u64,
+    source: String,
+    target: String,
+    /// The rule that asked and the engine's explanation, for the audit record.
+    rule: Option<RuleRef>,
+    explanation: String,
+}
+
 pub struct SecureClipboard {
     held: Option<Held>,
     pending: Vec<Pending>,
-    max_bytes: usize,
+    asking: Vec<Asking>,
+    next_continuation: u64,
+    /// Set: this cap instead of the policy's (`BULKHEAD_CLIPBOARD_MAX_BYTES`).
+    max_bytes_override: Option<usize>,
     policy_dir: Option<PathBuf>,
     last_good: Option<Policy>,
     audit: Option<AuditLog>,
+    /// The last step, whichever partition it was in.
     pub status: Option<ClipboardStatus>,
+    /// Every status line since the app last took them ([`SecureClipboard::take_events`]),
+    /// for the partitions' own status lines.
+    events: Vec<ClipboardStatus>,
+    /// Questions for the ask dialog; the app takes them after each gesture.
+    pub asks: Vec<AskRequest>,
     /// Set when a decision was audited; the app reloads the audit panel and clears it.
     pub audited: bool,
 }
@@ -76,7 +103,7 @@ pub struct SecureClipboard {
 impl Default for SecureClipboard {
     /// No policy: every copy and paste is refused (nothing is allowed without one).
     fn default() -> Self {
-        SecureClipboard::new(None, None, DEFAULT_MAX_BYTES)
+        SecureClipboard::new(None, None)
     }
 }
 
@@ -88,9 +115,9 @@ fn describe(content: &Clipboard) -> String {
 }
 
 impl SecureClipboard {
-    /// Decides with the policy in `policy_dir` (read at every gesture) and audits into
-    /// `audit_dir`; `max_bytes` is clamped to what the agent protocol carries.
-    pub fn new(policy_dir: Option<PathBuf>, audit_dir: Option<&Path>, max_bytes: usize) -> Self {
+    /// Decides with the policy in `policy_dir` (read at every gesture, its `[clipboard]
+    /// max_bytes` included) and audits into `audit_dir`.
+    pub fn new(policy_dir: Option<PathBuf>, audit_dir: Option<&Path>) -> Self {
         let audit = audit_dir.and_then(|d| {
             AuditLog::open(
                 d,
@@ -103,25 +130,61 @@ impl SecureClipboard {
         SecureClipboard {
             held: None,
             pending: Vec::new(),
-            max_bytes: max_bytes.min(bulkhead_supervisor::agent::MAX_PAYLOAD),
+            asking: Vec::new(),
+            next_continuation: 1,
+            max_bytes_override: None,
             policy_dir,
             last_good: None,
             audit,
             status: None,
+            events: Vec::new(),
+            asks: Vec::new(),
             audited: false,
         }
     }
 
-    /// The cap from [`MAX_BYTES_ENV`], else [`DEFAULT_MAX_BYTES`].
-    pub fn max_bytes_from_env() -> usize {
-        std::env::var(MAX_BYTES_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(DEFAULT_MAX_BYTES)
+    /// Caps the buffer at `max_bytes` whatever the policy says (clamped to what the agent
+    /// protocol carries).
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes_override = Some(max_bytes.min(bulkhead_supervisor::agent::MAX_PAYLOAD));
+        self
     }
 
+    /// The override in [`MAX_BYTES_ENV`], if set; a value that is not a number of bytes
+    /// is ignored with a warning (the policy's cap applies).
+    pub fn max_bytes_from_env() -> Option<usize> {
+        let v = std::env::var(MAX_BYTES_ENV).ok()?;
+        match v.trim().parse() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!(
+                    "{MAX_BYTES_ENV}={v:?} is not a number of bytes ({e}); the policy's [clipboard] max_bytes applies"
+                );
+                None
+            }
+        }
+    }
+
+    /// The cap now: the override, else the last good policy's `[clipboard] max_bytes`.
     pub fn max_bytes(&self) -> usize {
-        self.max_bytes
+        self.max_bytes_override
+            .unwrap_or_else(|| {
+                self.last_good
+                    .as_ref()
+                    .map_or(DEFAULT_MAX_BYTES, |p| p.settings().clipboard_max_bytes)
+            })
+            .min(bulkhead_supervisor::agent::MAX_PAYLOAD)
+    }
+
+    /// Decide with the policy in `dir` from now on (the editor saved the defaults into
+    /// the user's directory).
+    pub fn set_policy_dir(&mut self, dir: PathBuf) {
+        self.policy_dir = Some(dir);
+    }
+
+    /// The status lines since the last call, oldest first, each for its partition.
+    pub fn take_events(&mut self) -> Vec<ClipboardStatus> {
+        std::mem::take(&mut self.events)
     }
 
     /// Where the buffer's content came from and its size, if it holds any.
@@ -136,27 +199,43 @@ impl SecureClipboard {
             StatusKind::Refused => tracing::info!(partition, "clipboard: {text}"),
             _ => tracing::debug!(partition, "clipboard: {text}"),
         }
-        self.status = Some(ClipboardStatus {
+        let status = ClipboardStatus {
             partition: partition.to_string(),
             kind,
             text,
-        });
+        };
+        self.events.push(status.clone());
+        self.status = Some(status);
+    }
+
+    /// Reads the policy as saved now into `last_good`; a broken file keeps the last good
+    /// one and returns the note saying so.
+    fn reload_policy(&mut self) -> Option<String> {
+        let dir = self.policy_dir.as_ref()?;
+        match Policy::load(dir) {
+            Ok((policy, _)) => {
+                self.last_good = Some(policy);
+                None
+            }
+            Err(e) => Some(format!(
+                "(the saved policy does not load: {e}; using the last good one) "
+            )),
+        }
+    }
+
+    fn record(&mut self, request: &Request, decision: &Decision) {
+        if let Some(log) = &self.audit {
+            match log.record(request, decision) {
+                Ok(()) => self.audited = true,
+                Err(e) => tracing::warn!("audit: {e}"),
+            }
+        }
     }
 
     /// The policy as saved now; a broken file keeps the last good one (and says so in
     /// the decision's explanation), none at all refuses.
     fn decide(&mut self, request: &Request) -> Decision {
-        let mut note = None;
-        if let Some(dir) = &self.policy_dir {
-            match Policy::load(dir) {
-                Ok((policy, _)) => self.last_good = Some(policy),
-                Err(e) => {
-                    note = Some(format!(
-                        "(the saved policy does not load: {e}; using the last good one) "
-                    ))
-                }
-            }
-        }
+        let note = self.reload_policy();
         let mut decision = match &self.last_good {
             Some(policy) => policy.decide(request),
             None => Decision {
@@ -169,12 +248,7 @@ impl SecureClipboard {
         if let Some(note) = note {
             decision.explanation.insert_str(0, &note);
         }
-        if let Some(log) = &self.audit {
-            match log.record(request, &decision) {
-                Ok(()) => self.audited = true,
-                Err(e) => tracing::warn!("audit: {e}"),
-            }
-        }
+        self.record(request, &decision);
         decision
     }
 
@@ -234,15 +308,148 @@ impl SecureClipboard {
                 "paste from [{source}] into [{target}] refused: {}",
                 decision.explanation
             )),
-            Verdict::Ask { .. } => Some(format!(
-                "paste from [{source}] into [{target}] needs confirmation (not yet supported), \
-                 so it was not done: {}",
-                decision.explanation
-            )),
+            Verdict::Ask { default_target } => {
+                return self.ask(&source, target, default_target.clone(), decision.clone());
+            }
         };
         if let Some(text) = refusal {
             return self.say(target, StatusKind::Refused, text);
         }
+        self.send_paste(slot, i, &source, target);
+    }
+
+    /// Hands the question to the ask dialog. A paste goes only where it was made, so
+    /// that partition is the one target offered.
+    fn ask(
+        &mut self,
+        source: &str,
+        target: &str,
+        default_target: Option<String>,
+        decision: Decision,
+    ) {
+        let continuation = self.next_continuation;
+        self.next_continuation += 1;
+        let rule = decision.rule.as_ref().map_or_else(
+            || "(no rule)".into(),
+            |r| format!("{}:{}", r.file.display(), r.line),
+        );
+        self.asks.push(AskRequest {
+            owner: AskOwner::Clipboard,
+            continuation,
+            service: service::CLIPBOARD_PASTE.into(),
+            argument: None,
+            source: source.to_string(),
+            targets: vec![target.to_string()],
+            default_target,
+            rule: rule.clone(),
+        });
+        self.asking.push(Asking {
+            continuation,
+            source: source.to_string(),
+            target: target.to_string(),
+            rule: decision.rule,
+            explanation: decision.explanation,
+        });
+        self.say(
+            target,
+            StatusKind::Waiting,
+            format!("paste from [{source}] into [{target}]: waiting for your answer (rule {rule})"),
+        );
+    }
+
+    /// The person answered the ask dialog for `continuation`. Allow: decided again with
+    /// the policy saved now (it may have changed while the dialog was open), audited as
+    /// asked and allowed by the user, and the paste proceeds exactly as for an allow.
+    /// Deny: audited and refused on the status line.
+    pub fn answer_ask(
+        &mut self,
+        slots: &mut [PartitionSlot],
+        continuation: u64,
+        answer: &AskAnswer,
+    ) {
+        let Some(at) = self
+            .asking
+            .iter()
+            .position(|a| a.continuation == continuation)
+        else {
+            return;
+        };
+        let asked = self.asking.remove(at);
+        let (source, target) = (asked.source.clone(), asked.target.clone());
+        let chosen = match answer {
+            AskAnswer::Allow { target: chosen } => chosen.clone(),
+            AskAnswer::Deny => {
+                let decision = Decision {
+                    verdict: Verdict::Deny { notify: false },
+                    rule: asked.rule,
+                    explanation: format!("asked → denied by the user ({})", asked.explanation),
+                    chain: Vec::new(),
+                };
+                self.record(&Request::clipboard_paste(&source, &target), &decision);
+                let text = format!("paste from [{source}] into [{target}] refused: you denied it");
+                return self.say(&target, StatusKind::Refused, text);
+            }
+        };
+        let request = Request::clipboard_paste(&source, &chosen);
+        let note = self.reload_policy();
+        let mut decision = match &self.last_good {
+            Some(policy) => {
+                let d = policy.decide(&request);
+                if d.verdict.is_ask() {
+                    Decision {
+                        verdict: Verdict::Allow {
+                            target: Some(chosen.clone()),
+                        },
+                        explanation: format!("asked → allowed by the user ({})", d.explanation),
+                        ..d
+                    }
+                } else {
+                    d
+                }
+            }
+            None => Decision {
+                verdict: Verdict::Deny { notify: true },
+                rule: None,
+                explanation: "denied: no policy is loaded".into(),
+                chain: Vec::new(),
+            },
+        };
+        if let Some(note) = note {
+            decision.explanation.insert_str(0, &note);
+        }
+        self.record(&request, &decision);
+        let refusal = match &decision.verdict {
+            _ if chosen != target => Some(format!(
+                "paste from [{source}] into [{chosen}] refused: a paste goes only where it was made ([{target}])"
+            )),
+            Verdict::Allow { target: Some(t) } if *t != target => Some(format!(
+                "paste from [{source}] into [{target}] refused: the policy now redirects it to [{t}]"
+            )),
+            Verdict::Allow { .. } => None,
+            _ => Some(format!(
+                "paste from [{source}] into [{target}] refused: {}",
+                decision.explanation
+            )),
+        };
+        if let Some(text) = refusal {
+            return self.say(&target, StatusKind::Refused, text);
+        }
+        if self.held.as_ref().map(|h| h.source.as_str()) != Some(source.as_str()) {
+            let text = format!(
+                "paste into [{target}] not done: the buffer changed while you were asked; paste again"
+            );
+            return self.say(&target, StatusKind::Refused, text);
+        }
+        let Some(i) = slots.iter().position(|s| s.backend.info().name == target) else {
+            let text = format!("paste into [{target}] not done: the partition is gone");
+            return self.say(&target, StatusKind::Refused, text);
+        };
+        let slot = &mut slots[i];
+        self.send_paste(slot, i, &source, &target);
+    }
+
+    /// An allowed paste: the buffer goes to the target's agent, once.
+    fn send_paste(&mut self, slot: &mut PartitionSlot, i: usize, source: &str, target: &str) {
         let Some(held) = self.held.take() else { return };
         let bytes = held.content.len();
         let what = describe(&held.content);
@@ -255,7 +462,7 @@ impl SecureClipboard {
                 self.pending.push(Pending::Paste {
                     slot: i,
                     id,
-                    source: source.clone(),
+                    source: source.to_string(),
                     target: target.to_string(),
                     bytes,
                 });
@@ -309,11 +516,11 @@ impl SecureClipboard {
                         StatusKind::Refused,
                         format!("the clipboard of [{source}] is empty; nothing copied"),
                     ),
-                    Some(c) if c.len() > self.max_bytes => {
+                    Some(c) if c.len() > self.max_bytes() => {
                         let text = format!(
                             "the clipboard of [{source}] holds {} bytes, more than the {}-byte cap; nothing copied",
                             c.len(),
-                            self.max_bytes
+                            self.max_bytes()
                         );
                         self.say(&source, StatusKind::Refused, text)
                     }

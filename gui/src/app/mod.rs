@@ -9,7 +9,7 @@ pub mod panels;
 pub mod run;
 
 // The panels' old paths (`app::policy_editor`, …), kept for the tests and other callers.
-pub use panels::{audit_log, launcher, partition_view, policy_editor, serial_console};
+pub use panels::{ask_dialog, audit_log, launcher, partition_view, policy_editor, serial_console};
 
 use std::time::Duration;
 
@@ -75,6 +75,8 @@ pub struct PartitionSlot {
     pub popped_out: bool,
     /// The last refused action or frame problem, shown in the launcher.
     pub last_error: Option<String>,
+    /// Its last clipboard (or file) event, shown in its launcher row until replaced.
+    pub event: Option<clipboard::ClipboardStatus>,
     /// Where its pixels were drawn this frame (for pointer input).
     geometry: Option<ViewGeometry>,
     had_damage: bool,
@@ -89,6 +91,7 @@ impl PartitionSlot {
             serial: serial_console::SerialLog::default(),
             popped_out: false,
             last_error: None,
+            event: None,
             geometry: None,
             had_damage: false,
         }
@@ -130,6 +133,8 @@ pub struct BulkheadApp {
     pub audit: audit_log::AuditPanel,
     /// The secure clipboard's buffer, decisions and status line.
     pub clipboard: clipboard::SecureClipboard,
+    /// Questions the policy left to the person (`ask`), one shown at a time.
+    pub asks: ask_dialog::AskDialogs,
     /// Which renderer draws this window, shown in the status bar.
     pub renderer: String,
     /// What this host cannot run and what runs instead, shown under the top bar.
@@ -153,6 +158,7 @@ impl BulkheadApp {
             policy: policy_editor::PolicyEditor::default(),
             audit: audit_log::AuditPanel::default(),
             clipboard: clipboard::SecureClipboard::default(),
+            asks: ask_dialog::AskDialogs::default(),
             renderer: "test".into(),
             host_notice: None,
             frames: 0,
@@ -171,6 +177,8 @@ impl BulkheadApp {
         let Some(dir) = self.policy.dir().map(std::path::Path::to_path_buf) else {
             return;
         };
+        // The first save of the defaults went to the user's directory: decide with it.
+        self.clipboard.set_policy_dir(dir.clone());
         // Saved only when it checks, so this loads; a failure is shown, never half-applied.
         let policy = match isolation_policy::Policy::load(&dir) {
             Ok((policy, _)) => policy,
@@ -227,7 +235,10 @@ impl BulkheadApp {
             }
             Action::Capture(i) => {
                 self.focus(i);
-                self.router.capture();
+                // While a question is open the keyboard stays with the host.
+                if !self.asks.is_open() {
+                    self.router.capture();
+                }
                 Ok(())
             }
             Action::ReleaseKeyboard => {
@@ -304,9 +315,13 @@ impl BulkheadApp {
             slot.geometry = None;
         }
         self.clipboard.poll(&mut self.slots);
+        self.clipboard_events();
         let mut actions = Vec::new();
         self.top_bar(ui, &mut actions);
         self.host_notice_bar(ui);
+        if let Some(answered) = self.asks.show(ui) {
+            self.answer_ask(answered);
+        }
         self.clipboard_status_bar(ui);
         if self.prefs.show_launcher {
             egui::Panel::left("launcher")
@@ -476,6 +491,9 @@ impl BulkheadApp {
     }
 
     fn route_root_input(&mut self, ui: &egui::Ui) {
+        if self.asks.is_open() {
+            return;
+        }
         let focused = self.focused();
         // A popped-out partition gets its input from its own window.
         let in_root = focused.filter(|&i| self.slots.get(i).is_some_and(|s| !s.popped_out));
@@ -487,6 +505,11 @@ impl BulkheadApp {
 
     /// Sends this viewport's input to the focused partition if it is `shown_here`.
     fn route_input(&mut self, ui: &egui::Ui, shown_here: Option<usize>) {
+        // An open question takes all input: no partition hears anything until it is
+        // answered (keys pressed meanwhile are dropped, not queued for the guest).
+        if self.asks.is_open() {
+            return;
+        }
         let Some(i) = shown_here.filter(|&i| Some(i) == self.focused()) else {
             return;
         };
@@ -506,8 +529,47 @@ impl BulkheadApp {
     /// Carries out a clipboard gesture in partition `i` (keyboard shortcuts, or tests).
     pub fn clipboard_gesture(&mut self, i: usize, g: crate::input::router::ClipboardGesture) {
         self.clipboard.gesture(&mut self.slots, i, g);
+        self.clipboard_events();
+    }
+
+    /// Takes what the clipboard did: status lines to their partitions, questions to the
+    /// ask dialog, a reload of the audit panel after a decision.
+    fn clipboard_events(&mut self) {
+        for event in self.clipboard.take_events() {
+            if let Some(slot) = self
+                .slots
+                .iter_mut()
+                .find(|s| s.backend.info().name == event.partition)
+            {
+                slot.event = Some(event);
+            }
+        }
+        for ask in std::mem::take(&mut self.clipboard.asks) {
+            self.ask(ask);
+        }
         if std::mem::take(&mut self.clipboard.audited) {
             self.audit.reload();
+        }
+    }
+
+    /// Opens (or queues) a question; the keyboard leaves the partitions at once, so the
+    /// next key goes to no guest (the one holding it gets its key-ups).
+    pub fn ask(&mut self, request: ask_dialog::AskRequest) {
+        self.asks.push(request);
+        if self.keyboard_captured() {
+            let routed = self.router.release();
+            self.deliver(routed);
+        }
+    }
+
+    /// Hands the person's answer back to the service that asked.
+    pub fn answer_ask(&mut self, answered: ask_dialog::Answered) {
+        match answered.owner {
+            ask_dialog::AskOwner::Clipboard => {
+                self.clipboard
+                    .answer_ask(&mut self.slots, answered.continuation, &answered.answer);
+                self.clipboard_events();
+            }
         }
     }
 

@@ -140,8 +140,11 @@ pub fn run_desktop_with(
             let mut app = BulkheadApp::new(backends())
                 .with_creation_context(cc)
                 .with_first_frame_marker(marker);
-            app.policy =
-                super::policy_editor::PolicyEditor::open(&isolation_policy::default_policy_dir());
+            // Read from wherever the policy is; saved only into the user's directory.
+            app.policy = super::policy_editor::PolicyEditor::open_saving_to(
+                &isolation_policy::default_policy_dir(),
+                isolation_policy::policy_save_dir(),
+            );
             let audit_dir = super::audit_log::default_audit_dir();
             if let Some(dir) = &audit_dir {
                 app.audit = super::audit_log::AuditPanel::open(dir);
@@ -149,8 +152,10 @@ pub fn run_desktop_with(
             app.clipboard = super::clipboard::SecureClipboard::new(
                 Some(isolation_policy::default_policy_dir()),
                 audit_dir.as_deref(),
-                super::clipboard::SecureClipboard::max_bytes_from_env(),
             );
+            if let Some(cap) = super::clipboard::SecureClipboard::max_bytes_from_env() {
+                app.clipboard = app.clipboard.with_max_bytes(cap);
+            }
             app.renderer = why;
             app.host_notice = host_notice;
             Ok(Box::new(app))

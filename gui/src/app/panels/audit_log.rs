@@ -22,7 +22,10 @@ pub fn default_audit_dir() -> Option<PathBuf> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRow {
     pub time: String,
+    /// The service as shown (with `+argument`, or `network tcp`).
     pub service: String,
+    /// What the service filter matches: the service name, `network` or `dns`.
+    pub service_key: String,
     pub source: String,
     pub target: String,
     pub decision: String,
@@ -40,6 +43,7 @@ impl AuditRow {
             return Self {
                 time: r.time.clone(),
                 service: format!("network {}", destination.protocol.name()),
+                service_key: "network".into(),
                 source: source.clone(),
                 target: destination.to_string(),
                 decision: r.decision.clone(),
@@ -58,6 +62,17 @@ impl AuditRow {
             Request::Service { service, .. } => service.clone(),
             other => other.to_string(),
         };
+        let service_key = match &r.request {
+            Request::Service { service, .. } => service.clone(),
+            Request::Network { .. } => "network".into(),
+            Request::Dns { .. } => "dns".into(),
+        };
+        // A decision the person made in the ask dialog says so in its own column.
+        let decision = if r.explanation.starts_with("asked → ") {
+            format!("asked → {}", r.decision)
+        } else {
+            r.decision.clone()
+        };
         let target = r
             .target
             .clone()
@@ -66,9 +81,10 @@ impl AuditRow {
         Self {
             time: r.time.clone(),
             service,
+            service_key,
             source: r.request.source().to_string(),
             target,
-            decision: r.decision.clone(),
+            decision,
             rule: r.rule.as_ref().map_or_else(
                 || "no rule (default deny)".to_string(),
                 |rule| rule.to_string(),
@@ -99,6 +115,10 @@ impl AuditRow {
 pub struct AuditPanel {
     pub rows: Vec<AuditRow>,
     pub filter: String,
+    /// Only decisions from or to this partition.
+    pub partition: Option<String>,
+    /// Only decisions about this service (`bulkhead.ClipboardPaste`, `network`, `dns`).
+    pub service: Option<String>,
     /// Where the rows came from, or why there are none.
     pub source_note: String,
     dir: Option<PathBuf>,
@@ -149,7 +169,39 @@ impl AuditPanel {
     }
 
     pub fn filtered(&self) -> impl Iterator<Item = &AuditRow> {
-        self.rows.iter().filter(|r| r.matches(&self.filter))
+        self.rows.iter().filter(|r| {
+            r.matches(&self.filter)
+                && self
+                    .partition
+                    .as_ref()
+                    .is_none_or(|p| r.source == *p || r.target == *p)
+                && self.service.as_ref().is_none_or(|s| r.service_key == *s)
+        })
+    }
+
+    /// The partitions the rows name (sources, and targets that are partitions), sorted.
+    pub fn partitions(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .rows
+            .iter()
+            .flat_map(|r| {
+                let target = (r.service_key != "network" && r.service_key != "dns")
+                    .then(|| r.target.clone());
+                std::iter::once(r.source.clone()).chain(target)
+            })
+            .filter(|p| !p.starts_with('@') && p != "-")
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The services the rows name, sorted.
+    pub fn services(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.rows.iter().map(|r| r.service_key.clone()).collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Reloads when the live file changed (checked at most once a second), so denials
@@ -185,6 +237,18 @@ impl AuditPanel {
                 self.reload();
             }
         });
+        ui.horizontal(|ui| {
+            let partitions = self.partitions();
+            choice(
+                ui,
+                "Partition",
+                "audit_partition",
+                &mut self.partition,
+                &partitions,
+            );
+            let services = self.services();
+            choice(ui, "Service", "audit_service", &mut self.service, &services);
+        });
         if !self.source_note.is_empty() {
             ui.weak(&self.source_note);
         }
@@ -213,6 +277,22 @@ impl AuditPanel {
     }
 }
 
+/// A labelled combo box: "all" or one of `options`.
+fn choice(ui: &mut Ui, label: &str, id: &str, value: &mut Option<String>, options: &[String]) {
+    let label = ui.label(label);
+    let shown = value.clone().unwrap_or_else(|| "all".into());
+    egui::ComboBox::from_id_salt(id)
+        .selected_text(shown)
+        .show_ui(ui, |ui| {
+            ui.selectable_value(value, None, "all");
+            for o in options {
+                ui.selectable_value(value, Some(o.clone()), o);
+            }
+        })
+        .response
+        .labelled_by(label.id);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +301,7 @@ mod tests {
         AuditRow {
             time: "2026-11-26T09:00:00Z".into(),
             service: service.into(),
+            service_key: service.into(),
             source: "work".into(),
             target: "browser".into(),
             decision: decision.into(),
@@ -242,5 +323,43 @@ mod tests {
         assert_eq!(names, vec!["bulkhead.OpenURL"]);
         p.filter = "  ".into();
         assert_eq!(p.filtered().count(), 2);
+    }
+
+    #[test]
+    fn partition_and_service_filters_narrow_the_rows_together() {
+        let mut p = AuditPanel {
+            rows: vec![
+                AuditRow {
+                    source: "mail".into(),
+                    target: "vault".into(),
+                    ..row("bulkhead.FileCopy", "deny")
+                },
+                row("bulkhead.ClipboardPaste", "allow"),
+                AuditRow {
+                    source: "browser".into(),
+                    target: "203.0.113.9:25/tcp".into(),
+                    service: "network tcp".into(),
+                    service_key: "network".into(),
+                    ..row("", "deny")
+                },
+            ],
+            ..AuditPanel::default()
+        };
+        assert_eq!(p.partitions(), ["browser", "mail", "vault", "work"]);
+        assert_eq!(
+            p.services(),
+            ["bulkhead.ClipboardPaste", "bulkhead.FileCopy", "network"]
+        );
+        p.partition = Some("vault".into());
+        let shown: Vec<_> = p.filtered().map(|r| r.service.as_str()).collect();
+        assert_eq!(shown, ["bulkhead.FileCopy"]);
+        p.partition = Some("browser".into());
+        let shown: Vec<_> = p.filtered().map(|r| r.service.as_str()).collect();
+        assert_eq!(shown, ["bulkhead.ClipboardPaste", "network tcp"]);
+        p.service = Some("network".into());
+        let shown: Vec<_> = p.filtered().map(|r| r.service.as_str()).collect();
+        assert_eq!(shown, ["network tcp"]);
+        p.service = Some("bulkhead.FileCopy".into());
+        assert_eq!(p.filtered().count(), 0);
     }
 }

@@ -4,6 +4,7 @@
 use egui::{Color32, RichText, Sense, Ui};
 
 use crate::app::backend::NetworkState;
+use crate::app::clipboard::{ClipboardStatus, StatusKind};
 use crate::app::model::{format_uptime, sandbox_badge, LabelStyle, PartitionState};
 use crate::app::{Action, PartitionSlot};
 
@@ -71,6 +72,9 @@ fn row(ui: &mut Ui, i: usize, slot: &PartitionSlot, focused: bool, actions: &mut
                 ui.colored_label(ui.visuals().error_fg_color, format!("reason: {reason}"));
             }
             figures(ui, slot, &state);
+            if let Some(event) = &slot.event {
+                event_line(ui, event);
+            }
             buttons(ui, i, &state, slot.popped_out, actions);
             if let Some(err) = &slot.last_error {
                 ui.colored_label(ui.visuals().error_fg_color, err);
@@ -121,6 +125,16 @@ fn network(ui: &mut Ui, state: &NetworkState) {
                 .on_hover_text("The firewall relay is gone: nothing reaches the network until the partition restarts");
         }
     }
+}
+
+/// The partition's last clipboard event, until the next one replaces it.
+fn event_line(ui: &mut Ui, event: &ClipboardStatus) {
+    let text = RichText::new(format!("clipboard: {}", event.text));
+    ui.label(match event.kind {
+        StatusKind::Refused => text.color(ui.visuals().error_fg_color),
+        StatusKind::Waiting => text.weak(),
+        StatusKind::Done => text,
+    });
 }
 
 fn swatch(ui: &mut Ui, color: Color32) {

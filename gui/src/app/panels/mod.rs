@@ -2,6 +2,7 @@
 //! (the partition slots, its own state, the focus) and reports what the user asked for
 //! as [`crate::app::Action`]s; only [`crate::app::BulkheadApp::apply`] changes the app.
 
+pub mod ask_dialog;
 pub mod audit_log;
 pub mod launcher;
 pub mod partition_view;

@@ -50,6 +50,9 @@ pub struct PolicyEditor {
     pub(super) new_partition: String,
     pub(super) edit_error: Option<String>,
     pub status: Option<Status>,
+    /// Where saves go when not where the policy was read from: the user's directory,
+    /// so the installed or source-tree defaults are never written.
+    save_dir: Option<PathBuf>,
     /// Successful saves so far: the app applies the saved policy to running partitions
     /// (firewall rules, CPU and disk shares) when this changes.
     pub saves: u64,
@@ -61,8 +64,20 @@ impl PolicyEditor {
         self.doc.as_ref().map(|d| d.dir())
     }
 
-    /// Opens the policy directory for editing. Invalid content still opens (and shows its
-    /// errors); only I/O problems leave the editor empty with the reason.
+    /// Opens `dir` for editing, saving into `save_dir` (the user's config directory,
+    /// [`isolation_policy::policy_save_dir`]): when `dir` is elsewhere (the installed or
+    /// source-tree defaults), the first save copies the whole policy there with the edit
+    /// and the editor works on that copy from then on; `dir` is never written. `None`
+    /// (no home directory to find it by): saves go to `dir`.
+    pub fn open_saving_to(dir: &Path, save_dir: Option<PathBuf>) -> Self {
+        let mut editor = Self::open(dir);
+        editor.save_dir = save_dir;
+        editor
+    }
+
+    /// Opens the policy directory for editing, saving into it. Invalid content still
+    /// opens (and shows its errors); only I/O problems leave the editor empty with the
+    /// reason.
     pub fn open(dir: &Path) -> Self {
         let mut editor = Self::default();
         match PolicyDocument::load(dir) {
@@ -75,6 +90,16 @@ impl PolicyEditor {
             }
         }
         editor
+    }
+
+    /// Where the next save goes (differs from [`PolicyEditor::dir`] until the defaults
+    /// were first saved into the user's directory).
+    pub fn save_target(&self) -> Option<&Path> {
+        match (&self.save_dir, self.dir()) {
+            (Some(to), Some(_)) => Some(to.as_path()),
+            (None, dir) => dir,
+            (Some(_), None) => None,
+        }
     }
 
     pub fn document(&self) -> Option<&PolicyDocument> {
@@ -203,7 +228,11 @@ impl PolicyEditor {
             )));
             return;
         }
-        self.status = Some(match doc.save() {
+        let result = match &self.save_dir {
+            Some(to) if to != doc.dir() => doc.save_to(to),
+            _ => doc.save(),
+        };
+        self.status = Some(match result {
             Ok(_) => {
                 self.saves += 1;
                 Status::Saved(format!("Saved to {}", doc.dir().display()))

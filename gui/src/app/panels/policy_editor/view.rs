@@ -43,7 +43,17 @@ impl PolicyEditor {
         let dirty = doc.is_dirty();
         let errors = doc.report().errors().count();
         let dir = doc.dir().display().to_string();
-        ui.weak(dir);
+        match self.save_target().filter(|to| *to != doc.dir()) {
+            Some(to) => {
+                ui.weak(format!(
+                    "{dir} (defaults: Save copies them to {} and saves there)",
+                    to.display()
+                ));
+            }
+            None => {
+                ui.weak(dir);
+            }
+        }
         ui.horizontal(|ui| {
             if ui.add_enabled(dirty, egui::Button::new("Save")).clicked() {
                 self.apply(EditorAction::Save);
