@@ -14,7 +14,7 @@ const FILLED_S: u64 = 10;
 const FREED_S: u64 = 60;
 
 /// What one run saw, in KiB of the VMM's RSS.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct BalloonRun {
     pub balloon: bool,
     /// The guest's driver bound the device.
@@ -74,7 +74,7 @@ pub fn measure(balloon: bool) -> BalloonRun {
         .get("rss.log")
         .map(|b| parse_rss_log(&String::from_utf8_lossy(b)))
         .unwrap_or_default();
-    let in_phase = |p: &str| samples.iter().filter(move |s| s.phase == p);
+    let in_phase = |p: &'static str| samples.iter().filter(move |s| s.phase == p);
     let mut idle: Vec<u64> = in_phase("PHASE-IDLE").map(|s| s.rss_kib).collect();
     let idle = idle.split_off(idle.len().saturating_sub(5));
     let idle_kib = median(idle);
