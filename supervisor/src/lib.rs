@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod damage;
+pub mod disposable;
 mod framebuffer;
 pub mod guest_image;
 pub mod launch;

@@ -262,9 +262,8 @@ impl Snapshot {
                 format::MAX_STATE_FILE
             )));
         }
-        let mut bytes = Vec::with_capacity(len as usize);
         // Positional: a handed-over file's offset is whatever its opener left.
-        bytes.resize(len as usize, 0);
+        let mut bytes = vec![0; len as usize];
         std::os::unix::fs::FileExt::read_exact_at(state, &mut bytes, 0).map_err(|source| {
             SnapshotError::Io {
                 what: "reading the state file",
