@@ -47,6 +47,10 @@ pub enum DisposableError {
     },
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    #[error("no disposable template for `@dispvm`: give a partition `kind = \"disposable\"` in partitions.toml, or name one with `@dispvm:NAME`")]
+    NoDefault,
+    #[error("`{target}`: no partition {name:?} in the policy to make disposables of")]
+    UnknownTemplate { target: String, name: String },
 }
 
 /// A disposable just started.
@@ -131,6 +135,64 @@ impl Supervisor {
         name: &str,
     ) -> Result<Option<Result<PathBuf, String>>, SupervisorError> {
         Ok(self.slot(name)?.snapshot_result())
+    }
+}
+
+/// Which partition's disposable a policy target asks for: `@dispvm` is the first
+/// partition of kind `disposable`, `@dispvm:NAME` is partition NAME's. `Ok(None)`: the
+/// target is not a disposable one (a partition name, `@host`, …).
+pub fn dispvm_template(
+    policy: &isolation_policy::Policy,
+    target: &str,
+) -> Result<Option<isolation_policy::PartitionSpec>, DisposableError> {
+    if target == "@dispvm" {
+        return policy
+            .specs()
+            .into_iter()
+            .find(|s| s.kind == isolation_policy::Kind::Disposable)
+            .map(Some)
+            .ok_or(DisposableError::NoDefault);
+    }
+    let Some(name) = target.strip_prefix("@dispvm:") else {
+        return Ok(None);
+    };
+    policy
+        .spec(name)
+        .map(Some)
+        .ok_or_else(|| DisposableError::UnknownTemplate {
+            target: target.to_string(),
+            name: name.to_string(),
+        })
+}
+
+/// The marker a disposable of this engine is snapshotted at: the template session's
+/// app-ready line, or the test card's first line.
+pub fn ready_marker(engine: crate::launch::Engine) -> &'static str {
+    match engine {
+        crate::launch::Engine::Linux => APP_READY_MARKER,
+        crate::launch::Engine::TestCard => TEST_CARD_MARKER,
+    }
+}
+
+/// What the test card prints once its bands are painted.
+pub const TEST_CARD_MARKER: &str = "TEST-CARD-READY";
+
+impl Supervisor {
+    /// Where a policy decision's target is `@dispvm` or `@dispvm:NAME` (open-in, copy
+    /// to a disposable): starts that disposable and returns it; `Ok(None)` for any other
+    /// target, which the caller resolves as a partition name.
+    pub fn start_dispvm_target(
+        &self,
+        policy: &isolation_policy::Policy,
+        target: &str,
+        engine: crate::launch::Engine,
+    ) -> Result<Option<Disposable>, DisposableError> {
+        let Some(spec) = dispvm_template(policy, target)? else {
+            return Ok(None);
+        };
+        let template = crate::launch::launch_spec(&spec, engine);
+        self.start_disposable(&template, ready_marker(engine))
+            .map(Some)
     }
 }
 
@@ -351,6 +413,30 @@ mod tests {
         );
         s.disk_files = vec![DiskFile::Throwaway { size_mib: 64 }];
         s
+    }
+
+    #[test]
+    fn dispvm_targets_name_the_disposable_template_and_other_targets_are_not_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("partitions.toml"),
+            "[partition.work]\nlabel = \"blue\"\n\n[partition.scratch]\nlabel = \"red\"\nkind = \"disposable\"\n",
+        )
+        .unwrap();
+        let policy = isolation_policy::Policy::load(dir.path()).unwrap().0;
+        let d = dispvm_template(&policy, "@dispvm").unwrap().unwrap();
+        assert_eq!(d.name, "scratch");
+        assert_eq!(
+            dispvm_template(&policy, "@dispvm:work")
+                .unwrap()
+                .unwrap()
+                .name,
+            "work"
+        );
+        assert!(dispvm_template(&policy, "work").unwrap().is_none());
+        assert!(dispvm_template(&policy, "@host").unwrap().is_none());
+        let e = dispvm_template(&policy, "@dispvm:nope").unwrap_err();
+        assert!(e.to_string().contains("\"nope\""), "{e}");
     }
 
     #[test]
