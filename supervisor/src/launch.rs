@@ -298,21 +298,27 @@ impl LaunchSpec {
             disks,
             network: None,
             snapshot_in,
-            snapshot_out: self.snapshot.as_ref().map(create_staging).transpose()?,
+            snapshot_out: self
+                .snapshot
+                .as_ref()
+                .map(|p| create_staging(p, &self.launch.name))
+                .transpose()?,
         })
     }
 }
 
-/// Where a [`SnapshotPlan`]'s files are written before the snapshot is complete.
-pub fn staging_dir(plan: &SnapshotPlan) -> PathBuf {
+/// Where partition `partition`'s [`SnapshotPlan`] files are written before the
+/// snapshot is complete (one per process and partition: two first disposables of one
+/// template may snapshot at once; the first to finish is kept).
+pub fn staging_dir(plan: &SnapshotPlan, partition: &str) -> PathBuf {
     let mut name = plan.dir.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".partial-{}", std::process::id()));
+    name.push(format!(".partial-{}-{partition}", std::process::id()));
     plan.dir.with_file_name(name)
 }
 
 /// Makes the staging directory afresh with both files empty, opened for the partition.
-fn create_staging(plan: &SnapshotPlan) -> Result<SnapshotPair, LaunchFileError> {
-    let dir = staging_dir(plan);
+fn create_staging(plan: &SnapshotPlan, partition: &str) -> Result<SnapshotPair, LaunchFileError> {
+    let dir = staging_dir(plan, partition);
     let err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| LaunchFileError::Snapshot { path, source }

@@ -838,7 +838,8 @@ fn handle_event(
                 SnapshotOutcome::Written { .. } => snapshot_written = Some(plan.clone()),
                 SnapshotOutcome::Failed { reason } => {
                     warn!(partition = %slot.spec.name(), %reason, "snapshot at the marker failed; the partition runs on");
-                    let _ = std::fs::remove_dir_all(crate::launch::staging_dir(plan));
+                    let _ =
+                        std::fs::remove_dir_all(crate::launch::staging_dir(plan, slot.spec.name()));
                     inner.snapshot = Some(Err(reason));
                 }
             }
@@ -847,7 +848,7 @@ fn handle_event(
     drop(inner);
     if let Some(plan) = snapshot_written {
         // The partition waits paused: its disks must be copied as its guest saw them.
-        let result = finish_snapshot(&plan);
+        let result = finish_snapshot(&plan, slot.spec.name());
         match &result {
             Ok(dir) => {
                 info!(partition = %slot.spec.name(), dir = %dir.display(), "snapshot complete")
@@ -875,8 +876,11 @@ fn handle_event(
 
 /// Copies the plan's disks into the staging directory, then renames it into place
 /// (unless another process completed the same snapshot first: then ours is dropped).
-fn finish_snapshot(plan: &crate::launch::SnapshotPlan) -> Result<std::path::PathBuf, String> {
-    let staging = crate::launch::staging_dir(plan);
+fn finish_snapshot(
+    plan: &crate::launch::SnapshotPlan,
+    partition: &str,
+) -> Result<std::path::PathBuf, String> {
+    let staging = crate::launch::staging_dir(plan, partition);
     let done = (|| {
         for (source, name) in &plan.copy_disks {
             crate::private_disk::sparse_copy(source, &staging.join(name))
@@ -952,7 +956,7 @@ fn reap(slot: &Arc<Slot>, generation: u64, mut child: Child, reader_done: mpsc::
             let _ = std::fs::remove_file(path);
         }
         // A snapshot still being written when the process died is useless.
-        let _ = std::fs::remove_dir_all(crate::launch::staging_dir(plan));
+        let _ = std::fs::remove_dir_all(crate::launch::staging_dir(plan, slot.spec.name()));
     }
     slot.changed();
     if let Some(delay) = restart_after {
