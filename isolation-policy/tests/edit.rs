@@ -328,6 +328,7 @@ fn rules_naming_a_partition_are_found_and_renamed_everywhere_they_name_it() {
             "bulkhead.FileCopy * @anyvm mail ask default_target=job",
         ]
     );
+}
 
 /// Every file under `dir` with its bytes, for "nothing changed" checks.
 fn snapshot_tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
