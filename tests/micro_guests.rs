@@ -694,7 +694,6 @@ mod degraded_sandbox {
             disks: Vec::new(),
             network: NetworkConfig::None,
             agent: AgentChannel::VirtioConsole,
-            snapshot_on: None,
         }
     }
 
@@ -749,8 +748,6 @@ mod degraded_sandbox {
             initrd: None,
             disks: Vec::new(),
             network: None,
-            snapshot_in: None,
-            snapshot_out: None,
         };
         send_launch(&mut writer, &test_card(name), files).unwrap();
         ours.set_read_timeout(Some(WAIT)).unwrap();
@@ -824,7 +821,6 @@ mod degraded_sandbox {
             guest_config: None,
             restart: AutoRestart::Never,
             network: None,
-            snapshot: None,
         }
     }
 
