@@ -353,6 +353,16 @@ impl PolicyDocument {
 
     /// Add a partition with a label and defaults for everything else.
     pub fn add_partition(&mut self, name: &str, label: Label) -> Result<Report, EditError> {
+        let mut t = Table::new();
+        t.insert("label", value(label.name()));
+        let mut net = Table::new();
+        net.insert("mode", value("offline"));
+        t.insert("network", Item::Table(net));
+        self.insert_new_partition(name, t)
+    }
+
+    /// `[partition.NAME]` = `table`, refusing a bad or taken name.
+    fn insert_new_partition(&mut self, name: &str, table: Table) -> Result<Report, EditError> {
         if !valid_name(name) {
             return Err(EditError::BadName {
                 name: name.to_string(),
@@ -368,12 +378,7 @@ impl PolicyDocument {
         if parts.contains_key(name) {
             return Err(EditError::PartitionExists(name.to_string()));
         }
-        let mut t = Table::new();
-        t.insert("label", value(label.name()));
-        let mut net = Table::new();
-        net.insert("mode", value("offline"));
-        t.insert("network", Item::Table(net));
-        parts.insert(name, Item::Table(t));
+        parts.insert(name, Item::Table(table));
         Ok(self.after_doc_edit())
     }
 
@@ -401,11 +406,6 @@ impl PolicyDocument {
         name: &str,
         snippet: &str,
     ) -> Result<Report, EditError> {
-        if !valid_name(name) {
-            return Err(EditError::BadName {
-                name: name.to_string(),
-            });
-        }
         let imported: DocumentMut = snippet.parse().map_err(|_| EditError::BadSnippet)?;
         let tables = imported
             .get("partition")
@@ -415,19 +415,7 @@ impl PolicyDocument {
         let (Some((_, Item::Table(table))), None) = (entries.next(), entries.next()) else {
             return Err(EditError::BadSnippet);
         };
-        let table = table.clone();
-        let doc = self.partitions_doc.as_mut().ok_or(EditError::Unparsable)?;
-        let parts = doc.entry("partition").or_insert_with(|| {
-            let mut t = Table::new();
-            t.set_implicit(true);
-            Item::Table(t)
-        });
-        let parts = parts.as_table_mut().ok_or(EditError::Unparsable)?;
-        if parts.contains_key(name) {
-            return Err(EditError::PartitionExists(name.to_string()));
-        }
-        parts.insert(name, Item::Table(table));
-        Ok(self.after_doc_edit())
+        self.insert_new_partition(name, table.clone())
     }
 
     /// Every rule (in evaluation order) that names partition `name` as its source, its
