@@ -238,12 +238,7 @@ impl SecureClipboard {
         let note = self.reload_policy();
         let mut decision = match &self.last_good {
             Some(policy) => policy.decide(request),
-            None => Decision {
-                verdict: Verdict::Deny { notify: true },
-                rule: None,
-                explanation: "denied: no policy is loaded".into(),
-                chain: Vec::new(),
-            },
+            None => no_policy_decision(),
         };
         if let Some(note) = note {
             decision.explanation.insert_str(0, &note);
@@ -407,12 +402,7 @@ impl SecureClipboard {
                     d
                 }
             }
-            None => Decision {
-                verdict: Verdict::Deny { notify: true },
-                rule: None,
-                explanation: "denied: no policy is loaded".into(),
-                chain: Vec::new(),
-            },
+            None => no_policy_decision(),
         };
         if let Some(note) = note {
             decision.explanation.insert_str(0, &note);
@@ -585,5 +575,15 @@ fn reply_id(r: &AgentReply) -> u32 {
         | AgentReply::Clipboard { id, .. }
         | AgentReply::ClipboardSet { id }
         | AgentReply::Failed { id, .. } => *id,
+    }
+}
+
+/// What every request gets while no policy has ever loaded: a visible refusal.
+fn no_policy_decision() -> Decision {
+    Decision {
+        verdict: Verdict::Deny { notify: true },
+        rule: None,
+        explanation: "denied: no policy is loaded".into(),
+        chain: Vec::new(),
     }
 }
