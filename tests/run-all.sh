@@ -48,7 +48,7 @@ step "fuzz smoke run: each vmm-core target's checked-in corpus, then 20 s of mut
 # tests check the corpus still reaches every device.
 cargo test --release --locked --manifest-path vmm-core/fuzz/Cargo.toml --target-dir target
 cargo build --release --locked --manifest-path vmm-core/fuzz/Cargo.toml --target-dir target --bin stable_fuzz
-for fuzz_target in control_decoder virtio_mmio; do
+for fuzz_target in control_decoder virtio_mmio agent_decoder; do
     (cd vmm-core/fuzz && timeout 60 ../../target/release/stable_fuzz "$fuzz_target" 20)
 done
 

@@ -11,6 +11,12 @@
 //!   virtio-rng, virtio-console (with its host side), virtio-blk (real worker thread,
 //!   temporary disk) and virtio-input (keyboard and tablet, with the host sending
 //!   events). Must never panic, in this thread or the block worker.
+//! - [`agent_decoder`]: what a compromised guest agent writes on its console, through
+//!   agent-proto's stream decoder (see [`agent`]).
+
+mod agent;
+
+pub use agent::{agent_decoder, AGENT_ALLOC_CAP};
 
 use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
 use std::io::IoSlice;
@@ -536,6 +542,7 @@ fn frame(json: &[u8]) -> Vec<u8> {
 pub fn seeds(target: &str) -> Vec<Vec<u8>> {
     match target {
         "control_decoder" => control_seeds(),
+        "agent_decoder" => agent::agent_seeds(),
         _ => virtio_seeds(),
     }
 }
@@ -587,20 +594,23 @@ fn control_seeds() -> Vec<Vec<u8>> {
     }
     let mut commands: Vec<Vec<u8>> = Vec::new();
     for c in Command::console_chunks(b"ls\n")
-        .chain(Command::agent_chunks(b"\x05\x00\x00\x00\x03\x01\x00\x00\x00"))
+        .chain(Command::agent_chunks(
+            b"\x05\x00\x00\x00\x03\x01\x00\x00\x00",
+        ))
         .chain([
-        Command::Start,
-        Command::File {
-            role: FileRole::Disk(0),
-        },
-        Command::Input {
-            events: vec![InputEvent::new(InputDevice::Keyboard, 1, 30, 1)],
-        },
-        Command::ServiceReply {
-            id: 1,
-            allowed: true,
-        },
-    ]) {
+            Command::Start,
+            Command::File {
+                role: FileRole::Disk(0),
+            },
+            Command::Input {
+                events: vec![InputEvent::new(InputDevice::Keyboard, 1, 30, 1)],
+            },
+            Command::ServiceReply {
+                id: 1,
+                allowed: true,
+            },
+        ])
+    {
         commands.push(serde_json::to_vec(&c).expect("serialize"));
     }
     let mut out = Vec::new();

@@ -35,8 +35,42 @@ fn virtio_seeds_get_answers_from_every_device() {
 }
 
 #[test]
+fn agent_seeds_decode_in_both_directions_and_the_broken_ones_do_not() {
+    let _one = ONE_TARGET_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let seeds = vmm_core_fuzz::seeds("agent_decoder");
+    let decoded: Vec<bool> = seeds
+        .iter()
+        .map(|s| vmm_core_fuzz::agent_decoder(s))
+        .collect();
+    let agent_side = seeds
+        .iter()
+        .zip(&decoded)
+        .filter(|(s, ok)| **ok && s[0] & 1 == 0)
+        .count();
+    let host_side = seeds
+        .iter()
+        .zip(&decoded)
+        .filter(|(s, ok)| **ok && s[0] & 1 == 1)
+        .count();
+    assert!(
+        agent_side >= 7,
+        "only {agent_side} agent → host seeds decoded"
+    );
+    assert!(
+        host_side >= 5,
+        "only {host_side} host → agent seeds decoded"
+    );
+    assert!(
+        decoded.iter().filter(|ok| !**ok).count() >= 4,
+        "the broken seeds decoded"
+    );
+}
+
+#[test]
 fn checked_in_corpus_holds_every_built_in_seed() {
-    for target in ["control_decoder", "virtio_mmio"] {
+    for target in ["control_decoder", "virtio_mmio", "agent_decoder"] {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("seeds")
             .join(target);

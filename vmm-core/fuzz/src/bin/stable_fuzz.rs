@@ -6,8 +6,8 @@
 //!
 //! Usage: `stable_fuzz TARGET SECONDS [SEED]`, `stable_fuzz TARGET FILE` (replay one
 //! input) or `stable_fuzz TARGET --write-seeds DIR` (write the built-in seeds as files,
-//! to refresh the checked-in corpus `seeds/TARGET/`). TARGET is `control_decoder` or
-//! `virtio_mmio`. A fuzzing run starts with the built-in seeds and every file in
+//! to refresh the checked-in corpus `seeds/TARGET/`). TARGET is `control_decoder`,
+//! `virtio_mmio` or `agent_decoder`. A fuzzing run starts with the built-in seeds and every file in
 //! `seeds/TARGET/` (the checked-in corpus, relative to the working directory), unmutated.
 //! A failing input is written to `artifacts/TARGET/crash-<n>` (or `timeout-<n>` if one
 //! input runs for more than 10 seconds) and the process exits 1.
@@ -166,6 +166,7 @@ fn target_fn(name: &str) -> Option<fn(&[u8]) -> bool> {
     match name {
         "control_decoder" => Some(vmm_core_fuzz::control_decoder),
         "virtio_mmio" => Some(vmm_core_fuzz::virtio_mmio),
+        "agent_decoder" => Some(vmm_core_fuzz::agent_decoder),
         _ => None,
     }
 }
@@ -198,7 +199,7 @@ fn checked_in_corpus(target: &str) -> Vec<Vec<u8>> {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage =
-        "usage: stable_fuzz control_decoder|virtio_mmio SECONDS [SEED] | stable_fuzz TARGET FILE | stable_fuzz TARGET --write-seeds DIR";
+        "usage: stable_fuzz control_decoder|virtio_mmio|agent_decoder SECONDS [SEED] | stable_fuzz TARGET FILE | stable_fuzz TARGET --write-seeds DIR";
     let Some(target) = args.first() else {
         eprintln!("{usage}");
         exit(2);
