@@ -214,9 +214,9 @@ fn window_script(base: u64, populated: bool, rng: &mut Rng) -> String {
     s
 }
 
-/// Keyboard, tablet, console, the agent's console, rng and the one disk: the windows
-/// with a device behind.
-const DECLARED_WINDOWS: usize = 6;
+/// Keyboard, tablet, console, the agent's console, rng, the one disk and the balloon:
+/// the windows with a device behind.
+const DECLARED_WINDOWS: usize = 7;
 
 /// MMIO nobody maps: past RAM, the hole's start, past the virtio windows, past the
 /// framebuffer's memslot, where a PC has its HPET, above 4 GiB.

@@ -73,7 +73,46 @@ pub struct GuestRun {
     pub network: Option<LabNetwork>,
     /// Snapshot the bare run at a marker, then restore it (lab runner only).
     pub snapshot: Option<LabSnapshot>,
+    /// Sample the VMM's memory once a second (lab runner only): [`RunOutput::files`]
+    /// gets `rss.log`, see [`RssSample`].
+    pub sample_rss: bool,
 }
+
+/// One line of a run's `rss.log`: the lab machine's uptime, the largest `VmRSS` and
+/// `RssAnon` of its processes (the VMM's: nothing else there holds guest RAM), and the
+/// last `PHASE-…` word the guest printed on its serial console so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RssSample {
+    pub uptime_s: f64,
+    pub rss_kib: u64,
+    pub anon_kib: u64,
+    pub phase: String,
+}
+
+/// Parses `rss.log`; lines that do not parse (a sample cut by poweroff) are left out.
+pub fn parse_rss_log(text: &str) -> Vec<RssSample> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some(RssSample {
+                uptime_s: f.next()?.parse().ok()?,
+                rss_kib: f.next()?.parse().ok()?,
+                anon_kib: f.next()?.parse().ok()?,
+                phase: f.next()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The lab /init's background sampler behind [`GuestRun::sample_rss`]: one `awk` per
+/// second (forks are slow under TCG), ends with the lab machine.
+const RSS_SAMPLER: &str = r#"( while :; do
+  m=$(awk '/^VmRSS:/ { if ($2 > r) r = $2 } /^RssAnon:/ { if ($2 > a) a = $2 } END { print r+0, a+0 }' /proc/[0-9]*/status 2>/dev/null)
+  ph=$(grep -o 'PHASE-[A-Z0-9-]*' /guest.log 2>/dev/null | tail -n 1)
+  echo "$(cut -d' ' -f1 /proc/uptime) $m ${ph:-PHASE-NONE}"
+  sleep 1
+done ) >/out/rss.log 2>/dev/null &
+"#;
 
 /// `run --snapshot-on MARKER`, then `restores` times `bulkhead-vmm restore` of that one
 /// snapshot (sandboxed, as a bare run is); restore `i`'s serial console comes back in
@@ -152,6 +191,7 @@ impl Default for GuestRun {
             app: None,
             network: None,
             snapshot: None,
+            sample_rss: false,
         }
     }
 }
@@ -560,6 +600,10 @@ fn run_direct(run: &GuestRun) -> RunOutput {
         run.snapshot.is_none(),
         "snapshot lab runs are implemented for the lab runner only (set BULKHEAD_FORCE_LAB=1)"
     );
+    assert!(
+        !run.sample_rss,
+        "memory sampling is implemented for the lab runner only (set BULKHEAD_FORCE_LAB=1)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd");
     std::fs::write(&initrd, guest_initrd_with_test(run)).unwrap();
@@ -857,6 +901,10 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
             "the lab init reports the VMM's exit"
         );
         init = init.replacen(VMM_EXIT_LINE, &lines, 1);
+    }
+    if run.sample_rss {
+        let start = "echo \"===LAB-VMM-START===\"\n";
+        init = init.replacen(start, &format!("{RSS_SAMPLER}{start}"), 1);
     }
     if run.network.is_some() {
         init = init.replacen(

@@ -71,12 +71,17 @@ pub struct VirtioMmioSlot {
 }
 
 impl VirtioMmioSlot {
-    /// Slot `n` of the standard layout: window `n` and GSI `VIRTIO_IRQ_BASE + n`.
+    /// Slot `n` of the standard layout: window `n` and GSI `layout::VIRTIO_IRQS[n]`. Past
+    /// the table the GSI is `u32::MAX`, which [`create_acpi_tables`] refuses.
     pub fn standard(n: u32) -> Self {
         Self {
             base: layout::VIRTIO_MMIO_BASE + u64::from(n) * layout::VIRTIO_MMIO_SIZE,
             size: layout::VIRTIO_MMIO_SIZE,
-            gsi: layout::VIRTIO_IRQ_BASE + n,
+            gsi: usize::try_from(n)
+                .ok()
+                .and_then(|n| layout::VIRTIO_IRQS.get(n))
+                .copied()
+                .unwrap_or(u32::MAX),
         }
     }
 }
@@ -117,6 +122,10 @@ pub enum AcpiError {
     SlotNotAddressable { base: u64, size: u64 },
     #[error("GSI {gsi} is past the IO-APIC's {IOAPIC_PINS} pins")]
     BadGsi { gsi: u32 },
+    #[error("GSI {gsi} is given to two devices (edge-triggered pins cannot be shared)")]
+    SharedGsi { gsi: u32 },
+    #[error("virtio-mmio windows at {a:#x} and {b:#x} overlap")]
+    OverlappingSlots { a: u64, b: u64 },
     #[error("{count} virtio-mmio windows exceed the {max} the DSDT can name")]
     TooManySlots { count: usize, max: usize },
     #[error("serial port uid {uid} cannot be named COM1..COM9")]
@@ -207,6 +216,24 @@ fn validate(config: &AcpiConfig<'_>) -> Result<(), AcpiError> {
             return Err(AcpiError::BadGsi { gsi: slot.gsi });
         }
     }
+    let mut used = std::collections::BTreeSet::new();
+    for slot in config.virtio {
+        if !used.insert(slot.gsi) {
+            return Err(AcpiError::SharedGsi { gsi: slot.gsi });
+        }
+    }
+    for (i, a) in config.virtio.iter().enumerate() {
+        // Sizes were checked non-zero and below 4 GiB above.
+        if let Some(b) = config.virtio[i + 1..]
+            .iter()
+            .find(|b| a.base < b.base + b.size && b.base < a.base + a.size)
+        {
+            return Err(AcpiError::OverlappingSlots {
+                a: a.base,
+                b: b.base,
+            });
+        }
+    }
     for dev in config.isa {
         let irq = match *dev {
             IsaDevice::Serial { uid, irq, .. } => {
@@ -219,6 +246,11 @@ fn validate(config: &AcpiConfig<'_>) -> Result<(), AcpiError> {
         };
         if u32::from(irq) >= IOAPIC_PINS {
             return Err(AcpiError::BadGsi {
+                gsi: u32::from(irq),
+            });
+        }
+        if !used.insert(u32::from(irq)) {
+            return Err(AcpiError::SharedGsi {
                 gsi: u32::from(irq),
             });
         }
@@ -610,6 +642,78 @@ mod tests {
                 assert_eq!(count(&p.dsdt, format!("VR{i:02X}").as_bytes()), 1);
             }
         }
+    }
+
+    #[test]
+    fn every_virtio_window_gets_its_own_pin_and_window_clear_of_legacy_devices() {
+        let all = slots(layout::VIRTIO_MMIO_MAX_DEVICES as u32);
+        let mut pins: Vec<u32> = all.iter().map(|s| s.gsi).collect();
+        pins.sort_unstable();
+        pins.dedup();
+        assert_eq!(pins.len(), all.len(), "distinct pins");
+        for s in &all {
+            assert!(s.gsi < IOAPIC_PINS, "{s:?}");
+            assert!(!layout::VIRTIO_RESERVED_IRQS.contains(&s.gsi), "{s:?}");
+            assert!(s.base + s.size <= layout::FRAMEBUFFER_ADDR, "{s:?}");
+        }
+        for legacy in [crate::devices::legacy::serial::COM1_IRQ, 8, 0, 1, 12] {
+            assert!(layout::VIRTIO_RESERVED_IRQS.contains(&legacy));
+        }
+        for pair in all.windows(2) {
+            assert_eq!(
+                pair[0].base + pair[0].size,
+                pair[1].base,
+                "adjacent windows"
+            );
+        }
+        // The whole budget with the ISA devices makes valid tables, each pin declared once.
+        let p = build_and_parse(2, &all, &[IsaDevice::COM1, IsaDevice::RTC]);
+        assert_eq!(count(&p.dsdt, b"LNRO0005"), all.len());
+        for s in &all {
+            let mut irq = vec![0x89, 6, 0, 0b0011, 1];
+            irq.extend_from_slice(&s.gsi.to_le_bytes());
+            assert_eq!(count(&p.dsdt, &irq), 1, "{s:?}");
+        }
+        // One past the budget has no pin.
+        let past = VirtioMmioSlot::standard(layout::VIRTIO_MMIO_MAX_DEVICES as u32);
+        assert_eq!(past.gsi, u32::MAX);
+    }
+
+    #[test]
+    fn a_pin_or_window_given_twice_is_refused() {
+        let mem = guest_memory();
+        let acpi = |virtio: &[VirtioMmioSlot], isa: &[IsaDevice]| {
+            create_acpi_tables(
+                &mem,
+                &AcpiConfig {
+                    vcpus: 1,
+                    virtio,
+                    isa,
+                },
+            )
+        };
+        let a = VirtioMmioSlot::standard(0);
+        let b = VirtioMmioSlot {
+            gsi: a.gsi,
+            ..VirtioMmioSlot::standard(1)
+        };
+        assert_eq!(acpi(&[a, b], &[]), Err(AcpiError::SharedGsi { gsi: a.gsi }));
+        let on_com1 = VirtioMmioSlot { gsi: 4, ..a };
+        assert_eq!(
+            acpi(&[on_com1], &[IsaDevice::COM1]),
+            Err(AcpiError::SharedGsi { gsi: 4 })
+        );
+        let overlapping = VirtioMmioSlot {
+            base: a.base + 0x800,
+            ..VirtioMmioSlot::standard(1)
+        };
+        assert_eq!(
+            acpi(&[a, overlapping], &[]),
+            Err(AcpiError::OverlappingSlots {
+                a: a.base,
+                b: a.base + 0x800
+            })
+        );
     }
 
     #[test]

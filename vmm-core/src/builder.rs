@@ -14,6 +14,7 @@ use crate::arch::{boot, cpuid, mptable, regs};
 use crate::devices::framebuffer::FramebufferLayout;
 use crate::devices::legacy::acpi_pm::{self, AcpiPm};
 use crate::devices::legacy::{cmos, i8042, serial, Cmos, SerialConsole, SerialSink, I8042};
+use crate::devices::virtio::balloon::{BalloonHandle, VirtioBalloon};
 use crate::devices::virtio::block::{BlockError, BlockWorker, VirtioBlock};
 use crate::devices::virtio::console::{ConsoleHandle, VirtioConsole};
 use crate::devices::virtio::input::{InputEventSender, VirtioInput};
@@ -101,7 +102,7 @@ pub enum BuildError {
         name: &'static str,
         source: MmioError,
     },
-    #[error("{count} virtio devices (the disks and the network after {fixed} others) exceed the {max} virtio-mmio windows")]
+    #[error("{count} virtio devices (the disks, the network and the balloon after {fixed} others) exceed the {max} virtio-mmio windows")]
     TooManyDisks {
         count: usize,
         fixed: usize,
@@ -194,6 +195,8 @@ pub struct VirtioHandles {
     /// The guest agent's own stream (`/dev/hvc1`: its window follows the first
     /// console's, and the guest numbers consoles in probe order).
     pub agent: ConsoleHandle,
+    /// The memory balloon (the last window: adding it moved no other device).
+    pub balloon: Option<BalloonHandle>,
 }
 
 impl Partition {
@@ -316,7 +319,8 @@ fn assemble(
     let (pio, serial) = legacy_devices(&vm, stop.clone(), config.serial)?;
     let mut mmio = Bus::new();
     let (virtio, mut slots) = virtio_devices(&vm, &mut mmio, &memory, config.display)?;
-    let net_windows = usize::from(network.is_some());
+    // The network and the balloon follow the disks.
+    let net_windows = usize::from(network.is_some()) + 1;
     let disks = disk_devices(
         &vm,
         &mut mmio,
@@ -335,6 +339,15 @@ fn assemble(
             Ok::<_, BuildError>(NetInterface { dev, worker })
         })
         .transpose()?;
+    let mut virtio = virtio;
+    {
+        // disk_devices() checked that this window exists.
+        let n = slots.len() as u32;
+        let (dev, slot) =
+            attach_virtio(&vm, &mut mmio, &memory, n, "balloon", VirtioBalloon::new())?;
+        slots.push(slot);
+        virtio.balloon = Some(BalloonHandle::new(dev));
+    }
 
     if let Some(snapshot) = snapshot {
         let vcpus = restore_state(
@@ -641,6 +654,7 @@ fn virtio_devices(
         tablet,
         console: ConsoleHandle::new(con),
         agent: ConsoleHandle::new(agent),
+        balloon: None,
     };
     Ok((handles, slots))
 }

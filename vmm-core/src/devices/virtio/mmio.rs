@@ -164,6 +164,15 @@ impl<D: VirtioDevice> VirtioMmioDevice<D> {
         }
     }
 
+    /// The device changed its config space on the host's behalf (a balloon target):
+    /// bumps the generation and, once the driver runs, raises the config interrupt.
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & status::DRIVER_OK != 0 {
+            self.raise(INT_CONFIG_CHANGE);
+        }
+    }
+
     fn process_all_queues(&mut self) {
         for index in 0..self.queues.len() {
             self.process_queue(index);

@@ -30,6 +30,7 @@
 //! The Debian 6.1 generic kernel (`linux-image-6.1.0-*-amd64`) has the virtio core as
 //! modules; see [`GUEST_MODULES`] for the list the guest initramfs loads, in order.
 
+pub mod balloon;
 pub mod block;
 pub mod console;
 pub mod input;
@@ -77,6 +78,7 @@ pub const GUEST_MODULES: &[&str] = &[
     "net/core/failover.ko",
     "drivers/net/net_failover.ko",
     "drivers/net/virtio_net.ko",
+    "drivers/virtio/virtio_balloon.ko",
     "drivers/input/evdev.ko",
 ];
 
@@ -86,6 +88,7 @@ pub mod device_type {
     pub const BLOCK: u32 = 2;
     pub const CONSOLE: u32 = 3;
     pub const RNG: u32 = 4;
+    pub const BALLOON: u32 = 5;
     pub const INPUT: u32 = 18;
 }
 
