@@ -695,6 +695,7 @@ mod degraded_sandbox {
             disks: Vec::new(),
             network: NetworkConfig::None,
             agent: AgentChannel::VirtioConsole,
+            snapshot_on: None,
         }
     }
 
@@ -749,6 +750,8 @@ mod degraded_sandbox {
             initrd: None,
             disks: Vec::new(),
             network: None,
+            snapshot_in: None,
+            snapshot_out: None,
         };
         send_launch(&mut writer, &test_card(name), files).unwrap();
         ours.set_read_timeout(Some(WAIT)).unwrap();
@@ -822,6 +825,7 @@ mod degraded_sandbox {
             guest_config: None,
             restart: AutoRestart::Never,
             network: None,
+            snapshot: None,
         }
     }
 

@@ -25,6 +25,7 @@ fn launch_config(name: &str, boot: BootConfig) -> LaunchConfig {
         disks: Vec::new(),
         network: NetworkConfig::None,
         agent: AgentChannel::VirtioConsole,
+        snapshot_on: None,
     }
 }
 

@@ -10,7 +10,7 @@ use isolation_policy::PartitionSpec;
 use vmm_core::hostcheck::{self, HostError, Virtualization};
 use vmm_core::launch::{
     AgentChannel, BootConfig, DiskConfig, DisplaySize, LaunchConfig, LaunchFiles, NetworkConfig,
-    DEFAULT_CMDLINE,
+    SnapshotPair, DEFAULT_CMDLINE,
 };
 
 use crate::cgroup::Resources;
@@ -75,6 +75,24 @@ pub enum BootFiles {
     },
     /// The default guest image in the cache, built (once, under a lock) if missing.
     DefaultImage,
+    /// A snapshot directory (`state`, `memory`), opened read-only; the launch's boot is
+    /// `BootConfig::Snapshot`.
+    Snapshot { dir: PathBuf },
+}
+
+/// A snapshot to take when the guest prints `marker` (`LaunchConfig::snapshot_on`,
+/// which must be set too). The partition writes into files made under a staging
+/// directory beside `dir`; once it reports them written (and waits paused), the disks in
+/// `copy_disks` are copied in (sparse), the staging directory is renamed to `dir` and
+/// the partition resumed. A snapshot that fails leaves nothing at `dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPlan {
+    pub dir: PathBuf,
+    /// (source file, file name in `dir`): disks whose content the snapshot's guest
+    /// has cached, copied while it is paused.
+    pub copy_disks: Vec<(PathBuf, String)>,
+    /// Files removed when the process is reaped (the disks above, made for it).
+    pub remove_on_exit: Vec<PathBuf>,
 }
 
 /// How to start one partition process.
@@ -98,6 +116,8 @@ pub struct LaunchSpec {
     /// An online partition's firewall: with it the supervisor starts passt and the relay
     /// at every start and `launch.network` must be `Stream`; `None`: no device at all.
     pub network: Option<crate::network::NetworkPlan>,
+    /// Snapshot at a marker (the first disposable of a template).
+    pub snapshot: Option<SnapshotPlan>,
 }
 
 /// Where one disk's file comes from, resolved at every start.
@@ -115,6 +135,9 @@ pub enum DiskFile {
     Throwaway {
         size_mib: u32,
     },
+    /// A private copy (sparse) of this file at every start, gone when the partition
+    /// process ends: a restored disposable's disk as its snapshot's guest last saw it.
+    CopyOf(PathBuf),
 }
 
 /// What the guest's session reads from `/etc/bulkhead/partition.conf`.
@@ -163,6 +186,13 @@ pub enum LaunchFileError {
     Template(#[from] crate::template::TemplateError),
     #[error("appending the partition's settings to its initramfs: {0}")]
     GuestConfig(std::io::Error),
+    #[error("snapshot files {path}: {source}")]
+    Snapshot {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("a snapshot plan needs the launch's snapshot_on marker, and the marker a plan")]
+    SnapshotPlan,
 }
 
 impl LaunchSpec {
@@ -182,6 +212,7 @@ impl LaunchSpec {
             guest_config: None,
             restart,
             network: None,
+            snapshot: None,
         }
     }
 
@@ -220,14 +251,29 @@ impl LaunchSpec {
                 files: self.disk_files.len(),
             });
         }
+        if self.snapshot.is_some() != self.launch.snapshot_on.is_some() {
+            return Err(LaunchFileError::SnapshotPlan);
+        }
         let linux = matches!(self.launch.boot, BootConfig::Linux { .. });
         let kvm = if linux {
             hostcheck::open_kvm_device_for_linux()?
         } else {
             hostcheck::open_kvm_device()?.0
         };
+        let mut snapshot_in = None;
         let (kernel, initrd) = match &self.boot_files {
             BootFiles::None => (None, None),
+            BootFiles::Snapshot { dir } => {
+                let read = |name: &str| {
+                    let path = dir.join(name);
+                    File::open(&path).map_err(|source| LaunchFileError::Snapshot { path, source })
+                };
+                snapshot_in = Some(SnapshotPair {
+                    state: read(vmm_core::snapshot::STATE_FILE)?,
+                    memory: read(vmm_core::snapshot::MEMORY_FILE)?,
+                });
+                (None, None)
+            }
             BootFiles::Linux { kernel, initrd } => (Some(kernel.clone()), initrd.clone()),
             BootFiles::DefaultImage => {
                 let image = guest_image::ensure_default(&mut |s| tracing::info!("{s}"))?;
@@ -251,8 +297,45 @@ impl LaunchSpec {
             initrd,
             disks,
             network: None,
+            snapshot_in,
+            snapshot_out: self
+                .snapshot
+                .as_ref()
+                .map(|p| create_staging(p, &self.launch.name))
+                .transpose()?,
         })
     }
+}
+
+/// Where partition `partition`'s [`SnapshotPlan`] files are written before the
+/// snapshot is complete (one per process and partition: two first disposables of one
+/// template may snapshot at once; the first to finish is kept).
+pub fn staging_dir(plan: &SnapshotPlan, partition: &str) -> PathBuf {
+    let mut name = plan.dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".partial-{}-{partition}", std::process::id()));
+    plan.dir.with_file_name(name)
+}
+
+/// Makes the staging directory afresh with both files empty, opened for the partition.
+fn create_staging(plan: &SnapshotPlan, partition: &str) -> Result<SnapshotPair, LaunchFileError> {
+    let dir = staging_dir(plan, partition);
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LaunchFileError::Snapshot { path, source }
+    };
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(err(&dir))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(err(&dir))?;
+    let files =
+        vmm_core::snapshot::SnapshotFiles::create(&dir).map_err(|e| LaunchFileError::Snapshot {
+            path: dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    Ok(SnapshotPair {
+        state: files.state,
+        memory: files.memory,
+    })
 }
 
 fn open_disk(file: &DiskFile, read_only: bool) -> Result<File, LaunchFileError> {
@@ -268,6 +351,10 @@ fn open_disk(file: &DiskFile, read_only: bool) -> Result<File, LaunchFileError> 
         DiskFile::Throwaway { size_mib } => Ok(crate::private_disk::throwaway(
             &std::env::temp_dir(),
             *size_mib,
+        )?),
+        DiskFile::CopyOf(source) => Ok(crate::private_disk::throwaway_copy(
+            source,
+            &std::env::temp_dir(),
         )?),
     }
 }
@@ -420,6 +507,7 @@ pub fn launch_spec(spec: &PartitionSpec, engine: Engine) -> LaunchSpec {
         disks,
         network: NetworkConfig::None,
         agent: AgentChannel::VirtioConsole,
+        snapshot_on: None,
     };
     let network = crate::network::NetworkPlan::of(spec);
     let launch = LaunchConfig {

@@ -15,6 +15,7 @@ pub mod agent;
 pub mod bundle;
 pub mod cgroup;
 pub mod damage;
+pub mod disposable;
 mod framebuffer;
 pub mod guest_image;
 pub mod launch;
@@ -181,7 +182,8 @@ pub enum SupervisorError {
 
 /// Owns every partition process; stops them all when dropped.
 pub struct Supervisor {
-    slots: BTreeMap<String, Arc<Slot>>,
+    /// Behind a lock so disposables can join and leave through a shared `Supervisor`.
+    slots: RwLock<BTreeMap<String, Arc<Slot>>>,
     notify: Notify,
     log_dir: LogDir,
     audit: network::AuditSink,
@@ -209,7 +211,7 @@ impl Supervisor {
             }
         }
         Ok(Supervisor {
-            slots,
+            slots: RwLock::new(slots),
             notify,
             log_dir,
             audit,
@@ -262,55 +264,92 @@ impl Supervisor {
         Ok(self.slot(name)?.net.pids())
     }
 
-    fn slot(&self, name: &str) -> Result<&Arc<Slot>, SupervisorError> {
-        self.slots
+    fn slot(&self, name: &str) -> Result<Arc<Slot>, SupervisorError> {
+        self.slots_read()
             .get(name)
+            .cloned()
             .ok_or_else(|| SupervisorError::UnknownPartition(name.to_string()))
     }
 
+    /// The slots, readable even if a thread panicked while holding the lock (the map
+    /// is only ever inserted into or removed from whole).
+    fn slots_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Slot>>> {
+        self.slots.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn slots_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Slot>>> {
+        self.slots.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a partition to the launch list (started with [`Supervisor::start`]).
+    pub fn add(&self, spec: LaunchSpec) -> Result<(), SupervisorError> {
+        let name = spec.name().to_string();
+        let mut slots = self.slots_write();
+        if slots.contains_key(&name) {
+            return Err(SupervisorError::DuplicateName(name));
+        }
+        let slot = Arc::new(Slot::new(
+            spec,
+            Arc::clone(&self.notify),
+            Arc::clone(&self.log_dir),
+            Arc::clone(&self.audit),
+        ));
+        slots.insert(name, slot);
+        Ok(())
+    }
+
+    /// Stops a partition (killing it after `timeout`) and takes it off the list.
+    pub fn remove(&self, name: &str, timeout: Duration) -> Result<(), SupervisorError> {
+        let slot = self.slot(name)?;
+        partition::stop_slots(std::slice::from_ref(&slot), timeout);
+        self.slots_write().remove(name);
+        Ok(())
+    }
+
     pub fn names(&self) -> Vec<String> {
-        self.slots.keys().cloned().collect()
+        self.slots_read().keys().cloned().collect()
     }
 
     /// Starts every partition that is not running; returns the ones that failed.
     pub fn start_all(&self) -> Vec<SupervisorError> {
-        self.slots
-            .values()
+        let slots: Vec<_> = self.slots_read().values().cloned().collect();
+        slots
+            .iter()
             .filter(|s| !s.is_alive())
             .filter_map(|s| partition::start(s, true).err())
             .collect()
     }
 
     pub fn start(&self, name: &str) -> Result<(), SupervisorError> {
-        partition::start(self.slot(name)?, true)
+        partition::start(&self.slot(name)?, true)
     }
 
     /// Asks the partition to power off; kills it after `timeout`.
     pub fn stop(&self, name: &str, timeout: Duration) -> Result<(), SupervisorError> {
-        partition::stop_slots(std::slice::from_ref(self.slot(name)?), timeout);
+        partition::stop_slots(std::slice::from_ref(&self.slot(name)?), timeout);
         Ok(())
     }
 
     /// Stops (if running) and starts again, resetting the automatic-restart count.
     pub fn restart(&self, name: &str, timeout: Duration) -> Result<(), SupervisorError> {
         let slot = self.slot(name)?;
-        partition::stop_slots(std::slice::from_ref(slot), timeout);
-        partition::start(slot, true)
+        partition::stop_slots(std::slice::from_ref(&slot), timeout);
+        partition::start(&slot, true)
     }
 
     /// Asks every partition to power off, waits up to `timeout` in total, then kills
     /// the ones still running.
     pub fn stop_all(&self, timeout: Duration) {
-        let slots: Vec<_> = self.slots.values().cloned().collect();
+        let slots: Vec<_> = self.slots_read().values().cloned().collect();
         partition::stop_slots(&slots, timeout);
     }
 
     pub fn pause(&self, name: &str) -> Result<(), SupervisorError> {
-        partition::send(self.slot(name)?, Command::Pause)
+        partition::send(self.slot(name)?.as_ref(), Command::Pause)
     }
 
     pub fn resume(&self, name: &str) -> Result<(), SupervisorError> {
-        partition::send(self.slot(name)?, Command::Resume)
+        partition::send(self.slot(name)?.as_ref(), Command::Resume)
     }
 
     /// Sends keyboard/pointer events to one partition (the focused one: the caller
@@ -318,7 +357,7 @@ impl Supervisor {
     pub fn send_input(&self, name: &str, events: &[InputEvent]) -> Result<(), SupervisorError> {
         let slot = self.slot(name)?;
         for command in Command::input_chunks(events) {
-            partition::send(slot, command)?;
+            partition::send(&slot, command)?;
         }
         Ok(())
     }
@@ -328,7 +367,7 @@ impl Supervisor {
     pub fn console_write(&self, name: &str, bytes: &[u8]) -> Result<(), SupervisorError> {
         let slot = self.slot(name)?;
         for command in Command::console_chunks(bytes) {
-            partition::send(slot, command)?;
+            partition::send(&slot, command)?;
         }
         Ok(())
     }
@@ -354,7 +393,7 @@ impl Supervisor {
     /// Asks for fresh stats; they appear in [`PartitionStatus::stats`].
     pub fn request_stats(&self, name: &str) -> Result<u64, SupervisorError> {
         let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        partition::send(self.slot(name)?, Command::Stats { id })?;
+        partition::send(self.slot(name)?.as_ref(), Command::Stats { id })?;
         Ok(id)
     }
 
@@ -362,12 +401,15 @@ impl Supervisor {
     /// [`Supervisor::take_screenshots_ready`], the framebuffer is current.
     pub fn request_screenshot(&self, name: &str) -> Result<u64, SupervisorError> {
         let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        partition::send(self.slot(name)?, Command::Screenshot { id })?;
+        partition::send(self.slot(name)?.as_ref(), Command::Screenshot { id })?;
         Ok(id)
     }
 
     pub fn reply_service(&self, name: &str, id: u64, allowed: bool) -> Result<(), SupervisorError> {
-        partition::send(self.slot(name)?, Command::ServiceReply { id, allowed })
+        partition::send(
+            self.slot(name)?.as_ref(),
+            Command::ServiceReply { id, allowed },
+        )
     }
 
     /// New cgroup limits for a partition: written to its cgroup now if it runs, used at
@@ -408,7 +450,7 @@ impl Supervisor {
     }
 
     pub fn statuses(&self) -> Vec<(String, PartitionStatus)> {
-        self.slots
+        self.slots_read()
             .iter()
             .map(|(name, slot)| (name.clone(), slot.status()))
             .collect()

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 use vmm_core::control::{
     check_partition_hello, send_launch, Command, ControlError, Event, MessageReader, MessageWriter,
-    SandboxStatus, VmState, VmStats,
+    SandboxStatus, SnapshotOutcome, VmState, VmStats,
 };
 use vmm_core::devices::framebuffer::DamageRect;
 use vmm_core::shm::Memfd;
@@ -106,6 +106,8 @@ struct Inner {
     screenshots_ready: VecDeque<u64>,
     stats: Option<VmStats>,
     last_exit: Option<String>,
+    /// The current process's snapshot at its marker: `None` until it is taken.
+    snapshot: Option<Result<std::path::PathBuf, String>>,
 }
 
 impl Slot {
@@ -187,6 +189,11 @@ impl Slot {
 
     pub fn framebuffer(&self) -> Option<Arc<SharedFramebuffer>> {
         self.lock().framebuffer.clone()
+    }
+
+    /// The current process's snapshot at its marker: its directory, or why it failed.
+    pub fn snapshot_result(&self) -> Option<Result<std::path::PathBuf, String>> {
+        self.lock().snapshot.clone()
     }
 
     pub fn take_damage(&self) -> Vec<DamageRect> {
@@ -373,6 +380,7 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
     inner.console.clear();
     inner.agent = crate::agent::AgentLink::default();
     inner.stats = None;
+    inner.snapshot = None;
     drop(inner);
     info!(partition = %slot.spec.name(), pid, "partition process started");
 
@@ -711,6 +719,7 @@ fn handle_event(
     }
     let mut start = false;
     let mut agent_out = Vec::new();
+    let mut snapshot_written = None;
     match event {
         Event::Hello { .. } => return Err("sent Hello twice".to_string()),
         Event::Sandbox(status) => {
@@ -817,8 +826,43 @@ fn handle_event(
             inner.screenshots_ready.push_back(id);
         }
         Event::Stats { stats, .. } => inner.stats = Some(stats),
+        Event::Snapshot(outcome) => {
+            // Only a launch that asked for one gets one, once.
+            let Some(plan) = &slot.spec.snapshot else {
+                return Err("reported a snapshot nobody asked for".to_string());
+            };
+            if inner.snapshot.is_some() {
+                return Err("reported a second snapshot".to_string());
+            }
+            match outcome {
+                SnapshotOutcome::Written { .. } => snapshot_written = Some(plan.clone()),
+                SnapshotOutcome::Failed { reason } => {
+                    warn!(partition = %slot.spec.name(), %reason, "snapshot at the marker failed; the partition runs on");
+                    let _ =
+                        std::fs::remove_dir_all(crate::launch::staging_dir(plan, slot.spec.name()));
+                    inner.snapshot = Some(Err(reason));
+                }
+            }
+        }
     }
     drop(inner);
+    if let Some(plan) = snapshot_written {
+        // The partition waits paused: its disks must be copied as its guest saw them.
+        let result = finish_snapshot(&plan, slot.spec.name());
+        match &result {
+            Ok(dir) => {
+                info!(partition = %slot.spec.name(), dir = %dir.display(), "snapshot complete")
+            }
+            Err(e) => warn!(partition = %slot.spec.name(), "completing the snapshot: {e}"),
+        }
+        {
+            let mut inner = slot.lock();
+            if inner.generation == generation {
+                inner.snapshot = Some(result);
+            }
+        }
+        let _ = send(slot, Command::Resume);
+    }
     if start {
         // The only failure worth reporting (not reading) cuts the partition off itself.
         let _ = send(slot, Command::Start);
@@ -828,6 +872,32 @@ fn handle_event(
     }
     slot.changed();
     Ok(())
+}
+
+/// Copies the plan's disks into the staging directory, then renames it into place
+/// (unless another process completed the same snapshot first: then ours is dropped).
+fn finish_snapshot(
+    plan: &crate::launch::SnapshotPlan,
+    partition: &str,
+) -> Result<std::path::PathBuf, String> {
+    let staging = crate::launch::staging_dir(plan, partition);
+    let done = (|| {
+        for (source, name) in &plan.copy_disks {
+            crate::private_disk::sparse_copy(source, &staging.join(name))
+                .map_err(|e| e.to_string())?;
+        }
+        if plan.dir.exists() {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Ok(plan.dir.clone());
+        }
+        std::fs::rename(&staging, &plan.dir)
+            .map_err(|e| format!("renaming {} into place: {e}", staging.display()))?;
+        Ok(plan.dir.clone())
+    })();
+    if done.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    done
 }
 
 fn apply_vm_state(inner: &mut Inner, state: VmState) {
@@ -881,6 +951,13 @@ fn reap(slot: &Arc<Slot>, generation: u64, mut child: Child, reader_done: mpsc::
     };
     // passt and the relay end with the process they served.
     slot.net.stop();
+    if let Some(plan) = &slot.spec.snapshot {
+        for path in &plan.remove_on_exit {
+            let _ = std::fs::remove_file(path);
+        }
+        // A snapshot still being written when the process died is useless.
+        let _ = std::fs::remove_dir_all(crate::launch::staging_dir(plan, slot.spec.name()));
+    }
     slot.changed();
     if let Some(delay) = restart_after {
         std::thread::sleep(delay);

@@ -61,6 +61,7 @@ pub fn fake_spec(
         disks: Vec::new(),
         network: NetworkConfig::None,
         agent: AgentChannel::VirtioConsole,
+        snapshot_on: None,
     };
     LaunchSpec {
         resources: crate::launch::default_resources(&launch),
@@ -82,6 +83,7 @@ pub fn fake_spec(
         guest_config: None,
         restart,
         network: None,
+        snapshot: None,
     }
 }
 

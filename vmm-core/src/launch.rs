@@ -29,6 +29,8 @@ pub const MAX_NAME: usize = 64;
 pub const MAX_CMDLINE: usize = 2048;
 /// virtio-blk ids are 20 bytes.
 pub const MAX_DISK_ID: usize = 20;
+/// Bytes of a snapshot marker (a serial line the guest prints).
+pub const MAX_MARKER: usize = 256;
 
 /// A partition, as its process is launched: plain values, no paths, no policy language.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +46,12 @@ pub struct LaunchConfig {
     pub network: NetworkConfig,
     /// Where the guest agent talks to the host.
     pub agent: AgentChannel,
+    /// When this text appears on the serial console: pause, write a snapshot to the
+    /// handed-over [`FileRole::SnapshotStateOut`] and [`FileRole::SnapshotMemoryOut`]
+    /// files, report `Event::Snapshot` and stay paused until the supervisor resumes it
+    /// (it copies what must match the snapshot, a disk, meanwhile). Once per process.
+    #[serde(default)]
+    pub snapshot_on: Option<String>,
 }
 
 /// What the boot vCPU runs.
@@ -54,6 +62,11 @@ pub enum BootConfig {
     Linux { cmdline: String, initrd: bool },
     /// The built-in test card micro-guest (runs on any KVM, software ones included).
     TestCard,
+    /// Continue from a snapshot: its state and memory files are handed over read-only
+    /// ([`FileRole::SnapshotState`], [`FileRole::SnapshotMemory`]); memory is mapped
+    /// `MAP_PRIVATE`, so the snapshot is never written. `verify` rehashes the memory
+    /// file first (reads it all). The other fields of the config must be the snapshot's.
+    Snapshot { verify: bool },
 }
 
 /// One virtio-blk disk.
@@ -189,6 +202,14 @@ pub enum FileRole {
     Disk(u8),
     /// The network stream socket of [`NetworkConfig::Stream`].
     Network,
+    /// A snapshot's state file to restore from (read-only).
+    SnapshotState,
+    /// A snapshot's memory file to restore from (read-only, mapped copy-on-write).
+    SnapshotMemory,
+    /// An empty file for [`LaunchConfig::snapshot_on`] to write the state into.
+    SnapshotStateOut,
+    /// An empty file for [`LaunchConfig::snapshot_on`] to write guest RAM into.
+    SnapshotMemoryOut,
 }
 
 /// A launch config that breaks the contract.
@@ -216,6 +237,10 @@ pub enum LaunchError {
     UnexpectedFile { expected: FileRole, got: FileRole },
     #[error("expected {expected} handed-over files, got {got}")]
     FileCount { expected: usize, got: usize },
+    #[error("a partition with a network cannot be snapshotted or restored yet (its passt connection and DHCP lease would be stale in a clone); launch it offline")]
+    SnapshotWithNetwork,
+    #[error("snapshot marker of {0} bytes: it must be 1..={MAX_MARKER} bytes")]
+    Marker(usize),
 }
 
 impl LaunchConfig {
@@ -249,6 +274,16 @@ impl LaunchConfig {
             }
             _ => {}
         }
+        let snapshots =
+            matches!(self.boot, BootConfig::Snapshot { .. }) || self.snapshot_on.is_some();
+        if snapshots && self.network != NetworkConfig::None {
+            return Err(LaunchError::SnapshotWithNetwork);
+        }
+        if let Some(marker) = &self.snapshot_on {
+            if marker.is_empty() || marker.len() > MAX_MARKER {
+                return Err(LaunchError::Marker(marker.len()));
+            }
+        }
         if self.disks.len() > MAX_DISKS {
             return Err(LaunchError::Disks(self.disks.len()));
         }
@@ -264,16 +299,25 @@ impl LaunchConfig {
     /// The files handed over after the config, in order.
     pub fn file_roles(&self) -> Vec<FileRole> {
         let mut roles = vec![FileRole::Kvm];
-        if let BootConfig::Linux { initrd, .. } = &self.boot {
-            roles.push(FileRole::Kernel);
-            if *initrd {
-                roles.push(FileRole::Initrd);
+        match &self.boot {
+            BootConfig::Linux { initrd, .. } => {
+                roles.push(FileRole::Kernel);
+                if *initrd {
+                    roles.push(FileRole::Initrd);
+                }
             }
+            BootConfig::Snapshot { .. } => {
+                roles.extend([FileRole::SnapshotState, FileRole::SnapshotMemory]);
+            }
+            BootConfig::TestCard => {}
         }
         // validate() bounds the count far below u8::MAX.
         roles.extend((0..self.disks.len().min(MAX_DISKS)).map(|i| FileRole::Disk(i as u8)));
         if self.network == NetworkConfig::Stream {
             roles.push(FileRole::Network);
+        }
+        if self.snapshot_on.is_some() {
+            roles.extend([FileRole::SnapshotStateOut, FileRole::SnapshotMemoryOut]);
         }
         roles
     }
@@ -288,12 +332,27 @@ pub struct LaunchFiles {
     pub disks: Vec<File>,
     /// The stream socket of [`NetworkConfig::Stream`].
     pub network: Option<OwnedFd>,
+    /// The snapshot of [`BootConfig::Snapshot`], read-only.
+    pub snapshot_in: Option<SnapshotPair>,
+    /// The empty files [`LaunchConfig::snapshot_on`] writes.
+    pub snapshot_out: Option<SnapshotPair>,
+}
+
+/// A snapshot's two files (`state`, `memory`).
+#[derive(Debug)]
+pub struct SnapshotPair {
+    pub state: File,
+    pub memory: File,
 }
 
 impl LaunchFiles {
     /// In [`LaunchConfig::file_roles`] order.
     pub fn into_handover(self) -> Vec<(FileRole, OwnedFd)> {
         let mut out = vec![(FileRole::Kvm, self.kvm)];
+        if let Some(p) = self.snapshot_in {
+            out.push((FileRole::SnapshotState, p.state.into()));
+            out.push((FileRole::SnapshotMemory, p.memory.into()));
+        }
         out.extend(self.kernel.map(|f| (FileRole::Kernel, f.into())));
         out.extend(self.initrd.map(|f| (FileRole::Initrd, f.into())));
         out.extend(
@@ -303,6 +362,10 @@ impl LaunchFiles {
                 .map(|(i, f)| (FileRole::Disk(i as u8), f.into())),
         );
         out.extend(self.network.map(|fd| (FileRole::Network, fd)));
+        if let Some(p) = self.snapshot_out {
+            out.push((FileRole::SnapshotStateOut, p.state.into()));
+            out.push((FileRole::SnapshotMemoryOut, p.memory.into()));
+        }
         out
     }
 
@@ -320,6 +383,8 @@ impl LaunchFiles {
         }
         let (mut kvm, mut kernel, mut initrd, mut disks) = (None, None, None, Vec::new());
         let mut network = None;
+        let (mut snap_state, mut snap_memory, mut out_state, mut out_memory) =
+            (None, None, None, None);
         for (expected, (got, fd)) in roles.into_iter().zip(handed) {
             if expected != got {
                 return Err(LaunchError::UnexpectedFile { expected, got });
@@ -330,8 +395,16 @@ impl LaunchFiles {
                 FileRole::Initrd => initrd = Some(File::from(fd)),
                 FileRole::Disk(_) => disks.push(File::from(fd)),
                 FileRole::Network => network = Some(fd),
+                FileRole::SnapshotState => snap_state = Some(File::from(fd)),
+                FileRole::SnapshotMemory => snap_memory = Some(File::from(fd)),
+                FileRole::SnapshotStateOut => out_state = Some(File::from(fd)),
+                FileRole::SnapshotMemoryOut => out_memory = Some(File::from(fd)),
             }
         }
+        let pair = |state: Option<File>, memory: Option<File>| match (state, memory) {
+            (Some(state), Some(memory)) => Some(SnapshotPair { state, memory }),
+            _ => None,
+        };
         // file_roles() always starts with Kvm, and every role matched.
         let kvm = kvm.ok_or(LaunchError::FileCount {
             expected: 1,
@@ -343,6 +416,8 @@ impl LaunchFiles {
             initrd,
             disks,
             network,
+            snapshot_in: pair(snap_state, snap_memory),
+            snapshot_out: pair(out_state, out_memory),
         })
     }
 }
@@ -376,6 +451,7 @@ mod tests {
             }],
             network: NetworkConfig::None,
             agent: AgentChannel::VirtioConsole,
+            snapshot_on: None,
         };
         assert!(!c.file_roles().contains(&FileRole::Network));
         c.network = NetworkConfig::Stream;

@@ -1,6 +1,7 @@
 //! The command line. Without a subcommand `bulkhead` opens the desktop app.
 
 pub mod bundle;
+pub mod dispvm;
 pub mod image;
 pub mod manpage;
 pub mod policy;
@@ -33,6 +34,8 @@ pub enum Command {
     Policy(policy::PolicyCommand),
     /// Start the configured partitions headless and print their states.
     Up(up::UpArgs),
+    /// Start disposables of a partition's template from its warm snapshot.
+    Dispvm(dispvm::DispvmArgs),
     /// List this user's running partitions: pid, host memory, cgroup.
     Ps(ps::PsArgs),
     /// Build or locate the guest image (Debian kernel + initramfs) in the cache.
@@ -55,6 +58,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Some(Command::Run(args)) => run::run(args),
         Some(Command::Policy(cmd)) => policy::run(cmd),
         Some(Command::Up(args)) => up::run(args),
+        Some(Command::Dispvm(args)) => dispvm::run(args),
         Some(Command::Ps(args)) => ps::run(args),
         Some(Command::Image(cmd)) => image::run(cmd),
         Some(Command::Template(cmd)) => template::run(cmd),

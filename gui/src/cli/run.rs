@@ -103,6 +103,7 @@ fn launch_spec(a: &RunArgs) -> Result<LaunchSpec, String> {
         disks: Vec::new(),
         network: NetworkConfig::None,
         agent: AgentChannel::VirtioConsole,
+        snapshot_on: None,
     };
     launch.validate().map_err(|e| e.to_string())?;
     Ok(LaunchSpec::partition(

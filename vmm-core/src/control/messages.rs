@@ -23,7 +23,9 @@ pub use crate::sandbox::SandboxGap;
 ///    [`InputEvent`], which names its `device`.
 /// 4: [`Event::Sandbox`], sent before `State(Ready)`.
 /// 5: [`Command::AgentWrite`] and [`Event::Agent`], the guest agent's own console.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: [`Event::Snapshot`]; the launch may boot from a snapshot or snapshot at a marker
+///    (`BootConfig::Snapshot`, `LaunchConfig::snapshot_on`, four more file roles).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Serial bytes per [`Event::Serial`]. JSON spends up to 4 bytes per byte, so
 /// 4096 bytes stay well inside the 64 KiB frame.
@@ -109,6 +111,19 @@ pub enum VmState {
     },
 }
 
+/// What came of the snapshot a launch asked for at its marker ([`Event::Snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotOutcome {
+    /// Both handed-over files are complete; the partition stays paused until `Resume`.
+    Written {
+        state_bytes: u64,
+        memory_bytes: u64,
+        memory_pages_written: u64,
+    },
+    /// Nothing usable was written; the partition runs on.
+    Failed { reason: String },
+}
+
 /// Counters reported by [`Event::Stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmStats {
@@ -182,6 +197,8 @@ pub enum Event {
         id: u64,
         stats: VmStats,
     },
+    /// The launch's `snapshot_on` marker appeared and the snapshot was taken (or not).
+    Snapshot(SnapshotOutcome),
 }
 
 /// A message failed its size caps.
@@ -278,6 +295,9 @@ impl Event {
             }
             Event::Sandbox(SandboxStatus::Failed { reason }) => {
                 check_len("sandbox failure reason", reason.len(), MAX_TEXT)
+            }
+            Event::Snapshot(SnapshotOutcome::Failed { reason }) => {
+                check_len("snapshot failure reason", reason.len(), MAX_TEXT)
             }
             Event::Damage { rects } => check_len("damage rects", rects.len(), MAX_DAMAGE_RECTS),
             Event::Serial { bytes } => check_len("serial bytes", bytes.len(), MAX_SERIAL_CHUNK),

@@ -487,6 +487,7 @@ fn test_launch(name: &str) -> LaunchConfig {
         }],
         network: NetworkConfig::None,
         agent: AgentChannel::VirtioConsole,
+        snapshot_on: None,
     }
 }
 
@@ -502,6 +503,8 @@ fn test_files(config: &LaunchConfig) -> LaunchFiles {
             let (a, _) = UnixStream::pair().unwrap();
             a.into()
         }),
+        snapshot_in: None,
+        snapshot_out: None,
     }
 }
 

@@ -150,6 +150,12 @@ pub enum ConfigError {
     UnexpectedNetworkSocket,
     #[error("display: {0}")]
     Display(#[from] crate::devices::framebuffer::FramebufferError),
+    #[error("a snapshot boot was launched without its state and memory files")]
+    NoSnapshot,
+    #[error("a snapshot marker was launched without the files to write it to")]
+    NoSnapshotOutput,
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 /// The network interface a launch config describes, taken out of its files (call before
@@ -184,6 +190,9 @@ pub fn vm_config(
             load_addr: HIMEM_START,
         },
         (BootConfig::TestCard, None) => return Err(LaunchError::TestCardWithoutDisplay.into()),
+        // Memory and registers come from the snapshot's files, which the caller took
+        // out of `files` first (see supervised::run).
+        (BootConfig::Snapshot { .. }, _) => BootSource::Snapshot,
         (BootConfig::Linux { cmdline, .. }, _) => BootSource::Linux {
             kernel: files.kernel.ok_or(ConfigError::NoKernel)?,
             initrd: files.initrd,

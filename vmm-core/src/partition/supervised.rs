@@ -15,11 +15,13 @@ use nix::sys::resource::{getrusage, UsageWho};
 use crate::builder;
 use crate::control::{
     self, Command, ControlError, Event, InputDevice, Launch, MessageWriter, PartitionEndpoint,
-    SandboxStatus, VmState, VmStats, MAX_CONSOLE_CHUNK, MAX_TEXT,
+    SandboxStatus, SnapshotOutcome, VmState, VmStats, MAX_CONSOLE_CHUNK, MAX_TEXT,
 };
 use crate::devices::legacy::{SerialSink, SerialTap};
 use crate::devices::StopReason;
+use crate::launch::BootConfig;
 use crate::sandbox::{self, SandboxError, SeccompProfile};
+use crate::snapshot::{Snapshot, SnapshotFiles};
 use crate::vmm::RunningPartition;
 
 /// How often damage, serial and console output are forwarded (about one display frame).
@@ -87,9 +89,34 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
     sink.add_tap(serial_tap.clone());
     let mut files = files;
     let network = super::network_config(&launch, &mut files)?;
+    let snapshot_in = files.snapshot_in.take();
+    let snapshot_out = match (&launch.snapshot_on, files.snapshot_out.take()) {
+        (Some(marker), Some(p)) => Some(SnapshotAt {
+            marker: marker.as_bytes().to_vec(),
+            files: SnapshotFiles::from_files(p.state, p.memory)
+                .map_err(super::ConfigError::from)?,
+            disks: launch.disks.len(),
+        }),
+        (Some(_), None) => return Err(super::ConfigError::NoSnapshotOutput.into()),
+        (None, _) => None,
+    };
     let (kvm, config) = super::vm_config(&launch, files, sink)?;
     let mem_bytes = config.mem_mib << 20;
-    let mut partition = builder::build_with_network(&kvm, config, network)?;
+    let mut partition = match (&launch.boot, snapshot_in) {
+        (BootConfig::Snapshot { verify }, Some(p)) => {
+            let began = std::time::Instant::now();
+            let mut snapshot = Snapshot::from_files(&p.state, p.memory, &kvm, *verify)
+                .map_err(super::ConfigError::from)?;
+            let restored = builder::restore(&kvm, config, &mut snapshot)?;
+            eprintln!(
+                "bulkhead-vmm: restored from a snapshot in {:.1} ms (memory mapped copy-on-write)",
+                began.elapsed().as_secs_f64() * 1e3
+            );
+            restored
+        }
+        (BootConfig::Snapshot { .. }, None) => return Err(super::ConfigError::NoSnapshot.into()),
+        _ => builder::build_with_network(&kvm, config, network)?,
+    };
     let net = partition.take_network();
     let fb_bytes = match partition.framebuffer() {
         Some(fb) => {
@@ -123,8 +150,14 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
             ))
         }
     }
+    // A partition that will snapshot reads more of its vCPUs' and VM's state (and sizes
+    // its memory file) than one that never does: it gets the wider profiles only then.
+    let (vcpu_profile, main_profile) = match snapshot_out {
+        Some(_) => (SeccompProfile::VcpuSnapshot, SeccompProfile::MainSnapshot),
+        None => (SeccompProfile::Vcpu, SeccompProfile::Main),
+    };
     let running = partition
-        .start_with(Some(SeccompProfile::Vcpu))
+        .start_with(Some(vcpu_profile))
         .map_err(|e| PartitionError::Start(e.to_string()))?;
     // The network worker ends with its device; it confines itself before serving.
     if let Some(n) = net {
@@ -132,8 +165,7 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
             .map_err(|e| PartitionError::Start(e.to_string()))?;
     }
     // Threads made from here on (the control reader) inherit the main thread's filter.
-    sandbox::install(SeccompProfile::Main)
-        .map_err(|e| PartitionError::MainFilter(e.to_string()))?;
+    sandbox::install(main_profile).map_err(|e| PartitionError::MainFilter(e.to_string()))?;
     events.send(&Event::State(VmState::Running))?;
 
     let (cmd_tx, cmd_rx) = mpsc::channel();
@@ -148,7 +180,43 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
         })
         .map_err(PartitionError::ControlThread)?;
 
-    Ok(serve(&running, &mut events, &cmd_rx, &serial_tap))
+    Ok(serve(
+        &running,
+        &mut events,
+        &cmd_rx,
+        &serial_tap,
+        snapshot_out.map(|s| (kvm, s)),
+    ))
+}
+
+/// A snapshot to take when the guest prints `marker` on its serial console.
+struct SnapshotAt {
+    marker: Vec<u8>,
+    files: SnapshotFiles,
+    disks: usize,
+}
+
+/// Watches serial output for a marker that may arrive split across chunks.
+struct MarkerWatch {
+    at: SnapshotAt,
+    kvm: kvm_ioctls::Kvm,
+    /// The last `marker.len() - 1` bytes seen, so a marker split across two chunks is
+    /// still found.
+    tail: Vec<u8>,
+}
+
+impl MarkerWatch {
+    fn seen(&mut self, bytes: &[u8]) -> bool {
+        let keep = self.at.marker.len().saturating_sub(1);
+        self.tail.extend_from_slice(bytes);
+        let found = self
+            .tail
+            .windows(self.at.marker.len())
+            .any(|w| w == self.at.marker.as_slice());
+        let cut = self.tail.len().saturating_sub(keep);
+        self.tail.drain(..cut);
+        found
+    }
 }
 
 /// `top` shows this thread's name (`vmm:work`; the kernel keeps 15 bytes), `ps` the
@@ -169,6 +237,7 @@ fn serve(
     events: &mut MessageWriter<Event>,
     commands: &mpsc::Receiver<Result<Command, ControlError>>,
     serial: &SerialTap,
+    snapshot: Option<(kvm_ioctls::Kvm, SnapshotAt)>,
 ) -> i32 {
     let mut session = Session {
         running,
@@ -177,6 +246,11 @@ fn serve(
         damage_events: 0,
         console_out: ConsoleOutbox::new(MAX_CONSOLE_PENDING),
         agent_out: ConsoleOutbox::new(MAX_AGENT_PENDING),
+        snapshot: snapshot.map(|(kvm, at)| MarkerWatch {
+            at,
+            kvm,
+            tail: Vec::new(),
+        }),
     };
     loop {
         if let Some(reason) = running.wait_timeout(FRAME) {
@@ -203,6 +277,8 @@ struct Session<'a> {
     console_out: ConsoleOutbox,
     /// [`Command::AgentWrite`] bytes the guest agent has not taken yet.
     agent_out: ConsoleOutbox,
+    /// The launch's `snapshot_on`, until it is taken.
+    snapshot: Option<MarkerWatch>,
 }
 
 impl Session<'_> {
@@ -249,7 +325,49 @@ impl Session<'_> {
         for e in Event::serial_chunks(&bytes) {
             self.events.send(&e)?;
         }
+        if self.snapshot.as_mut().is_some_and(|w| w.seen(&bytes)) {
+            if let Some(watch) = self.snapshot.take() {
+                self.take_snapshot(watch)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Pauses, writes the snapshot to the handed-over files and reports it; the guest
+    /// stays paused after a written snapshot (the supervisor copies what must match it,
+    /// then resumes) and runs on after a failed one.
+    fn take_snapshot(&mut self, watch: MarkerWatch) -> Result<(), ControlError> {
+        let result = self.running.snapshot(
+            &watch.kvm,
+            &watch.at.files,
+            watch.at.disks,
+            serde_json::Value::Null,
+        );
+        let outcome = match result {
+            Ok(r) => {
+                eprintln!(
+                    "bulkhead-vmm: snapshot written: state {} bytes, memory {} of {} pages, {} devices",
+                    r.state_bytes,
+                    r.memory_pages_written,
+                    r.memory_bytes / 4096,
+                    r.devices
+                );
+                self.events.send(&Event::State(VmState::Paused))?;
+                SnapshotOutcome::Written {
+                    state_bytes: r.state_bytes,
+                    memory_bytes: r.memory_bytes,
+                    memory_pages_written: r.memory_pages_written,
+                }
+            }
+            Err(e) => {
+                eprintln!("bulkhead-vmm: snapshot failed: {e}");
+                self.running.resume();
+                SnapshotOutcome::Failed {
+                    reason: super::truncate_text(&e.to_string(), MAX_TEXT),
+                }
+            }
+        };
+        self.events.send(&Event::Snapshot(outcome))
     }
 
     /// Sends what the guest wrote to `/dev/hvc0`, one read per [`Event::Console`].

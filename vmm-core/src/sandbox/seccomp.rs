@@ -13,8 +13,9 @@
 use std::collections::BTreeMap;
 
 use kvm_bindings::{
-    kvm_clear_dirty_log, kvm_dirty_log, kvm_fpu, kvm_irq_level, kvm_lapic_state, kvm_mp_state,
-    kvm_msi, kvm_msrs, kvm_regs, kvm_sregs, kvm_vcpu_events,
+    kvm_clear_dirty_log, kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_dirty_log, kvm_fpu,
+    kvm_irq_level, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msr_list, kvm_msrs,
+    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -48,6 +49,13 @@ pub enum SeccompProfile {
     Block,
     /// The reaper left outside the PID namespace: waits for the VMM, ends like it.
     Reaper,
+    /// [`SeccompProfile::Vcpu`] plus reading the rest of its own state (XSAVE, XCRs,
+    /// debug registers, TSC frequency, CPUID), for a partition launched to snapshot.
+    VcpuSnapshot,
+    /// [`SeccompProfile::Main`] plus reading the VM's irqchip, PIT and clock, the host's
+    /// CPU fingerprint and sizing the handed-over memory file, for a partition launched
+    /// to snapshot (it writes only the files it was handed: nothing can be opened).
+    MainSnapshot,
 }
 
 /// What happens on a system call that is not on the table.
@@ -168,6 +176,48 @@ const DEVICE_IOCTLS: &[u64] = &[
     IRQ_IOCTLS[1],
     IRQ_IOCTLS[2],
     libc::FIONBIO,
+];
+
+/// What a vCPU thread reads of itself for a snapshot, beyond [`VCPU_IOCTLS`].
+const SNAPSHOT_VCPU_IOCTLS: &[u64] = &[
+    ior(0xa4, size_of::<kvm_xsave>()),     // KVM_GET_XSAVE
+    ior(0xa6, size_of::<kvm_xcrs>()),      // KVM_GET_XCRS
+    ior(0xa1, size_of::<kvm_debugregs>()), // KVM_GET_DEBUGREGS
+    io(0xa3),                              // KVM_GET_TSC_KHZ
+    iowr(0x91, size_of::<kvm_cpuid2>()),   // KVM_GET_CPUID2
+];
+
+/// What the main thread reads for a snapshot: the VM's irqchip, clock and PIT, and the
+/// host fingerprint (supported CPUID, MSR index list) from `/dev/kvm`.
+const SNAPSHOT_MAIN_IOCTLS: &[u64] = &[
+    iowr(0x62, size_of::<kvm_irqchip>()),   // KVM_GET_IRQCHIP
+    ior(0x7c, size_of::<kvm_clock_data>()), // KVM_GET_CLOCK
+    ior(0x9f, size_of::<kvm_pit_state2>()), // KVM_GET_PIT2
+    iowr(0x05, size_of::<kvm_cpuid2>()),    // KVM_GET_SUPPORTED_CPUID
+    iowr(0x02, size_of::<kvm_msr_list>()),  // KVM_GET_MSR_INDEX_LIST
+];
+
+const SNAPSHOT_VCPU: &[SyscallRule] = &[with(
+    "ioctl",
+    libc::SYS_ioctl,
+    ArgFilter::OneOf {
+        arg: 1,
+        values: SNAPSHOT_VCPU_IOCTLS,
+    },
+)];
+
+/// The memory file is written with `pwrite64` and synced with `fsync` (both in
+/// [`DEVICE`]), then sized with `ftruncate` so untouched pages stay holes.
+const SNAPSHOT_MAIN: &[SyscallRule] = &[
+    with(
+        "ioctl",
+        libc::SYS_ioctl,
+        ArgFilter::OneOf {
+            arg: 1,
+            values: SNAPSHOT_MAIN_IOCTLS,
+        },
+    ),
+    any("ftruncate", libc::SYS_ftruncate),
 ];
 
 const FCNTL_CMDS: &[u64] = &[
@@ -389,6 +439,15 @@ impl SeccompProfile {
                 rules.extend_from_slice(DEVICE);
                 rules.extend_from_slice(MAIN_EXTRA);
             }
+            SeccompProfile::VcpuSnapshot => {
+                rules.extend_from_slice(VCPU);
+                rules.extend_from_slice(SNAPSHOT_VCPU);
+            }
+            SeccompProfile::MainSnapshot => {
+                rules.extend_from_slice(DEVICE);
+                rules.extend_from_slice(MAIN_EXTRA);
+                rules.extend_from_slice(SNAPSHOT_MAIN);
+            }
         }
         rules
     }
@@ -418,7 +477,7 @@ impl SeccompProfile {
         let table =
             SeccompFilter::new(map, mismatch, SeccompAction::Allow, arch()).map_err(build)?;
         let mut programs = Vec::new();
-        if self == SeccompProfile::Main {
+        if matches!(self, SeccompProfile::Main | SeccompProfile::MainSnapshot) {
             // First: once the table is installed, installing anything needs its
             // permission.
             programs.push(errno_for(libc::SYS_clone3, libc::ENOSYS).map_err(build)?);

@@ -178,6 +178,30 @@ impl SnapshotFiles {
             state_path: dir.join(STATE_FILE),
         })
     }
+
+    /// Files opened by someone else (the supervisor, for a confined partition that
+    /// opens nothing): both must be empty and writable.
+    pub fn from_files(state: File, memory: File) -> Result<Self, SnapshotError> {
+        for (file, what) in [(&state, "state"), (&memory, "memory")] {
+            let len = file
+                .metadata()
+                .map_err(|source| SnapshotError::Io {
+                    what: "reading a handed-over snapshot file's size",
+                    source,
+                })?
+                .len();
+            if len != 0 {
+                return Err(SnapshotError::Malformed(format!(
+                    "the handed-over {what} file to write is not empty ({len} bytes)"
+                )));
+            }
+        }
+        Ok(Self {
+            state,
+            memory,
+            state_path: PathBuf::from("(handed-over state file)"),
+        })
+    }
 }
 
 /// What a written snapshot holds, for the log line.
@@ -209,6 +233,22 @@ impl Snapshot {
             path: state_path.clone(),
             source,
         })?;
+        let memory_path = dir.join(MEMORY_FILE);
+        let memory_file = File::open(&memory_path).map_err(|source| SnapshotError::Open {
+            path: memory_path,
+            source,
+        })?;
+        Self::from_files(&state, memory_file, kvm, verify)
+    }
+
+    /// [`Snapshot::open`] on files already open (a confined partition gets them handed
+    /// over and opens nothing). Only reads them.
+    pub fn from_files(
+        state: &File,
+        memory_file: File,
+        kvm: &Kvm,
+        verify: bool,
+    ) -> Result<Self, SnapshotError> {
         let len = state
             .metadata()
             .map_err(|source| SnapshotError::Io {
@@ -222,17 +262,13 @@ impl Snapshot {
                 format::MAX_STATE_FILE
             )));
         }
-        let mut bytes = Vec::with_capacity(len as usize);
-        std::io::Read::read_to_end(&mut std::io::Read::take(&state, len), &mut bytes).map_err(
-            |source| SnapshotError::Io {
+        // Positional: a handed-over file's offset is whatever its opener left.
+        let mut bytes = vec![0; len as usize];
+        std::os::unix::fs::FileExt::read_exact_at(state, &mut bytes, 0).map_err(|source| {
+            SnapshotError::Io {
                 what: "reading the state file",
                 source,
-            },
-        )?;
-        let memory_path = dir.join(MEMORY_FILE);
-        let memory_file = File::open(&memory_path).map_err(|source| SnapshotError::Open {
-            path: memory_path,
-            source,
+            }
         })?;
         let snapshot = Self::from_bytes(&bytes, kvm)?;
         memory::check_memory_file(&snapshot.memory, &memory_file, verify)?;

@@ -349,6 +349,7 @@ impl RunArgs {
                 NetMode::Passt => NetworkConfig::Stream,
             },
             agent: AgentChannel::VirtioConsole,
+            snapshot_on: None,
         };
         config.validate()?;
         if let (Some(rule), NetMode::None) = (self.allow.first(), self.net) {
@@ -377,6 +378,8 @@ impl RunArgs {
                 .map(|(path, c)| open("disk", path, !c.read_only))
                 .collect::<Result<_, _>>()?,
             network: None,
+            snapshot_in: None,
+            snapshot_out: None,
         };
         let mut procs = NetProcesses::default();
         let mut files = files;

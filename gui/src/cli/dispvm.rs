@@ -1,0 +1,141 @@
+//! `bulkhead dispvm [TARGET]`: disposables of a partition's template, headless, from
+//! its warm snapshot (`bulkhead_supervisor::disposable`): the first one ever cold-boots
+//! to its app-ready marker and is snapshotted, later ones restore from it.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bulkhead_supervisor::launch::Engine;
+use bulkhead_supervisor::{ProcessState, Supervisor};
+
+#[derive(Debug, clap::Args)]
+pub struct DispvmArgs {
+    /// `@dispvm` (the first partition with `kind = "disposable"`), `@dispvm:NAME` or a
+    /// partition NAME: whose template, app and settings the disposables get.
+    #[arg(default_value = "@dispvm")]
+    pub target: String,
+    /// How many disposables to start side by side.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub count: u32,
+    /// Policy directory (default: $BULKHEAD_POLICY_DIR, ~/.config/bulkhead, /etc/bulkhead).
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// Run the built-in test card instead of Linux.
+    #[arg(long)]
+    pub test_card: bool,
+    /// Stop them after this many seconds (default: run until Ctrl-C or they end).
+    #[arg(long = "for")]
+    pub duration: Option<u64>,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+pub fn run(args: DispvmArgs) -> ExitCode {
+    let dir = args
+        .dir
+        .unwrap_or_else(isolation_policy::default_policy_dir);
+    let policy = match isolation_policy::Policy::load(&dir) {
+        Ok((policy, _)) => policy,
+        Err(e) => {
+            eprintln!("bulkhead: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (engine, notice) = if args.test_card {
+        (Engine::TestCard, None)
+    } else {
+        Engine::for_host()
+    };
+    if let Some(n) = notice {
+        eprintln!("bulkhead: {n}");
+    }
+    // A plain partition name is a disposable of that partition.
+    let target = match args.target.starts_with('@') {
+        true => args.target.clone(),
+        false => format!("@dispvm:{}", args.target),
+    };
+    let supervisor = match Supervisor::new(Vec::new()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bulkhead: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        )
+    };
+    let mut names = Vec::new();
+    for _ in 0..args.count {
+        let started = Instant::now();
+        match supervisor.start_dispvm_target(&policy, &target, engine) {
+            Ok(Some(d)) => {
+                let how = match d.restored {
+                    true => "restored from its template's snapshot",
+                    false => "cold boot; snapshotted at its app-ready marker for the next ones",
+                };
+                let offline = match d.offline {
+                    true => " (offline: a network cannot be snapshotted yet)",
+                    false => "",
+                };
+                println!(
+                    "{}: {how}{offline}, started in {} ms",
+                    d.name,
+                    started.elapsed().as_millis()
+                );
+                names.push(d.name);
+            }
+            Ok(None) => {
+                eprintln!(
+                    "bulkhead: `{}` is not a disposable target: write @dispvm, @dispvm:NAME or a partition name",
+                    args.target
+                );
+                break;
+            }
+            Err(e) => {
+                eprintln!("bulkhead: {e}");
+                break;
+            }
+        }
+    }
+    if names.is_empty() {
+        return ExitCode::from(1);
+    }
+    let deadline = args
+        .duration
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    loop {
+        let alive = names.iter().any(|n| {
+            supervisor.status(n).is_ok_and(|s| {
+                !matches!(
+                    s.state,
+                    ProcessState::Crashed { .. }
+                        | ProcessState::Exited { .. }
+                        | ProcessState::Stopped
+                )
+            })
+        });
+        if !alive
+            || INTERRUPTED.load(Ordering::SeqCst)
+            || deadline.is_some_and(|d| Instant::now() >= d)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for name in &names {
+        let state = supervisor.status(name).map(|s| s.state);
+        // Its disk (and the first one's working copy) goes with its process.
+        let _ = supervisor.remove(name, Duration::from_secs(5));
+        println!("{name}: {state:?}, removed");
+    }
+    ExitCode::SUCCESS
+}
