@@ -189,6 +189,16 @@ fn a_damaged_snapshot_stops_the_restored_disposable_before_its_guest_runs() {
         .unwrap();
     assert!(ok, "{status:?}");
     assert_eq!(status.damage_events, 0, "the guest must not run");
-    let log = std::fs::read_to_string(status.log_file.expect("a log")).unwrap();
+    // The process can be seen gone before the supervisor's stderr pump has written its
+    // last line to the log: wait for the refusal there (bounded), then show the log.
+    let log_file = status.log_file.expect("a log");
+    let refused = Instant::now() + WAIT;
+    let log = loop {
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if log.contains("snapshot truncated") || Instant::now() > refused {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(log.contains("snapshot truncated"), "{log}");
 }
