@@ -14,7 +14,18 @@ pub fn show(
     focused: Option<usize>,
     actions: &mut Vec<Action>,
 ) {
-    ui.heading("Partitions");
+    ui.horizontal(|ui| {
+        ui.heading("Partitions");
+        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+            if ui
+                .button("Import…")
+                .on_hover_text("Add a partition from a bundle made by Export…")
+                .clicked()
+            {
+                actions.push(Action::OpenImport);
+            }
+        });
+    });
     if slots.is_empty() {
         ui.label("No partitions configured. Add one in the Policy panel.");
         return;
@@ -209,6 +220,20 @@ fn buttons(ui: &mut Ui, i: usize, state: &PartitionState, popped: bool, actions:
             } else {
                 button(ui, "Pop out", true, Action::PopOut(i));
             }
+        }
+        let stopped = matches!(
+            state,
+            PartitionState::Stopped | PartitionState::Crashed { .. }
+        );
+        if ui
+            .add_enabled(stopped, egui::Button::new("Export…"))
+            .on_hover_text("Write it to one encrypted file: config, rules, private disk")
+            .on_disabled_hover_text(
+                "Stop it first: a running partition's disk is changing under an export",
+            )
+            .clicked()
+        {
+            actions.push(Action::Export(i));
         }
     });
 }
