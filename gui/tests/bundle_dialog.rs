@@ -7,7 +7,6 @@
 //! `UPDATE_SNAPSHOTS=1 cargo test -p bulkhead --test bundle_dialog`.
 
 use std::fs;
-use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -20,6 +19,9 @@ use bulkhead::display::software::Pattern;
 use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::Harness;
 
+#[path = "support/bundle_home.rs"]
+mod bundle_home;
+
 /// One private HOME for this test binary (the data directory comes from the environment,
 /// which is process-wide); the tests that write in it take [`SERIAL`].
 struct Home {
@@ -31,80 +33,31 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn home() -> &'static Home {
     static HOME: OnceLock<Home> = OnceLock::new();
     HOME.get_or_init(|| {
-        let root = tempfile::tempdir().unwrap().keep();
-        let policy = root.join("config/bulkhead");
-        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/policy");
-        fs::create_dir_all(policy.join("policy.d")).unwrap();
-        fs::copy(
-            shipped.join("partitions.toml"),
-            policy.join("partitions.toml"),
-        )
-        .unwrap();
-        for e in fs::read_dir(shipped.join("policy.d")).unwrap() {
-            let e = e.unwrap();
-            fs::copy(e.path(), policy.join("policy.d").join(e.file_name())).unwrap();
-        }
+        // Under cargo's per-target scratch directory, emptied at each run (a static is
+        // never dropped, so a TempDir would leak into /tmp).
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bundle_dialog-home");
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        bundle_home::populate(&root);
         std::env::set_var("HOME", &root);
         std::env::set_var("XDG_CONFIG_HOME", root.join("config"));
         std::env::set_var("XDG_DATA_HOME", root.join("data"));
         std::env::remove_var("BULKHEAD_POLICY_DIR");
-        let home = Home { root };
-        // A sparse 256 MiB private disk for `mail` with a few recognisable blocks.
-        let disk = home.disk("mail");
-        fs::create_dir_all(disk.parent().unwrap()).unwrap();
-        let mut f = fs::File::create(&disk).unwrap();
-        f.set_len(256 << 20).unwrap();
-        for (i, at) in [0u64, 100 << 20, (256 << 20) - 8192].iter().enumerate() {
-            f.seek(SeekFrom::Start(*at)).unwrap();
-            let block: Vec<u8> = (0..8192u32)
-                .map(|b| (b.wrapping_mul(2654435761) >> (i + 3)) as u8)
-                .collect();
-            f.write_all(&block).unwrap();
-        }
-        home
+        Home { root }
     })
 }
 
 impl Home {
     fn policy(&self) -> PathBuf {
-        self.root.join("config/bulkhead")
+        bundle_home::policy(&self.root)
     }
 
     fn disk(&self, name: &str) -> PathBuf {
-        self.root
-            .join("data/bulkhead/partitions")
-            .join(name)
-            .join("private.img")
+        bundle_home::disk(&self.root, name)
     }
 
-    /// Every file and directory an import could touch, with the small files' bytes.
     fn state(&self) -> Vec<(PathBuf, Vec<u8>)> {
-        let mut out = Vec::new();
-        for base in [self.policy(), self.root.join("data")] {
-            walk(&base, &mut out);
-        }
-        out.sort();
-        out
-    }
-}
-
-fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.push((p.clone(), Vec::new()));
-            walk(&p, out);
-        } else if p.extension().is_some_and(|e| e == "img") {
-            out.push((
-                p.clone(),
-                fs::metadata(&p).unwrap().len().to_le_bytes().into(),
-            ));
-        } else {
-            out.push((p.clone(), fs::read(&p).unwrap()));
-        }
+        bundle_home::state(&self.root)
     }
 }
 
