@@ -8,7 +8,11 @@
 //! 2048 MiB sparse ext4), then `--fill-mib` of files are written into it with `debugfs`:
 //! half text-like (compresses well), half random (does not), in 4 MiB files.
 //!
-//! `cargo run --release -p bulkhead-tests --bin bundle-bench -- [--disk-mib N]
+//! Each variant runs `--runs` times, interleaved; medians are printed. Ours runs twice per
+//! round: as shipped (scrypt calibrated by age to about a second each way, by design) and
+//! with the cheapest scrypt, so the data path can be compared with the baseline alone.
+//!
+//! `cargo run --release -p bulkhead-tests --bin bundle-bench -- [--runs N] [--disk-mib N]
 //! [--fill-mib N] [--step-timeout S] [--work-factor N]`
 
 use std::fs;
@@ -23,11 +27,12 @@ use bulkhead_supervisor::bundle::{self, BundleWriter, SecretString};
 use bulkhead_supervisor::private_disk;
 use bulkhead_tests::bench;
 
-const USAGE: &str =
-    "usage: bundle-bench [--disk-mib N] [--fill-mib N] [--step-timeout S] [--work-factor N]";
+const USAGE: &str = "usage: bundle-bench [--runs N] [--disk-mib N] [--fill-mib N] \
+                     [--step-timeout S] [--work-factor N]";
 const FILE_MIB: u64 = 4;
 
 struct Config {
+    runs: usize,
     disk_mib: u64,
     fill_mib: u64,
     step_timeout_s: u64,
@@ -37,6 +42,7 @@ struct Config {
 
 fn parse_args(args: &[String]) -> Result<Config, String> {
     let mut cfg = Config {
+        runs: 3,
         disk_mib: 2048,
         fill_mib: 200,
         step_timeout_s: 600,
@@ -50,6 +56,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
                 .map_err(|_| format!("{flag} `{v}` is not a whole number"))
         };
         match flag.as_str() {
+            "--runs" => cfg.runs = value(it.next())? as usize,
             "--disk-mib" => cfg.disk_mib = value(it.next())?,
             "--fill-mib" => cfg.fill_mib = value(it.next())?,
             "--step-timeout" => cfg.step_timeout_s = value(it.next())?,
@@ -66,6 +73,9 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
             "--fill-mib {} does not fit a {} MiB disk with room for ext4",
             cfg.fill_mib, cfg.disk_mib
         ));
+    }
+    if cfg.runs == 0 {
+        return Err("--runs must be at least 1".into());
     }
     if cfg.step_timeout_s == 0 {
         return Err("--step-timeout must be at least 1".into());
@@ -196,6 +206,139 @@ fn ratio(ours: f64, base: f64) -> String {
     }
 }
 
+/// One round's figures (seconds, bytes).
+struct Round {
+    export: f64,
+    import: f64,
+    export_data: f64,
+    import_data: f64,
+    tar: f64,
+    untar: f64,
+    cp: f64,
+    bundle_size: u64,
+    tar_size: u64,
+}
+
+/// Every round's times in milliseconds, for medians.
+#[derive(Default)]
+struct Times {
+    export: Vec<u64>,
+    import: Vec<u64>,
+    export_data: Vec<u64>,
+    import_data: Vec<u64>,
+    tar: Vec<u64>,
+    untar: Vec<u64>,
+    cp: Vec<u64>,
+}
+
+impl Times {
+    fn push(&mut self, r: &Round) {
+        let ms = |s: f64| (s * 1000.0) as u64;
+        self.export.push(ms(r.export));
+        self.import.push(ms(r.import));
+        self.export_data.push(ms(r.export_data));
+        self.import_data.push(ms(r.import_data));
+        self.tar.push(ms(r.tar));
+        self.untar.push(ms(r.untar));
+        self.cp.push(ms(r.cp));
+    }
+}
+
+fn secret(text: &str) -> SecretString {
+    SecretString::from(text.to_string())
+}
+
+/// Our export then checked import of `disk` in `dir` at scrypt `work_factor` (`None`:
+/// calibrated to about a second, as shipped): (export time, import time, bundle bytes).
+fn ours(
+    dir: &Path,
+    disk: &Path,
+    work_factor: Option<u8>,
+    bound: Duration,
+) -> Result<(Duration, Duration, u64), String> {
+    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let bundle_path = dir.join("bench.bulkhead");
+    let (b, d) = (bundle_path.clone(), disk.to_path_buf());
+    let (_, export) = bounded("export", bound, move || {
+        let mut writer = BundleWriter::create(&b, secret("bench passphrase"), work_factor)
+            .map_err(|e| e.to_string())?;
+        writer
+            .add_file("private.img", &d, &mut |_| {})
+            .map_err(|e| e.to_string())?;
+        writer.finish().map(drop).map_err(|e| e.to_string())
+    })?;
+    let bundle_size = len(&bundle_path);
+    let (b, staging) = (bundle_path, dir.join("staging"));
+    let (unpacked_ok, import) = bounded("import", bound, move || {
+        let unpacked = bundle::unpack(&b, secret("bench passphrase"), &staging, &mut |_| {})
+            .map_err(|e| e.to_string())?;
+        let copy = unpacked.path("private.img").map(Path::to_path_buf);
+        Ok(copy.is_some_and(|c| len(&c) > 0))
+    })?;
+    if !unpacked_ok {
+        return Err("import: the bundle held no private.img".into());
+    }
+    Ok((export, import, bundle_size))
+}
+
+/// Ours as shipped and with the cheapest scrypt, then the baseline, each step bounded; the
+/// outputs are removed before the next round.
+fn one_round(cfg: &Config, root: &Path, disk: &Path, bound: Duration) -> Result<Round, String> {
+    let out = root.join("round");
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let (export, import, bundle_size) = ours(&out.join("shipped"), disk, cfg.work_factor, bound)?;
+    // The data path alone: scrypt at its cheapest (log2 N = 1) costs nothing.
+    let (export_data, import_data, _) = ours(&out.join("data"), disk, Some(1), bound)?;
+
+    // Baseline: the same disk through tar --sparse | zstd -3 (one thread, like ours) and
+    // back; and a sparse copy.
+    let tarball = out.join("bench.tar.zst");
+    let dir = disk.parent().map(Path::to_path_buf).unwrap_or_default();
+    let tar = bounded_cmd(
+        "tar | zstd",
+        bound,
+        &format!(
+            "tar --sparse -cf - -C {} private.img | zstd -3 -q -T1 -o {}",
+            dir.display(),
+            tarball.display()
+        ),
+    )?;
+    let untar_dir = out.join("untar");
+    fs::create_dir_all(&untar_dir).map_err(|e| e.to_string())?;
+    let untar = bounded_cmd(
+        "zstd -d | tar -x",
+        bound,
+        &format!(
+            "zstd -d -q -c {} | tar -xf - -C {}",
+            tarball.display(),
+            untar_dir.display()
+        ),
+    )?;
+    let cp = bounded_cmd(
+        "cp --sparse=always",
+        bound,
+        &format!(
+            "cp --sparse=always {} {}",
+            disk.display(),
+            out.join("copy.img").display()
+        ),
+    )?;
+    let round = Round {
+        export: export.as_secs_f64(),
+        import: import.as_secs_f64(),
+        export_data: export_data.as_secs_f64(),
+        import_data: import_data.as_secs_f64(),
+        tar: tar.as_secs_f64(),
+        untar: untar.as_secs_f64(),
+        cp: cp.as_secs_f64(),
+        bundle_size,
+        tar_size: len(&tarball),
+    };
+    let _ = fs::remove_dir_all(&out);
+    Ok(round)
+}
+
 fn run(cfg: &Config) -> Result<(), String> {
     let bound = Duration::from_secs(cfg.step_timeout_s);
     let tmp = tempfile::Builder::new()
@@ -248,115 +391,74 @@ fn run(cfg: &Config) -> Result<(), String> {
         cfg.disk_mib
     );
 
-    // Ours: export (write a bundle) and import (unpack it, checked), as the app does.
-    let bundle_path = root.join("bench.bulkhead");
-    let (b, d, w) = (bundle_path.clone(), disk.clone(), cfg.work_factor);
-    let (_, export) = bounded("export", bound, move || {
-        let mut writer =
-            BundleWriter::create(&b, SecretString::from("bench passphrase".to_string()), w)
-                .map_err(|e| e.to_string())?;
-        writer
-            .add_file("private.img", &d, &mut |_| {})
-            .map_err(|e| e.to_string())?;
-        writer.finish().map(drop).map_err(|e| e.to_string())
-    })?;
-    let bundle_size = len(&bundle_path);
-    let (b, staging) = (bundle_path.clone(), root.join("staging"));
-    let (unpacked_ok, import) = bounded("import", bound, move || {
-        let out = bundle::unpack(
-            &b,
-            SecretString::from("bench passphrase".to_string()),
-            &staging,
-            &mut |_| {},
-        )
-        .map_err(|e| e.to_string())?;
-        let copy = out.path("private.img").map(Path::to_path_buf);
-        Ok(copy.is_some_and(|c| len(&c) > 0))
-    })?;
-    if !unpacked_ok {
-        return Err("import: the bundle held no private.img".into());
+    let mut t = Times::default();
+    let mut sizes = (0u64, 0u64);
+    for run in 0..cfg.runs {
+        let r = one_round(cfg, &root, &disk, bound)?;
+        println!(
+            "run {}: export {:.2} s ({:.2} without scrypt), import {:.2} s ({:.2}), \
+             tar|zstd {:.2} s, unzstd|untar {:.2} s, cp {:.2} s",
+            run + 1,
+            r.export,
+            r.export_data,
+            r.import,
+            r.import_data,
+            r.tar,
+            r.untar,
+            r.cp
+        );
+        sizes = (r.bundle_size, r.tar_size);
+        t.push(&r);
     }
-    // The fixed cost: scrypt once each way, on an empty bundle.
-    let (b, w) = (root.join("empty.bulkhead"), cfg.work_factor);
-    let (_, fixed) = bounded("empty export", bound, move || {
-        let writer = BundleWriter::create(&b, SecretString::from("x".to_string()), w)
-            .map_err(|e| e.to_string())?;
-        writer.finish().map(drop).map_err(|e| e.to_string())
-    })?;
-
-    // Baseline: the same disk through tar --sparse | zstd -3, and back; and a sparse copy.
-    let tarball = root.join("bench.tar.zst");
-    let dir = disk.parent().map(Path::to_path_buf).unwrap_or_default();
-    let tar_export = bounded_cmd(
-        "tar | zstd",
-        bound,
-        &format!(
-            "tar --sparse -cf - -C {} private.img | zstd -3 -q -T1 -o {}",
-            dir.display(),
-            tarball.display()
-        ),
-    )?;
-    let tar_size = len(&tarball);
-    let untar = root.join("untar");
-    fs::create_dir_all(&untar).map_err(|e| e.to_string())?;
-    let tar_import = bounded_cmd(
-        "zstd -d | tar -x",
-        bound,
-        &format!(
-            "zstd -d -q -c {} | tar -xf - -C {}",
-            tarball.display(),
-            untar.display()
-        ),
-    )?;
-    let cp = bounded_cmd(
-        "cp --sparse=always",
-        bound,
-        &format!(
-            "cp --sparse=always {} {}",
-            disk.display(),
-            root.join("copy.img").display()
-        ),
-    )?;
-
-    let s = |d: Duration| d.as_secs_f64();
+    let m = |v: &[u64]| bench::median(v).unwrap_or(0.0) / 1000.0;
+    let (export, import) = (m(&t.export), m(&t.import));
+    let (export_data, import_data) = (m(&t.export_data), m(&t.import_data));
+    let (tar, untar, cp) = (m(&t.tar), m(&t.untar), m(&t.cp));
     println!();
-    println!("{:<34} {:>10} {:>12}", "", "time (s)", "size (MiB)");
+    println!("medians of {} run(s):", cfg.runs);
+    println!("{:<40} {:>10} {:>12}", "", "time (s)", "size (MiB)");
     println!(
-        "{:<34} {:>10.2} {:>12.1}",
+        "{:<40} {:>10.2} {:>12.1}",
         "bundle export (ours)",
-        s(export),
-        mib(bundle_size)
+        export,
+        mib(sizes.0)
     );
-    println!("{:<34} {:>10.2}", "bundle import (ours)", s(import));
+    println!("{:<40} {:>10.2}", "bundle import (ours, checked)", import);
     println!(
-        "{:<34} {:>10.2}",
-        "  of which scrypt (empty bundle)",
-        s(fixed)
+        "{:<40} {:>10.2}",
+        "  export, scrypt at log2 N = 1", export_data
     );
     println!(
-        "{:<34} {:>10.2} {:>12.1}",
+        "{:<40} {:>10.2}",
+        "  import, scrypt at log2 N = 1", import_data
+    );
+    println!(
+        "{:<40} {:>10.2} {:>12.1}",
         "tar --sparse | zstd -3 (baseline)",
-        s(tar_export),
-        mib(tar_size)
+        tar,
+        mib(sizes.1)
     );
-    println!(
-        "{:<34} {:>10.2}",
-        "zstd -d | tar -x (baseline)",
-        s(tar_import)
-    );
-    println!("{:<34} {:>10.2}", "cp --sparse=always", s(cp));
+    println!("{:<40} {:>10.2}", "zstd -d | tar -x (baseline)", untar);
+    println!("{:<40} {:>10.2}", "cp --sparse=always", cp);
     println!();
     println!(
-        "ratios ours/baseline: export time {}, import time {}, size {}; export/cp {}",
-        ratio(s(export), s(tar_export)),
-        ratio(s(import), s(tar_import)),
-        ratio(bundle_size as f64, tar_size as f64),
-        ratio(s(export), s(cp)),
+        "ratios ours/baseline: export {} ({} without scrypt), import {} ({} without scrypt), \
+         size {}; export/cp {}",
+        ratio(export, tar),
+        ratio(export_data, tar),
+        ratio(import, untar),
+        ratio(import_data, untar),
+        ratio(sizes.0 as f64, sizes.1 as f64),
+        ratio(export, cp),
     );
     println!(
-        "throughput over {data_mib:.0} MiB of data: export {:.0} MiB/s, import {:.0} MiB/s",
-        data_mib / s(export).max(1e-9),
-        data_mib / s(import).max(1e-9)
+        "data path over {data_mib:.0} MiB allocated: export {:.0} MiB/s, import {:.0} MiB/s \
+         (load average {})",
+        data_mib / export_data.max(1e-9),
+        data_mib / import_data.max(1e-9),
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     Ok(())
 }
