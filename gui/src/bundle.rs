@@ -660,14 +660,23 @@ impl Job {
             .name(thread.to_string())
             .spawn(move || {
                 let mut last_wake = std::time::Instant::now();
-                let outcome = work(&mut |p| {
+                let mut progress = |p: Progress| {
                     set(&mut |s| s.progress = p.clone());
                     // A repaint at most every 50 ms, not one per chunk.
                     if last_wake.elapsed() >= std::time::Duration::from_millis(50) {
                         last_wake = std::time::Instant::now();
                         wake();
                     }
-                });
+                };
+                // A panic still ends the job (the writer and the staging directory clean
+                // up as they unwind), so the form never waits forever.
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut progress)))
+                        .unwrap_or_else(|_| {
+                            Err(TransferError::Failed(
+                                "it stopped on an internal error".into(),
+                            ))
+                        });
                 if let Err(e) = &outcome {
                     tracing::warn!("{e}");
                 }
@@ -693,5 +702,48 @@ impl Job {
 
     pub fn is_finished(&self) -> bool {
         self.status().outcome.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(job: &Job) -> JobStatus {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !job.is_finished() {
+            assert!(std::time::Instant::now() < until, "the job never ended");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        job.status()
+    }
+
+    #[test]
+    fn a_job_reports_its_progress_and_outcome_and_a_panic_ends_it_with_an_error() {
+        let job = Job::spawn("test-ok", Box::new(|| {}), |progress| {
+            progress(Progress {
+                stage: "private.img".into(),
+                done: 3,
+                total: 4,
+            });
+            Ok("done".into())
+        });
+        let status = finished(&job);
+        assert_eq!(status.progress.done, 3);
+        assert_eq!(status.outcome, Some(Ok("done".into())));
+
+        let job = Job::spawn("test-panic", Box::new(|| {}), |_| panic!("boom"));
+        assert!(matches!(
+            finished(&job).outcome,
+            Some(Err(TransferError::Failed(_)))
+        ));
+    }
+
+    #[test]
+    fn a_passphrase_must_be_non_empty_and_typed_the_same_twice() {
+        assert!(check_passphrase("", None).is_err());
+        assert!(check_passphrase("abc", Some("abd")).is_err());
+        assert!(check_passphrase("abc", Some("abc")).is_ok());
+        assert!(check_passphrase("abc", None).is_ok());
     }
 }
