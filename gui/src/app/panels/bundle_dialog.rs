@@ -91,7 +91,13 @@ impl BundleDialog {
             let mut form = Form::new(Mode::Export {
                 partition: partition.to_string(),
             });
-            form.file = format!("{partition}.bulkhead");
+            form.file = match std::env::var_os("HOME") {
+                Some(home) => PathBuf::from(home)
+                    .join(format!("{partition}.bulkhead"))
+                    .display()
+                    .to_string(),
+                None => format!("{partition}.bulkhead"),
+            };
             self.form = Some(form);
         }
     }
@@ -276,7 +282,7 @@ fn submit(form: &mut Form, policy_dir: Option<PathBuf>) -> Option<DialogAction> 
         }
     };
     form.error = None;
-    let file = PathBuf::from(form.file.trim());
+    let file = expand_home(form.file.trim());
     Some(match &form.mode {
         Mode::Export { partition } => DialogAction::Export(
             ExportRequest {
@@ -296,6 +302,14 @@ fn submit(form: &mut Form, policy_dir: Option<PathBuf>) -> Option<DialogAction> 
             pass,
         ),
     })
+}
+
+/// `~/x` is `$HOME/x`, as a person typing a path expects; anything else as typed.
+fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
 }
 
 /// The progress bar while it runs, then one line: the error, or what was done.
