@@ -3,6 +3,7 @@
 //! [`supervised`] is the app's adapter to it.
 
 pub mod app;
+pub mod bundle;
 pub mod display;
 pub mod input;
 pub mod supervised;

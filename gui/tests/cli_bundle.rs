@@ -4,9 +4,11 @@
 //! refused with one line and leaves the policy and the data directory as they were.
 
 use std::fs;
-use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
+
+#[path = "support/bundle_home.rs"]
+mod bundle_home;
 
 struct Home {
     _tmp: tempfile::TempDir,
@@ -14,49 +16,23 @@ struct Home {
 }
 
 impl Home {
-    /// A HOME with the shipped policy as the user's own and a sparse private disk for
-    /// `mail` holding a few recognisable blocks.
+    /// A HOME with the shipped policy as the user's own, a sparse private disk for `mail`
+    /// and two passphrase files.
     fn new() -> Home {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        let policy = root.join("config/bulkhead");
-        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/policy");
-        fs::create_dir_all(policy.join("policy.d")).unwrap();
-        fs::copy(
-            shipped.join("partitions.toml"),
-            policy.join("partitions.toml"),
-        )
-        .unwrap();
-        for e in fs::read_dir(shipped.join("policy.d")).unwrap() {
-            let e = e.unwrap();
-            fs::copy(e.path(), policy.join("policy.d").join(e.file_name())).unwrap();
-        }
-        let home = Home { _tmp: tmp, root };
-        let disk = home.disk("mail");
-        fs::create_dir_all(disk.parent().unwrap()).unwrap();
-        let mut f = fs::File::create(&disk).unwrap();
-        f.set_len(256 << 20).unwrap();
-        for (i, at) in [0u64, 100 << 20, (256 << 20) - 8192].iter().enumerate() {
-            f.seek(SeekFrom::Start(*at)).unwrap();
-            let block: Vec<u8> = (0..8192u32)
-                .map(|b| (b.wrapping_mul(2654435761) >> (i + 3)) as u8)
-                .collect();
-            f.write_all(&block).unwrap();
-        }
-        fs::write(home.root.join("pass"), "a long passphrase\n").unwrap();
-        fs::write(home.root.join("wrong"), "not it\n").unwrap();
-        home
+        bundle_home::populate(&root);
+        fs::write(root.join("pass"), "a long passphrase\n").unwrap();
+        fs::write(root.join("wrong"), "not it\n").unwrap();
+        Home { _tmp: tmp, root }
     }
 
     fn policy(&self) -> PathBuf {
-        self.root.join("config/bulkhead")
+        bundle_home::policy(&self.root)
     }
 
     fn disk(&self, name: &str) -> PathBuf {
-        self.root
-            .join("data/bulkhead/partitions")
-            .join(name)
-            .join("private.img")
+        bundle_home::disk(&self.root, name)
     }
 
     fn bulkhead(&self, args: &[&str]) -> Output {
@@ -73,33 +49,7 @@ impl Home {
 
     /// Everything import could have touched, for "nothing changed" checks.
     fn state(&self) -> Vec<(PathBuf, Vec<u8>)> {
-        let mut out = Vec::new();
-        for base in [self.policy(), self.root.join("data")] {
-            walk(&base, &mut out);
-        }
-        out.sort();
-        out
-    }
-}
-
-fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.push((p.clone(), Vec::new()));
-            walk(&p, out);
-        } else if p.extension().is_some_and(|e| e == "img") {
-            // Disks by size and a hash-free sample, to keep the comparison cheap.
-            out.push((
-                p.clone(),
-                fs::metadata(&p).unwrap().len().to_le_bytes().to_vec(),
-            ));
-        } else {
-            out.push((p.clone(), fs::read(&p).unwrap()));
-        }
+        bundle_home::state(&self.root)
     }
 }
 

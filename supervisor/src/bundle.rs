@@ -23,8 +23,10 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use age::secrecy::SecretString;
+pub use age::secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8; 16] = b"BULKHEAD-BUNDLE\0";
@@ -300,6 +302,28 @@ fn data_extents(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
+/// How far [`unpack`] is: data bytes written so far, and bytes of the bundle file read so
+/// far (out of its length, which the caller knows: the measure for a progress bar).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnpackProgress {
+    pub data_bytes: u64,
+    pub bundle_bytes: u64,
+}
+
+/// A [`Read`] that counts what passes through, for progress on the encrypted file.
+struct Counting<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 /// A bundle unpacked into a staging directory, checked. The directory is removed when this
 /// is dropped; move what you keep out of it first ([`Unpacked::path`]).
 #[derive(Debug)]
@@ -337,14 +361,18 @@ impl Drop for Unpacked {
 
 /// Reads `path`, checks every layer and unpacks its entries into a new directory under
 /// `staging_parent` (use one on the file system the entries will move to). Nothing is left
-/// behind on any error. `progress` gets the data bytes unpacked so far.
+/// behind on any error. `progress` is called after every chunk of data written.
 pub fn unpack(
     path: &Path,
     passphrase: SecretString,
     staging_parent: &Path,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut dyn FnMut(UnpackProgress),
 ) -> Result<Unpacked, BundleError> {
-    let file = File::open(path).map_err(io_at("opening", path))?;
+    let read = Arc::new(AtomicU64::new(0));
+    let file = Counting {
+        inner: File::open(path).map_err(io_at("opening", path))?,
+        read: Arc::clone(&read),
+    };
     let damaged = |detail: String| BundleError::Damaged {
         path: path.to_path_buf(),
         detail,
@@ -390,6 +418,7 @@ pub fn unpack(
         inner: zstd,
         hash: Sha256::new(),
         path: path.to_path_buf(),
+        read,
     };
     reader.records(&mut unpacked, free, progress)?;
     Ok(unpacked)
@@ -404,6 +433,8 @@ struct Reader<R> {
     inner: R,
     hash: Sha256,
     path: PathBuf,
+    /// Bytes of the bundle file read so far (for progress).
+    read: Arc<AtomicU64>,
 }
 
 impl<R: Read> Reader<R> {
@@ -448,7 +479,7 @@ impl<R: Read> Reader<R> {
         &mut self,
         out: &mut Unpacked,
         mut free: u64,
-        progress: &mut dyn FnMut(u64),
+        progress: &mut dyn FnMut(UnpackProgress),
     ) -> Result<(), BundleError> {
         let mut magic = [0u8; 16];
         self.exact(&mut magic)?;
@@ -484,7 +515,7 @@ impl<R: Read> Reader<R> {
         out: &mut Unpacked,
         free: &mut u64,
         unpacked_bytes: &mut u64,
-        progress: &mut dyn FnMut(u64),
+        progress: &mut dyn FnMut(UnpackProgress),
     ) -> Result<(), BundleError> {
         let name_len = usize::from(self.u16()?);
         if name_len == 0 || name_len > MAX_NAME {
@@ -545,7 +576,10 @@ impl<R: Read> Reader<R> {
                     .map_err(io_at("writing", &target))?;
                 left -= n as u64;
                 *unpacked_bytes += n as u64;
-                progress(*unpacked_bytes);
+                progress(UnpackProgress {
+                    data_bytes: *unpacked_bytes,
+                    bundle_bytes: self.read.load(Ordering::Relaxed),
+                });
             }
             next_free = offset + len;
         }

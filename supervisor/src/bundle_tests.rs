@@ -48,12 +48,18 @@ fn a_sparse_disk_round_trips_byte_identical_and_stays_sparse() {
     let bundle = write_bundle(tmp.path(), &disk, "correct horse");
     assert!(fs::metadata(&bundle).unwrap().len() < 1 << 20, "compressed");
     let staging = tmp.path().join("staging");
-    let mut seen = 0;
-    let out = unpack(&bundle, secret("correct horse"), &staging, &mut |n| {
-        seen = n
+    let mut seen = UnpackProgress::default();
+    let out = unpack(&bundle, secret("correct horse"), &staging, &mut |p| {
+        seen = p
     })
     .unwrap();
-    assert_eq!(seen, 3 * 4096 + 20, "data bytes of every entry");
+    assert_eq!(seen.data_bytes, 3 * 4096 + 20, "data bytes of every entry");
+    let file_len = fs::metadata(&bundle).unwrap().len();
+    assert!(
+        seen.bundle_bytes > 0 && seen.bundle_bytes <= file_len,
+        "{} bundle bytes read of {file_len}",
+        seen.bundle_bytes
+    );
     assert_eq!(
         out.names().collect::<Vec<_>>(),
         ["bundle.json", "empty", "private.img"]

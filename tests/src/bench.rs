@@ -580,7 +580,8 @@ pub fn run_bounded(label: &str, cmd: &[String], bound: Duration) -> String {
             cut = true;
             break;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // 10 ms: callers that time the command (bundle-bench) see its end this closely.
+        std::thread::sleep(Duration::from_millis(10));
     }
     let _ = child.wait();
     let mut text = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();

@@ -9,7 +9,9 @@ pub mod panels;
 pub mod run;
 
 // The panels' old paths (`app::policy_editor`, …), kept for the tests and other callers.
-pub use panels::{ask_dialog, audit_log, launcher, partition_view, policy_editor, serial_console};
+pub use panels::{
+    ask_dialog, audit_log, bundle_dialog, launcher, partition_view, policy_editor, serial_console,
+};
 
 use std::time::Duration;
 
@@ -65,6 +67,10 @@ pub enum Action {
     PopOut(usize),
     PopIn(usize),
     ShowTab(usize),
+    /// Open the Export… form for a (stopped) partition.
+    Export(usize),
+    /// Open the Import… form.
+    OpenImport,
 }
 
 /// One partition (or software source) and what the app keeps about it.
@@ -135,6 +141,8 @@ pub struct BulkheadApp {
     pub clipboard: clipboard::SecureClipboard,
     /// Questions the policy left to the person (`ask`), one shown at a time.
     pub asks: ask_dialog::AskDialogs,
+    /// Export… / Import…: the form and its background job.
+    pub bundle: bundle_dialog::BundleDialog,
     /// Which renderer draws this window, shown in the status bar.
     pub renderer: String,
     /// What this host cannot run and what runs instead, shown under the top bar.
@@ -159,6 +167,7 @@ impl BulkheadApp {
             audit: audit_log::AuditPanel::default(),
             clipboard: clipboard::SecureClipboard::default(),
             asks: ask_dialog::AskDialogs::default(),
+            bundle: bundle_dialog::BundleDialog::default(),
             renderer: "test".into(),
             host_notice: None,
             frames: 0,
@@ -235,8 +244,8 @@ impl BulkheadApp {
             }
             Action::Capture(i) => {
                 self.focus(i);
-                // While a question is open the keyboard stays with the host.
-                if !self.asks.is_open() {
+                // While a question or a host form is open the keyboard stays with the host.
+                if !self.host_dialog_open() {
                     self.router.capture();
                 }
                 Ok(())
@@ -256,6 +265,19 @@ impl BulkheadApp {
                 self.selected_tab = i;
                 Ok(())
             }
+            Action::Export(i) => {
+                if let Some(slot) = self.slots.get(i) {
+                    let name = slot.backend.info().name.clone();
+                    self.bundle.open_export(&name);
+                    self.release_for_host_dialog();
+                }
+                Ok(())
+            }
+            Action::OpenImport => {
+                self.bundle.open_import();
+                self.release_for_host_dialog();
+                Ok(())
+            }
         };
         if let Err(e) = result {
             tracing::warn!("{e}");
@@ -263,6 +285,34 @@ impl BulkheadApp {
                 slot.last_error = Some(e.to_string());
             }
         }
+    }
+
+    /// A question or a host form (Export… / Import…) is open: no partition gets input.
+    pub fn host_dialog_open(&self) -> bool {
+        self.asks.is_open() || self.bundle.is_open()
+    }
+
+    /// The keyboard leaves the partitions (the one holding it gets its key-ups).
+    fn release_for_host_dialog(&mut self) {
+        if self.keyboard_captured() {
+            let routed = self.router.release();
+            self.deliver(routed);
+        }
+    }
+
+    /// Starts the export or import the bundle form asked for, on its own thread.
+    fn start_bundle_job(&mut self, action: bundle_dialog::DialogAction, ctx: &egui::Context) {
+        let waker_ctx = ctx.clone();
+        let wake: crate::bundle::Waker = Box::new(move || waker_ctx.request_repaint());
+        let job = match action {
+            bundle_dialog::DialogAction::Export(req, pass) => {
+                crate::bundle::Job::export(req, pass, wake)
+            }
+            bundle_dialog::DialogAction::Import(req, pass) => {
+                crate::bundle::Job::import(req, pass, wake)
+            }
+        };
+        self.bundle.started(job);
     }
 
     fn on_backend(
@@ -321,6 +371,9 @@ impl BulkheadApp {
         self.host_notice_bar(ui);
         if let Some(answered) = self.asks.show(ui) {
             self.answer_ask(answered);
+        }
+        if let Some(job) = bundle_dialog::show(ui, &mut self.bundle) {
+            self.start_bundle_job(job, &ctx);
         }
         self.clipboard_status_bar(ui);
         if self.prefs.show_launcher {
@@ -491,7 +544,7 @@ impl BulkheadApp {
     }
 
     fn route_root_input(&mut self, ui: &egui::Ui) {
-        if self.asks.is_open() {
+        if self.host_dialog_open() {
             return;
         }
         let focused = self.focused();
@@ -505,9 +558,10 @@ impl BulkheadApp {
 
     /// Sends this viewport's input to the focused partition if it is `shown_here`.
     fn route_input(&mut self, ui: &egui::Ui, shown_here: Option<usize>) {
-        // An open question takes all input: no partition hears anything until it is
-        // answered (keys pressed meanwhile are dropped, not queued for the guest).
-        if self.asks.is_open() {
+        // An open question (or host form) takes all input: no partition hears anything
+        // until it is answered or closed (keys pressed meanwhile are dropped, not queued
+        // for the guest; a passphrase is never typed into a guest).
+        if self.host_dialog_open() {
             return;
         }
         let Some(i) = shown_here.filter(|&i| Some(i) == self.focused()) else {
@@ -649,8 +703,9 @@ fn action_index(action: Action) -> Option<usize> {
         | Action::Capture(i)
         | Action::PopOut(i)
         | Action::PopIn(i)
-        | Action::ShowTab(i) => Some(i),
-        Action::ReleaseKeyboard => None,
+        | Action::ShowTab(i)
+        | Action::Export(i) => Some(i),
+        Action::ReleaseKeyboard | Action::OpenImport => None,
     }
 }
 

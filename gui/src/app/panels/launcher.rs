@@ -14,7 +14,18 @@ pub fn show(
     focused: Option<usize>,
     actions: &mut Vec<Action>,
 ) {
-    ui.heading("Partitions");
+    ui.horizontal(|ui| {
+        ui.heading("Partitions");
+        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+            if ui
+                .button("Import…")
+                .on_hover_text("Add a partition from a bundle made by Export…")
+                .clicked()
+            {
+                actions.push(Action::OpenImport);
+            }
+        });
+    });
     if slots.is_empty() {
         ui.label("No partitions configured. Add one in the Policy panel.");
         return;
@@ -45,6 +56,7 @@ fn row(ui: &mut Ui, i: usize, slot: &PartitionSlot, focused: bool, actions: &mut
                 ui.weak(&info.kind);
                 ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                     ui.label(state_text(&state));
+                    export_button(ui, i, &state, actions);
                 });
             });
             if let Some(disclaimer) = info.source.disclaimer() {
@@ -80,6 +92,24 @@ fn row(ui: &mut Ui, i: usize, slot: &PartitionSlot, focused: bool, actions: &mut
                 ui.colored_label(ui.visuals().error_fg_color, err);
             }
         });
+}
+
+/// Export… for a stopped (or crashed) partition; disabled, saying why, while it runs.
+fn export_button(ui: &mut Ui, i: usize, state: &PartitionState, actions: &mut Vec<Action>) {
+    let stopped = matches!(
+        state,
+        PartitionState::Stopped | PartitionState::Crashed { .. }
+    );
+    if ui
+        .add_enabled(stopped, egui::Button::new("Export…").small())
+        .on_hover_text("Write it to one encrypted file: config, rules, private disk")
+        .on_disabled_hover_text(
+            "Stop it first: a running partition's disk is changing under an export",
+        )
+        .clicked()
+    {
+        actions.push(Action::Export(i));
+    }
 }
 
 /// A badge, not a log line: the partition runs with less confinement than designed.

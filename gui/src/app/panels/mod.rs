@@ -4,6 +4,7 @@
 
 pub mod ask_dialog;
 pub mod audit_log;
+pub mod bundle_dialog;
 pub mod launcher;
 pub mod partition_view;
 pub mod policy_editor;
