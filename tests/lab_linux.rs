@@ -138,13 +138,14 @@ poweroff -f
     eprintln!("{}", out.summary());
     out.save_artifacts("virtio-probe");
     let s = &out.serial;
-    // Keyboard, tablet, console, the agent's console, rng.
-    assert!(s.contains("virtio devices: 5"), "{}", out.diagnostics());
-    // Device ids: 18 input, 3 console, 4 entropy; all bound to their drivers.
+    // Keyboard, tablet, console, the agent's console, rng, balloon.
+    assert!(s.contains("virtio devices: 6"), "{}", out.diagnostics());
+    // Device ids: 18 input, 3 console, 4 entropy, 5 balloon; all bound to their drivers.
     for (id, driver) in [
         ("0x0012", "virtio_input"),
         ("0x0003", "virtio_console"),
         ("0x0004", "virtio_rng"),
+        ("0x0005", "virtio_balloon"),
     ] {
         assert!(
             s.contains(&format!("id={id} driver={driver}")),
