@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bulkhead_supervisor::launch::Engine;
 use bulkhead_supervisor::{ProcessState, Supervisor};
 
 #[derive(Debug, clap::Args)]
@@ -36,24 +35,10 @@ extern "C" fn on_interrupt(_: libc::c_int) {
 }
 
 pub fn run(args: DispvmArgs) -> ExitCode {
-    let dir = args
-        .dir
-        .unwrap_or_else(isolation_policy::default_policy_dir);
-    let policy = match isolation_policy::Policy::load(&dir) {
-        Ok((policy, _)) => policy,
-        Err(e) => {
-            eprintln!("bulkhead: {e}");
-            return ExitCode::from(1);
-        }
+    let (_, policy, engine) = match super::policy_and_engine(args.dir, args.test_card) {
+        Ok(found) => found,
+        Err(code) => return code,
     };
-    let (engine, notice) = if args.test_card {
-        (Engine::TestCard, None)
-    } else {
-        Engine::for_host()
-    };
-    if let Some(n) = notice {
-        eprintln!("bulkhead: {n}");
-    }
     // A plain partition name is a disposable of that partition.
     let target = match args.target.starts_with('@') {
         true => args.target.clone(),

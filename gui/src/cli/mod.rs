@@ -68,3 +68,37 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         None => bulkhead::supervised::run_desktop(),
     }
 }
+
+/// The policy in `dir` (default: the user's) and the engine partitions run on, as `up`
+/// and `dispvm` both start: a policy that does not load is printed and ends the command,
+/// a host that cannot run Linux guests is said once.
+pub(crate) fn policy_and_engine(
+    dir: Option<std::path::PathBuf>,
+    test_card: bool,
+) -> Result<
+    (
+        std::path::PathBuf,
+        isolation_policy::Policy,
+        bulkhead_supervisor::launch::Engine,
+    ),
+    ExitCode,
+> {
+    use bulkhead_supervisor::launch::Engine;
+    let dir = dir.unwrap_or_else(isolation_policy::default_policy_dir);
+    let policy = match isolation_policy::Policy::load(&dir) {
+        Ok((policy, _)) => policy,
+        Err(e) => {
+            eprintln!("bulkhead: {e}");
+            return Err(ExitCode::from(1));
+        }
+    };
+    let (engine, notice) = if test_card {
+        (Engine::TestCard, None)
+    } else {
+        Engine::for_host()
+    };
+    if let Some(n) = notice {
+        eprintln!("bulkhead: {n}");
+    }
+    Ok((dir, policy, engine))
+}

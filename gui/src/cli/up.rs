@@ -71,24 +71,10 @@ fn settled(state: &ProcessState) -> bool {
 }
 
 pub fn run(args: UpArgs) -> ExitCode {
-    let dir = args
-        .dir
-        .unwrap_or_else(isolation_policy::default_policy_dir);
-    let policy = match isolation_policy::Policy::load(&dir) {
-        Ok((policy, _)) => policy,
-        Err(e) => {
-            eprintln!("bulkhead: {e}");
-            return ExitCode::from(1);
-        }
+    let (dir, policy, engine) = match super::policy_and_engine(args.dir, args.test_card) {
+        Ok(found) => found,
+        Err(code) => return code,
     };
-    let (engine, notice) = if args.test_card {
-        (Engine::TestCard, None)
-    } else {
-        Engine::for_host()
-    };
-    if let Some(n) = notice {
-        eprintln!("bulkhead: {n}");
-    }
     if engine == Engine::Linux {
         // Built once here, with its progress on screen, rather than silently by the
         // first partition's start.
