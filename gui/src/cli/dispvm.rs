@@ -3,7 +3,6 @@
 //! to its app-ready marker and is snapshotted, later ones restore from it.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bulkhead_supervisor::{ProcessState, Supervisor};
@@ -28,12 +27,6 @@ pub struct DispvmArgs {
     pub duration: Option<u64>,
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 pub fn run(args: DispvmArgs) -> ExitCode {
     let (_, policy, engine) = match super::policy_and_engine(args.dir, args.test_card) {
         Ok(found) => found,
@@ -51,13 +44,7 @@ pub fn run(args: DispvmArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_interrupt as *const () as libc::sighandler_t,
-        )
-    };
+    super::catch_interrupt();
     let mut names = Vec::new();
     for _ in 0..args.count {
         let started = Instant::now();
@@ -108,10 +95,7 @@ pub fn run(args: DispvmArgs) -> ExitCode {
                 )
             })
         });
-        if !alive
-            || INTERRUPTED.load(Ordering::SeqCst)
-            || deadline.is_some_and(|d| Instant::now() >= d)
-        {
+        if !alive || super::interrupted() || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -102,3 +102,27 @@ pub(crate) fn policy_and_engine(
     }
     Ok((dir, policy, engine))
 }
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// From now on Ctrl-C only marks the command interrupted ([`interrupted`]), so `up` and
+/// `dispvm` can stop their partitions before they exit.
+pub(crate) fn catch_interrupt() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe, and
+    // `on_interrupt` has the C signature `signal` expects.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        )
+    };
+}
+
+/// Whether Ctrl-C came since [`catch_interrupt`].
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}

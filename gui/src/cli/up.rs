@@ -2,7 +2,6 @@
 //! desktop app uses.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bulkhead_supervisor::guest_image;
@@ -23,12 +22,6 @@ pub struct UpArgs {
     /// Stop everything after this many seconds (default: run until Ctrl-C).
     #[arg(long = "for")]
     pub duration: Option<u64>,
-}
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
 fn describe(state: &ProcessState) -> String {
@@ -103,13 +96,7 @@ pub fn run(args: UpArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_interrupt as *const () as libc::sighandler_t,
-        )
-    };
+    super::catch_interrupt();
     for e in supervisor.start_all() {
         eprintln!("bulkhead: {e}");
     }
@@ -127,7 +114,7 @@ pub fn run(args: UpArgs) -> ExitCode {
             print_statuses(&statuses);
             printed = states;
         }
-        if INTERRUPTED.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d) {
+        if super::interrupted() || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
