@@ -31,7 +31,7 @@ poweroff -f
     )
 }
 
-fn run_drawing_guest(name: &str, vcpus: u8, width: u32, height: u32) -> RunOutput {
+fn run_drawing_guest(name: &str, vcpus: u8, width: u32, height: u32, bzimage: bool) -> RunOutput {
     let mut bands = rows_of(RED, width as usize, 32);
     bands.extend(rows_of(GREEN, width as usize, 32));
     let run = GuestRun {
@@ -40,6 +40,7 @@ fn run_drawing_guest(name: &str, vcpus: u8, width: u32, height: u32) -> RunOutpu
         test_script: draw_script(width as usize),
         test_files: vec![("bands.bin".into(), 0o644, bands)],
         screenshot_on: Some("SHOT-NOW".into()),
+        bzimage,
         ..GuestRun::default()
     };
     let out = run_guest(&run);
@@ -87,14 +88,14 @@ fn assert_drawn(out: &RunOutput, vcpus: u8, width: u32, height: u32) {
 }
 
 #[test]
-fn debian_kernel_boots_to_init_draws_on_vesafb_and_powers_off_cleanly() {
-    let out = run_drawing_guest("boot-1vcpu-1024x768", 1, 1024, 768);
+fn debian_bzimage_boots_to_init_draws_on_vesafb_and_powers_off_cleanly() {
+    let out = run_drawing_guest("boot-1vcpu-1024x768-bzimage", 1, 1024, 768, true);
     assert_drawn(&out, 1, 1024, 768);
 }
 
 #[test]
-fn two_vcpus_at_1280x800_boot_draw_and_power_off() {
-    let out = run_drawing_guest("boot-2vcpu-1280x800", 2, 1280, 800);
+fn two_vcpus_at_1280x800_boot_the_extracted_vmlinux_draw_and_power_off() {
+    let out = run_drawing_guest("boot-2vcpu-1280x800-vmlinux", 2, 1280, 800, false);
     assert_drawn(&out, 2, 1280, 800);
 }
 

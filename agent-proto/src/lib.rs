@@ -12,15 +12,18 @@
 //! checks each length against the bytes left and the caps before touching them.
 //!
 //! Versioning: each side's first message is `Hello` with [`PROTOCOL_VERSION`]; the host
-//! refuses an agent of another version. Kinds are never renumbered: version 2 may add
-//! kinds (file transfer as `FileOffer`/`FileChunk`/`FileDone` frames of at most
-//! [`MAX_PAYLOAD`] each, open-in as `OpenUrl`) and a peer of version 1 refuses them as
-//! unknown.
+//! refuses an agent of another version. Kinds are never renumbered, only added: version 2
+//! added `Restored` (a guest continued from a snapshot); later versions may add file
+//! transfer (`FileOffer`/`FileChunk`/`FileDone` frames of at most [`MAX_PAYLOAD`] each)
+//! and open-in (`OpenUrl`); a peer of an older version refuses them as unknown.
 
 use thiserror::Error;
 
 /// Bumped on any incompatible change; kinds are only ever added.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: [`HostMessage::Restored`].
+pub const PROTOCOL_VERSION: u16 = 2;
+/// Bytes of host entropy in one [`HostMessage::Restored`].
+pub const MAX_ENTROPY: usize = 256;
 /// The most content one message carries (clipboard bytes; later one file chunk).
 pub const MAX_PAYLOAD: usize = 256 * 1024;
 /// Text fields (reasons, names).
@@ -86,6 +89,13 @@ pub enum HostMessage {
         id: u32,
         content: Clipboard,
     },
+    /// The guest was just continued from a snapshot, as one of possibly many clones:
+    /// mix `entropy` (fresh host random bytes, at most [`MAX_ENTROPY`]) into the
+    /// kernel's pool and reseed it, then say `Hello` again (the host's end of the link
+    /// is new).
+    Restored {
+        entropy: Vec<u8>,
+    },
 }
 
 /// Agent → host.
@@ -120,6 +130,7 @@ mod kind {
     pub const PING: u8 = 0x02;
     pub const CLIPBOARD_GET: u8 = 0x03;
     pub const CLIPBOARD_SET: u8 = 0x04;
+    pub const RESTORED: u8 = 0x05;
     pub const AGENT_HELLO: u8 = 0x81;
     pub const PONG: u8 = 0x82;
     pub const CLIPBOARD: u8 = 0x83;
@@ -313,6 +324,11 @@ impl Frame for HostMessage {
                 w.content(Some(content))?;
                 w
             }
+            HostMessage::Restored { entropy } => {
+                let mut w = Writer::new(kind::RESTORED);
+                w.bytes("entropy", entropy, MAX_ENTROPY)?;
+                w
+            }
         };
         Ok(w.finish())
     }
@@ -333,6 +349,9 @@ impl Frame for HostMessage {
                     .ok_or(DecodeError::UnknownContent(kind::CONTENT_NONE))?;
                 HostMessage::ClipboardSet { id, content }
             }
+            kind::RESTORED => HostMessage::Restored {
+                entropy: r.bytes("entropy", MAX_ENTROPY)?.to_vec(),
+            },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.end()?;

@@ -34,6 +34,8 @@ fn host_message() -> impl Strategy<Value = HostMessage> {
         any::<u32>().prop_map(|id| HostMessage::ClipboardGet { id }),
         (any::<u32>(), clipboard())
             .prop_map(|(id, content)| HostMessage::ClipboardSet { id, content }),
+        proptest::collection::vec(any::<u8>(), 0..=MAX_ENTROPY)
+            .prop_map(|entropy| HostMessage::Restored { entropy }),
     ]
 }
 
@@ -191,5 +193,37 @@ fn a_zero_length_frame_is_refused() {
     assert_eq!(
         decode_all::<AgentMessage>(&[&[0, 0, 0, 0]]),
         Err(DecodeError::Empty)
+    );
+}
+
+#[test]
+fn restored_carries_at_most_max_entropy_bytes_each_way() {
+    let full = HostMessage::Restored {
+        entropy: vec![0xa5; MAX_ENTROPY],
+    };
+    let frame = full.encode().unwrap();
+    assert_eq!(decode_all::<HostMessage>(&[&frame]).unwrap(), vec![full]);
+    let over = HostMessage::Restored {
+        entropy: vec![0; MAX_ENTROPY + 1],
+    };
+    assert_eq!(
+        over.encode().unwrap_err(),
+        EncodeError {
+            field: "entropy",
+            len: MAX_ENTROPY + 1,
+            max: MAX_ENTROPY
+        }
+    );
+    // A hostile host (or a broken one) announcing more is refused by the agent's decoder.
+    let mut body = vec![0x05];
+    body.extend_from_slice(&(MAX_ENTROPY as u32 + 1).to_le_bytes());
+    body.extend(std::iter::repeat_n(0u8, MAX_ENTROPY + 1));
+    assert_eq!(
+        HostMessage::decode_body(&body),
+        Err(DecodeError::FieldTooLong {
+            field: "entropy",
+            len: MAX_ENTROPY + 1,
+            max: MAX_ENTROPY
+        })
     );
 }

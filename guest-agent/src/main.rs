@@ -1,9 +1,12 @@
 //! `bulkhead-agent`: the partition's side of the host link. Started by the guest's init
 //! as root, it opens its virtio-console (`/dev/hvc1`), drops to the session user and
 //! serves the host's requests (crate `bulkhead-agent-proto`): ping, read the X CLIPBOARD
-//! selection, own it with content the host sends. Built static, like `bulkhead-vmm`, so
-//! the same binary runs in the busybox initramfs and in every template.
+//! selection, own it with content the host sends, and after a restore from a snapshot
+//! reseed the kernel's random generator with the host's entropy (`reseed.rs`). Built
+//! static, like `bulkhead-vmm`, so the same binary runs in the busybox initramfs and in
+//! every template.
 
+mod reseed;
 mod x11;
 
 use std::fs::File;
@@ -93,6 +96,8 @@ fn main() {
 }
 
 fn run(args: &Args) -> Result<(), AgentError> {
+    // First, while root and before any fd worth keeping from it is open.
+    let mut reseeder = reseed::Reseeder::spawn();
     let mut link = File::options()
         .read(true)
         .write(true)
@@ -157,15 +162,29 @@ fn run(args: &Args) -> Result<(), AgentError> {
         };
         decoder.push(&buf[..n], &mut msgs)?;
         for msg in msgs.drain(..) {
-            if let Some(reply) = handle(msg, &mut clip)? {
+            if let Some(reply) = handle(msg, &mut clip, &mut reseeder)? {
                 send(&mut link, &reply)?;
             }
         }
     }
 }
 
-fn handle(msg: HostMessage, clip: &mut x11::Clipboard) -> Result<Option<AgentMessage>, AgentError> {
+fn handle(
+    msg: HostMessage,
+    clip: &mut x11::Clipboard,
+    reseeder: &mut reseed::Reseeder,
+) -> Result<Option<AgentMessage>, AgentError> {
     Ok(Some(match msg {
+        HostMessage::Restored { entropy } => {
+            if let Err(e) = reseeder.reseed(&entropy) {
+                eprintln!("bulkhead-agent: handing the host's entropy to the kernel: {e}");
+            }
+            // The host's end of the link is new: introduce ourselves again.
+            AgentMessage::Hello {
+                version: PROTOCOL_VERSION,
+                features: features::CLIPBOARD,
+            }
+        }
         HostMessage::Hello { version } if version == PROTOCOL_VERSION => return Ok(None),
         HostMessage::Hello { version } => return Err(AgentError::Version(version)),
         HostMessage::Ping { id } => AgentMessage::Pong { id },

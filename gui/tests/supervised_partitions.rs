@@ -181,7 +181,8 @@ fn a_partition_process_that_cannot_boot_is_reported_not_hidden() {
         eprintln!("no hardware virtualization: a Linux launch is refused before any process");
         return;
     }
-    // A kernel file that is not a bzImage: the partition process refuses it itself.
+    // A kernel file that is neither a bzImage nor a vmlinux: the partition process
+    // refuses it itself.
     let dir = tempfile::tempdir().unwrap();
     let kernel = dir.path().join("vmlinuz");
     std::fs::write(&kernel, b"not a kernel").unwrap();

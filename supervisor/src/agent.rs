@@ -248,6 +248,21 @@ impl AgentLink {
         Ok(Vec::new())
     }
 
+    /// The partition was just continued from a snapshot: its agent is mid-session with a
+    /// process that no longer exists. Returns the `Restored` frame to send it, carrying
+    /// `entropy` for the guest kernel; the agent answers with a new `Hello`, and until
+    /// then this link counts it as absent.
+    pub fn restored(&mut self, entropy: &[u8]) -> Result<Vec<u8>, EncodeError> {
+        let frame = HostMessage::Restored {
+            entropy: entropy.to_vec(),
+        }
+        .encode()?;
+        if !matches!(self.status, AgentStatus::CutOff { .. }) {
+            self.status = AgentStatus::Absent;
+        }
+        Ok(frame)
+    }
+
     /// Encodes a request; returns its id and the frame to send.
     pub fn request(
         &mut self,
@@ -305,6 +320,15 @@ impl AgentLink {
     }
 }
 
+/// Fresh random bytes from the host kernel for a restored guest (see
+/// [`AgentLink::restored`]).
+pub fn host_entropy() -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = vec![0u8; 64];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
 fn push_reply(replies: &mut VecDeque<AgentReply>, reply: AgentReply) {
     if replies.len() >= MAX_REPLIES {
         replies.pop_front();
@@ -337,6 +361,29 @@ mod tests {
             }
         );
         link
+    }
+
+    #[test]
+    fn a_restored_guest_gets_the_entropy_and_counts_as_absent_until_its_new_hello() {
+        let now = Instant::now();
+        let mut link = connected(now);
+        let entropy: Vec<u8> = (0..64).collect();
+        let frame = link.restored(&entropy).unwrap();
+        assert_eq!(
+            HostMessage::decode_body(&frame[4..]).unwrap(),
+            HostMessage::Restored {
+                entropy: entropy.clone()
+            }
+        );
+        assert_eq!(link.status(), &AgentStatus::Absent);
+        assert_eq!(
+            link.request(AgentRequest::Ping, now).unwrap_err(),
+            AgentError::NotConnected
+        );
+        link.feed(&hello(), now).unwrap();
+        assert!(matches!(link.status(), AgentStatus::Connected { .. }));
+        assert!(link.request(AgentRequest::Ping, now).is_ok());
+        assert_eq!(host_entropy().unwrap().len(), 64);
     }
 
     fn cut_reason(link: &AgentLink) -> String {

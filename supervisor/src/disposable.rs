@@ -9,11 +9,12 @@
 //! VMM binary, the marker), so a changed template or image makes a new snapshot.
 //!
 //! Clones are not twins: virtio-rng answers every request from the host's `getrandom`,
-//! each clone gets its own disk copy and its own name. Not yet: a disposable has no
-//! network (virtio-net refuses snapshots: a clone's passt connection and DHCP lease
-//! would be stale), so a template with one runs offline as a disposable; and the
-//! guest kernel's own entropy pool is not reseeded at restore (no VM generation id, no
-//! agent nudge yet): it takes fresh virtio-rng bytes only when the kernel next asks.
+//! each clone gets its own disk copy and its own name, and right after a restore the
+//! supervisor sends the guest agent fresh host entropy (`Restored`), which its root
+//! helper credits to the kernel and reseeds the CRNG with (without an agent, the kernel
+//! takes fresh virtio-rng bytes when it next reseeds on its own). Not yet: a disposable
+//! has no network (virtio-net refuses snapshots: a clone's passt connection and DHCP
+//! lease would be stale), so a template with one runs offline as a disposable.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;

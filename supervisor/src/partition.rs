@@ -19,6 +19,7 @@ use vmm_core::control::{
     SandboxStatus, SnapshotOutcome, VmState, VmStats,
 };
 use vmm_core::devices::framebuffer::DamageRect;
+use vmm_core::launch::BootConfig;
 use vmm_core::shm::Memfd;
 
 use super::cgroup::{self, PartitionCgroup, ResourceStatus, Resources};
@@ -866,12 +867,36 @@ fn handle_event(
     if start {
         // The only failure worth reporting (not reading) cuts the partition off itself.
         let _ = send(slot, Command::Start);
+        if matches!(slot.spec.launch.boot, BootConfig::Snapshot { .. }) {
+            // A clone of a snapshot: its kernel's random state is every clone's until
+            // reseeded, and its agent must say Hello to this process.
+            agent_out = restored_agent_frame(slot);
+        }
     }
     for command in Command::agent_chunks(&agent_out) {
         let _ = send(slot, command);
     }
     slot.changed();
     Ok(())
+}
+
+/// The `Restored` frame for a partition continued from a snapshot (empty if the host has
+/// no entropy to give, which it says).
+fn restored_agent_frame(slot: &Slot) -> Vec<u8> {
+    let entropy = match crate::agent::host_entropy() {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(partition = %slot.spec.name(), "no host entropy for the restored guest: {e}");
+            return Vec::new();
+        }
+    };
+    match slot.lock().agent.restored(&entropy) {
+        Ok(frame) => frame,
+        Err(e) => {
+            warn!(partition = %slot.spec.name(), "telling the agent it was restored: {e}");
+            Vec::new()
+        }
+    }
 }
 
 /// Copies the plan's disks into the staging directory, then renames it into place

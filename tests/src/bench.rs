@@ -1,6 +1,9 @@
 //! The boot benchmark: `bulkhead-vmm` against QEMU booting the same kernel, initrd,
 //! memory and command line, interleaved in one invocation, measured by `lab-measure`
 //! (time from spawn to the guest's ready marker; RSS beyond guest RAM and framebuffer).
+//! Both boot the distribution's bzImage and the uncompressed `vmlinux` extracted from it
+//! (ours through the 64-bit boot protocol, QEMU through the kernel's PVH entry: each
+//! its best way into that file).
 //!
 //! On a host with VT-x/AMD-V both run directly on /dev/kvm. Otherwise everything runs
 //! inside one lab machine (see lab.rs): its initramfs carries our static VMM, the static
@@ -21,8 +24,9 @@ pub use crate::lab::QEMU;
 /// Firmware and option ROMs QEMU's `pc` machine opens for a `-kernel` boot under KVM
 /// (seen with strace), `microvm`'s firmware (the disk benchmark's QEMU), plus the TCG
 /// accelerator module it probes.
-const QEMU_DATA_FILES: [&str; 6] = [
+const QEMU_DATA_FILES: [&str; 7] = [
     "/usr/share/seabios/bios-256k.bin",
+    "/usr/share/qemu/pvh.bin",
     "/usr/share/qemu/bios-microvm.bin",
     "/usr/share/qemu/linuxboot_dma.bin",
     "/usr/share/qemu/linuxboot.bin",
@@ -33,10 +37,14 @@ const QEMU_DATA_FILES: [&str; 6] = [
 /// One configuration being measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
-    /// `bulkhead-vmm --display none`.
+    /// `bulkhead-vmm --display none`, booting the uncompressed `vmlinux`.
     Ours,
-    /// `qemu-system-x86_64 -accel kvm`, headless.
+    /// `qemu-system-x86_64 -accel kvm`, headless, booting `vmlinux` (PVH entry).
     Qemu,
+    /// [`Variant::Ours`] booting the bzImage (the kernel decompresses itself).
+    OursBzImage,
+    /// [`Variant::Qemu`] booting the bzImage.
+    QemuBzImage,
     /// `bulkhead-vmm --display WxH`: what the framebuffer costs.
     OursFramebuffer,
     /// The same as [`Variant::OursFramebuffer`], run the way the app runs partitions: a
@@ -46,17 +54,29 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 4] = [
+    pub const ALL: [Variant; 6] = [
         Variant::Ours,
         Variant::Qemu,
+        Variant::OursBzImage,
+        Variant::QemuBzImage,
         Variant::OursFramebuffer,
         Variant::OursSupervised,
     ];
+
+    /// The kernel file this variant boots.
+    pub fn kernel(self, p: &Paths) -> &str {
+        match self {
+            Variant::OursBzImage | Variant::QemuBzImage => &p.bzimage,
+            _ => &p.kernel,
+        }
+    }
 
     pub fn label(self) -> &'static str {
         match self {
             Variant::Ours => "ours",
             Variant::Qemu => "qemu",
+            Variant::OursBzImage => "ours-bz",
+            Variant::QemuBzImage => "qemu-bz",
             Variant::OursFramebuffer => "ours-fb",
             Variant::OursSupervised => "ours-sup",
         }
@@ -106,7 +126,10 @@ pub struct Paths {
     pub lab_supervise: String,
     pub vmm: String,
     pub qemu: String,
+    /// The uncompressed `vmlinux`.
     pub kernel: String,
+    /// The distribution's compressed kernel it came from.
+    pub bzimage: String,
     pub initrd: String,
 }
 
@@ -118,7 +141,8 @@ impl Paths {
             lab_supervise: "/lab-supervise".into(),
             vmm: "/bulkhead-vmm".into(),
             qemu: format!("/usr/bin/{QEMU}"),
-            kernel: "/guest/vmlinuz".into(),
+            kernel: "/guest/vmlinux".into(),
+            bzimage: "/guest/vmlinuz".into(),
             initrd: "/guest/initrd".into(),
         }
     }
@@ -139,17 +163,17 @@ pub fn boot_command(variant: Variant, cfg: &BenchConfig, p: &Paths) -> Vec<Strin
                 "--".into(),
                 p.vmm.clone(),
             ];
-            cmd.extend(guest_flags(cfg, p));
+            cmd.extend(guest_flags(cfg, p, &p.kernel));
             cmd.push(format!("--display={}x{}", cfg.display.0, cfg.display.1));
             cmd
         }
-        Variant::Ours | Variant::OursFramebuffer => {
+        Variant::Ours | Variant::OursBzImage | Variant::OursFramebuffer => {
             let display = match variant {
                 Variant::OursFramebuffer => format!("{}x{}", cfg.display.0, cfg.display.1),
                 _ => "none".into(),
             };
             let mut cmd = vec![p.vmm.clone(), "run".into()];
-            cmd.extend(guest_flags(cfg, p));
+            cmd.extend(guest_flags(cfg, p, variant.kernel(p)));
             cmd.extend([
                 "--serial=-".into(),
                 format!("--display={display}"),
@@ -157,7 +181,7 @@ pub fn boot_command(variant: Variant, cfg: &BenchConfig, p: &Paths) -> Vec<Strin
             ]);
             cmd
         }
-        Variant::Qemu => [
+        Variant::Qemu | Variant::QemuBzImage => [
             p.qemu.as_str(),
             "-M",
             "pc",
@@ -176,7 +200,7 @@ pub fn boot_command(variant: Variant, cfg: &BenchConfig, p: &Paths) -> Vec<Strin
             "-m",
             &format!("{}M", cfg.mem_mib),
             "-kernel",
-            &p.kernel,
+            variant.kernel(p),
             "-initrd",
             &p.initrd,
             "-append",
@@ -189,10 +213,11 @@ pub fn boot_command(variant: Variant, cfg: &BenchConfig, p: &Paths) -> Vec<Strin
     }
 }
 
-/// Kernel, initrd, memory, vCPUs and command line: the same for every variant of ours.
-fn guest_flags(cfg: &BenchConfig, p: &Paths) -> [String; 5] {
+/// Kernel, initrd, memory, vCPUs and command line: the same for every variant of ours
+/// but the kernel file.
+fn guest_flags(cfg: &BenchConfig, p: &Paths, kernel: &str) -> [String; 5] {
     [
-        format!("--kernel={}", p.kernel),
+        format!("--kernel={kernel}"),
         format!("--initrd={}", p.initrd),
         format!("--mem={}M", cfg.mem_mib),
         "--vcpus=1".into(),
@@ -487,6 +512,7 @@ pub fn bench_cpio(cfg: &BenchConfig) -> Vec<u8> {
     cpio.add(&p.lab_measure, 0o755, &read(&static_lab_measure()));
     cpio.add(&p.lab_supervise, 0o755, &read(&lab::static_lab_supervise()));
     cpio.add(&p.kernel, 0o644, &read(&guest.kernel));
+    cpio.add(&p.bzimage, 0o644, &read(&guest.bzimage));
     cpio.add(&p.initrd, 0o644, &read(&guest.initrd));
     cpio.add_qemu(&p.qemu);
     cpio.add("/init", 0o755, bench_init(cfg).as_bytes());
@@ -536,6 +562,7 @@ fn run_direct(cfg: &BenchConfig) -> BenchOutput {
         vmm: lab::static_vmm().display().to_string(),
         qemu: QEMU.into(),
         kernel: guest.kernel.display().to_string(),
+        bzimage: guest.bzimage.display().to_string(),
         initrd: guest.initrd.display().to_string(),
     };
     let _machine = lab::lock_machine_wide();
@@ -813,10 +840,14 @@ mod tests {
         let p = Paths::in_lab();
         let ours = boot_command(Variant::Ours, &cfg, &p).join(" ");
         let qemu = boot_command(Variant::Qemu, &cfg, &p).join(" ");
-        assert!(ours.contains("--kernel=/guest/vmlinuz --initrd=/guest/initrd --mem=256M"));
+        assert!(ours.contains("--kernel=/guest/vmlinux --initrd=/guest/initrd --mem=256M"));
         assert!(ours.contains(&format!("--cmdline={}", cfg.cmdline)));
         assert!(ours.contains("--display=none"));
-        assert!(qemu.contains("-m 256M -kernel /guest/vmlinuz -initrd /guest/initrd"));
+        assert!(qemu.contains("-m 256M -kernel /guest/vmlinux -initrd /guest/initrd"));
+        let ours_bz = boot_command(Variant::OursBzImage, &cfg, &p).join(" ");
+        let qemu_bz = boot_command(Variant::QemuBzImage, &cfg, &p).join(" ");
+        assert!(ours_bz.contains("--kernel=/guest/vmlinuz --initrd=/guest/initrd --mem=256M"));
+        assert!(qemu_bz.contains("-m 256M -kernel /guest/vmlinuz -initrd /guest/initrd"));
         assert!(qemu.contains(&format!("-append {}", cfg.cmdline)));
         assert!(qemu.contains("-accel kvm"));
     }
@@ -838,7 +869,7 @@ mod tests {
         let p = Paths::in_lab();
         let cmd = measure_command(Variant::OursSupervised, &cfg, &p).join(" ");
         assert!(cmd.contains("--exclude-size 3145728 --measure-child -- /lab-supervise"));
-        assert!(cmd.contains("wait-exit -- /bulkhead-vmm --kernel=/guest/vmlinuz"));
+        assert!(cmd.contains("wait-exit -- /bulkhead-vmm --kernel=/guest/vmlinux"));
         assert!(cmd.contains("--display=1024x768"));
         assert!(
             !cmd.contains("--serial"),

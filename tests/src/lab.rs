@@ -76,6 +76,20 @@ pub struct GuestRun {
     /// Sample the VMM's memory once a second (lab runner only): [`RunOutput::files`]
     /// gets `rss.log`, see [`RssSample`].
     pub sample_rss: bool,
+    /// Boot the distribution's compressed bzImage instead of the `vmlinux` extracted
+    /// from it (what partitions boot).
+    pub bzimage: bool,
+}
+
+impl GuestRun {
+    /// The kernel file this run boots, on the host.
+    pub fn kernel_file(&self) -> &'static Path {
+        if self.bzimage {
+            &guest().bzimage
+        } else {
+            &guest().kernel
+        }
+    }
 }
 
 /// One line of a run's `rss.log`: the lab machine's uptime, the largest `VmRSS` and
@@ -192,6 +206,7 @@ impl Default for GuestRun {
             network: None,
             snapshot: None,
             sample_rss: false,
+            bzimage: false,
         }
     }
 }
@@ -611,7 +626,7 @@ fn run_direct(run: &GuestRun) -> RunOutput {
     let shot = dir.path().join("shot.png");
     let out_dir = dir.path().join("out");
     let p = |p: &Path| p.display().to_string();
-    let (kernel, initrd) = (p(&guest().kernel), p(&initrd));
+    let (kernel, initrd) = (p(run.kernel_file()), p(&initrd));
     std::fs::create_dir_all(&out_dir).unwrap();
     for d in &run.disks {
         if let DiskSource::Bytes(contents) = &d.source {
@@ -841,11 +856,11 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
         w.file("lab-supervise", 0o755, &read(&static_lab_supervise()))
             .unwrap();
     }
-    w.file("guest/vmlinuz", 0o644, &read(&guest().kernel))
+    w.file("guest/kernel", 0o644, &read(run.kernel_file()))
         .unwrap();
     w.file("guest/initrd", 0o644, &guest_initrd_with_test(run))
         .unwrap();
-    let (kernel, initrd) = ("/guest/vmlinuz", "/guest/initrd");
+    let (kernel, initrd) = ("/guest/kernel", "/guest/initrd");
     let command = match &run.supervise {
         Some(steps) => supervised_command(
             run,
@@ -1073,12 +1088,26 @@ fn decode_b64(text: &str) -> Vec<u8> {
 
 /// The QEMU command for the lab machine: TCG with emulated SVM and nested paging, the
 /// outer Debian kernel, `initramfs` as its root, serial console on stdout.
+///
+/// For experiments on the lab itself (not used by CI): `BULKHEAD_LAB_TCG_THREAD`
+/// (`multi`, the default, or `single`) and `BULKHEAD_LAB_APPEND` (more lab kernel
+/// parameters, e.g. `transparent_hugepage=never`).
 pub fn lab_machine(outer_mem_mib: u64, initramfs: &Path) -> Command {
     let outer_kernel = lab_root().join(format!("boot/vmlinuz-{}", guest().kernel_version));
+    let thread = match std::env::var("BULKHEAD_LAB_TCG_THREAD").as_deref() {
+        Ok("single") => "single",
+        _ => "multi",
+    };
+    let mut append = "console=ttyS0 quiet loglevel=4 panic=-1".to_string();
+    if let Ok(extra) = std::env::var("BULKHEAD_LAB_APPEND") {
+        append.push(' ');
+        append.push_str(&extra);
+    }
     let mut cmd = Command::new(QEMU);
     cmd.args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-serial", "stdio"])
-        .args(["-accel", "tcg,thread=multi", "-cpu", "EPYC-Rome,+svm,+npt"])
+        .args(["-accel", &format!("tcg,thread={thread}")])
+        .args(["-cpu", "EPYC-Rome,+svm,+npt"])
         .args([
             "-m",
             &format!("{outer_mem_mib}M"),
@@ -1090,7 +1119,7 @@ pub fn lab_machine(outer_mem_mib: u64, initramfs: &Path) -> Command {
         .arg(outer_kernel)
         .arg("-initrd")
         .arg(initramfs)
-        .args(["-append", "console=ttyS0 quiet loglevel=4 panic=-1"])
+        .args(["-append", &append])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());

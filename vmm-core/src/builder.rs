@@ -40,7 +40,7 @@ const BOOT_STACK: u64 = 0x8ff0;
 /// What the boot vCPU runs first.
 #[derive(Debug)]
 pub enum BootSource {
-    /// A Linux bzImage through the 64-bit boot protocol.
+    /// A Linux kernel (bzImage or uncompressed vmlinux) through the 64-bit boot protocol.
     Linux {
         kernel: File,
         initrd: Option<File>,

@@ -57,7 +57,8 @@ pub struct LaunchConfig {
 /// What the boot vCPU runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BootConfig {
-    /// A Linux bzImage through the 64-bit boot protocol; the kernel (and the initrd, when
+    /// A Linux kernel (bzImage or uncompressed vmlinux, told apart by its first bytes)
+    /// through the 64-bit boot protocol; the kernel (and the initrd, when
     /// `initrd` is true) are handed over as files.
     Linux { cmdline: String, initrd: bool },
     /// The built-in test card micro-guest (runs on any KVM, software ones included).

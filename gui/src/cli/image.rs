@@ -19,6 +19,7 @@ pub fn run(cmd: ImageCommand) -> ExitCode {
             match guest_image::build_default(&dir, &mut |s| eprintln!("bulkhead: {s}")) {
                 Ok(image) => {
                     println!("kernel {}", image.kernel.display());
+                    println!("bzimage {}", image.bzimage.display());
                     println!("initrd {}", image.initrd.display());
                     ExitCode::SUCCESS
                 }

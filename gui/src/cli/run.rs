@@ -19,7 +19,8 @@ use vmm_core::launch::{
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Linux bzImage; without it the default guest image is used (built on first use).
+    /// Linux kernel, a bzImage or an uncompressed vmlinux; without it the default guest
+    /// image is used (built on first use; it boots the vmlinux extracted from Debian's).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// Initramfs; defaults to the default guest image's when --kernel is not given.

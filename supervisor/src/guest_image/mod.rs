@@ -3,6 +3,7 @@
 //! packages into the XDG cache and reused while its recipe is unchanged.
 
 pub mod cpio;
+pub mod vmlinux;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -76,7 +77,13 @@ fn io_err<'a>(
 /// A bootable kernel and initramfs on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestImage {
+    /// What partitions boot: the uncompressed `vmlinux` extracted from [`Self::bzimage`]
+    /// (no decompression in the guest).
     pub kernel: PathBuf,
+    /// The distribution's compressed kernel, as packaged (for comparisons and for
+    /// other hypervisors).
+    pub bzimage: PathBuf,
+    /// The initramfs, an uncompressed newc cpio (nothing to unpack but the archive).
     pub initrd: PathBuf,
     pub kernel_version: String,
 }
@@ -177,7 +184,8 @@ fn recipe_fingerprint_with(kernel_package: &str, agent: Option<&[u8]>) -> String
 
 fn image_in(dir: &Path, kernel_version: &str) -> GuestImage {
     GuestImage {
-        kernel: dir.join("vmlinuz"),
+        kernel: dir.join("vmlinux"),
+        bzimage: dir.join("vmlinuz"),
         initrd: dir.join("initrd.cpio"),
         kernel_version: kernel_version.to_string(),
     }
@@ -192,7 +200,8 @@ pub fn locate(dir: &Path) -> Option<GuestImage> {
     let package = fingerprint.split(' ').next()?;
     let image = image_in(dir, version);
     let current = recipe_fingerprint(package) == fingerprint;
-    (current && image.kernel.is_file() && image.initrd.is_file()).then_some(image)
+    let files = [&image.kernel, &image.bzimage, &image.initrd];
+    (current && files.iter().all(|f| f.is_file())).then_some(image)
 }
 
 fn need_tool(tool: &str, package: &str) -> Result<(), ImageError> {
@@ -356,7 +365,7 @@ pub fn build_default(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Guest
         progress(&format!("guest image built meanwhile in {}", dir.display()));
         return Ok(image);
     }
-    progress("[1/4] resolving Debian's generic kernel package");
+    progress("[1/5] resolving Debian's generic kernel package");
     let package = resolve_kernel_package()?;
     let version = package
         .strip_prefix("linux-image-")
@@ -365,10 +374,10 @@ pub fn build_default(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Guest
     let work = dir.join("work");
     let _ = fs::remove_dir_all(&work);
     progress(&format!(
-        "[2/4] downloading {package} and {BUSYBOX_PACKAGE}"
+        "[2/5] downloading {package} and {BUSYBOX_PACKAGE}"
     ));
     let root = fetch_and_unpack(&[&package, BUSYBOX_PACKAGE], &work)?;
-    progress("[3/4] writing the initramfs");
+    progress("[3/5] writing the initramfs");
     let agent = agent_bytes();
     let extra: Vec<(&str, u32, &[u8])> = match &agent {
         Ok(bytes) => vec![("bulkhead/bulkhead-agent", 0o755, bytes.as_slice())],
@@ -385,9 +394,14 @@ pub fn build_default(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Guest
     // rebuild runs gets the old file or the new one, never half of one.
     replace_file(&image.initrd, &initrd)?;
     let vmlinuz = root.join("boot").join(format!("vmlinuz-{version}"));
-    let kernel = fs::read(&vmlinuz).map_err(io_err("reading kernel", &vmlinuz))?;
+    let bzimage = fs::read(&vmlinuz).map_err(io_err("reading kernel", &vmlinuz))?;
+    progress("[4/5] extracting the uncompressed kernel (vmlinux) from the bzImage");
+    let kernel = vmlinux::extract(&bzimage).map_err(|e| {
+        ImageError::Unexpected(format!("extracting vmlinux from {}: {e}", vmlinuz.display()))
+    })?;
+    replace_file(&image.bzimage, &bzimage)?;
     replace_file(&image.kernel, &kernel)?;
-    progress("[4/4] cleaning up");
+    progress("[5/5] cleaning up");
     let _ = fs::remove_dir_all(&work);
     let stamp = format!(
         "{}\n{version}\n",
@@ -446,8 +460,12 @@ mod tests {
         assert!(locate(dir.path()).is_none());
         let stamp = format!("{}\n6.1.0-1-amd64\n", recipe_fingerprint("linux-image-x"));
         fs::write(dir.path().join(STAMP), stamp).unwrap();
+        // An image from before vmlinux extraction is rebuilt.
+        assert!(locate(dir.path()).is_none());
+        fs::write(dir.path().join("vmlinux"), b"\x7fELF").unwrap();
         let image = locate(dir.path()).unwrap();
         assert_eq!(image.kernel_version, "6.1.0-1-amd64");
+        assert_eq!(image.kernel, dir.path().join("vmlinux"));
     }
 
     #[test]
@@ -466,6 +484,7 @@ mod tests {
         assert!(rx.try_recv().is_err(), "the waiter must not start building");
         // What the first builder leaves behind, then it lets go.
         fs::write(dir.path().join("vmlinuz"), b"k").unwrap();
+        fs::write(dir.path().join("vmlinux"), b"\x7fELF").unwrap();
         fs::write(dir.path().join("initrd.cpio"), b"i").unwrap();
         let stamp = format!("{}\n6.1.0-9-amd64\n", recipe_fingerprint("linux-image-y"));
         fs::write(dir.path().join(STAMP), stamp).unwrap();

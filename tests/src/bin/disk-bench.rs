@@ -199,7 +199,7 @@ impl Places {
             lab_measure: "/lab-measure".into(),
             vmm: "/bulkhead-vmm".into(),
             qemu: format!("/usr/bin/{QEMU}"),
-            kernel: "/guest/vmlinuz".into(),
+            kernel: "/guest/vmlinux".into(),
             disk_initrd: "/guest/initrd-disk".into(),
             plain_initrd: "/guest/initrd".into(),
             app_initrd_dir: "/guest".into(),
@@ -939,10 +939,10 @@ mod tests {
         let ours = run_command(&cfg(), Run::DiskOurs, &p).join(" ");
         let qemu = run_command(&cfg(), Run::DiskQemu, &p).join(" ");
         assert!(ours
-            .contains("--kernel=/guest/vmlinuz --initrd=/guest/initrd-disk --mem=512M --vcpus=1"));
+            .contains("--kernel=/guest/vmlinux --initrd=/guest/initrd-disk --mem=512M --vcpus=1"));
         assert!(ours.contains("--disk=/dev/vda,ro,id=bench"));
         assert!(qemu.contains("-M microvm"));
-        assert!(qemu.contains("-m 512M -kernel /guest/vmlinuz -initrd /guest/initrd-disk"));
+        assert!(qemu.contains("-m 512M -kernel /guest/vmlinux -initrd /guest/initrd-disk"));
         assert!(qemu.contains("file=/dev/vda,if=none,id=d,format=raw,readonly=on"));
         assert!(qemu.contains("-device virtio-blk-device,drive=d"));
         for c in [&ours, &qemu] {

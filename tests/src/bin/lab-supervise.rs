@@ -107,6 +107,10 @@ struct Options {
     disk_files: Vec<DiskFile>,
     guest_config: Option<GuestConfig>,
     network: Option<NetworkPlan>,
+    /// `--disposables N:MARKER`: instead of one partition, N disposables of it in turn
+    /// (the first cold-booted and snapshotted at MARKER, the others restored from that
+    /// snapshot), each left running while the steps run against the next.
+    disposables: Option<(u32, String)>,
 }
 
 /// The partition's flags after the VMM path, as a launch config, its boot files, its
@@ -289,10 +293,23 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
     let mut out = None;
     let mut timeout = Duration::from_secs(300);
     let mut steps = Vec::new();
+    let mut disposables = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--out" => out = Some(PathBuf::from(it.next().ok_or("--out needs a value")?)),
+            "--disposables" => {
+                let v = it.next().ok_or("--disposables needs N:MARKER")?;
+                let (n, marker) = v
+                    .split_once(':')
+                    .ok_or_else(|| format!("--disposables `{v}`: write N:MARKER"))?;
+                let n: u32 = n
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=8).contains(n))
+                    .ok_or_else(|| format!("--disposables `{v}`: N is 1 to 8"))?;
+                disposables = Some((n, marker.to_string()));
+            }
             "--timeout-s" => {
                 let v = it.next().ok_or("--timeout-s needs a value")?;
                 let s: u64 = v
@@ -317,12 +334,15 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         disk_files,
         guest_config,
         network,
+        disposables,
     })
 }
 
 /// The partition under test and everything it has said so far.
 struct Session {
     sup: Supervisor,
+    /// The partition the steps drive (`lab`, or the current disposable).
+    name: String,
     started: Instant,
     deadline: Instant,
     serial: Vec<u8>,
@@ -345,16 +365,16 @@ impl Session {
 
     /// Collects serial and console output and notes state changes.
     fn pump(&mut self) -> Result<ProcessState, String> {
-        let serial = self.sup.take_serial(NAME).map_err(|e| e.to_string())?;
+        let serial = self.sup.take_serial(&self.name).map_err(|e| e.to_string())?;
         if !serial.is_empty() {
             let mut stdout = std::io::stdout().lock();
             let _ = stdout.write_all(&serial);
             let _ = stdout.flush();
             self.serial.extend_from_slice(&serial);
         }
-        let console = self.sup.take_console(NAME).map_err(|e| e.to_string())?;
+        let console = self.sup.take_console(&self.name).map_err(|e| e.to_string())?;
         self.console.extend_from_slice(&console);
-        let status = self.sup.status(NAME).map_err(|e| e.to_string())?;
+        let status = self.sup.status(&self.name).map_err(|e| e.to_string())?;
         let state = status.state;
         if self.last_state.as_ref() != Some(&state) {
             self.log(&format!("state {state:?}"));
@@ -400,7 +420,7 @@ impl Session {
     /// Sends events as one batch.
     fn input(&mut self, events: &[InputEvent]) -> Result<(), String> {
         self.sup
-            .send_input(NAME, events)
+            .send_input(&self.name, events)
             .map_err(|e| format!("sending input: {e}"))
     }
 
@@ -429,23 +449,23 @@ impl Session {
 
     fn console_write(&mut self, bytes: &[u8]) -> Result<(), String> {
         self.sup
-            .console_write(NAME, bytes)
+            .console_write(&self.name, bytes)
             .map_err(|e| format!("writing to the console: {e}"))
     }
 
     fn screenshot(&mut self, name: &str) -> Result<(), String> {
         let id = self
             .sup
-            .request_screenshot(NAME)
+            .request_screenshot(&self.name)
             .map_err(|e| e.to_string())?;
         let mut ready = Vec::new();
         self.wait_for("the screenshot flush", |s| {
-            ready.extend(s.sup.take_screenshots_ready(NAME).unwrap_or_default());
+            ready.extend(s.sup.take_screenshots_ready(&s.name).unwrap_or_default());
             ready.contains(&id)
         })?;
         let fb = self
             .sup
-            .framebuffer(NAME)
+            .framebuffer(&self.name)
             .map_err(|e| e.to_string())?
             .ok_or("the partition offered no framebuffer")?;
         let mut pixels = Vec::new();
@@ -464,11 +484,11 @@ impl Session {
     fn agent_call(&mut self, request: AgentRequest) -> Result<AgentReply, String> {
         let id = self
             .sup
-            .agent_request(NAME, request)
+            .agent_request(&self.name, request)
             .map_err(|e| format!("asking the agent: {e}"))?;
         let mut answer = None;
         self.wait_for("the agent's answer", |s| {
-            let replies = s.sup.take_agent_replies(NAME).unwrap_or_default();
+            let replies = s.sup.take_agent_replies(&s.name).unwrap_or_default();
             answer = replies.into_iter().find(|r| reply_id(r) == id);
             answer.is_some()
         })?;
@@ -480,7 +500,7 @@ impl Session {
             Step::WaitAgent => {
                 let mut agent = AgentStatus::Absent;
                 self.wait_for("the guest agent's Hello", |s| {
-                    agent = s.sup.status(NAME).map(|st| st.agent).unwrap_or_default();
+                    agent = s.sup.status(&s.name).map(|st| st.agent).unwrap_or_default();
                     !matches!(agent, AgentStatus::Absent)
                 })?;
                 self.log(&format!("agent: {}", agent.describe()));
@@ -564,7 +584,7 @@ impl Session {
             Step::SandboxReport => {
                 let pid = self
                     .sup
-                    .status(NAME)
+                    .status(&self.name)
                     .map_err(|e| e.to_string())?
                     .pid
                     .ok_or("the partition process is not running")?;
@@ -575,23 +595,23 @@ impl Session {
                 Ok(())
             }
             Step::Pause => {
-                self.sup.pause(NAME).map_err(|e| e.to_string())?;
+                self.sup.pause(&self.name).map_err(|e| e.to_string())?;
                 self.wait_for("the paused state", |s| {
                     s.last_state == Some(ProcessState::Paused)
                 })
             }
             Step::Resume => {
-                self.sup.resume(NAME).map_err(|e| e.to_string())?;
+                self.sup.resume(&self.name).map_err(|e| e.to_string())?;
                 self.wait_for("the running state", |s| {
                     s.last_state == Some(ProcessState::Running)
                 })
             }
             Step::Stats => {
-                let before = self.sup.status(NAME).map_err(|e| e.to_string())?.stats;
-                self.sup.request_stats(NAME).map_err(|e| e.to_string())?;
+                let before = self.sup.status(&self.name).map_err(|e| e.to_string())?.stats;
+                self.sup.request_stats(&self.name).map_err(|e| e.to_string())?;
                 let mut latest = None;
                 self.wait_for("stats", |s| {
-                    latest = s.sup.status(NAME).ok().and_then(|st| st.stats);
+                    latest = s.sup.status(&s.name).ok().and_then(|st| st.stats);
                     latest.is_some() && latest != before
                 })?;
                 self.log(&format!("stats {latest:?}"));
@@ -599,7 +619,7 @@ impl Session {
             }
             Step::Stop => {
                 self.sup
-                    .stop(NAME, Duration::from_secs(10))
+                    .stop(&self.name, Duration::from_secs(10))
                     .map_err(|e| e.to_string())?;
                 self.pump().map(|_| ())
             }
@@ -626,7 +646,7 @@ impl Session {
             Step::KillPasst | Step::KillRelay => {
                 let pids = self
                     .sup
-                    .network_pids(NAME)
+                    .network_pids(&self.name)
                     .map_err(|e| e.to_string())?
                     .ok_or("the partition's network is not running")?;
                 let (what, pid) = match step {
@@ -652,7 +672,7 @@ impl Session {
                 };
                 let sent = self
                     .sup
-                    .set_network_rules(NAME, plan)
+                    .set_network_rules(&self.name, plan)
                     .map_err(|e| e.to_string())?;
                 if !sent {
                     return Err("the partition is offline: no rules to change".into());
@@ -746,7 +766,7 @@ fn run(opts: Options) -> Result<bool, String> {
     spec.disk_files = opts.disk_files.clone();
     spec.guest_config = opts.guest_config.clone();
     spec.network = opts.network.clone();
-    let sup = Supervisor::new(vec![spec]).map_err(|e| e.to_string())?;
+    let sup = Supervisor::new(vec![spec.clone()]).map_err(|e| e.to_string())?;
     // The relay's denials, as the app records them (`DIR/audit.log`).
     let audit =
         isolation_policy::AuditLog::open(&opts.out, 1 << 20, 1).map_err(|e| e.to_string())?;
@@ -754,6 +774,7 @@ fn run(opts: Options) -> Result<bool, String> {
     let started = Instant::now();
     let mut session = Session {
         sup,
+        name: NAME.to_string(),
         started,
         deadline: started + opts.timeout,
         serial: Vec::new(),
@@ -764,9 +785,21 @@ fn run(opts: Options) -> Result<bool, String> {
         events: BufWriter::new(events),
         out: opts.out.clone(),
     };
-    session.sup.start(NAME).map_err(|e| e.to_string())?;
-    let mut ok = true;
-    for step in &opts.steps {
+    let ok = match &opts.disposables {
+        None => {
+            session.sup.start(NAME).map_err(|e| e.to_string())?;
+            run_steps(&mut session, &opts.steps)
+        }
+        Some((count, marker)) => run_disposables(&mut session, &spec, *count, marker, &opts)?,
+    };
+    let _ = session.pump();
+    write_outputs(&session, &opts.out)?;
+    Ok(ok)
+}
+
+/// Runs `steps` against the session's partition; false after the first that failed.
+fn run_steps(session: &mut Session, steps: &[Step]) -> bool {
+    for step in steps {
         session.log(&format!("step {step:?}"));
         if let Err(e) = session.run_step(step) {
             session.log(&format!("FAILED {step:?}: {e}"));
@@ -774,13 +807,59 @@ fn run(opts: Options) -> Result<bool, String> {
             if let Err(e) = session.screenshot("failure") {
                 session.log(&format!("no failure screenshot: {e}"));
             }
-            ok = false;
-            break;
+            return false;
         }
     }
-    let _ = session.pump();
-    write_outputs(&session, &opts.out)?;
-    Ok(ok)
+    true
+}
+
+/// `--disposables`: `count` disposables of `template` started one after the other, each
+/// driven through the steps and left running; each one's serial console goes to
+/// `DIR/serial-<name>.log`. The second waits for the first one's snapshot, so it (and
+/// every later one) is restored from it.
+fn run_disposables(
+    session: &mut Session,
+    template: &LaunchSpec,
+    count: u32,
+    marker: &str,
+    opts: &Options,
+) -> Result<bool, String> {
+    // Not under DIR: the lab machine would send the snapshot's memory file back.
+    let cache = PathBuf::from("/tmp/bulkhead-disposables");
+    let mut first: Option<String> = None;
+    for _ in 0..count {
+        if let Some(first) = &first {
+            let sup = &session.sup;
+            let deadline = session.deadline;
+            loop {
+                match sup.snapshot_result(first).map_err(|e| e.to_string())? {
+                    Some(Ok(_)) => break,
+                    Some(Err(reason)) => return Err(format!("the snapshot of {first} failed: {reason}")),
+                    None if Instant::now() >= deadline => {
+                        return Err(format!("timed out waiting for the snapshot of {first}"))
+                    }
+                    None => std::thread::sleep(POLL),
+                }
+            }
+        }
+        let d = session
+            .sup
+            .start_disposable_in(template, marker, &cache)
+            .map_err(|e| e.to_string())?;
+        session.log(&format!("disposable {} started, restored={}", d.name, d.restored));
+        session.name = d.name.clone();
+        session.serial.clear();
+        session.last_state = None;
+        first.get_or_insert(d.name.clone());
+        let ok = run_steps(session, &opts.steps);
+        let _ = session.pump();
+        let log = opts.out.join(format!("serial-{}.log", d.name));
+        std::fs::write(&log, &session.serial).map_err(|e| format!("writing {}: {e}", log.display()))?;
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn write_outputs(session: &Session, out: &Path) -> Result<(), String> {
@@ -832,7 +911,7 @@ mod tests {
             "console-pattern:300",
             "--",
             "/bulkhead-vmm",
-            "--kernel=/guest/vmlinuz",
+            "--kernel=/guest/vmlinux",
             "--mem=256M",
             "--display=none",
         ]))
@@ -852,7 +931,7 @@ mod tests {
         assert_eq!(
             o.boot_files,
             BootFiles::Linux {
-                kernel: "/guest/vmlinuz".into(),
+                kernel: "/guest/vmlinux".into(),
                 initrd: None
             }
         );

@@ -151,7 +151,7 @@ fn vm_command(v: Variant, cfg: &Config, serial: &str) -> Vec<String> {
             let mut c: Vec<String> = [
                 "/bulkhead-vmm",
                 "run",
-                "--kernel=/guest/vmlinuz",
+                "--kernel=/guest/vmlinux",
                 "--initrd=/guest/initrd",
                 &format!("--mem={MEM_MIB}M"),
                 "--vcpus=1",
@@ -187,7 +187,7 @@ fn vm_command(v: Variant, cfg: &Config, serial: &str) -> Vec<String> {
             "-m",
             &format!("{MEM_MIB}M"),
             "-kernel",
-            "/guest/vmlinuz",
+            "/guest/vmlinux",
             "-initrd",
             "/guest/initrd",
             "-append",
@@ -378,7 +378,7 @@ fn lab_cpio(cfg: &Config, dir: &Path) -> Vec<u8> {
         &bench::read(&lab::static_netrelay()),
     );
     cpio.add(PEER, 0o755, &peer);
-    cpio.add("/guest/vmlinuz", 0o644, &bench::read(&guest.kernel));
+    cpio.add("/guest/vmlinux", 0o644, &bench::read(&guest.kernel));
     cpio.add("/guest/initrd", 0o644, &guest_initrd(cfg, &peer));
     cpio.add_qemu(&format!("/usr/bin/{QEMU}"));
     add_passt(&mut cpio);

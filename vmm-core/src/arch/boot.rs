@@ -1,12 +1,21 @@
-//! Linux 64-bit boot protocol: load the bzImage and initrd, write the command line and
+//! Linux 64-bit boot protocol: load the kernel and initrd, write the command line and
 //! the zero page (boot_params) with e820 map and framebuffer description.
+//!
+//! The kernel is either a bzImage (its own decompressor runs first, entered 0x200 bytes
+//! into the protected-mode part) or the uncompressed `vmlinux` ELF, whose segments go to
+//! their physical addresses and whose entry point is `startup_64` itself — no
+//! decompression in the guest, which is most of a cold boot under software
+//! virtualisation. Both are entered in 64-bit mode with `boot_params` in RSI, so a
+//! `vmlinux` guest gets the same e820 map, ACPI pointer and `screen_info` framebuffer
+//! as a bzImage one (the kernel's PVH entry, the other way into a `vmlinux`, takes no
+//! `screen_info`: the partition would lose its display).
 
 use std::fs::File;
 use std::io::Read;
 
 use linux_loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::cmdline::Cmdline;
-use linux_loader::loader::{bzimage::BzImage, KernelLoader};
+use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader, KernelLoaderResult};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::devices::framebuffer::FramebufferLayout;
@@ -24,11 +33,24 @@ const CAN_USE_HEAP: u8 = 0x80;
 const VIDEO_TYPE_VLFB: u8 = 0x23;
 /// The 64-bit entry point sits 0x200 bytes into the protected-mode kernel.
 const STARTUP_64_OFFSET: u64 = 0x200;
+const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
+/// A `vmlinux` has no setup header to say where the initrd may go: the protocol's
+/// default limit for a kernel that does not say (2 GiB - 1).
+const VMLINUX_INITRD_ADDR_MAX: u32 = 0x7fff_ffff;
+/// `kernel_alignment` for a `vmlinux` (it is loaded where its ELF says: 16 MiB).
+const VMLINUX_ALIGNMENT: u32 = 0x100_0000;
+/// Boot protocol version written into a `vmlinux`'s made-up header: 2.15 has
+/// `acpi_rsdp_addr`, the newest field this loader fills in.
+const VMLINUX_PROTOCOL_VERSION: u16 = 0x020f;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     #[error("loading the kernel as a bzImage: {0}")]
     LoadKernel(linux_loader::loader::Error),
+    #[error("loading the kernel as an uncompressed vmlinux (ELF): {0}")]
+    LoadVmlinux(linux_loader::loader::Error),
+    #[error("reading the kernel's first bytes: {0}")]
+    ReadKernel(std::io::Error),
     #[error(
         "the kernel has no valid setup header (boot flag or HdrS magic missing): not a bzImage"
     )]
@@ -53,6 +75,31 @@ pub struct BootInfo {
     pub entry: u64,
     pub boot_params: u64,
     pub initrd: Option<(u64, u64)>,
+    pub format: KernelFormat,
+}
+
+/// What kind of kernel file was booted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// Compressed, with the kernel's own decompressor and setup header.
+    BzImage,
+    /// The uncompressed ELF `vmlinux`.
+    Vmlinux,
+}
+
+/// Tells the formats apart by their first bytes (an ELF magic, else a bzImage: whose
+/// loader names what is wrong with anything else).
+pub fn kernel_format(mut kernel: &File) -> Result<KernelFormat, BootError> {
+    use std::io::{Seek, SeekFrom};
+    let mut magic = [0u8; 4];
+    kernel.seek(SeekFrom::Start(0)).map_err(BootError::ReadKernel)?;
+    let n = kernel.read(&mut magic).map_err(BootError::ReadKernel)?;
+    kernel.seek(SeekFrom::Start(0)).map_err(BootError::ReadKernel)?;
+    Ok(if n == 4 && magic == ELF_MAGIC {
+        KernelFormat::Vmlinux
+    } else {
+        KernelFormat::BzImage
+    })
 }
 
 pub struct LinuxBoot<'a> {
@@ -64,19 +111,25 @@ pub struct LinuxBoot<'a> {
 }
 
 pub fn load_linux(mem: &GuestMemoryMmap, boot: &LinuxBoot) -> Result<BootInfo, BootError> {
-    // `&File` reads and seeks the shared file offset; the kernel file is this loader's.
-    let mut file = boot.kernel;
-    let loaded = BzImage::load(
-        mem,
-        Some(GuestAddress(KERNEL_LOAD_ADDR)),
-        &mut file,
-        Some(GuestAddress(HIMEM_START)),
-    )
-    .map_err(BootError::LoadKernel)?;
-    let mut hdr = loaded.setup_header.ok_or(BootError::NoSetupHeader)?;
-    if hdr.boot_flag != KERNEL_BOOT_FLAG_MAGIC || hdr.header != KERNEL_HDR_MAGIC {
-        return Err(BootError::NoSetupHeader);
-    }
+    let format = kernel_format(boot.kernel)?;
+    let (mut hdr, entry, kernel_end) = match format {
+        KernelFormat::BzImage => {
+            let loaded = load_bzimage(mem, boot.kernel)?;
+            let hdr = loaded.setup_header.ok_or(BootError::NoSetupHeader)?;
+            if hdr.boot_flag != KERNEL_BOOT_FLAG_MAGIC || hdr.header != KERNEL_HDR_MAGIC {
+                return Err(BootError::NoSetupHeader);
+            }
+            let load = loaded.kernel_load.raw_value();
+            // The bzImage loader counts the end from where it loaded the kernel.
+            (hdr, load + STARTUP_64_OFFSET, load + loaded.kernel_end)
+        }
+        KernelFormat::Vmlinux => {
+            let loaded = load_vmlinux(mem, boot.kernel)?;
+            // The ELF loader's end is already an address; its `kernel_load` is the entry.
+            let (entry, end) = (loaded.kernel_load.raw_value(), loaded.kernel_end);
+            (vmlinux_setup_header(), entry, end)
+        }
+    };
 
     let mut cmdline = Cmdline::new(CMDLINE_MAX).map_err(BootError::Cmdline)?;
     cmdline
@@ -89,7 +142,6 @@ pub fn load_linux(mem: &GuestMemoryMmap, boot: &LinuxBoot) -> Result<BootInfo, B
         }
     })?;
 
-    let kernel_end = loaded.kernel_load.raw_value() + loaded.kernel_end;
     let initrd = match boot.initrd {
         Some(f) => Some(load_initrd(
             mem,
@@ -130,10 +182,45 @@ pub fn load_linux(mem: &GuestMemoryMmap, boot: &LinuxBoot) -> Result<BootInfo, B
             reason: e.to_string(),
         })?;
     Ok(BootInfo {
-        entry: loaded.kernel_load.raw_value() + STARTUP_64_OFFSET,
+        entry,
         boot_params: BOOT_PARAMS_ADDR,
         initrd,
+        format,
     })
+}
+
+fn load_bzimage(mem: &GuestMemoryMmap, kernel: &File) -> Result<KernelLoaderResult, BootError> {
+    // `&File` reads and seeks the shared file offset; the kernel file is this loader's.
+    let mut file = kernel;
+    BzImage::load(
+        mem,
+        Some(GuestAddress(KERNEL_LOAD_ADDR)),
+        &mut file,
+        Some(GuestAddress(HIMEM_START)),
+    )
+    .map_err(BootError::LoadKernel)
+}
+
+/// Loads each `PT_LOAD` segment at its physical address (no offset: the kernel was
+/// linked for `CONFIG_PHYSICAL_START`, and its entry is `startup_64`'s physical address).
+/// The loader refuses segments outside guest memory and an entry below 1 MiB.
+fn load_vmlinux(mem: &GuestMemoryMmap, kernel: &File) -> Result<KernelLoaderResult, BootError> {
+    let mut file = kernel;
+    Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+        .map_err(BootError::LoadVmlinux)
+}
+
+/// The setup header a bzImage would carry, for a `vmlinux` that has none: the fields
+/// the kernel reads after the decompressor (which is not there) would have filled them.
+fn vmlinux_setup_header() -> linux_loader::bootparam::setup_header {
+    linux_loader::bootparam::setup_header {
+        boot_flag: KERNEL_BOOT_FLAG_MAGIC,
+        header: KERNEL_HDR_MAGIC,
+        version: VMLINUX_PROTOCOL_VERSION,
+        kernel_alignment: VMLINUX_ALIGNMENT,
+        initrd_addr_max: VMLINUX_INITRD_ADDR_MAX,
+        ..Default::default()
+    }
 }
 
 /// Places the initrd page-aligned at the top of low RAM, below the kernel's limit.
@@ -256,5 +343,118 @@ mod tests {
         let err = load_initrd(&mem, &open(), 0xc0_0000, u64::from(u32::MAX)).unwrap_err();
         assert!(matches!(err, BootError::InitrdTooLarge { .. }), "{err}");
         assert!(load_initrd(&mem, &open(), 0x10_0000, u64::from(u32::MAX)).is_ok());
+    }
+
+    /// A minimal ELF64 executable: one `PT_LOAD` segment of `code` at physical `paddr`
+    /// (and `memsz` in memory), entry `entry`.
+    fn tiny_vmlinux(paddr: u64, entry: u64, code: &[u8], memsz: u64) -> Vec<u8> {
+        let (ehsize, phsize) = (64u16, 56u16);
+        let mut f = Vec::new();
+        f.extend_from_slice(b"\x7fELF\x02\x01\x01\0");
+        f.extend_from_slice(&[0; 8]);
+        f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        f.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+        f.extend_from_slice(&1u32.to_le_bytes());
+        f.extend_from_slice(&entry.to_le_bytes());
+        f.extend_from_slice(&u64::from(ehsize).to_le_bytes()); // e_phoff
+        f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+        f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+        f.extend_from_slice(&ehsize.to_le_bytes());
+        f.extend_from_slice(&phsize.to_le_bytes());
+        f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+        f.extend_from_slice(&[0; 6]); // shentsize, shnum, shstrndx
+        let offset = u64::from(ehsize + phsize);
+        f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        f.extend_from_slice(&5u32.to_le_bytes()); // R+X
+        f.extend_from_slice(&offset.to_le_bytes());
+        f.extend_from_slice(&(paddr | 0xffff_ffff_8000_0000).to_le_bytes()); // p_vaddr
+        f.extend_from_slice(&paddr.to_le_bytes());
+        f.extend_from_slice(&(code.len() as u64).to_le_bytes());
+        f.extend_from_slice(&memsz.to_le_bytes());
+        f.extend_from_slice(&0x20_0000u64.to_le_bytes());
+        f.extend_from_slice(code);
+        f
+    }
+
+    fn file_with(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> File {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        File::open(p).unwrap()
+    }
+
+    #[test]
+    fn a_vmlinux_is_loaded_where_its_elf_says_and_entered_at_its_entry_with_a_made_up_header() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x400_0000)]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let code = [0xf4u8; 64]; // hlt
+        let kernel = file_with(&dir, "vmlinux", &tiny_vmlinux(0x100_0000, 0x100_0000, &code, 0x20_0000));
+        let initrd = file_with(&dir, "initrd", &[7u8; 0x3000]);
+        assert_eq!(kernel_format(&kernel).unwrap(), KernelFormat::Vmlinux);
+        let info = load_linux(
+            &mem,
+            &LinuxBoot {
+                kernel: &kernel,
+                initrd: Some(&initrd),
+                cmdline: "console=ttyS0",
+                framebuffer: Some(FramebufferLayout::new(1024, 768).unwrap()),
+                acpi_rsdp: Some(0xe0000),
+            },
+        )
+        .unwrap();
+        assert_eq!((info.entry, info.format), (0x100_0000, KernelFormat::Vmlinux));
+        let mut loaded = [0u8; 64];
+        mem.read_slice(&mut loaded, GuestAddress(0x100_0000)).unwrap();
+        assert_eq!(loaded, code);
+        let p: boot_params = mem.read_obj(GuestAddress(info.boot_params)).unwrap();
+        let (flag, magic, version) = (p.hdr.boot_flag, p.hdr.header, p.hdr.version);
+        assert_eq!((flag, magic, version), (0xaa55, KERNEL_HDR_MAGIC, 0x020f));
+        let (cmd, ramdisk, size) = (p.hdr.cmd_line_ptr, p.hdr.ramdisk_image, p.hdr.ramdisk_size);
+        assert_eq!((u64::from(cmd), size), (CMDLINE_ADDR, 0x3000));
+        let (addr, _) = info.initrd.unwrap();
+        assert_eq!(u64::from(ramdisk), addr);
+        // The initrd lies past the segment's memory size (its bss), not just its file.
+        assert!(addr >= 0x120_0000, "{addr:#x}");
+        let rsdp = p.acpi_rsdp_addr;
+        assert_eq!(rsdp, 0xe0000);
+        assert_eq!(p.screen_info.orig_video_isVGA, VIDEO_TYPE_VLFB);
+    }
+
+    #[test]
+    fn a_vmlinux_segment_outside_guest_memory_is_refused_as_a_vmlinux() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x200_0000)]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = file_with(&dir, "vmlinux", &tiny_vmlinux(0x300_0000, 0x300_0000, &[0; 16], 16));
+        let err = load_linux(
+            &mem,
+            &LinuxBoot {
+                kernel: &kernel,
+                initrd: None,
+                cmdline: "",
+                framebuffer: None,
+                acpi_rsdp: None,
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, BootError::LoadVmlinux(_)), "{err}");
+    }
+
+    #[test]
+    fn anything_not_elf_is_read_as_a_bzimage_and_refused_as_one() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x200_0000)]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = file_with(&dir, "junk", b"\x7fEL");
+        assert_eq!(kernel_format(&kernel).unwrap(), KernelFormat::BzImage);
+        let err = load_linux(
+            &mem,
+            &LinuxBoot {
+                kernel: &kernel,
+                initrd: None,
+                cmdline: "",
+                framebuffer: None,
+                acpi_rsdp: None,
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, BootError::LoadKernel(_)), "{err}");
     }
 }

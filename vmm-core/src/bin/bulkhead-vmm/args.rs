@@ -76,7 +76,7 @@ pub struct RestoreArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Linux bzImage to boot.
+    /// Linux kernel to boot: a bzImage or an uncompressed vmlinux (ELF).
     #[arg(long, required_unless_present = "test_card")]
     pub kernel: Option<PathBuf>,
     /// Initramfs.
