@@ -457,6 +457,10 @@ impl FakeAgent {
                     self.clipboard = Some(content);
                     AgentMessage::ClipboardSet { id }
                 }
+                HostMessage::Restored { .. } => AgentMessage::Hello {
+                    version: bulkhead_agent_proto::PROTOCOL_VERSION,
+                    features: bulkhead_agent_proto::features::CLIPBOARD,
+                },
             };
             out.extend(reply.encode().unwrap());
         }
