@@ -476,6 +476,8 @@ fn serve_commands(
         decoder: Decoder::new(),
         clipboard: Some(Clipboard::Text(FAKE_AGENT_CLIPBOARD.into())),
     };
+    // The fake guest's balloon reaches every target at once.
+    let mut balloon_mib = 0;
     while let Ok(received) = commands.recv() {
         let command = received.message;
         command.validate().unwrap();
@@ -494,6 +496,7 @@ fn serve_commands(
                 id,
                 stats: VmStats {
                     uptime_ms: 1234,
+                    balloon_mib: Some(balloon_mib),
                     ..VmStats::default()
                 },
             }),
@@ -506,6 +509,7 @@ fn serve_commands(
                     send(e);
                 }
             }
+            Command::SetBalloon { target_mib } => balloon_mib = target_mib,
             _ => {}
         }
     }
