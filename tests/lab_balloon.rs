@@ -55,7 +55,10 @@ fn memory_a_guest_frees_leaves_the_vmm_process() {
 fn a_balloon_target_set_by_the_supervisor_takes_memory_from_the_guest_and_gives_it_back() {
     let r = measure_target();
     eprintln!("{}", r.out.summary());
-    eprintln!("--- supervisor events ---\n{}", r.out.file_text("events.log"));
+    eprintln!(
+        "--- supervisor events ---\n{}",
+        r.out.file_text("events.log")
+    );
     r.out.save_artifacts("lab_balloon_target");
     eprintln!(
         "guest meminfo: before {:?}, inflated {:?}, deflated {:?}; VMM RSS KiB: idle {:?}, inflated {:?}; features {:?}",
@@ -98,7 +101,11 @@ fn a_balloon_target_set_by_the_supervisor_takes_memory_from_the_guest_and_gives_
     // The host never held the balloon: the VMM's RSS stays near its idle figure while
     // the guest believes it gave 512 MiB away (the inflated pages are discarded).
     let (Some(idle), Some(peak)) = (r.idle_rss_kib, r.inflated_rss_kib) else {
-        panic!("missing RSS samples: {:?}\n{}", r.samples, r.out.diagnostics());
+        panic!(
+            "missing RSS samples: {:?}\n{}",
+            r.samples,
+            r.out.diagnostics()
+        );
     };
     assert!(
         peak <= idle + 64 * 1024,

@@ -1012,7 +1012,11 @@ mod tests {
             "{}",
             lines[1]
         );
-        assert!(lines[1].contains("lower it, or raise memory_mib"), "{}", lines[1]);
+        assert!(
+            lines[1].contains("lower it, or raise memory_mib"),
+            "{}",
+            lines[1]
+        );
         assert!(
             lines[2].starts_with(
                 "partitions.toml:12:18: error: `partition.c.memory_min_mib` is a string"

@@ -650,7 +650,10 @@ struct Balancer {
 }
 
 impl Balancer {
-    fn spawn(slots: Weak<RwLock<BTreeMap<String, Arc<Slot>>>>, log_dir: LogDir) -> std::io::Result<Balancer> {
+    fn spawn(
+        slots: Weak<RwLock<BTreeMap<String, Arc<Slot>>>>,
+        log_dir: LogDir,
+    ) -> std::io::Result<Balancer> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()

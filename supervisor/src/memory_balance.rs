@@ -115,10 +115,7 @@ impl BalloonState {
     /// balloon driver, keeps this above 0: the balancer then asks the others for less,
     /// never more.)
     fn pending_mib(&self) -> u64 {
-        u64::from(
-            self.target_mib
-                .saturating_sub(self.actual_mib.unwrap_or(0)),
-        )
+        u64::from(self.target_mib.saturating_sub(self.actual_mib.unwrap_or(0)))
     }
 }
 
@@ -325,7 +322,10 @@ mod tests {
         let ps = [part("a", 2048, 512, 800)];
         assert_eq!(plan(host(16_000, 2_390), &ps), [("a".to_string(), 1536)]);
         let ps = [part("a", 2048, 512, 1530)];
-        assert!(plan(host(16_000, 2_390), &ps).is_empty(), "6 MiB is no step");
+        assert!(
+            plan(host(16_000, 2_390), &ps).is_empty(),
+            "6 MiB is no step"
+        );
     }
 
     #[test]
@@ -337,7 +337,11 @@ mod tests {
         let ps = [a, part("b", 4096, 512, 0)];
         let got = plan(host(16_000, 1_600), &ps);
         let total: u32 = got.iter().map(|(_, t)| *t).sum::<u32>()
-            + if got.iter().any(|(n, _)| n == "a") { 0 } else { 1000 };
+            + if got.iter().any(|(n, _)| n == "a") {
+                0
+            } else {
+                1000
+            };
         assert!((1790..=1800).contains(&total), "{got:?}");
         // A partition already fuller than its share keeps its balloon; the other one
         // takes the rest.

@@ -836,7 +836,9 @@ fn a_balloon_target_reaches_the_partition_and_its_size_comes_back_in_stats() {
         Err(SupervisorError::UnknownPartition(_))
     ));
     sup.stop("a", Duration::from_secs(5)).unwrap();
-    wait_state(&sup, "a", |s| !matches!(s, ProcessState::Running | ProcessState::Stopping));
+    wait_state(&sup, "a", |s| {
+        !matches!(s, ProcessState::Running | ProcessState::Stopping)
+    });
     assert!(matches!(
         sup.set_balloon("a", 1),
         Err(SupervisorError::NotRunning(_))

@@ -244,7 +244,8 @@ mod tests {
 
     #[test]
     fn guest_meminfo_lines_are_read_by_tag() {
-        let serial = "noise\r\nMEMINFO-BEFORE MemTotal:1010000 MemFree:900000 MemAvailable:950000 \r\n\
+        let serial =
+            "noise\r\nMEMINFO-BEFORE MemTotal:1010000 MemFree:900000 MemAvailable:950000 \r\n\
                       MEMINFO-INFLATED MemTotal:1010000 MemFree:380000 MemAvailable:430000\n";
         assert_eq!(
             guest_meminfo(serial, "MEMINFO-BEFORE "),
@@ -259,6 +260,9 @@ mod tests {
             Some(430_000)
         );
         assert_eq!(guest_meminfo(serial, "MEMINFO-DEFLATED "), None);
-        assert_eq!(guest_meminfo("MEMINFO-BEFORE MemTotal:x", "MEMINFO-BEFORE "), None);
+        assert_eq!(
+            guest_meminfo("MEMINFO-BEFORE MemTotal:x", "MEMINFO-BEFORE "),
+            None
+        );
     }
 }

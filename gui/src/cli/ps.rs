@@ -90,7 +90,14 @@ mod tests {
 
     #[test]
     fn a_row_shows_the_balloon_beside_the_host_memory_when_inflated() {
-        let r = row("work", "running", Some(42), Some(612 * 1024), Some(400), "-");
+        let r = row(
+            "work",
+            "running",
+            Some(42),
+            Some(612 * 1024),
+            Some(400),
+            "-",
+        );
         assert!(r.contains("612 MiB (balloon 400 MiB)"), "{r}");
         let r = row("work", "running", Some(42), Some(612 * 1024), Some(0), "-");
         assert!(r.contains("612 MiB") && !r.contains("balloon"), "{r}");

@@ -63,9 +63,10 @@ use rustix::io::{fcntl_setfd, FdFlags};
 
 pub use framing::{MessageReader, MessageWriter, Received, FRAME_DEADLINE, MAX_MESSAGE};
 pub use messages::{
-    balloon_target_pages, BalloonTargetError, Command, Event, InputDevice, InputEvent, LimitError, Message, SandboxGap, SandboxStatus,
-    SnapshotOutcome, VmState, VmStats, MAX_CONSOLE_CHUNK, MAX_DAMAGE_RECTS, MAX_INPUT_EVENTS,
-    MAX_SANDBOX_GAPS, MAX_SERIAL_CHUNK, MAX_TEXT, PAGES_PER_MIB, PROTOCOL_VERSION,
+    balloon_target_pages, BalloonTargetError, Command, Event, InputDevice, InputEvent, LimitError,
+    Message, SandboxGap, SandboxStatus, SnapshotOutcome, VmState, VmStats, MAX_CONSOLE_CHUNK,
+    MAX_DAMAGE_RECTS, MAX_INPUT_EVENTS, MAX_SANDBOX_GAPS, MAX_SERIAL_CHUNK, MAX_TEXT,
+    PAGES_PER_MIB, PROTOCOL_VERSION,
 };
 pub use scm::MAX_FDS_PER_MESSAGE;
 

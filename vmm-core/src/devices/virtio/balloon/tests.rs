@@ -72,7 +72,8 @@ fn a_guest_under_pressure_deflates_below_the_target_and_keeps_its_pages() {
     // Linux with DEFLATE_ON_OOM negotiated: inflate to the target, then its OOM
     // notifier / shrinker takes pages back on its own and lowers `actual`.
     let mut d = TestDriver::new(VirtioBalloon::new());
-    let features = VIRTIO_F_VERSION_1 | VIRTIO_BALLOON_F_REPORTING | VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
+    let features =
+        VIRTIO_F_VERSION_1 | VIRTIO_BALLOON_F_REPORTING | VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
     assert!(d.negotiate(features));
     for q in 0..3 {
         d.setup_queue_with(q, TestDriver::<VirtioBalloon>::standard_layout(q, 64));
