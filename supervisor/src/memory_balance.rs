@@ -175,6 +175,10 @@ fn inflate(host: HostMemory, partitions: &[BalloonState]) -> Vec<u32> {
     if want <= held {
         return current.iter().map(|&c| c as u32).collect();
     }
+    let full = at(1.0);
+    if full.iter().sum::<u64>() <= want {
+        return full.into_iter().map(|t| t as u32).collect();
+    }
     // The largest f whose targets add up to at most `want` (bisection; the sum grows
     // with f).
     let (mut lo, mut hi) = (0.0f64, 1.0f64);
