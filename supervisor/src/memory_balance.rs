@@ -442,10 +442,13 @@ mod tests {
             for (name, t) in &got {
                 let r = u64::from(rooms[index(name)]);
                 let exact = want * r / total_room;
-                prop_assert!(u64::from(*t).abs_diff(exact) <= 1, "room {} of {}: {} vs {}", r, total_room, t, exact);
+                // Floors leave up to a MiB per partition, which the largest f hands on.
+                prop_assert!(u64::from(*t).abs_diff(exact) <= rooms.len() as u64, "room {} of {}: {} vs {}", r, total_room, t, exact);
             }
             let given: u64 = got.iter().map(|(_, t)| u64::from(*t)).sum();
-            prop_assert!(given <= want && given + rooms.len() as u64 + 1 >= want, "{} of {}", given, want);
+            // Short by at most the floors and the steps too small to send.
+            let slack = rooms.len() as u64 * (u64::from(MIN_STEP_MIB) + 1);
+            prop_assert!(given <= want && given + slack >= want, "{} of {}", given, want);
         }
 
         #[test]

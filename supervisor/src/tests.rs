@@ -890,31 +890,44 @@ fn the_memory_balancer_keeps_balloon_sizes_current_and_stops_with_the_supervisor
     sup.set_log_dir(Some(dir.path().to_path_buf()));
     sup.start_memory_balancing().unwrap();
     sup.start_memory_balancing().unwrap();
-    sup.set_balloon("a", 4).unwrap();
-    // No request_stats here: the balancer asks every period.
-    let (status, ok) = sup
-        .wait_until("a", WAIT, |s| {
-            s.stats.and_then(|st| st.balloon_mib) == Some(4)
-        })
-        .unwrap();
-    assert!(ok, "{status:?}");
-    let pid = status.pid.unwrap();
+    // No request_stats here: the balancer asks every period, and records what it
+    // learnt for `bulkhead ps` beside the partition's log.
+    let pid = sup.status("a").unwrap().pid.unwrap();
     let until = std::time::Instant::now() + WAIT;
-    let recorded = loop {
-        match usage::read_balloon_file(dir.path(), "a", pid) {
-            Some(f) if f.actual_mib == 4 => break Some(f),
-            _ if std::time::Instant::now() > until => break None,
-            _ => std::thread::sleep(Duration::from_millis(100)),
+    let (status, recorded) = loop {
+        let st = sup.status("a").unwrap();
+        let figures = st
+            .stats
+            .and_then(|s| s.balloon_mib)
+            .map(|actual| usage::BalloonFigures {
+                pid,
+                target_mib: st.balloon_target_mib,
+                actual_mib: actual,
+            });
+        let recorded = usage::read_balloon_file(dir.path(), "a", pid);
+        if figures.is_some() && recorded == figures {
+            break (st, recorded);
         }
+        assert!(
+            std::time::Instant::now() < until,
+            "status {st:?}, recorded {recorded:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(
-        recorded,
-        Some(usage::BalloonFigures {
-            pid,
-            target_mib: 4,
-            actual_mib: 4
-        })
-    );
+    assert!(recorded.is_some(), "{status:?}");
+    // This host decides the plan; with plenty of memory, even a forced target goes.
+    if memory_balance::HostMemory::read().is_ok_and(|h| {
+        h.available_mib > h.total_mib * memory_balance::DEFLATE_ABOVE_PERCENT / 100 + 100
+    }) {
+        sup.set_balloon("a", 4).unwrap();
+        let (status, ok) = sup
+            .wait_until("a", WAIT, |s| s.balloon_target_mib == 0)
+            .unwrap();
+        assert!(
+            ok,
+            "the balancer did not empty a balloon with plenty: {status:?}"
+        );
+    }
     let began = std::time::Instant::now();
     drop(sup);
     assert!(began.elapsed() < Duration::from_secs(10));
