@@ -601,6 +601,9 @@ fn balance_slots(slots: &[Arc<Slot>], host: memory_balance::HostMemory) -> Vec<(
             .find(|s| s.name == name)
             .map_or(0, |s| s.target_mib);
         match slot.set_balloon(target_mib) {
+            Ok(()) if before == target_mib => {
+                tracing::debug!(partition = %name, target_mib, "memory balancing: target sent again");
+            }
             Ok(()) => {
                 tracing::info!(
                     partition = %name,
