@@ -37,7 +37,10 @@
 //!    [`Event::console_chunks`]; hand [`Command::ConsoleWrite`] bytes to the guest
 //!    console in order, holding them (bounded) until its driver takes them; answer
 //!    [`Command::Stats`] and [`Command::Screenshot`] (flush damage first, then
-//!    `ScreenshotReady`); apply [`Command::Input`] to virtio-input;
+//!    `ScreenshotReady`); apply [`Command::Input`] to virtio-input; set the balloon's
+//!    target on [`Command::SetBalloon`] ([`balloon_target_pages`]: above the guest's RAM
+//!    it is ignored and logged, rate-limited) and report its `actual` in
+//!    [`VmStats::balloon_mib`];
 //!    [`Command::Pause`]/[`Command::Resume`] answer with `State`. Validate every received
 //!    command with [`Command::validate`].
 //! 5. On [`Command::Stop`] send `State(Stopping)`, press the ACPI power button, and when
