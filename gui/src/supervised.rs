@@ -36,6 +36,8 @@ pub struct SupervisedPartition {
     serial: Vec<u8>,
     started: Option<Instant>,
     usage: ProcessUsage,
+    /// What the guest's balloon holds, MiB, as last reported (memory balancing).
+    balloon_mib: Option<u32>,
     /// The app a template partition starts; until the guest says it is on screen the
     /// partition shows as starting.
     app: Option<String>,
@@ -91,6 +93,7 @@ impl SupervisedPartition {
             serial: Vec::new(),
             started: None,
             usage: ProcessUsage::default(),
+            balloon_mib: None,
             app: None,
             app_ready: AppReadyWatch::default(),
             template: None,
@@ -327,6 +330,7 @@ impl PartitionBackend for SupervisedPartition {
             vcpus: self.info.vcpus,
             cpu_percent: self.usage.cpu_percent,
             uptime: self.started.map_or(Duration::ZERO, |t| t.elapsed()),
+            balloon_mib: self.balloon_mib,
         }
     }
 
@@ -382,7 +386,12 @@ impl PartitionBackend for SupervisedPartition {
 
     fn poll(&mut self) {
         self.poll_build();
-        let pid = self.supervisor.status(self.name()).ok().and_then(|s| s.pid);
+        let status = self.supervisor.status(self.name()).ok();
+        let pid = status.as_ref().and_then(|s| s.pid);
+        self.balloon_mib = status
+            .and_then(|s| s.stats)
+            .and_then(|st| st.balloon_mib)
+            .filter(|_| pid.is_some());
         self.usage.sample(pid, vm_process);
         self.refresh_framebuffer();
         self.copy_damage();
@@ -462,6 +471,10 @@ pub fn supervised_backends(
                 .ok()
             });
             s.set_audit_log(audit.map(std::sync::Arc::new));
+            // Balloons inflate when the host runs short, deflate when it has plenty.
+            if let Err(e) = s.start_memory_balancing() {
+                tracing::warn!("memory balancing not started: {e}");
+            }
             std::sync::Arc::new(s)
         }
         Err(e) => {

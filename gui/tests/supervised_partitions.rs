@@ -230,3 +230,37 @@ fn a_partition_with_restart_on_crash_comes_back_by_itself_after_kill_minus_nine(
     );
     wait_for_more_damage(&sup, "browser", damage_count(&sup, "browser"));
 }
+
+#[test]
+fn a_balloon_target_reaches_a_sandboxed_partition_which_reports_its_balloon_and_runs_on() {
+    let binary = bulkhead_supervisor::launch::vmm_binary();
+    assert!(binary.is_file(), "{} missing", binary.display());
+    let sup = Supervisor::new(vec![test_card("ballooned")]).unwrap();
+    assert!(sup.start_all().is_empty());
+    let (st, ok) = sup
+        .wait_until("ballooned", WAIT, |s| s.state == ProcessState::Running)
+        .unwrap();
+    assert!(ok, "{st:?}");
+    // Through the partition's seccomp filters: the target lands in the device (the test
+    // card has no balloon driver, so the balloon stays empty) and the guest runs on.
+    sup.set_balloon("ballooned", 8).unwrap();
+    assert!(
+        sup.set_balloon("ballooned", 17).is_err(),
+        "above its 16 MiB"
+    );
+    let before = damage_count(&sup, "ballooned");
+    sup.request_stats("ballooned").unwrap();
+    let (st, ok) = sup
+        .wait_until("ballooned", WAIT, |s| {
+            s.stats.is_some_and(|st| st.balloon_mib.is_some())
+        })
+        .unwrap();
+    assert!(ok, "no stats: {st:?}");
+    assert_eq!(st.stats.and_then(|s| s.balloon_mib), Some(0));
+    assert_eq!(st.balloon_target_mib, 8);
+    wait_for_more_damage(&sup, "ballooned", before);
+    assert_eq!(
+        sup.status("ballooned").unwrap().state,
+        ProcessState::Running
+    );
+}

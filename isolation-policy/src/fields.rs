@@ -111,6 +111,15 @@ pub const PARTITION_FIELDS: &[PartitionField] = &[
         |p| p.memory_mib.to_string(),
     ),
     field(
+        "memory_min_mib",
+        "Memory minimum (MiB, when the host is short)",
+        FieldKind::Integer {
+            range: limits::MEMORY_MIN_MIB,
+            unit: "MiB",
+        },
+        |p| p.memory_min_mib().to_string(),
+    ),
+    field(
         "vcpus",
         "vCPUs",
         FieldKind::Integer {
@@ -324,6 +333,10 @@ mod tests {
         let kind = |key: &str| field_named(key).map(|f| f.kind);
         let integer = |range, unit| Some(FieldKind::Integer { range, unit });
         assert_eq!(kind("memory_mib"), integer(limits::MEMORY_MIB, "MiB"));
+        assert_eq!(
+            kind("memory_min_mib"),
+            integer(limits::MEMORY_MIN_MIB, "MiB")
+        );
         assert_eq!(kind("vcpus"), integer(limits::VCPUS, "vCPUs"));
         assert_eq!(
             kind("cpu_weight"),
@@ -352,6 +365,7 @@ mod tests {
                 "label",
                 "kind",
                 "memory_mib",
+                "memory_min_mib",
                 "vcpus",
                 "cpu_weight",
                 "cpu_max_percent",
@@ -382,6 +396,7 @@ mod tests {
         let default = |key: &str| field_named(key).and_then(PartitionField::default_text);
         assert_eq!(default("label"), None, "label has no default");
         assert_eq!(default("memory_mib").as_deref(), Some("1024"));
+        assert_eq!(default("memory_min_mib").as_deref(), Some("512"));
         assert_eq!(default("display").as_deref(), Some("1280x800"));
         assert_eq!(default("network.mode").as_deref(), Some("offline"));
         assert_eq!(default("clipboard.copy_out").as_deref(), Some("true"));

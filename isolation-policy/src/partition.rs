@@ -48,6 +48,9 @@ impl RestartPolicy {
 /// Limits on what a partition may ask for; beyond them a value is impossible.
 pub mod limits {
     pub const MEMORY_MIB: (i64, i64) = (64, 1 << 20);
+    /// The least a partition's balloon may leave it (`memory_min_mib`); also at most
+    /// its `memory_mib`, checked across the two fields.
+    pub const MEMORY_MIN_MIB: (i64, i64) = (128, 1 << 20);
     pub const VCPUS: (i64, i64) = (1, 64);
     pub const CPU_WEIGHT: (i64, i64) = (1, 10_000);
     /// Percent of one host CPU (`150`: one and a half CPUs); 0 means no cap.
@@ -72,7 +75,11 @@ pub struct Partition {
     pub name: String,
     pub label: Label,
     pub kind: Kind,
+    /// Guest RAM the partition boots with: the most it ever has.
     pub memory_mib: u32,
+    /// The least memory balancing leaves it, MiB, as written; `None`: the default,
+    /// [`default_memory_min_mib`]. Read it with [`Partition::memory_min_mib`].
+    pub memory_min_written: Option<u32>,
     pub vcpus: u32,
     pub display: (u32, u32),
     /// Kernel + initramfs image name in the image cache.
@@ -121,6 +128,7 @@ impl Partition {
             label,
             kind: Kind::App,
             memory_mib: 1024,
+            memory_min_written: None,
             vcpus: 1,
             display: (1280, 800),
             image: "default".into(),
@@ -147,6 +155,13 @@ impl Partition {
         }
     }
 
+    /// The least memory balancing leaves this partition, MiB: as written, else the
+    /// default for its `memory_mib`.
+    pub fn memory_min_mib(&self) -> u32 {
+        self.memory_min_written
+            .unwrap_or_else(|| default_memory_min_mib(self.memory_mib))
+    }
+
     /// The (line, column) where `field` was written, else the table header.
     pub fn position_of(&self, field: &str) -> (usize, usize) {
         self.positions.get(field).copied().unwrap_or((self.line, 1))
@@ -156,6 +171,12 @@ impl Partition {
         let (line, column) = self.position_of(field);
         Location::new(&self.file, line, column)
     }
+}
+
+/// `memory_min_mib` when it is not written: half of `memory_mib` (rounded down), but not
+/// below 256 MiB, and never more than `memory_mib` itself.
+pub fn default_memory_min_mib(memory_mib: u32) -> u32 {
+    (memory_mib / 2).max(256).min(memory_mib)
 }
 
 /// Is `layout` a plausible X keyboard layout list (`us`, `de`, `fr,us`, `gb+extd`)?
@@ -180,6 +201,20 @@ pub fn valid_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_minimum_is_half_the_memory_but_not_below_256_mib_nor_above_the_memory() {
+        assert_eq!(default_memory_min_mib(1024), 512);
+        assert_eq!(default_memory_min_mib(4097), 2048);
+        assert_eq!(default_memory_min_mib(400), 256);
+        assert_eq!(default_memory_min_mib(512), 256);
+        assert_eq!(default_memory_min_mib(200), 200);
+        assert_eq!(default_memory_min_mib(64), 64);
+        let mut p = Partition::with_defaults("a", Label::Red);
+        assert_eq!(p.memory_min_mib(), 512);
+        p.memory_min_written = Some(300);
+        assert_eq!(p.memory_min_mib(), 300);
+    }
 
     #[test]
     fn bad_partition_names_are_rejected() {

@@ -379,6 +379,11 @@ impl Reader<'_> {
                         p.memory_mib = v;
                     }
                 }
+                "memory_min_mib" => {
+                    if let Some(v) = self.integer_field(item, &what, key) {
+                        p.memory_min_written = Some(v);
+                    }
+                }
                 "vcpus" => {
                     if let Some(v) = self.integer_field(item, &what, key) {
                         p.vcpus = v;
@@ -539,6 +544,22 @@ impl Reader<'_> {
                     &format!("in [partition.{name}]"),
                 ),
             }
+        }
+        if let Some(min) = p.memory_min_written.filter(|&min| min > p.memory_mib) {
+            let (line, column) = p.position_of("memory_min_mib");
+            self.diags.push(Diagnostic::error(
+                Location::new(self.file, line, column),
+                format!(
+                    "`partition.{name}.memory_min_mib` = {min} is more than its `memory_mib` = {}",
+                    p.memory_mib
+                ),
+                format!(
+                    "the minimum is what memory balancing leaves the partition, at most the {} MiB it boots with: lower it, or raise memory_mib",
+                    p.memory_mib
+                ),
+            ));
+            // Kept usable: the floor cannot be above the memory.
+            p.memory_min_written = Some(p.memory_mib);
         }
         if p.template.is_some() && p.kind == Kind::Template {
             let (line, column) = p.position_of("template");
@@ -952,6 +973,60 @@ mod tests {
         assert_eq!(ps[0].memory_mib, 1024);
         assert_eq!(ps[0].network.mode, NetworkMode::Offline);
         assert_eq!(ps[0].line, 1);
+    }
+
+    #[test]
+    fn memory_minimum_is_read_and_defaults_to_half_the_memory_but_at_least_256_mib() {
+        let text = "[partition.a]\nlabel = \"red\"\nmemory_mib = 2048\nmemory_min_mib = 700\n\n\
+                    [partition.b]\nlabel = \"red\"\nmemory_mib = 4096\n\n\
+                    [partition.c]\nlabel = \"red\"\nmemory_mib = 300\n\n\
+                    [partition.d]\nlabel = \"red\"\nmemory_mib = 200\n\n\
+                    [partition.e]\nlabel = \"red\"\nmemory_mib = 512\nmemory_min_mib = 512\n";
+        let (ps, diags) = parse(text);
+        assert!(diags.is_empty(), "{diags:?}");
+        let mins: Vec<u32> = ps.iter().map(Partition::memory_min_mib).collect();
+        assert_eq!(mins, [700, 2048, 256, 200, 512]);
+        assert_eq!(ps[0].position_of("memory_min_mib"), (4, 18));
+    }
+
+    #[test]
+    fn memory_minimum_below_128_or_above_the_memory_is_an_error_at_its_value() {
+        let text = "[partition.a]\nlabel = \"red\"\nmemory_min_mib = 64\n\n\
+                    [partition.b]\nlabel = \"red\"\nmemory_mib = 1024\nmemory_min_mib = 2048\n\n\
+                    [partition.c]\nlabel = \"red\"\nmemory_min_mib = \"1G\"\n";
+        let (ps, diags) = parse(text);
+        let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        assert_eq!(diags.len(), 3, "{lines:#?}");
+        assert!(
+            lines[0].starts_with(
+                "partitions.toml:3:18: error: `partition.a.memory_min_mib` = 64 is impossible"
+            ),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].contains("128"), "{}", lines[0]);
+        assert!(
+            lines[1].starts_with(
+                "partitions.toml:8:18: error: `partition.b.memory_min_mib` = 2048 is more than its `memory_mib` = 1024"
+            ),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[1].contains("lower it, or raise memory_mib"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].starts_with(
+                "partitions.toml:12:18: error: `partition.c.memory_min_mib` is a string"
+            ),
+            "{}",
+            lines[2]
+        );
+        // Bad values keep a usable floor: the default, or at most the memory.
+        assert_eq!(ps[0].memory_min_mib(), 512);
+        assert_eq!(ps[1].memory_min_mib(), 1024);
     }
 
     #[test]

@@ -19,6 +19,11 @@ pub struct PartitionSpec {
     pub label_rgb: [u8; 3],
     pub kind: Kind,
     pub memory_mib: u32,
+    /// The least memory balancing leaves the partition, MiB (at most `memory_mib`).
+    /// A spec written before the field existed reads 0: see
+    /// [`PartitionSpec::memory_floor_mib`].
+    #[serde(default)]
+    pub memory_min_mib: u32,
     pub vcpus: u32,
     pub display_width: u32,
     pub display_height: u32,
@@ -53,6 +58,17 @@ pub struct PartitionSpec {
     pub io_weight: u32,
     /// MiB/s per disk device; 0: no cap.
     pub io_max_mib_s: u32,
+}
+
+impl PartitionSpec {
+    /// The least memory balancing leaves the partition, MiB: `memory_min_mib`, or its
+    /// default when the spec has none (0), never above `memory_mib`.
+    pub fn memory_floor_mib(&self) -> u32 {
+        match self.memory_min_mib {
+            0 => crate::partition::default_memory_min_mib(self.memory_mib),
+            min => min.min(self.memory_mib),
+        }
+    }
 }
 
 /// The secure clipboard's buffer holds at most this much by default, and never more: the
@@ -129,6 +145,7 @@ impl Policy {
             label_rgb: p.label.rgb(),
             kind: p.kind,
             memory_mib: p.memory_mib,
+            memory_min_mib: p.memory_min_mib(),
             vcpus: p.vcpus,
             display_width: p.display.0,
             display_height: p.display.1,

@@ -51,6 +51,10 @@ pub struct Resources {
     pub io_weight: u32,
     /// Bytes per second each way on each disk's device; 0: no cap.
     pub io_max_bytes_per_sec: u64,
+    /// The least guest memory memory balancing leaves the partition, MiB (its
+    /// `memory_min_mib`; not a cgroup file: the balloon enforces it, see
+    /// [`crate::memory_balance`]).
+    pub memory_min_mib: u32,
 }
 
 impl Resources {
@@ -64,6 +68,9 @@ impl Resources {
                 .saturating_add(VMM_ALLOWANCE_BYTES),
             io_weight: 100,
             io_max_bytes_per_sec: 0,
+            memory_min_mib: isolation_policy::default_memory_min_mib(
+                u32::try_from(guest_memory_bytes >> 20).unwrap_or(u32::MAX),
+            ),
         }
     }
 

@@ -237,6 +237,9 @@ pub fn resources_of(spec: &PartitionSpec, launch: &LaunchConfig) -> Resources {
         cpu_max_percent: spec.cpu_max_percent,
         io_weight: spec.io_weight,
         io_max_bytes_per_sec: u64::from(spec.io_max_mib_s) << 20,
+        memory_min_mib: spec
+            .memory_floor_mib()
+            .min(u32::try_from(launch.memory_mib).unwrap_or(u32::MAX)),
         ..default_resources(launch)
     }
 }
@@ -641,10 +644,19 @@ mod tests {
         spec.cpu_weight = 300;
         spec.cpu_max_percent = 50;
         spec.io_max_mib_s = 20;
+        spec.memory_min_mib = 300;
         let l = launch_spec(&spec, Engine::TestCard);
         let r = l.resources;
         assert_eq!((r.cpu_weight, r.cpu_max_percent), (300, 50));
         assert_eq!(r.io_max_bytes_per_sec, 20 << 20);
+        assert_eq!(r.memory_min_mib, 300);
+        // A spec from before the field (0) gets the default floor.
+        spec.memory_min_mib = 0;
+        let r = launch_spec(&spec, Engine::TestCard).resources;
+        assert_eq!(
+            r.memory_min_mib,
+            isolation_policy::default_memory_min_mib(spec.memory_mib)
+        );
         let fb = u64::from(spec.display_width) * u64::from(spec.display_height) * 4;
         assert_eq!(
             r.memory_max_bytes,

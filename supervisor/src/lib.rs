@@ -20,6 +20,7 @@ mod framebuffer;
 pub mod guest_image;
 pub mod launch;
 pub mod log;
+pub mod memory_balance;
 pub mod network;
 mod partition;
 pub mod private_disk;
@@ -32,7 +33,7 @@ pub mod usage;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use vmm_core::control::{Command, ControlError, InputEvent, VmStats};
@@ -93,7 +94,12 @@ pub struct PartitionStatus {
     /// Damage messages received since start (all processes of this partition).
     pub damage_events: u64,
     pub framebuffer: Option<FramebufferLayout>,
+    /// The last stats the process answered (see [`Supervisor::request_stats`]); its
+    /// `balloon_mib` is what the guest's balloon holds.
     pub stats: Option<VmStats>,
+    /// The balloon target last sent to the current process, MiB (0: none; see
+    /// [`Supervisor::set_balloon`]).
+    pub balloon_target_mib: u32,
     /// How the previous process ended, for a person.
     pub last_exit: Option<String>,
     /// The last stop had to kill the process.
@@ -178,16 +184,27 @@ pub enum SupervisorError {
     },
     #[error("{0}")]
     Agent(agent::AgentError),
+    #[error("partition {name:?}: a balloon of {target_mib} MiB is more than its {memory_mib} MiB of RAM")]
+    BalloonTarget {
+        name: String,
+        target_mib: u32,
+        memory_mib: u32,
+    },
 }
+
+/// The partitions by name. Behind a lock so disposables can join and leave through a
+/// shared `Supervisor`; shared (weakly) with the memory balancer's thread.
+type Slots = Arc<RwLock<BTreeMap<String, Arc<Slot>>>>;
 
 /// Owns every partition process; stops them all when dropped.
 pub struct Supervisor {
-    /// Behind a lock so disposables can join and leave through a shared `Supervisor`.
-    slots: RwLock<BTreeMap<String, Arc<Slot>>>,
+    slots: Slots,
     notify: Notify,
     log_dir: LogDir,
     audit: network::AuditSink,
     next_request_id: AtomicU64,
+    /// The memory balancer's thread, once started ([`Supervisor::start_memory_balancing`]).
+    balancer: Mutex<Option<Balancer>>,
 }
 
 impl Supervisor {
@@ -211,11 +228,12 @@ impl Supervisor {
             }
         }
         Ok(Supervisor {
-            slots: RwLock::new(slots),
+            slots: Arc::new(RwLock::new(slots)),
             notify,
             log_dir,
             audit,
             next_request_id: AtomicU64::new(1),
+            balancer: Mutex::new(None),
         })
     }
 
@@ -274,7 +292,7 @@ impl Supervisor {
     /// The slots, readable even if a thread panicked while holding the lock (the map
     /// is only ever inserted into or removed from whole).
     fn slots_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Slot>>> {
-        self.slots.read().unwrap_or_else(|e| e.into_inner())
+        read_slots(&self.slots)
     }
 
     fn slots_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Slot>>> {
@@ -397,6 +415,53 @@ impl Supervisor {
         Ok(id)
     }
 
+    /// Sets how much of a running partition's RAM its balloon should hold, MiB (0: the
+    /// guest gets all of it back). The guest's driver moves there at its own pace;
+    /// [`PartitionStatus::stats`]' `balloon_mib` says where it is (after a
+    /// [`Supervisor::request_stats`]). Refused above the partition's RAM. The memory
+    /// balancer uses this; so can tests, to force a target (the partition's minimum is
+    /// the balancer's rule, not checked here).
+    pub fn set_balloon(&self, name: &str, target_mib: u32) -> Result<(), SupervisorError> {
+        self.slot(name)?.set_balloon(target_mib)
+    }
+
+    /// The running partitions' balloons, as memory balancing sees them.
+    pub fn balloon_states(&self) -> Vec<memory_balance::BalloonState> {
+        running_balloons(&self.slots_read().values().cloned().collect::<Vec<_>>())
+    }
+
+    /// One memory-balancing step with these host figures: plans new balloon targets for
+    /// the running partitions ([`memory_balance::plan`]) and sends them; returns the
+    /// targets that went out. [`Supervisor::start_memory_balancing`] does this every
+    /// [`memory_balance::BALANCE_PERIOD`] with `/proc/meminfo`'s figures.
+    pub fn balance_memory(&self, host: memory_balance::HostMemory) -> Vec<(String, u32)> {
+        let slots: Vec<_> = self.slots_read().values().cloned().collect();
+        balance_slots(&slots, host)
+    }
+
+    /// Starts balancing memory between the running partitions (the app and `bulkhead
+    /// up` do; a supervisor that only drives tests does not): a thread that every
+    /// [`memory_balance::BALANCE_PERIOD`] asks each running partition for its stats (so
+    /// the balloon sizes shown are current), reads `/proc/meminfo` and applies
+    /// [`Supervisor::balance_memory`]. Stops when the supervisor is dropped. Starting it
+    /// twice does nothing.
+    pub fn start_memory_balancing(&self) -> Result<(), SupervisorError> {
+        let mut guard = self.balancer.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            let log_dir = Arc::clone(&self.log_dir);
+            *guard = Some(
+                Balancer::spawn(Arc::downgrade(&self.slots), log_dir).map_err(|source| {
+                    SupervisorError::Spawn {
+                        name: "memory balancer".into(),
+                        program: PathBuf::from("(thread)"),
+                        source,
+                    }
+                })?,
+            );
+        }
+        Ok(())
+    }
+
     /// Asks the partition to flush its damage; when the id shows up in
     /// [`Supervisor::take_screenshots_ready`], the framebuffer is current.
     pub fn request_screenshot(&self, name: &str) -> Result<u64, SupervisorError> {
@@ -505,7 +570,153 @@ impl Supervisor {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
+        // The balancer first: it must not send targets to partitions being stopped.
+        if let Ok(mut guard) = self.balancer.lock() {
+            guard.take();
+        }
         self.stop_all(DEFAULT_STOP_TIMEOUT);
+    }
+}
+
+fn read_slots(
+    slots: &RwLock<BTreeMap<String, Arc<Slot>>>,
+) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Slot>>> {
+    slots.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn running_balloons(slots: &[Arc<Slot>]) -> Vec<memory_balance::BalloonState> {
+    slots.iter().filter_map(|s| s.balloon_state()).collect()
+}
+
+/// Plans and sends balloon targets for `slots`; returns what went out, logging each.
+fn balance_slots(slots: &[Arc<Slot>], host: memory_balance::HostMemory) -> Vec<(String, u32)> {
+    let states = running_balloons(slots);
+    let mut sent = Vec::new();
+    for (name, target_mib) in memory_balance::plan(host, &states) {
+        let Some(slot) = slots.iter().find(|s| s.spec.name() == name) else {
+            continue;
+        };
+        let before = states
+            .iter()
+            .find(|s| s.name == name)
+            .map_or(0, |s| s.target_mib);
+        match slot.set_balloon(target_mib) {
+            Ok(()) if before == target_mib => {
+                tracing::debug!(partition = %name, target_mib, "memory balancing: target sent again");
+            }
+            Ok(()) => {
+                tracing::info!(
+                    partition = %name,
+                    from_mib = before,
+                    target_mib,
+                    host_available_mib = host.available_mib,
+                    host_total_mib = host.total_mib,
+                    "memory balancing: balloon target changed"
+                );
+                sent.push((name, target_mib));
+            }
+            Err(e) => tracing::warn!(partition = %name, "memory balancing: {e}"),
+        }
+    }
+    sent
+}
+
+/// What `bulkhead ps` (another process) shows of each running balloon: written beside
+/// the partition's log ([`usage::write_balloon_file`]) when it changed.
+fn publish_balloons(
+    dir: &std::path::Path,
+    running: &[Arc<Slot>],
+    shown: &mut BTreeMap<String, usage::BalloonFigures>,
+) {
+    for slot in running {
+        let st = slot.status();
+        let Some(pid) = st.pid else { continue };
+        let figures = usage::BalloonFigures {
+            pid,
+            target_mib: st.balloon_target_mib,
+            actual_mib: st.stats.and_then(|s| s.balloon_mib).unwrap_or(0),
+        };
+        let name = slot.spec.name();
+        if shown.get(name) != Some(&figures) {
+            if let Err(e) = usage::write_balloon_file(dir, name, figures) {
+                tracing::debug!(partition = %name, "recording the balloon for `bulkhead ps`: {e}");
+            }
+            shown.insert(name.to_string(), figures);
+        }
+    }
+}
+
+/// The memory balancer's thread; dropping this stops and joins it.
+struct Balancer {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Balancer {
+    fn spawn(
+        slots: Weak<RwLock<BTreeMap<String, Arc<Slot>>>>,
+        log_dir: LogDir,
+    ) -> std::io::Result<Balancer> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("memory-balancer".into())
+            .spawn(move || {
+                let mut shown = BTreeMap::new();
+                let mut meminfo_failed = false;
+                loop {
+                    let (lock, wake) = &*flag;
+                    let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                    let (guard, _) = wake
+                        .wait_timeout_while(guard, memory_balance::BALANCE_PERIOD, |stop| !*stop)
+                        .unwrap_or_else(|e| e.into_inner());
+                    if *guard {
+                        return;
+                    }
+                    drop(guard);
+                    let Some(slots) = slots.upgrade() else { return };
+                    let running: Vec<Arc<Slot>> = read_slots(&slots)
+                        .values()
+                        .filter(|s| s.balloon_state().is_some())
+                        .cloned()
+                        .collect();
+                    drop(slots);
+                    // Fresh `actual` sizes for the next tick and for the launcher.
+                    for slot in &running {
+                        let _ = partition::send(slot, Command::Stats { id: 0 });
+                    }
+                    match memory_balance::HostMemory::read() {
+                        Ok(host) => {
+                            meminfo_failed = false;
+                            balance_slots(&running, host);
+                        }
+                        Err(e) if !meminfo_failed => {
+                            meminfo_failed = true;
+                            tracing::warn!("memory balancing paused: {e}");
+                        }
+                        Err(_) => {}
+                    }
+                    let dir = log_dir.read().ok().and_then(|d| d.clone());
+                    if let Some(dir) = dir {
+                        publish_balloons(&dir, &running, &mut shown);
+                    }
+                }
+            })?;
+        Ok(Balancer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let (lock, wake) = &*self.stop;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

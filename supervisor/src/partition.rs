@@ -106,6 +106,8 @@ struct Inner {
     agent: crate::agent::AgentLink,
     screenshots_ready: VecDeque<u64>,
     stats: Option<VmStats>,
+    /// The balloon target last sent to the current process, MiB (0: none).
+    balloon_target_mib: u32,
     last_exit: Option<String>,
     /// The current process's snapshot at its marker: `None` until it is taken.
     snapshot: Option<Result<std::path::PathBuf, String>>,
@@ -152,6 +154,7 @@ impl Slot {
             damage_events: inner.damage_events,
             framebuffer: inner.framebuffer.as_ref().map(|f| f.layout()),
             stats: inner.stats,
+            balloon_target_mib: inner.balloon_target_mib,
             last_exit: inner.last_exit.clone(),
             agent: inner.agent.status().clone(),
             killed_after_timeout: inner.killed_after_timeout,
@@ -174,6 +177,58 @@ impl Slot {
         drop(inner);
         self.changed();
         status
+    }
+
+    /// Guest RAM this partition was launched with, MiB.
+    fn guest_mib(&self) -> u32 {
+        u32::try_from(self.spec.launch.memory_mib).unwrap_or(u32::MAX)
+    }
+
+    /// The balloon as memory balancing sees it, while the guest runs (a paused guest
+    /// cannot move its balloon; a stopped one has none).
+    pub fn balloon_state(&self) -> Option<crate::memory_balance::BalloonState> {
+        let inner = self.lock();
+        if inner.state != ProcessState::Running || inner.pidfd.is_none() {
+            return None;
+        }
+        let max_mib = self.guest_mib();
+        let min_mib = inner
+            .resources
+            .unwrap_or(self.spec.resources)
+            .memory_min_mib
+            .min(max_mib);
+        Some(crate::memory_balance::BalloonState {
+            name: self.spec.name().to_string(),
+            max_mib,
+            min_mib,
+            target_mib: inner.balloon_target_mib,
+            actual_mib: inner.stats.and_then(|s| s.balloon_mib),
+        })
+    }
+
+    /// Sends a balloon target (MiB the balloon should hold) to the running process.
+    /// Refused above the guest's RAM; the minimum is the balancer's to respect, so a
+    /// test can force any target.
+    pub fn set_balloon(&self, target_mib: u32) -> Result<(), SupervisorError> {
+        let memory_mib = self.guest_mib();
+        if target_mib > memory_mib {
+            return Err(SupervisorError::BalloonTarget {
+                name: self.spec.name().to_string(),
+                target_mib,
+                memory_mib,
+            });
+        }
+        let generation = self.lock().generation;
+        send(self, Command::SetBalloon { target_mib })?;
+        {
+            let mut inner = self.lock();
+            // Not if the process was replaced meanwhile: the new one starts empty.
+            if inner.generation == generation {
+                inner.balloon_target_mib = target_mib;
+            }
+        }
+        self.changed();
+        Ok(())
     }
 
     /// Puts another process of this partition (its relay, passt) into its cgroup.
@@ -381,6 +436,7 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
     inner.console.clear();
     inner.agent = crate::agent::AgentLink::default();
     inner.stats = None;
+    inner.balloon_target_mib = 0;
     inner.snapshot = None;
     drop(inner);
     info!(partition = %slot.spec.name(), pid, "partition process started");
@@ -615,6 +671,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::ServiceReply { .. } => "ServiceReply",
         Command::ConsoleWrite { .. } => "ConsoleWrite",
         Command::AgentWrite { .. } => "AgentWrite",
+        Command::SetBalloon { .. } => "SetBalloon",
     }
 }
 

@@ -480,6 +480,8 @@ fn serve_commands(
         decoder: Decoder::new(),
         clipboard: Some(Clipboard::Text(FAKE_AGENT_CLIPBOARD.into())),
     };
+    // The fake guest's balloon reaches every target at once.
+    let mut balloon_mib = 0;
     while let Ok(received) = commands.recv() {
         let command = received.message;
         command.validate().unwrap();
@@ -498,6 +500,7 @@ fn serve_commands(
                 id,
                 stats: VmStats {
                     uptime_ms: 1234,
+                    balloon_mib: Some(balloon_mib),
                     ..VmStats::default()
                 },
             }),
@@ -510,6 +513,7 @@ fn serve_commands(
                     send(e);
                 }
             }
+            Command::SetBalloon { target_mib } => balloon_mib = target_mib,
             _ => {}
         }
     }

@@ -794,3 +794,141 @@ fn partition_output_goes_escaped_to_its_own_log_file() {
 fn fake_partition_process() {
     crate::testing::fake_partition_main();
 }
+
+/// A fake partition that claims `memory_mib` of RAM and keeps at least `min_mib`.
+fn fake_with_memory(name: &str, memory_mib: u64, min_mib: u32) -> LaunchSpec {
+    let mut spec = fake(name, "normal", AutoRestart::Never);
+    spec.launch.memory_mib = memory_mib;
+    spec.resources.memory_min_mib = min_mib;
+    spec
+}
+
+#[test]
+fn a_balloon_target_reaches_the_partition_and_its_size_comes_back_in_stats() {
+    let sup = supervisor(vec![fake("a", "normal", AutoRestart::Never)]);
+    wait_running(&sup, "a");
+    assert_eq!(sup.status("a").unwrap().balloon_target_mib, 0);
+    sup.set_balloon("a", 8).unwrap();
+    assert_eq!(sup.status("a").unwrap().balloon_target_mib, 8);
+    sup.request_stats("a").unwrap();
+    let (status, ok) = sup
+        .wait_until("a", WAIT, |s| {
+            s.stats.and_then(|st| st.balloon_mib) == Some(8)
+        })
+        .unwrap();
+    assert!(ok, "{status:?}");
+    // More than the guest's 16 MiB is refused here, before it reaches the partition.
+    let err = sup.set_balloon("a", 17).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SupervisorError::BalloonTarget {
+                target_mib: 17,
+                memory_mib: 16,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(sup.status("a").unwrap().balloon_target_mib, 8);
+    assert!(matches!(
+        sup.set_balloon("nobody", 1),
+        Err(SupervisorError::UnknownPartition(_))
+    ));
+    sup.stop("a", Duration::from_secs(5)).unwrap();
+    wait_state(&sup, "a", |s| {
+        !matches!(s, ProcessState::Running | ProcessState::Stopping)
+    });
+    assert!(matches!(
+        sup.set_balloon("a", 1),
+        Err(SupervisorError::NotRunning(_))
+    ));
+}
+
+#[test]
+fn memory_balancing_inflates_running_partitions_under_pressure_and_deflates_with_plenty() {
+    let sup = supervisor(vec![
+        fake_with_memory("small", 1024, 256),
+        fake_with_memory("big", 2048, 512),
+    ]);
+    wait_running(&sup, "small");
+    wait_running(&sup, "big");
+    let states = sup.balloon_states();
+    assert_eq!(states.len(), 2, "{states:?}");
+    let host = |available_mib| memory_balance::HostMemory {
+        total_mib: 16_000,
+        available_mib,
+    };
+    // Plenty: nothing to do.
+    assert!(sup.balance_memory(host(8_000)).is_empty());
+    // 10 % available, 1600 MiB short of 20 %: shared 768 : 1536 by room.
+    let sent = sup.balance_memory(host(1_600));
+    assert_eq!(
+        sent,
+        [("big".to_string(), 1067), ("small".to_string(), 533)]
+    );
+    assert_eq!(sup.status("small").unwrap().balloon_target_mib, 533);
+    // The same figures again (the guests are still giving): nothing more is asked.
+    assert!(sup.balance_memory(host(1_600)).is_empty());
+    // Worse: everyone down to their minimum, no further.
+    let sent = sup.balance_memory(host(10));
+    assert_eq!(
+        sent,
+        [("big".to_string(), 1536), ("small".to_string(), 768)]
+    );
+    // Plenty again: every balloon empties.
+    let sent = sup.balance_memory(host(6_000));
+    assert_eq!(sent, [("big".to_string(), 0), ("small".to_string(), 0)]);
+    assert_eq!(sup.status("big").unwrap().balloon_target_mib, 0);
+}
+
+#[test]
+fn the_memory_balancer_keeps_balloon_sizes_current_and_stops_with_the_supervisor() {
+    let sup = supervisor(vec![fake("a", "normal", AutoRestart::Never)]);
+    wait_running(&sup, "a");
+    let dir = tempfile::tempdir().unwrap();
+    sup.set_log_dir(Some(dir.path().to_path_buf()));
+    sup.start_memory_balancing().unwrap();
+    sup.start_memory_balancing().unwrap();
+    // No request_stats here: the balancer asks every period, and records what it
+    // learnt for `bulkhead ps` beside the partition's log.
+    let pid = sup.status("a").unwrap().pid.unwrap();
+    let until = std::time::Instant::now() + WAIT;
+    let (status, recorded) = loop {
+        let st = sup.status("a").unwrap();
+        let figures = st
+            .stats
+            .and_then(|s| s.balloon_mib)
+            .map(|actual| usage::BalloonFigures {
+                pid,
+                target_mib: st.balloon_target_mib,
+                actual_mib: actual,
+            });
+        let recorded = usage::read_balloon_file(dir.path(), "a", pid);
+        if figures.is_some() && recorded == figures {
+            break (st, recorded);
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "status {st:?}, recorded {recorded:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(recorded.is_some(), "{status:?}");
+    // This host decides the plan; with plenty of memory, even a forced target goes.
+    if memory_balance::HostMemory::read().is_ok_and(|h| {
+        h.available_mib > h.total_mib * memory_balance::DEFLATE_ABOVE_PERCENT / 100 + 100
+    }) {
+        sup.set_balloon("a", 4).unwrap();
+        let (status, ok) = sup
+            .wait_until("a", WAIT, |s| s.balloon_target_mib == 0)
+            .unwrap();
+        assert!(
+            ok,
+            "the balancer did not empty a balloon with plenty: {status:?}"
+        );
+    }
+    let began = std::time::Instant::now();
+    drop(sup);
+    assert!(began.elapsed() < Duration::from_secs(10));
+}

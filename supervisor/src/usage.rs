@@ -142,6 +142,50 @@ fn is_titled(pid: u32, name: &str) -> bool {
     })
 }
 
+/// A running partition's balloon as its supervisor last recorded it for `bulkhead ps`
+/// (which runs in another process): `DIR/NAME.balloon` beside the partition's log, one
+/// line `PID TARGET_MIB ACTUAL_MIB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BalloonFigures {
+    /// The partition process it belongs to (a file of an earlier process is stale).
+    pub pid: u32,
+    pub target_mib: u32,
+    /// What the guest's driver says the balloon holds.
+    pub actual_mib: u32,
+}
+
+fn balloon_path(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    crate::log::log_path(dir, name).with_extension("balloon")
+}
+
+/// Replaces `DIR/NAME.balloon` (written under a temporary name, then renamed).
+pub fn write_balloon_file(
+    dir: &std::path::Path,
+    name: &str,
+    f: BalloonFigures,
+) -> std::io::Result<()> {
+    let path = balloon_path(dir, name);
+    let tmp = path.with_extension("balloon.tmp");
+    std::fs::write(
+        &tmp,
+        format!("{} {} {}\n", f.pid, f.target_mib, f.actual_mib),
+    )?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// The balloon of partition process `pid` named `name`, if its supervisor recorded one
+/// in `dir`; `None` for a missing, malformed or stale (other pid) file.
+pub fn read_balloon_file(dir: &std::path::Path, name: &str, pid: u32) -> Option<BalloonFigures> {
+    let text = std::fs::read_to_string(balloon_path(dir, name)).ok()?;
+    let mut f = text.split_whitespace().map(|w| w.parse::<u32>().ok());
+    let figures = BalloonFigures {
+        pid: f.next()??,
+        target_mib: f.next()??,
+        actual_mib: f.next()??,
+    };
+    (figures.pid == pid).then_some(figures)
+}
+
 /// Resident memory of `pid`, KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
@@ -180,6 +224,22 @@ mod tests {
         assert_eq!((p.pid, p.parent), (child.id(), std::process::id()));
         assert!(p.rss_kib.is_some_and(|k| k > 0), "{p:?}");
         assert_eq!(p.cgroup, crate::cgroup::cgroup_of(std::process::id()));
+    }
+
+    #[test]
+    fn a_recorded_balloon_reads_back_for_its_process_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = BalloonFigures {
+            pid: 42,
+            target_mib: 400,
+            actual_mib: 380,
+        };
+        write_balloon_file(dir.path(), "work", f).unwrap();
+        assert_eq!(read_balloon_file(dir.path(), "work", 42), Some(f));
+        assert_eq!(read_balloon_file(dir.path(), "work", 43), None, "stale");
+        assert_eq!(read_balloon_file(dir.path(), "mail", 42), None);
+        std::fs::write(dir.path().join("mail.balloon"), "42 lots\n").unwrap();
+        assert_eq!(read_balloon_file(dir.path(), "mail", 42), None);
     }
 
     #[test]

@@ -107,3 +107,162 @@ fn median(mut v: Vec<u64>) -> Option<u64> {
     v.sort_unstable();
     v.get(v.len() / 2).copied()
 }
+
+/// What the host asks the balloon to hold in [`measure_target`], MiB.
+pub const TARGET_MIB: u32 = 512;
+
+/// The guest side of [`measure_target`]: its balloon driver's feature bits, then its
+/// memory figures before, while and after the host inflates the balloon, each step
+/// waiting for the host's word on `/dev/hvc0`.
+fn target_script() -> String {
+    r#"
+mi() { awk '/^(MemTotal|MemFree|MemAvailable):/ { printf "%s%s ", $1, $2 } END { print "" }' /proc/meminfo; }
+bal=$(ls -d /sys/bus/virtio/drivers/virtio_balloon/virtio* 2>/dev/null | head -n 1)
+echo "BALLOON-FEATURES[$(cat $bal/features 2>/dev/null)]"
+exec 3<>/dev/hvc0
+stty raw -echo <&3 && echo CONSOLE-RAW
+echo PHASE-IDLE
+sleep 10
+echo "MEMINFO-BEFORE $(mi)"
+echo INFLATE-NOW
+read -r line <&3
+echo "HOST-SAID[$line]"
+echo PHASE-INFLATED
+sleep 10
+echo "MEMINFO-INFLATED $(mi)"
+echo DEFLATE-NOW
+read -r line <&3
+echo "HOST-SAID[$line]"
+echo PHASE-DEFLATED
+sleep 3
+echo "MEMINFO-DEFLATED $(mi)"
+echo PHASE-END
+sleep 1
+poweroff -f
+"#
+    .to_string()
+}
+
+/// The supervisor's side of [`measure_target`] (`lab-supervise` steps).
+fn target_steps() -> Vec<String> {
+    [
+        "wait-serial:INFLATE-NOW".to_string(),
+        format!("balloon:{TARGET_MIB}"),
+        format!("wait-balloon:{TARGET_MIB}"),
+        "console:inflated\\n".into(),
+        "wait-serial:DEFLATE-NOW".into(),
+        "balloon:0".into(),
+        "wait-balloon:0".into(),
+        "console:deflated\\n".into(),
+        "wait-serial:PHASE-END".into(),
+        "wait-exit".into(),
+    ]
+    .to_vec()
+}
+
+/// `MemTotal`, `MemFree`, `MemAvailable` (KiB) from the guest's `TAG Name:value …` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestMeminfo {
+    pub total_kib: u64,
+    pub free_kib: u64,
+    pub available_kib: u64,
+}
+
+/// The figures of the guest's serial line starting with `tag`, if it printed one.
+pub fn guest_meminfo(serial: &str, tag: &str) -> Option<GuestMeminfo> {
+    let line = serial
+        .lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix(tag))?;
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix(':')?.parse().ok())
+    };
+    Some(GuestMeminfo {
+        total_kib: field("MemTotal")?,
+        free_kib: field("MemFree")?,
+        available_kib: field("MemAvailable")?,
+    })
+}
+
+/// A forced balloon target through the real supervisor: what the guest and the host saw.
+#[derive(Debug)]
+pub struct TargetRun {
+    /// The guest driver's feature bits as sysfs lists them (`0`/`1` per bit from 0).
+    pub features: Option<String>,
+    pub before: Option<GuestMeminfo>,
+    pub inflated: Option<GuestMeminfo>,
+    pub deflated: Option<GuestMeminfo>,
+    /// Median of the VMM's RSS over the idle phase's last 5 samples, KiB.
+    pub idle_rss_kib: Option<u64>,
+    /// The VMM's largest RSS while the balloon was inflated, KiB.
+    pub inflated_rss_kib: Option<u64>,
+    pub samples: Vec<RssSample>,
+    pub out: RunOutput,
+}
+
+/// One bounded lab run of a [`DEFAULT_PARTITION_MIB`] partition under `lab-supervise`:
+/// the host sets the balloon to [`TARGET_MIB`], waits until the guest's driver holds it,
+/// then sets it back to 0 and waits again; the guest prints its `/proc/meminfo` figures
+/// around each step and the lab machine samples the VMM's RSS.
+pub fn measure_target() -> TargetRun {
+    let run = GuestRun {
+        mem_mib: DEFAULT_PARTITION_MIB,
+        test_script: target_script(),
+        supervise: Some(target_steps()),
+        timeout_s: 300,
+        sample_rss: true,
+        ..GuestRun::default()
+    };
+    let out = run_guest(&run);
+    let samples = out
+        .files
+        .get("rss.log")
+        .map(|b| parse_rss_log(&String::from_utf8_lossy(b)))
+        .unwrap_or_default();
+    let in_phase = |p: &'static str| samples.iter().filter(move |s| s.phase == p);
+    let mut idle: Vec<u64> = in_phase("PHASE-IDLE").map(|s| s.rss_kib).collect();
+    let idle = idle.split_off(idle.len().saturating_sub(5));
+    let features = out.serial.lines().find_map(|l| {
+        let rest = l.split_once("BALLOON-FEATURES[")?.1;
+        Some(rest.split(']').next()?.to_string())
+    });
+    TargetRun {
+        features,
+        before: guest_meminfo(&out.serial, "MEMINFO-BEFORE "),
+        inflated: guest_meminfo(&out.serial, "MEMINFO-INFLATED "),
+        deflated: guest_meminfo(&out.serial, "MEMINFO-DEFLATED "),
+        idle_rss_kib: median(idle),
+        inflated_rss_kib: in_phase("PHASE-INFLATED").map(|s| s.rss_kib).max(),
+        samples,
+        out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_meminfo_lines_are_read_by_tag() {
+        let serial =
+            "noise\r\nMEMINFO-BEFORE MemTotal:1010000 MemFree:900000 MemAvailable:950000 \r\n\
+                      MEMINFO-INFLATED MemTotal:1010000 MemFree:380000 MemAvailable:430000\n";
+        assert_eq!(
+            guest_meminfo(serial, "MEMINFO-BEFORE "),
+            Some(GuestMeminfo {
+                total_kib: 1_010_000,
+                free_kib: 900_000,
+                available_kib: 950_000
+            })
+        );
+        assert_eq!(
+            guest_meminfo(serial, "MEMINFO-INFLATED ").map(|m| m.available_kib),
+            Some(430_000)
+        );
+        assert_eq!(guest_meminfo(serial, "MEMINFO-DEFLATED "), None);
+        assert_eq!(
+            guest_meminfo("MEMINFO-BEFORE MemTotal:x", "MEMINFO-BEFORE "),
+            None
+        );
+    }
+}

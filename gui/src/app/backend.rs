@@ -225,6 +225,7 @@ impl PartitionBackend for SoftwareBackend {
             vcpus: 0,
             cpu_percent: self.cpu_percent,
             uptime: self.started.map_or(Duration::ZERO, |t| t.elapsed()),
+            balloon_mib: None,
         }
     }
 

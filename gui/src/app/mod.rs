@@ -20,7 +20,7 @@ use crate::input::router::{InputRouter, ViewGeometry};
 use model::LabelStyle;
 
 pub use backend::{BackendError, PartitionBackend, SoftwareBackend};
-pub use model::{Label, PartitionInfo, PartitionState, PartitionStats, SourceKind};
+pub use model::{memory_text, Label, PartitionInfo, PartitionState, PartitionStats, SourceKind};
 
 /// How partition views are arranged in the central area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

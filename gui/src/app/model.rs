@@ -130,6 +130,17 @@ pub struct PartitionStats {
     /// Percent of one host CPU over the last second.
     pub cpu_percent: f32,
     pub uptime: Duration,
+    /// What the guest's memory balloon holds, MiB (`None`: not reported).
+    pub balloon_mib: Option<u32>,
+}
+
+/// Host memory of a partition, with its balloon when inflated: `612 MiB (balloon 400
+/// MiB)`, else `612 MiB`.
+pub fn memory_text(mib: u64, balloon_mib: Option<u32>) -> String {
+    match balloon_mib {
+        Some(b) if b > 0 => format!("{mib} MiB (balloon {b} MiB)"),
+        _ => format!("{mib} MiB"),
+    }
 }
 
 /// `1h 02m`, `3m 07s`, `12s`.
@@ -156,6 +167,13 @@ mod tests {
         assert_eq!(Label::Blue.color(), Color32::from_hex("#3465a4").unwrap());
         assert_eq!(Label::Purple.color(), Color32::from_hex("#75507b").unwrap());
         assert_eq!(Label::Black.color(), Color32::from_hex("#000000").unwrap());
+    }
+
+    #[test]
+    fn memory_shows_the_balloon_only_when_it_holds_something() {
+        assert_eq!(memory_text(612, Some(400)), "612 MiB (balloon 400 MiB)");
+        assert_eq!(memory_text(612, Some(0)), "612 MiB");
+        assert_eq!(memory_text(612, None), "612 MiB");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use bulkhead_supervisor::usage::{partition_processes, PartitionProcess};
+use bulkhead_supervisor::usage::{partition_processes, read_balloon_file, PartitionProcess};
 
 #[derive(Debug, clap::Args)]
 pub struct PsArgs {
@@ -15,16 +15,20 @@ pub struct PsArgs {
     pub dir: Option<std::path::PathBuf>,
 }
 
-/// One table row; shared with `bulkhead up`'s status lines.
+/// One table row; shared with `bulkhead up`'s status lines. The memory is the host's
+/// (RSS), with the balloon when memory balancing has inflated it.
 pub fn row(
     name: &str,
     state: &str,
     pid: Option<u32>,
     rss_kib: Option<u64>,
+    balloon_mib: Option<u32>,
     cgroup: &str,
 ) -> String {
     let pid = pid.map_or("-".to_string(), |p| p.to_string());
-    let mem = rss_kib.map_or("-".to_string(), |k| format!("{} MiB", k / 1024));
+    let mem = rss_kib.map_or("-".to_string(), |k| {
+        bulkhead::app::memory_text(k / 1024, balloon_mib)
+    });
     format!("{name:<12} {state:<10} {pid:>8} {mem:>10}  {cgroup}")
 }
 
@@ -49,7 +53,7 @@ pub fn run(args: PsArgs) -> ExitCode {
             Ok((policy, _)) => {
                 for p in policy.partitions() {
                     if !running.iter().any(|r| r.name == p.name) {
-                        println!("{}", row(&p.name, "stopped", None, None, "-"));
+                        println!("{}", row(&p.name, "stopped", None, None, None, "-"));
                     }
                 }
             }
@@ -63,6 +67,10 @@ pub fn run(args: PsArgs) -> ExitCode {
 }
 
 fn print_process(p: &PartitionProcess) {
+    // Recorded beside the partition's log by the supervisor that runs it.
+    let balloon = bulkhead_supervisor::log::default_log_dir()
+        .and_then(|dir| read_balloon_file(&dir, &p.name, p.pid))
+        .map(|f| f.actual_mib);
     println!(
         "{}",
         row(
@@ -70,7 +78,30 @@ fn print_process(p: &PartitionProcess) {
             "running",
             Some(p.pid),
             p.rss_kib,
+            balloon,
             p.cgroup.as_deref().unwrap_or("-"),
         )
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_shows_the_balloon_beside_the_host_memory_when_inflated() {
+        let r = row(
+            "work",
+            "running",
+            Some(42),
+            Some(612 * 1024),
+            Some(400),
+            "-",
+        );
+        assert!(r.contains("612 MiB (balloon 400 MiB)"), "{r}");
+        let r = row("work", "running", Some(42), Some(612 * 1024), Some(0), "-");
+        assert!(r.contains("612 MiB") && !r.contains("balloon"), "{r}");
+        let r = row("work", "stopped", None, None, None, "-");
+        assert!(!r.contains("MiB"), "{r}");
+    }
 }

@@ -48,7 +48,11 @@ fn print_statuses(statuses: &[(String, PartitionStatus)]) {
             Some((s, why)) => (s.to_string(), Some(why)),
             None => (state.clone(), None),
         };
-        println!("{}", super::ps::row(name, &short, st.pid, rss, &cgroup));
+        let balloon = st.stats.and_then(|s| s.balloon_mib);
+        println!(
+            "{}",
+            super::ps::row(name, &short, st.pid, rss, balloon, &cgroup)
+        );
         if let Some(why) = long {
             println!("  {name}: {why}");
         }
@@ -96,6 +100,10 @@ pub fn run(args: UpArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Balloons inflate when the host runs short, deflate when it has plenty.
+    if let Err(e) = supervisor.start_memory_balancing() {
+        eprintln!("bulkhead: memory balancing not started: {e}");
+    }
     super::catch_interrupt();
     for e in supervisor.start_all() {
         eprintln!("bulkhead: {e}");

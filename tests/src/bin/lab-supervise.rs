@@ -13,7 +13,9 @@
 //! Steps: `wait-serial:TEXT`, `wait-console:TEXT`, `wait-console-bytes:N`, `type:TEXT`,
 //! `tablet:X,Y`, `click`, `console:TEXT`, `console-pattern:N`, `screenshot:NAME`,
 //! `sleep:MS`, `sandbox-report`, `pause`, `resume`, `stats`, `stop`, `wait-exit`,
-//! `wait-agent`, `agent-ping`, `clipboard-set:TEXT`, `wait-clipboard:TEXT`. In TEXT, `\n` is a newline (Enter when typed).
+//! `wait-agent`, `agent-ping`, `clipboard-set:TEXT`, `wait-clipboard:TEXT`,
+//! `balloon:MIB` (set the balloon target, `Supervisor::set_balloon`), `wait-balloon:MIB`
+//! (ask for stats until the guest's balloon holds MIB). In TEXT, `\n` is a newline (Enter when typed).
 //! For a `--net=nat` partition (passt and the relay started by the supervisor):
 //! `wait-net:TEXT` (the network caption contains TEXT and, while NAT, the relay applied
 //! the current rules), `wait-net-restarts:N` (passt restarted N times, rules applied),
@@ -90,6 +92,10 @@ enum Step {
     ClipboardSet(String),
     /// Ask the agent for the CLIPBOARD until it holds this text.
     WaitClipboard(String),
+    /// Set the balloon target, MiB.
+    Balloon(u32),
+    /// Ask for stats until the guest's balloon holds this many MiB.
+    WaitBalloon(u32),
     WaitNet(String),
     WaitNetRestarts(u32),
     KillPasst,
@@ -275,6 +281,12 @@ fn parse_step(s: &str) -> Result<Step, String> {
         "agent-ping" => Step::AgentPing,
         "clipboard-set" => Step::ClipboardSet(unescape(arg)),
         "wait-clipboard" => Step::WaitClipboard(unescape(arg)),
+        "balloon" => Step::Balloon(
+            u32::try_from(number("MiB")?).map_err(|_| format!("step `{s}`: too many MiB"))?,
+        ),
+        "wait-balloon" => Step::WaitBalloon(
+            u32::try_from(number("MiB")?).map_err(|_| format!("step `{s}`: too many MiB"))?,
+        ),
         "wait-net" => Step::WaitNet(arg.to_string()),
         "wait-net-restarts" => Step::WaitNetRestarts(number("restart count")? as u32),
         "kill-passt" => Step::KillPasst,
@@ -617,6 +629,36 @@ impl Session {
                 self.log(&format!("stats {latest:?}"));
                 Ok(())
             }
+            Step::Balloon(mib) => {
+                self.sup
+                    .set_balloon(NAME, *mib)
+                    .map_err(|e| e.to_string())?;
+                self.log(&format!("balloon target {mib} MiB"));
+                Ok(())
+            }
+            Step::WaitBalloon(mib) => {
+                let started = Instant::now();
+                let mut asked = Instant::now() - Duration::from_secs(1);
+                let mut last = None;
+                self.wait_for(&format!("a balloon of {mib} MiB"), |s| {
+                    if asked.elapsed() >= Duration::from_millis(500) {
+                        let _ = s.sup.request_stats(NAME);
+                        asked = Instant::now();
+                    }
+                    last = s
+                        .sup
+                        .status(NAME)
+                        .ok()
+                        .and_then(|st| st.stats)
+                        .and_then(|st| st.balloon_mib);
+                    last == Some(*mib)
+                })?;
+                self.log(&format!(
+                    "balloon holds {last:?} MiB after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ));
+                Ok(())
+            }
             Step::Stop => {
                 self.sup
                     .stop(&self.name, Duration::from_secs(10))
@@ -909,6 +951,8 @@ mod tests {
             "type:ls\\n",
             "tablet:10,20",
             "console-pattern:300",
+            "balloon:512",
+            "wait-balloon:0",
             "--",
             "/bulkhead-vmm",
             "--kernel=/guest/vmlinux",
@@ -923,6 +967,8 @@ mod tests {
                 Step::Type("ls\n".into()),
                 Step::Tablet(10, 20),
                 Step::ConsolePattern(300),
+                Step::Balloon(512),
+                Step::WaitBalloon(0),
             ]
         );
         assert_eq!(o.program, PathBuf::from("/bulkhead-vmm"));

@@ -589,6 +589,13 @@ fn control_seeds() -> Vec<Vec<u8>> {
             id: 2,
             stats: VmStats::default(),
         },
+        Event::Stats {
+            id: 3,
+            stats: VmStats {
+                balloon_mib: Some(400),
+                ..VmStats::default()
+            },
+        },
     ] {
         events.push(serde_json::to_vec(&e).expect("serialize"));
     }
@@ -609,6 +616,7 @@ fn control_seeds() -> Vec<Vec<u8>> {
                 id: 1,
                 allowed: true,
             },
+            Command::SetBalloon { target_mib: 512 },
         ])
     {
         commands.push(serde_json::to_vec(&c).expect("serialize"));

@@ -25,7 +25,8 @@ pub use crate::sandbox::SandboxGap;
 /// 5: [`Command::AgentWrite`] and [`Event::Agent`], the guest agent's own console.
 /// 6: [`Event::Snapshot`]; the launch may boot from a snapshot or snapshot at a marker
 ///    (`BootConfig::Snapshot`, `LaunchConfig::snapshot_on`, four more file roles).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 7: [`Command::SetBalloon`]; [`VmStats::balloon_mib`] reports the balloon's size.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Serial bytes per [`Event::Serial`]. JSON spends up to 4 bytes per byte, so
 /// 4096 bytes stay well inside the 64 KiB frame.
@@ -91,6 +92,41 @@ pub enum Command {
     AgentWrite {
         bytes: Vec<u8>,
     },
+    /// How much of the guest's RAM the memory balloon should hold, MiB (0: none, the
+    /// guest has all of it). At most the guest's RAM: a bigger target is ignored (and
+    /// logged, rate-limited) by the partition, see [`balloon_target_pages`]. The guest
+    /// driver moves towards it at its own pace; [`VmStats::balloon_mib`] says where it is.
+    SetBalloon {
+        target_mib: u32,
+    },
+}
+
+/// A [`Command::SetBalloon`] target as the balloon's 4 KiB pages, or why it is refused:
+/// the balloon can hold at most the guest's RAM (`guest_mib`).
+pub fn balloon_target_pages(target_mib: u32, guest_mib: u64) -> Result<u32, BalloonTargetError> {
+    if u64::from(target_mib) > guest_mib {
+        return Err(BalloonTargetError {
+            target_mib,
+            guest_mib,
+        });
+    }
+    target_mib
+        .checked_mul(PAGES_PER_MIB)
+        .ok_or(BalloonTargetError {
+            target_mib,
+            guest_mib,
+        })
+}
+
+/// 4 KiB balloon pages in one MiB.
+pub const PAGES_PER_MIB: u32 = 256;
+
+/// A balloon target larger than the guest's RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("balloon target {target_mib} MiB is more than the guest's {guest_mib} MiB of RAM")]
+pub struct BalloonTargetError {
+    pub target_mib: u32,
+    pub guest_mib: u64,
 }
 
 /// What the virtual machine inside a partition process is doing.
@@ -134,6 +170,10 @@ pub struct VmStats {
     pub uptime_ms: u64,
     pub vcpu_exits: u64,
     pub damage_events: u64,
+    /// MiB the guest's balloon driver says it holds (`actual`, rounded down); `None`
+    /// when the partition has no balloon.
+    #[serde(default)]
+    pub balloon_mib: Option<u32>,
 }
 
 /// How a partition process is confined: [`Event::Sandbox`], sent once, after confining

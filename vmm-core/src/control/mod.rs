@@ -37,7 +37,10 @@
 //!    [`Event::console_chunks`]; hand [`Command::ConsoleWrite`] bytes to the guest
 //!    console in order, holding them (bounded) until its driver takes them; answer
 //!    [`Command::Stats`] and [`Command::Screenshot`] (flush damage first, then
-//!    `ScreenshotReady`); apply [`Command::Input`] to virtio-input;
+//!    `ScreenshotReady`); apply [`Command::Input`] to virtio-input; set the balloon's
+//!    target on [`Command::SetBalloon`] ([`balloon_target_pages`]: above the guest's RAM
+//!    it is ignored and logged, rate-limited) and report its `actual` in
+//!    [`VmStats::balloon_mib`];
 //!    [`Command::Pause`]/[`Command::Resume`] answer with `State`. Validate every received
 //!    command with [`Command::validate`].
 //! 5. On [`Command::Stop`] send `State(Stopping)`, press the ACPI power button, and when
@@ -63,9 +66,10 @@ use rustix::io::{fcntl_setfd, FdFlags};
 
 pub use framing::{MessageReader, MessageWriter, Received, FRAME_DEADLINE, MAX_MESSAGE};
 pub use messages::{
-    Command, Event, InputDevice, InputEvent, LimitError, Message, SandboxGap, SandboxStatus,
-    SnapshotOutcome, VmState, VmStats, MAX_CONSOLE_CHUNK, MAX_DAMAGE_RECTS, MAX_INPUT_EVENTS,
-    MAX_SANDBOX_GAPS, MAX_SERIAL_CHUNK, MAX_TEXT, PROTOCOL_VERSION,
+    balloon_target_pages, BalloonTargetError, Command, Event, InputDevice, InputEvent, LimitError,
+    Message, SandboxGap, SandboxStatus, SnapshotOutcome, VmState, VmStats, MAX_CONSOLE_CHUNK,
+    MAX_DAMAGE_RECTS, MAX_INPUT_EVENTS, MAX_SANDBOX_GAPS, MAX_SERIAL_CHUNK, MAX_TEXT,
+    PAGES_PER_MIB, PROTOCOL_VERSION,
 };
 pub use scm::MAX_FDS_PER_MESSAGE;
 

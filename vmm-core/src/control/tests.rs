@@ -59,6 +59,10 @@ fn every_command() -> Vec<Command> {
         Command::ConsoleWrite {
             bytes: b"agent\0\xff".to_vec(),
         },
+        Command::SetBalloon { target_mib: 0 },
+        Command::SetBalloon {
+            target_mib: u32::MAX,
+        },
     ]
 }
 
@@ -112,6 +116,14 @@ fn every_event_without_fds() -> Vec<Event> {
                 uptime_ms: 2,
                 vcpu_exits: 3,
                 damage_events: 4,
+                balloon_mib: None,
+            },
+        },
+        Event::Stats {
+            id: 3,
+            stats: VmStats {
+                balloon_mib: Some(400),
+                ..VmStats::default()
             },
         },
     ]
@@ -894,4 +906,59 @@ fn a_sandbox_gap_the_decoder_does_not_know_is_malformed() {
             missing: vec![SandboxGap::Landlock]
         })
     );
+}
+
+#[test]
+fn set_balloon_is_one_frame_of_plain_json_and_passes_the_caps() {
+    let c = Command::SetBalloon { target_mib: 512 };
+    assert_eq!(
+        serde_json::to_string(&c).unwrap(),
+        r#"{"SetBalloon":{"target_mib":512}}"#
+    );
+    assert_eq!(c.fd_count(), 0);
+    // The cap that depends on the guest is the partition's to check, not a violation.
+    assert!(Command::SetBalloon {
+        target_mib: u32::MAX
+    }
+    .validate()
+    .is_ok());
+}
+
+#[test]
+fn balloon_targets_up_to_the_guest_ram_become_pages_and_bigger_ones_are_refused() {
+    assert_eq!(balloon_target_pages(0, 1024), Ok(0));
+    assert_eq!(balloon_target_pages(512, 1024), Ok(512 * 256));
+    assert_eq!(balloon_target_pages(1024, 1024), Ok(1024 * 256));
+    let err = balloon_target_pages(1025, 1024).unwrap_err();
+    assert_eq!(
+        err,
+        BalloonTargetError {
+            target_mib: 1025,
+            guest_mib: 1024
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "balloon target 1025 MiB is more than the guest's 1024 MiB of RAM"
+    );
+    // No overflow, whatever the peer sends and however big a guest claims to be.
+    assert!(balloon_target_pages(u32::MAX, u64::MAX).is_err());
+    assert!(balloon_target_pages(u32::MAX, 1024).is_err());
+}
+
+#[test]
+fn stats_from_a_partition_without_a_balloon_field_still_decode() {
+    // An older partition's stats (no `balloon_mib`) read as "no balloon".
+    let json = r#"{"Stats":{"id":1,"stats":{"rss_kib":1,"uptime_ms":2,"vcpu_exits":3,"damage_events":4}}}"#;
+    let e: Event = serde_json::from_str(json).unwrap();
+    assert!(matches!(
+        e,
+        Event::Stats {
+            stats: VmStats {
+                balloon_mib: None,
+                ..
+            },
+            ..
+        }
+    ));
 }

@@ -14,8 +14,9 @@ use nix::sys::resource::{getrusage, UsageWho};
 
 use crate::builder;
 use crate::control::{
-    self, Command, ControlError, Event, InputDevice, Launch, MessageWriter, PartitionEndpoint,
-    SandboxStatus, SnapshotOutcome, VmState, VmStats, MAX_CONSOLE_CHUNK, MAX_TEXT,
+    self, balloon_target_pages, Command, ControlError, Event, InputDevice, Launch, MessageWriter,
+    PartitionEndpoint, SandboxStatus, SnapshotOutcome, VmState, VmStats, MAX_CONSOLE_CHUNK,
+    MAX_TEXT, PAGES_PER_MIB,
 };
 use crate::devices::legacy::{SerialSink, SerialTap};
 use crate::devices::StopReason;
@@ -186,6 +187,7 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
         &cmd_rx,
         &serial_tap,
         snapshot_out.map(|s| (kvm, s)),
+        launch.memory_mib,
     ))
 }
 
@@ -238,11 +240,13 @@ fn serve(
     commands: &mpsc::Receiver<Result<Command, ControlError>>,
     serial: &SerialTap,
     snapshot: Option<(kvm_ioctls::Kvm, SnapshotAt)>,
+    guest_mib: u64,
 ) -> i32 {
     let mut session = Session {
         running,
         events,
         serial,
+        guest_mib,
         damage_events: 0,
         console_out: ConsoleOutbox::new(MAX_CONSOLE_PENDING),
         agent_out: ConsoleOutbox::new(MAX_AGENT_PENDING),
@@ -272,6 +276,8 @@ struct Session<'a> {
     running: &'a RunningPartition,
     events: &'a mut MessageWriter<Event>,
     serial: &'a SerialTap,
+    /// Guest RAM, MiB: the most a balloon target may be.
+    guest_mib: u64,
     damage_events: u64,
     /// [`Command::ConsoleWrite`] bytes the guest has not taken yet.
     console_out: ConsoleOutbox,
@@ -461,6 +467,10 @@ impl Session<'_> {
                 self.events.send(&Event::ScreenshotReady { id })
             }
             Command::Stats { id } => self.send_stats(id),
+            Command::SetBalloon { target_mib } => {
+                self.set_balloon(target_mib);
+                Ok(())
+            }
             // No guest agent yet: service replies have nobody to go to.
             Command::ServiceReply { .. } => Ok(()),
             Command::Hello { .. } | Command::File { .. } | Command::Start => {
@@ -471,12 +481,36 @@ impl Session<'_> {
         }
     }
 
+    /// Applies a [`Command::SetBalloon`]: a target above the guest's RAM (or a partition
+    /// without a balloon) is logged, rate-limited, and otherwise ignored.
+    fn set_balloon(&mut self, target_mib: u32) {
+        let Some(balloon) = &self.running.virtio().balloon else {
+            crate::limited!(warn, target_mib, "balloon target ignored: no balloon");
+            return;
+        };
+        match balloon_target_pages(target_mib, self.guest_mib) {
+            Ok(pages) => {
+                if balloon.target_pages() != pages {
+                    crate::limited!(info, target_mib, "balloon target set");
+                }
+                balloon.set_target_pages(pages);
+            }
+            Err(e) => crate::limited!(warn, "balloon target ignored: {e}"),
+        }
+    }
+
     fn send_stats(&mut self, id: u64) -> Result<(), ControlError> {
         let stats = VmStats {
             rss_kib: peak_rss_kib(),
             uptime_ms: self.running.uptime().as_millis() as u64,
             vcpu_exits: self.running.vcpu_exits(),
             damage_events: self.damage_events,
+            balloon_mib: self
+                .running
+                .virtio()
+                .balloon
+                .as_ref()
+                .map(|b| b.actual_pages() / PAGES_PER_MIB),
         };
         self.events.send(&Event::Stats { id, stats })
     }

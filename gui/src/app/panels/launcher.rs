@@ -5,7 +5,7 @@ use egui::{Color32, RichText, Sense, Ui};
 
 use crate::app::backend::NetworkState;
 use crate::app::clipboard::{ClipboardStatus, StatusKind};
-use crate::app::model::{format_uptime, sandbox_badge, LabelStyle, PartitionState};
+use crate::app::model::{format_uptime, memory_text, sandbox_badge, LabelStyle, PartitionState};
 use crate::app::{Action, PartitionSlot};
 
 pub fn show(
@@ -194,10 +194,10 @@ fn figures(ui: &mut Ui, slot: &PartitionSlot, state: &PartitionState) {
         ui.weak(format!("{}×{}", info.display.0, info.display.1));
         if matches!(state, PartitionState::Running | PartitionState::Paused) {
             ui.label(format!(
-                "CPU {:.0}%  up {}  {} MiB in use",
+                "CPU {:.0}%  up {}  {} in use",
                 stats.cpu_percent,
                 format_uptime(stats.uptime),
-                stats.memory_mib
+                memory_text(u64::from(stats.memory_mib), stats.balloon_mib)
             ));
         }
     });

@@ -154,6 +154,7 @@ mod tests {
                 "label",
                 "kind",
                 "memory_mib",
+                "memory_min_mib",
                 "vcpus",
                 "cpu_weight",
                 "cpu_max_percent",

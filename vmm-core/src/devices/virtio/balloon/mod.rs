@@ -16,7 +16,13 @@
 //! - **Inflate/deflate**: arrays of little-endian 32-bit PFNs (4 KiB frames). Inflated
 //!   pages are discarded; deflate needs nothing (a discarded page comes back on touch),
 //!   so `VIRTIO_BALLOON_F_MUST_TELL_HOST` is not offered. The target (`num_pages`) is
-//!   set by [`BalloonHandle::set_target_pages`]; it starts at 0 (no inflation).
+//!   set by [`BalloonHandle::set_target_pages`] (the supervisor's `SetBalloon`); it
+//!   starts at 0 (no inflation).
+//! - **Deflate on OOM** (`VIRTIO_BALLOON_F_DEFLATE_ON_OOM`): a guest under its own memory
+//!   pressure takes pages back out of the balloon (below the target) instead of killing
+//!   its programs. The device needs nothing for it (deflate is always honoured); Linux
+//!   then counts ballooned pages as used rather than shrinking `MemTotal`, so inside the
+//!   guest an inflated balloon shows in `MemAvailable`, not in `MemTotal`.
 //!
 //! Everything the guest names is untrusted: descriptors are checked by
 //! [`super::Queues::pop`] (a reported range outside guest RAM breaks the device, like any
@@ -42,6 +48,9 @@ const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
 
 /// Free page reporting (virtio 1.2, 5.5.3).
 pub const VIRTIO_BALLOON_F_REPORTING: u64 = 1 << 5;
+/// The driver may deflate the balloon when the guest would otherwise run out of memory
+/// (virtio 1.2, 5.5.3).
+pub const VIRTIO_BALLOON_F_DEFLATE_ON_OOM: u64 = 1 << 2;
 
 /// The balloon's page size, whatever the guest's (virtio 1.2, 5.5.6).
 pub const PAGE_SIZE: u64 = 4096;
@@ -196,12 +205,30 @@ impl BalloonHandle {
             .unwrap_or_default()
     }
 
-    /// Asks the guest to hold `pages` 4 KiB pages in the balloon.
+    /// Asks the guest to hold `pages` 4 KiB pages in the balloon. Setting the target it
+    /// already has changes nothing (no config interrupt).
     pub fn set_target_pages(&self, pages: u32) {
         if let Ok(mut d) = self.dev.lock() {
+            if d.device().num_pages == pages {
+                return;
+            }
             d.device_mut().num_pages = pages;
             d.config_changed();
         }
+    }
+
+    /// The target last set, in 4 KiB pages.
+    pub fn target_pages(&self) -> u32 {
+        self.dev.lock().map(|d| d.device().num_pages).unwrap_or(0)
+    }
+
+    /// The 4 KiB pages the guest's driver last said it holds (`actual`): what it
+    /// reports, so only as true as the guest.
+    pub fn actual_pages(&self) -> u32 {
+        self.dev
+            .lock()
+            .map(|d| d.device().actual_pages())
+            .unwrap_or(0)
     }
 }
 
@@ -215,7 +242,7 @@ impl VirtioDevice for VirtioBalloon {
     }
 
     fn device_features(&self) -> u64 {
-        VIRTIO_BALLOON_F_REPORTING
+        VIRTIO_BALLOON_F_REPORTING | VIRTIO_BALLOON_F_DEFLATE_ON_OOM
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {

@@ -57,13 +57,58 @@ fn pfn_array(d: &mut TestDriver<VirtioBalloon>, pfns: &[u32]) -> (u64, u32) {
 // ---- a well-behaved driver ----
 
 #[test]
-fn offers_free_page_reporting_and_identifies_as_a_balloon() {
+fn offers_free_page_reporting_and_deflate_on_oom_and_identifies_as_a_balloon() {
     let d = TestDriver::new(VirtioBalloon::new());
     assert_eq!(d.read32(reg::DEVICE_ID), device_type::BALLOON);
     assert_eq!(
         d.device_features(),
-        VIRTIO_F_VERSION_1 | VIRTIO_BALLOON_F_REPORTING
+        VIRTIO_F_VERSION_1 | VIRTIO_BALLOON_F_REPORTING | VIRTIO_BALLOON_F_DEFLATE_ON_OOM
     );
+    assert_eq!(VIRTIO_BALLOON_F_DEFLATE_ON_OOM, 1 << 2, "feature bit 2");
+}
+
+#[test]
+fn a_guest_under_pressure_deflates_below_the_target_and_keeps_its_pages() {
+    // Linux with DEFLATE_ON_OOM negotiated: inflate to the target, then its OOM
+    // notifier / shrinker takes pages back on its own and lowers `actual`.
+    let mut d = TestDriver::new(VirtioBalloon::new());
+    let features =
+        VIRTIO_F_VERSION_1 | VIRTIO_BALLOON_F_REPORTING | VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
+    assert!(d.negotiate(features));
+    for q in 0..3 {
+        d.setup_queue_with(q, TestDriver::<VirtioBalloon>::standard_layout(q, 64));
+    }
+    d.driver_ok();
+    assert_eq!(d.status() & status::DRIVER_OK, status::DRIVER_OK);
+    let handle = BalloonHandle::new(d.dev.clone());
+    handle.set_target_pages(PAGES as u32);
+    assert!(d.take_irq());
+    fill_data(&d);
+    let first = (DATA / PAGE_SIZE) as u32;
+    let all: Vec<u32> = (first..first + PAGES as u32).collect();
+    let (a, len) = pfn_array(&mut d, &all);
+    d.add_chain(INFLATE_QUEUE, &[(a, len, false)]);
+    d.notify(INFLATE_QUEUE as u32);
+    assert_eq!(d.take_used(INFLATE_QUEUE).len(), 1);
+    d.write32(reg::CONFIG + 4, PAGES as u32);
+    assert_eq!(handle.actual_pages(), PAGES as u32);
+    // Memory pressure: half the balloon comes back without the host asking.
+    let (a, len) = pfn_array(&mut d, &all[..PAGES as usize / 2]);
+    let head = d.add_chain(DEFLATE_QUEUE, &[(a, len, false)]);
+    d.notify(DEFLATE_QUEUE as u32);
+    assert_eq!(d.take_used(DEFLATE_QUEUE), vec![(u32::from(head), 0)]);
+    d.write32(reg::CONFIG + 4, PAGES as u32 / 2);
+    assert!(!d.needs_reset(), "deflating below the target is allowed");
+    assert_eq!(handle.actual_pages(), PAGES as u32 / 2);
+    // The target stays the host's and is not pushed at the guest again...
+    assert_eq!(handle.target_pages(), PAGES as u32);
+    assert_eq!(d.read32(reg::CONFIG), PAGES as u32);
+    d.take_irq();
+    handle.set_target_pages(PAGES as u32);
+    assert!(!d.take_irq(), "the same target again raises no interrupt");
+    // ...and the deflated pages are the guest's to use again.
+    d.mem.write_obj(0x55u8, GuestAddress(DATA)).unwrap();
+    assert_eq!(d.read_mem(DATA, 1), [0x55]);
 }
 
 #[test]
