@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n=== %s ===\n' "$*"; }
+current_step="start"
+step() { current_step="$*"; printf '\n=== %s ===\n' "$*"; }
+# CI keeps only the end of the log: name the step that failed last.
+trap 'status=$?; [ $status -ne 0 ] && printf "\nrun-all: FAILED (exit %s) in step: %s\n" "$status" "$current_step"' EXIT
 
 step "dependencies"
 packaging/install-deps.sh --test
@@ -40,7 +43,8 @@ target/release/bulkhead template build debian-12
 
 step "tests"
 export BULKHEAD_TEST_ARTIFACTS="$PWD/target/test-artifacts"
-cargo test --release --locked --workspace --exclude bulkhead-tests
+# --no-fail-fast: every test binary runs, and cargo's last lines name each one that failed.
+cargo test --release --locked --no-fail-fast --workspace --exclude bulkhead-tests
 
 step "fuzz smoke run: each vmm-core target's checked-in corpus, then 20 s of mutants, under the stable fuzzer (a panic fails)"
 # Its own crate (not a workspace member); --target-dir shares the workspace's build. CI has
@@ -53,7 +57,7 @@ for fuzz_target in control_decoder virtio_mmio agent_decoder; do
 done
 
 step "micro-guests and Linux guests (the output names the runner: direct /dev/kvm or the lab)"
-cargo test --release --locked -p bulkhead-tests -- --nocapture --test-threads=1
+cargo test --release --locked --no-fail-fast -p bulkhead-tests -- --nocapture --test-threads=1
 
 step "package"
 deb=$(packaging/build-deb.sh --no-build | tail -n 1)

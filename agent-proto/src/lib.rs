@@ -39,6 +39,10 @@ pub const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x
 pub mod features {
     /// Reads and owns the X CLIPBOARD selection.
     pub const CLIPBOARD: u32 = 1;
+    /// This `Hello` answers a `Restored`: the host's entropy reached the kernel. A
+    /// restored guest's `Hello` without it (its agent started after the snapshot, so
+    /// the `Restored` found no reader) gets the `Restored` again.
+    pub const RESTORED: u32 = 2;
 }
 
 /// What a clipboard holds: UTF-8 text or a PNG image.

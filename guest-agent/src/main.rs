@@ -19,6 +19,9 @@ use bulkhead_agent_proto::{
 };
 use clap::Parser;
 
+/// Created once the link is raw (see `run`).
+const READY_FILE: &str = "/run/bulkhead-agent.ready";
+
 #[derive(Parser)]
 #[command(name = "bulkhead-agent", about = "Bulkhead's guest agent")]
 struct Args {
@@ -107,6 +110,11 @@ fn run(args: &Args) -> Result<(), AgentError> {
             source,
         })?;
     make_raw(&link);
+    // Until the link is raw the tty would echo the host's bytes back as text: init
+    // waits for this before it lets anything snapshot the guest.
+    if let Err(e) = File::create(READY_FILE) {
+        eprintln!("bulkhead-agent: writing {READY_FILE}: {e}");
+    }
     if let Some(uid) = args.uid {
         drop_privileges(uid, args.gid.unwrap_or(uid))
             .map_err(|source| AgentError::Drop { uid, source })?;
@@ -182,7 +190,7 @@ fn handle(
             // The host's end of the link is new: introduce ourselves again.
             AgentMessage::Hello {
                 version: PROTOCOL_VERSION,
-                features: features::CLIPBOARD,
+                features: features::CLIPBOARD | features::RESTORED,
             }
         }
         HostMessage::Hello { version } if version == PROTOCOL_VERSION => return Ok(None),

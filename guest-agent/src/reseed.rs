@@ -105,5 +105,10 @@ fn add_and_reseed(random: &File, bytes: &[u8]) {
             "bulkhead-agent: reseeding the kernel's random generator: {}",
             std::io::Error::last_os_error()
         );
+    } else {
+        eprintln!(
+            "bulkhead-agent: kernel random generator reseeded with {} bytes from the host",
+            bytes.len()
+        );
     }
 }

@@ -132,6 +132,9 @@ pub struct AgentLink {
     replies: VecDeque<AgentReply>,
     messages: Bucket,
     bytes: Bucket,
+    /// After a restore: the entropy to send until a `Hello` says it arrived
+    /// (`features::RESTORED`).
+    restore: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for AgentLink {
@@ -155,6 +158,7 @@ impl Default for AgentLink {
             replies: VecDeque::new(),
             messages: Bucket::new(FLOOD_MESSAGES),
             bytes: Bucket::new(FLOOD_BYTES),
+            restore: None,
         }
     }
 }
@@ -227,7 +231,18 @@ impl AgentLink {
                 let hello = HostMessage::Hello {
                     version: PROTOCOL_VERSION,
                 };
-                return hello.encode().map_err(|e| e.to_string());
+                let mut out = hello.encode().map_err(|e| e.to_string())?;
+                if features & bulkhead_agent_proto::features::RESTORED != 0 {
+                    self.restore = None;
+                } else if let Some(entropy) = &self.restore {
+                    // An agent that started after the snapshot never read our
+                    // `Restored`: say it again, now that it listens.
+                    let again = HostMessage::Restored {
+                        entropy: entropy.clone(),
+                    };
+                    out.extend(again.encode().map_err(|e| e.to_string())?);
+                }
+                return Ok(out);
             }
             _ if !connected => return Err("sent a message before its Hello".into()),
             AgentMessage::Pong { id } => (id, Some(Asked::Ping), AgentReply::Pong { id }),
@@ -250,8 +265,10 @@ impl AgentLink {
 
     /// The partition was just continued from a snapshot: its agent is mid-session with a
     /// process that no longer exists. Returns the `Restored` frame to send it, carrying
-    /// `entropy` for the guest kernel; the agent answers with a new `Hello`, and until
-    /// then this link counts it as absent.
+    /// `entropy` for the guest kernel; the agent answers with a new `Hello` (marked
+    /// `features::RESTORED`), and until then this link counts it as absent. A `Hello`
+    /// without the mark (an agent that was not listening yet) is answered with the
+    /// `Restored` again.
     pub fn restored(&mut self, entropy: &[u8]) -> Result<Vec<u8>, EncodeError> {
         let frame = HostMessage::Restored {
             entropy: entropy.to_vec(),
@@ -260,6 +277,7 @@ impl AgentLink {
         if !matches!(self.status, AgentStatus::CutOff { .. }) {
             self.status = AgentStatus::Absent;
         }
+        self.restore = Some(entropy.to_vec());
         Ok(frame)
     }
 
@@ -380,9 +398,41 @@ mod tests {
             link.request(AgentRequest::Ping, now).unwrap_err(),
             AgentError::NotConnected
         );
-        link.feed(&hello(), now).unwrap();
+        // An agent that started after the snapshot says a plain Hello: it is
+        // connected, and gets the entropy again.
+        let back = link.feed(&hello(), now).unwrap();
+        let mut d = Decoder::<HostMessage>::new();
+        let mut msgs = Vec::new();
+        d.push(&back, &mut msgs).unwrap();
+        assert_eq!(
+            msgs,
+            vec![
+                HostMessage::Hello {
+                    version: PROTOCOL_VERSION
+                },
+                HostMessage::Restored {
+                    entropy: entropy.clone()
+                }
+            ]
+        );
         assert!(matches!(link.status(), AgentStatus::Connected { .. }));
         assert!(link.request(AgentRequest::Ping, now).is_ok());
+        // Its answer to that one is marked: nothing more is sent.
+        let acked = AgentMessage::Hello {
+            version: PROTOCOL_VERSION,
+            features: features::CLIPBOARD | features::RESTORED,
+        }
+        .encode()
+        .unwrap();
+        let back = link.feed(&acked, now).unwrap();
+        let mut msgs = Vec::new();
+        d.push(&back, &mut msgs).unwrap();
+        assert_eq!(
+            msgs,
+            vec![HostMessage::Hello {
+                version: PROTOCOL_VERSION
+            }]
+        );
         assert_eq!(host_entropy().unwrap().len(), 64);
     }
 

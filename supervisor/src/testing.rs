@@ -459,7 +459,8 @@ impl FakeAgent {
                 }
                 HostMessage::Restored { .. } => AgentMessage::Hello {
                     version: bulkhead_agent_proto::PROTOCOL_VERSION,
-                    features: bulkhead_agent_proto::features::CLIPBOARD,
+                    features: bulkhead_agent_proto::features::CLIPBOARD
+                        | bulkhead_agent_proto::features::RESTORED,
                 },
             };
             out.extend(reply.encode().unwrap());

@@ -246,7 +246,9 @@ pub fn measure_command(variant: Variant, cfg: &BenchConfig, p: &Paths) -> Vec<St
         cmd.push("--exclude-size".into());
         cmd.push(cfg.framebuffer_bytes().to_string());
     }
-    if variant == Variant::OursSupervised {
+    if !matches!(variant, Variant::Qemu | Variant::QemuBzImage) {
+        // A bare run sandboxes itself: the VMM is the child of a reaper left outside
+        // its PID namespace (under lab-supervise, one level deeper still).
         cmd.push("--measure-child".into());
     }
     cmd.push("--".into());
@@ -861,6 +863,9 @@ mod tests {
         assert!(fb.contains("--display=1024x768"));
         let ours = measure_command(Variant::Ours, &cfg, &p).join(" ");
         assert!(!ours.contains("--exclude-size"));
+        assert!(ours.contains("--measure-child"));
+        let qemu = measure_command(Variant::Qemu, &cfg, &p).join(" ");
+        assert!(!qemu.contains("--measure-child"));
     }
 
     #[test]

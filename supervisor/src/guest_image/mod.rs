@@ -397,7 +397,10 @@ pub fn build_default(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Guest
     let bzimage = fs::read(&vmlinuz).map_err(io_err("reading kernel", &vmlinuz))?;
     progress("[4/5] extracting the uncompressed kernel (vmlinux) from the bzImage");
     let kernel = vmlinux::extract(&bzimage).map_err(|e| {
-        ImageError::Unexpected(format!("extracting vmlinux from {}: {e}", vmlinuz.display()))
+        ImageError::Unexpected(format!(
+            "extracting vmlinux from {}: {e}",
+            vmlinuz.display()
+        ))
     })?;
     replace_file(&image.bzimage, &bzimage)?;
     replace_file(&image.kernel, &kernel)?;

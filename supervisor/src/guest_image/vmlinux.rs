@@ -76,7 +76,9 @@ pub fn payload(bzimage: &[u8]) -> Result<&[u8], ExtractError> {
         .map(|v| u16::from_le_bytes([v[0], v[1]]))
         .unwrap_or(0);
     if version < 0x0208 {
-        return Err(ExtractError::NotBzImage("too old to say where its payload is"));
+        return Err(ExtractError::NotBzImage(
+            "too old to say where its payload is",
+        ));
     }
     let sects = match bzimage.get(SETUP_SECTS).copied() {
         Some(0) => 4,
@@ -109,20 +111,16 @@ pub fn extract(bzimage: &[u8]) -> Result<Vec<u8>, ExtractError> {
     let (data, size) = payload.split_at(payload.len() - 4);
     let expected = u64::from(u32::from_le_bytes([size[0], size[1], size[2], size[3]]));
     if expected > MAX_VMLINUX {
-        return Err(ExtractError::SizeMismatch {
-            expected,
-            got: 0,
-        });
+        return Err(ExtractError::SizeMismatch { expected, got: 0 });
     }
     let kernel = match compression(data) {
         Compression::Gzip => read_all("gzip", flate2::read::GzDecoder::new(data))?,
         Compression::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(data).map_err(|e| {
-                ExtractError::Decompress {
+            let decoder =
+                zstd::stream::read::Decoder::new(data).map_err(|e| ExtractError::Decompress {
                     format: "zstd",
                     detail: e.to_string(),
-                }
-            })?;
+                })?;
             read_all("zstd", decoder)?
         }
         Compression::Xz => unxz(data)?,
@@ -240,7 +238,13 @@ mod tests {
     fn an_xz_payload_with_the_x86_filter_unpacks_through_the_xz_tool() {
         let kernel = fake_elf();
         let mut child = Command::new("xz")
-            .args(["--compress", "--stdout", "--check=crc32", "--x86", "--lzma2=dict=1MiB"])
+            .args([
+                "--compress",
+                "--stdout",
+                "--check=crc32",
+                "--x86",
+                "--lzma2=dict=1MiB",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

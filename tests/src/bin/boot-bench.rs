@@ -126,16 +126,28 @@ fn main() -> ExitCode {
     let fb = by(Variant::OursFramebuffer);
     let ms = |v: Variant| by(v).and_then(|s| s.median_ms);
     if let (Some(o), Some(q)) = (ms(Variant::Ours), ms(Variant::Qemu)) {
-        println!("\nboot time ratio ours/QEMU, both booting vmlinux (medians): {:.3}", o / q);
+        println!(
+            "\nboot time ratio ours/QEMU, both booting vmlinux (medians): {:.3}",
+            o / q
+        );
     }
     if let (Some(o), Some(q)) = (ms(Variant::OursBzImage), ms(Variant::QemuBzImage)) {
-        println!("boot time ratio ours/QEMU, both booting the bzImage (medians): {:.3}", o / q);
+        println!(
+            "boot time ratio ours/QEMU, both booting the bzImage (medians): {:.3}",
+            o / q
+        );
     }
     if let (Some(v), Some(b)) = (ms(Variant::Ours), ms(Variant::OursBzImage)) {
-        println!("ours: vmlinux/bzImage (medians): {:.3} ({v:.0} ms vs {b:.0} ms)", v / b);
+        println!(
+            "ours: vmlinux/bzImage (medians): {:.3} ({v:.0} ms vs {b:.0} ms)",
+            v / b
+        );
     }
     if let (Some(v), Some(b)) = (ms(Variant::Qemu), ms(Variant::QemuBzImage)) {
-        println!("QEMU: vmlinux/bzImage (medians): {:.3} ({v:.0} ms vs {b:.0} ms)", v / b);
+        println!(
+            "QEMU: vmlinux/bzImage (medians): {:.3} ({v:.0} ms vs {b:.0} ms)",
+            v / b
+        );
     }
     let qemu_best = [ms(Variant::Qemu), ms(Variant::QemuBzImage)]
         .into_iter()

@@ -377,14 +377,20 @@ impl Session {
 
     /// Collects serial and console output and notes state changes.
     fn pump(&mut self) -> Result<ProcessState, String> {
-        let serial = self.sup.take_serial(&self.name).map_err(|e| e.to_string())?;
+        let serial = self
+            .sup
+            .take_serial(&self.name)
+            .map_err(|e| e.to_string())?;
         if !serial.is_empty() {
             let mut stdout = std::io::stdout().lock();
             let _ = stdout.write_all(&serial);
             let _ = stdout.flush();
             self.serial.extend_from_slice(&serial);
         }
-        let console = self.sup.take_console(&self.name).map_err(|e| e.to_string())?;
+        let console = self
+            .sup
+            .take_console(&self.name)
+            .map_err(|e| e.to_string())?;
         self.console.extend_from_slice(&console);
         let status = self.sup.status(&self.name).map_err(|e| e.to_string())?;
         let state = status.state;
@@ -876,7 +882,9 @@ fn run_disposables(
             loop {
                 match sup.snapshot_result(first).map_err(|e| e.to_string())? {
                     Some(Ok(_)) => break,
-                    Some(Err(reason)) => return Err(format!("the snapshot of {first} failed: {reason}")),
+                    Some(Err(reason)) => {
+                        return Err(format!("the snapshot of {first} failed: {reason}"))
+                    }
                     None if Instant::now() >= deadline => {
                         return Err(format!("timed out waiting for the snapshot of {first}"))
                     }
@@ -888,7 +896,10 @@ fn run_disposables(
             .sup
             .start_disposable_in(template, marker, &cache)
             .map_err(|e| e.to_string())?;
-        session.log(&format!("disposable {} started, restored={}", d.name, d.restored));
+        session.log(&format!(
+            "disposable {} started, restored={}",
+            d.name, d.restored
+        ));
         session.name = d.name.clone();
         session.serial.clear();
         session.last_state = None;
@@ -896,7 +907,8 @@ fn run_disposables(
         let ok = run_steps(session, &opts.steps);
         let _ = session.pump();
         let log = opts.out.join(format!("serial-{}.log", d.name));
-        std::fs::write(&log, &session.serial).map_err(|e| format!("writing {}: {e}", log.display()))?;
+        std::fs::write(&log, &session.serial)
+            .map_err(|e| format!("writing {}: {e}", log.display()))?;
         if !ok {
             return Ok(false);
         }

@@ -95,10 +95,7 @@ fn run_command(cfg: &Config, extra: &[String]) -> Vec<String> {
     .collect();
     cmd.push(format!("--mem={}M", cfg.mem_mib));
     cmd.push(format!("--display={}x{}", DISPLAY.0, DISPLAY.1));
-    cmd.push(format!(
-        "--cmdline={}",
-        vmm_core::launch::DEFAULT_CMDLINE
-    ));
+    cmd.push(format!("--cmdline={}", vmm_core::launch::DEFAULT_CMDLINE));
     cmd.push(format!("--timeout={RUN_BOUND_S}"));
     cmd.extend(extra.iter().cloned());
     cmd
@@ -192,7 +189,12 @@ fn lab_init(cfg: &Config) -> String {
     init.push_str("echo \"SNAPSHOT-FILES $(ls -ls /snap | tr '\\n' ' ')\"\n");
     let mut index = 1;
     for round in 0..cfg.runs {
-        let cold = measured("cold", MARKER, cfg, run_command(cfg, &["--serial=-".into()]));
+        let cold = measured(
+            "cold",
+            MARKER,
+            cfg,
+            run_command(cfg, &["--serial=-".into()]),
+        );
         let restore = measured("restore", "TICK", cfg, restore_command("-"));
         let mut pair = [("cold", cold), ("restore", restore)];
         if round % 2 == 1 {
@@ -340,9 +342,7 @@ fn main() -> ExitCode {
         && ticks[0].split_whitespace().last() != ticks[1].split_whitespace().last();
     let complete = cold.len() == cfg.runs && restore.len() == cfg.runs && clones.len() == 2;
     if !complete || !distinct {
-        println!(
-            "\nincomplete (or the clones read the same bytes); the lab console:\n{console}"
-        );
+        println!("\nincomplete (or the clones read the same bytes); the lab console:\n{console}");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

@@ -136,6 +136,9 @@ pub(crate) fn agent_seeds() -> Vec<Vec<u8>> {
             id: 12,
             content: Clipboard::Png(png),
         },
+        HostMessage::Restored {
+            entropy: (0..64).collect(),
+        },
     ];
     let mut seeds = Vec::new();
     let mut all_agent = Vec::new();

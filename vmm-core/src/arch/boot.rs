@@ -92,9 +92,13 @@ pub enum KernelFormat {
 pub fn kernel_format(mut kernel: &File) -> Result<KernelFormat, BootError> {
     use std::io::{Seek, SeekFrom};
     let mut magic = [0u8; 4];
-    kernel.seek(SeekFrom::Start(0)).map_err(BootError::ReadKernel)?;
+    kernel
+        .seek(SeekFrom::Start(0))
+        .map_err(BootError::ReadKernel)?;
     let n = kernel.read(&mut magic).map_err(BootError::ReadKernel)?;
-    kernel.seek(SeekFrom::Start(0)).map_err(BootError::ReadKernel)?;
+    kernel
+        .seek(SeekFrom::Start(0))
+        .map_err(BootError::ReadKernel)?;
     Ok(if n == 4 && magic == ELF_MAGIC {
         KernelFormat::Vmlinux
     } else {
@@ -206,8 +210,7 @@ fn load_bzimage(mem: &GuestMemoryMmap, kernel: &File) -> Result<KernelLoaderResu
 /// The loader refuses segments outside guest memory and an entry below 1 MiB.
 fn load_vmlinux(mem: &GuestMemoryMmap, kernel: &File) -> Result<KernelLoaderResult, BootError> {
     let mut file = kernel;
-    Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
-        .map_err(BootError::LoadVmlinux)
+    Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(BootError::LoadVmlinux)
 }
 
 /// The setup header a bzImage would carry, for a `vmlinux` that has none: the fields
@@ -387,7 +390,11 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x400_0000)]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let code = [0xf4u8; 64]; // hlt
-        let kernel = file_with(&dir, "vmlinux", &tiny_vmlinux(0x100_0000, 0x100_0000, &code, 0x20_0000));
+        let kernel = file_with(
+            &dir,
+            "vmlinux",
+            &tiny_vmlinux(0x100_0000, 0x100_0000, &code, 0x20_0000),
+        );
         let initrd = file_with(&dir, "initrd", &[7u8; 0x3000]);
         assert_eq!(kernel_format(&kernel).unwrap(), KernelFormat::Vmlinux);
         let info = load_linux(
@@ -401,9 +408,13 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!((info.entry, info.format), (0x100_0000, KernelFormat::Vmlinux));
+        assert_eq!(
+            (info.entry, info.format),
+            (0x100_0000, KernelFormat::Vmlinux)
+        );
         let mut loaded = [0u8; 64];
-        mem.read_slice(&mut loaded, GuestAddress(0x100_0000)).unwrap();
+        mem.read_slice(&mut loaded, GuestAddress(0x100_0000))
+            .unwrap();
         assert_eq!(loaded, code);
         let p: boot_params = mem.read_obj(GuestAddress(info.boot_params)).unwrap();
         let (flag, magic, version) = (p.hdr.boot_flag, p.hdr.header, p.hdr.version);
@@ -423,7 +434,11 @@ mod tests {
     fn a_vmlinux_segment_outside_guest_memory_is_refused_as_a_vmlinux() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x200_0000)]).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let kernel = file_with(&dir, "vmlinux", &tiny_vmlinux(0x300_0000, 0x300_0000, &[0; 16], 16));
+        let kernel = file_with(
+            &dir,
+            "vmlinux",
+            &tiny_vmlinux(0x300_0000, 0x300_0000, &[0; 16], 16),
+        );
         let err = load_linux(
             &mem,
             &LinuxBoot {
