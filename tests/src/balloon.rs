@@ -53,6 +53,27 @@ poweroff -f
     )
 }
 
+/// Runs `run` (which samples the VMM's RSS) and parses its `rss.log`.
+fn run_sampled(run: &GuestRun) -> (RunOutput, Vec<RssSample>) {
+    let out = run_guest(run);
+    let samples = out
+        .files
+        .get("rss.log")
+        .map(|b| parse_rss_log(&String::from_utf8_lossy(b)))
+        .unwrap_or_default();
+    (out, samples)
+}
+
+/// Median of the VMM's RSS over the idle phase's last 5 samples, KiB.
+fn idle_median(samples: &[RssSample]) -> Option<u64> {
+    let mut idle: Vec<u64> = samples
+        .iter()
+        .filter(|s| s.phase == "PHASE-IDLE")
+        .map(|s| s.rss_kib)
+        .collect();
+    median(idle.split_off(idle.len().saturating_sub(5)))
+}
+
 /// One bounded lab run: with `balloon` false the guest leaves the balloon's driver out
 /// (`bulkhead.balloon=off`), everything else identical.
 pub fn measure(balloon: bool) -> BalloonRun {
@@ -68,16 +89,9 @@ pub fn measure(balloon: bool) -> BalloonRun {
         sample_rss: true,
         ..GuestRun::default()
     };
-    let out = run_guest(&run);
-    let samples = out
-        .files
-        .get("rss.log")
-        .map(|b| parse_rss_log(&String::from_utf8_lossy(b)))
-        .unwrap_or_default();
+    let (out, samples) = run_sampled(&run);
     let in_phase = |p: &'static str| samples.iter().filter(move |s| s.phase == p);
-    let mut idle: Vec<u64> = in_phase("PHASE-IDLE").map(|s| s.rss_kib).collect();
-    let idle = idle.split_off(idle.len().saturating_sub(5));
-    let idle_kib = median(idle);
+    let idle_kib = idle_median(&samples);
     let filled_kib = in_phase("PHASE-FILLED").map(|s| s.rss_kib).max();
     let freed: Vec<&RssSample> = in_phase("PHASE-FREED")
         .chain(in_phase("PHASE-END"))
@@ -213,15 +227,9 @@ pub fn measure_target() -> TargetRun {
         sample_rss: true,
         ..GuestRun::default()
     };
-    let out = run_guest(&run);
-    let samples = out
-        .files
-        .get("rss.log")
-        .map(|b| parse_rss_log(&String::from_utf8_lossy(b)))
-        .unwrap_or_default();
+    let (out, samples) = run_sampled(&run);
     let in_phase = |p: &'static str| samples.iter().filter(move |s| s.phase == p);
-    let mut idle: Vec<u64> = in_phase("PHASE-IDLE").map(|s| s.rss_kib).collect();
-    let idle = idle.split_off(idle.len().saturating_sub(5));
+    let idle = idle_median(&samples);
     let features = out.serial.lines().find_map(|l| {
         let rest = l.split_once("BALLOON-FEATURES[")?.1;
         Some(rest.split(']').next()?.to_string())
@@ -231,7 +239,7 @@ pub fn measure_target() -> TargetRun {
         before: guest_meminfo(&out.serial, "MEMINFO-BEFORE "),
         inflated: guest_meminfo(&out.serial, "MEMINFO-INFLATED "),
         deflated: guest_meminfo(&out.serial, "MEMINFO-DEFLATED "),
-        idle_rss_kib: median(idle),
+        idle_rss_kib: idle,
         inflated_rss_kib: in_phase("PHASE-INFLATED").map(|s| s.rss_kib).max(),
         samples,
         out,

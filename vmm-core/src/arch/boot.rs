@@ -430,46 +430,35 @@ mod tests {
         assert_eq!(p.screen_info.orig_video_isVGA, VIDEO_TYPE_VLFB);
     }
 
-    #[test]
-    fn a_vmlinux_segment_outside_guest_memory_is_refused_as_a_vmlinux() {
+    /// Loads `kernel_bytes` alone (no initrd, no framebuffer) into 32 MiB of memory.
+    fn load_bare(name: &str, kernel_bytes: &[u8]) -> (KernelFormat, Result<BootInfo, BootError>) {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x200_0000)]).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let kernel = file_with(
-            &dir,
-            "vmlinux",
-            &tiny_vmlinux(0x300_0000, 0x300_0000, &[0; 16], 16),
-        );
-        let err = load_linux(
-            &mem,
-            &LinuxBoot {
-                kernel: &kernel,
-                initrd: None,
-                cmdline: "",
-                framebuffer: None,
-                acpi_rsdp: None,
-            },
-        )
-        .unwrap_err();
+        let kernel = file_with(&dir, name, kernel_bytes);
+        let boot = LinuxBoot {
+            kernel: &kernel,
+            initrd: None,
+            cmdline: "",
+            framebuffer: None,
+            acpi_rsdp: None,
+        };
+        (kernel_format(&kernel).unwrap(), load_linux(&mem, &boot))
+    }
+
+    #[test]
+    fn a_vmlinux_segment_outside_guest_memory_is_refused_as_a_vmlinux() {
+        let elf = tiny_vmlinux(0x300_0000, 0x300_0000, &[0; 16], 16);
+        let (format, result) = load_bare("vmlinux", &elf);
+        assert_eq!(format, KernelFormat::Vmlinux);
+        let err = result.unwrap_err();
         assert!(matches!(err, BootError::LoadVmlinux(_)), "{err}");
     }
 
     #[test]
     fn anything_not_elf_is_read_as_a_bzimage_and_refused_as_one() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x200_0000)]).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let kernel = file_with(&dir, "junk", b"\x7fEL");
-        assert_eq!(kernel_format(&kernel).unwrap(), KernelFormat::BzImage);
-        let err = load_linux(
-            &mem,
-            &LinuxBoot {
-                kernel: &kernel,
-                initrd: None,
-                cmdline: "",
-                framebuffer: None,
-                acpi_rsdp: None,
-            },
-        )
-        .unwrap_err();
+        let (format, result) = load_bare("junk", b"\x7fEL");
+        assert_eq!(format, KernelFormat::BzImage);
+        let err = result.unwrap_err();
         assert!(matches!(err, BootError::LoadKernel(_)), "{err}");
     }
 }
