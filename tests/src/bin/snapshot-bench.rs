@@ -385,7 +385,8 @@ mod tests {
                 "5 clones===\""
             ]
         );
-        assert!(init.contains("--snapshot-on=SNAPSHOT-NOW --snapshot-dir=/snap --no-sandbox"));
-        assert!(init.contains("/bulkhead-vmm restore /snap --serial=- --timeout=240"));
+        // Every argument is single-quoted for the lab's shell.
+        assert!(init.contains("'--snapshot-on=SNAPSHOT-NOW' '--snapshot-dir=/snap' '--no-sandbox'"));
+        assert!(init.contains("'/bulkhead-vmm' 'restore' '/snap' '--serial=-' '--timeout=240'"));
     }
 }
