@@ -41,6 +41,7 @@ fn card_template() -> LaunchSpec {
         network: NetworkConfig::None,
         agent: AgentChannel::VirtioConsole,
         snapshot_on: None,
+        snapshot_on_request: false,
     };
     LaunchSpec {
         program: binary(),
@@ -201,4 +202,124 @@ fn a_damaged_snapshot_stops_the_restored_disposable_before_its_guest_runs() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(log.contains("snapshot truncated"), "{log}");
+}
+
+/// The test card with one writable disk (a plain file; the card never reads it, but the
+/// supervisor must copy it with the snapshot), snapshots allowed on request.
+fn card_with_disk(name: &str, disk: &Path) -> LaunchSpec {
+    let mut spec = card_template();
+    spec.launch.name = name.into();
+    spec.launch.snapshot_on_request = true;
+    spec.launch.disks = vec![vmm_core::launch::DiskConfig {
+        id: "private".into(),
+        read_only: false,
+    }];
+    spec.disk_files = vec![bulkhead_supervisor::launch::DiskFile::Path(
+        disk.to_path_buf(),
+    )];
+    spec
+}
+
+#[test]
+fn a_running_partition_saved_on_request_runs_on_and_another_continues_from_its_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("private.img");
+    let content: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&disk, &content).unwrap();
+    let sup = Supervisor::new(vec![card_with_disk("saved", &disk)]).unwrap();
+    sup.set_log_dir(Some(tmp.path().join("logs")));
+    sup.start("saved").unwrap();
+    wait_running_and_painting(&sup, "saved");
+
+    // Paused before: saved, and still paused after.
+    sup.pause("saved").unwrap();
+    let (_, paused) = sup
+        .wait_until("saved", WAIT, |s| s.state == ProcessState::Paused)
+        .unwrap();
+    assert!(paused);
+    let dir = tmp.path().join("state");
+    let saved = sup
+        .save_running("saved", &dir, Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(files_in(&dir), ["disk0.img", "memory", "state"]);
+    assert_eq!(std::fs::read(dir.join("disk0.img")).unwrap(), content);
+    assert_eq!(
+        saved.disks,
+        [("disk0.img".to_string(), "private".to_string())]
+    );
+    assert!(
+        saved.state_bytes > 0 && saved.memory_pages_written > 0,
+        "{saved:?}"
+    );
+    assert!(
+        !tmp.path().join("state.partial").exists(),
+        "no staging left"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sup.status("saved").unwrap().state, ProcessState::Paused);
+    // Running before: saved, and running (painting) after.
+    sup.resume("saved").unwrap();
+    wait_running_and_painting(&sup, "saved");
+    let again = tmp.path().join("again");
+    sup.save_running("saved", &again, Duration::from_secs(30))
+        .unwrap();
+    wait_running_and_painting(&sup, "saved");
+    let log = std::fs::read_to_string(sup.status("saved").unwrap().log_file.unwrap()).unwrap();
+    assert_eq!(log.matches("snapshot written").count(), 2, "{log}");
+
+    // Another partition continues from the first state, once, on its own disk copy.
+    let resume = tmp.path().join("copy").join("resume");
+    std::fs::create_dir_all(resume.parent().unwrap()).unwrap();
+    std::fs::rename(&dir, &resume).unwrap();
+    let mut copy = card_with_disk("copy", &resume.with_file_name("private.img"));
+    std::fs::rename(
+        resume.join("disk0.img"),
+        resume.with_file_name("private.img"),
+    )
+    .unwrap();
+    copy.resume = Some(resume.clone());
+    sup.add(copy).unwrap();
+    sup.start("copy").unwrap();
+    wait_running_and_painting(&sup, "copy");
+    assert_eq!(pixel(&sup, "copy", SIDE / 2), TEST_CARD_COLOURS[4]);
+    let log = std::fs::read_to_string(sup.status("copy").unwrap().log_file.unwrap()).unwrap();
+    assert!(log.contains("restored from a snapshot"), "{log}");
+    assert!(!resume.exists() && resume.with_file_name("resume.used").is_dir());
+    sup.stop("copy", Duration::from_secs(5)).unwrap();
+    sup.start("copy").unwrap();
+    wait_running_and_painting(&sup, "copy");
+    let log = std::fs::read_to_string(sup.status("copy").unwrap().log_file.unwrap()).unwrap();
+    let last_start = log.rsplit("=== partition").next().unwrap_or_default();
+    assert!(
+        !last_start.contains("restored from a snapshot"),
+        "the second start boots: {log}"
+    );
+
+    for name in ["saved", "copy"] {
+        sup.remove(name, Duration::from_secs(5)).unwrap();
+    }
+}
+
+#[test]
+fn saving_is_refused_with_a_reason_for_a_stopped_partition_and_one_launched_without_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut plain = card_template();
+    plain.launch.name = "plain".into();
+    let sup = Supervisor::new(vec![plain]).unwrap();
+    sup.set_log_dir(Some(tmp.path().join("logs")));
+    let dir = tmp.path().join("state");
+    sup.start("plain").unwrap();
+    wait_running_and_painting(&sup, "plain");
+    let e = sup
+        .save_running("plain", &dir, Duration::from_secs(10))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot be snapshotted"), "{e}");
+    assert!(!dir.exists() && !tmp.path().join("state.partial").exists());
+    wait_running_and_painting(&sup, "plain");
+    sup.stop("plain", Duration::from_secs(5)).unwrap();
+    assert!(sup
+        .save_running("plain", &dir, Duration::from_secs(10))
+        .is_err());
+    assert!(!dir.exists());
 }

@@ -696,6 +696,7 @@ mod degraded_sandbox {
             network: NetworkConfig::None,
             agent: AgentChannel::VirtioConsole,
             snapshot_on: None,
+            snapshot_on_request: false,
         }
     }
 
@@ -826,6 +827,7 @@ mod degraded_sandbox {
             restart: AutoRestart::Never,
             network: None,
             snapshot: None,
+            resume: None,
         }
     }
 

@@ -26,6 +26,7 @@ fn launch_config(name: &str, boot: BootConfig) -> LaunchConfig {
         network: NetworkConfig::None,
         agent: AgentChannel::VirtioConsole,
         snapshot_on: None,
+        snapshot_on_request: false,
     }
 }
 

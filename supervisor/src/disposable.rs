@@ -403,6 +403,7 @@ mod tests {
             network: NetworkConfig::None,
             agent: AgentChannel::VirtioConsole,
             snapshot_on: None,
+            snapshot_on_request: false,
         };
         let mut s = LaunchSpec::partition(
             launch,

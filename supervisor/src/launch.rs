@@ -118,6 +118,9 @@ pub struct LaunchSpec {
     pub network: Option<crate::network::NetworkPlan>,
     /// Snapshot at a marker (the first disposable of a template).
     pub snapshot: Option<SnapshotPlan>,
+    /// Where a saved state may wait for the next start to continue from it, once
+    /// ([`crate::saved_state`]).
+    pub resume: Option<PathBuf>,
 }
 
 /// Where one disk's file comes from, resolved at every start.
@@ -213,6 +216,7 @@ impl LaunchSpec {
             restart,
             network: None,
             snapshot: None,
+            resume: None,
         }
     }
 
@@ -511,6 +515,7 @@ pub fn launch_spec(spec: &PartitionSpec, engine: Engine) -> LaunchSpec {
         network: NetworkConfig::None,
         agent: AgentChannel::VirtioConsole,
         snapshot_on: None,
+        snapshot_on_request: false,
     };
     let network = crate::network::NetworkPlan::of(spec);
     let launch = LaunchConfig {
@@ -518,6 +523,9 @@ pub fn launch_spec(spec: &PartitionSpec, engine: Engine) -> LaunchSpec {
             Some(_) => NetworkConfig::Stream,
             None => NetworkConfig::None,
         },
+        // Export and failover snapshot a running partition; a network cannot be
+        // snapshotted yet.
+        snapshot_on_request: network.is_none(),
         ..launch
     };
     let restart = match spec.restart {
@@ -531,6 +539,7 @@ pub fn launch_spec(spec: &PartitionSpec, engine: Engine) -> LaunchSpec {
         guest_config,
         resources: resources_of(spec, &launch),
         network,
+        resume: Some(crate::saved_state::resume_dir(&spec.name)),
         ..LaunchSpec::partition(launch, boot_files, restart)
     }
 }

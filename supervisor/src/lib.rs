@@ -24,6 +24,7 @@ pub mod memory_balance;
 pub mod network;
 mod partition;
 pub mod private_disk;
+pub mod saved_state;
 mod spawn;
 pub mod template;
 #[cfg(any(test, feature = "test-support"))]
@@ -184,6 +185,8 @@ pub enum SupervisorError {
     },
     #[error("{0}")]
     Agent(agent::AgentError),
+    #[error("partition {name:?} cannot be snapshotted: {reason}")]
+    NoSnapshot { name: String, reason: String },
     #[error("partition {name:?}: a balloon of {target_mib} MiB is more than its {memory_mib} MiB of RAM")]
     BalloonTarget {
         name: String,

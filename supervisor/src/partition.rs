@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::net::Shutdown;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, ExitStatus};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
@@ -111,6 +111,10 @@ struct Inner {
     last_exit: Option<String>,
     /// The current process's snapshot at its marker: `None` until it is taken.
     snapshot: Option<Result<std::path::PathBuf, String>>,
+    /// The current process continues a snapshot (it was not booted).
+    restored: bool,
+    /// Whoever waits for the answer to the [`Command::Snapshot`] in flight.
+    snapshot_request: Option<mpsc::SyncSender<SnapshotOutcome>>,
 }
 
 impl Slot {
@@ -231,6 +235,52 @@ impl Slot {
         Ok(())
     }
 
+    /// Sends [`Command::Snapshot`] with its two (empty) files and waits at most `timeout`
+    /// for the outcome. A written snapshot leaves the guest paused: the caller copies
+    /// its writable disks, then resumes it (the caller's drop of the receiver, should it
+    /// give up, makes the reader resume it).
+    pub fn request_snapshot(
+        &self,
+        state: std::fs::File,
+        memory: std::fs::File,
+        timeout: Duration,
+    ) -> Result<SnapshotOutcome, SupervisorError> {
+        let name = self.spec.name().to_string();
+        if !self.spec.launch.snapshot_on_request {
+            return Err(SupervisorError::NoSnapshot {
+                name,
+                reason: "it was launched without snapshots on request (a partition with a network cannot be snapshotted yet)".into(),
+            });
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        {
+            let mut inner = self.lock();
+            if !matches!(inner.state, ProcessState::Running | ProcessState::Paused) {
+                return Err(SupervisorError::NotRunning(name));
+            }
+            if inner.snapshot_request.is_some() {
+                return Err(SupervisorError::NoSnapshot {
+                    name,
+                    reason: "another snapshot of it is being taken".into(),
+                });
+            }
+            inner.snapshot_request = Some(tx);
+        }
+        let fds = vec![OwnedFd::from(state), OwnedFd::from(memory)];
+        if let Err(e) = send_with_fds(self, Command::Snapshot, fds) {
+            self.lock().snapshot_request = None;
+            return Err(e);
+        }
+        rx.recv_timeout(timeout)
+            .map_err(|e| SupervisorError::NoSnapshot {
+                name,
+                reason: match e {
+                    mpsc::RecvTimeoutError::Timeout => format!("no answer within {timeout:?}"),
+                    mpsc::RecvTimeoutError::Disconnected => "its process ended".into(),
+                },
+            })
+    }
+
     /// Puts another process of this partition (its relay, passt) into its cgroup.
     pub fn add_to_cgroup(&self, pid: u32) -> Result<(), cgroup::CgroupError> {
         match self.lock().cgroup.clone() {
@@ -326,7 +376,16 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
             pid: inner.pid.unwrap_or(0),
         });
     }
-    let mut files = match slot.spec.open_files() {
+    // A saved state waiting (an imported running partition) is continued, once.
+    let resumed = match crate::saved_state::take_resume(&slot.spec) {
+        Ok(resumed) => resumed,
+        Err(e) => {
+            warn!(partition = %slot.spec.name(), "taking its saved state: {e}; it boots instead");
+            None
+        }
+    };
+    let spec = resumed.as_ref().unwrap_or(&slot.spec);
+    let mut files = match spec.open_files() {
         Ok(files) => files,
         Err(source) => {
             // Shown where the partition is, not only returned: the app starts partitions
@@ -362,7 +421,7 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
     };
     let disk_devices = cgroup::disk_devices(&files.disks);
     let placed = cgroup::prepare(slot.spec.name());
-    let spawned = spawn_partition(&slot.spec, placed.as_ref().ok().map(|(_, procs)| procs));
+    let spawned = spawn_partition(spec, placed.as_ref().ok().map(|(_, procs)| procs));
     let (cgroup, resource_status) = match placed {
         Ok((cg, _)) if spawned.is_err() => {
             let _ = cg.remove(Duration::ZERO);
@@ -402,7 +461,8 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
     let mut writer = MessageWriter::new(spawned.socket);
     // Queued in the socket buffer (a few small frames) of a fresh socket, so this does
     // not wait on the partition; it reads them first.
-    let hello = send_launch(&mut writer, &slot.spec.launch, files);
+    let hello = send_launch(&mut writer, &spec.launch, files);
+    let restored = matches!(spec.launch.boot, BootConfig::Snapshot { .. });
     let queue = Arc::new(SendQueue::default());
 
     inner.generation += 1;
@@ -438,6 +498,8 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
     inner.stats = None;
     inner.balloon_target_mib = 0;
     inner.snapshot = None;
+    inner.snapshot_request = None;
+    inner.restored = restored;
     drop(inner);
     info!(partition = %slot.spec.name(), pid, "partition process started");
 
@@ -532,7 +594,7 @@ struct SendQueue {
 
 #[derive(Default)]
 struct QueueState {
-    commands: VecDeque<(Command, Instant)>,
+    commands: VecDeque<(Command, Vec<OwnedFd>, Instant)>,
     closed: bool,
 }
 
@@ -541,7 +603,7 @@ impl SendQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, command: Command) -> Result<(), QueueRefused> {
+    fn push(&self, command: Command, fds: Vec<OwnedFd>) -> Result<(), QueueRefused> {
         let mut state = self.lock();
         if state.closed {
             return Err(QueueRefused::Closed);
@@ -551,7 +613,7 @@ impl SendQueue {
                 "did not read its control socket: {MAX_QUEUED_COMMANDS} commands queued"
             )));
         }
-        if let Some((_, queued)) = state.commands.front() {
+        if let Some((_, _, queued)) = state.commands.front() {
             let waited = queued.elapsed();
             if waited > SEND_TIMEOUT {
                 return Err(QueueRefused::Unresponsive(format!(
@@ -559,14 +621,14 @@ impl SendQueue {
                 )));
             }
         }
-        state.commands.push_back((command, Instant::now()));
+        state.commands.push_back((command, fds, Instant::now()));
         drop(state);
         self.ready.notify_one();
         Ok(())
     }
 
     /// The next command and when it was queued; `None` once closed.
-    fn pop(&self) -> Option<(Command, Instant)> {
+    fn pop(&self) -> Option<(Command, Vec<OwnedFd>, Instant)> {
         let mut state = self.lock();
         loop {
             if state.closed {
@@ -596,7 +658,7 @@ fn write_commands(
     queue: &SendQueue,
     mut writer: MessageWriter<Command>,
 ) {
-    while let Some((command, queued)) = queue.pop() {
+    while let Some((command, fds, queued)) = queue.pop() {
         let waited = queued.elapsed();
         if waited > SEND_TIMEOUT {
             cut_off(
@@ -608,7 +670,8 @@ fn write_commands(
             );
             break;
         }
-        match writer.send(&command) {
+        let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+        match writer.send_with_fds(&command, &borrowed) {
             Ok(()) => {}
             Err(ControlError::Io(e))
                 if matches!(
@@ -637,6 +700,11 @@ fn write_commands(
 /// A partition whose queue is full or whose oldest command waited longer than
 /// [`SEND_TIMEOUT`] is cut off.
 pub fn send(slot: &Slot, command: Command) -> Result<(), SupervisorError> {
+    send_with_fds(slot, command, Vec::new())
+}
+
+/// [`send`] with the fds the command carries (SCM_RIGHTS).
+fn send_with_fds(slot: &Slot, command: Command, fds: Vec<OwnedFd>) -> Result<(), SupervisorError> {
     let (queue, generation) = {
         let inner = slot.lock();
         match (&inner.queue, inner.pidfd.is_some()) {
@@ -644,7 +712,7 @@ pub fn send(slot: &Slot, command: Command) -> Result<(), SupervisorError> {
             _ => return Err(SupervisorError::NotRunning(slot.spec.name().to_string())),
         }
     };
-    match queue.push(command) {
+    match queue.push(command, fds) {
         Ok(()) => Ok(()),
         Err(QueueRefused::Closed) => Err(SupervisorError::NotRunning(slot.spec.name().to_string())),
         Err(QueueRefused::Unresponsive(reason)) => {
@@ -672,6 +740,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::ConsoleWrite { .. } => "ConsoleWrite",
         Command::AgentWrite { .. } => "AgentWrite",
         Command::SetBalloon { .. } => "SetBalloon",
+        Command::Snapshot => "Snapshot",
     }
 }
 
@@ -778,6 +847,7 @@ fn handle_event(
     let mut start = false;
     let mut agent_out = Vec::new();
     let mut snapshot_written = None;
+    let mut resume_after = false;
     match event {
         Event::Hello { .. } => return Err("sent Hello twice".to_string()),
         Event::Sandbox(status) => {
@@ -884,6 +954,17 @@ fn handle_event(
             inner.screenshots_ready.push_back(id);
         }
         Event::Stats { stats, .. } => inner.stats = Some(stats),
+        Event::Snapshot(outcome) if inner.snapshot_request.is_some() => {
+            if let Some(waiting) = inner.snapshot_request.take() {
+                if let Err(mpsc::TrySendError::Disconnected(SnapshotOutcome::Written { .. })) =
+                    waiting.try_send(outcome)
+                {
+                    // Nobody waits any more: the snapshot is dropped with its
+                    // directory by the requester; the guest must not stay paused.
+                    resume_after = true;
+                }
+            }
+        }
         Event::Snapshot(outcome) => {
             // Only a launch that asked for one gets one, once.
             let Some(plan) = &slot.spec.snapshot else {
@@ -921,10 +1002,13 @@ fn handle_event(
         }
         let _ = send(slot, Command::Resume);
     }
+    if resume_after {
+        let _ = send(slot, Command::Resume);
+    }
     if start {
         // The only failure worth reporting (not reading) cuts the partition off itself.
         let _ = send(slot, Command::Start);
-        if matches!(slot.spec.launch.boot, BootConfig::Snapshot { .. }) {
+        if slot.lock().restored {
             // A clone of a snapshot: its kernel's random state is every clone's until
             // reseeded, and its agent must say Hello to this process.
             agent_out = restored_agent_frame(slot);
@@ -1029,6 +1113,7 @@ fn reap(slot: &Arc<Slot>, generation: u64, mut child: Child, reader_done: mpsc::
             queue.close();
         }
         inner.socket = None;
+        inner.snapshot_request = None;
         restart_delay(slot, &mut inner)
     };
     // passt and the relay end with the process they served.
@@ -1185,25 +1270,30 @@ mod queue_tests {
     fn a_full_or_stale_queue_is_refused_and_a_closed_one_says_so() {
         let q = SendQueue::default();
         for _ in 0..MAX_QUEUED_COMMANDS {
-            assert!(q.push(Command::Pause).is_ok());
+            assert!(q.push(Command::Pause, Vec::new()).is_ok());
         }
         assert!(matches!(
-            q.push(Command::Pause),
+            q.push(Command::Pause, Vec::new()),
             Err(QueueRefused::Unresponsive(r)) if r.contains("commands queued")
         ));
-        assert!(matches!(q.pop(), Some((Command::Pause, _))));
+        assert!(matches!(q.pop(), Some((Command::Pause, _, _))));
 
         let q = SendQueue::default();
-        q.lock()
-            .commands
-            .push_back((Command::Pause, Instant::now() - SEND_TIMEOUT * 2));
+        q.lock().commands.push_back((
+            Command::Pause,
+            Vec::new(),
+            Instant::now() - SEND_TIMEOUT * 2,
+        ));
         assert!(matches!(
-            q.push(Command::Resume),
+            q.push(Command::Resume, Vec::new()),
             Err(QueueRefused::Unresponsive(r)) if r.contains("a command waited")
         ));
 
         q.close();
-        assert!(matches!(q.push(Command::Pause), Err(QueueRefused::Closed)));
+        assert!(matches!(
+            q.push(Command::Pause, Vec::new()),
+            Err(QueueRefused::Closed)
+        ));
         assert!(q.pop().is_none());
     }
 }

@@ -62,6 +62,7 @@ pub fn fake_spec(
         network: NetworkConfig::None,
         agent: AgentChannel::VirtioConsole,
         snapshot_on: None,
+        snapshot_on_request: false,
     };
     LaunchSpec {
         resources: crate::launch::default_resources(&launch),
@@ -84,6 +85,7 @@ pub fn fake_spec(
         restart,
         network: None,
         snapshot: None,
+        resume: None,
     }
 }
 

@@ -52,6 +52,11 @@ pub struct LaunchConfig {
     /// (it copies what must match the snapshot, a disk, meanwhile). Once per process.
     #[serde(default)]
     pub snapshot_on: Option<String>,
+    /// The supervisor may ask for a snapshot at any time (`Command::Snapshot`, its two
+    /// files handed over with it): the partition keeps what a snapshot needs (`/dev/kvm`)
+    /// and runs under the seccomp profiles that can read its whole state.
+    #[serde(default)]
+    pub snapshot_on_request: bool,
 }
 
 /// What the boot vCPU runs.
@@ -275,8 +280,9 @@ impl LaunchConfig {
             }
             _ => {}
         }
-        let snapshots =
-            matches!(self.boot, BootConfig::Snapshot { .. }) || self.snapshot_on.is_some();
+        let snapshots = matches!(self.boot, BootConfig::Snapshot { .. })
+            || self.snapshot_on.is_some()
+            || self.snapshot_on_request;
         if snapshots && self.network != NetworkConfig::None {
             return Err(LaunchError::SnapshotWithNetwork);
         }
@@ -453,6 +459,7 @@ mod tests {
             network: NetworkConfig::None,
             agent: AgentChannel::VirtioConsole,
             snapshot_on: None,
+            snapshot_on_request: false,
         };
         assert!(!c.file_roles().contains(&FileRole::Network));
         c.network = NetworkConfig::Stream;

@@ -105,6 +105,7 @@ fn launch_spec(a: &RunArgs) -> Result<LaunchSpec, String> {
         network: NetworkConfig::None,
         agent: AgentChannel::VirtioConsole,
         snapshot_on: None,
+        snapshot_on_request: false,
     };
     launch.validate().map_err(|e| e.to_string())?;
     Ok(LaunchSpec::partition(

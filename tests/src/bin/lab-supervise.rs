@@ -157,6 +157,7 @@ fn parse_vmm_flags(args: &[String]) -> Result<PartitionFlags, String> {
         network: NetworkConfig::None,
         agent: AgentChannel::VirtioConsole,
         snapshot_on: None,
+        snapshot_on_request: false,
     };
     let (mut kernel, mut initrd, mut cmdline) = (None, None, DEFAULT_CMDLINE.to_string());
     let (mut disk_files, mut guest_config) = (Vec::new(), None);

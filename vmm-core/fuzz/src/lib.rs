@@ -617,6 +617,7 @@ fn control_seeds() -> Vec<Vec<u8>> {
                 allowed: true,
             },
             Command::SetBalloon { target_mib: 512 },
+            Command::Snapshot,
         ])
     {
         commands.push(serde_json::to_vec(&c).expect("serialize"));

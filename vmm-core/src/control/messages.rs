@@ -26,7 +26,8 @@ pub use crate::sandbox::SandboxGap;
 /// 6: [`Event::Snapshot`]; the launch may boot from a snapshot or snapshot at a marker
 ///    (`BootConfig::Snapshot`, `LaunchConfig::snapshot_on`, four more file roles).
 /// 7: [`Command::SetBalloon`]; [`VmStats::balloon_mib`] reports the balloon's size.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// 8: [`Command::Snapshot`] (on request, `LaunchConfig::snapshot_on_request`).
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Serial bytes per [`Event::Serial`]. JSON spends up to 4 bytes per byte, so
 /// 4096 bytes stay well inside the 64 KiB frame.
@@ -99,6 +100,12 @@ pub enum Command {
     SetBalloon {
         target_mib: u32,
     },
+    /// Carries exactly two fds (SCM_RIGHTS), empty files opened for writing: the
+    /// snapshot's state, then its memory. Pause, write the snapshot into them, answer
+    /// [`Event::Snapshot`] and, once written, stay paused until [`Command::Resume`] (the
+    /// supervisor copies the writable disks meanwhile). Only for a launch with
+    /// `snapshot_on_request`; any other partition treats it as a protocol violation.
+    Snapshot,
 }
 
 /// A [`Command::SetBalloon`] target as the balloon's 4 KiB pages, or why it is refused:
@@ -269,6 +276,7 @@ impl Message for Command {
     fn fd_count(&self) -> usize {
         match self {
             Command::File { .. } => 1,
+            Command::Snapshot => 2,
             _ => 0,
         }
     }

@@ -365,6 +365,30 @@ fn framebuffer_event_without_its_fd_is_refused() {
 }
 
 #[test]
+fn a_snapshot_request_travels_with_exactly_its_two_files() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut r = MessageReader::<Command>::new(b);
+    let msg = serde_json::to_vec(&Command::Snapshot).unwrap();
+    let mut frame = (msg.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&msg);
+    let state = Memfd::create("state", 4096).unwrap();
+    let memory = Memfd::create("memory", 4096).unwrap();
+    scm::send_with_fds(a.as_fd(), &frame, &[state.as_fd(), memory.as_fd()]).unwrap();
+    let got = r.recv().unwrap();
+    assert_eq!(got.message, Command::Snapshot);
+    assert_eq!(got.fds.len(), 2);
+
+    scm::send_with_fds(a.as_fd(), &frame, &[state.as_fd()]).unwrap();
+    assert!(matches!(
+        r.recv(),
+        Err(ControlError::FdMismatch {
+            expected: 2,
+            got: 1
+        })
+    ));
+}
+
+#[test]
 fn fd_on_a_message_that_takes_none_is_refused() {
     let (a, b) = UnixStream::pair().unwrap();
     let mut r = MessageReader::<Event>::new(b);
@@ -500,6 +524,7 @@ fn test_launch(name: &str) -> LaunchConfig {
         network: NetworkConfig::None,
         agent: AgentChannel::VirtioConsole,
         snapshot_on: None,
+        snapshot_on_request: false,
     }
 }
 

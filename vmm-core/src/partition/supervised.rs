@@ -15,8 +15,8 @@ use nix::sys::resource::{getrusage, UsageWho};
 use crate::builder;
 use crate::control::{
     self, balloon_target_pages, Command, ControlError, Event, InputDevice, Launch, MessageWriter,
-    PartitionEndpoint, SandboxStatus, SnapshotOutcome, VmState, VmStats, MAX_CONSOLE_CHUNK,
-    MAX_TEXT, PAGES_PER_MIB,
+    PartitionEndpoint, Received, SandboxStatus, SnapshotOutcome, VmState, VmStats,
+    MAX_CONSOLE_CHUNK, MAX_TEXT, PAGES_PER_MIB,
 };
 use crate::devices::legacy::{SerialSink, SerialTap};
 use crate::devices::StopReason;
@@ -96,11 +96,11 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
             marker: marker.as_bytes().to_vec(),
             files: SnapshotFiles::from_files(p.state, p.memory)
                 .map_err(super::ConfigError::from)?,
-            disks: launch.disks.len(),
         }),
         (Some(_), None) => return Err(super::ConfigError::NoSnapshotOutput.into()),
         (None, _) => None,
     };
+    let snapshots = snapshot_out.is_some() || launch.snapshot_on_request;
     let (kvm, config) = super::vm_config(&launch, files, sink)?;
     let mem_bytes = config.mem_mib << 20;
     let mut partition = match (&launch.boot, snapshot_in) {
@@ -153,9 +153,9 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
     }
     // A partition that will snapshot reads more of its vCPUs' and VM's state (and sizes
     // its memory file) than one that never does: it gets the wider profiles only then.
-    let (vcpu_profile, main_profile) = match snapshot_out {
-        Some(_) => (SeccompProfile::VcpuSnapshot, SeccompProfile::MainSnapshot),
-        None => (SeccompProfile::Vcpu, SeccompProfile::Main),
+    let (vcpu_profile, main_profile) = match snapshots {
+        true => (SeccompProfile::VcpuSnapshot, SeccompProfile::MainSnapshot),
+        false => (SeccompProfile::Vcpu, SeccompProfile::Main),
     };
     let running = partition
         .start_with(Some(vcpu_profile))
@@ -173,7 +173,7 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || loop {
-            let msg = commands.recv().map(|r| r.message);
+            let msg = commands.recv();
             let end = msg.is_err();
             if cmd_tx.send(msg).is_err() || end {
                 return;
@@ -181,12 +181,20 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
         })
         .map_err(PartitionError::ControlThread)?;
 
+    let snapshots = Snapshots {
+        kvm: snapshots.then_some(kvm),
+        disks: launch.disks.len(),
+        at_marker: snapshot_out.map(|at| MarkerWatch {
+            at,
+            tail: Vec::new(),
+        }),
+    };
     Ok(serve(
         &running,
         &mut events,
         &cmd_rx,
         &serial_tap,
-        snapshot_out.map(|s| (kvm, s)),
+        snapshots,
         launch.memory_mib,
     ))
 }
@@ -195,13 +203,21 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
 struct SnapshotAt {
     marker: Vec<u8>,
     files: SnapshotFiles,
+}
+
+/// What this partition may snapshot and how.
+struct Snapshots {
+    /// `/dev/kvm`, kept only by a partition that may snapshot (it reads the host's CPU
+    /// fingerprint for the snapshot).
+    kvm: Option<kvm_ioctls::Kvm>,
     disks: usize,
+    /// The launch's `snapshot_on`, until it is taken.
+    at_marker: Option<MarkerWatch>,
 }
 
 /// Watches serial output for a marker that may arrive split across chunks.
 struct MarkerWatch {
     at: SnapshotAt,
-    kvm: kvm_ioctls::Kvm,
     /// The last `marker.len() - 1` bytes seen, so a marker split across two chunks is
     /// still found.
     tail: Vec<u8>,
@@ -237,9 +253,9 @@ fn name_process(partition: &str) {
 fn serve(
     running: &RunningPartition,
     events: &mut MessageWriter<Event>,
-    commands: &mpsc::Receiver<Result<Command, ControlError>>,
+    commands: &mpsc::Receiver<Result<Received<Command>, ControlError>>,
     serial: &SerialTap,
-    snapshot: Option<(kvm_ioctls::Kvm, SnapshotAt)>,
+    snapshots: Snapshots,
     guest_mib: u64,
 ) -> i32 {
     let mut session = Session {
@@ -250,11 +266,7 @@ fn serve(
         damage_events: 0,
         console_out: ConsoleOutbox::new(MAX_CONSOLE_PENDING),
         agent_out: ConsoleOutbox::new(MAX_AGENT_PENDING),
-        snapshot: snapshot.map(|(kvm, at)| MarkerWatch {
-            at,
-            kvm,
-            tail: Vec::new(),
-        }),
+        snapshots,
     };
     loop {
         if let Some(reason) = running.wait_timeout(FRAME) {
@@ -283,20 +295,19 @@ struct Session<'a> {
     console_out: ConsoleOutbox,
     /// [`Command::AgentWrite`] bytes the guest agent has not taken yet.
     agent_out: ConsoleOutbox,
-    /// The launch's `snapshot_on`, until it is taken.
-    snapshot: Option<MarkerWatch>,
+    snapshots: Snapshots,
 }
 
 impl Session<'_> {
     /// Handles every command that has arrived; `Some(exit code)` ends the process.
     fn handle_commands(
         &mut self,
-        commands: &mpsc::Receiver<Result<Command, ControlError>>,
+        commands: &mpsc::Receiver<Result<Received<Command>, ControlError>>,
     ) -> Option<i32> {
         loop {
             match commands.try_recv() {
-                Ok(Ok(cmd)) => {
-                    if let Err(e) = self.handle(cmd) {
+                Ok(Ok(Received { message, fds })) => {
+                    if let Err(e) = self.handle(message, fds) {
                         tracing::error!("control: {e}");
                         self.running.stop_handle().request(StopReason::Stopped);
                         return Some(1);
@@ -331,24 +342,51 @@ impl Session<'_> {
         for e in Event::serial_chunks(&bytes) {
             self.events.send(&e)?;
         }
-        if self.snapshot.as_mut().is_some_and(|w| w.seen(&bytes)) {
-            if let Some(watch) = self.snapshot.take() {
-                self.take_snapshot(watch)?;
+        let seen = self
+            .snapshots
+            .at_marker
+            .as_mut()
+            .is_some_and(|w| w.seen(&bytes));
+        if seen {
+            if let Some(watch) = self.snapshots.at_marker.take() {
+                self.take_snapshot(Ok(watch.at.files))?;
             }
         }
         Ok(())
     }
 
+    /// [`Command::Snapshot`]: its two fds are the files to write (state, memory).
+    fn snapshot_on_request(&mut self, fds: Vec<std::os::fd::OwnedFd>) -> Result<(), ControlError> {
+        if self.snapshots.kvm.is_none() {
+            return Err(ControlError::Malformed(serde_json::Error::io(
+                std::io::Error::other(
+                    "Snapshot asked of a partition launched without snapshot_on_request",
+                ),
+            )));
+        }
+        let mut fds = fds.into_iter();
+        let files = match (fds.next(), fds.next()) {
+            (Some(state), Some(memory)) => {
+                SnapshotFiles::from_files(std::fs::File::from(state), std::fs::File::from(memory))
+                    .map_err(|e| e.to_string())
+            }
+            _ => Err("Snapshot arrived without its two files".to_string()),
+        };
+        self.take_snapshot(files)
+    }
+
     /// Pauses, writes the snapshot to the handed-over files and reports it; the guest
     /// stays paused after a written snapshot (the supervisor copies what must match it,
     /// then resumes) and runs on after a failed one.
-    fn take_snapshot(&mut self, watch: MarkerWatch) -> Result<(), ControlError> {
-        let result = self.running.snapshot(
-            &watch.kvm,
-            &watch.at.files,
-            watch.at.disks,
-            serde_json::Value::Null,
-        );
+    fn take_snapshot(&mut self, files: Result<SnapshotFiles, String>) -> Result<(), ControlError> {
+        let result = match (&self.snapshots.kvm, files) {
+            (Some(kvm), Ok(files)) => self
+                .running
+                .snapshot(kvm, &files, self.snapshots.disks, serde_json::Value::Null)
+                .map_err(|e| e.to_string()),
+            (None, _) => Err("this partition keeps no /dev/kvm to snapshot with".to_string()),
+            (_, Err(e)) => Err(e),
+        };
         let outcome = match result {
             Ok(r) => {
                 eprintln!(
@@ -369,7 +407,7 @@ impl Session<'_> {
                 eprintln!("bulkhead-vmm: snapshot failed: {e}");
                 self.running.resume();
                 SnapshotOutcome::Failed {
-                    reason: super::truncate_text(&e.to_string(), MAX_TEXT),
+                    reason: super::truncate_text(&e, MAX_TEXT),
                 }
             }
         };
@@ -426,10 +464,11 @@ impl Session<'_> {
         }
     }
 
-    fn handle(&mut self, cmd: Command) -> Result<(), ControlError> {
+    fn handle(&mut self, cmd: Command, fds: Vec<std::os::fd::OwnedFd>) -> Result<(), ControlError> {
         cmd.validate()?;
         let running = self.running;
         match cmd {
+            Command::Snapshot => self.snapshot_on_request(fds),
             Command::Pause => {
                 running.pause();
                 self.events.send(&Event::State(VmState::Paused))

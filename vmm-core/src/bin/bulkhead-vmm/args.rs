@@ -350,6 +350,7 @@ impl RunArgs {
             },
             agent: AgentChannel::VirtioConsole,
             snapshot_on: None,
+            snapshot_on_request: false,
         };
         config.validate()?;
         if let (Some(rule), NetMode::None) = (self.allow.first(), self.net) {
