@@ -19,10 +19,13 @@ use std::sync::{Arc, Mutex};
 
 use age::secrecy::SecretString;
 use bulkhead_supervisor::bundle::{self, BundleWriter, UnpackProgress, Unpacked};
+use bulkhead_supervisor::launch::PRIVATE_DISK_ID;
 use bulkhead_supervisor::private_disk::{data_root, private_disk_path};
+use bulkhead_supervisor::saved_state::{resume_dir, SavedState};
 use bulkhead_supervisor::template::{self, manifest::file_digest, store};
 use isolation_policy::PolicyDocument;
 use serde::{Deserialize, Serialize};
+use vmm_core::snapshot::{MEMORY_FILE, STATE_FILE};
 
 const META: &str = "bundle.json";
 const PARTITION: &str = "partition.toml";
@@ -30,6 +33,10 @@ const RULES: &str = "rules.policy";
 const DISK: &str = "private.img";
 const TEMPLATE_IMAGE: &str = "template/root.sqfs";
 const TEMPLATE_MANIFEST: &str = "template/manifest.json";
+/// A running partition's saved state ([`bulkhead_supervisor::saved_state`]); its
+/// private disk, copied while the guest was paused, is [`DISK`].
+const SAVED_STATE: &str = "state/state";
+const SAVED_MEMORY: &str = "state/memory";
 /// Imported rules go after the shipped vault rules (30-) and before the defaults (50-),
 /// so they take effect; they are printed for the user to review.
 const IMPORTED_RULES_PREFIX: &str = "45-imported-";
@@ -66,10 +73,21 @@ pub fn check_passphrase(first: &str, again: Option<&str>) -> Result<SecretString
     Ok(SecretString::from(first.to_string()))
 }
 
+/// Saves the running partition's state into a directory that must not exist yet (the
+/// app's supervisor: [`bulkhead_supervisor::Supervisor::save_running`]).
+#[derive(Clone)]
+pub struct StateSaver(pub Arc<dyn Fn(&Path) -> Result<SavedState, String> + Send + Sync>);
+
+impl std::fmt::Debug for StateSaver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateSaver")
+    }
+}
+
 /// What to export.
 #[derive(Debug, Clone)]
 pub struct ExportRequest {
-    /// The partition (it must be stopped).
+    /// The partition: stopped, or running in this process with `save_running`.
     pub name: String,
     /// The bundle to write (never overwritten).
     pub file: PathBuf,
@@ -77,6 +95,9 @@ pub struct ExportRequest {
     pub with_template: bool,
     /// Policy directory; `None`: the default one (`default_policy_dir`).
     pub policy_dir: Option<PathBuf>,
+    /// For a partition running in this process: how to save its state (pause, snapshot,
+    /// disk copy, resume) into the bundle.
+    pub save_running: Option<StateSaver>,
 }
 
 /// An export checked and ready to write (partition known and stopped, file free, template
@@ -89,6 +110,8 @@ pub struct ExportPlan {
     snippet: String,
     rules_text: String,
     files: Vec<(&'static str, PathBuf)>,
+    /// Saves the running partition's state when the bundle is written.
+    save_running: Option<StateSaver>,
 }
 
 /// What a bundle says about itself.
@@ -101,6 +124,15 @@ struct Meta {
     template: Option<TemplateRef>,
     private_disk: bool,
     rules: usize,
+    /// The bundle carries the running partition's state ([`SAVED_STATE`]): import makes
+    /// the partition continue from it at its next start.
+    #[serde(default)]
+    saved_state: bool,
+    /// The saved memory file's mtime (seconds, nanoseconds): the snapshot records it and
+    /// a restore refuses a memory file whose mtime changed, so import sets it back (the
+    /// bundle's checksums prove the content unchanged).
+    #[serde(default)]
+    saved_memory_mtime: Option<(i64, i64)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -135,15 +167,17 @@ impl ExportPlan {
                 doc.partition_names().join(", ")
             )
         })?;
-        if let Some(p) = bulkhead_supervisor::usage::partition_processes()
-            .iter()
-            .find(|p| p.name == name)
-        {
+        let running = bulkhead_supervisor::usage::partition_processes()
+            .into_iter()
+            .find(|p| p.name == name);
+        if let (Some(p), None) = (&running, &req.save_running) {
             return Err(format!(
-                "`{name}` is running (pid {}): stop it first (exporting a running partition's state is not supported yet)",
+                "`{name}` is running (pid {}) in another Bulkhead process: export it with Export… in that window (its state goes with it), or stop it first",
                 p.pid
             ));
         }
+        // The app hands a saver only for a partition it runs.
+        let save_running = req.save_running.clone();
         if req.file.exists() {
             return Err(format!(
                 "{} exists: choose another file name",
@@ -198,6 +232,8 @@ impl ExportPlan {
             template,
             private_disk: disk.is_some(),
             rules: rules.len(),
+            saved_state: save_running.is_some(),
+            saved_memory_mtime: None,
         };
         Ok(ExportPlan {
             name: name.to_string(),
@@ -207,6 +243,7 @@ impl ExportPlan {
             snippet,
             rules_text,
             files,
+            save_running,
         })
     }
 
@@ -218,6 +255,55 @@ impl ExportPlan {
     /// Writes the bundle (to `FILE.partial`, renamed when complete; removed on any error)
     /// and returns a one-paragraph summary.
     pub fn write(
+        mut self,
+        pass: SecretString,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<String, String> {
+        let Some(save) = self.save_running.take() else {
+            return self.write_files(pass, progress);
+        };
+        progress(Progress {
+            stage: "saving its running state".into(),
+            done: 0,
+            total: 0,
+        });
+        // Beside the private disks, so the disk copy stays on their file system.
+        let dir = data_root().join("partitions").join(format!(
+            ".export-{}-{}",
+            std::process::id(),
+            self.name
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        let saved = (save.0)(&dir).map_err(|e| format!("saving `{}`'s state: {e}", self.name))?;
+        let written = self
+            .with_saved_state(&saved)
+            .and_then(|plan| plan.write_files(pass, progress));
+        let _ = fs::remove_dir_all(&dir);
+        written
+    }
+
+    /// The plan carrying `saved` (its state, memory and private-disk copy) instead of the
+    /// live private disk.
+    fn with_saved_state(mut self, saved: &SavedState) -> Result<ExportPlan, String> {
+        // The private disk as the saved guest knows it, never the live one.
+        self.files.retain(|(entry, _)| *entry != DISK);
+        let disk = saved.disks.iter().find(|(_, id)| id == PRIVATE_DISK_ID);
+        if let Some((file, _)) = disk {
+            self.files.push((DISK, saved.dir.join(file)));
+        }
+        self.files.push((SAVED_STATE, saved.dir.join(STATE_FILE)));
+        self.files.push((SAVED_MEMORY, saved.dir.join(MEMORY_FILE)));
+        self.meta.private_disk = disk.is_some();
+        let memory = fs::metadata(saved.dir.join(MEMORY_FILE))
+            .map_err(|e| format!("reading the saved memory file: {e}"))?;
+        {
+            use std::os::unix::fs::MetadataExt;
+            self.meta.saved_memory_mtime = Some((memory.mtime(), memory.mtime_nsec()));
+        }
+        Ok(self)
+    }
+
+    fn write_files(
         self,
         pass: SecretString,
         progress: &mut dyn FnMut(Progress),
@@ -261,10 +347,12 @@ impl ExportPlan {
             self.name,
             written.display(),
             size >> 20,
-            if self.meta.private_disk {
-                "with its private disk"
-            } else {
-                "no private disk yet"
+            match (self.meta.saved_state, self.meta.private_disk) {
+                (true, true) =>
+                    "with its running state and its private disk as that state knows it",
+                (true, false) => "with its running state",
+                (false, true) => "with its private disk",
+                (false, false) => "no private disk yet",
             },
             self.meta.rules,
             if self.with_template {
@@ -406,6 +494,9 @@ struct ImportPlan {
     rules_file: Option<String>,
     disk_to: Option<PathBuf>,
     template_to: Option<PathBuf>,
+    /// Where the saved state goes (the partition continues from it at its next start).
+    resume_to: Option<PathBuf>,
+    memory_mtime: Option<(i64, i64)>,
     notes: Vec<String>,
 }
 
@@ -478,6 +569,9 @@ fn plan_import(req: &ImportRequest, unpacked: &Unpacked) -> Result<ImportPlan, T
     }
     let mut notes = Vec::new();
     let mut template_to = None;
+    // A saved guest has its root disk's pages cached: it may only continue on the very
+    // template it was saved with.
+    let mut same_template = true;
     if let Some(t) = &meta.template {
         if !template::valid_name(&t.name) {
             return Err(TransferError::Failed(format!(
@@ -488,16 +582,23 @@ fn plan_import(req: &ImportRequest, unpacked: &Unpacked) -> Result<ImportPlan, T
         let dir = template::default_store_root().join(&t.name);
         let installed = dir.join(store::MANIFEST_FILE);
         match file_digest(&installed) {
-            Ok((_, here)) if Some(&here) != t.manifest_sha256.as_ref() => notes.push(format!(
-                "template `{}` here differs from the exporter's (its packages may differ)",
-                t.name
-            )),
+            Ok((_, here)) if Some(&here) != t.manifest_sha256.as_ref() => {
+                // Not installed where it was exported: the saved guest never read it.
+                same_template = t.manifest_sha256.is_none();
+                notes.push(format!(
+                    "template `{}` here differs from the exporter's (its packages may differ)",
+                    t.name
+                ))
+            }
             Ok(_) => {}
             Err(_) if t.included => template_to = Some(dir),
-            Err(_) => notes.push(format!(
-                "template `{}` is not installed: build it with `bulkhead template build {}` before starting `{name}`",
-                t.name, t.name
-            )),
+            Err(_) => {
+                same_template = t.manifest_sha256.is_none();
+                notes.push(format!(
+                    "template `{}` is not installed: build it with `bulkhead template build {}` before starting `{name}`",
+                    t.name, t.name
+                ))
+            }
         }
         if template_to.is_some()
             && (unpacked.path(TEMPLATE_IMAGE).is_none()
@@ -510,12 +611,36 @@ fn plan_import(req: &ImportRequest, unpacked: &Unpacked) -> Result<ImportPlan, T
     if disk != meta.private_disk {
         return Err("the bundle's private disk does not match its metadata".into());
     }
+    let state = unpacked.path(SAVED_STATE).is_some() && unpacked.path(SAVED_MEMORY).is_some();
+    if state != meta.saved_state {
+        return Err("the bundle's saved state does not match its metadata".into());
+    }
+    if state && meta.saved_memory_mtime.is_none() {
+        return Err("the bundle's saved state has no memory file time".into());
+    }
+    let resume_to = match (state, same_template) {
+        (true, true) => Some(resume_dir(&name)),
+        (true, false) => {
+            notes.push(format!(
+                "its saved state was left out (it ran on another template): `{name}` boots afresh, its private disk as it was when exported"
+            ));
+            None
+        }
+        (false, _) => None,
+    };
+    if resume_to.is_some() {
+        notes.push(format!(
+            "`{name}` continues where it was exported when it next starts"
+        ));
+    }
     Ok(ImportPlan {
         name,
         doc,
         rules_file,
         disk_to: disk.then_some(disk_to),
         template_to,
+        resume_to,
+        memory_mtime: meta.saved_memory_mtime,
         notes,
     })
 }
@@ -555,11 +680,24 @@ fn commit_import(mut plan: ImportPlan, unpacked: &Unpacked) -> Result<String, St
             return Err(e);
         }
     }
-    if let Err(e) = plan.doc.save() {
+    let undo_disk = |plan: &ImportPlan| {
         if let Some(to) = &plan.disk_to {
             let _ = fs::remove_file(to);
             let _ = to.parent().map(fs::remove_dir);
         }
+    };
+    if let Some(to) = &plan.resume_to {
+        if let Err(e) = install_saved_state(unpacked, to, plan.memory_mtime) {
+            undo_disk(&plan);
+            undo_template(&plan);
+            return Err(e);
+        }
+    }
+    if let Err(e) = plan.doc.save() {
+        if let Some(to) = &plan.resume_to {
+            let _ = fs::remove_dir_all(to);
+        }
+        undo_disk(&plan);
         undo_template(&plan);
         return Err(e.to_string());
     }
@@ -579,6 +717,44 @@ fn commit_import(mut plan: ImportPlan, unpacked: &Unpacked) -> Result<String, St
         summary.push_str(&format!("\nnote: {note}"));
     }
     Ok(summary)
+}
+
+/// Moves the saved state into `dir` (through a staging directory beside it).
+fn install_saved_state(
+    unpacked: &Unpacked,
+    dir: &Path,
+    memory_mtime: Option<(i64, i64)>,
+) -> Result<(), String> {
+    let staging = dir.with_file_name("resume.partial");
+    let result = (|| -> std::io::Result<()> {
+        let _ = fs::remove_dir_all(&staging);
+        fs::create_dir_all(&staging)?;
+        for (entry, file) in [(SAVED_STATE, STATE_FILE), (SAVED_MEMORY, MEMORY_FILE)] {
+            let from = unpacked.path(entry).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, format!("no {entry}"))
+            })?;
+            let to = staging.join(file);
+            if fs::rename(from, &to).is_err() {
+                fs::copy(from, &to)?;
+            }
+        }
+        if let Some((sec, nsec)) = memory_mtime {
+            let time = u64::try_from(sec)
+                .ok()
+                .zip(u32::try_from(nsec).ok())
+                .map(|(s, n)| std::time::UNIX_EPOCH + std::time::Duration::new(s, n))
+                .ok_or_else(|| std::io::Error::other(format!("memory file time {sec}.{nsec}")))?;
+            fs::File::options()
+                .write(true)
+                .open(staging.join(MEMORY_FILE))?
+                .set_modified(time)?;
+        }
+        fs::rename(&staging, dir)
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_dir_all(&staging);
+        format!("installing its saved state in {}: {e}", dir.display())
+    })
 }
 
 fn install_template(unpacked: &Unpacked, dir: &Path) -> Result<(), String> {

@@ -237,6 +237,10 @@ pub fn to_wire(events: &[UserInput]) -> Vec<InputEvent> {
     events.iter().flat_map(UserInput::to_evdev).collect()
 }
 
+/// How long the VMM may take to write a running partition's snapshot (its memory file is
+/// written page by page; the disk copy after it is not bounded by this).
+const SAVE_TIMEOUT: Duration = Duration::from_secs(120);
+
 impl PartitionBackend for SupervisedPartition {
     fn info(&self) -> &PartitionInfo {
         &self.info
@@ -271,6 +275,23 @@ impl PartitionBackend for SupervisedPartition {
                 name: self.info.name.clone(),
                 message: e.to_string(),
             })
+    }
+
+    fn can_save_state(&self) -> Result<(), String> {
+        self.supervisor.can_save_running(self.name())
+    }
+
+    fn state_saver(&self) -> Result<crate::bundle::StateSaver, String> {
+        self.supervisor.can_save_running(self.name())?;
+        let supervisor = Arc::clone(&self.supervisor);
+        let name = self.name().to_string();
+        Ok(crate::bundle::StateSaver(Arc::new(
+            move |dir: &std::path::Path| {
+                supervisor
+                    .save_running(&name, dir, SAVE_TIMEOUT)
+                    .map_err(|e| e.to_string())
+            },
+        )))
     }
 
     fn take_agent_replies(&mut self) -> Vec<crate::app::backend::AgentReply> {

@@ -211,6 +211,7 @@ fn a_wrong_passphrase_in_the_import_dialog_shows_one_line_and_leaves_nothing() {
         file: bundle.clone(),
         with_template: false,
         policy_dir: Some(home.policy()),
+        save_running: None,
     })
     .unwrap();
     plan.write("right one".to_string().into(), &mut |_| {})

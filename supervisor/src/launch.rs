@@ -95,6 +95,9 @@ pub struct SnapshotPlan {
     pub remove_on_exit: Vec<PathBuf>,
 }
 
+/// The id (virtio-blk serial) of a partition's private disk.
+pub const PRIVATE_DISK_ID: &str = "private";
+
 /// How to start one partition process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchSpec {
@@ -493,7 +496,7 @@ pub fn launch_spec(spec: &PartitionSpec, engine: Engine) -> LaunchSpec {
             },
         });
         disks.push(DiskConfig {
-            id: "private".into(),
+            id: PRIVATE_DISK_ID.into(),
             read_only: false,
         });
         guest_config = Some(GuestConfig {

@@ -249,7 +249,7 @@ impl Slot {
         if !self.spec.launch.snapshot_on_request {
             return Err(SupervisorError::NoSnapshot {
                 name,
-                reason: "it was launched without snapshots on request (a partition with a network cannot be snapshotted yet)".into(),
+                reason: crate::saved_state::NOT_ON_REQUEST.into(),
             });
         }
         let (tx, rx) = mpsc::sync_channel(1);

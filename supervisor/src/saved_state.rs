@@ -36,6 +36,10 @@ pub fn resume_dir(name: &str) -> PathBuf {
         .join("resume")
 }
 
+/// Why a partition cannot be saved while it runs, for a person.
+pub const NOT_ON_REQUEST: &str =
+    "it was launched without snapshots on request (a partition with a network cannot be snapshotted yet)";
+
 /// What [`Supervisor::save_running`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SavedState {
@@ -55,6 +59,15 @@ pub fn disk_file_name(index: usize) -> String {
 }
 
 impl Supervisor {
+    /// Whether [`Supervisor::save_running`] can save `name` (when it runs), or why not.
+    pub fn can_save_running(&self, name: &str) -> Result<(), String> {
+        let slot = self.slot(name).map_err(|e| e.to_string())?;
+        if !slot.spec.launch.snapshot_on_request {
+            return Err(NOT_ON_REQUEST.into());
+        }
+        writable_disks(&slot.spec).map(|_| ())
+    }
+
     /// Saves running partition `name` into `dir` (which must not exist): see the module
     /// doc. `timeout` bounds the VMM's part; the disk copies take as long as they take.
     /// A partition with a network, a throwaway disk or none running is refused.

@@ -91,6 +91,17 @@ pub trait PartitionBackend {
         })
     }
     /// Answers of the agent since the last call.
+    /// Whether [`PartitionBackend::state_saver`] would give a saver, without making one.
+    fn can_save_state(&self) -> Result<(), String> {
+        self.state_saver().map(|_| ())
+    }
+
+    /// How to save this partition's state while it runs (for Export…), or why it
+    /// cannot be; only real partitions can.
+    fn state_saver(&self) -> Result<crate::bundle::StateSaver, String> {
+        Err("only a real partition has a state to save".into())
+    }
+
     fn take_agent_replies(&mut self) -> Vec<AgentReply> {
         Vec::new()
     }

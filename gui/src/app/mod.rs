@@ -305,7 +305,21 @@ impl BulkheadApp {
         let waker_ctx = ctx.clone();
         let wake: crate::bundle::Waker = Box::new(move || waker_ctx.request_repaint());
         let job = match action {
-            bundle_dialog::DialogAction::Export(req, pass) => {
+            bundle_dialog::DialogAction::Export(mut req, pass) => {
+                // A running partition's state goes with it, saved by this app's
+                // supervisor (the export job pauses it for the snapshot and disk copy).
+                let running = self.slots.iter().find(|s| {
+                    s.backend.info().name == req.name
+                        && matches!(
+                            s.backend.state(),
+                            PartitionState::Running
+                                | PartitionState::Paused
+                                | PartitionState::Starting { .. }
+                        )
+                });
+                if let Some(slot) = running {
+                    req.save_running = slot.backend.state_saver().ok();
+                }
                 crate::bundle::Job::export(req, pass, wake)
             }
             bundle_dialog::DialogAction::Import(req, pass) => {

@@ -116,6 +116,7 @@ fn do_export(args: &ExportArgs) -> Result<String, String> {
         file: args.file.clone(),
         with_template: args.with_template,
         policy_dir: args.dir.clone(),
+        save_running: None,
     })?;
     // Asked only once the export is known to be possible.
     let pass = passphrase(args.passphrase_file.as_deref(), true)?;

@@ -290,6 +290,7 @@ fn submit(form: &mut Form, policy_dir: Option<PathBuf>) -> Option<DialogAction> 
                 file,
                 with_template: form.with_template,
                 policy_dir,
+                save_running: None,
             },
             pass,
         ),

@@ -56,7 +56,8 @@ fn row(ui: &mut Ui, i: usize, slot: &PartitionSlot, focused: bool, actions: &mut
                 ui.weak(&info.kind);
                 ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                     ui.label(state_text(&state));
-                    export_button(ui, i, &state, actions);
+                    let live_export = slot.backend.can_save_state();
+                    export_button(ui, i, &state, live_export, actions);
                 });
             });
             if let Some(disclaimer) = info.source.disclaimer() {
@@ -94,20 +95,41 @@ fn row(ui: &mut Ui, i: usize, slot: &PartitionSlot, focused: bool, actions: &mut
         });
 }
 
-/// Export… for a stopped (or crashed) partition; disabled, saying why, while it runs.
-fn export_button(ui: &mut Ui, i: usize, state: &PartitionState, actions: &mut Vec<Action>) {
+/// Export… for a stopped (or crashed) partition, and for a running one whose state can
+/// be saved (`live`); disabled, saying why, otherwise.
+fn export_button(
+    ui: &mut Ui,
+    i: usize,
+    state: &PartitionState,
+    live: Result<(), String>,
+    actions: &mut Vec<Action>,
+) {
     let stopped = matches!(
         state,
         PartitionState::Stopped | PartitionState::Crashed { .. }
     );
-    if ui
-        .add_enabled(stopped, egui::Button::new("Export…").small())
-        .on_hover_text("Write it to one encrypted file: config, rules, private disk")
-        .on_disabled_hover_text(
-            "Stop it first: a running partition's disk is changing under an export",
-        )
-        .clicked()
-    {
+    let running = matches!(
+        state,
+        PartitionState::Running | PartitionState::Paused | PartitionState::Starting { .. }
+    );
+    let (enabled, hover) = match (stopped, running, live) {
+        (true, _, _) => (true, "Write it to one encrypted file: config, rules, private disk"),
+        (_, true, Ok(())) => (
+            true,
+            "Write it to one encrypted file with its running state: it pauses for the snapshot and disk copy, then runs on",
+        ),
+        (_, true, Err(_)) => (
+            false,
+            "Stop it first: a partition with a network cannot carry its running state yet",
+        ),
+        _ => (false, "Wait until it has started or stopped"),
+    };
+    let button = ui.add_enabled(enabled, egui::Button::new("Export…").small());
+    let button = match enabled {
+        true => button.on_hover_text(hover),
+        false => button.on_disabled_hover_text(hover),
+    };
+    if button.clicked() {
         actions.push(Action::Export(i));
     }
 }
