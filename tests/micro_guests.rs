@@ -828,6 +828,7 @@ mod degraded_sandbox {
             network: None,
             snapshot: None,
             resume: None,
+            failover: None,
         }
     }
 

@@ -21,7 +21,7 @@ use age::secrecy::SecretString;
 use bulkhead_supervisor::bundle::{self, BundleWriter, UnpackProgress, Unpacked};
 use bulkhead_supervisor::launch::PRIVATE_DISK_ID;
 use bulkhead_supervisor::private_disk::{data_root, private_disk_path};
-use bulkhead_supervisor::saved_state::{resume_dir, SavedState};
+use bulkhead_supervisor::saved_state::{memory_mtime, resume_dir, set_memory_mtime, SavedState};
 use bulkhead_supervisor::template::{self, manifest::file_digest, store};
 use isolation_policy::PolicyDocument;
 use serde::{Deserialize, Serialize};
@@ -294,12 +294,9 @@ impl ExportPlan {
         self.files.push((SAVED_STATE, saved.dir.join(STATE_FILE)));
         self.files.push((SAVED_MEMORY, saved.dir.join(MEMORY_FILE)));
         self.meta.private_disk = disk.is_some();
-        let memory = fs::metadata(saved.dir.join(MEMORY_FILE))
-            .map_err(|e| format!("reading the saved memory file: {e}"))?;
-        {
-            use std::os::unix::fs::MetadataExt;
-            self.meta.saved_memory_mtime = Some((memory.mtime(), memory.mtime_nsec()));
-        }
+        self.meta.saved_memory_mtime = Some(
+            memory_mtime(&saved.dir).map_err(|e| format!("reading the saved memory file: {e}"))?,
+        );
         Ok(self)
     }
 
@@ -723,7 +720,7 @@ fn commit_import(mut plan: ImportPlan, unpacked: &Unpacked) -> Result<String, St
 fn install_saved_state(
     unpacked: &Unpacked,
     dir: &Path,
-    memory_mtime: Option<(i64, i64)>,
+    memory_time: Option<(i64, i64)>,
 ) -> Result<(), String> {
     let staging = dir.with_file_name("resume.partial");
     let result = (|| -> std::io::Result<()> {
@@ -738,16 +735,8 @@ fn install_saved_state(
                 fs::copy(from, &to)?;
             }
         }
-        if let Some((sec, nsec)) = memory_mtime {
-            let time = u64::try_from(sec)
-                .ok()
-                .zip(u32::try_from(nsec).ok())
-                .map(|(s, n)| std::time::UNIX_EPOCH + std::time::Duration::new(s, n))
-                .ok_or_else(|| std::io::Error::other(format!("memory file time {sec}.{nsec}")))?;
-            fs::File::options()
-                .write(true)
-                .open(staging.join(MEMORY_FILE))?
-                .set_modified(time)?;
+        if let Some(time) = memory_time {
+            set_memory_mtime(&staging, time)?;
         }
         fs::rename(&staging, dir)
     })();

@@ -18,6 +18,8 @@ use bulkhead_supervisor::{ProcessState, Supervisor};
 use isolation_policy::PolicyDocument;
 use vmm_core::microguest::TEST_CARD_COLOURS;
 
+// Shared with the bundle tests; this one needs only the home it makes.
+#[allow(dead_code)]
 #[path = "support/bundle_home.rs"]
 mod bundle_home;
 

@@ -72,6 +72,7 @@ const LABEL_NAMES: &[&str] = &[
 ];
 const KIND_NAMES: &[&str] = &["app", "template", "disposable"];
 const RESTART_NAMES: &[&str] = &["never", "on-crash"];
+const RESTART_FROM_NAMES: &[&str] = &["boot", "snapshot"];
 const NETWORK_MODE_NAMES: &[&str] = &["offline", "nat"];
 
 const fn field(
@@ -200,6 +201,12 @@ pub const PARTITION_FIELDS: &[PartitionField] = &[
         "Restart",
         FieldKind::Choice(RESTART_NAMES),
         |p| p.restart.name().to_string(),
+    ),
+    field(
+        "restart_from",
+        "Restart from",
+        FieldKind::Choice(RESTART_FROM_NAMES),
+        |p| p.restart_from.name().to_string(),
     ),
     field(
         "network.mode",
@@ -381,6 +388,7 @@ mod tests {
                 "tags",
                 "autostart",
                 "restart",
+                "restart_from",
                 "network",
                 "clipboard",
                 "file_transfer"

@@ -95,7 +95,7 @@ pub use fields::{FieldKind, PartitionField, EDITABLE_FIELDS, PARTITION_FIELDS};
 pub use label::Label;
 pub use load::{LoadError, Sources};
 pub use network::{NetParseError, NetTarget, NetworkMode, Protocol};
-pub use partition::{default_memory_min_mib, Kind, Partition, RestartPolicy};
+pub use partition::{default_memory_min_mib, Kind, Partition, RestartFrom, RestartPolicy};
 pub use partitions_toml::DisplayError;
 pub use policy::{AppSettings, PartitionSpec, Policy, CLIPBOARD_MAX_BYTES_LIMIT};
 pub use request::{service, ChainStep, Decision, Request, Verdict};

@@ -36,6 +36,25 @@ pub enum RestartPolicy {
     OnCrash,
 }
 
+/// What a crashed partition restarts from (`restart_from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RestartFrom {
+    /// A cold boot.
+    Boot,
+    /// The snapshot taken when it last came up (its app ready), its private disk put back
+    /// as it was then (the crashed disk is kept beside it).
+    Snapshot,
+}
+
+impl RestartFrom {
+    pub fn name(self) -> &'static str {
+        match self {
+            RestartFrom::Boot => "boot",
+            RestartFrom::Snapshot => "snapshot",
+        }
+    }
+}
+
 impl RestartPolicy {
     pub fn name(self) -> &'static str {
         match self {
@@ -98,6 +117,7 @@ pub struct Partition {
     pub tags: BTreeSet<String>,
     pub autostart: bool,
     pub restart: RestartPolicy,
+    pub restart_from: RestartFrom,
     /// Share of host CPU time against other partitions (cgroup `cpu.weight`).
     pub cpu_weight: u32,
     /// Hard CPU cap in percent of one host CPU (cgroup `cpu.max`); 0: none.
@@ -140,6 +160,7 @@ impl Partition {
             tags: BTreeSet::new(),
             autostart: false,
             restart: RestartPolicy::Never,
+            restart_from: RestartFrom::Boot,
             cpu_weight: 100,
             cpu_max_percent: 0,
             io_weight: 100,

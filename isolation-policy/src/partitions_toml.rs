@@ -16,7 +16,9 @@ use crate::label::Label;
 use crate::network::{
     Destination, FirewallAction, FirewallRule, NetParseError, NetworkMode, PortRange, Protocol,
 };
-use crate::partition::{limits, valid_keyboard, valid_name, Kind, Partition, RestartPolicy};
+use crate::partition::{
+    limits, valid_keyboard, valid_name, Kind, Partition, RestartFrom, RestartPolicy,
+};
 use crate::policy::{AppSettings, CLIPBOARD_MAX_BYTES_LIMIT};
 
 /// Keys of one `[[partition.<name>.network.rule]]` table.
@@ -512,6 +514,15 @@ impl Reader<'_> {
                         p.restart = r;
                     }
                 }
+                "restart_from" => {
+                    let options = [
+                        ("boot", RestartFrom::Boot),
+                        ("snapshot", RestartFrom::Snapshot),
+                    ];
+                    if let Some(r) = self.choice(item, &what, &options) {
+                        p.restart_from = r;
+                    }
+                }
                 "network" => self.network(item, &what, &mut p),
                 "clipboard" => {
                     let mut vals = [p.clipboard_copy_out, p.clipboard_paste_in];
@@ -560,6 +571,17 @@ impl Reader<'_> {
             ));
             // Kept usable: the floor cannot be above the memory.
             p.memory_min_written = Some(p.memory_mib);
+        }
+        if p.restart_from == RestartFrom::Snapshot && p.network.mode != NetworkMode::Offline {
+            let (line, column) = p.position_of("restart_from");
+            self.diags.push(Diagnostic::error(
+                Location::new(self.file, line, column),
+                format!(
+                    "`partition.{name}.restart_from = \"snapshot\"` needs an offline partition: a network cannot be snapshotted yet"
+                ),
+                "set network.mode = \"offline\", or restart_from = \"boot\"",
+            ));
+            p.restart_from = RestartFrom::Boot;
         }
         if p.template.is_some() && p.kind == Kind::Template {
             let (line, column) = p.position_of("template");
@@ -1027,6 +1049,27 @@ mod tests {
         // Bad values keep a usable floor: the default, or at most the memory.
         assert_eq!(ps[0].memory_min_mib(), 512);
         assert_eq!(ps[1].memory_min_mib(), 1024);
+    }
+
+    #[test]
+    fn restart_from_a_snapshot_is_read_for_an_offline_partition_and_refused_with_a_network() {
+        let text = "[partition.kiosk]\nlabel = \"blue\"\nrestart = \"on-crash\"\nrestart_from = \"snapshot\"\n\n\
+                    [partition.web]\nlabel = \"red\"\nrestart_from = \"snapshot\"\n\n\
+                    [partition.web.network]\nmode = \"nat\"\n";
+        let (ps, diags) = parse(text);
+        assert_eq!(ps[0].restart_from, RestartFrom::Snapshot);
+        assert_eq!(
+            ps[1].restart_from,
+            RestartFrom::Boot,
+            "kept usable: a cold boot"
+        );
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        let d = &diags[0];
+        assert_eq!((d.location.line, d.location.column), (8, 16), "{d:?}");
+        assert!(d.message.contains("needs an offline partition"), "{d:?}");
+        let (ps, diags) = parse("[partition.a]\nlabel = \"red\"\nrestart_from = \"later\"\n");
+        assert_eq!(ps[0].restart_from, RestartFrom::Boot);
+        assert!(diags[0].message.contains("restart_from"), "{diags:?}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::network::NetworkMode;
-use crate::partition::{Kind, Partition, RestartPolicy};
+use crate::partition::{Kind, Partition, RestartFrom, RestartPolicy};
 use crate::rules::Rule;
 
 /// A partition resolved to plain values, for the supervisor to turn into a VMM config.
@@ -52,12 +52,18 @@ pub struct PartitionSpec {
     pub file: std::path::PathBuf,
     pub autostart: bool,
     pub restart: RestartPolicy,
+    #[serde(default = "boot")]
+    pub restart_from: RestartFrom,
     pub cpu_weight: u32,
     /// Percent of one host CPU; 0: no cap.
     pub cpu_max_percent: u32,
     pub io_weight: u32,
     /// MiB/s per disk device; 0: no cap.
     pub io_max_mib_s: u32,
+}
+
+fn boot() -> RestartFrom {
+    RestartFrom::Boot
 }
 
 impl PartitionSpec {
@@ -161,6 +167,7 @@ impl Policy {
             file: p.file.clone(),
             autostart: p.autostart,
             restart: p.restart,
+            restart_from: p.restart_from,
             cpu_weight: p.cpu_weight,
             cpu_max_percent: p.cpu_max_percent,
             io_weight: p.io_weight,

@@ -254,6 +254,7 @@ fn cold_spec(
         dir: dir.to_path_buf(),
         copy_disks: Vec::new(),
         remove_on_exit: Vec::new(),
+        replace: false,
     };
     let work = cache.join("work");
     let disk_err = |source| DisposableError::Disk {

@@ -93,6 +93,18 @@ pub struct SnapshotPlan {
     pub copy_disks: Vec<(PathBuf, String)>,
     /// Files removed when the process is reaped (the disks above, made for it).
     pub remove_on_exit: Vec<PathBuf>,
+    /// A complete snapshot already in `dir` is replaced (failover keeps the latest);
+    /// otherwise the first one made is kept (disposables of one template).
+    pub replace: bool,
+}
+
+/// `restart_from = "snapshot"`: every cold boot is snapshotted at `marker` into `dir`
+/// (with its writable disks), and an automatic restart after a crash continues from
+/// there, its disks put back as they were (see [`crate::saved_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failover {
+    pub dir: PathBuf,
+    pub marker: String,
 }
 
 /// The id (virtio-blk serial) of a partition's private disk.
@@ -124,6 +136,7 @@ pub struct LaunchSpec {
     /// Where a saved state may wait for the next start to continue from it, once
     /// ([`crate::saved_state`]).
     pub resume: Option<PathBuf>,
+    pub failover: Option<Failover>,
 }
 
 /// Where one disk's file comes from, resolved at every start.
@@ -220,6 +233,7 @@ impl LaunchSpec {
             network: None,
             snapshot: None,
             resume: None,
+            failover: None,
         }
     }
 
@@ -543,7 +557,23 @@ pub fn launch_spec(spec: &PartitionSpec, engine: Engine) -> LaunchSpec {
         resources: resources_of(spec, &launch),
         network,
         resume: Some(crate::saved_state::resume_dir(&spec.name)),
+        failover: (spec.restart_from == isolation_policy::RestartFrom::Snapshot
+            && launch.snapshot_on_request)
+            .then(|| Failover {
+                dir: crate::saved_state::failover_dir(&spec.name),
+                marker: failover_marker(spec, engine).to_string(),
+            }),
         ..LaunchSpec::partition(launch, boot_files, restart)
+    }
+}
+
+/// Where a partition is up enough to be worth continuing from: its app's window (a
+/// template partition), the initramfs shell, or the test card's bands.
+fn failover_marker(spec: &PartitionSpec, engine: Engine) -> &'static str {
+    match (engine, &spec.template) {
+        (Engine::TestCard, _) => crate::disposable::TEST_CARD_MARKER,
+        (Engine::Linux, Some(_)) => crate::disposable::APP_READY_MARKER,
+        (Engine::Linux, None) => "BULKHEAD-READY",
     }
 }
 

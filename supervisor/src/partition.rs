@@ -113,6 +113,8 @@ struct Inner {
     snapshot: Option<Result<std::path::PathBuf, String>>,
     /// The current process continues a snapshot (it was not booted).
     restored: bool,
+    /// The current process's snapshot at its marker, if it takes one.
+    snapshot_plan: Option<crate::launch::SnapshotPlan>,
     /// Whoever waits for the answer to the [`Command::Snapshot`] in flight.
     snapshot_request: Option<mpsc::SyncSender<SnapshotOutcome>>,
 }
@@ -377,7 +379,8 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
         });
     }
     // A saved state waiting (an imported running partition) is continued, once.
-    let resumed = match crate::saved_state::take_resume(&slot.spec) {
+    // Or, after a crash, its failover snapshot; or a cold boot that takes one.
+    let resumed = match crate::saved_state::spec_for_start(&slot.spec, !reset_restarts) {
         Ok(resumed) => resumed,
         Err(e) => {
             warn!(partition = %slot.spec.name(), "taking its saved state: {e}; it boots instead");
@@ -500,6 +503,7 @@ pub fn start(slot: &Arc<Slot>, reset_restarts: bool) -> Result<(), SupervisorErr
     inner.snapshot = None;
     inner.snapshot_request = None;
     inner.restored = restored;
+    inner.snapshot_plan = spec.snapshot.clone();
     drop(inner);
     info!(partition = %slot.spec.name(), pid, "partition process started");
 
@@ -967,7 +971,7 @@ fn handle_event(
         }
         Event::Snapshot(outcome) => {
             // Only a launch that asked for one gets one, once.
-            let Some(plan) = &slot.spec.snapshot else {
+            let Some(plan) = &inner.snapshot_plan else {
                 return Err("reported a snapshot nobody asked for".to_string());
             };
             if inner.snapshot.is_some() {
@@ -1052,9 +1056,21 @@ fn finish_snapshot(
             crate::private_disk::sparse_copy(source, &staging.join(name))
                 .map_err(|e| e.to_string())?;
         }
-        if plan.dir.exists() {
+        if plan.dir.exists() && !plan.replace {
             let _ = std::fs::remove_dir_all(&staging);
             return Ok(plan.dir.clone());
+        }
+        if plan.dir.exists() {
+            // The latest replaces the last; a directory under the final name is whole.
+            let old = plan.dir.with_extension("old");
+            let _ = std::fs::remove_dir_all(&old);
+            std::fs::rename(&plan.dir, &old)
+                .map_err(|e| format!("moving the last snapshot aside: {e}"))?;
+            let placed = std::fs::rename(&staging, &plan.dir);
+            let _ = std::fs::remove_dir_all(&old);
+            return placed
+                .map(|()| plan.dir.clone())
+                .map_err(|e| format!("renaming {} into place: {e}", staging.display()));
         }
         std::fs::rename(&staging, &plan.dir)
             .map_err(|e| format!("renaming {} into place: {e}", staging.display()))?;
@@ -1118,7 +1134,8 @@ fn reap(slot: &Arc<Slot>, generation: u64, mut child: Child, reader_done: mpsc::
     };
     // passt and the relay end with the process they served.
     slot.net.stop();
-    if let Some(plan) = &slot.spec.snapshot {
+    let plan = slot.lock().snapshot_plan.clone();
+    if let Some(plan) = &plan {
         for path in &plan.remove_on_exit {
             let _ = std::fs::remove_file(path);
         }

@@ -28,6 +28,15 @@ use vmm_core::snapshot::{MEMORY_FILE, STATE_FILE};
 use crate::launch::{BootFiles, DiskFile, LaunchSpec};
 use crate::{ProcessState, Supervisor, SupervisorError};
 
+/// Where a `restart_from = "snapshot"` partition keeps its last good snapshot:
+/// `…/partitions/NAME/failover`.
+pub fn failover_dir(name: &str) -> PathBuf {
+    crate::private_disk::data_root()
+        .join("partitions")
+        .join(name)
+        .join("failover")
+}
+
 /// Where a partition's state waits to be continued: `…/partitions/NAME/resume`.
 pub fn resume_dir(name: &str) -> PathBuf {
     crate::private_disk::data_root()
@@ -142,6 +151,29 @@ impl Supervisor {
     }
 }
 
+/// The saved memory file's mtime (seconds, nanoseconds). The snapshot records it and a
+/// restore refuses a memory file whose mtime changed (the cheap check that keeps restore
+/// lazy), so whoever carries a saved state elsewhere — a bundle — carries this too and
+/// sets it back with [`set_memory_mtime`] once the content is proven unchanged.
+pub fn memory_mtime(dir: &Path) -> std::io::Result<(i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir.join(MEMORY_FILE))?;
+    Ok((meta.mtime(), meta.mtime_nsec()))
+}
+
+/// Sets the memory file's mtime in `dir` back to `(seconds, nanoseconds)`.
+pub fn set_memory_mtime(dir: &Path, (sec, nsec): (i64, i64)) -> std::io::Result<()> {
+    let time = u64::try_from(sec)
+        .ok()
+        .zip(u32::try_from(nsec).ok().filter(|n| *n < 1_000_000_000))
+        .map(|(s, n)| std::time::UNIX_EPOCH + Duration::new(s, n))
+        .ok_or_else(|| std::io::Error::other(format!("memory file time {sec}.{nsec}")))?;
+    OpenOptions::new()
+        .write(true)
+        .open(dir.join(MEMORY_FILE))?
+        .set_modified(time)
+}
+
 /// `DIR.partial`, beside it.
 fn staging_dir(dir: &Path) -> PathBuf {
     let mut name = dir.file_name().unwrap_or_default().to_os_string();
@@ -187,6 +219,77 @@ fn copy_disks(
         .collect()
 }
 
+/// The spec one start of `spec` runs, when it differs from `spec`: continuing from a
+/// saved state waiting in its resume directory (once); after a crash (`after_crash`),
+/// continuing from its failover snapshot with its writable disks put back as that
+/// snapshot knows them (each crashed disk kept beside it as `NAME.crashed-TIME.img`);
+/// otherwise, for a failover partition, a cold boot snapshotted at its marker.
+pub(crate) fn spec_for_start(
+    spec: &LaunchSpec,
+    after_crash: bool,
+) -> Result<Option<LaunchSpec>, std::io::Error> {
+    if let Some(resumed) = take_resume(spec)? {
+        return Ok(Some(resumed));
+    }
+    let Some(failover) = &spec.failover else {
+        return Ok(None);
+    };
+    let disks = match writable_disks(spec) {
+        Ok(disks) => disks,
+        Err(why) => {
+            tracing::warn!(partition = %spec.name(), "no failover snapshot: {why}");
+            return Ok(None);
+        }
+    };
+    if after_crash && failover.dir.join(STATE_FILE).is_file() {
+        for (i, _, path) in &disks {
+            put_back_disk(&failover.dir.join(disk_file_name(*i)), path)?;
+        }
+        tracing::info!(partition = %spec.name(), dir = %failover.dir.display(), "restarting from its failover snapshot");
+        return Ok(Some(continued_from(spec, &failover.dir)));
+    }
+    let mut cold = spec.clone();
+    cold.launch.snapshot_on = Some(failover.marker.clone());
+    cold.snapshot = Some(crate::launch::SnapshotPlan {
+        dir: failover.dir.clone(),
+        copy_disks: disks
+            .iter()
+            .map(|(i, _, path)| (path.clone(), disk_file_name(*i)))
+            .collect(),
+        remove_on_exit: Vec::new(),
+        replace: true,
+    });
+    Ok(Some(cold))
+}
+
+/// Moves the disk at `live` aside (`STEM.crashed-UNIXTIME.EXT`, never overwriting) and
+/// puts a sparse copy of `saved` in its place.
+fn put_back_disk(saved: &Path, live: &Path) -> Result<(), std::io::Error> {
+    if live.exists() {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let stem = live.file_stem().unwrap_or_default().to_string_lossy();
+        let ext = live
+            .extension()
+            .map_or(String::new(), |e| format!(".{}", e.to_string_lossy()));
+        let aside = (0..100)
+            .map(|n| {
+                let suffix = if n == 0 {
+                    String::new()
+                } else {
+                    format!("-{n}")
+                };
+                live.with_file_name(format!("{stem}.crashed-{stamp}{suffix}{ext}"))
+            })
+            .find(|p| !p.exists())
+            .ok_or_else(|| std::io::Error::other("no free name for the crashed disk"))?;
+        std::fs::rename(live, &aside)?;
+        tracing::warn!(disk = %live.display(), kept = %aside.display(), "the crashed partition's disk is kept; its failover snapshot's copy takes its place");
+    }
+    crate::private_disk::sparse_copy(saved, live).map_err(std::io::Error::other)
+}
+
 /// If `spec`'s resume directory holds a saved state: renames it to `resume.used`
 /// (replacing an older one) and returns the spec that continues from it.
 pub(crate) fn take_resume(spec: &LaunchSpec) -> Result<Option<LaunchSpec>, std::io::Error> {
@@ -217,6 +320,7 @@ pub fn continued_from(spec: &LaunchSpec, dir: &Path) -> LaunchSpec {
     resumed.guest_config = None;
     resumed.snapshot = None;
     resumed.resume = None;
+    resumed.failover = None;
     resumed
 }
 
@@ -300,6 +404,19 @@ mod tests {
             take_resume(&s).unwrap().is_none(),
             "the next start boots cold"
         );
+    }
+
+    #[test]
+    fn a_memory_file_time_carried_elsewhere_is_set_back_to_the_nanosecond() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(MEMORY_FILE), b"m").unwrap();
+        set_memory_mtime(tmp.path(), (1_700_000_000, 123_456_789)).unwrap();
+        assert_eq!(
+            memory_mtime(tmp.path()).unwrap(),
+            (1_700_000_000, 123_456_789)
+        );
+        assert!(set_memory_mtime(tmp.path(), (-1, 0)).is_err());
+        assert!(set_memory_mtime(tmp.path(), (1, 2_000_000_000)).is_err());
     }
 
     #[test]

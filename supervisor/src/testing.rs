@@ -86,6 +86,7 @@ pub fn fake_spec(
         network: None,
         snapshot: None,
         resume: None,
+        failover: None,
     }
 }
 

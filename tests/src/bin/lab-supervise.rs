@@ -15,7 +15,12 @@
 //! `sleep:MS`, `sandbox-report`, `pause`, `resume`, `stats`, `stop`, `wait-exit`,
 //! `wait-agent`, `agent-ping`, `clipboard-set:TEXT`, `wait-clipboard:TEXT`,
 //! `balloon:MIB` (set the balloon target, `Supervisor::set_balloon`), `wait-balloon:MIB`
-//! (ask for stats until the guest's balloon holds MIB). In TEXT, `\n` is a newline (Enter when typed).
+//! (ask for stats until the guest's balloon holds MIB), `save:/DIR` (save the running
+//! partition: pause, snapshot, disk copies, resume), `carry:/DIR` (that saved state through
+//! an encrypted bundle and back into `/DIR.carried`, as export and import carry it),
+//! `continue:NAME:/DIR` (partition NAME continues from the saved state in /DIR; the later
+//! steps drive NAME; each earlier partition's serial goes to `DIR/serial-<name>.log`).
+//! In TEXT, `\n` is a newline (Enter when typed).
 //! For a `--net=nat` partition (passt and the relay started by the supervisor):
 //! `wait-net:TEXT` (the network caption contains TEXT and, while NAT, the relay applied
 //! the current rules), `wait-net-restarts:N` (passt restarted N times, rules applied),
@@ -101,6 +106,15 @@ enum Step {
     KillPasst,
     KillRelay,
     Rules(Vec<String>),
+    /// Save the running partition's state into DIR (`Supervisor::save_running`).
+    Save(PathBuf),
+    /// Carry the saved state in DIR through an encrypted bundle, as export and import do:
+    /// pack it into `DIR.bundle`, unpack that, check every file byte-identical, set the
+    /// memory file's time back, and leave it as `DIR.carried`.
+    Carry(PathBuf),
+    /// A new partition NAME (the flags' partition, renamed) continues from the saved
+    /// state in DIR, on DIR's disk copies; the steps after it drive NAME.
+    Continue(String, PathBuf),
 }
 
 struct Options {
@@ -214,6 +228,8 @@ fn parse_vmm_flags(args: &[String]) -> Result<PartitionFlags, String> {
     if network.is_some() {
         launch.network = NetworkConfig::Stream;
     }
+    // As the app launches an offline partition: savable while it runs.
+    launch.snapshot_on_request = network.is_none();
     launch.validate().map_err(|e| e.to_string())?;
     Ok((
         launch,
@@ -298,6 +314,15 @@ fn parse_step(s: &str) -> Result<Step, String> {
                 .map(String::from)
                 .collect(),
         ),
+        "save" if arg.starts_with('/') => Step::Save(arg.into()),
+        "carry" if arg.starts_with('/') => Step::Carry(arg.into()),
+        "continue" => {
+            let (name, dir) = arg
+                .split_once(':')
+                .filter(|(_, d)| d.starts_with('/'))
+                .ok_or_else(|| format!("step `{s}`: expected continue:NAME:/DIR"))?;
+            Step::Continue(name.to_string(), dir.into())
+        }
         _ => return Err(format!("unknown step `{s}`\n{USAGE}")),
     })
 }
@@ -366,6 +391,8 @@ struct Session {
     dns: bool,
     events: BufWriter<File>,
     out: PathBuf,
+    /// The flags' partition, for [`Step::Continue`].
+    spec: LaunchSpec,
 }
 
 impl Session {
@@ -499,6 +526,37 @@ impl Session {
         Ok(())
     }
 
+    /// [`Step::Continue`]: adds and starts `name`, continuing from `dir`.
+    fn continue_from(&mut self, name: &str, dir: &Path) -> Result<(), String> {
+        let mut spec = self.spec.clone();
+        spec.launch.name = name.to_string();
+        if let Some(g) = &mut spec.guest_config {
+            g.name = name.to_string();
+        }
+        // Its own disks: the copies saved with the state (moved out, so the directory
+        // holds only what a resume directory holds).
+        for (i, disk) in spec.launch.disks.iter().enumerate() {
+            if disk.read_only {
+                continue;
+            }
+            let saved = dir.join(bulkhead_supervisor::saved_state::disk_file_name(i));
+            let own = dir.with_file_name(format!("{name}-disk{i}.img"));
+            std::fs::rename(&saved, &own)
+                .map_err(|e| format!("moving {} to {}: {e}", saved.display(), own.display()))?;
+            spec.disk_files[i] = DiskFile::Path(own);
+        }
+        spec.resume = Some(dir.to_path_buf());
+        let previous = std::mem::take(&mut self.serial);
+        let log = self.out.join(format!("serial-{}.log", self.name));
+        std::fs::write(&log, &previous).map_err(|e| format!("writing {}: {e}", log.display()))?;
+        self.sup.add(spec).map_err(|e| e.to_string())?;
+        self.sup.start(name).map_err(|e| e.to_string())?;
+        self.log(&format!("{name} started from {}", dir.display()));
+        self.name = name.to_string();
+        self.last_state = None;
+        Ok(())
+    }
+
     /// Sends `request` to the agent and waits for its answer.
     fn agent_call(&mut self, request: AgentRequest) -> Result<AgentReply, String> {
         let id = self
@@ -516,6 +574,28 @@ impl Session {
 
     fn run_step(&mut self, step: &Step) -> Result<(), String> {
         match step {
+            Step::Save(dir) => {
+                let saved = self
+                    .sup
+                    .save_running(&self.name, dir, Duration::from_secs(120))
+                    .map_err(|e| e.to_string())?;
+                self.log(&format!(
+                    "saved {}: state {} bytes, memory {} of {} pages written, disks {:?}, paused {} ms",
+                    self.name,
+                    saved.state_bytes,
+                    saved.memory_pages_written,
+                    saved.memory_bytes / 4096,
+                    saved.disks,
+                    saved.paused_for.as_millis()
+                ));
+                Ok(())
+            }
+            Step::Carry(dir) => {
+                let line = carry(dir)?;
+                self.log(&line);
+                Ok(())
+            }
+            Step::Continue(name, dir) => self.continue_from(name, dir),
             Step::WaitAgent => {
                 let mut agent = AgentStatus::Absent;
                 self.wait_for("the guest agent's Hello", |s| {
@@ -833,6 +913,7 @@ fn run(opts: Options) -> Result<bool, String> {
         dns: opts.network.as_ref().is_some_and(|n| n.dns),
         events: BufWriter::new(events),
         out: opts.out.clone(),
+        spec: spec.clone(),
     };
     let ok = match &opts.disposables {
         None => {
@@ -915,6 +996,65 @@ fn run_disposables(
         }
     }
     Ok(true)
+}
+
+/// [`Step::Carry`]: the saved state in `dir` through a bundle and back; one line for
+/// the log.
+fn carry(dir: &Path) -> Result<String, String> {
+    use bulkhead_supervisor::bundle::{self, BundleWriter, SecretString};
+    use bulkhead_supervisor::saved_state::{memory_mtime, set_memory_mtime};
+    let pass = || SecretString::from("lab passphrase".to_string());
+    let with_suffix = |suffix: &str| {
+        let mut name = dir.file_name().unwrap_or_default().to_os_string();
+        name.push(suffix);
+        dir.with_file_name(name)
+    };
+    let file = with_suffix(".bundle");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| format!("reading {}: {e}", dir.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let time = memory_mtime(dir).map_err(|e| format!("the saved memory file: {e}"))?;
+    let began = Instant::now();
+    let mut w = BundleWriter::create(&file, pass(), None).map_err(|e| e.to_string())?;
+    for n in &names {
+        w.add_file(&format!("state/{n}"), &dir.join(n), &mut |_| {})
+            .map_err(|e| e.to_string())?;
+    }
+    let file = w.finish().map_err(|e| e.to_string())?;
+    let packed = began.elapsed();
+    let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let staging = dir.parent().unwrap_or(Path::new("/"));
+    let unpacked =
+        bundle::unpack(&file, pass(), staging, &mut |_| {}).map_err(|e| e.to_string())?;
+    let carried = with_suffix(".carried");
+    std::fs::create_dir_all(&carried).map_err(|e| e.to_string())?;
+    for n in &names {
+        let from = unpacked
+            .path(&format!("state/{n}"))
+            .ok_or_else(|| format!("{n} is missing from the unpacked bundle"))?;
+        let (a, b) = (digest(&dir.join(n))?, digest(from)?);
+        if a != b {
+            return Err(format!("{n} changed on its way through the bundle"));
+        }
+        std::fs::rename(from, carried.join(n)).map_err(|e| e.to_string())?;
+    }
+    set_memory_mtime(&carried, time).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "carried {} through a {size}-byte bundle (packed in {} ms, unpacked in {} ms): {names:?} byte-identical",
+        dir.display(),
+        packed.as_millis(),
+        (began.elapsed() - packed).as_millis()
+    ))
+}
+
+/// SHA-256 of a file, hex.
+fn digest(path: &Path) -> Result<String, String> {
+    bulkhead_supervisor::template::manifest::file_digest(path)
+        .map(|(_, h)| h)
+        .map_err(|e| format!("hashing {}: {e}", path.display()))
 }
 
 fn write_outputs(session: &Session, out: &Path) -> Result<(), String> {
