@@ -323,3 +323,61 @@ fn saving_is_refused_with_a_reason_for_a_stopped_partition_and_one_launched_with
         .is_err());
     assert!(!dir.exists());
 }
+
+#[test]
+fn a_failover_partition_that_crashes_continues_from_its_snapshot_with_its_disk_put_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("private.img");
+    let content = vec![0x5au8; 1 << 20];
+    std::fs::write(&disk, &content).unwrap();
+    let mut spec = card_with_disk("kiosk", &disk);
+    spec.restart = AutoRestart::OnCrash { max_retries: 3 };
+    let dir = tmp.path().join("failover");
+    spec.failover = Some(bulkhead_supervisor::launch::Failover {
+        dir: dir.clone(),
+        marker: MARKER.into(),
+    });
+    let sup = Supervisor::new(vec![spec]).unwrap();
+    sup.set_log_dir(Some(tmp.path().join("logs")));
+    sup.start("kiosk").unwrap();
+    // The cold boot is snapshotted at its marker, disk included, and runs on.
+    let taken = wait_for("the failover snapshot", || {
+        sup.snapshot_result("kiosk").unwrap()
+    })
+    .unwrap_or_else(|e| panic!("snapshot failed: {e}"));
+    assert_eq!(taken, dir);
+    assert_eq!(files_in(&dir), ["disk0.img", "memory", "state"]);
+    wait_running_and_painting(&sup, "kiosk");
+
+    // After the snapshot the disk changes, then the partition crashes.
+    std::fs::write(&disk, vec![0xa5u8; 1 << 20]).unwrap();
+    let pid = sup.status("kiosk").unwrap().pid.expect("a pid");
+    let vmm = bulkhead_supervisor::vm_process(pid);
+    // SAFETY: kill(2) with a pid we read from our own child's /proc entry; no memory.
+    assert_eq!(unsafe { libc::kill(vmm as i32, libc::SIGKILL) }, 0);
+    let (status, ok) = sup
+        .wait_until("kiosk", WAIT, |s| {
+            s.restarts == 1 && s.state == ProcessState::Running
+        })
+        .unwrap();
+    assert!(ok, "not restarted: {status:?}");
+    wait_running_and_painting(&sup, "kiosk");
+    let log = std::fs::read_to_string(status.log_file.expect("a log")).unwrap();
+    let last = log.rsplit("=== partition").next().unwrap_or_default();
+    assert!(last.contains("restored from a snapshot"), "{log}");
+    assert_eq!(pixel(&sup, "kiosk", SIDE / 2), TEST_CARD_COLOURS[4]);
+    // The disk as the snapshot knows it; the crashed one kept, not lost.
+    assert_eq!(std::fs::read(&disk).unwrap(), content);
+    let crashed: Vec<String> = files_in(tmp.path())
+        .into_iter()
+        .filter(|n| n.starts_with("private.crashed-") && n.ends_with(".img"))
+        .collect();
+    assert_eq!(crashed.len(), 1, "{:?}", files_in(tmp.path()));
+    assert_eq!(
+        std::fs::read(tmp.path().join(&crashed[0])).unwrap(),
+        vec![0xa5u8; 1 << 20]
+    );
+    // The snapshot stays for the next crash.
+    assert_eq!(files_in(&dir), ["disk0.img", "memory", "state"]);
+    sup.remove("kiosk", Duration::from_secs(5)).unwrap();
+}

@@ -459,15 +459,28 @@ pub fn run_desktop() -> ExitCode {
     if let Some(n) = &notice {
         tracing::warn!("{n}");
     }
-    crate::app::run::run_desktop_with(move || supervised_backends(&dir, engine), notice)
+    crate::app::run::run_desktop_with(
+        move || {
+            let backends = supervised_backends(&dir, engine);
+            (backends.list, backends.new_partitions)
+        },
+        notice,
+    )
+}
+
+/// The app's partitions, and how to make the ones an import adds later.
+pub struct SupervisedBackends {
+    pub list: Vec<Box<dyn PartitionBackend>>,
+    pub new_partitions: Option<crate::app::NewPartitions>,
 }
 
 /// One [`SupervisedPartition`] per configured partition. Where the policy cannot be
 /// loaded, the software sources stand in (labelled as such) so the app still opens.
-pub fn supervised_backends(
-    dir: &std::path::Path,
-    engine: Engine,
-) -> Vec<Box<dyn PartitionBackend>> {
+pub fn supervised_backends(dir: &std::path::Path, engine: Engine) -> SupervisedBackends {
+    let software = |list| SupervisedBackends {
+        list,
+        new_partitions: None,
+    };
     let specs = match isolation_policy::Policy::load(dir) {
         Ok((policy, _)) => policy.specs(),
         Err(e) => {
@@ -475,7 +488,7 @@ pub fn supervised_backends(
                 "policy {} not loaded: {e}; showing software sources",
                 dir.display()
             );
-            return crate::app::run::software_backends(Vec::new());
+            return software(crate::app::run::software_backends(Vec::new()));
         }
     };
     let launches = specs.iter().map(|s| launch_spec(s, engine)).collect();
@@ -500,35 +513,79 @@ pub fn supervised_backends(
         }
         Err(e) => {
             tracing::error!("supervisor: {e}; showing software sources");
-            return crate::app::run::software_backends(
+            return software(crate::app::run::software_backends(
                 specs.iter().map(crate::app::run::info_from_spec).collect(),
-            );
+            ));
         }
     };
-    let mut backends: Vec<Box<dyn PartitionBackend>> = Vec::new();
+    let mut list: Vec<Box<dyn PartitionBackend>> = Vec::new();
     for spec in &specs {
-        // Only a Linux partition booting its template has an app to wait for.
-        let has_app = engine == Engine::Linux && spec.template.is_some();
-        let app = has_app.then(|| {
-            spec.app
-                .clone()
-                .unwrap_or_else(|| bulkhead_supervisor::launch::DEFAULT_APP.into())
-        });
-        match SupervisedPartition::new(crate::app::run::info_from_spec(spec), supervisor.clone()) {
-            Ok(p) => {
-                let template = has_app.then(|| spec.template.clone()).flatten();
-                let mut p = p.with_app(app).with_template(template);
+        match backend_for(spec, engine, &supervisor) {
+            Ok(mut p) => {
                 if spec.autostart {
                     if let Err(e) = p.start() {
                         tracing::warn!("{e}");
                     }
                 }
-                backends.push(Box::new(p));
+                list.push(Box::new(p));
             }
             Err(e) => tracing::error!("{e}"),
         }
     }
-    backends
+    // Resolved again each time: an import into a first-time user's policy creates the
+    // user's directory, which then takes precedence over the installed defaults.
+    let new_partitions: crate::app::NewPartitions = Box::new(move || {
+        partitions_added(&isolation_policy::default_policy_dir(), engine, &supervisor)
+    });
+    SupervisedBackends {
+        list,
+        new_partitions: Some(new_partitions),
+    }
+}
+
+/// The app's backend for one configured partition (already on the supervisor's list).
+fn backend_for(
+    spec: &isolation_policy::PartitionSpec,
+    engine: Engine,
+    supervisor: &Arc<Supervisor>,
+) -> Result<SupervisedPartition, BackendError> {
+    // Only a Linux partition booting its template has an app to wait for.
+    let has_app = engine == Engine::Linux && spec.template.is_some();
+    let app = has_app.then(|| {
+        spec.app
+            .clone()
+            .unwrap_or_else(|| bulkhead_supervisor::launch::DEFAULT_APP.into())
+    });
+    let template = has_app.then(|| spec.template.clone()).flatten();
+    SupervisedPartition::new(crate::app::run::info_from_spec(spec), supervisor.clone())
+        .map(|p| p.with_app(app).with_template(template))
+}
+
+/// Backends for the partitions in the policy at `dir` that the supervisor does not have
+/// yet, each added to it (stopped).
+pub fn partitions_added(
+    dir: &std::path::Path,
+    engine: Engine,
+    supervisor: &Arc<Supervisor>,
+) -> Vec<Result<Box<dyn PartitionBackend>, String>> {
+    let policy = match isolation_policy::Policy::load(dir) {
+        Ok((policy, _)) => policy,
+        Err(e) => return vec![Err(format!("policy {}: {e}", dir.display()))],
+    };
+    let known = supervisor.names();
+    policy
+        .specs()
+        .into_iter()
+        .filter(|s| !known.contains(&s.name))
+        .map(|spec| {
+            supervisor
+                .add(launch_spec(&spec, engine))
+                .map_err(|e| e.to_string())?;
+            backend_for(&spec, engine, supervisor)
+                .map(|p| Box::new(p) as Box<dyn PartitionBackend>)
+                .map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 #[cfg(test)]

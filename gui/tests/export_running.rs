@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use age::secrecy::SecretString;
+use bulkhead::app::backend::PartitionBackend;
 use bulkhead::bundle::{import, ExportPlan, ExportRequest, ImportRequest, StateSaver};
 use bulkhead_supervisor::launch::{launch_spec, Engine};
 use bulkhead_supervisor::saved_state::resume_dir;
@@ -71,7 +72,16 @@ fn a_running_partition_exported_with_its_state_runs_on_and_its_import_continues_
         work.launch.snapshot_on_request,
         "an offline partition can be saved"
     );
-    let sup = Arc::new(Supervisor::new(vec![work]).unwrap());
+    // Every configured partition on the list, as the app has them; only `work` runs.
+    let doc = PolicyDocument::load(&policy).unwrap();
+    let all = doc.policy().unwrap().specs();
+    let mut launches: Vec<_> = all
+        .iter()
+        .filter(|s| s.name != "work")
+        .map(|s| launch_spec(s, Engine::TestCard))
+        .collect();
+    launches.push(work);
+    let sup = Arc::new(Supervisor::new(launches).unwrap());
     sup.set_log_dir(Some(root.join("logs")));
     sup.start("work").unwrap();
     wait_painting(&sup, "work");
@@ -137,8 +147,13 @@ fn a_running_partition_exported_with_its_state_runs_on_and_its_import_continues_
     let resume = resume_dir("work-2");
     assert!(resume.join("state").is_file() && resume.join("memory").is_file());
 
-    sup.add(launch(&policy, "work-2")).unwrap();
-    sup.start("work-2").unwrap();
+    // As the app adds it after the import: one new backend, stopped, on the supervisor.
+    let mut added = bulkhead::supervised::partitions_added(&policy, Engine::TestCard, &sup);
+    assert_eq!(added.len(), 1, "only work-2 is new");
+    let mut work2 = added.pop().unwrap().unwrap();
+    assert_eq!(work2.info().name, "work-2");
+    assert_eq!(sup.status("work-2").unwrap().state, ProcessState::Stopped);
+    work2.start().unwrap();
     wait_painting(&sup, "work-2");
     let log = log_of(&sup, "work-2");
     assert!(log.contains("restored from a snapshot"), "{log}");

@@ -74,6 +74,10 @@ pub enum Action {
 }
 
 /// One partition (or software source) and what the app keeps about it.
+/// Makes backends for the partitions in the policy that have none yet (an import added
+/// one): the app's supervisor adds them to its list, stopped.
+pub type NewPartitions = Box<dyn FnMut() -> Vec<Result<Box<dyn PartitionBackend>, String>>>;
+
 pub struct PartitionSlot {
     pub backend: Box<dyn PartitionBackend>,
     pub texture: GuestTexture,
@@ -151,6 +155,8 @@ pub struct BulkheadApp {
     /// The policy editor's save count last applied to the partitions.
     applied_saves: u64,
     first_frame_marker: Option<std::path::PathBuf>,
+    /// Backends for partitions added to the policy while the app runs (an import).
+    pub new_partitions: Option<NewPartitions>,
 }
 
 const PREFS_KEY: &str = "bulkhead-ui-prefs";
@@ -173,6 +179,34 @@ impl BulkheadApp {
             frames: 0,
             applied_saves: 0,
             first_frame_marker: None,
+            new_partitions: None,
+        }
+    }
+
+    /// After an import: the partitions the policy gained get a slot (stopped), without a
+    /// restart of the app; says so in the import's outcome line.
+    fn add_imported_partitions(&mut self) {
+        let Some(make) = &mut self.new_partitions else {
+            self.bundle
+                .add_to_outcome(" — restart Bulkhead to see it in the launcher");
+            return;
+        };
+        // The policy panel shows the new partition too (unless a form is being edited).
+        self.policy.reopen(&isolation_policy::default_policy_dir());
+        let made = make();
+        for made in made {
+            match made {
+                Ok(backend) => {
+                    let name = backend.info().name.clone();
+                    self.slots.push(PartitionSlot::new(backend));
+                    self.bundle
+                        .add_to_outcome(&format!(" — `{name}` is in the launcher"));
+                }
+                Err(e) => {
+                    tracing::warn!("adding an imported partition: {e}");
+                    self.bundle.add_to_outcome(&format!(" — not added: {e}"));
+                }
+            }
         }
     }
 
@@ -388,6 +422,9 @@ impl BulkheadApp {
         }
         if let Some(job) = bundle_dialog::show(ui, &mut self.bundle) {
             self.start_bundle_job(job, &ctx);
+        }
+        if self.bundle.take_imported() {
+            self.add_imported_partitions();
         }
         self.clipboard_status_bar(ui);
         if self.prefs.show_launcher {

@@ -78,6 +78,8 @@ pub struct BundleDialog {
     /// Policy directory for both directions; `None`: the defaults (`bulkhead export`'s and
     /// `import`'s).
     pub policy_dir: Option<PathBuf>,
+    /// An import finished since the app last asked ([`BundleDialog::take_imported`]).
+    imported: bool,
 }
 
 impl BundleDialog {
@@ -117,6 +119,18 @@ impl BundleDialog {
         }
     }
 
+    /// Whether an import finished since the last call: the app adds the new partition.
+    pub fn take_imported(&mut self) -> bool {
+        std::mem::take(&mut self.imported)
+    }
+
+    /// Appends `text` to the last outcome's line (what the app did after it).
+    pub fn add_to_outcome(&mut self, text: &str) {
+        if let Some((line, _)) = self.form.as_mut().and_then(|f| f.done.as_mut()) {
+            line.push_str(text);
+        }
+    }
+
     /// Takes the job's progress, and its outcome once it ends.
     pub fn poll(&mut self) {
         let Some(form) = &mut self.form else { return };
@@ -127,10 +141,8 @@ impl BundleDialog {
         form.job = None;
         match outcome {
             Ok(summary) => {
-                let mut first = summary.lines().next().unwrap_or_default().to_string();
-                if form.mode == Mode::Import {
-                    first.push_str(" — restart Bulkhead to see it in the launcher");
-                }
+                let first = summary.lines().next().unwrap_or_default().to_string();
+                self.imported |= form.mode == Mode::Import;
                 form.done = Some((first, summary));
             }
             Err(TransferError::NameTaken {

@@ -75,6 +75,19 @@ impl PolicyEditor {
         editor
     }
 
+    /// Reads the policy again from `dir` (something else wrote it: an import), keeping
+    /// where saves go; refused while a partition's form is open, so no edit is lost.
+    pub fn reopen(&mut self, dir: &Path) -> bool {
+        if self.form.is_some() {
+            return false;
+        }
+        let saves = self.saves;
+        let save_dir = self.save_dir.take();
+        *self = Self::open_saving_to(dir, save_dir);
+        self.saves = saves;
+        true
+    }
+
     /// Opens the policy directory for editing, saving into it. Invalid content still
     /// opens (and shows its errors); only I/O problems leave the editor empty with the
     /// reason.
