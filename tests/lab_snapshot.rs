@@ -1,7 +1,8 @@
 //! A stock Debian kernel with the default initramfs, snapshotted at a serial marker by
 //! `bulkhead-vmm run --snapshot-on` and restored twice by `bulkhead-vmm restore`: each
 //! restore continues the guest's counter from where it stopped, runs commands, and
-//! reads different bytes from /dev/hwrng (virtio-rng).
+//! reads different bytes from /dev/hwrng (virtio-rng); copies of the snapshot with the
+//! state file cut short or one byte changed are refused, the guest never running.
 
 use bulkhead_tests::lab::{run_guest, GuestRun, LabSnapshot, READY_MARKER};
 
@@ -34,6 +35,7 @@ fn a_linux_guest_snapshotted_at_a_marker_continues_in_two_restores_with_differen
         snapshot: Some(LabSnapshot {
             marker: "SNAPSHOT-NOW".into(),
             restores: 2,
+            damaged: true,
         }),
         ..GuestRun::default()
     };
@@ -74,4 +76,31 @@ fn a_linux_guest_snapshotted_at_a_marker_continues_in_two_restores_with_differen
         eprintln!("{line}");
     }
     assert_ne!(tokens[0], tokens[1], "two restores read the same RNG bytes");
+
+    // Damaged copies of the same snapshot are refused with one line each, before the
+    // guest runs a single instruction.
+    for (kind, says) in [
+        ("truncated", "snapshot truncated"),
+        ("corrupted", "fails its checksum"),
+    ] {
+        assert!(
+            out.vmm_stderr.contains(&format!("damaged {kind}: state of ")),
+            "the damaged {kind} copy was not made\n{}",
+            out.diagnostics()
+        );
+        let exit = format!("damaged {kind} exit ");
+        assert!(
+            out.vmm_stderr.contains(&exit) && !out.vmm_stderr.contains(&format!("{exit}0")),
+            "the damaged {kind} snapshot must be refused\n{}",
+            out.diagnostics()
+        );
+        let refusal = out
+            .vmm_stderr
+            .lines()
+            .find(|l| l.contains(says))
+            .unwrap_or_else(|| panic!("no {says:?} refusal\n{}", out.vmm_stderr));
+        eprintln!("{kind}: {refusal}");
+        let log = out.file_text(&format!("damaged-{kind}.log"));
+        assert!(!log.contains("COUNT"), "the {kind} snapshot's guest ran: {log}");
+    }
 }

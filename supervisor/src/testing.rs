@@ -249,6 +249,17 @@ fn run_fake(stream: UnixStream, mode: &str) -> i32 {
             idle()
         }
         "quiet" => idle(),
+        "memory_hog" => {
+            // Touches ever more memory, as a guest filling its RAM plus a VMM leaking
+            // would; the partition's cgroup limit ends it. Bounded (1 GiB), so that a
+            // host without the memory controller is not pushed into swap by a test.
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            for _ in 0..64 {
+                held.push(vec![0x5a; 16 << 20]);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            idle()
+        }
         "damage_flood" => {
             // As many overlapping full-screen rectangles per event as the protocol allows.
             let whole = DamageRect {

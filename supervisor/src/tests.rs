@@ -209,6 +209,34 @@ fn a_partition_process_lives_in_its_own_cgroup_with_its_limits_until_it_ends() {
 }
 
 #[test]
+fn a_partition_over_its_memory_limit_is_killed_alone_and_the_others_run_on() {
+    let Some(base) = cgroup_base_or_skip() else {
+        return;
+    };
+    if !base.controllers().contains("memory") {
+        eprintln!("SKIPPED: cgroup v2 here offers no memory controller");
+        return;
+    }
+    let sup = supervisor(vec![
+        fake("hog", "memory_hog", AutoRestart::Never),
+        fake("calm", "normal", AutoRestart::Never),
+    ]);
+    wait_running(&sup, "calm");
+    // Its limit is guest RAM + framebuffer + the VMM allowance (~272 MiB); it touches 1 GiB.
+    let status = wait_state(&sup, "hog", |s| s.is_crashed());
+    assert!(
+        reason(&status).contains("SIGKILL"),
+        "killed by the kernel's OOM killer in its cgroup: {status:?}"
+    );
+    assert_eq!(status.resources.cgroup, None, "its cgroup went with it");
+    // Nothing else was touched: the other partition and this supervisor run on.
+    std::thread::sleep(Duration::from_millis(300));
+    let calm = sup.status("calm").unwrap();
+    assert_eq!(calm.state, ProcessState::Running, "{calm:?}");
+    sup.stop("calm", Duration::from_secs(5)).unwrap();
+}
+
+#[test]
 fn two_partitions_of_the_same_name_get_separate_cgroups() {
     let Some(base) = cgroup_base_or_skip() else {
         return;

@@ -136,7 +136,28 @@ done ) >/out/rss.log 2>/dev/null &
 pub struct LabSnapshot {
     pub marker: String,
     pub restores: u8,
+    /// After the restores, restore two damaged copies too: one with its state file cut
+    /// to half (`damaged truncated exit N`, its serial in `damaged-truncated.log`) and one
+    /// with one byte of it changed in the middle (`damaged corrupted exit N`).
+    pub damaged: bool,
 }
+
+/// The lab init's lines that restore the damaged copies of `/snap` ([`LabSnapshot`]).
+const DAMAGED_RESTORES: &str = r#"for kind in truncated corrupted; do
+  rm -rf /snap-bad && mkdir /snap-bad && cp /snap/state /snap-bad/state && ln /snap/memory /snap-bad/memory 2>/dev/null || cp -p /snap/memory /snap-bad/memory
+  size=$(stat -c %s /snap-bad/state)
+  if [ $kind = truncated ]; then
+    truncate -s $((size / 2)) /snap-bad/state
+  else
+    at=$((size / 2))
+    b=$(dd if=/snap-bad/state bs=1 skip=$at count=1 2>/dev/null | od -An -tu1 | tr -d ' ')
+    printf "\$(printf %o $((255 - b)))" | dd of=/snap-bad/state bs=1 seek=$at conv=notrunc 2>/dev/null
+  fi
+  echo "damaged $kind: state of $size bytes" >>/vmm.err
+  /bulkhead-vmm restore /snap-bad --serial=/out/damaged-$kind.log --timeout=60 2>>/vmm.err >/dev/null
+  echo "damaged $kind exit $?" >>/vmm.err
+done
+"#;
 
 /// The lab machine's network for a guest: a dummy interface with 192.0.2.2/24 and a
 /// default route via 192.0.2.1 (for passt to copy), passt and its libraries, and busybox
@@ -910,6 +931,9 @@ fn outer_cpio(run: &GuestRun) -> Vec<u8> {
                  echo \"restore {i} exit $?\" >>/vmm.err\n",
                 t = run.timeout_s
             ));
+        }
+        if snap.damaged {
+            lines.push_str(DAMAGED_RESTORES);
         }
         assert!(
             init.contains(VMM_EXIT_LINE),

@@ -170,6 +170,7 @@ mod tests {
                 "tags",
                 "autostart",
                 "restart",
+                "restart_from",
                 "network.mode",
                 "network.dns",
                 "clipboard.copy_out",
