@@ -6,7 +6,9 @@
 //!    per process;
 //! 2. headless: egui_kittest's wgpu renderer on lavapipe, which also reads every frame back.
 //!
-//! `cargo bench -p bulkhead --bench frames` (FRAMES=n to change the count).
+//! `cargo bench -p bulkhead --bench frames` (FRAMES=n to change the count, ROUNDS=n for
+//! how many idle/live window pairs to interleave; the medians are reported, since the
+//! machine may be shared).
 
 #[path = "../tests/support/xvfb.rs"]
 mod xvfb;
@@ -220,6 +222,49 @@ fn report(title: &str, idle: Figures, live: Figures) {
     );
 }
 
+/// The median of each figure over several runs (each figure on its own).
+fn median(runs: &[Figures]) -> Figures {
+    let mid = |f: fn(&Figures) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Figures {
+        fps: mid(|f| f.fps),
+        cpu_ms_per_frame: mid(|f| f.cpu_ms_per_frame),
+        pixels_per_frame: mid(|f| f.pixels_per_frame),
+    }
+}
+
+/// CPU per frame the three live software sources spend drawing: in the benchmark they
+/// run in the GUI process, a real partition draws in its own.
+fn guest_drawing_ms(frames: u32) -> f64 {
+    use bulkhead::display::software::SoftwareSource;
+    use bulkhead::display::FramebufferLayout;
+    let Ok(layout) = FramebufferLayout::new(1024, 768) else {
+        return 0.0;
+    };
+    let mut sources: Vec<SoftwareSource> = (0..3)
+        .map(|_| SoftwareSource::new(layout, Pattern::FullMotion))
+        .collect();
+    let cpu0 = cpu_time();
+    for _ in 0..frames {
+        for s in &mut sources {
+            s.advance();
+            std::hint::black_box(s.frame().pixels);
+        }
+    }
+    (cpu_time() - cpu0).as_secs_f64() * 1000.0 / f64::from(frames)
+}
+
+fn idle_count_note(rounds: usize) -> String {
+    if rounds > 1 {
+        format!(", median of {rounds} interleaved rounds")
+    } else {
+        String::new()
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--scenario") {
@@ -236,17 +281,50 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(120);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     match display() {
         Some((d, _xvfb)) => {
-            let idle = run_window("idle", frames, &d);
-            let live = run_window("live", frames, &d);
-            match (idle, live) {
-                (Some(idle), Some(live)) => report(
-                    &format!("real window, glow on llvmpipe (X display {d}), 1280x800, {frames} frames each"),
+            let (mut idle, mut live) = (Vec::new(), Vec::new());
+            // Interleaved, so that a burst of load elsewhere hits both alike.
+            for round in 0..rounds {
+                let pair = (
+                    run_window("idle", frames, &d),
+                    run_window("live", frames, &d),
+                );
+                if let (Some(i), Some(l)) = pair {
+                    if rounds > 1 {
+                        println!(
+                            "  round {}: idle {:.1} fps {:.2} ms, live {:.1} fps {:.2} ms",
+                            round + 1,
+                            i.fps,
+                            i.cpu_ms_per_frame,
+                            l.fps,
+                            l.cpu_ms_per_frame
+                        );
+                    }
+                    idle.push(i);
+                    live.push(l);
+                }
+            }
+            if idle.is_empty() {
+                println!("real window: could not measure (no GL under X?)");
+            } else {
+                let (idle, live) = (median(&idle), median(&live));
+                let n = idle_count_note(rounds);
+                report(
+                    &format!("real window, glow on llvmpipe (X display {d}), 1280x800, {frames} frames each{n}"),
                     idle,
                     live,
-                ),
-                _ => println!("real window: could not measure (no GL under X?)"),
+                );
+                let guest = guest_drawing_ms(frames);
+                println!(
+                    "  of live CPU/frame, {guest:.2} ms is the software guests drawing (a real partition draws in its own process); without it live/idle is {:.2}x",
+                    (live.cpu_ms_per_frame - guest) / idle.cpu_ms_per_frame
+                );
             }
         }
         None => println!("real window: skipped (no DISPLAY and no Xvfb)"),

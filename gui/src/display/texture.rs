@@ -1,4 +1,11 @@
 //! A partition's framebuffer as an egui texture, updated by damage rectangles only.
+//!
+//! Each upload converts the guest's XRGB into egui's RGBA in a staging image that is
+//! reused from frame to frame: egui keeps its reference only until the frame is painted,
+//! so by the next update the buffer is ours again and a live partition allocates (and
+//! page-faults in) nothing per frame.
+
+use std::sync::Arc;
 
 use egui::{Color32, ColorImage, Context, TextureHandle, TextureId, TextureOptions};
 
@@ -37,6 +44,7 @@ pub struct GuestTexture {
     handle: Option<TextureHandle>,
     layout: Option<FramebufferLayout>,
     stats: UploadStats,
+    staging: StagingPool,
 }
 
 impl std::fmt::Debug for GuestTexture {
@@ -45,6 +53,7 @@ impl std::fmt::Debug for GuestTexture {
             .field("name", &self.name)
             .field("layout", &self.layout)
             .field("stats", &self.stats)
+            .field("staging", &self.staging)
             .finish()
     }
 }
@@ -70,10 +79,16 @@ impl GuestTexture {
         self.layout
     }
 
-    /// Drops the texture (the partition stopped).
+    /// Drops the texture and its staging buffers (the partition stopped).
     pub fn clear(&mut self) {
         self.handle = None;
         self.layout = None;
+        self.staging = StagingPool::default();
+    }
+
+    /// Staging images allocated so far; a steady live source stops adding to it.
+    pub fn staging_allocations(&self) -> u64 {
+        self.staging.allocations
     }
 
     /// Applies one frame: a full upload the first time or when the size changed, else
@@ -88,8 +103,10 @@ impl GuestTexture {
             w: layout.width,
             h: layout.height,
         };
+        let screen = whole.area() as usize;
         if self.layout != Some(layout) || self.handle.is_none() {
-            let image = to_color_image(&frame, whole);
+            let image = self.staging.convert(&frame, whole);
+            self.staging.finish_frame(screen);
             self.count(whole);
             self.handle = Some(ctx.load_texture(&self.name, image, TextureOptions::LINEAR));
             self.layout = Some(layout);
@@ -107,8 +124,11 @@ impl GuestTexture {
             }
             merged.add(clipped);
         }
+        if merged.is_empty() {
+            return Ok(());
+        }
         for &clipped in merged.rects() {
-            let image = to_color_image(&frame, clipped);
+            let image = self.staging.convert(&frame, clipped);
             if let Some(handle) = self.handle.as_mut() {
                 handle.set_partial(
                     [clipped.x as usize, clipped.y as usize],
@@ -118,6 +138,7 @@ impl GuestTexture {
                 self.count(clipped);
             }
         }
+        self.staging.finish_frame(screen);
         Ok(())
     }
 
@@ -162,19 +183,92 @@ fn clip(rect: DamageRect, layout: FramebufferLayout) -> Option<DamageRect> {
     })
 }
 
-/// Copies `rect` (inside the checked frame) out of XRGB into egui's RGBA.
-fn to_color_image(frame: &FrameView<'_>, rect: DamageRect) -> ColorImage {
-    let stride = frame.layout.stride as usize;
-    let mut pixels = Vec::with_capacity(rect.area() as usize);
-    for y in rect.y..rect.y + rect.h {
-        let start = y as usize * stride + rect.x as usize * 4;
-        let row = &frame.pixels[start..start + rect.w as usize * 4];
-        pixels.extend(
-            row.chunks_exact(4)
-                .map(|p| Color32::from_rgb(p[2], p[1], p[0])),
-        );
+/// Staging images for uploads: the ones used by the last frame that uploaded, handed
+/// out again once egui has let go of them.
+#[derive(Debug, Default)]
+struct StagingPool {
+    /// Free for reuse when egui no longer holds a reference.
+    idle: Vec<Arc<ColorImage>>,
+    /// Handed out during the current update.
+    used: Vec<Arc<ColorImage>>,
+    /// Fresh images made so far (a reused one does not count).
+    allocations: u64,
+}
+
+impl StagingPool {
+    /// `rect` of the checked frame as an RGBA image, in a reused buffer when one is free.
+    fn convert(&mut self, frame: &FrameView<'_>, rect: DamageRect) -> Arc<ColorImage> {
+        let area = rect.area() as usize;
+        // The smallest free buffer that fits, else the largest free one (it grows).
+        let free = |a: &Arc<ColorImage>| Arc::strong_count(a) == 1 && Arc::weak_count(a) == 0;
+        let fits = self
+            .idle
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| free(a) && a.pixels.capacity() >= area)
+            .min_by_key(|(_, a)| a.pixels.capacity())
+            .map(|(i, _)| i);
+        let pick = fits.or_else(|| {
+            self.idle
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| free(a))
+                .max_by_key(|(_, a)| a.pixels.capacity())
+                .map(|(i, _)| i)
+        });
+        let mut image = match pick {
+            Some(i) => self.idle.swap_remove(i),
+            None => {
+                self.allocations += 1;
+                Arc::new(ColorImage::default())
+            }
+        };
+        // The picked image is unique, so this never copies; were it shared, egui's
+        // pending copy would stay intact.
+        fill_rgba(Arc::make_mut(&mut image), frame, rect);
+        self.used.push(Arc::clone(&image));
+        image
     }
-    ColorImage::new([rect.w as usize, rect.h as usize], pixels)
+
+    /// Keeps this update's buffers for the next one, at most two screens' worth.
+    fn finish_frame(&mut self, screen: usize) {
+        self.idle = std::mem::take(&mut self.used);
+        let mut kept = 0usize;
+        self.idle.retain(|a| {
+            kept += a.pixels.capacity();
+            kept <= 2 * screen
+        });
+    }
+}
+
+/// Fills `image` with `rect` (inside the checked frame) converted from XRGB to RGBA. The
+/// X byte is ignored and alpha forced opaque: guest pixels are never translucent.
+fn fill_rgba(image: &mut ColorImage, frame: &FrameView<'_>, rect: DamageRect) {
+    let stride = frame.layout.stride as usize;
+    let (w, h) = (rect.w as usize, rect.h as usize);
+    // Only the length changes when the buffer already has room: no reallocation.
+    image.pixels.resize(w * h, Color32::TRANSPARENT);
+    image.size = [w, h];
+    image.source_size = egui::vec2(w as f32, h as f32);
+    for (row, dst) in image.pixels.chunks_exact_mut(w).enumerate() {
+        let start = (rect.y as usize + row) * stride + rect.x as usize * 4;
+        let src = &frame.pixels[start..start + w * 4];
+        for (d, p) in dst.iter_mut().zip(src.chunks_exact(4)) {
+            // A whole-word load (chunks of 4 always convert; the fallback is compiled
+            // away): byte-wise indexing here keeps the loop scalar, 4x slower.
+            let word = <[u8; 4]>::try_from(p).map_or(0, u32::from_le_bytes);
+            *d = xrgb_to_rgba(word);
+        }
+    }
+}
+
+/// One XRGB8888 pixel (B, G, R, X in memory, i.e. 0xXXRRGGBB little-endian) as an opaque
+/// `Color32`. Whole-word shifts and masks so that the compiler vectorizes the row loop.
+#[inline(always)]
+fn xrgb_to_rgba(v: u32) -> Color32 {
+    let rgba = ((v >> 16) & 0xff) | (v & 0xff00) | ((v & 0xff) << 16) | 0xff00_0000;
+    let [r, g, b, a] = rgba.to_le_bytes();
+    Color32::from_rgba_premultiplied(r, g, b, a)
 }
 
 #[cfg(test)]
@@ -288,6 +382,207 @@ mod tests {
             );
         }
         assert_eq!(t.stats().uploads, 3, "each flood became one full upload");
+    }
+
+    /// What the painter would do: applies (and thereby releases) the pending uploads of
+    /// `t` to `texels`, a CPU copy of its texture. Returns how many there were.
+    fn paint(ctx: &Context, t: &GuestTexture, texels: &mut Vec<Color32>) -> usize {
+        let (id, [tw, _]) = t.texture().unwrap();
+        let mut delta = ctx.tex_manager().write().take_delta();
+        let Some(deltas) = delta.set.remove(&id) else {
+            return 0;
+        };
+        for d in &deltas {
+            let egui::ImageData::Color(image) = &d.image;
+            let [w, h] = image.size;
+            let [x0, y0] = d.pos.unwrap_or([0, 0]);
+            if d.pos.is_none() {
+                *texels = vec![Color32::TRANSPARENT; w * h];
+            }
+            for y in 0..h {
+                let dst = (y0 + y) * tw + x0;
+                texels[dst..dst + w].copy_from_slice(&image.pixels[y * w..(y + 1) * w]);
+            }
+        }
+        deltas.len()
+    }
+
+    /// Framebuffer bytes as the texels a correct upload gives.
+    fn expected_texels(f: &FrameView<'_>) -> Vec<Color32> {
+        let (w, h, stride) = (
+            f.layout.width as usize,
+            f.layout.height as usize,
+            f.layout.stride as usize,
+        );
+        (0..h)
+            .flat_map(|y| (0..w).map(move |x| (y, x)))
+            .map(|(y, x)| {
+                let p = &f.pixels[y * stride + x * 4..];
+                Color32::from_rgb(p[2], p[1], p[0])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn guest_alpha_is_forced_opaque_whatever_its_x_byte() {
+        let layout = FramebufferLayout::new(64, 64).unwrap();
+        // B, G, R, X with X running over every value, transparent-looking ones included.
+        let pixels: Vec<u8> = (0..64 * 64u32)
+            .flat_map(|i| [i as u8, (i >> 3) as u8, (i >> 6) as u8, (i * 37) as u8])
+            .collect();
+        let ctx = Context::default();
+        let mut t = GuestTexture::new("t");
+        let frame = FrameView {
+            layout,
+            pixels: &pixels,
+            damage: vec![],
+        };
+        let want = expected_texels(&frame);
+        t.update(&ctx, frame).unwrap();
+        let mut texels = Vec::new();
+        paint(&ctx, &t, &mut texels);
+        assert!(texels.iter().all(|c| c.a() == 255));
+        assert_eq!(texels, want, "R, G, B taken from bytes 2, 1, 0");
+        assert_eq!(texels[1], Color32::from_rgb(0, 0, 1));
+    }
+
+    #[test]
+    fn damaged_rect_upload_changes_only_those_texels() {
+        let ctx = Context::default();
+        let layout = FramebufferLayout::new(256, 128).unwrap();
+        let mut pixels = vec![0x40u8; layout.bytes()];
+        let mut t = GuestTexture::new("t");
+        let mut texels = Vec::new();
+        t.update(
+            &ctx,
+            FrameView {
+                layout,
+                pixels: &pixels,
+                damage: vec![],
+            },
+        )
+        .unwrap();
+        paint(&ctx, &t, &mut texels);
+        let before = texels.clone();
+        // The guest repaints the whole screen but declares one rectangle damaged: only
+        // that rectangle may reach the texture.
+        pixels.fill(0xff);
+        let rect = DamageRect {
+            x: 10,
+            y: 20,
+            w: 30,
+            h: 5,
+        };
+        t.update(
+            &ctx,
+            FrameView {
+                layout,
+                pixels: &pixels,
+                damage: vec![rect],
+            },
+        )
+        .unwrap();
+        assert_eq!(paint(&ctx, &t, &mut texels), 1);
+        for y in 0..128 {
+            for x in 0..256 {
+                let inside = (10..40).contains(&x) && (20..25).contains(&y);
+                let want = if inside {
+                    Color32::WHITE
+                } else {
+                    before[y * 256 + x]
+                };
+                assert_eq!(texels[y * 256 + x], want, "texel ({x}, {y})");
+            }
+        }
+    }
+
+    #[test]
+    fn partial_uploads_keep_the_texture_equal_to_the_framebuffer() {
+        let ctx = Context::default();
+        let mut s = source(Pattern::TestCard);
+        let mut t = GuestTexture::new("t");
+        let mut texels = Vec::new();
+        for _ in 0..20 {
+            t.update(&ctx, s.frame()).unwrap();
+            paint(&ctx, &t, &mut texels);
+            s.advance();
+        }
+        let f = s.frame();
+        let want = expected_texels(&f);
+        t.update(&ctx, f).unwrap();
+        paint(&ctx, &t, &mut texels);
+        assert_eq!(texels, want);
+    }
+
+    #[test]
+    fn live_source_reuses_its_staging_buffers_once_painted() {
+        let ctx = Context::default();
+        let mut s = source(Pattern::FullMotion);
+        let mut t = GuestTexture::new("t");
+        let mut texels = Vec::new();
+        for _ in 0..3 {
+            t.update(&ctx, s.frame()).unwrap();
+            paint(&ctx, &t, &mut texels);
+            s.advance();
+        }
+        let allocated = t.staging_allocations();
+        for _ in 0..50 {
+            t.update(&ctx, s.frame()).unwrap();
+            paint(&ctx, &t, &mut texels);
+            s.advance();
+        }
+        assert_eq!(t.staging_allocations(), allocated);
+        assert_eq!(t.stats().uploads, 53);
+    }
+
+    #[test]
+    fn an_unpainted_upload_is_never_overwritten_by_the_next_frame() {
+        let ctx = Context::default();
+        let mut s = source(Pattern::FullMotion);
+        let mut t = GuestTexture::new("t");
+        let mut texels = Vec::new();
+        t.update(&ctx, s.frame()).unwrap();
+        paint(&ctx, &t, &mut texels);
+        // Two frames before the painter runs (egui may run a frame's UI twice): both
+        // uploads must reach it as they were converted.
+        let mut want = Vec::new();
+        for _ in 0..2 {
+            s.advance();
+            let f = s.frame();
+            want.push(expected_texels(&f));
+            t.update(&ctx, f).unwrap();
+        }
+        let (id, _) = t.texture().unwrap();
+        let pending = ctx
+            .tex_manager()
+            .write()
+            .take_delta()
+            .set
+            .remove(&id)
+            .unwrap();
+        assert_eq!(pending.len(), 2);
+        for (d, want) in pending.iter().zip(&want) {
+            let egui::ImageData::Color(image) = &d.image;
+            assert_eq!(&image.pixels, want);
+        }
+        assert_ne!(want[0], want[1]);
+    }
+
+    #[test]
+    fn idle_source_keeps_no_more_than_two_screens_of_staging() {
+        let ctx = Context::default();
+        let mut s = source(Pattern::TestCard);
+        let mut t = GuestTexture::new("t");
+        let mut texels = Vec::new();
+        for _ in 0..10 {
+            t.update(&ctx, s.frame()).unwrap();
+            paint(&ctx, &t, &mut texels);
+            s.advance();
+        }
+        let kept: usize = t.staging.idle.iter().map(|a| a.pixels.capacity()).sum();
+        assert!(kept <= 2 * 256 * 128, "{kept}");
+        t.clear();
+        assert!(t.staging.idle.is_empty());
     }
 
     #[test]
