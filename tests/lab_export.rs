@@ -1,14 +1,22 @@
-//! A running Linux partition carried elsewhere with its state, under the real supervisor
-//! (`lab-supervise`): the guest writes a random token to its private disk and counts;
+//! A running Linux partition with a network carried elsewhere with its state, under the
+//! real supervisor (`lab-supervise`, passt and the relay started by it): the guest
+//! fetches a page through its NAT, writes a random token to its private disk and counts;
 //! the partition is saved while it runs (pause, snapshot, disk copy, resume), the saved
 //! state goes through an encrypted bundle and back (every file byte-identical, as export
 //! and import carry it), and a second partition continues from it: the same token, the
 //! next count, no second boot, and the token read back from its own disk copy with the
-//! page cache dropped. Runs directly on /dev/kvm with VT-x/AMD-V, otherwise in the lab.
+//! page cache dropped, and a page fetched again through its own new passt and relay.
+//! Runs in the lab (a network always does).
 
-use bulkhead_tests::lab::{run_guest, DiskSource, GuestRun, LabDisk, READY_MARKER};
+use bulkhead_tests::lab::{
+    run_guest, DiskSource, GuestRun, LabDisk, LabNetwork, LAB_GATEWAY, READY_MARKER,
+};
+
+const PAGE: &str = "BULKHEAD-EXPORT-PAGE";
 
 const SCRIPT: &str = r#"
+fetch() { if timeout 20 wget -q -O /tmp/page http://192.0.2.1:8080/; then echo "$1 $(cat /tmp/page)"; else echo "$1 FAILED"; fi; }
+fetch NET-BEFORE
 T=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
 printf 'DISK-%s\n' "$T" | dd of=/dev/vda bs=512 conv=sync,notrunc 2>/dev/null
 sync
@@ -19,6 +27,7 @@ read -r line < /dev/hvc0
 n=$((n+1))
 echo "COUNT $n $T"
 echo 3 > /proc/sys/vm/drop_caches
+fetch NET-AFTER
 echo "AFTER[$line] $T $(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1) AFTER-END"
 poweroff -f
 "#;
@@ -56,6 +65,10 @@ fn a_running_partition_saved_and_carried_through_a_bundle_continues_with_its_tok
             .map(String::from)
             .to_vec(),
         ),
+        network: Some(LabNetwork {
+            allow: vec![format!("tcp:{LAB_GATEWAY}:8080")],
+            http: vec![(8080, PAGE.into())],
+        }),
         timeout_s: 400,
         ..GuestRun::default()
     };
@@ -97,4 +110,8 @@ fn a_running_partition_saved_and_carried_through_a_bundle_continues_with_its_tok
         "{serial}"
     );
     assert_eq!(serial.matches(READY_MARKER).count(), 1, "{serial}");
+    // The network before the save, and after it in the continued guest: its own passt
+    // and relay (the old ones serve the saved partition), the same address from its lease.
+    assert!(first.contains(&format!("NET-BEFORE {PAGE}")), "{first}");
+    assert!(serial.contains(&format!("NET-AFTER {PAGE}")), "{serial}");
 }

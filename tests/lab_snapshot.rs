@@ -84,7 +84,8 @@ fn a_linux_guest_snapshotted_at_a_marker_continues_in_two_restores_with_differen
         ("corrupted", "fails its checksum"),
     ] {
         assert!(
-            out.vmm_stderr.contains(&format!("damaged {kind}: state of ")),
+            out.vmm_stderr
+                .contains(&format!("damaged {kind}: state of ")),
             "the damaged {kind} copy was not made\n{}",
             out.diagnostics()
         );
@@ -101,6 +102,9 @@ fn a_linux_guest_snapshotted_at_a_marker_continues_in_two_restores_with_differen
             .unwrap_or_else(|| panic!("no {says:?} refusal\n{}", out.vmm_stderr));
         eprintln!("{kind}: {refusal}");
         let log = out.file_text(&format!("damaged-{kind}.log"));
-        assert!(!log.contains("COUNT"), "the {kind} snapshot's guest ran: {log}");
+        assert!(
+            !log.contains("COUNT"),
+            "the {kind} snapshot's guest ran: {log}"
+        );
     }
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use age::secrecy::SecretString;
-use bulkhead::app::backend::PartitionBackend;
 use bulkhead::bundle::{import, ExportPlan, ExportRequest, ImportRequest, StateSaver};
 use bulkhead_supervisor::launch::{launch_spec, Engine};
 use bulkhead_supervisor::saved_state::resume_dir;

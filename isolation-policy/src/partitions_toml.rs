@@ -572,17 +572,6 @@ impl Reader<'_> {
             // Kept usable: the floor cannot be above the memory.
             p.memory_min_written = Some(p.memory_mib);
         }
-        if p.restart_from == RestartFrom::Snapshot && p.network.mode != NetworkMode::Offline {
-            let (line, column) = p.position_of("restart_from");
-            self.diags.push(Diagnostic::error(
-                Location::new(self.file, line, column),
-                format!(
-                    "`partition.{name}.restart_from = \"snapshot\"` needs an offline partition: a network cannot be snapshotted yet"
-                ),
-                "set network.mode = \"offline\", or restart_from = \"boot\"",
-            ));
-            p.restart_from = RestartFrom::Boot;
-        }
         if p.template.is_some() && p.kind == Kind::Template {
             let (line, column) = p.position_of("template");
             self.diags.push(Diagnostic::error(
@@ -1052,21 +1041,18 @@ mod tests {
     }
 
     #[test]
-    fn restart_from_a_snapshot_is_read_for_an_offline_partition_and_refused_with_a_network() {
+    fn restart_from_is_read_and_a_wrong_value_is_located() {
         let text = "[partition.kiosk]\nlabel = \"blue\"\nrestart = \"on-crash\"\nrestart_from = \"snapshot\"\n\n\
                     [partition.web]\nlabel = \"red\"\nrestart_from = \"snapshot\"\n\n\
                     [partition.web.network]\nmode = \"nat\"\n";
         let (ps, diags) = parse(text);
+        assert!(diags.is_empty(), "{diags:?}");
         assert_eq!(ps[0].restart_from, RestartFrom::Snapshot);
         assert_eq!(
             ps[1].restart_from,
-            RestartFrom::Boot,
-            "kept usable: a cold boot"
+            RestartFrom::Snapshot,
+            "a network is snapshotted too"
         );
-        assert_eq!(diags.len(), 1, "{diags:?}");
-        let d = &diags[0];
-        assert_eq!((d.location.line, d.location.column), (8, 16), "{d:?}");
-        assert!(d.message.contains("needs an offline partition"), "{d:?}");
         let (ps, diags) = parse("[partition.a]\nlabel = \"red\"\nrestart_from = \"later\"\n");
         assert_eq!(ps[0].restart_from, RestartFrom::Boot);
         assert!(diags[0].message.contains("restart_from"), "{diags:?}");

@@ -12,15 +12,15 @@
 //! each clone gets its own disk copy and its own name, and right after a restore the
 //! supervisor sends the guest agent fresh host entropy (`Restored`), which its root
 //! helper credits to the kernel and reseeds the CRNG with (without an agent, the kernel
-//! takes fresh virtio-rng bytes when it next reseeds on its own). Not yet: a disposable
-//! has no network (virtio-net refuses snapshots: a clone's passt connection and DHCP
-//! lease would be stale), so a template with one runs offline as a disposable.
+//! takes fresh virtio-rng bytes when it next reseeds on its own). A disposable has its
+//! template's network and rules through its own passt and relay (the snapshot keeps no
+//! frame in flight; passt hands every guest the same address, so the lease holds).
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
-use vmm_core::launch::{BootConfig, NetworkConfig};
+use vmm_core::launch::BootConfig;
 
 use crate::launch::{BootFiles, DiskFile, LaunchSpec, SnapshotPlan};
 use crate::{AutoRestart, Supervisor, SupervisorError};
@@ -64,8 +64,6 @@ pub struct Disposable {
     pub restored: bool,
     /// The template's snapshot directory in the cache.
     pub snapshot_dir: PathBuf,
-    /// The template has a network the disposable runs without.
-    pub offline: bool,
 }
 
 /// `$XDG_CACHE_HOME/bulkhead/disposables`.
@@ -105,16 +103,12 @@ impl Supervisor {
         let name = next_name(&self.names());
         let key = cache_key(template, marker)?;
         let dir = cache.join(&key);
-        let offline = template.network.is_some();
         let complete = dir.join(vmm_core::snapshot::STATE_FILE).is_file();
         let spec = if complete {
             restore_spec(template, &name, &dir)
         } else {
             cold_spec(template, &name, marker, &dir, cache)?
         };
-        if offline {
-            tracing::warn!(template = %template.name(), "disposables run offline: a network cannot be snapshotted yet");
-        }
         self.add(spec)?;
         if let Err(e) = self.start(&name) {
             let _ = self.remove(&name, std::time::Duration::ZERO);
@@ -125,7 +119,6 @@ impl Supervisor {
             name,
             restored: complete,
             snapshot_dir: dir,
-            offline,
         })
     }
 
@@ -197,13 +190,11 @@ impl Supervisor {
     }
 }
 
-/// The template's launch, renamed, offline, never restarted (a disposable that crashed
-/// is gone, not brought back with its state).
+/// The template's launch (its network and firewall rules too), renamed, never restarted
+/// (a disposable that crashed is gone, not brought back with its state).
 fn base(template: &LaunchSpec, name: &str) -> LaunchSpec {
     let mut spec = template.clone();
     spec.launch.name = name.to_string();
-    spec.launch.network = NetworkConfig::None;
-    spec.network = None;
     spec.restart = AutoRestart::Never;
     spec.snapshot = None;
     spec.launch.snapshot_on = None;
@@ -401,7 +392,7 @@ mod tests {
                 id: "private".into(),
                 read_only: false,
             }],
-            network: NetworkConfig::None,
+            network: vmm_core::launch::NetworkConfig::None,
             agent: AgentChannel::VirtioConsole,
             snapshot_on: None,
             snapshot_on_request: false,

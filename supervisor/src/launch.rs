@@ -540,9 +540,9 @@ pub fn launch_spec(spec: &PartitionSpec, engine: Engine) -> LaunchSpec {
             Some(_) => NetworkConfig::Stream,
             None => NetworkConfig::None,
         },
-        // Export and failover snapshot a running partition; a network cannot be
-        // snapshotted yet.
-        snapshot_on_request: network.is_none(),
+        // Export and failover snapshot a running partition (a restored one gets a new
+        // passt and relay; its lease stays good, passt hands out the host's address).
+        snapshot_on_request: true,
         ..launch
     };
     let restart = match spec.restart {

@@ -46,8 +46,7 @@ pub fn resume_dir(name: &str) -> PathBuf {
 }
 
 /// Why a partition cannot be saved while it runs, for a person.
-pub const NOT_ON_REQUEST: &str =
-    "it was launched without snapshots on request (a partition with a network cannot be snapshotted yet)";
+pub const NOT_ON_REQUEST: &str = "it was launched without snapshots on request";
 
 /// What [`Supervisor::save_running`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -261,9 +261,12 @@ pub fn build_with_network(
 /// irqchip, each vCPU, each device, the framebuffer. `config` must be the snapshot's
 /// ([`crate::snapshot::Snapshot::config`]) with the caller's serial sink and reopened
 /// disks; its boot source is [`BootSource::Snapshot`]. The result starts like a built one.
+/// A snapshot taken with a network interface restores only with one (`network`, a new
+/// backend: a record without its device, or a device without its record, is refused).
 pub fn restore(
     kvm: &Kvm,
     config: VmConfig,
+    network: Option<NetConfig>,
     snapshot: &mut crate::snapshot::Snapshot,
 ) -> Result<Partition, BuildError> {
     use crate::snapshot::SnapshotError;
@@ -281,7 +284,7 @@ pub fn restore(
         ))
         .into());
     }
-    assemble(kvm, config, None, Some(snapshot))
+    assemble(kvm, config, network, Some(snapshot))
 }
 
 fn assemble(

@@ -243,8 +243,6 @@ pub enum LaunchError {
     UnexpectedFile { expected: FileRole, got: FileRole },
     #[error("expected {expected} handed-over files, got {got}")]
     FileCount { expected: usize, got: usize },
-    #[error("a partition with a network cannot be snapshotted or restored yet (its passt connection and DHCP lease would be stale in a clone); launch it offline")]
-    SnapshotWithNetwork,
     #[error("snapshot marker of {0} bytes: it must be 1..={MAX_MARKER} bytes")]
     Marker(usize),
 }
@@ -279,12 +277,6 @@ impl LaunchConfig {
                 return Err(LaunchError::TestCardWithoutDisplay)
             }
             _ => {}
-        }
-        let snapshots = matches!(self.boot, BootConfig::Snapshot { .. })
-            || self.snapshot_on.is_some()
-            || self.snapshot_on_request;
-        if snapshots && self.network != NetworkConfig::None {
-            return Err(LaunchError::SnapshotWithNetwork);
         }
         if let Some(marker) = &self.snapshot_on {
             if marker.is_empty() || marker.len() > MAX_MARKER {

@@ -116,13 +116,12 @@ fn restore(dir: &Path, verify: bool) -> Result<(RunningPartition, Captured), Sna
     let kvm = kvm();
     let mut snap = Snapshot::open(dir, &kvm, verify)?;
     let out = Captured::default();
-    let p =
-        builder::restore(&kvm, config(BootSource::Snapshot, &out), &mut snap).map_err(
-            |e| match e {
-                builder::BuildError::Snapshot(s) => s,
-                other => panic!("restore failed outside the snapshot: {other}"),
-            },
-        )?;
+    let p = builder::restore(&kvm, config(BootSource::Snapshot, &out), None, &mut snap).map_err(
+        |e| match e {
+            builder::BuildError::Snapshot(s) => s,
+            other => panic!("restore failed outside the snapshot: {other}"),
+        },
+    )?;
     Ok((p.start().unwrap(), out))
 }
 
@@ -269,7 +268,7 @@ fn a_snapshot_restored_with_another_memory_size_is_refused() {
     let out = Captured::default();
     let mut cfg = config(BootSource::Snapshot, &out);
     cfg.mem_mib = 32;
-    let err = builder::restore(&kvm, cfg, &mut snap).err().unwrap();
+    let err = builder::restore(&kvm, cfg, None, &mut snap).err().unwrap();
     assert!(err.to_string().contains("does not fit"), "{err}");
 }
 

@@ -54,12 +54,8 @@ pub fn run(args: DispvmArgs) -> ExitCode {
                     true => "restored from its template's snapshot",
                     false => "cold boot; snapshotted at its app-ready marker for the next ones",
                 };
-                let offline = match d.offline {
-                    true => " (offline: a network cannot be snapshotted yet)",
-                    false => "",
-                };
                 println!(
-                    "{}: {how}{offline}, started in {} ms",
+                    "{}: {how}, started in {} ms",
                     d.name,
                     started.elapsed().as_millis()
                 );

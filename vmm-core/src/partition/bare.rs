@@ -126,7 +126,7 @@ pub fn restore(
     config.serial = serial.0;
     let mem_bytes = config.mem_mib << 20;
     let disks = config.disks.len();
-    let built = builder::restore(kvm, config, snapshot)?;
+    let built = builder::restore(kvm, config, None, snapshot)?;
     drive(
         kvm,
         built,

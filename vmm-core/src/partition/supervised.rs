@@ -108,7 +108,7 @@ pub fn run(control_fd: RawFd) -> Result<i32, PartitionError> {
             let began = std::time::Instant::now();
             let mut snapshot = Snapshot::from_files(&p.state, p.memory, &kvm, *verify)
                 .map_err(super::ConfigError::from)?;
-            let restored = builder::restore(&kvm, config, &mut snapshot)?;
+            let restored = builder::restore(&kvm, config, network, &mut snapshot)?;
             eprintln!(
                 "bulkhead-vmm: restored from a snapshot in {:.1} ms (memory mapped copy-on-write)",
                 began.elapsed().as_secs_f64() * 1e3

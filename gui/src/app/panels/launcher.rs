@@ -113,16 +113,19 @@ fn export_button(
         PartitionState::Running | PartitionState::Paused | PartitionState::Starting { .. }
     );
     let (enabled, hover) = match (stopped, running, live) {
-        (true, _, _) => (true, "Write it to one encrypted file: config, rules, private disk"),
+        (true, _, _) => (
+            true,
+            "Write it to one encrypted file: config, rules, private disk".to_string(),
+        ),
         (_, true, Ok(())) => (
             true,
-            "Write it to one encrypted file with its running state: it pauses for the snapshot and disk copy, then runs on",
+            "Write it to one encrypted file with its running state: it pauses for the snapshot and disk copy, then runs on".to_string(),
         ),
-        (_, true, Err(_)) => (
+        (_, true, Err(why)) => (
             false,
-            "Stop it first: a partition with a network cannot carry its running state yet",
+            format!("Stop it first: its running state cannot be saved: {why}"),
         ),
-        _ => (false, "Wait until it has started or stopped"),
+        _ => (false, "Wait until it has started or stopped".to_string()),
     };
     let button = ui.add_enabled(enabled, egui::Button::new("Export…").small());
     let button = match enabled {
