@@ -515,3 +515,37 @@ fn a_worker_under_its_seccomp_filter_still_moves_frames_both_ways_and_ends() {
     h.join().unwrap();
     assert!(!d.dev.lock().unwrap().device().is_connected());
 }
+
+#[test]
+fn a_saved_interface_restores_under_another_mac_without_the_frames_in_flight() {
+    let (ours, _peer) = UnixStream::pair().unwrap();
+    let (mut dev, _worker) = VirtioNet::new(NetConfig {
+        backend: ours.into(),
+        mac: MAC,
+    })
+    .unwrap();
+    // Half a frame the old peer never took, and a frame the guest never received.
+    dev.tx_pending = vec![0; 100];
+    dev.rx_backlog.push_back(frame(64, 1));
+    dev.rx_backlog_bytes = 64;
+    let state = dev.save_state().unwrap();
+
+    let (theirs, _peer2) = UnixStream::pair().unwrap();
+    let other = [0x02, 0, 0, 0, 0, 0x99];
+    let (mut restored, _w) = VirtioNet::new(NetConfig {
+        backend: theirs.into(),
+        mac: other,
+    })
+    .unwrap();
+    restored.tx_pending = vec![1; 10];
+    restored.restore_state(&state).unwrap();
+    assert!(
+        restored.tx_pending.is_empty(),
+        "no half frame on a new stream"
+    );
+    assert!(restored.rx_backlog.is_empty() && restored.rx_backlog_bytes == 0);
+    let mut config = [0u8; 6];
+    restored.read_config(0, &mut config);
+    assert_eq!(config, other, "config space shows the clone's own address");
+    assert!(restored.restore_state(b"not a state").is_err());
+}
