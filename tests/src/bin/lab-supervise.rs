@@ -228,8 +228,8 @@ fn parse_vmm_flags(args: &[String]) -> Result<PartitionFlags, String> {
     if network.is_some() {
         launch.network = NetworkConfig::Stream;
     }
-    // As the app launches an offline partition: savable while it runs.
-    launch.snapshot_on_request = network.is_none();
+    // As the app launches every partition: savable while it runs.
+    launch.snapshot_on_request = true;
     launch.validate().map_err(|e| e.to_string())?;
     Ok((
         launch,
