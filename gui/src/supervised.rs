@@ -48,6 +48,8 @@ pub struct SupervisedPartition {
     /// Why the last template build failed, shown until the next start.
     build_failure: Option<String>,
     waker: Option<egui::Context>,
+    /// A disposable: removed from the supervisor when the app drops its slot.
+    disposable: bool,
 }
 
 /// Watches the serial stream for the guest session's ready line. The guest could lie;
@@ -100,7 +102,14 @@ impl SupervisedPartition {
             build: None,
             build_failure: None,
             waker: None,
+            disposable: false,
         })
+    }
+
+    /// Marks it a disposable (see [`PartitionBackend::is_disposable`]).
+    pub fn disposable(mut self) -> Self {
+        self.disposable = true;
+        self
     }
 
     /// Builds `template` before the first start if it is missing.
@@ -275,6 +284,20 @@ impl PartitionBackend for SupervisedPartition {
                 name: self.info.name.clone(),
                 message: e.to_string(),
             })
+    }
+
+    fn is_disposable(&self) -> bool {
+        self.disposable
+    }
+
+    fn offers_disposable(&self) -> bool {
+        !self.disposable
+    }
+
+    fn discard(&mut self) {
+        if let Err(e) = self.supervisor.remove(self.name(), Duration::ZERO) {
+            tracing::warn!("removing disposable {}: {e}", self.name());
+        }
     }
 
     fn can_save_state(&self) -> Result<(), String> {
@@ -462,25 +485,75 @@ pub fn run_desktop() -> ExitCode {
     crate::app::run::run_desktop_with(
         move || {
             let backends = supervised_backends(&dir, engine);
-            (backends.list, backends.new_partitions)
+            (backends.list, backends.source)
         },
         notice,
     )
 }
 
-/// The app's partitions, and how to make the ones an import adds later.
+/// The app's partitions, and how to make the ones an import or a disposable adds later.
 pub struct SupervisedBackends {
     pub list: Vec<Box<dyn PartitionBackend>>,
-    pub new_partitions: Option<crate::app::NewPartitions>,
+    pub source: Option<Box<dyn crate::app::PartitionSource>>,
+}
+
+/// The app's [`crate::app::PartitionSource`]: its supervisor and the policy it reads
+/// (resolved again each time: an import into a first-time user's policy creates the
+/// user's directory, which then takes precedence over the installed defaults).
+pub struct SupervisorSource {
+    pub supervisor: Arc<Supervisor>,
+    pub engine: Engine,
+    /// `None`: `isolation_policy::default_policy_dir()` at each call.
+    pub policy_dir: Option<std::path::PathBuf>,
+}
+
+impl SupervisorSource {
+    fn dir(&self) -> std::path::PathBuf {
+        self.policy_dir
+            .clone()
+            .unwrap_or_else(isolation_policy::default_policy_dir)
+    }
+}
+
+impl crate::app::PartitionSource for SupervisorSource {
+    fn added(&mut self) -> Vec<Result<Box<dyn PartitionBackend>, String>> {
+        partitions_added(&self.dir(), self.engine, &self.supervisor)
+    }
+
+    fn disposable(&mut self, of: &str) -> Result<Box<dyn PartitionBackend>, String> {
+        let dir = self.dir();
+        let (policy, _) = isolation_policy::Policy::load(&dir)
+            .map_err(|e| format!("policy {}: {e}", dir.display()))?;
+        let spec = policy
+            .spec(of)
+            .ok_or_else(|| format!("no partition `{of}` in {}", dir.display()))?;
+        let d = self
+            .supervisor
+            .start_dispvm_target(&policy, &format!("@dispvm:{of}"), self.engine)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("`{of}` cannot have disposables"))?;
+        let mut info = crate::app::run::info_from_spec(&spec);
+        info.name = d.name.clone();
+        info.kind = format!("disposable of {of}");
+        let backend =
+            SupervisedPartition::new(info, self.supervisor.clone()).map_err(|e| e.to_string())?;
+        // A restored one's app is on screen already: its ready line was before the
+        // snapshot. A cold one (the first) waits for it like its template partition.
+        let app =
+            (!d.restored && self.engine == Engine::Linux && spec.template.is_some()).then(|| {
+                spec.app
+                    .clone()
+                    .unwrap_or_else(|| bulkhead_supervisor::launch::DEFAULT_APP.into())
+            });
+        tracing::info!(name = %d.name, of, restored = d.restored, "disposable started");
+        Ok(Box::new(backend.with_app(app).disposable()))
+    }
 }
 
 /// One [`SupervisedPartition`] per configured partition. Where the policy cannot be
 /// loaded, the software sources stand in (labelled as such) so the app still opens.
 pub fn supervised_backends(dir: &std::path::Path, engine: Engine) -> SupervisedBackends {
-    let software = |list| SupervisedBackends {
-        list,
-        new_partitions: None,
-    };
+    let software = |list| SupervisedBackends { list, source: None };
     let specs = match isolation_policy::Policy::load(dir) {
         Ok((policy, _)) => policy.specs(),
         Err(e) => {
@@ -532,14 +605,13 @@ pub fn supervised_backends(dir: &std::path::Path, engine: Engine) -> SupervisedB
             Err(e) => tracing::error!("{e}"),
         }
     }
-    // Resolved again each time: an import into a first-time user's policy creates the
-    // user's directory, which then takes precedence over the installed defaults.
-    let new_partitions: crate::app::NewPartitions = Box::new(move || {
-        partitions_added(&isolation_policy::default_policy_dir(), engine, &supervisor)
-    });
     SupervisedBackends {
         list,
-        new_partitions: Some(new_partitions),
+        source: Some(Box::new(SupervisorSource {
+            supervisor,
+            engine,
+            policy_dir: None,
+        })),
     }
 }
 

@@ -159,15 +159,6 @@ pub fn dispvm_template(
         })
 }
 
-/// The marker a disposable of this engine is snapshotted at: the template session's
-/// app-ready line, or the test card's first line.
-pub fn ready_marker(engine: crate::launch::Engine) -> &'static str {
-    match engine {
-        crate::launch::Engine::Linux => APP_READY_MARKER,
-        crate::launch::Engine::TestCard => TEST_CARD_MARKER,
-    }
-}
-
 /// What the test card prints once its bands are painted.
 pub const TEST_CARD_MARKER: &str = "TEST-CARD-READY";
 
@@ -185,7 +176,7 @@ impl Supervisor {
             return Ok(None);
         };
         let template = crate::launch::launch_spec(&spec, engine);
-        self.start_disposable(&template, ready_marker(engine))
+        self.start_disposable(&template, crate::launch::up_marker(&spec, engine))
             .map(Some)
     }
 }

@@ -561,7 +561,7 @@ pub fn launch_spec(spec: &PartitionSpec, engine: Engine) -> LaunchSpec {
             && launch.snapshot_on_request)
             .then(|| Failover {
                 dir: crate::saved_state::failover_dir(&spec.name),
-                marker: failover_marker(spec, engine).to_string(),
+                marker: up_marker(spec, engine).to_string(),
             }),
         ..LaunchSpec::partition(launch, boot_files, restart)
     }
@@ -569,7 +569,7 @@ pub fn launch_spec(spec: &PartitionSpec, engine: Engine) -> LaunchSpec {
 
 /// Where a partition is up enough to be worth continuing from: its app's window (a
 /// template partition), the initramfs shell, or the test card's bands.
-fn failover_marker(spec: &PartitionSpec, engine: Engine) -> &'static str {
+pub fn up_marker(spec: &PartitionSpec, engine: Engine) -> &'static str {
     match (engine, &spec.template) {
         (Engine::TestCard, _) => crate::disposable::TEST_CARD_MARKER,
         (Engine::Linux, Some(_)) => crate::disposable::APP_READY_MARKER,

@@ -91,6 +91,19 @@ pub trait PartitionBackend {
         })
     }
     /// Answers of the agent since the last call.
+    /// A disposable: its slot goes when its process ends ([`PartitionBackend::discard`]).
+    fn is_disposable(&self) -> bool {
+        false
+    }
+
+    /// Whether a disposable can be made of this partition (launcher's button).
+    fn offers_disposable(&self) -> bool {
+        false
+    }
+
+    /// The disposable ended and its slot goes: forget it wherever it is kept.
+    fn discard(&mut self) {}
+
     /// Whether [`PartitionBackend::state_saver`] would give a saver, without making one.
     fn can_save_state(&self) -> Result<(), String> {
         self.state_saver().map(|_| ())

@@ -183,6 +183,11 @@ impl SecureClipboard {
     }
 
     /// The status lines since the last call, oldest first, each for its partition.
+    /// No agent answer is awaited (no request names a slot by index).
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty()
+    }
+
     pub fn take_events(&mut self) -> Vec<ClipboardStatus> {
         std::mem::take(&mut self.events)
     }

@@ -71,12 +71,20 @@ pub enum Action {
     Export(usize),
     /// Open the Import… form.
     OpenImport,
+    /// Start a disposable of this partition (its template, app and settings): restored
+    /// from a snapshot, gone when it stops.
+    StartDisposable(usize),
 }
 
 /// One partition (or software source) and what the app keeps about it.
-/// Makes backends for the partitions in the policy that have none yet (an import added
-/// one): the app's supervisor adds them to its list, stopped.
-pub type NewPartitions = Box<dyn FnMut() -> Vec<Result<Box<dyn PartitionBackend>, String>>>;
+/// Where the app gets partitions it did not start with (its supervisor, in the real app).
+pub trait PartitionSource {
+    /// Backends for the partitions in the policy that have none yet (an import added
+    /// one), each added to the supervisor's list, stopped.
+    fn added(&mut self) -> Vec<Result<Box<dyn PartitionBackend>, String>>;
+    /// Starts a disposable of partition `of` (`@dispvm:of`) and returns its backend.
+    fn disposable(&mut self, of: &str) -> Result<Box<dyn PartitionBackend>, String>;
+}
 
 pub struct PartitionSlot {
     pub backend: Box<dyn PartitionBackend>,
@@ -155,8 +163,8 @@ pub struct BulkheadApp {
     /// The policy editor's save count last applied to the partitions.
     applied_saves: u64,
     first_frame_marker: Option<std::path::PathBuf>,
-    /// Backends for partitions added to the policy while the app runs (an import).
-    pub new_partitions: Option<NewPartitions>,
+    /// Partitions added while the app runs: imports and disposables.
+    pub source: Option<Box<dyn PartitionSource>>,
 }
 
 const PREFS_KEY: &str = "bulkhead-ui-prefs";
@@ -179,21 +187,69 @@ impl BulkheadApp {
             frames: 0,
             applied_saves: 0,
             first_frame_marker: None,
-            new_partitions: None,
+            source: None,
+        }
+    }
+
+    /// Starts a disposable of slot `i`'s partition and shows it, focused.
+    fn start_disposable(&mut self, i: usize) -> Result<(), BackendError> {
+        let Some(of) = self.slots.get(i).map(|s| s.backend.info().name.clone()) else {
+            return Ok(());
+        };
+        let Some(source) = &mut self.source else {
+            return Err(BackendError::Process {
+                name: of,
+                message: "disposables need real partitions (this is a software source)".into(),
+            });
+        };
+        let backend = source
+            .disposable(&of)
+            .map_err(|message| BackendError::Process {
+                name: of.clone(),
+                message,
+            })?;
+        self.slots.push(PartitionSlot::new(backend));
+        let new = self.slots.len() - 1;
+        self.focus(new);
+        Ok(())
+    }
+
+    /// A disposable whose process ended is gone: its slot goes and the supervisor forgets
+    /// it. Waits while a clipboard request or a question could still name slots by index.
+    fn drop_ended_disposables(&mut self) {
+        if !self.clipboard.is_idle() || !self.asks.is_empty() || self.host_dialog_open() {
+            return;
+        }
+        while let Some(i) = self.slots.iter().position(|s| {
+            s.backend.is_disposable()
+                && matches!(
+                    s.backend.state(),
+                    PartitionState::Stopped | PartitionState::Crashed { .. }
+                )
+        }) {
+            let mut slot = self.slots.remove(i);
+            tracing::info!(name = %slot.backend.info().name, "disposable ended");
+            slot.backend.discard();
+            self.router.removed(i);
+            for tab in [&mut self.selected_tab, &mut self.serial_tab] {
+                if *tab > i || *tab >= self.slots.len() {
+                    *tab = tab.saturating_sub(1);
+                }
+            }
         }
     }
 
     /// After an import: the partitions the policy gained get a slot (stopped), without a
     /// restart of the app; says so in the import's outcome line.
     fn add_imported_partitions(&mut self) {
-        let Some(make) = &mut self.new_partitions else {
+        let Some(source) = &mut self.source else {
             self.bundle
                 .add_to_outcome(" — restart Bulkhead to see it in the launcher");
             return;
         };
         // The policy panel shows the new partition too (unless a form is being edited).
         self.policy.reopen(&isolation_policy::default_policy_dir());
-        let made = make();
+        let made = source.added();
         for made in made {
             match made {
                 Ok(backend) => {
@@ -307,6 +363,7 @@ impl BulkheadApp {
                 }
                 Ok(())
             }
+            Action::StartDisposable(i) => self.start_disposable(i),
             Action::OpenImport => {
                 self.bundle.open_import();
                 self.release_for_host_dialog();
@@ -423,6 +480,7 @@ impl BulkheadApp {
         if let Some(job) = bundle_dialog::show(ui, &mut self.bundle) {
             self.start_bundle_job(job, &ctx);
         }
+        self.drop_ended_disposables();
         if self.bundle.take_imported() {
             self.add_imported_partitions();
         }
@@ -755,7 +813,8 @@ fn action_index(action: Action) -> Option<usize> {
         | Action::PopOut(i)
         | Action::PopIn(i)
         | Action::ShowTab(i)
-        | Action::Export(i) => Some(i),
+        | Action::Export(i)
+        | Action::StartDisposable(i) => Some(i),
         Action::ReleaseKeyboard | Action::OpenImport => None,
     }
 }

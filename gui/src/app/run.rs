@@ -114,7 +114,10 @@ pub fn software_backends(configured: Vec<PartitionInfo>) -> Vec<Box<dyn Partitio
 /// `host_notice` is what this host cannot do (no hardware virtualization, no access to
 /// /dev/kvm), shown in the window, not only in the log.
 pub fn run_desktop_with(
-    backends: impl FnOnce() -> (Vec<Box<dyn PartitionBackend>>, Option<super::NewPartitions>),
+    backends: impl FnOnce() -> (
+        Vec<Box<dyn PartitionBackend>>,
+        Option<Box<dyn super::PartitionSource>>,
+    ),
     host_notice: Option<String>,
 ) -> ExitCode {
     let (renderer, why) = choose_renderer();
@@ -137,12 +140,12 @@ pub fn run_desktop_with(
         "bulkhead",
         options,
         Box::new(move |cc| {
-            let (backends, new_partitions) = backends();
+            let (backends, source) = backends();
             let mut app = BulkheadApp::new(backends)
                 .with_creation_context(cc)
                 .with_first_frame_marker(marker);
             // Read from wherever the policy is; saved only into the user's directory.
-            app.new_partitions = new_partitions;
+            app.source = source;
             app.policy = super::policy_editor::PolicyEditor::open_saving_to(
                 &isolation_policy::default_policy_dir(),
                 isolation_policy::policy_save_dir(),

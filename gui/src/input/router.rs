@@ -125,6 +125,14 @@ impl InputRouter {
         }
     }
 
+    /// Slot `index` was removed: forgotten if focused, later indices move down by one.
+    pub fn removed(&mut self, index: usize) {
+        self.forget(index);
+        if let Some(f) = self.state.focused.filter(|f| *f > index) {
+            self.state.focused = Some(f - 1);
+        }
+    }
+
     fn release_held(&mut self) -> Routed {
         let events = std::mem::take(&mut self.held)
             .into_iter()

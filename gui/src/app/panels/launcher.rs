@@ -58,6 +58,16 @@ fn row(ui: &mut Ui, i: usize, slot: &PartitionSlot, focused: bool, actions: &mut
                     ui.label(state_text(&state));
                     let live_export = slot.backend.can_save_state();
                     export_button(ui, i, &state, live_export, actions);
+                    if slot.backend.offers_disposable()
+                        && ui
+                            .small_button("Disposable")
+                            .on_hover_text(
+                                "Start a disposable copy: restored from a snapshot of this partition's template and app, gone when it stops",
+                            )
+                            .clicked()
+                    {
+                        actions.push(Action::StartDisposable(i));
+                    }
                 });
             });
             if let Some(disclaimer) = info.source.disclaimer() {
