@@ -114,4 +114,9 @@ fn a_running_partition_saved_and_carried_through_a_bundle_continues_with_its_tok
     // and relay (the old ones serve the saved partition), the same address from its lease.
     assert!(first.contains(&format!("NET-BEFORE {PAGE}")), "{first}");
     assert!(serial.contains(&format!("NET-AFTER {PAGE}")), "{serial}");
+    // Not its snapshot's network identity: its agent gave eth0 a fresh MAC address.
+    assert!(
+        serial.contains("bulkhead-agent: eth0 has a fresh address "),
+        "{serial}"
+    );
 }

@@ -9,6 +9,12 @@
 //! entropy from a pipe, add it, reseed. It exits when the pipe closes (the agent ended).
 //! Without the helper (the agent was not started as root) the bytes are written to
 //! `/dev/urandom`, which mixes them in without a reseed.
+//!
+//! A clone's network identity is not its snapshot's either: after the reseed the helper
+//! gives `eth0` (when there is one) a fresh random, locally administered MAC address,
+//! drawn from the reseeded generator (never from the host's bytes, which stay secret).
+//! virtio-net changes it live; the restored partition's new passt learns it from the
+//! next frame, and the lease stays good (passt hands every guest the same address).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -79,9 +85,72 @@ fn serve(mut pipe: File) -> ! {
         if let Ok(random) = &random {
             add_and_reseed(random, &buf[..n]);
         }
+        if std::path::Path::new("/sys/class/net/eth0").exists() {
+            fresh_mac("eth0");
+        }
     }
     // SAFETY: _exit ends the forked child without running the parent's atexit handlers.
     unsafe { libc::_exit(0) }
+}
+
+/// Gives `interface` a fresh random unicast, locally administered MAC (`SIOCSIFHWADDR`).
+fn fresh_mac(interface: &str) {
+    let mut mac = [0u8; 6];
+    if getrandom(&mut mac).is_err() {
+        eprintln!("bulkhead-agent: no random bytes for a fresh MAC address");
+        return;
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    match set_mac(interface, mac) {
+        Ok(()) => eprintln!(
+            "bulkhead-agent: {interface} has a fresh address {}",
+            mac.map(|b| format!("{b:02x}")).join(":")
+        ),
+        Err(e) => eprintln!("bulkhead-agent: a fresh MAC address for {interface}: {e}"),
+    }
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, which we own.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    match usize::try_from(n) {
+        Ok(n) if n == buf.len() => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+fn set_mac(interface: &str, mac: [u8; 6]) -> std::io::Result<()> {
+    let name = interface.as_bytes();
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::other("interface name too long"));
+    }
+    // SAFETY: an all-zero ifreq is a valid value of this plain C struct.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: an all-zero sockaddr is a valid value of this plain C struct.
+    let mut hwaddr: libc::sockaddr = unsafe { std::mem::zeroed() };
+    hwaddr.sa_family = libc::ARPHRD_ETHER;
+    for (dst, src) in hwaddr.sa_data.iter_mut().zip(mac) {
+        *dst = src as libc::c_char;
+    }
+    // Writing a whole union field is safe; the kernel reads it as the hardware address.
+    req.ifr_ifru.ifru_hwaddr = hwaddr;
+    // SAFETY: socket() takes integers only.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: socket() returned a new descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `req` is a valid, NUL-terminated ifreq alive for the call; SIOCSIFHWADDR
+    // only reads it.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFHWADDR, &req) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }` with the
