@@ -76,7 +76,10 @@ pub fn check_passphrase(first: &str, again: Option<&str>) -> Result<SecretString
 /// Saves the running partition's state into a directory that must not exist yet (the
 /// app's supervisor: [`bulkhead_supervisor::Supervisor::save_running`]).
 #[derive(Clone)]
-pub struct StateSaver(pub Arc<dyn Fn(&Path) -> Result<SavedState, String> + Send + Sync>);
+pub struct StateSaver(pub Arc<SaveFn>);
+
+/// Saves into a directory; see [`StateSaver`].
+pub type SaveFn = dyn Fn(&Path) -> Result<SavedState, String> + Send + Sync;
 
 impl std::fmt::Debug for StateSaver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
