@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bulkhead_tests::lab::{run_guest, DiskSource, GuestRun, LabDisk};
+use bulkhead_tests::lab::{run_guest, run_supervised, DiskSource, GuestRun, LabDisk};
 
 #[test]
 fn the_agent_comes_up_in_the_default_initramfs_and_answers_on_its_own_console() {
@@ -37,11 +37,7 @@ fn the_agent_comes_up_in_the_default_initramfs_and_answers_on_its_own_console() 
         timeout_s: 240,
         ..GuestRun::default()
     };
-    let out = run_guest(&run);
-    eprintln!("{}", out.summary());
-    let events = out.file_text("events.log");
-    eprintln!("--- supervisor events ---\n{events}");
-    out.save_artifacts("agent-initramfs");
+    let (out, events) = run_supervised(&run, "agent-initramfs");
     assert!(
         out.serial.contains("CONSOLES[2]"),
         "the guest does not see two consoles\n{}",

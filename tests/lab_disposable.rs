@@ -8,7 +8,7 @@
 //! seconds later: in a guest snapshotted seconds after boot, a few seconds; later, up to
 //! a minute.) Runs directly on /dev/kvm with VT-x/AMD-V, otherwise in the lab.
 
-use bulkhead_tests::lab::{run_guest, GuestRun};
+use bulkhead_tests::lab::{run_supervised, GuestRun};
 
 /// Snapshotted at DISP-READY; each clone then waits for the host's go on hvc0 (sent once
 /// its agent is connected, so a restored one has been reseeded) and prints 16 bytes of
@@ -46,11 +46,7 @@ fn restored_clones_reconnect_their_agent_and_draw_different_kernel_random_bytes(
         timeout_s: 400,
         ..GuestRun::default()
     };
-    let out = run_guest(&run);
-    eprintln!("{}", out.summary());
-    let events = out.file_text("events.log");
-    eprintln!("--- supervisor events ---\n{events}");
-    out.save_artifacts("disposables");
+    let (out, events) = run_supervised(&run, "disposables");
     assert_eq!(
         out.exit_code,
         0,

@@ -9,7 +9,7 @@
 //! Runs in the lab (a network always does).
 
 use bulkhead_tests::lab::{
-    run_guest, DiskSource, GuestRun, LabDisk, LabNetwork, LAB_GATEWAY, READY_MARKER,
+    run_supervised, DiskSource, GuestRun, LabDisk, LabNetwork, LAB_GATEWAY, READY_MARKER,
 };
 
 const PAGE: &str = "BULKHEAD-EXPORT-PAGE";
@@ -72,11 +72,7 @@ fn a_running_partition_saved_and_carried_through_a_bundle_continues_with_its_tok
         timeout_s: 400,
         ..GuestRun::default()
     };
-    let out = run_guest(&run);
-    eprintln!("{}", out.summary());
-    let events = out.file_text("events.log");
-    eprintln!("--- supervisor events ---\n{events}");
-    out.save_artifacts("export-running");
+    let (out, events) = run_supervised(&run, "export-running");
     assert_eq!(
         out.exit_code,
         0,

@@ -35,15 +35,9 @@ fn home() -> &'static Home {
     HOME.get_or_init(|| {
         // Under cargo's per-target scratch directory, emptied at each run (a static is
         // never dropped, so a TempDir would leak into /tmp).
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bundle_dialog-home");
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(&root).unwrap();
-        bundle_home::populate(&root);
-        std::env::set_var("HOME", &root);
-        std::env::set_var("XDG_CONFIG_HOME", root.join("config"));
-        std::env::set_var("XDG_DATA_HOME", root.join("data"));
-        std::env::remove_var("BULKHEAD_POLICY_DIR");
-        Home { root }
+        Home {
+            root: bundle_home::fresh("bundle_dialog"),
+        }
     })
 }
 

@@ -7,6 +7,8 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+// Shared with the app's bundle tests; this binary makes its own temporary home.
+#[allow(dead_code)]
 #[path = "support/bundle_home.rs"]
 mod bundle_home;
 

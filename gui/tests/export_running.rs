@@ -14,6 +14,7 @@ use age::secrecy::SecretString;
 use bulkhead::bundle::{import, ExportPlan, ExportRequest, ImportRequest, StateSaver};
 use bulkhead_supervisor::launch::{launch_spec, Engine};
 use bulkhead_supervisor::saved_state::resume_dir;
+use bulkhead_supervisor::testing::{wait_more_damage, wait_running};
 use bulkhead_supervisor::{ProcessState, Supervisor};
 use isolation_policy::PolicyDocument;
 use vmm_core::microguest::TEST_CARD_COLOURS;
@@ -26,15 +27,8 @@ mod bundle_home;
 const WAIT: Duration = Duration::from_secs(60);
 
 fn wait_painting(sup: &Supervisor, name: &str) {
-    let (status, ok) = sup
-        .wait_until(name, WAIT, |s| s.state == ProcessState::Running)
-        .unwrap();
-    assert!(ok, "{name} not running: {status:?}");
-    let before = status.damage_events;
-    let (status, ok) = sup
-        .wait_until(name, WAIT, |s| s.damage_events > before + 2)
-        .unwrap();
-    assert!(ok, "{name} paints nothing: {status:?}");
+    wait_running(sup, name);
+    wait_more_damage(sup, name, 3);
 }
 
 fn log_of(sup: &Supervisor, name: &str) -> String {
@@ -56,14 +50,7 @@ fn a_running_partition_exported_with_its_state_runs_on_and_its_import_continues_
         "{} missing: build bulkhead-vmm first",
         binary.display()
     );
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("export_running-home");
-    let _ = fs::remove_dir_all(&root);
-    fs::create_dir_all(&root).unwrap();
-    bundle_home::populate(&root);
-    std::env::set_var("HOME", &root);
-    std::env::set_var("XDG_CONFIG_HOME", root.join("config"));
-    std::env::set_var("XDG_DATA_HOME", root.join("data"));
-    std::env::remove_var("BULKHEAD_POLICY_DIR");
+    let root = bundle_home::fresh("export_running");
     let policy = bundle_home::policy(&root);
 
     let work = launch(&policy, "work");

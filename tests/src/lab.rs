@@ -591,6 +591,18 @@ struct VmmPaths<'a> {
     host_files_as_lab_drives: bool,
 }
 
+/// [`run_guest`] for a run through `lab-supervise`: prints the summary and the
+/// supervisor's `events.log`, keeps the artifacts under `artifacts`, and returns the
+/// output with that log.
+pub fn run_supervised(run: &GuestRun, artifacts: &str) -> (RunOutput, String) {
+    let out = run_guest(run);
+    eprintln!("{}", out.summary());
+    let events = out.file_text("events.log");
+    eprintln!("--- supervisor events ---\n{events}");
+    out.save_artifacts(artifacts);
+    (out, events)
+}
+
 pub fn run_guest(run: &GuestRun) -> RunOutput {
     // One guest at a time: the lab machine alone keeps both cores busy.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());

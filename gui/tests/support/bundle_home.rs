@@ -33,6 +33,21 @@ pub fn populate(root: &Path) {
     }
 }
 
+/// A fresh home under cargo's per-target scratch directory (emptied at each run: a
+/// static is never dropped, so a TempDir would leak into /tmp), populated, and made this
+/// process's HOME and XDG directories (the data directory comes from the environment).
+pub fn fresh(test: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{test}-home"));
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(&root).unwrap();
+    populate(&root);
+    std::env::set_var("HOME", &root);
+    std::env::set_var("XDG_CONFIG_HOME", root.join("config"));
+    std::env::set_var("XDG_DATA_HOME", root.join("data"));
+    std::env::remove_var("BULKHEAD_POLICY_DIR");
+    root
+}
+
 pub fn policy(root: &Path) -> PathBuf {
     root.join("config/bulkhead")
 }
