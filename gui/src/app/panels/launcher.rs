@@ -58,16 +58,6 @@ fn row(ui: &mut Ui, i: usize, slot: &PartitionSlot, focused: bool, actions: &mut
                     ui.label(state_text(&state));
                     let live_export = slot.backend.can_save_state();
                     export_button(ui, i, &state, live_export, actions);
-                    if slot.backend.offers_disposable()
-                        && ui
-                            .small_button("Disposable")
-                            .on_hover_text(
-                                "Start a disposable copy: restored from a snapshot of this partition's template and app, gone when it stops",
-                            )
-                            .clicked()
-                    {
-                        actions.push(Action::StartDisposable(i));
-                    }
                 });
             });
             if let Some(disclaimer) = info.source.disclaimer() {
@@ -80,8 +70,19 @@ fn row(ui: &mut Ui, i: usize, slot: &PartitionSlot, focused: bool, actions: &mut
             if let Some(badge) = sandbox_badge(&slot.backend.sandbox_gaps()) {
                 sandbox_reduced(ui, &badge);
             }
-            if let Some(state) = slot.backend.network() {
-                network(ui, &state);
+            let net = slot.backend.network();
+            let disposable = slot.backend.offers_disposable();
+            if net.is_some() || disposable {
+                ui.horizontal(|ui| {
+                    if let Some(state) = &net {
+                        network(ui, state);
+                    }
+                    if disposable {
+                        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                            disposable_button(ui, i, actions);
+                        });
+                    }
+                });
             }
             if let Some(badge) = slot.backend.resource_badge() {
                 outlined_badge(
@@ -172,6 +173,18 @@ fn outlined_badge(ui: &mut Ui, text: &str, hover: &str) {
 
 /// The partition's network in one line: "offline", "NAT · 2 rules", or, in the error
 /// colour, "network down: relay killed by SIGKILL" (nothing passes).
+fn disposable_button(ui: &mut Ui, i: usize, actions: &mut Vec<Action>) {
+    if ui
+        .small_button("Disposable")
+        .on_hover_text(
+            "Start a disposable copy: restored from a snapshot of this partition's template and app, gone when it stops",
+        )
+        .clicked()
+    {
+        actions.push(Action::StartDisposable(i));
+    }
+}
+
 fn network(ui: &mut Ui, state: &NetworkState) {
     let text = format!("network: {}", state.caption());
     match state {
