@@ -253,6 +253,20 @@ impl AgentLink {
                 (id, Some(Asked::Set), AgentReply::ClipboardSet { id })
             }
             AgentMessage::Failed { id, reason } => (id, None, AgentReply::Failed { id, reason }),
+            AgentMessage::FileOffer { offer, files, .. } => {
+                // The transfer engine is not wired in yet: refuse politely, so the
+                // in-guest command ends with a reason instead of hanging.
+                tracing::info!(offer, files = files.len(), "refused a file offer");
+                let outcome = HostMessage::FileOutcome {
+                    offer,
+                    error: Some("file transfer is not available on this host yet".into()),
+                };
+                return outcome.encode().map_err(|e| e.to_string());
+            }
+            // The host asks no file requests yet, so these answer nothing it asked.
+            AgentMessage::FileData { id, .. } | AgentMessage::Done { id } => {
+                return Err(format!("answered request {id} with an unasked file reply"));
+            }
         };
         match self.pending.remove(&id) {
             Some((was, _)) if asked.is_none_or(|a| a == was) => {}
