@@ -396,6 +396,39 @@ mod tests {
     }
 
     #[test]
+    fn a_file_offer_is_refused_with_an_outcome_until_transfers_exist() {
+        let now = Instant::now();
+        let mut link = connected(now);
+        let offer = AgentMessage::FileOffer {
+            offer: 4,
+            is_move: true,
+            files: vec![bulkhead_agent_proto::FileEntry {
+                name: "a.txt".into(),
+                size: 3,
+            }],
+        };
+        let back = link.feed(&offer.encode().unwrap(), now).unwrap();
+        assert!(matches!(
+            HostMessage::decode_body(&back[4..]).unwrap(),
+            HostMessage::FileOutcome {
+                offer: 4,
+                error: Some(_)
+            }
+        ));
+    }
+
+    #[test]
+    fn unasked_file_data_cuts_the_agent_off() {
+        let now = Instant::now();
+        let mut link = connected(now);
+        let data = AgentMessage::FileData {
+            id: 1,
+            data: vec![0; 8],
+        };
+        assert!(link.feed(&data.encode().unwrap(), now).is_err());
+    }
+
+    #[test]
     fn a_restored_guest_gets_the_entropy_and_counts_as_absent_until_its_new_hello() {
         let now = Instant::now();
         let mut link = connected(now);
