@@ -13,15 +13,22 @@
 //!
 //! Versioning: each side's first message is `Hello` with [`PROTOCOL_VERSION`]; the host
 //! refuses an agent of another version. Kinds are never renumbered, only added: version 2
-//! added `Restored` (a guest continued from a snapshot); later versions may add file
-//! transfer (`FileOffer`/`FileChunk`/`FileDone` frames of at most [`MAX_PAYLOAD`] each)
-//! and open-in (`OpenUrl`); a peer of an older version refuses them as unknown.
+//! added `Restored` (a guest continued from a snapshot); version 3 added file transfer
+//! (the source agent's `FileOffer`, the host pulling it with `FileRead`/`FileData` chunks
+//! of at most [`MAX_PAYLOAD`], pushing it to the target with `FileIncoming`/`FileWrite`/
+//! `FileCommit`, and ending the offer with `FileOutcome`); later versions may add open-in
+//! (`OpenUrl`); a peer of an older version refuses them as unknown.
 
 use thiserror::Error;
 
 /// Bumped on any incompatible change; kinds are only ever added.
 /// 2: [`HostMessage::Restored`].
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: file transfer ([`AgentMessage::FileOffer`], [`HostMessage::FileRead`], ...).
+pub const PROTOCOL_VERSION: u16 = 3;
+/// Files in one offer.
+pub const MAX_FILES: usize = 256;
+/// Bytes of one file name (a basename; Linux's NAME_MAX).
+pub const MAX_NAME: usize = 255;
 /// Bytes of host entropy in one [`HostMessage::Restored`].
 pub const MAX_ENTROPY: usize = 256;
 /// The most content one message carries (clipboard bytes; later one file chunk).
@@ -73,6 +80,50 @@ impl Clipboard {
     }
 }
 
+/// One file of an offer or an incoming transfer: a basename and its size in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    pub name: String,
+    pub size: u64,
+}
+
+/// Why a file name is refused. Names are basenames the receiving side creates in its
+/// incoming directory, so anything that could leave that directory, hide, or confuse a
+/// terminal is refused by both sides (and by the decoder, which cuts the peer off).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NameError {
+    #[error("the name is empty")]
+    Empty,
+    #[error("the name {0:?} is `.` or `..`")]
+    Dots(String),
+    #[error("the name {0:?} holds a `/`")]
+    Slash(String),
+    #[error("the name {0:?} holds a NUL or control character")]
+    Control(String),
+    #[error("the name holds {0} bytes, more than the limit of {MAX_NAME}")]
+    TooLong(usize),
+}
+
+/// Checks that `name` is a plain basename safe to create under a directory.
+pub fn check_file_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME {
+        return Err(NameError::TooLong(name.len()));
+    }
+    if name == "." || name == ".." {
+        return Err(NameError::Dots(name.into()));
+    }
+    if name.contains('/') {
+        return Err(NameError::Slash(name.into()));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(NameError::Control(name.into()));
+    }
+    Ok(())
+}
+
 /// Host → agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostMessage {
@@ -99,6 +150,45 @@ pub enum HostMessage {
     /// is new).
     Restored {
         entropy: Vec<u8>,
+    },
+    /// Read `len` (at most [`MAX_PAYLOAD`]) bytes at `offset` of file `index` of the
+    /// agent's offer `offer`; answered by `FileData` or `Failed`.
+    FileRead {
+        id: u32,
+        offer: u32,
+        index: u32,
+        offset: u64,
+        len: u32,
+    },
+    /// Files from partition `source` are coming: prepare `transfer` (a host-chosen
+    /// number) under `~/Incoming/<source>/`; answered by `Done` or `Failed`.
+    FileIncoming {
+        id: u32,
+        transfer: u32,
+        source: String,
+        files: Vec<FileEntry>,
+    },
+    /// Bytes of file `index` of `transfer` at `offset`; answered by `Done` or `Failed`.
+    FileWrite {
+        id: u32,
+        transfer: u32,
+        index: u32,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// Every byte of `transfer` was sent: check the sizes, make the files visible under
+    /// names that overwrite nothing; answered by `Done` or `Failed`. `abort` discards
+    /// the transfer instead.
+    FileCommit {
+        id: u32,
+        transfer: u32,
+        abort: bool,
+    },
+    /// The end of the agent's offer `offer`: `error` is `None` when every file landed
+    /// (a move then deletes its sources), else why not, for a person. Not answered.
+    FileOutcome {
+        offer: u32,
+        error: Option<String>,
     },
 }
 
@@ -127,6 +217,22 @@ pub enum AgentMessage {
         id: u32,
         reason: String,
     },
+    /// A user in the guest asks to copy (or move) these files to another partition.
+    /// `offer` is the agent's own number, named again by `FileRead` and `FileOutcome`.
+    FileOffer {
+        offer: u32,
+        is_move: bool,
+        files: Vec<FileEntry>,
+    },
+    /// The bytes a `FileRead` asked for (fewer only at the end of the file).
+    FileData {
+        id: u32,
+        data: Vec<u8>,
+    },
+    /// The request `id` (`FileIncoming`, `FileWrite`, `FileCommit`) succeeded.
+    Done {
+        id: u32,
+    },
 }
 
 mod kind {
@@ -135,11 +241,19 @@ mod kind {
     pub const CLIPBOARD_GET: u8 = 0x03;
     pub const CLIPBOARD_SET: u8 = 0x04;
     pub const RESTORED: u8 = 0x05;
+    pub const FILE_READ: u8 = 0x06;
+    pub const FILE_INCOMING: u8 = 0x07;
+    pub const FILE_WRITE: u8 = 0x08;
+    pub const FILE_COMMIT: u8 = 0x09;
+    pub const FILE_OUTCOME: u8 = 0x0a;
     pub const AGENT_HELLO: u8 = 0x81;
     pub const PONG: u8 = 0x82;
     pub const CLIPBOARD: u8 = 0x83;
     pub const CLIPBOARD_SET_DONE: u8 = 0x84;
     pub const FAILED: u8 = 0x85;
+    pub const FILE_OFFER: u8 = 0x86;
+    pub const FILE_DATA: u8 = 0x87;
+    pub const DONE: u8 = 0x88;
 
     pub const CONTENT_NONE: u8 = 0;
     pub const CONTENT_TEXT: u8 = 1;
@@ -172,6 +286,12 @@ pub enum DecodeError {
     UnknownContent(u8),
     #[error("image clipboard content is not a PNG")]
     NotPng,
+    #[error("{count} files, more than the limit of {MAX_FILES}")]
+    TooManyFiles { count: usize },
+    #[error("bad file name: {0}")]
+    BadName(NameError),
+    #[error("{field} is {value}, neither 0 nor 1")]
+    NotBool { field: &'static str, value: u8 },
 }
 
 /// Why a message cannot be encoded (its fields exceed the caps).
@@ -198,6 +318,25 @@ impl Writer {
     }
     fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn files(&mut self, files: &[FileEntry]) -> Result<(), EncodeError> {
+        if files.len() > MAX_FILES {
+            return Err(EncodeError {
+                field: "files",
+                len: files.len(),
+                max: MAX_FILES,
+            });
+        }
+        // files.len() <= MAX_FILES fits u32.
+        self.u32(files.len() as u32);
+        for f in files {
+            self.bytes("file name", f.name.as_bytes(), MAX_NAME)?;
+            self.u64(f.size);
+        }
+        Ok(())
     }
     fn bytes(&mut self, field: &'static str, b: &[u8], max: usize) -> Result<(), EncodeError> {
         if b.len() > max {
@@ -257,6 +396,34 @@ impl<'a> Reader<'a> {
     fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
         let b = self.take(4, field)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        let b = self.take(8, field)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn bool(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            value => Err(DecodeError::NotBool { field, value }),
+        }
+    }
+    fn files(&mut self) -> Result<Vec<FileEntry>, DecodeError> {
+        let count = usize::try_from(self.u32("file count")?).unwrap_or(usize::MAX);
+        if count > MAX_FILES {
+            return Err(DecodeError::TooManyFiles { count });
+        }
+        // Each entry takes at least 12 bytes: the count cannot promise more than is here.
+        let mut files = Vec::with_capacity(count.min(self.rest.len() / 12));
+        for _ in 0..count {
+            let name = self.text("file name", MAX_NAME)?;
+            check_file_name(&name).map_err(DecodeError::BadName)?;
+            let size = self.u64("file size")?;
+            files.push(FileEntry { name, size });
+        }
+        Ok(files)
     }
     fn bytes(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
         let len = usize::try_from(self.u32(field)?).unwrap_or(usize::MAX);
@@ -333,6 +500,79 @@ impl Frame for HostMessage {
                 w.bytes("entropy", entropy, MAX_ENTROPY)?;
                 w
             }
+            HostMessage::FileRead {
+                id,
+                offer,
+                index,
+                offset,
+                len,
+            } => {
+                if *len as usize > MAX_PAYLOAD {
+                    return Err(EncodeError {
+                        field: "read length",
+                        len: *len as usize,
+                        max: MAX_PAYLOAD,
+                    });
+                }
+                let mut w = Writer::new(kind::FILE_READ);
+                w.u32(*id);
+                w.u32(*offer);
+                w.u32(*index);
+                w.u64(*offset);
+                w.u32(*len);
+                w
+            }
+            HostMessage::FileIncoming {
+                id,
+                transfer,
+                source,
+                files,
+            } => {
+                let mut w = Writer::new(kind::FILE_INCOMING);
+                w.u32(*id);
+                w.u32(*transfer);
+                w.bytes("source", source.as_bytes(), MAX_NAME)?;
+                w.files(files)?;
+                w
+            }
+            HostMessage::FileWrite {
+                id,
+                transfer,
+                index,
+                offset,
+                data,
+            } => {
+                let mut w = Writer::new(kind::FILE_WRITE);
+                w.u32(*id);
+                w.u32(*transfer);
+                w.u32(*index);
+                w.u64(*offset);
+                w.bytes("file data", data, MAX_PAYLOAD)?;
+                w
+            }
+            HostMessage::FileCommit {
+                id,
+                transfer,
+                abort,
+            } => {
+                let mut w = Writer::new(kind::FILE_COMMIT);
+                w.u32(*id);
+                w.u32(*transfer);
+                w.u8(u8::from(*abort));
+                w
+            }
+            HostMessage::FileOutcome { offer, error } => {
+                let mut w = Writer::new(kind::FILE_OUTCOME);
+                w.u32(*offer);
+                match error {
+                    None => w.u8(0),
+                    Some(e) => {
+                        w.u8(1);
+                        w.bytes("error", e.as_bytes(), MAX_TEXT)?;
+                    }
+                }
+                w
+            }
         };
         Ok(w.finish())
     }
@@ -356,6 +596,60 @@ impl Frame for HostMessage {
             kind::RESTORED => HostMessage::Restored {
                 entropy: r.bytes("entropy", MAX_ENTROPY)?.to_vec(),
             },
+            kind::FILE_READ => {
+                let id = r.u32("id")?;
+                let offer = r.u32("offer")?;
+                let index = r.u32("file index")?;
+                let offset = r.u64("offset")?;
+                let len = r.u32("read length")?;
+                if len as usize > MAX_PAYLOAD {
+                    return Err(DecodeError::FieldTooLong {
+                        field: "read length",
+                        len: len as usize,
+                        max: MAX_PAYLOAD,
+                    });
+                }
+                HostMessage::FileRead {
+                    id,
+                    offer,
+                    index,
+                    offset,
+                    len,
+                }
+            }
+            kind::FILE_INCOMING => {
+                let id = r.u32("id")?;
+                let transfer = r.u32("transfer")?;
+                let source = r.text("source", MAX_NAME)?;
+                check_file_name(&source).map_err(DecodeError::BadName)?;
+                HostMessage::FileIncoming {
+                    id,
+                    transfer,
+                    source,
+                    files: r.files()?,
+                }
+            }
+            kind::FILE_WRITE => HostMessage::FileWrite {
+                id: r.u32("id")?,
+                transfer: r.u32("transfer")?,
+                index: r.u32("file index")?,
+                offset: r.u64("offset")?,
+                data: r.bytes("file data", MAX_PAYLOAD)?.to_vec(),
+            },
+            kind::FILE_COMMIT => HostMessage::FileCommit {
+                id: r.u32("id")?,
+                transfer: r.u32("transfer")?,
+                abort: r.bool("abort")?,
+            },
+            kind::FILE_OUTCOME => {
+                let offer = r.u32("offer")?;
+                let error = if r.bool("has error")? {
+                    Some(r.text("error", MAX_TEXT)?)
+                } else {
+                    None
+                };
+                HostMessage::FileOutcome { offer, error }
+            }
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.end()?;
@@ -394,6 +688,28 @@ impl Frame for AgentMessage {
                 w.bytes("reason", reason.as_bytes(), MAX_TEXT)?;
                 w
             }
+            AgentMessage::FileOffer {
+                offer,
+                is_move,
+                files,
+            } => {
+                let mut w = Writer::new(kind::FILE_OFFER);
+                w.u32(*offer);
+                w.u8(u8::from(*is_move));
+                w.files(files)?;
+                w
+            }
+            AgentMessage::FileData { id, data } => {
+                let mut w = Writer::new(kind::FILE_DATA);
+                w.u32(*id);
+                w.bytes("file data", data, MAX_PAYLOAD)?;
+                w
+            }
+            AgentMessage::Done { id } => {
+                let mut w = Writer::new(kind::DONE);
+                w.u32(*id);
+                w
+            }
         };
         Ok(w.finish())
     }
@@ -416,6 +732,16 @@ impl Frame for AgentMessage {
                 id: r.u32("id")?,
                 reason: r.text("reason", MAX_TEXT)?,
             },
+            kind::FILE_OFFER => AgentMessage::FileOffer {
+                offer: r.u32("offer")?,
+                is_move: r.bool("move")?,
+                files: r.files()?,
+            },
+            kind::FILE_DATA => AgentMessage::FileData {
+                id: r.u32("id")?,
+                data: r.bytes("file data", MAX_PAYLOAD)?.to_vec(),
+            },
+            kind::DONE => AgentMessage::Done { id: r.u32("id")? },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.end()?;

@@ -15,6 +15,17 @@ fn clipboard() -> impl Strategy<Value = Clipboard> {
     ]
 }
 
+fn file_name() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9 ._é-]{1,40}".prop_filter("not a dot name", |n| n != "." && n != "..")
+}
+
+fn files() -> impl Strategy<Value = Vec<FileEntry>> {
+    proptest::collection::vec(
+        (file_name(), any::<u64>()).prop_map(|(name, size)| FileEntry { name, size }),
+        0..6,
+    )
+}
+
 fn agent_message() -> impl Strategy<Value = AgentMessage> {
     prop_oneof![
         (any::<u16>(), any::<u32>())
@@ -24,6 +35,16 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
             .prop_map(|(id, content)| AgentMessage::Clipboard { id, content }),
         any::<u32>().prop_map(|id| AgentMessage::ClipboardSet { id }),
         (any::<u32>(), ".{0,40}").prop_map(|(id, reason)| AgentMessage::Failed { id, reason }),
+        (any::<u32>(), any::<bool>(), files()).prop_map(|(offer, is_move, files)| {
+            AgentMessage::FileOffer {
+                offer,
+                is_move,
+                files,
+            }
+        }),
+        (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..64))
+            .prop_map(|(id, data)| AgentMessage::FileData { id, data }),
+        any::<u32>().prop_map(|id| AgentMessage::Done { id }),
     ]
 }
 
@@ -36,6 +57,53 @@ fn host_message() -> impl Strategy<Value = HostMessage> {
             .prop_map(|(id, content)| HostMessage::ClipboardSet { id, content }),
         proptest::collection::vec(any::<u8>(), 0..=MAX_ENTROPY)
             .prop_map(|entropy| HostMessage::Restored { entropy }),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+            0..=MAX_PAYLOAD as u32
+        )
+            .prop_map(|(id, offer, index, offset, len)| HostMessage::FileRead {
+                id,
+                offer,
+                index,
+                offset,
+                len
+            }),
+        (any::<u32>(), any::<u32>(), file_name(), files()).prop_map(
+            |(id, transfer, source, files)| HostMessage::FileIncoming {
+                id,
+                transfer,
+                source,
+                files
+            }
+        ),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(
+                |(id, transfer, index, offset, data)| HostMessage::FileWrite {
+                    id,
+                    transfer,
+                    index,
+                    offset,
+                    data
+                }
+            ),
+        (any::<u32>(), any::<u32>(), any::<bool>()).prop_map(|(id, transfer, abort)| {
+            HostMessage::FileCommit {
+                id,
+                transfer,
+                abort,
+            }
+        }),
+        (any::<u32>(), proptest::option::of(".{0,40}"))
+            .prop_map(|(offer, error)| HostMessage::FileOutcome { offer, error }),
     ]
 }
 
@@ -226,4 +294,139 @@ fn restored_carries_at_most_max_entropy_bytes_each_way() {
             max: MAX_ENTROPY
         })
     );
+}
+
+fn offer_with_name(name: &str) -> Vec<u8> {
+    // Encoded by hand: the encoder does not check names, the decoder must.
+    let mut body = vec![0x86];
+    body.extend_from_slice(&1u32.to_le_bytes());
+    body.push(0);
+    body.extend_from_slice(&1u32.to_le_bytes());
+    body.extend_from_slice(&(name.len() as u32).to_le_bytes());
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(&5u64.to_le_bytes());
+    body
+}
+
+#[test]
+fn an_offer_naming_a_path_or_control_characters_is_refused_by_the_decoder() {
+    for bad in ["..", ".", "", "a/b", "/etc", "x\ny", "nul\0", "\u{7f}del"] {
+        let got = AgentMessage::decode_body(&offer_with_name(bad));
+        assert!(
+            matches!(got, Err(DecodeError::BadName(_))),
+            "{bad:?} gave {got:?}"
+        );
+    }
+    assert!(AgentMessage::decode_body(&offer_with_name("report (1).pdf")).is_ok());
+}
+
+#[test]
+fn an_offer_of_too_many_files_is_refused_before_allocating() {
+    let mut body = vec![0x86];
+    body.extend_from_slice(&1u32.to_le_bytes());
+    body.push(1);
+    body.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(
+        AgentMessage::decode_body(&body),
+        Err(DecodeError::TooManyFiles {
+            count: u32::MAX as usize
+        })
+    );
+    let files = vec![
+        FileEntry {
+            name: "f".into(),
+            size: 1
+        };
+        MAX_FILES + 1
+    ];
+    assert!(AgentMessage::FileOffer {
+        offer: 1,
+        is_move: false,
+        files
+    }
+    .encode()
+    .is_err());
+}
+
+#[test]
+fn a_file_read_longer_than_a_payload_is_refused() {
+    let msg = HostMessage::FileRead {
+        id: 1,
+        offer: 2,
+        index: 0,
+        offset: 0,
+        len: MAX_PAYLOAD as u32 + 1,
+    };
+    assert!(msg.encode().is_err());
+    let mut body = vec![0x06];
+    for v in [1u32, 2, 0] {
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    body.extend_from_slice(&0u64.to_le_bytes());
+    body.extend_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
+    assert!(matches!(
+        HostMessage::decode_body(&body),
+        Err(DecodeError::FieldTooLong { .. })
+    ));
+}
+
+#[test]
+fn a_full_size_file_write_and_a_full_incoming_list_fit_in_a_frame() {
+    let write = HostMessage::FileWrite {
+        id: u32::MAX,
+        transfer: u32::MAX,
+        index: u32::MAX,
+        offset: u64::MAX,
+        data: vec![1; MAX_PAYLOAD],
+    };
+    let frame = write.encode().unwrap();
+    assert!(frame.len() <= MAX_FRAME);
+    assert_eq!(decode_all::<HostMessage>(&[&frame]).unwrap(), vec![write]);
+    let incoming = HostMessage::FileIncoming {
+        id: 1,
+        transfer: 2,
+        source: "s".repeat(MAX_NAME),
+        files: vec![
+            FileEntry {
+                name: "n".repeat(MAX_NAME),
+                size: u64::MAX
+            };
+            MAX_FILES
+        ],
+    };
+    let frame = incoming.encode().unwrap();
+    assert!(frame.len() <= MAX_FRAME);
+    assert_eq!(
+        decode_all::<HostMessage>(&[&frame]).unwrap(),
+        vec![incoming]
+    );
+}
+
+#[test]
+fn a_bool_field_other_than_0_or_1_is_refused() {
+    let mut body = vec![0x09];
+    body.extend_from_slice(&1u32.to_le_bytes());
+    body.extend_from_slice(&2u32.to_le_bytes());
+    body.push(2);
+    assert!(matches!(
+        HostMessage::decode_body(&body),
+        Err(DecodeError::NotBool { value: 2, .. })
+    ));
+}
+
+#[test]
+fn check_file_name_accepts_plain_names_and_refuses_the_rest() {
+    assert!(check_file_name("notes.txt").is_ok());
+    assert!(check_file_name("..hidden").is_ok());
+    assert_eq!(check_file_name(""), Err(NameError::Empty));
+    assert!(matches!(check_file_name(".."), Err(NameError::Dots(_))));
+    assert!(matches!(check_file_name("a/b"), Err(NameError::Slash(_))));
+    assert!(matches!(
+        check_file_name("a\tb"),
+        Err(NameError::Control(_))
+    ));
+    assert!(matches!(
+        check_file_name(&"x".repeat(MAX_NAME + 1)),
+        Err(NameError::TooLong(_))
+    ));
 }

@@ -204,6 +204,15 @@ fn handle(
             Ok(()) => AgentMessage::ClipboardSet { id },
             Err(e) => failed(id, e),
         },
+        // This agent makes no offers and accepts no files yet.
+        HostMessage::FileOutcome { .. } => return Ok(None),
+        HostMessage::FileRead { id, .. }
+        | HostMessage::FileIncoming { id, .. }
+        | HostMessage::FileWrite { id, .. }
+        | HostMessage::FileCommit { id, .. } => AgentMessage::Failed {
+            id,
+            reason: "this agent does not transfer files yet".into(),
+        },
     }))
 }
 

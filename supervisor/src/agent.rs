@@ -253,6 +253,20 @@ impl AgentLink {
                 (id, Some(Asked::Set), AgentReply::ClipboardSet { id })
             }
             AgentMessage::Failed { id, reason } => (id, None, AgentReply::Failed { id, reason }),
+            AgentMessage::FileOffer { offer, files, .. } => {
+                // The transfer engine is not wired in yet: refuse politely, so the
+                // in-guest command ends with a reason instead of hanging.
+                tracing::info!(offer, files = files.len(), "refused a file offer");
+                let outcome = HostMessage::FileOutcome {
+                    offer,
+                    error: Some("file transfer is not available on this host yet".into()),
+                };
+                return outcome.encode().map_err(|e| e.to_string());
+            }
+            // The host asks no file requests yet, so these answer nothing it asked.
+            AgentMessage::FileData { id, .. } | AgentMessage::Done { id } => {
+                return Err(format!("answered request {id} with an unasked file reply"));
+            }
         };
         match self.pending.remove(&id) {
             Some((was, _)) if asked.is_none_or(|a| a == was) => {}
@@ -379,6 +393,39 @@ mod tests {
             }
         );
         link
+    }
+
+    #[test]
+    fn a_file_offer_is_refused_with_an_outcome_until_transfers_exist() {
+        let now = Instant::now();
+        let mut link = connected(now);
+        let offer = AgentMessage::FileOffer {
+            offer: 4,
+            is_move: true,
+            files: vec![bulkhead_agent_proto::FileEntry {
+                name: "a.txt".into(),
+                size: 3,
+            }],
+        };
+        let back = link.feed(&offer.encode().unwrap(), now).unwrap();
+        assert!(matches!(
+            HostMessage::decode_body(&back[4..]).unwrap(),
+            HostMessage::FileOutcome {
+                offer: 4,
+                error: Some(_)
+            }
+        ));
+    }
+
+    #[test]
+    fn unasked_file_data_cuts_the_agent_off() {
+        let now = Instant::now();
+        let mut link = connected(now);
+        let data = AgentMessage::FileData {
+            id: 1,
+            data: vec![0; 8],
+        };
+        assert!(link.feed(&data.encode().unwrap(), now).is_err());
     }
 
     #[test]

@@ -476,6 +476,14 @@ impl FakeAgent {
                     features: bulkhead_agent_proto::features::CLIPBOARD
                         | bulkhead_agent_proto::features::RESTORED,
                 },
+                HostMessage::FileOutcome { .. } => continue,
+                HostMessage::FileRead { id, .. }
+                | HostMessage::FileIncoming { id, .. }
+                | HostMessage::FileWrite { id, .. }
+                | HostMessage::FileCommit { id, .. } => AgentMessage::Failed {
+                    id,
+                    reason: "the fake agent keeps no files".into(),
+                },
             };
             out.extend(reply.encode().unwrap());
         }

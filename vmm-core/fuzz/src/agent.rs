@@ -8,8 +8,8 @@
 //! frame that decodes to itself.
 
 use bulkhead_agent_proto::{
-    features, AgentMessage, Clipboard, Decoder, Frame, HostMessage, MAX_FRAME, PNG_SIGNATURE,
-    PROTOCOL_VERSION,
+    features, AgentMessage, Clipboard, Decoder, FileEntry, Frame, HostMessage, MAX_FRAME,
+    PNG_SIGNATURE, PROTOCOL_VERSION,
 };
 
 use crate::largest_allocation;
@@ -121,6 +121,25 @@ pub(crate) fn agent_seeds() -> Vec<Vec<u8>> {
             id: 5,
             reason: "no X display".into(),
         },
+        AgentMessage::FileOffer {
+            offer: 1,
+            is_move: true,
+            files: vec![
+                FileEntry {
+                    name: "report.pdf".into(),
+                    size: 70_000,
+                },
+                FileEntry {
+                    name: "notes.txt".into(),
+                    size: 0,
+                },
+            ],
+        },
+        AgentMessage::FileData {
+            id: 6,
+            data: b"file bytes".to_vec(),
+        },
+        AgentMessage::Done { id: 8 },
     ];
     let host = [
         HostMessage::Hello {
@@ -138,6 +157,38 @@ pub(crate) fn agent_seeds() -> Vec<Vec<u8>> {
         },
         HostMessage::Restored {
             entropy: (0..64).collect(),
+        },
+        HostMessage::FileRead {
+            id: 13,
+            offer: 1,
+            index: 0,
+            offset: 65_536,
+            len: 4096,
+        },
+        HostMessage::FileIncoming {
+            id: 14,
+            transfer: 3,
+            source: "work".into(),
+            files: vec![FileEntry {
+                name: "report.pdf".into(),
+                size: 70_000,
+            }],
+        },
+        HostMessage::FileWrite {
+            id: 15,
+            transfer: 3,
+            index: 0,
+            offset: 0,
+            data: b"file bytes".to_vec(),
+        },
+        HostMessage::FileCommit {
+            id: 16,
+            transfer: 3,
+            abort: false,
+        },
+        HostMessage::FileOutcome {
+            offer: 1,
+            error: Some("refused by policy".into()),
         },
     ];
     let mut seeds = Vec::new();
