@@ -115,8 +115,9 @@ struct Inner {
     restored: bool,
     /// The current process's snapshot at its marker, if it takes one.
     snapshot_plan: Option<crate::launch::SnapshotPlan>,
-    /// Whoever waits for the answer to the [`Command::Snapshot`] in flight.
-    snapshot_request: Option<mpsc::SyncSender<SnapshotOutcome>>,
+    /// Whoever waits for the answer to the [`Command::Snapshot`] in flight, and whether
+    /// the partition was paused when it was asked (then it stays paused whatever happens).
+    snapshot_request: Option<(mpsc::SyncSender<SnapshotOutcome>, bool)>,
 }
 
 impl Slot {
@@ -266,7 +267,8 @@ impl Slot {
                     reason: "another snapshot of it is being taken".into(),
                 });
             }
-            inner.snapshot_request = Some(tx);
+            let was_paused = matches!(inner.state, ProcessState::Paused);
+            inner.snapshot_request = Some((tx, was_paused));
         }
         let fds = vec![OwnedFd::from(state), OwnedFd::from(memory)];
         if let Err(e) = send_with_fds(self, Command::Snapshot, fds) {
@@ -959,13 +961,13 @@ fn handle_event(
         }
         Event::Stats { stats, .. } => inner.stats = Some(stats),
         Event::Snapshot(outcome) if inner.snapshot_request.is_some() => {
-            if let Some(waiting) = inner.snapshot_request.take() {
+            if let Some((waiting, was_paused)) = inner.snapshot_request.take() {
                 if let Err(mpsc::TrySendError::Disconnected(SnapshotOutcome::Written { .. })) =
                     waiting.try_send(outcome)
                 {
                     // Nobody waits any more: the snapshot is dropped with its
                     // directory by the requester; the guest must not stay paused.
-                    resume_after = true;
+                    resume_after = !was_paused;
                 }
             }
         }

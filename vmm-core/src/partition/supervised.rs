@@ -377,8 +377,10 @@ impl Session<'_> {
 
     /// Pauses, writes the snapshot to the handed-over files and reports it; the guest
     /// stays paused after a written snapshot (the supervisor copies what must match it,
-    /// then resumes) and runs on after a failed one.
+    /// then resumes) and, unless it was paused before, runs on after a failed one.
     fn take_snapshot(&mut self, files: Result<SnapshotFiles, String>) -> Result<(), ControlError> {
+        // A guest paused by the supervisor before the snapshot stays paused either way.
+        let was_paused = self.running.is_paused();
         let result = match (&self.snapshots.kvm, files) {
             (Some(kvm), Ok(files)) => self
                 .running
@@ -405,7 +407,9 @@ impl Session<'_> {
             }
             Err(e) => {
                 eprintln!("bulkhead-vmm: snapshot failed: {e}");
-                self.running.resume();
+                if !was_paused {
+                    self.running.resume();
+                }
                 SnapshotOutcome::Failed {
                     reason: super::truncate_text(&e, MAX_TEXT),
                 }
