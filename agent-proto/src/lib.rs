@@ -16,15 +16,19 @@
 //! added `Restored` (a guest continued from a snapshot); version 3 added file transfer
 //! (the source agent's `FileOffer`, the host pulling it with `FileRead`/`FileData` chunks
 //! of at most [`MAX_PAYLOAD`], pushing it to the target with `FileIncoming`/`FileWrite`/
-//! `FileCommit`, and ending the offer with `FileOutcome`); later versions may add open-in
-//! (`OpenUrl`); a peer of an older version refuses them as unknown.
+//! `FileCommit`, and ending the offer with `FileOutcome`); version 4 added open-in (the
+//! source agent's `OpenUrl`, the host's `OpenUrl` to the target's agent, and `OpenOutcome`
+//! back to the source); a peer of an older version refuses new kinds as unknown.
 
 use thiserror::Error;
 
 /// Bumped on any incompatible change; kinds are only ever added.
 /// 2: [`HostMessage::Restored`].
 /// 3: file transfer ([`AgentMessage::FileOffer`], [`HostMessage::FileRead`], ...).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: open-in ([`AgentMessage::OpenUrl`], [`HostMessage::OpenUrl`], [`HostMessage::OpenOutcome`]).
+pub const PROTOCOL_VERSION: u16 = 4;
+/// Bytes of one URL to open.
+pub const MAX_URL: usize = 8 * 1024;
 /// Files in one offer.
 pub const MAX_FILES: usize = 256;
 /// Bytes of one file name (a basename; Linux's NAME_MAX).
@@ -50,6 +54,10 @@ pub mod features {
     /// restored guest's `Hello` without it (its agent started after the snapshot, so
     /// the `Restored` found no reader) gets the `Restored` again.
     pub const RESTORED: u32 = 2;
+    /// Sends and receives files (`FileOffer`, `FileIncoming`, ...).
+    pub const FILES: u32 = 4;
+    /// Opens URLs it is sent (`HostMessage::OpenUrl`) and forwards `bulkhead-open`.
+    pub const OPEN_URL: u32 = 8;
 }
 
 /// What a clipboard holds: UTF-8 text or a PNG image.
@@ -124,6 +132,34 @@ pub fn check_file_name(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Why a URL is refused for open-in.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum UrlError {
+    #[error("the URL holds {0} bytes, more than the limit of {MAX_URL}")]
+    TooLong(usize),
+    #[error("the URL holds a space, a control character or a non-ASCII character (percent-encode it)")]
+    NotPrintable,
+    #[error("only http:// and https:// URLs can be opened in another partition")]
+    Scheme,
+}
+
+/// Checks that `url` is an `http` or `https` URL of printable ASCII: what a partition may
+/// ask another partition's browser to open. Both agents check before sending and the
+/// decoder refuses anything else (an agent sending it is broken or hostile).
+pub fn check_url(url: &str) -> Result<(), UrlError> {
+    if url.len() > MAX_URL {
+        return Err(UrlError::TooLong(url.len()));
+    }
+    if !url.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(UrlError::NotPrintable);
+    }
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) || url.len() < 9 {
+        return Err(UrlError::Scheme);
+    }
+    Ok(())
+}
+
 /// Host → agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostMessage {
@@ -190,6 +226,18 @@ pub enum HostMessage {
         offer: u32,
         error: Option<String>,
     },
+    /// Open `url` (checked by [`check_url`]) in this partition's browser; answered by
+    /// `Done` once the browser was started, or `Failed`.
+    OpenUrl {
+        id: u32,
+        url: String,
+    },
+    /// The end of the agent's open-in request `request`: `error` is `None` when the URL
+    /// was handed to the target's browser, else why not, for a person. Not answered.
+    OpenOutcome {
+        request: u32,
+        error: Option<String>,
+    },
 }
 
 /// Agent → host.
@@ -229,9 +277,17 @@ pub enum AgentMessage {
         id: u32,
         data: Vec<u8>,
     },
-    /// The request `id` (`FileIncoming`, `FileWrite`, `FileCommit`) succeeded.
+    /// The request `id` (`FileIncoming`, `FileWrite`, `FileCommit`, `OpenUrl`) succeeded.
     Done {
         id: u32,
+    },
+    /// A user in the guest asks to open `url` in another partition: `target` names it,
+    /// or `None` lets the policy choose (its `@default`). `request` is the agent's own
+    /// number, named again by `OpenOutcome`.
+    OpenUrl {
+        request: u32,
+        url: String,
+        target: Option<String>,
     },
 }
 
@@ -246,6 +302,8 @@ mod kind {
     pub const FILE_WRITE: u8 = 0x08;
     pub const FILE_COMMIT: u8 = 0x09;
     pub const FILE_OUTCOME: u8 = 0x0a;
+    pub const OPEN_URL: u8 = 0x0b;
+    pub const OPEN_OUTCOME: u8 = 0x0c;
     pub const AGENT_HELLO: u8 = 0x81;
     pub const PONG: u8 = 0x82;
     pub const CLIPBOARD: u8 = 0x83;
@@ -254,6 +312,7 @@ mod kind {
     pub const FILE_OFFER: u8 = 0x86;
     pub const FILE_DATA: u8 = 0x87;
     pub const DONE: u8 = 0x88;
+    pub const OPEN_URL_REQUEST: u8 = 0x89;
 
     pub const CONTENT_NONE: u8 = 0;
     pub const CONTENT_TEXT: u8 = 1;
@@ -292,6 +351,8 @@ pub enum DecodeError {
     BadName(NameError),
     #[error("{field} is {value}, neither 0 nor 1")]
     NotBool { field: &'static str, value: u8 },
+    #[error("bad URL: {0}")]
+    BadUrl(UrlError),
 }
 
 /// Why a message cannot be encoded (its fields exceed the caps).
@@ -361,6 +422,21 @@ impl Writer {
             Some(Clipboard::Png(p)) => {
                 self.u8(kind::CONTENT_PNG);
                 self.bytes("clipboard image", p, MAX_PAYLOAD)?;
+            }
+        }
+        Ok(())
+    }
+    fn optional_text(
+        &mut self,
+        field: &'static str,
+        t: Option<&str>,
+        max: usize,
+    ) -> Result<(), EncodeError> {
+        match t {
+            None => self.u8(0),
+            Some(t) => {
+                self.u8(1);
+                self.bytes(field, t.as_bytes(), max)?;
             }
         }
         Ok(())
@@ -437,6 +513,22 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(b)
             .map(str::to_string)
             .map_err(|_| DecodeError::NotUtf8 { field })
+    }
+    fn optional_text(
+        &mut self,
+        field: &'static str,
+        max: usize,
+    ) -> Result<Option<String>, DecodeError> {
+        if self.bool(field)? {
+            Ok(Some(self.text(field, max)?))
+        } else {
+            Ok(None)
+        }
+    }
+    fn url(&mut self) -> Result<String, DecodeError> {
+        let url = self.text("url", MAX_URL)?;
+        check_url(&url).map_err(DecodeError::BadUrl)?;
+        Ok(url)
     }
     fn content(&mut self) -> Result<Option<Clipboard>, DecodeError> {
         match self.u8("clipboard content type")? {
@@ -564,13 +656,19 @@ impl Frame for HostMessage {
             HostMessage::FileOutcome { offer, error } => {
                 let mut w = Writer::new(kind::FILE_OUTCOME);
                 w.u32(*offer);
-                match error {
-                    None => w.u8(0),
-                    Some(e) => {
-                        w.u8(1);
-                        w.bytes("error", e.as_bytes(), MAX_TEXT)?;
-                    }
-                }
+                w.optional_text("error", error.as_deref(), MAX_TEXT)?;
+                w
+            }
+            HostMessage::OpenUrl { id, url } => {
+                let mut w = Writer::new(kind::OPEN_URL);
+                w.u32(*id);
+                w.bytes("url", url.as_bytes(), MAX_URL)?;
+                w
+            }
+            HostMessage::OpenOutcome { request, error } => {
+                let mut w = Writer::new(kind::OPEN_OUTCOME);
+                w.u32(*request);
+                w.optional_text("error", error.as_deref(), MAX_TEXT)?;
                 w
             }
         };
@@ -641,15 +739,18 @@ impl Frame for HostMessage {
                 transfer: r.u32("transfer")?,
                 abort: r.bool("abort")?,
             },
-            kind::FILE_OUTCOME => {
-                let offer = r.u32("offer")?;
-                let error = if r.bool("has error")? {
-                    Some(r.text("error", MAX_TEXT)?)
-                } else {
-                    None
-                };
-                HostMessage::FileOutcome { offer, error }
-            }
+            kind::FILE_OUTCOME => HostMessage::FileOutcome {
+                offer: r.u32("offer")?,
+                error: r.optional_text("error", MAX_TEXT)?,
+            },
+            kind::OPEN_URL => HostMessage::OpenUrl {
+                id: r.u32("id")?,
+                url: r.url()?,
+            },
+            kind::OPEN_OUTCOME => HostMessage::OpenOutcome {
+                request: r.u32("request")?,
+                error: r.optional_text("error", MAX_TEXT)?,
+            },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.end()?;
@@ -710,6 +811,17 @@ impl Frame for AgentMessage {
                 w.u32(*id);
                 w
             }
+            AgentMessage::OpenUrl {
+                request,
+                url,
+                target,
+            } => {
+                let mut w = Writer::new(kind::OPEN_URL_REQUEST);
+                w.u32(*request);
+                w.bytes("url", url.as_bytes(), MAX_URL)?;
+                w.optional_text("target", target.as_deref(), MAX_NAME)?;
+                w
+            }
         };
         Ok(w.finish())
     }
@@ -742,6 +854,19 @@ impl Frame for AgentMessage {
                 data: r.bytes("file data", MAX_PAYLOAD)?.to_vec(),
             },
             kind::DONE => AgentMessage::Done { id: r.u32("id")? },
+            kind::OPEN_URL_REQUEST => {
+                let request = r.u32("request")?;
+                let url = r.url()?;
+                let target = r.optional_text("target", MAX_NAME)?;
+                if let Some(t) = &target {
+                    check_file_name(t).map_err(DecodeError::BadName)?;
+                }
+                AgentMessage::OpenUrl {
+                    request,
+                    url,
+                    target,
+                }
+            }
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.end()?;

@@ -45,7 +45,18 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
         (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..64))
             .prop_map(|(id, data)| AgentMessage::FileData { id, data }),
         any::<u32>().prop_map(|id| AgentMessage::Done { id }),
+        (any::<u32>(), url(), proptest::option::of(file_name())).prop_map(
+            |(request, url, target)| AgentMessage::OpenUrl {
+                request,
+                url,
+                target
+            }
+        ),
     ]
+}
+
+fn url() -> impl Strategy<Value = String> {
+    "https?://[a-z0-9.-]{1,20}(/[!-~]{0,40})?"
 }
 
 fn host_message() -> impl Strategy<Value = HostMessage> {
@@ -104,6 +115,9 @@ fn host_message() -> impl Strategy<Value = HostMessage> {
         }),
         (any::<u32>(), proptest::option::of(".{0,40}"))
             .prop_map(|(offer, error)| HostMessage::FileOutcome { offer, error }),
+        (any::<u32>(), url()).prop_map(|(id, url)| HostMessage::OpenUrl { id, url }),
+        (any::<u32>(), proptest::option::of(".{0,40}"))
+            .prop_map(|(request, error)| HostMessage::OpenOutcome { request, error }),
     ]
 }
 
@@ -428,5 +442,60 @@ fn check_file_name_accepts_plain_names_and_refuses_the_rest() {
     assert!(matches!(
         check_file_name(&"x".repeat(MAX_NAME + 1)),
         Err(NameError::TooLong(_))
+    ));
+}
+
+#[test]
+fn check_url_accepts_web_urls_and_refuses_other_schemes_and_unprintable_text() {
+    for good in ["http://a", "https://example.org/a?b=c#d", "HTTPS://EXAMPLE.ORG/"] {
+        assert_eq!(check_url(good), Ok(()), "{good}");
+    }
+    assert_eq!(check_url("file:///etc/passwd"), Err(UrlError::Scheme));
+    assert_eq!(check_url("javascript:alert(1)"), Err(UrlError::Scheme));
+    assert_eq!(check_url("https://"), Err(UrlError::Scheme));
+    assert_eq!(check_url("http://a b"), Err(UrlError::NotPrintable));
+    assert_eq!(check_url("http://a\nb"), Err(UrlError::NotPrintable));
+    assert_eq!(check_url("http://é.fr"), Err(UrlError::NotPrintable));
+    let long = format!("https://{}", "a".repeat(MAX_URL));
+    assert!(matches!(check_url(&long), Err(UrlError::TooLong(_))));
+}
+
+#[test]
+fn an_open_request_with_a_bad_url_or_target_is_refused_by_the_decoder() {
+    let body = |url: &str, target: Option<&str>| {
+        // Encoded by hand: the decoder must check what an encoder would not.
+        let mut b = vec![0x89];
+        b.extend_from_slice(&7u32.to_le_bytes());
+        b.extend_from_slice(&(url.len() as u32).to_le_bytes());
+        b.extend_from_slice(url.as_bytes());
+        match target {
+            None => b.push(0),
+            Some(t) => {
+                b.push(1);
+                b.extend_from_slice(&(t.len() as u32).to_le_bytes());
+                b.extend_from_slice(t.as_bytes());
+            }
+        }
+        b
+    };
+    assert_eq!(
+        AgentMessage::decode_body(&body("https://example.org/", Some("browser"))),
+        Ok(AgentMessage::OpenUrl {
+            request: 7,
+            url: "https://example.org/".into(),
+            target: Some("browser".into())
+        })
+    );
+    assert!(matches!(
+        AgentMessage::decode_body(&body("file:///etc/shadow", None)),
+        Err(DecodeError::BadUrl(UrlError::Scheme))
+    ));
+    assert!(matches!(
+        AgentMessage::decode_body(&body("https://a/\x1b[2J", None)),
+        Err(DecodeError::BadUrl(UrlError::NotPrintable))
+    ));
+    assert!(matches!(
+        AgentMessage::decode_body(&body("https://a/", Some("../vault"))),
+        Err(DecodeError::BadName(_))
     ));
 }
