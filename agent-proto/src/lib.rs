@@ -137,7 +137,9 @@ pub fn check_file_name(name: &str) -> Result<(), NameError> {
 pub enum UrlError {
     #[error("the URL holds {0} bytes, more than the limit of {MAX_URL}")]
     TooLong(usize),
-    #[error("the URL holds a space, a control character or a non-ASCII character (percent-encode it)")]
+    #[error(
+        "the URL holds a space, a control character or a non-ASCII character (percent-encode it)"
+    )]
     NotPrintable,
     #[error("only http:// and https:// URLs can be opened in another partition")]
     Scheme,

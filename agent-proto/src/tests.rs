@@ -447,7 +447,11 @@ fn check_file_name_accepts_plain_names_and_refuses_the_rest() {
 
 #[test]
 fn check_url_accepts_web_urls_and_refuses_other_schemes_and_unprintable_text() {
-    for good in ["http://a", "https://example.org/a?b=c#d", "HTTPS://EXAMPLE.ORG/"] {
+    for good in [
+        "http://a",
+        "https://example.org/a?b=c#d",
+        "HTTPS://EXAMPLE.ORG/",
+    ] {
         assert_eq!(check_url(good), Ok(()), "{good}");
     }
     assert_eq!(check_url("file:///etc/passwd"), Err(UrlError::Scheme));

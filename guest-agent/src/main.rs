@@ -205,7 +205,11 @@ fn handle(
             Err(e) => failed(id, e),
         },
         // This agent makes no offers and accepts no files yet.
-        HostMessage::FileOutcome { .. } => return Ok(None),
+        HostMessage::FileOutcome { .. } | HostMessage::OpenOutcome { .. } => return Ok(None),
+        HostMessage::OpenUrl { id, .. } => AgentMessage::Failed {
+            id,
+            reason: "this agent does not open URLs yet".into(),
+        },
         HostMessage::FileRead { id, .. }
         | HostMessage::FileIncoming { id, .. }
         | HostMessage::FileWrite { id, .. }

@@ -117,6 +117,10 @@ impl PartitionBackend for AgentBackend {
                 self.clipboard = Some(c);
                 AgentReply::ClipboardSet { id }
             }
+            other => AgentReply::Failed {
+                id,
+                reason: format!("this test's agent does not do {other:?}"),
+            },
         });
         Ok(id)
     }

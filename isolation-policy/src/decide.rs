@@ -78,7 +78,7 @@ impl Policy {
         if service == service::CLIPBOARD_COPY {
             return clipboard_copy(src, target);
         }
-        let tgt = if target == "@dispvm" {
+        let tgt = if target == "@dispvm" || target == crate::rules::DEFAULT_TARGET {
             None
         } else if let Some(base) = target.strip_prefix("@dispvm:") {
             if self.partition(base).is_none() {
@@ -149,6 +149,16 @@ impl Policy {
                     explanation: format!("denied by rule `{rule}` at {at}"),
                     chain,
                 }
+            }
+            Action::Allow { target: None } if target == crate::rules::DEFAULT_TARGET => {
+                return Decision::deny(
+                    Some(rule.reference()),
+                    format!(
+                        "denied: rule `{rule}` at {at} allows `@default` but names no \
+                         `target=` for it"
+                    ),
+                    chain,
+                )
             }
             Action::Allow { target: redirect } => {
                 let t = redirect.clone().unwrap_or_else(|| target.to_string());
@@ -232,9 +242,11 @@ impl Policy {
     }
 
     fn pattern_matches(&self, pattern: &Pattern, who: &str) -> bool {
-        let is_dispvm = who == "@dispvm" || who.starts_with("@dispvm:");
+        let is_dispvm =
+            who == "@dispvm" || who.starts_with("@dispvm:") || who == crate::rules::DEFAULT_TARGET;
         match pattern {
             Pattern::Any => true,
+            Pattern::Default => who == crate::rules::DEFAULT_TARGET,
             Pattern::DispVm => who == "@dispvm",
             Pattern::DispVmOf(n) => who.strip_prefix("@dispvm:") == Some(n),
             _ if is_dispvm => false,

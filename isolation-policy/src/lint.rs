@@ -128,7 +128,10 @@ fn vault_clipboard(policy: &Policy) -> Vec<Diagnostic> {
 fn covers_pattern(a: &Pattern, b: &Pattern) -> bool {
     match (a, b) {
         (Pattern::Any, _) => true,
-        (Pattern::AnyVm, Pattern::DispVm | Pattern::DispVmOf(_) | Pattern::Any) => false,
+        (
+            Pattern::AnyVm,
+            Pattern::DispVm | Pattern::DispVmOf(_) | Pattern::Default | Pattern::Any,
+        ) => false,
         (Pattern::AnyVm, _) => true,
         _ => a == b,
     }

@@ -19,7 +19,7 @@ use crate::network::{
 use crate::partition::{
     limits, valid_keyboard, valid_name, Kind, Partition, RestartFrom, RestartPolicy,
 };
-use crate::policy::{AppSettings, CLIPBOARD_MAX_BYTES_LIMIT};
+use crate::policy::{AppSettings, CLIPBOARD_MAX_BYTES_LIMIT, FILE_TRANSFER_MAX_MIB_LIMIT};
 
 /// Keys of one `[[partition.<name>.network.rule]]` table.
 const RULE_KEYS: &[&str] = &["action", "protocol", "destination", "ports"];
@@ -48,7 +48,7 @@ pub fn parse_partitions(file: &Path, text: &str) -> (Vec<Partition>, Vec<Diagnos
     let root = doc.as_table();
     let mut partitions = Vec::new();
     for (key, item) in root.iter() {
-        if key == CLIPBOARD_TABLE {
+        if key == CLIPBOARD_TABLE || key == FILES_TABLE {
             // App settings: read by [`parse_settings`].
             continue;
         }
@@ -56,7 +56,7 @@ pub fn parse_partitions(file: &Path, text: &str) -> (Vec<Partition>, Vec<Diagnos
             r.unknown_key(
                 root,
                 key,
-                &["partition", CLIPBOARD_TABLE],
+                &["partition", CLIPBOARD_TABLE, FILES_TABLE],
                 "at the top level",
             );
             continue;
@@ -110,10 +110,12 @@ pub fn parse_partitions(file: &Path, text: &str) -> (Vec<Partition>, Vec<Diagnos
 const CLIPBOARD_TABLE: &str = "clipboard";
 /// Keys of the `[clipboard]` table.
 const CLIPBOARD_KEYS: &[&str] = &["max_bytes"];
+const FILES_TABLE: &str = "file_transfer";
+const FILES_KEYS: &[&str] = &["max_mib"];
 
-/// Parse the app-wide settings of `partitions.toml` (the top-level `[clipboard]` table);
-/// a missing table or key keeps its default. A TOML syntax error is reported by
-/// [`parse_partitions`], not twice here.
+/// Parse the app-wide settings of `partitions.toml` (the top-level `[clipboard]` and
+/// `[file_transfer]` tables); a missing table or key keeps its default. A TOML syntax
+/// error is reported by [`parse_partitions`], not twice here.
 pub fn parse_settings(file: &Path, text: &str) -> (AppSettings, Vec<Diagnostic>) {
     let mut r = Reader {
         file,
@@ -124,32 +126,52 @@ pub fn parse_settings(file: &Path, text: &str) -> (AppSettings, Vec<Diagnostic>)
     let Ok(doc) = Document::parse(text) else {
         return (settings, r.diags);
     };
-    let Some(item) = doc.as_table().get(CLIPBOARD_TABLE) else {
-        return (settings, r.diags);
-    };
-    let Some(table) = TableLike::of(item) else {
-        r.error(
-            item_span(item),
-            format!(
-                "`{CLIPBOARD_TABLE}` is {}, expected a table",
-                type_name(item)
-            ),
-            "write it as a `[clipboard]` table, e.g. `max_bytes = 262144`",
-        );
-        return (settings, r.diags);
-    };
-    for (key, item, span) in table.entries() {
-        match key {
-            "max_bytes" => {
-                let range = (1, CLIPBOARD_MAX_BYTES_LIMIT as i64);
-                if let Some(n) = r.integer(item, "clipboard.max_bytes", range, "bytes") {
-                    settings.clipboard_max_bytes = n as usize;
+    if let Some(table) = settings_table(&mut r, &doc, CLIPBOARD_TABLE, "max_bytes = 262144") {
+        for (key, item, span) in table.entries() {
+            match key {
+                "max_bytes" => {
+                    let range = (1, CLIPBOARD_MAX_BYTES_LIMIT as i64);
+                    if let Some(n) = r.integer(item, "clipboard.max_bytes", range, "bytes") {
+                        settings.clipboard_max_bytes = n as usize;
+                    }
                 }
+                other => r.unknown_key_at(span, other, CLIPBOARD_KEYS, "in [clipboard]"),
             }
-            other => r.unknown_key_at(span, other, CLIPBOARD_KEYS, "in [clipboard]"),
+        }
+    }
+    if let Some(table) = settings_table(&mut r, &doc, FILES_TABLE, "max_mib = 4096") {
+        for (key, item, span) in table.entries() {
+            match key {
+                "max_mib" => {
+                    let range = (1, FILE_TRANSFER_MAX_MIB_LIMIT as i64);
+                    if let Some(n) = r.integer(item, "file_transfer.max_mib", range, "MiB") {
+                        settings.file_transfer_max_bytes = (n as u64) << 20;
+                    }
+                }
+                other => r.unknown_key_at(span, other, FILES_KEYS, "in [file_transfer]"),
+            }
         }
     }
     (settings, r.diags)
+}
+
+/// The top-level settings table `name`, if present and a table (else reported).
+fn settings_table<'d>(
+    r: &mut Reader<'_>,
+    doc: &'d Document<&str>,
+    name: &str,
+    example: &str,
+) -> Option<TableLike<'d>> {
+    let item = doc.as_table().get(name)?;
+    let table = TableLike::of(item);
+    if table.is_none() {
+        r.error(
+            item_span(item),
+            format!("`{name}` is {}, expected a table", type_name(item)),
+            format!("write it as a `[{name}]` table, e.g. `{example}`"),
+        );
+    }
+    table
 }
 
 fn item_span(item: &Item) -> Option<Range<usize>> {

@@ -86,12 +86,19 @@ pub const CLIPBOARD_MAX_BYTES_LIMIT: usize = 256 * 1024;
 pub struct AppSettings {
     /// `[clipboard] max_bytes`: the largest clipboard the host buffer takes (1..=256 KiB).
     pub clipboard_max_bytes: usize,
+    /// `[file_transfer] max_mib`: the most one `bulkhead-copy`/`-move` carries.
+    pub file_transfer_max_bytes: u64,
 }
+
+/// `[file_transfer] max_mib` limits: 1 MiB to 1 TiB, 4 GiB by default.
+pub const FILE_TRANSFER_MAX_MIB_LIMIT: u64 = 1 << 20;
+pub const FILE_TRANSFER_DEFAULT_MIB: u64 = 4096;
 
 impl Default for AppSettings {
     fn default() -> Self {
         AppSettings {
             clipboard_max_bytes: CLIPBOARD_MAX_BYTES_LIMIT,
+            file_transfer_max_bytes: FILE_TRANSFER_DEFAULT_MIB << 20,
         }
     }
 }

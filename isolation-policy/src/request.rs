@@ -21,6 +21,9 @@ pub mod service {
     pub const FILE_COPY: &str = "bulkhead.FileCopy";
     /// Open a URL (`+url`) or a file (`+file`) from `source` in `target`.
     pub const OPEN_IN: &str = "bulkhead.OpenIn";
+    /// Open a URL from `source` (`bulkhead-open`) in `target`'s browser; a request that
+    /// names no target has the target `@default`.
+    pub const OPEN_URL: &str = "bulkhead.OpenURL";
 }
 
 /// Something a partition wants to do that crosses its boundary.
@@ -66,6 +69,15 @@ impl Request {
     /// `what` is `url` or `file`.
     pub fn open_in(what: &str, from: &str, to: &str) -> Self {
         Request::service(service::OPEN_IN, Some(what), from, to)
+    }
+    /// `bulkhead-open` in `from`: `to` is the partition it named, else `@default`.
+    pub fn open_url(from: &str, to: Option<&str>) -> Self {
+        Request::service(
+            service::OPEN_URL,
+            None,
+            from,
+            to.unwrap_or(crate::rules::DEFAULT_TARGET),
+        )
     }
     pub fn network(from: &str, destination: NetTarget) -> Self {
         Request::Network {

@@ -36,6 +36,9 @@ pub enum ArgPattern {
 }
 
 /// The source or target column.
+/// The target of a request that names none (Qubes' `@default`).
+pub const DEFAULT_TARGET: &str = "@default";
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Pattern {
     /// `*`: anything, including requests for a new disposable.
@@ -48,6 +51,9 @@ pub enum Pattern {
     DispVm,
     /// `@dispvm:NAME`: a new disposable from partition NAME (target only).
     DispVmOf(String),
+    /// `@default`: a request that names no target (target only); the rule's
+    /// `target=` / `default_target=` says where it goes.
+    Default,
     Name(String),
 }
 
@@ -217,6 +223,7 @@ impl fmt::Display for Pattern {
             Pattern::Type(k) => write!(f, "@type:{}", k.name()),
             Pattern::DispVm => f.write_str("@dispvm"),
             Pattern::DispVmOf(n) => write!(f, "@dispvm:{n}"),
+            Pattern::Default => f.write_str("@default"),
             Pattern::Name(n) => f.write_str(n),
         }
     }
@@ -435,6 +442,15 @@ fn parse_pattern(s: &str, is_target: bool) -> Result<Pattern, PatternError> {
             Some(n) if valid_name(n) => Ok(Pattern::DispVmOf(n.to_string())),
             Some(n) => Err((format!("`{n}` in `{s}` is not a partition name"), HINT)),
         };
+    }
+    if s == DEFAULT_TARGET {
+        if !is_target {
+            return Err((
+                "`@default` cannot be a source".to_string(),
+                "`@default` stands for a request that names no target",
+            ));
+        }
+        return Ok(Pattern::Default);
     }
     if s.starts_with('@') {
         return Err((format!("unknown token `{s}`"), HINT));

@@ -12,7 +12,7 @@ use bulkhead_agent_proto::{
     AgentMessage, Decoder, EncodeError, Frame, HostMessage, PROTOCOL_VERSION,
 };
 /// Clipboard content, and the most one agent message carries.
-pub use bulkhead_agent_proto::{Clipboard, MAX_PAYLOAD};
+pub use bulkhead_agent_proto::{Clipboard, FileEntry, MAX_PAYLOAD};
 
 /// Requests in flight per agent.
 pub const MAX_PENDING: usize = 8;
@@ -20,7 +20,11 @@ pub const MAX_PENDING: usize = 8;
 pub const MAX_REPLIES: usize = 16;
 /// How long an agent has to answer before the request fails (the agent stays).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Messages an agent may send in a burst, and per second after it.
+/// Offers (files to send, URLs to open) an agent may have waiting for the host at once;
+/// more are refused, not queued.
+pub const MAX_OPEN_OFFERS: usize = 4;
+/// Messages an agent may send in a burst, and per second after it. An answer to a
+/// request the host made does not count (the host bounds those by asking).
 pub const FLOOD_MESSAGES: u32 = 64;
 /// Bytes an agent may send in a burst, and per second after it: two full frames.
 pub const FLOOD_BYTES: u32 = 2 * bulkhead_agent_proto::MAX_FRAME as u32;
@@ -54,6 +58,55 @@ pub enum AgentRequest {
     Ping,
     ClipboardGet,
     ClipboardSet(Clipboard),
+    /// `len` bytes at `offset` of file `index` of the agent's open offer `offer`.
+    FileRead {
+        offer: u32,
+        index: u32,
+        offset: u64,
+        len: u32,
+    },
+    /// Prepare incoming `transfer` from partition `source`.
+    FileIncoming {
+        transfer: u32,
+        source: String,
+        files: Vec<FileEntry>,
+    },
+    FileWrite {
+        transfer: u32,
+        index: u32,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    FileCommit {
+        transfer: u32,
+        abort: bool,
+    },
+    /// Open this URL in the partition's browser.
+    OpenUrl(String),
+}
+
+/// What an agent asks of the host on its user's behalf (the policy decides).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentOffer {
+    /// `bulkhead-copy` / `bulkhead-move` in the guest: send these files elsewhere.
+    Files {
+        offer: u32,
+        is_move: bool,
+        files: Vec<FileEntry>,
+    },
+    /// `bulkhead-open URL [--in TARGET]`: open it in another partition.
+    OpenUrl {
+        request: u32,
+        url: String,
+        target: Option<String>,
+    },
+}
+
+/// The host's last word on an [`AgentOffer`], for the agent's waiting command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OfferOutcome {
+    Files { offer: u32, error: Option<String> },
+    OpenUrl { request: u32, error: Option<String> },
 }
 
 /// An agent's answer to request `id`.
@@ -67,6 +120,14 @@ pub enum AgentReply {
         content: Option<Clipboard>,
     },
     ClipboardSet {
+        id: u32,
+    },
+    FileData {
+        id: u32,
+        data: Vec<u8>,
+    },
+    /// A `FileIncoming`, `FileWrite`, `FileCommit` or `OpenUrl` succeeded.
+    Done {
         id: u32,
     },
     /// The agent said it failed, or did not answer within [`REQUEST_TIMEOUT`].
@@ -84,6 +145,8 @@ pub enum AgentError {
     CutOff(String),
     #[error("the agent already has {MAX_PENDING} requests in flight")]
     Busy,
+    #[error("the agent has no open offer {0} with that file")]
+    NoSuchOffer(u32),
     #[error("request too large: {0}")]
     TooLarge(#[from] EncodeError),
 }
@@ -93,6 +156,31 @@ enum Asked {
     Ping,
     Get,
     Set,
+    /// A `FileRead` of at most this many bytes.
+    Read(u32),
+    /// Answered by `Done`.
+    Done,
+}
+
+impl Asked {
+    /// File and open-in answers go to [`AgentLink::take_reply`], the rest (the app's
+    /// clipboard) to [`AgentLink::take_replies`].
+    fn by_id(self) -> bool {
+        matches!(self, Asked::Read(_) | Asked::Done)
+    }
+}
+
+impl AgentReply {
+    pub fn id(&self) -> u32 {
+        match self {
+            AgentReply::Pong { id }
+            | AgentReply::Clipboard { id, .. }
+            | AgentReply::ClipboardSet { id }
+            | AgentReply::FileData { id, .. }
+            | AgentReply::Done { id }
+            | AgentReply::Failed { id, .. } => *id,
+        }
+    }
 }
 
 /// A token bucket: `burst` tokens, refilled at `burst` per second.
@@ -130,8 +218,18 @@ pub struct AgentLink {
     next_id: u32,
     pending: HashMap<u32, (Asked, Instant)>,
     replies: VecDeque<AgentReply>,
+    /// Answers to file and open-in requests, taken by id by whoever asked.
+    by_id: HashMap<u32, AgentReply>,
+    /// Offers waiting for the host (taken by [`AgentLink::take_offers`]).
+    offers: VecDeque<AgentOffer>,
+    /// Offers taken but not yet answered with an outcome: their files may be read.
+    open_files: HashMap<u32, Vec<FileEntry>>,
+    open_urls: std::collections::HashSet<u32>,
     messages: Bucket,
     bytes: Bucket,
+    /// Bytes the host asked for (`FileRead`s not yet answered), which the flood limit
+    /// does not count.
+    asked_bytes: usize,
     /// After a restore: the entropy to send until a `Hello` says it arrived
     /// (`features::RESTORED`).
     restore: Option<Vec<u8>>,
@@ -156,8 +254,13 @@ impl Default for AgentLink {
             next_id: 1,
             pending: HashMap::new(),
             replies: VecDeque::new(),
+            by_id: HashMap::new(),
+            offers: VecDeque::new(),
+            open_files: HashMap::new(),
+            open_urls: std::collections::HashSet::new(),
             messages: Bucket::new(FLOOD_MESSAGES),
             bytes: Bucket::new(FLOOD_BYTES),
+            asked_bytes: 0,
             restore: None,
         }
     }
@@ -179,7 +282,10 @@ impl AgentLink {
             self.status = AgentStatus::CutOff {
                 reason: reason.clone(),
             };
-            self.pending.clear();
+            self.fail_pending("the agent was cut off");
+            self.offers.clear();
+            self.open_files.clear();
+            self.open_urls.clear();
             // Its decoder may hold up to a frame: let it go.
             self.decoder = Decoder::new();
         }
@@ -187,7 +293,10 @@ impl AgentLink {
     }
 
     fn feed_inner(&mut self, bytes: &[u8], now: Instant) -> Result<Vec<u8>, String> {
-        if !self.bytes.take(bytes.len(), now) {
+        // Bytes the host asked for are paid for already; the rest count.
+        let asked = self.asked_bytes.min(bytes.len());
+        self.asked_bytes -= asked;
+        if !self.bytes.take(bytes.len() - asked, now) {
             return Err(format!(
                 "flooding: more than {FLOOD_BYTES} bytes per second"
             ));
@@ -197,7 +306,8 @@ impl AgentLink {
         let mut out = Vec::new();
         // The messages before a bad frame were well-formed: apply them first.
         for msg in msgs {
-            if !self.messages.take(1, now) {
+            let answer = answer_id(&msg).is_some_and(|id| self.pending.contains_key(&id));
+            if !answer && !self.messages.take(1, now) {
                 return Err(format!(
                     "flooding: more than {FLOOD_MESSAGES} messages per second"
                 ));
@@ -217,16 +327,12 @@ impl AgentLink {
                         "speaks protocol version {version}, the host {PROTOCOL_VERSION}"
                     ));
                 }
-                // Again after a restart of the agent: its old requests are lost.
-                for (id, _) in self.pending.drain() {
-                    push_reply(
-                        &mut self.replies,
-                        AgentReply::Failed {
-                            id,
-                            reason: "the agent restarted".into(),
-                        },
-                    );
-                }
+                // Again after a restart of the agent: its old requests and offers are
+                // lost (its commands were told so when it went).
+                self.fail_pending("the agent restarted");
+                self.offers.clear();
+                self.open_files.clear();
+                self.open_urls.clear();
                 self.status = AgentStatus::Connected { features };
                 let hello = HostMessage::Hello {
                     version: PROTOCOL_VERSION,
@@ -253,28 +359,179 @@ impl AgentLink {
                 (id, Some(Asked::Set), AgentReply::ClipboardSet { id })
             }
             AgentMessage::Failed { id, reason } => (id, None, AgentReply::Failed { id, reason }),
-            AgentMessage::FileOffer { offer, files, .. } => {
-                // The transfer engine is not wired in yet: refuse politely, so the
-                // in-guest command ends with a reason instead of hanging.
-                tracing::info!(offer, files = files.len(), "refused a file offer");
-                let outcome = HostMessage::FileOutcome {
-                    offer,
-                    error: Some("file transfer is not available on this host yet".into()),
-                };
-                return outcome.encode().map_err(|e| e.to_string());
+            AgentMessage::FileData { id, data } => {
+                match self.pending.get(&id) {
+                    Some((Asked::Read(len), _)) if data.len() > *len as usize => {
+                        return Err(format!(
+                            "answered read {id} with {} bytes, {len} were asked",
+                            data.len()
+                        ))
+                    }
+                    Some((Asked::Read(_), _)) => {}
+                    _ => {
+                        return Err(format!(
+                            "answered request {id} with file data it never asked"
+                        ))
+                    }
+                }
+                let pending = self.pending.get(&id).map(|(a, _)| *a);
+                (id, pending, AgentReply::FileData { id, data })
             }
-            // The host asks no file requests yet, so these answer nothing it asked.
-            AgentMessage::FileData { id, .. } | AgentMessage::Done { id } => {
-                return Err(format!("answered request {id} with an unasked file reply"));
+            AgentMessage::Done { id } => (id, Some(Asked::Done), AgentReply::Done { id }),
+            AgentMessage::FileOffer {
+                offer,
+                is_move,
+                files,
+            } => {
+                return self.offer(
+                    AgentOffer::Files {
+                        offer,
+                        is_move,
+                        files,
+                    },
+                    offer,
+                )
+            }
+            AgentMessage::OpenUrl {
+                request,
+                url,
+                target,
+            } => {
+                return self.offer(
+                    AgentOffer::OpenUrl {
+                        request,
+                        url,
+                        target,
+                    },
+                    request,
+                )
             }
         };
-        match self.pending.remove(&id) {
-            Some((was, _)) if asked.is_none_or(|a| a == was) => {}
+        let was = match self.pending.remove(&id) {
+            Some((was, _)) if asked.is_none_or(|a| a == was) => was,
             Some(_) => return Err(format!("answered request {id} with the wrong kind")),
             None => return Err(format!("answered request {id}, which was never asked")),
+        };
+        if let Asked::Read(len) = was {
+            // What was asked and not sent is no longer owed.
+            let sent = match &reply {
+                AgentReply::FileData { data, .. } => data.len(),
+                _ => 0,
+            };
+            self.asked_bytes = self
+                .asked_bytes
+                .saturating_sub((len as usize).saturating_sub(sent));
         }
-        push_reply(&mut self.replies, reply);
+        if was.by_id() {
+            keep_by_id(&mut self.by_id, id, reply);
+        } else {
+            push_reply(&mut self.replies, reply);
+        }
         Ok(Vec::new())
+    }
+
+    /// An offer from the agent: queued for the host, or refused at once (too many
+    /// waiting, or a number already in use) with an outcome the agent's command reads.
+    fn offer(&mut self, offer: AgentOffer, number: u32) -> Result<Vec<u8>, String> {
+        let waiting = self.offers.len() + self.open_files.len() + self.open_urls.len();
+        let taken =
+            match &offer {
+                AgentOffer::Files { .. } => {
+                    self.open_files.contains_key(&number)
+                        || self.offers.iter().any(
+                            |o| matches!(o, AgentOffer::Files { offer, .. } if *offer == number),
+                        )
+                }
+                AgentOffer::OpenUrl { .. } => self.open_urls.contains(&number)
+                    || self.offers.iter().any(
+                        |o| matches!(o, AgentOffer::OpenUrl { request, .. } if *request == number),
+                    ),
+            };
+        let refusal = if taken {
+            Some(format!("offer {number} is already waiting"))
+        } else if waiting >= MAX_OPEN_OFFERS {
+            Some(format!(
+                "{MAX_OPEN_OFFERS} requests from this partition are already waiting"
+            ))
+        } else {
+            None
+        };
+        let Some(reason) = refusal else {
+            self.offers.push_back(offer);
+            return Ok(Vec::new());
+        };
+        tracing::info!(number, %reason, "refused an agent's offer");
+        let outcome = match offer {
+            AgentOffer::Files { offer, .. } => HostMessage::FileOutcome {
+                offer,
+                error: Some(reason),
+            },
+            AgentOffer::OpenUrl { request, .. } => HostMessage::OpenOutcome {
+                request,
+                error: Some(reason),
+            },
+        };
+        outcome.encode().map_err(|e| e.to_string())
+    }
+
+    /// Offers the agent made since the last call; each stays open (its files readable)
+    /// until [`AgentLink::outcome`] ends it.
+    pub fn take_offers(&mut self) -> Vec<AgentOffer> {
+        let offers: Vec<AgentOffer> = self.offers.drain(..).collect();
+        for o in &offers {
+            match o {
+                AgentOffer::Files { offer, files, .. } => {
+                    self.open_files.insert(*offer, files.clone());
+                }
+                AgentOffer::OpenUrl { request, .. } => {
+                    self.open_urls.insert(*request);
+                }
+            }
+        }
+        offers
+    }
+
+    /// Ends an open offer: the frame telling the agent (its command prints the error,
+    /// a move deletes its sources on success). `None` if no such offer is open (the
+    /// agent restarted or was cut off meanwhile).
+    pub fn outcome(&mut self, outcome: OfferOutcome) -> Result<Option<Vec<u8>>, EncodeError> {
+        let msg = match outcome {
+            OfferOutcome::Files { offer, error } => {
+                if self.open_files.remove(&offer).is_none() {
+                    return Ok(None);
+                }
+                HostMessage::FileOutcome { offer, error }
+            }
+            OfferOutcome::OpenUrl { request, error } => {
+                if !self.open_urls.remove(&request) {
+                    return Ok(None);
+                }
+                HostMessage::OpenOutcome { request, error }
+            }
+        };
+        msg.encode().map(Some)
+    }
+
+    /// The answer to file or open-in request `id`, once it came.
+    pub fn take_reply(&mut self, id: u32, now: Instant) -> Option<AgentReply> {
+        self.expire(now);
+        self.by_id.remove(&id)
+    }
+
+    fn fail_pending(&mut self, reason: &str) {
+        let ids: Vec<(u32, Asked)> = self.pending.drain().map(|(id, (a, _))| (id, a)).collect();
+        for (id, asked) in ids {
+            let reply = AgentReply::Failed {
+                id,
+                reason: reason.to_string(),
+            };
+            if asked.by_id() {
+                keep_by_id(&mut self.by_id, id, reply);
+            } else {
+                push_reply(&mut self.replies, reply);
+            }
+        }
+        self.asked_bytes = 0;
     }
 
     /// The partition was just continued from a snapshot: its agent is mid-session with a
@@ -320,8 +577,73 @@ impl AgentLink {
             AgentRequest::ClipboardSet(content) => {
                 (Asked::Set, HostMessage::ClipboardSet { id, content })
             }
+            AgentRequest::FileRead {
+                offer,
+                index,
+                offset,
+                len,
+            } => {
+                let known = self
+                    .open_files
+                    .get(&offer)
+                    .is_some_and(|files| (index as usize) < files.len());
+                if !known {
+                    return Err(AgentError::NoSuchOffer(offer));
+                }
+                (
+                    Asked::Read(len),
+                    HostMessage::FileRead {
+                        id,
+                        offer,
+                        index,
+                        offset,
+                        len,
+                    },
+                )
+            }
+            AgentRequest::FileIncoming {
+                transfer,
+                source,
+                files,
+            } => (
+                Asked::Done,
+                HostMessage::FileIncoming {
+                    id,
+                    transfer,
+                    source,
+                    files,
+                },
+            ),
+            AgentRequest::FileWrite {
+                transfer,
+                index,
+                offset,
+                data,
+            } => (
+                Asked::Done,
+                HostMessage::FileWrite {
+                    id,
+                    transfer,
+                    index,
+                    offset,
+                    data,
+                },
+            ),
+            AgentRequest::FileCommit { transfer, abort } => (
+                Asked::Done,
+                HostMessage::FileCommit {
+                    id,
+                    transfer,
+                    abort,
+                },
+            ),
+            AgentRequest::OpenUrl(url) => (Asked::Done, HostMessage::OpenUrl { id, url }),
         };
         let frame = msg.encode()?;
+        if let Asked::Read(len) = asked {
+            // The answer's frame: the data and its header (kind, id, length).
+            self.asked_bytes += len as usize + 13;
+        }
         self.pending.insert(id, (asked, now));
         Ok((id, frame))
     }
@@ -335,20 +657,42 @@ impl AgentLink {
             .map(|(id, _)| *id)
             .collect();
         for id in late {
-            self.pending.remove(&id);
-            push_reply(
-                &mut self.replies,
-                AgentReply::Failed {
-                    id,
-                    reason: format!("the agent did not answer within {REQUEST_TIMEOUT:?}"),
-                },
-            );
+            let Some((asked, _)) = self.pending.remove(&id) else {
+                continue;
+            };
+            let reply = AgentReply::Failed {
+                id,
+                reason: format!("the agent did not answer within {REQUEST_TIMEOUT:?}"),
+            };
+            if let Asked::Read(len) = asked {
+                self.asked_bytes = self.asked_bytes.saturating_sub(len as usize + 13);
+            }
+            if asked.by_id() {
+                keep_by_id(&mut self.by_id, id, reply);
+            } else {
+                push_reply(&mut self.replies, reply);
+            }
         }
     }
 
     pub fn take_replies(&mut self, now: Instant) -> Vec<AgentReply> {
         self.expire(now);
         self.replies.drain(..).collect()
+    }
+}
+
+/// The request an agent message answers, if it is an answer.
+fn answer_id(msg: &AgentMessage) -> Option<u32> {
+    match msg {
+        AgentMessage::Pong { id }
+        | AgentMessage::Clipboard { id, .. }
+        | AgentMessage::ClipboardSet { id }
+        | AgentMessage::Failed { id, .. }
+        | AgentMessage::FileData { id, .. }
+        | AgentMessage::Done { id } => Some(*id),
+        AgentMessage::Hello { .. }
+        | AgentMessage::FileOffer { .. }
+        | AgentMessage::OpenUrl { .. } => None,
     }
 }
 
@@ -359,6 +703,16 @@ pub fn host_entropy() -> std::io::Result<Vec<u8>> {
     let mut bytes = vec![0u8; 64];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes)
+}
+
+/// Answers nobody took (their asker gave up) must not pile up.
+fn keep_by_id(by_id: &mut HashMap<u32, AgentReply>, id: u32, reply: AgentReply) {
+    if by_id.len() >= 4 * MAX_PENDING {
+        if let Some(&oldest) = by_id.keys().min_by_key(|k| k.wrapping_sub(id)) {
+            by_id.remove(&oldest);
+        }
+    }
+    by_id.insert(id, reply);
 }
 
 fn push_reply(replies: &mut VecDeque<AgentReply>, reply: AgentReply) {
@@ -395,26 +749,216 @@ mod tests {
         link
     }
 
+    fn offer(n: u32) -> Vec<u8> {
+        AgentMessage::FileOffer {
+            offer: n,
+            is_move: false,
+            files: vec![FileEntry {
+                name: "a.txt".into(),
+                size: 3 * MAX_PAYLOAD as u64,
+            }],
+        }
+        .encode()
+        .unwrap()
+    }
+
+    fn decode_host(frame: &[u8]) -> Vec<HostMessage> {
+        let mut d = Decoder::<HostMessage>::new();
+        let mut msgs = Vec::new();
+        d.push(frame, &mut msgs).unwrap();
+        msgs
+    }
+
     #[test]
-    fn a_file_offer_is_refused_with_an_outcome_until_transfers_exist() {
+    fn a_file_offer_waits_for_the_host_and_only_its_files_can_be_read() {
         let now = Instant::now();
         let mut link = connected(now);
-        let offer = AgentMessage::FileOffer {
-            offer: 4,
-            is_move: true,
-            files: vec![bulkhead_agent_proto::FileEntry {
-                name: "a.txt".into(),
-                size: 3,
-            }],
+        assert_eq!(link.feed(&offer(4), now), Ok(Vec::new()));
+        let read = |offer, index| AgentRequest::FileRead {
+            offer,
+            index,
+            offset: 0,
+            len: 10,
         };
-        let back = link.feed(&offer.encode().unwrap(), now).unwrap();
+        // Not taken yet: not open, so not readable.
+        assert_eq!(
+            link.request(read(4, 0), now),
+            Err(AgentError::NoSuchOffer(4))
+        );
         assert!(matches!(
-            HostMessage::decode_body(&back[4..]).unwrap(),
-            HostMessage::FileOutcome {
-                offer: 4,
-                error: Some(_)
-            }
+            link.take_offers().as_slice(),
+            [AgentOffer::Files { offer: 4, .. }]
         ));
+        assert_eq!(
+            link.request(read(4, 1), now),
+            Err(AgentError::NoSuchOffer(4))
+        );
+        let (id, _) = link.request(read(4, 0), now).unwrap();
+        let data = AgentMessage::FileData {
+            id,
+            data: b"0123456789".to_vec(),
+        };
+        link.feed(&data.encode().unwrap(), now).unwrap();
+        // The answer is kept for whoever asked, not handed to the clipboard's queue.
+        assert!(link.take_replies(now).is_empty());
+        assert_eq!(
+            link.take_reply(id, now),
+            Some(AgentReply::FileData {
+                id,
+                data: b"0123456789".to_vec()
+            })
+        );
+        // The outcome ends the offer: once.
+        let frame = link
+            .outcome(OfferOutcome::Files {
+                offer: 4,
+                error: None,
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            decode_host(&frame),
+            vec![HostMessage::FileOutcome {
+                offer: 4,
+                error: None
+            }]
+        );
+        assert_eq!(
+            link.outcome(OfferOutcome::Files {
+                offer: 4,
+                error: None
+            }),
+            Ok(None)
+        );
+        assert_eq!(
+            link.request(read(4, 0), now),
+            Err(AgentError::NoSuchOffer(4))
+        );
+    }
+
+    #[test]
+    fn more_data_than_a_read_asked_for_cuts_the_agent_off() {
+        let now = Instant::now();
+        let mut link = connected(now);
+        link.feed(&offer(1), now).unwrap();
+        link.take_offers();
+        let (id, _) = link
+            .request(
+                AgentRequest::FileRead {
+                    offer: 1,
+                    index: 0,
+                    offset: 0,
+                    len: 4,
+                },
+                now,
+            )
+            .unwrap();
+        let data = AgentMessage::FileData {
+            id,
+            data: vec![0; 5],
+        };
+        let reason = link.feed(&data.encode().unwrap(), now).unwrap_err();
+        assert!(reason.contains("4 were asked"), "{reason}");
+    }
+
+    #[test]
+    fn too_many_waiting_offers_are_refused_with_an_outcome_not_queued() {
+        let now = Instant::now();
+        let mut link = connected(now);
+        for n in 0..MAX_OPEN_OFFERS as u32 {
+            assert_eq!(link.feed(&offer(n), now), Ok(Vec::new()));
+        }
+        let back = link.feed(&offer(99), now).unwrap();
+        assert!(matches!(
+            decode_host(&back).as_slice(),
+            [HostMessage::FileOutcome { offer: 99, error: Some(e) }] if e.contains("already waiting")
+        ));
+        // A number already waiting is refused too.
+        let mut link = connected(now);
+        link.feed(&offer(7), now).unwrap();
+        let back = link.feed(&offer(7), now).unwrap();
+        assert!(matches!(
+            decode_host(&back).as_slice(),
+            [HostMessage::FileOutcome {
+                offer: 7,
+                error: Some(_)
+            }]
+        ));
+        assert_eq!(link.take_offers().len(), 1);
+    }
+
+    #[test]
+    fn file_data_the_host_asked_for_is_not_a_flood() {
+        let now = Instant::now();
+        let mut link = connected(now);
+        link.feed(&offer(1), now).unwrap();
+        link.take_offers();
+        // Many full-size answers within one instant: far beyond the unsolicited budget,
+        // all asked for.
+        for round in 0..(2 * FLOOD_MESSAGES) {
+            let mut frames = Vec::new();
+            let mut ids = Vec::new();
+            for k in 0..MAX_PENDING as u64 {
+                let (id, _) = link
+                    .request(
+                        AgentRequest::FileRead {
+                            offer: 1,
+                            index: 0,
+                            offset: k * MAX_PAYLOAD as u64,
+                            len: MAX_PAYLOAD as u32,
+                        },
+                        now,
+                    )
+                    .unwrap();
+                ids.push(id);
+                frames.extend(
+                    AgentMessage::FileData {
+                        id,
+                        data: vec![round as u8; MAX_PAYLOAD],
+                    }
+                    .encode()
+                    .unwrap(),
+                );
+            }
+            link.feed(&frames, now).unwrap();
+            for id in ids {
+                assert!(link.take_reply(id, now).is_some());
+            }
+        }
+        assert!(matches!(link.status(), AgentStatus::Connected { .. }));
+    }
+
+    #[test]
+    fn an_open_url_request_waits_for_the_host_and_its_outcome_goes_back_once() {
+        let now = Instant::now();
+        let mut link = connected(now);
+        let ask = AgentMessage::OpenUrl {
+            request: 3,
+            url: "https://example.org/".into(),
+            target: None,
+        };
+        assert_eq!(link.feed(&ask.encode().unwrap(), now), Ok(Vec::new()));
+        assert_eq!(
+            link.take_offers(),
+            vec![AgentOffer::OpenUrl {
+                request: 3,
+                url: "https://example.org/".into(),
+                target: None
+            }]
+        );
+        let done = OfferOutcome::OpenUrl {
+            request: 3,
+            error: Some("denied".into()),
+        };
+        assert!(link.outcome(done.clone()).unwrap().is_some());
+        assert_eq!(link.outcome(done), Ok(None));
+        // Done for an OpenUrl the host sent goes to whoever asked.
+        let (id, _) = link
+            .request(AgentRequest::OpenUrl("https://example.org/".into()), now)
+            .unwrap();
+        link.feed(&AgentMessage::Done { id }.encode().unwrap(), now)
+            .unwrap();
+        assert_eq!(link.take_reply(id, now), Some(AgentReply::Done { id }));
     }
 
     #[test]
@@ -426,6 +970,10 @@ mod tests {
             data: vec![0; 8],
         };
         assert!(link.feed(&data.encode().unwrap(), now).is_err());
+        let mut link = connected(now);
+        assert!(link
+            .feed(&AgentMessage::Done { id: 9 }.encode().unwrap(), now)
+            .is_err());
     }
 
     #[test]

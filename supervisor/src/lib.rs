@@ -29,6 +29,7 @@ mod spawn;
 pub mod template;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+pub mod transfer;
 pub mod usage;
 
 use std::collections::BTreeMap;
@@ -409,6 +410,32 @@ impl Supervisor {
         name: &str,
     ) -> Result<Vec<agent::AgentReply>, SupervisorError> {
         Ok(self.slot(name)?.take_agent_replies())
+    }
+
+    /// The answer to a file or open-in request `id` sent with
+    /// [`Supervisor::agent_request`], once it came.
+    pub fn take_agent_reply(
+        &self,
+        name: &str,
+        id: u32,
+    ) -> Result<Option<agent::AgentReply>, SupervisorError> {
+        Ok(self.slot(name)?.take_agent_reply(id))
+    }
+
+    /// Files and URLs the partition's guest user asked to send elsewhere
+    /// (`bulkhead-copy`, `bulkhead-move`, `bulkhead-open`) since the last call. Each
+    /// must be ended with [`Supervisor::agent_outcome`] (a transfer does it itself).
+    pub fn take_agent_offers(&self, name: &str) -> Result<Vec<agent::AgentOffer>, SupervisorError> {
+        Ok(self.slot(name)?.take_agent_offers())
+    }
+
+    /// Ends an offer of the partition's agent with this outcome.
+    pub fn agent_outcome(
+        &self,
+        name: &str,
+        outcome: agent::OfferOutcome,
+    ) -> Result<(), SupervisorError> {
+        self.slot(name)?.agent_outcome(outcome)
     }
 
     /// Asks for fresh stats; they appear in [`PartitionStatus::stats`].

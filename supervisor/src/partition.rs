@@ -59,6 +59,9 @@ pub struct Slot {
     log_dir: LogDir,
     /// passt and the relay of an online partition ([`crate::network`]).
     pub net: crate::network::NetSlot,
+    /// Held while one agent frame's chunks are queued, so frames from different
+    /// threads (the app's clipboard, a transfer) never interleave on the link.
+    agent_writer: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -129,6 +132,7 @@ impl Slot {
     ) -> Slot {
         Slot {
             net: crate::network::NetSlot::new(spec.network.clone(), audit),
+            agent_writer: Mutex::new(()),
             spec,
             inner: Mutex::new(Inner::default()),
             changed: Condvar::new(),
@@ -323,19 +327,49 @@ impl Slot {
         &self,
         request: crate::agent::AgentRequest,
     ) -> Result<u32, SupervisorError> {
+        let writer = self.agent_writer.lock().unwrap_or_else(|e| e.into_inner());
         let (id, frame) = self
             .lock()
             .agent
             .request(request, Instant::now())
             .map_err(SupervisorError::Agent)?;
-        for command in Command::agent_chunks(&frame) {
-            send(self, command)?;
-        }
+        queue_agent_frame(self, &frame)?;
+        drop(writer);
         Ok(id)
     }
 
     pub fn take_agent_replies(&self) -> Vec<crate::agent::AgentReply> {
         self.lock().agent.take_replies(Instant::now())
+    }
+
+    /// The answer to file or open-in request `id`, once it came (see
+    /// [`crate::agent::AgentLink::take_reply`]).
+    pub fn take_agent_reply(&self, id: u32) -> Option<crate::agent::AgentReply> {
+        self.lock().agent.take_reply(id, Instant::now())
+    }
+
+    /// Files and URLs the guest's user asked to send elsewhere since the last call.
+    pub fn take_agent_offers(&self) -> Vec<crate::agent::AgentOffer> {
+        self.lock().agent.take_offers()
+    }
+
+    /// Ends an offer: its command in the guest prints `outcome`. An offer that is no
+    /// longer open (the agent restarted) is not told.
+    pub fn agent_outcome(
+        &self,
+        outcome: crate::agent::OfferOutcome,
+    ) -> Result<(), SupervisorError> {
+        let writer = self.agent_writer.lock().unwrap_or_else(|e| e.into_inner());
+        let frame = self
+            .lock()
+            .agent
+            .outcome(outcome)
+            .map_err(|e| SupervisorError::Agent(crate::agent::AgentError::TooLarge(e)))?;
+        if let Some(frame) = frame {
+            queue_agent_frame(self, &frame)?;
+        }
+        drop(writer);
+        Ok(())
     }
 
     pub fn take_service_requests(&self) -> Vec<ServiceRequest> {
@@ -709,6 +743,14 @@ pub fn send(slot: &Slot, command: Command) -> Result<(), SupervisorError> {
     send_with_fds(slot, command, Vec::new())
 }
 
+/// Queues one agent frame in console-sized chunks; the caller holds `agent_writer`.
+fn queue_agent_frame(slot: &Slot, frame: &[u8]) -> Result<(), SupervisorError> {
+    for command in Command::agent_chunks(frame) {
+        send(slot, command)?;
+    }
+    Ok(())
+}
+
 /// [`send`] with the fds the command carries (SCM_RIGHTS).
 fn send_with_fds(slot: &Slot, command: Command, fds: Vec<OwnedFd>) -> Result<(), SupervisorError> {
     let (queue, generation) = {
@@ -1020,8 +1062,10 @@ fn handle_event(
             agent_out = restored_agent_frame(slot);
         }
     }
-    for command in Command::agent_chunks(&agent_out) {
-        let _ = send(slot, command);
+    if !agent_out.is_empty() {
+        let writer = slot.agent_writer.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = queue_agent_frame(slot, &agent_out);
+        drop(writer);
     }
     slot.changed();
     Ok(())

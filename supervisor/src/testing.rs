@@ -338,7 +338,8 @@ fn run_fake(stream: UnixStream, mode: &str) -> i32 {
             let events = Arc::new(Mutex::new(events));
             let obey_stop = mode != "ignore_stop";
             let e = Arc::clone(&events);
-            std::thread::spawn(move || serve_commands(commands, e, obey_stop));
+            let short_reads = mode == "agent_files_short";
+            std::thread::spawn(move || serve_commands(commands, e, obey_stop, short_reads));
             if let Some(bytes) = fake_agent_opening(mode) {
                 for e in Event::agent_chunks(&bytes) {
                     events.lock().unwrap().send(&e).unwrap();
@@ -407,15 +408,36 @@ fn render(events: &Mutex<MessageWriter<Event>>, pixels: &MappedRegion) -> i32 {
 /// What the fake guest agent says first in `mode`: a `Hello` for `agent`, hostile
 /// bytes for the `agent_*` modes (each then also keeps its partition running).
 pub fn fake_agent_opening(mode: &str) -> Option<Vec<u8>> {
+    use bulkhead_agent_proto::features;
     let hello = AgentMessage::Hello {
         version: bulkhead_agent_proto::PROTOCOL_VERSION,
-        features: bulkhead_agent_proto::features::CLIPBOARD,
+        features: features::CLIPBOARD | features::FILES | features::OPEN_URL,
     }
     .encode()
     .unwrap();
     let mut bytes = hello.clone();
     match mode {
         "agent" => {}
+        // `bulkhead-move` of the fake files (`_short`: then it answers reads short).
+        "agent_files" | "agent_files_short" => bytes.extend(
+            AgentMessage::FileOffer {
+                offer: FAKE_OFFER,
+                is_move: true,
+                files: fake_files(),
+            }
+            .encode()
+            .unwrap(),
+        ),
+        // `bulkhead-open FAKE_URL` naming no target.
+        "agent_open" => bytes.extend(
+            AgentMessage::OpenUrl {
+                request: FAKE_OFFER,
+                url: FAKE_URL.into(),
+                target: None,
+            }
+            .encode()
+            .unwrap(),
+        ),
         // A header announcing one byte more than any frame may hold.
         "agent_oversized" => {
             bytes.extend_from_slice(&(bulkhead_agent_proto::MAX_BODY as u32 + 1).to_le_bytes())
@@ -442,17 +464,84 @@ pub fn fake_agent_opening(mode: &str) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-/// The fake agent's answers: pong, and a one-slot clipboard that `ClipboardSet` fills
-/// and `ClipboardGet` reads (starting with [`FAKE_AGENT_CLIPBOARD`]).
+/// The offer (and open request) number of the `agent_files` / `agent_open` modes.
+pub const FAKE_OFFER: u32 = 1;
+/// What the `agent_open` mode asks to open.
+pub const FAKE_URL: &str = "https://example.org/from-the-fake-guest";
+
+/// The files the `agent_files` mode offers: one of several chunks, an empty one.
+pub fn fake_files() -> Vec<bulkhead_agent_proto::FileEntry> {
+    vec![
+        bulkhead_agent_proto::FileEntry {
+            name: "report (final).txt".into(),
+            size: 300_001,
+        },
+        bulkhead_agent_proto::FileEntry {
+            name: "empty".into(),
+            size: 0,
+        },
+    ]
+}
+
+/// The content of fake file `index` (no repeating pattern at chunk sizes).
+pub fn fake_file_bytes(index: usize) -> Vec<u8> {
+    let len = fake_files().get(index).map_or(0, |f| f.size as usize);
+    (0..len).map(|i| ((i * 7 + i / 251) % 256) as u8).collect()
+}
+
+/// The serial line the fake agent prints for each file it received whole: its name,
+/// size and sha256 (hex).
+pub fn fake_received_line(name: &str, bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let sum: String = sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("received {name:?} {} {sum}\n", bytes.len())
+}
+
+/// One incoming transfer of the fake agent.
+struct FakeIncoming {
+    source: String,
+    files: Vec<(String, Vec<u8>)>,
+}
+
+/// The fake agent's answers: pong, a one-slot clipboard that `ClipboardSet` fills and
+/// `ClipboardGet` reads (starting with [`FAKE_AGENT_CLIPBOARD`]), files in memory
+/// (offered ones read, incoming ones announced on the serial console when committed),
+/// and URLs "opened" by saying so on the serial console.
 struct FakeAgent {
     decoder: Decoder<HostMessage>,
     clipboard: Option<Clipboard>,
+    short_reads: bool,
+    incoming: std::collections::HashMap<u32, FakeIncoming>,
+    /// Serial lines to send.
+    said: Vec<String>,
 }
 
 /// What the fake agent's clipboard holds at start.
 pub const FAKE_AGENT_CLIPBOARD: &str = "copied in the fake guest";
 
 impl FakeAgent {
+    fn read(&self, id: u32, offer: u32, index: u32, offset: u64, len: u32) -> AgentMessage {
+        let file = fake_file_bytes(index as usize);
+        if offer != FAKE_OFFER || index as usize >= fake_files().len() {
+            return AgentMessage::Failed {
+                id,
+                reason: "no such offer".into(),
+            };
+        }
+        let start = (offset as usize).min(file.len());
+        let mut end = start.saturating_add(len as usize).min(file.len());
+        if self.short_reads && end > start {
+            end -= 1;
+        }
+        AgentMessage::FileData {
+            id,
+            data: file[start..end].to_vec(),
+        }
+    }
+
     fn answer(&mut self, bytes: &[u8]) -> Vec<u8> {
         let mut msgs = Vec::new();
         if self.decoder.push(bytes, &mut msgs).is_err() {
@@ -476,14 +565,80 @@ impl FakeAgent {
                     features: bulkhead_agent_proto::features::CLIPBOARD
                         | bulkhead_agent_proto::features::RESTORED,
                 },
-                HostMessage::FileOutcome { .. } => continue,
-                HostMessage::FileRead { id, .. }
-                | HostMessage::FileIncoming { id, .. }
-                | HostMessage::FileWrite { id, .. }
-                | HostMessage::FileCommit { id, .. } => AgentMessage::Failed {
+                HostMessage::FileOutcome { offer, error } => {
+                    let how = error.unwrap_or_else(|| "ok".into());
+                    self.said.push(format!("outcome {offer} {how}\n"));
+                    continue;
+                }
+                HostMessage::OpenOutcome { request, error } => {
+                    let how = error.unwrap_or_else(|| "ok".into());
+                    self.said.push(format!("open-outcome {request} {how}\n"));
+                    continue;
+                }
+                HostMessage::OpenUrl { id, url } => {
+                    self.said.push(format!("opened {url}\n"));
+                    AgentMessage::Done { id }
+                }
+                HostMessage::FileRead {
                     id,
-                    reason: "the fake agent keeps no files".into(),
-                },
+                    offer,
+                    index,
+                    offset,
+                    len,
+                } => self.read(id, offer, index, offset, len),
+                HostMessage::FileIncoming {
+                    id,
+                    transfer,
+                    source,
+                    files,
+                } => {
+                    let files = files.into_iter().map(|f| (f.name, Vec::new())).collect();
+                    self.incoming
+                        .insert(transfer, FakeIncoming { source, files });
+                    AgentMessage::Done { id }
+                }
+                HostMessage::FileWrite {
+                    id,
+                    transfer,
+                    index,
+                    offset,
+                    data,
+                } => {
+                    let file = self
+                        .incoming
+                        .get_mut(&transfer)
+                        .and_then(|t| t.files.get_mut(index as usize));
+                    match file {
+                        Some((_, bytes)) => {
+                            let end = offset as usize + data.len();
+                            if bytes.len() < end {
+                                bytes.resize(end, 0);
+                            }
+                            bytes[offset as usize..end].copy_from_slice(&data);
+                            AgentMessage::Done { id }
+                        }
+                        None => AgentMessage::Failed {
+                            id,
+                            reason: "no such incoming file".into(),
+                        },
+                    }
+                }
+                HostMessage::FileCommit {
+                    id,
+                    transfer,
+                    abort,
+                } => {
+                    if let Some(t) = self.incoming.remove(&transfer) {
+                        if abort {
+                            self.said.push(format!("aborted from {}\n", t.source));
+                        } else {
+                            for (name, bytes) in &t.files {
+                                self.said.push(fake_received_line(name, bytes));
+                            }
+                        }
+                    }
+                    AgentMessage::Done { id }
+                }
             };
             out.extend(reply.encode().unwrap());
         }
@@ -495,6 +650,7 @@ fn serve_commands(
     mut commands: vmm_core::control::MessageReader<Command>,
     events: Arc<Mutex<MessageWriter<Event>>>,
     obey_stop: bool,
+    short_reads: bool,
 ) {
     let send = |e: Event| {
         let _ = events.lock().unwrap().send(&e);
@@ -502,6 +658,9 @@ fn serve_commands(
     let mut agent = FakeAgent {
         decoder: Decoder::new(),
         clipboard: Some(Clipboard::Text(FAKE_AGENT_CLIPBOARD.into())),
+        short_reads,
+        incoming: std::collections::HashMap::new(),
+        said: Vec::new(),
     };
     // The fake guest's balloon reaches every target at once.
     let mut balloon_mib = 0;
@@ -534,6 +693,11 @@ fn serve_commands(
             Command::AgentWrite { bytes } => {
                 for e in Event::agent_chunks(&agent.answer(&bytes)) {
                     send(e);
+                }
+                for line in agent.said.drain(..) {
+                    send(Event::Serial {
+                        bytes: line.into_bytes(),
+                    });
                 }
             }
             Command::SetBalloon { target_mib } => balloon_mib = target_mib,

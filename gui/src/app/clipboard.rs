@@ -575,12 +575,7 @@ impl Pending {
 }
 
 fn reply_id(r: &AgentReply) -> u32 {
-    match r {
-        AgentReply::Pong { id }
-        | AgentReply::Clipboard { id, .. }
-        | AgentReply::ClipboardSet { id }
-        | AgentReply::Failed { id, .. } => *id,
-    }
+    r.id()
 }
 
 /// What every request gets while no policy has ever loaded: a visible refusal.

@@ -814,12 +814,7 @@ impl Session {
 }
 
 fn reply_id(r: &AgentReply) -> u32 {
-    match r {
-        AgentReply::Pong { id }
-        | AgentReply::Clipboard { id, .. }
-        | AgentReply::ClipboardSet { id }
-        | AgentReply::Failed { id, .. } => *id,
-    }
+    r.id()
 }
 
 /// How the partition process `pid` and the VMM it runs are confined, one `key: value`
