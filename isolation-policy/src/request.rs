@@ -185,7 +185,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    pub(crate) fn deny(rule: Option<RuleRef>, explanation: String, chain: Vec<ChainStep>) -> Self {
+    pub fn deny(rule: Option<RuleRef>, explanation: String, chain: Vec<ChainStep>) -> Self {
         Decision {
             verdict: Verdict::Deny { notify: true },
             rule,

@@ -25,6 +25,7 @@ pub mod network;
 mod partition;
 pub mod private_disk;
 pub mod saved_state;
+pub mod services;
 mod spawn;
 pub mod template;
 #[cfg(any(test, feature = "test-support"))]
@@ -752,5 +753,7 @@ impl Drop for Balancer {
 
 #[cfg(test)]
 mod agent_tests;
+#[cfg(test)]
+mod services_tests;
 #[cfg(test)]
 mod tests;
