@@ -505,9 +505,28 @@ pub struct SupervisorSource {
     pub engine: Engine,
     /// `None`: `isolation_policy::default_policy_dir()` at each call.
     pub policy_dir: Option<std::path::PathBuf>,
+    /// File copies and open-ins between its partitions, decided by the policy.
+    pub broker: bulkhead_supervisor::services::ServiceBroker,
 }
 
 impl SupervisorSource {
+    /// Audits service decisions where the audit panel reads.
+    pub fn new(
+        supervisor: Arc<Supervisor>,
+        engine: Engine,
+        policy_dir: Option<std::path::PathBuf>,
+    ) -> Self {
+        let audit = crate::app::audit_log::default_audit_dir();
+        let broker =
+            bulkhead_supervisor::services::ServiceBroker::new(None, audit.as_deref(), engine);
+        SupervisorSource {
+            supervisor,
+            engine,
+            policy_dir,
+            broker,
+        }
+    }
+
     fn dir(&self) -> std::path::PathBuf {
         self.policy_dir
             .clone()
@@ -518,6 +537,46 @@ impl SupervisorSource {
 impl crate::app::PartitionSource for SupervisorSource {
     fn added(&mut self) -> Vec<Result<Box<dyn PartitionBackend>, String>> {
         partitions_added(&self.dir(), self.engine, &self.supervisor)
+    }
+
+    fn poll_services(&mut self) -> Vec<crate::app::ServiceEvent> {
+        // Resolved each time, like the rest: a first save makes the user's directory
+        // the one in force.
+        let dir = self.dir();
+        self.broker.set_policy_dir(dir);
+        self.broker.poll(&self.supervisor)
+    }
+
+    fn answer_service(&mut self, id: u64, choice: Option<String>) -> Vec<crate::app::ServiceEvent> {
+        self.broker.answer(&self.supervisor, id, choice)
+    }
+
+    fn transfers(&self) -> Vec<crate::app::TransferProgress> {
+        self.broker.transfers()
+    }
+
+    fn set_policy_dir(&mut self, dir: std::path::PathBuf) {
+        self.policy_dir = Some(dir);
+    }
+
+    fn adopt_disposable(
+        &mut self,
+        name: &str,
+        of: &str,
+        restored: bool,
+    ) -> Result<Box<dyn PartitionBackend>, String> {
+        let dir = self.dir();
+        let (policy, _) = isolation_policy::Policy::load(&dir)
+            .map_err(|e| format!("policy {}: {e}", dir.display()))?;
+        let spec = match of {
+            "@dispvm" => policy
+                .specs()
+                .into_iter()
+                .find(|s| s.kind == isolation_policy::Kind::Disposable),
+            _ => policy.spec(of),
+        }
+        .ok_or_else(|| format!("no partition `{of}` in {}", dir.display()))?;
+        self.disposable_backend(&spec, name, restored)
     }
 
     fn disposable(&mut self, of: &str) -> Result<Box<dyn PartitionBackend>, String> {
@@ -532,20 +591,32 @@ impl crate::app::PartitionSource for SupervisorSource {
             .start_dispvm_target(&policy, &format!("@dispvm:{of}"), self.engine)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("`{of}` cannot have disposables"))?;
-        let mut info = crate::app::run::info_from_spec(&spec);
-        info.name = d.name.clone();
-        info.kind = format!("disposable of {of}");
+        tracing::info!(name = %d.name, of, restored = d.restored, "disposable started");
+        self.disposable_backend(&spec, &d.name, d.restored)
+    }
+}
+
+impl SupervisorSource {
+    /// The app's backend for disposable `name` of `spec`, already started.
+    fn disposable_backend(
+        &self,
+        spec: &isolation_policy::PartitionSpec,
+        name: &str,
+        restored: bool,
+    ) -> Result<Box<dyn PartitionBackend>, String> {
+        let mut info = crate::app::run::info_from_spec(spec);
+        info.name = name.to_string();
+        info.kind = format!("disposable of {}", spec.name);
         let backend =
             SupervisedPartition::new(info, self.supervisor.clone()).map_err(|e| e.to_string())?;
         // A restored one's app is on screen already: its ready line was before the
         // snapshot. A cold one (the first) waits for it like its template partition.
         let app =
-            (!d.restored && self.engine == Engine::Linux && spec.template.is_some()).then(|| {
+            (!restored && self.engine == Engine::Linux && spec.template.is_some()).then(|| {
                 spec.app
                     .clone()
                     .unwrap_or_else(|| bulkhead_supervisor::launch::DEFAULT_APP.into())
             });
-        tracing::info!(name = %d.name, of, restored = d.restored, "disposable started");
         Ok(Box::new(backend.with_app(app).disposable()))
     }
 }
@@ -607,11 +678,7 @@ pub fn supervised_backends(dir: &std::path::Path, engine: Engine) -> SupervisedB
     }
     SupervisedBackends {
         list,
-        source: Some(Box::new(SupervisorSource {
-            supervisor,
-            engine,
-            policy_dir: None,
-        })),
+        source: Some(Box::new(SupervisorSource::new(supervisor, engine, None))),
     }
 }
 

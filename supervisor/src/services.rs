@@ -51,9 +51,10 @@ pub enum StatusKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServiceEvent {
     Ask(Question),
-    /// One line for `partition`'s status ("files: …", "open: …").
+    /// One line for `partition`'s status; `topic` is `files` or `open`.
     Status {
         partition: String,
+        topic: &'static str,
         kind: StatusKind,
         text: String,
     },
@@ -711,13 +712,24 @@ impl ServiceBroker {
         );
     }
 
+    /// A status line; `text` starts with its topic (`files: …`, `open …`).
     fn say(&mut self, partition: &str, kind: StatusKind, text: String) {
         match kind {
             StatusKind::Refused => tracing::info!(partition, "{text}"),
             _ => tracing::debug!(partition, "{text}"),
         }
+        let (topic, text) = if let Some(t) = text.strip_prefix("files: ") {
+            ("files", t.to_string())
+        } else if let Some(t) = text.strip_prefix("open: ") {
+            ("open", t.to_string())
+        } else if text.starts_with("files ") {
+            ("files", text)
+        } else {
+            ("open", text)
+        };
         self.events.push(ServiceEvent::Status {
             partition: partition.to_string(),
+            topic,
             kind,
             text,
         });

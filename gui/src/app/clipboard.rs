@@ -42,6 +42,8 @@ pub enum StatusKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClipboardStatus {
     pub partition: String,
+    /// `clipboard`, or for the other services `files`, `open`.
+    pub topic: &'static str,
     pub kind: StatusKind,
     pub text: String,
 }
@@ -206,6 +208,7 @@ impl SecureClipboard {
         }
         let status = ClipboardStatus {
             partition: partition.to_string(),
+            topic: "clipboard",
             kind,
             text,
         };

@@ -84,7 +84,37 @@ pub trait PartitionSource {
     fn added(&mut self) -> Vec<Result<Box<dyn PartitionBackend>, String>>;
     /// Starts a disposable of partition `of` (`@dispvm:of`) and returns its backend.
     fn disposable(&mut self, of: &str) -> Result<Box<dyn PartitionBackend>, String>;
+    /// A backend for disposable `name` of `of` that the source started itself (for an
+    /// open-in), so the app shows it.
+    fn adopt_disposable(
+        &mut self,
+        name: &str,
+        of: &str,
+        restored: bool,
+    ) -> Result<Box<dyn PartitionBackend>, String> {
+        let _ = (of, restored);
+        Err(format!("cannot show disposable `{name}`"))
+    }
+    /// What partitions asked of each other since the last call (file copies, links to
+    /// open), decided by the policy: questions, status lines, started disposables.
+    fn poll_services(&mut self) -> Vec<ServiceEvent> {
+        Vec::new()
+    }
+    /// The person's answer to service question `id` (`None`: refused).
+    fn answer_service(&mut self, id: u64, choice: Option<String>) -> Vec<ServiceEvent> {
+        let _ = (id, choice);
+        Vec::new()
+    }
+    /// File transfers running now, for progress bars.
+    fn transfers(&self) -> Vec<TransferProgress> {
+        Vec::new()
+    }
+    /// Decide with the policy in `dir` from now on (the editor saved into the user's).
+    fn set_policy_dir(&mut self, _dir: std::path::PathBuf) {}
 }
+
+pub use bulkhead_supervisor::services::{ServiceEvent, StatusKind as ServiceStatusKind};
+pub use bulkhead_supervisor::transfer::{TransferProgress, TransferState};
 
 pub struct PartitionSlot {
     pub backend: Box<dyn PartitionBackend>,
@@ -95,6 +125,8 @@ pub struct PartitionSlot {
     pub last_error: Option<String>,
     /// Its last clipboard (or file) event, shown in its launcher row until replaced.
     pub event: Option<clipboard::ClipboardStatus>,
+    /// A file transfer from or to it, running: done fraction and what it is.
+    pub transfer: Option<(f32, String)>,
     /// Where its pixels were drawn this frame (for pointer input).
     geometry: Option<ViewGeometry>,
     had_damage: bool,
@@ -110,6 +142,7 @@ impl PartitionSlot {
             popped_out: false,
             last_error: None,
             event: None,
+            transfer: None,
             geometry: None,
             had_damage: false,
         }
@@ -278,6 +311,9 @@ impl BulkheadApp {
         };
         // The first save of the defaults went to the user's directory: decide with it.
         self.clipboard.set_policy_dir(dir.clone());
+        if let Some(source) = &mut self.source {
+            source.set_policy_dir(dir.clone());
+        }
         // Saved only when it checks, so this loads; a failure is shown, never half-applied.
         let policy = match isolation_policy::Policy::load(&dir) {
             Ok((policy, _)) => policy,
@@ -471,6 +507,11 @@ impl BulkheadApp {
         }
         self.clipboard.poll(&mut self.slots);
         self.clipboard_events();
+        if let Some(source) = &mut self.source {
+            let events = source.poll_services();
+            self.service_events(events);
+        }
+        self.transfer_progress();
         let mut actions = Vec::new();
         self.top_bar(ui, &mut actions);
         self.host_notice_bar(ui);
@@ -715,6 +756,86 @@ impl BulkheadApp {
         }
     }
 
+    /// Takes what the service broker did: questions to the ask dialog, status lines to
+    /// their partitions and the bottom bar, disposables it started into the launcher.
+    pub fn service_events(&mut self, events: Vec<ServiceEvent>) {
+        for event in events {
+            match event {
+                ServiceEvent::Ask(q) => self.ask(ask_dialog::AskRequest {
+                    owner: ask_dialog::AskOwner::Services,
+                    continuation: q.id,
+                    service: q.service,
+                    argument: Some(q.argument),
+                    source: q.source,
+                    targets: q.targets,
+                    default_target: q.default_target,
+                    rule: q.rule.unwrap_or_else(|| "no rule".into()),
+                }),
+                ServiceEvent::Status {
+                    partition,
+                    topic,
+                    kind,
+                    text,
+                } => {
+                    let status = clipboard::ClipboardStatus {
+                        partition,
+                        topic,
+                        kind: match kind {
+                            ServiceStatusKind::Waiting => clipboard::StatusKind::Waiting,
+                            ServiceStatusKind::Done => clipboard::StatusKind::Done,
+                            ServiceStatusKind::Refused => clipboard::StatusKind::Refused,
+                        },
+                        text,
+                    };
+                    if let Some(slot) = self
+                        .slots
+                        .iter_mut()
+                        .find(|s| s.backend.info().name == status.partition)
+                    {
+                        slot.event = Some(status.clone());
+                    }
+                    self.clipboard.status = Some(status);
+                }
+                ServiceEvent::DisposableStarted { name, of, restored } => {
+                    let Some(source) = &mut self.source else {
+                        continue;
+                    };
+                    match source.adopt_disposable(&name, &of, restored) {
+                        Ok(backend) => self.slots.push(PartitionSlot::new(backend)),
+                        Err(e) => tracing::warn!("showing disposable {name}: {e}"),
+                    }
+                }
+                ServiceEvent::Audited => self.audit.reload(),
+            }
+        }
+    }
+
+    /// Each running transfer's progress on its source's and target's launcher rows.
+    fn transfer_progress(&mut self) {
+        let transfers = self
+            .source
+            .as_ref()
+            .map(|s| s.transfers())
+            .unwrap_or_default();
+        for slot in &mut self.slots {
+            let name = slot.backend.info().name.clone();
+            slot.transfer = transfers
+                .iter()
+                .filter(|t| t.state == TransferState::Running)
+                .find(|t| t.source == name || t.target == name)
+                .map(|t| {
+                    let verb = if t.is_move { "moving" } else { "copying" };
+                    (
+                        t.fraction(),
+                        format!(
+                            "{verb} {} file(s) from [{}] to [{}]: {} of {} bytes",
+                            t.files, t.source, t.target, t.done_bytes, t.total_bytes
+                        ),
+                    )
+                });
+        }
+    }
+
     /// Opens (or queues) a question; the keyboard leaves the partitions at once, so the
     /// next key goes to no guest (the one holding it gets its key-ups).
     pub fn ask(&mut self, request: ask_dialog::AskRequest) {
@@ -733,6 +854,17 @@ impl BulkheadApp {
                     .answer_ask(&mut self.slots, answered.continuation, &answered.answer);
                 self.clipboard_events();
             }
+            ask_dialog::AskOwner::Services => {
+                let choice = match answered.answer {
+                    ask_dialog::AskAnswer::Allow { target } => Some(target),
+                    ask_dialog::AskAnswer::Deny => None,
+                };
+                let events = match &mut self.source {
+                    Some(source) => source.answer_service(answered.continuation, choice),
+                    None => Vec::new(),
+                };
+                self.service_events(events);
+            }
         }
     }
 
@@ -749,8 +881,13 @@ impl BulkheadApp {
             .map(|i| i.label);
         egui::Panel::bottom("clipboard_status").show(ui, |ui| {
             ui.horizontal_wrapped(|ui| {
+                let topic = match status.topic {
+                    "files" => "Files",
+                    "open" => "Open",
+                    _ => "Clipboard",
+                };
                 let mut tag =
-                    egui::RichText::new(format!("Clipboard [{}]", status.partition)).strong();
+                    egui::RichText::new(format!("{topic} [{}]", status.partition)).strong();
                 if let Some(label) = label {
                     tag = tag
                         .color(label.text_color())

@@ -108,10 +108,31 @@ pub fn run(args: UpArgs) -> ExitCode {
     for e in supervisor.start_all() {
         eprintln!("bulkhead: {e}");
     }
+    // File copies and open-ins between partitions: decided by the policy; with nobody
+    // to ask, a question goes to the one target the policy allows outright, if any.
+    let audit = bulkhead::app::audit_log::default_audit_dir();
+    let mut broker = bulkhead_supervisor::services::ServiceBroker::new(
+        Some(dir.clone()),
+        audit.as_deref(),
+        engine,
+    );
     let started = Instant::now();
     let deadline = args.duration.map(|s| started + Duration::from_secs(s));
     let mut printed = Vec::new();
     loop {
+        let mut events = broker.poll(&supervisor);
+        events.extend(broker.answer_unattended(&supervisor));
+        for event in events {
+            if let bulkhead_supervisor::services::ServiceEvent::Status {
+                partition,
+                topic,
+                text,
+                ..
+            } = event
+            {
+                println!("{partition}: {topic}: {text}");
+            }
+        }
         let statuses = supervisor.statuses();
         let all_settled = statuses.iter().all(|(_, st)| settled(&st.state));
         let states: Vec<(String, String)> = statuses

@@ -27,6 +27,9 @@ pub const ANSWER_DELAY: f64 = 0.8;
 pub enum AskOwner {
     /// The secure clipboard (`bulkhead.ClipboardPaste`).
     Clipboard,
+    /// The service broker (`bulkhead.FileCopy`, `bulkhead.OpenURL`): the continuation
+    /// is its question id.
+    Services,
 }
 
 /// One question for the person.

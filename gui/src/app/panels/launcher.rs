@@ -99,6 +99,14 @@ fn row(ui: &mut Ui, i: usize, slot: &PartitionSlot, focused: bool, actions: &mut
             if let Some(event) = &slot.event {
                 event_line(ui, event);
             }
+            if let Some((fraction, what)) = &slot.transfer {
+                ui.add(
+                    egui::ProgressBar::new(*fraction)
+                        .show_percentage()
+                        .desired_height(12.0),
+                )
+                .on_hover_text(what);
+            }
             buttons(ui, i, &state, slot.popped_out, actions);
             if let Some(err) = &slot.last_error {
                 ui.colored_label(ui.visuals().error_fg_color, err);
@@ -207,7 +215,7 @@ fn network(ui: &mut Ui, state: &NetworkState) {
 
 /// The partition's last clipboard event, until the next one replaces it.
 fn event_line(ui: &mut Ui, event: &ClipboardStatus) {
-    let text = RichText::new(format!("clipboard: {}", event.text));
+    let text = RichText::new(format!("{}: {}", event.topic, event.text));
     ui.label(match event.kind {
         StatusKind::Refused => text.color(ui.visuals().error_fg_color),
         StatusKind::Waiting => text.weak(),
