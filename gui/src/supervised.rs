@@ -510,15 +510,15 @@ pub struct SupervisorSource {
 }
 
 impl SupervisorSource {
-    /// Audits service decisions where the audit panel reads.
+    /// Audits service decisions into `audit_dir` (the app: where the audit panel reads,
+    /// [`crate::app::audit_log::default_audit_dir`]).
     pub fn new(
         supervisor: Arc<Supervisor>,
         engine: Engine,
         policy_dir: Option<std::path::PathBuf>,
+        audit_dir: Option<&std::path::Path>,
     ) -> Self {
-        let audit = crate::app::audit_log::default_audit_dir();
-        let broker =
-            bulkhead_supervisor::services::ServiceBroker::new(None, audit.as_deref(), engine);
+        let broker = bulkhead_supervisor::services::ServiceBroker::new(None, audit_dir, engine);
         SupervisorSource {
             supervisor,
             engine,
@@ -678,7 +678,12 @@ pub fn supervised_backends(dir: &std::path::Path, engine: Engine) -> SupervisedB
     }
     SupervisedBackends {
         list,
-        source: Some(Box::new(SupervisorSource::new(supervisor, engine, None))),
+        source: Some(Box::new(SupervisorSource::new(
+            supervisor,
+            engine,
+            None,
+            crate::app::audit_log::default_audit_dir().as_deref(),
+        ))),
     }
 }
 

@@ -57,7 +57,6 @@ fn info(name: &str, label: Label) -> PartitionInfo {
 
 /// `browser` offers its files (`bulkhead-move`); `work` and `vault` run agents.
 fn app(policy: &Path, audit: &Path) -> (BulkheadApp, Arc<Supervisor>) {
-    std::env::set_var("BULKHEAD_AUDIT_DIR", audit);
     let sup = Arc::new(
         Supervisor::new(vec![
             fake("browser", "agent_files"),
@@ -83,6 +82,7 @@ fn app(policy: &Path, audit: &Path) -> (BulkheadApp, Arc<Supervisor>) {
         sup.clone(),
         Engine::TestCard,
         Some(policy.to_path_buf()),
+        Some(audit),
     )));
     (app, sup)
 }
@@ -136,12 +136,14 @@ fn a_move_goes_where_the_person_chooses_among_allowed_targets_and_arrives_whole(
     // What the dialog says: service, source, what, the one allowed target, the rule.
     for text in ["bulkhead.FileCopy", "[browser]", "move 2 files (293.0 KiB)"] {
         assert!(
-            h.query_by_label_contains(text).is_some(),
+            h.query_all_by_label_contains(text).next().is_some(),
             "the dialog does not say {text:?}"
         );
     }
-    assert!(h.query_by_label_contains("50-test.policy:1").is_some());
-    h.snapshot("file_copy_ask");
+    assert!(h
+        .query_all_by_label_contains("50-test.policy:1")
+        .next()
+        .is_some());
     let steps = (ask_dialog::ANSWER_DELAY / 0.25).ceil() as usize + 1;
     h.run_steps(steps);
     h.get_by_label("Allow").click();
@@ -186,7 +188,8 @@ fn files_no_target_may_receive_are_refused_visibly_and_audited() {
     h.run_steps(1);
     assert!(!h.state().asks.is_open(), "nothing to ask");
     assert!(h
-        .query_by_label_contains("no running partition may receive files from [browser]")
+        .query_all_by_label_contains("no running partition may receive files from [browser]")
+        .next()
         .is_some());
     until(&mut h, "the outcome in browser", |a| {
         serial(a, "browser").contains("outcome 1 no running partition")
@@ -197,6 +200,47 @@ fn files_no_target_may_receive_are_refused_visibly_and_audited() {
             && matches!(&r.request, Request::Service { service, .. } if service == "bulkhead.FileCopy")),
         "{rec:?}"
     );
+}
+
+/// The question and the status lines as the broker hands them over, on software sources
+/// (deterministic pixels; the test above drives the same path with real processes).
+#[test]
+fn the_file_copy_question_and_status_lines_look_like_this() {
+    use bulkhead::app::{ServiceEvent, ServiceStatusKind};
+    use bulkhead_supervisor::services::Question;
+    let infos = ["browser", "work", "vault"]
+        .iter()
+        .zip([Label::Red, Label::Green, Label::Black])
+        .map(|(n, l)| info(n, l))
+        .collect();
+    let mut app = BulkheadApp::new(bulkhead::app::run::software_backends(infos));
+    app.service_events(vec![
+        ServiceEvent::Ask(Question {
+            id: 1,
+            service: "bulkhead.FileCopy".into(),
+            argument: "move 2 files (293.0 KiB)".into(),
+            source: "browser".into(),
+            targets: vec!["work".into(), "vault".into()],
+            default_target: Some("work".into()),
+            rule: Some("policy.d/50-default.policy:4".into()),
+        }),
+        ServiceEvent::Status {
+            partition: "browser".into(),
+            topic: "files",
+            kind: ServiceStatusKind::Waiting,
+            text: "choose where to move 2 files (293.0 KiB)".into(),
+        },
+        ServiceEvent::Status {
+            partition: "vault".into(),
+            topic: "files",
+            kind: ServiceStatusKind::Done,
+            text: "copied `notes.txt` (3 B) from [work] to [vault] (~/Incoming/work/) in 0.1 s"
+                .into(),
+        },
+    ]);
+    let mut h = harness(app);
+    h.run_steps(2);
+    h.snapshot("file_copy_ask");
 }
 
 #[test]
