@@ -20,6 +20,15 @@
 //! an encrypted bundle and back into `/DIR.carried`, as export and import carry it),
 //! `continue:NAME:/DIR` (partition NAME continues from the saved state in /DIR; the later
 //! steps drive NAME; each earlier partition's serial goes to `DIR/serial-<name>.log`).
+//! Several partitions: `spawn:NAME` (the flags' partition as NAME, home in RAM, started
+//! beside), `use:NAME` (the later steps drive NAME; each partition's serial not on stdout
+//! goes to `DIR/serial-<name>.log`), `wait-agent-cut:NAME`. Services between them, as
+//! the app's service broker decides them: `policy:RULE;RULE…` (a policy of these rules
+//! over every partition so far, audited into `DIR/audit/`), `answer:TARGET` / `answer:-`
+//! (the oldest waiting question), `wait-service:TEXT` (a status line of the broker);
+//! the clipboard gesture: `clipboard-copy` (the current partition's CLIPBOARD into a
+//! one-slot buffer) and `clipboard-paste` (into the current partition if the policy
+//! allows `bulkhead.ClipboardPaste` from the copy's partition; emptied by the paste).
 //! In TEXT, `\n` is a newline (Enter when typed).
 //! For a `--net=nat` partition (passt and the relay started by the supervisor):
 //! `wait-net:TEXT` (the network caption contains TEXT and, while NAT, the relay applied
@@ -46,6 +55,7 @@ use std::time::{Duration, Instant};
 use bulkhead_supervisor::agent::{AgentReply, AgentRequest, AgentStatus, Clipboard};
 use bulkhead_supervisor::launch::{DiskFile, GuestConfig};
 use bulkhead_supervisor::network::{NetworkPlan, NetworkState};
+use bulkhead_supervisor::services::{Question, ServiceBroker, ServiceEvent};
 use bulkhead_supervisor::{
     vm_process, AutoRestart, BootFiles, LaunchSpec, ProcessState, Supervisor,
 };
@@ -115,6 +125,26 @@ enum Step {
     /// A new partition NAME (the flags' partition, renamed) continues from the saved
     /// state in DIR, on DIR's disk copies; the steps after it drive NAME.
     Continue(String, PathBuf),
+    /// Another partition NAME, the flags' partition renamed, without its writable disks
+    /// (its home is in RAM), started beside the first; the steps still drive the current.
+    Spawn(String),
+    /// The steps after it drive NAME.
+    Use(String),
+    /// The service broker decides with a policy of these rules (`;`-separated) over
+    /// every partition so far; audited into `DIR/audit/`.
+    Policy(Vec<String>),
+    /// Answer the oldest waiting service question: a target, or `-` to refuse.
+    Answer(Option<String>),
+    /// Wait until a service status line contains TEXT.
+    WaitService(String),
+    /// The current partition's agent CLIPBOARD into this driver's one-slot buffer.
+    ClipboardCopy,
+    /// The buffer into the current partition's CLIPBOARD if the policy allows
+    /// `bulkhead.ClipboardPaste` from where it was copied (an `ask` counts as no: nobody
+    /// is here to answer); the buffer empties on a paste.
+    ClipboardPaste,
+    /// Wait until partition NAME's agent is cut off.
+    WaitAgentCut(String),
 }
 
 struct Options {
@@ -323,6 +353,20 @@ fn parse_step(s: &str) -> Result<Step, String> {
                 .ok_or_else(|| format!("step `{s}`: expected continue:NAME:/DIR"))?;
             Step::Continue(name.to_string(), dir.into())
         }
+        "spawn" if !arg.is_empty() => Step::Spawn(arg.into()),
+        "use" if !arg.is_empty() => Step::Use(arg.into()),
+        "policy" => Step::Policy(
+            arg.split(';')
+                .filter(|r| !r.is_empty())
+                .map(String::from)
+                .collect(),
+        ),
+        "answer" if arg == "-" => Step::Answer(None),
+        "answer" if !arg.is_empty() => Step::Answer(Some(arg.into())),
+        "wait-service" => Step::WaitService(unescape(arg)),
+        "clipboard-copy" => Step::ClipboardCopy,
+        "clipboard-paste" => Step::ClipboardPaste,
+        "wait-agent-cut" if !arg.is_empty() => Step::WaitAgentCut(arg.into()),
         _ => return Err(format!("unknown step `{s}`\n{USAGE}")),
     })
 }
@@ -393,6 +437,15 @@ struct Session {
     out: PathBuf,
     /// The flags' partition, for [`Step::Continue`].
     spec: LaunchSpec,
+    /// Serial output of the partitions the steps do not drive now ([`Step::Spawn`]).
+    others: std::collections::BTreeMap<String, Vec<u8>>,
+    broker: Option<ServiceBroker>,
+    policy_dir: Option<PathBuf>,
+    questions: Vec<Question>,
+    /// Every service status line so far.
+    service_lines: Vec<String>,
+    /// [`Step::ClipboardCopy`]'s buffer: where from, what.
+    held: Option<(String, Clipboard)>,
 }
 
 impl Session {
@@ -403,8 +456,50 @@ impl Session {
         eprintln!("lab-supervise: {line}");
     }
 
+    /// The other partitions' serial output, and the service broker's work.
+    fn pump_others(&mut self) {
+        let names: Vec<String> = self.others.keys().cloned().collect();
+        for n in names {
+            let bytes = self.sup.take_serial(&n).unwrap_or_default();
+            if let Some(buf) = self.others.get_mut(&n) {
+                buf.extend_from_slice(&bytes);
+            }
+        }
+        let Some(broker) = &mut self.broker else {
+            return;
+        };
+        let events = broker.poll(&self.sup);
+        for e in events {
+            match e {
+                ServiceEvent::Ask(q) => {
+                    self.log(&format!(
+                        "service: ask {} from {} about {:?}: targets {:?}, default {:?}, rule {:?}",
+                        q.service, q.source, q.argument, q.targets, q.default_target, q.rule
+                    ));
+                    self.questions.push(q);
+                }
+                ServiceEvent::Status {
+                    partition,
+                    topic,
+                    text,
+                    ..
+                } => {
+                    let line = format!("[{partition}] {topic}: {text}");
+                    self.log(&format!("service: {line}"));
+                    self.service_lines.push(line);
+                }
+                ServiceEvent::DisposableStarted { name, .. } => {
+                    self.log(&format!("service: started disposable {name}"));
+                    self.others.entry(name).or_default();
+                }
+                ServiceEvent::Audited => {}
+            }
+        }
+    }
+
     /// Collects serial and console output and notes state changes.
     fn pump(&mut self) -> Result<ProcessState, String> {
+        self.pump_others();
         let serial = self
             .sup
             .take_serial(&self.name)
@@ -572,8 +667,145 @@ impl Session {
         answer.ok_or_else(|| "no answer".to_string())
     }
 
+    /// [`Step::Spawn`]: the flags' partition as NAME, home in RAM, started.
+    fn spawn(&mut self, name: &str) -> Result<(), String> {
+        let mut spec = self.spec.clone();
+        spec.launch.name = name.to_string();
+        if let Some(g) = &mut spec.guest_config {
+            g.name = name.to_string();
+        }
+        let keep: Vec<bool> = spec.launch.disks.iter().map(|d| d.read_only).collect();
+        let mut k = keep.iter();
+        spec.launch.disks.retain(|_| *k.next().unwrap_or(&false));
+        let mut k = keep.iter();
+        spec.disk_files.retain(|_| *k.next().unwrap_or(&false));
+        self.sup.add(spec).map_err(|e| e.to_string())?;
+        self.sup.start(name).map_err(|e| e.to_string())?;
+        self.others.insert(name.to_string(), Vec::new());
+        self.log(&format!("{name} started beside {}", self.name));
+        Ok(())
+    }
+
+    /// [`Step::Use`]: drive `name` from now on.
+    fn use_partition(&mut self, name: &str) -> Result<(), String> {
+        let Some(serial) = self.others.remove(name) else {
+            return Err(format!("no other partition named {name}"));
+        };
+        let current = std::mem::replace(&mut self.serial, serial);
+        self.others.insert(self.name.clone(), current);
+        self.name = name.to_string();
+        self.last_state = None;
+        Ok(())
+    }
+
+    /// [`Step::Policy`]: every partition so far, these rules.
+    fn policy(&mut self, rules: &[String]) -> Result<(), String> {
+        let dir = PathBuf::from("/tmp/lab-policy");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("policy.d")).map_err(|e| e.to_string())?;
+        let toml: String = self
+            .sup
+            .names()
+            .iter()
+            .map(|n| format!("[partition.{n}]\nlabel = \"green\"\n\n"))
+            .collect();
+        std::fs::write(dir.join("partitions.toml"), toml).map_err(|e| e.to_string())?;
+        let text: String = rules.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(dir.join("policy.d/50-lab.policy"), text).map_err(|e| e.to_string())?;
+        isolation_policy::Policy::load(&dir).map_err(|e| format!("the lab policy: {e}"))?;
+        let audit = self.out.join("audit");
+        self.broker = Some(ServiceBroker::new(
+            Some(dir.clone()),
+            Some(&audit),
+            bulkhead_supervisor::launch::Engine::Linux,
+        ));
+        self.policy_dir = Some(dir);
+        self.log(&format!("policy: {rules:?}"));
+        Ok(())
+    }
+
+    fn answer(&mut self, choice: Option<String>) -> Result<(), String> {
+        self.wait_for("a service question", |s| !s.questions.is_empty())?;
+        let q = self.questions.remove(0);
+        self.log(&format!("answer {} with {choice:?}", q.id));
+        let Some(broker) = &mut self.broker else {
+            return Err("no policy step came first".into());
+        };
+        let events = broker.answer(&self.sup, q.id, choice);
+        for e in events {
+            if let ServiceEvent::Status {
+                partition,
+                topic,
+                text,
+                ..
+            } = e
+            {
+                let line = format!("[{partition}] {topic}: {text}");
+                self.log(&format!("service: {line}"));
+                self.service_lines.push(line);
+            }
+        }
+        Ok(())
+    }
+
+    fn clipboard_paste(&mut self) -> Result<(), String> {
+        let Some((source, content)) = self.held.clone() else {
+            return Err("nothing copied".into());
+        };
+        let dir = self.policy_dir.clone().ok_or("no policy step came first")?;
+        let (policy, _) = isolation_policy::Policy::load(&dir).map_err(|e| e.to_string())?;
+        let request = isolation_policy::Request::clipboard_paste(&source, &self.name);
+        let decision = policy.decide(&request);
+        if !decision.verdict.is_allow() {
+            self.log(&format!(
+                "paste from {source} into {} refused: {}",
+                self.name, decision.explanation
+            ));
+            return Ok(());
+        }
+        match self.agent_call(AgentRequest::ClipboardSet(content.clone()))? {
+            AgentReply::ClipboardSet { .. } => {
+                self.held = None;
+                self.log(&format!(
+                    "pasted {} bytes from {source} into {}",
+                    content.len(),
+                    self.name
+                ));
+                Ok(())
+            }
+            other => Err(format!("paste answered with {other:?}")),
+        }
+    }
+
     fn run_step(&mut self, step: &Step) -> Result<(), String> {
         match step {
+            Step::Spawn(name) => self.spawn(name),
+            Step::Use(name) => self.use_partition(name),
+            Step::Policy(rules) => self.policy(rules),
+            Step::Answer(choice) => self.answer(choice.clone()),
+            Step::WaitService(text) => self.wait_for(&format!("service line {text:?}"), |s| {
+                s.service_lines.iter().any(|l| l.contains(text.as_str()))
+            }),
+            Step::ClipboardCopy => match self.agent_call(AgentRequest::ClipboardGet)? {
+                AgentReply::Clipboard {
+                    content: Some(c), ..
+                } => {
+                    self.log(&format!("copied {} bytes ({}) from {}", c.len(), c.mime(), self.name));
+                    self.held = Some((self.name.clone(), c));
+                    Ok(())
+                }
+                other => Err(format!("clipboard-copy answered with {other:?}")),
+            },
+            Step::ClipboardPaste => self.clipboard_paste(),
+            Step::WaitAgentCut(name) => {
+                let mut agent = AgentStatus::Absent;
+                self.wait_for(&format!("{name}'s agent cut off"), |s| {
+                    agent = s.sup.status(name).map(|st| st.agent).unwrap_or_default();
+                    matches!(agent, AgentStatus::CutOff { .. })
+                })?;
+                self.log(&format!("{name}: {}", agent.describe()));
+                Ok(())
+            }
             Step::Save(dir) => {
                 let saved = self
                     .sup
@@ -909,6 +1141,12 @@ fn run(opts: Options) -> Result<bool, String> {
         events: BufWriter::new(events),
         out: opts.out.clone(),
         spec: spec.clone(),
+        others: Default::default(),
+        broker: None,
+        policy_dir: None,
+        questions: Vec::new(),
+        service_lines: Vec::new(),
+        held: None,
     };
     let ok = match &opts.disposables {
         None => {
@@ -1057,6 +1295,9 @@ fn write_outputs(session: &Session, out: &Path) -> Result<(), String> {
         std::fs::write(out.join(name), bytes).map_err(|e| format!("writing {name}: {e}"))
     };
     write("console.bin", &session.console)?;
+    for (name, serial) in &session.others {
+        write(&format!("serial-{name}.log"), serial)?;
+    }
     write(
         "final.txt",
         format!("{}\n", final_line(session.last_state.as_ref())).as_bytes(),
