@@ -79,6 +79,9 @@ pub struct GuestRun {
     /// Boot the distribution's compressed bzImage instead of the `vmlinux` extracted
     /// from it (what partitions boot).
     pub bzimage: bool,
+    /// Partitions of `mem_mib` each the supervised steps add (`spawn:NAME`): the lab
+    /// machine gets their memory too.
+    pub extra_partitions: u64,
 }
 
 impl GuestRun {
@@ -228,6 +231,7 @@ impl Default for GuestRun {
             snapshot: None,
             sample_rss: false,
             bzimage: false,
+            extra_partitions: 0,
         }
     }
 }
@@ -1224,7 +1228,7 @@ fn run_lab_machine(run: &GuestRun) -> RunOutput {
     // CPU resets of the lab machine: a triple fault in its kernel ends QEMU silently
     // under -no-reboot; this log is how that shows.
     let qemu_log = dir.path().join("qemu.log");
-    let outer_mem = run.mem_mib + 1024;
+    let outer_mem = run.mem_mib * (1 + run.extra_partitions) + 1024;
     let started = Instant::now();
     let mut machine = lab_machine(outer_mem, &cpio);
     for (i, (path, read_only)) in host_file_disks(run).enumerate() {

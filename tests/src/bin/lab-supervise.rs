@@ -750,7 +750,9 @@ impl Session {
 
     fn clipboard_paste(&mut self) -> Result<(), String> {
         let Some((source, content)) = self.held.clone() else {
-            return Err("nothing copied".into());
+            // The gesture with an empty buffer: nothing crosses (a paste empties it).
+            self.log(&format!("nothing to paste into {}", self.name));
+            return Ok(());
         };
         let dir = self.policy_dir.clone().ok_or("no policy step came first")?;
         let (policy, _) = isolation_policy::Policy::load(&dir).map_err(|e| e.to_string())?;
