@@ -46,9 +46,17 @@ fn start_agent() -> Agent {
         std::os::fd::AsRawFd::as_raw_fd(&sub)
     ))
     .unwrap();
+    // Its local socket in a directory of its own, not the guest's /run.
+    let socket_dir =
+        std::env::temp_dir().join(format!("bulkhead-agent-link-{}", std::process::id()));
     let child = Command::new(env!("CARGO_BIN_EXE_bulkhead-agent"))
         .arg("--device")
         .arg(&path)
+        .arg("--socket")
+        .arg(socket_dir.join(format!(
+            "socket-{}",
+            path.display().to_string().replace('/', "-")
+        )))
         // No X server on this display: clipboard requests must fail, not hang.
         .args(["--display", ":97"])
         .env_remove("XAUTHORITY")
@@ -100,7 +108,7 @@ fn the_agent_says_hello_first_and_answers_a_ping_over_a_raw_tty() {
         agent.recv(),
         AgentMessage::Hello {
             version: PROTOCOL_VERSION,
-            features: features::CLIPBOARD
+            features: features::CLIPBOARD | features::FILES | features::OPEN_URL
         }
     );
     agent.send(&HostMessage::Hello {
