@@ -652,6 +652,28 @@ impl Session {
         Ok(())
     }
 
+    /// [`Step::ClipboardCopy`]: the current partition's CLIPBOARD into the buffer.
+    fn clipboard_copy(&mut self) -> Result<(), String> {
+        let began = Instant::now();
+        match self.agent_call(AgentRequest::ClipboardGet)? {
+            AgentReply::Clipboard {
+                content: Some(c), ..
+            } => {
+                let line = format!(
+                    "copied {} bytes ({}) from {} in {:.1} ms",
+                    c.len(),
+                    c.mime(),
+                    self.name,
+                    began.elapsed().as_secs_f64() * 1000.0
+                );
+                self.log(&line);
+                self.held = Some((self.name.clone(), c));
+                Ok(())
+            }
+            other => Err(format!("clipboard-copy answered with {other:?}")),
+        }
+    }
+
     /// Sends `request` to the agent and waits for its answer.
     fn agent_call(&mut self, request: AgentRequest) -> Result<AgentReply, String> {
         let id = self
@@ -754,6 +776,7 @@ impl Session {
             self.log(&format!("nothing to paste into {}", self.name));
             return Ok(());
         };
+        let began = Instant::now();
         let dir = self.policy_dir.clone().ok_or("no policy step came first")?;
         let (policy, _) = isolation_policy::Policy::load(&dir).map_err(|e| e.to_string())?;
         let request = isolation_policy::Request::clipboard_paste(&source, &self.name);
@@ -768,11 +791,13 @@ impl Session {
         match self.agent_call(AgentRequest::ClipboardSet(content.clone()))? {
             AgentReply::ClipboardSet { .. } => {
                 self.held = None;
-                self.log(&format!(
-                    "pasted {} bytes from {source} into {}",
+                let line = format!(
+                    "pasted {} bytes from {source} into {} in {:.1} ms",
                     content.len(),
-                    self.name
-                ));
+                    self.name,
+                    began.elapsed().as_secs_f64() * 1000.0
+                );
+                self.log(&line);
                 Ok(())
             }
             other => Err(format!("paste answered with {other:?}")),
@@ -788,16 +813,7 @@ impl Session {
             Step::WaitService(text) => self.wait_for(&format!("service line {text:?}"), |s| {
                 s.service_lines.iter().any(|l| l.contains(text.as_str()))
             }),
-            Step::ClipboardCopy => match self.agent_call(AgentRequest::ClipboardGet)? {
-                AgentReply::Clipboard {
-                    content: Some(c), ..
-                } => {
-                    self.log(&format!("copied {} bytes ({}) from {}", c.len(), c.mime(), self.name));
-                    self.held = Some((self.name.clone(), c));
-                    Ok(())
-                }
-                other => Err(format!("clipboard-copy answered with {other:?}")),
-            },
+            Step::ClipboardCopy => self.clipboard_copy(),
             Step::ClipboardPaste => self.clipboard_paste(),
             Step::WaitAgentCut(name) => {
                 let mut agent = AgentStatus::Absent;

@@ -140,6 +140,16 @@ pub(crate) fn agent_seeds() -> Vec<Vec<u8>> {
             data: b"file bytes".to_vec(),
         },
         AgentMessage::Done { id: 8 },
+        AgentMessage::OpenUrl {
+            request: 2,
+            url: "https://example.org/a?b=c".into(),
+            target: None,
+        },
+        AgentMessage::OpenUrl {
+            request: 3,
+            url: "http://192.0.2.1/".into(),
+            target: Some("browser".into()),
+        },
     ];
     let host = [
         HostMessage::Hello {
@@ -189,6 +199,14 @@ pub(crate) fn agent_seeds() -> Vec<Vec<u8>> {
         HostMessage::FileOutcome {
             offer: 1,
             error: Some("refused by policy".into()),
+        },
+        HostMessage::OpenUrl {
+            id: 17,
+            url: "https://example.org/".into(),
+        },
+        HostMessage::OpenOutcome {
+            request: 2,
+            error: None,
         },
     ];
     let mut seeds = Vec::new();
