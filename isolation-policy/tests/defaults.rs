@@ -122,7 +122,7 @@ fn nothing_enters_the_vault_without_ask_and_nothing_leaves_it() {
             .verdict
             .is_ask());
         assert!(p
-            .decide(&Request::open_in("url", from, "vault"))
+            .decide(&Request::open_url(from, Some("vault")))
             .verdict
             .is_deny());
         assert!(p
@@ -140,21 +140,68 @@ fn nothing_enters_the_vault_without_ask_and_nothing_leaves_it() {
 }
 
 #[test]
-fn mail_links_open_in_a_new_disposable() {
+fn mail_links_open_in_a_new_disposable_of_the_browser() {
     let p = defaults();
+    // `bulkhead-open URL` in mail names no target: `@default`, sent to a disposable.
     assert_eq!(
-        p.decide(&Request::open_in("url", "mail", "@dispvm"))
-            .verdict,
+        p.decide(&Request::open_url("mail", None)).verdict,
         Verdict::Allow {
-            target: Some("@dispvm".into())
+            target: Some("@dispvm:browser".into())
         }
     );
-    assert_eq!(
-        p.decide(&Request::open_in("url", "work", "mail")).verdict,
-        Verdict::Ask {
-            default_target: Some("browser".into())
-        }
+    // From elsewhere, or naming a partition: the person is asked, the browser first.
+    for (from, to) in [
+        ("work", None),
+        ("work", Some("mail")),
+        ("mail", Some("work")),
+    ] {
+        assert_eq!(
+            p.decide(&Request::open_url(from, to)).verdict,
+            Verdict::Ask {
+                default_target: Some("browser".into())
+            },
+            "{from} -> {to:?}"
+        );
+    }
+}
+
+#[test]
+fn default_is_a_target_only_its_own_rules_match() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("partitions.toml"),
+        "[partition.a]\nlabel = \"red\"\n\n[partition.b]\nlabel = \"green\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("policy.d")).unwrap();
+    std::fs::write(
+        dir.path().join("policy.d/50.policy"),
+        "bulkhead.OpenURL * a @anyvm allow\nbulkhead.OpenURL * b @default allow\n",
+    )
+    .unwrap();
+    let (p, _) = Policy::load(dir.path()).unwrap();
+    // `@anyvm` is every partition, not "no target".
+    assert!(p.decide(&Request::open_url("a", None)).verdict.is_deny());
+    assert!(p
+        .decide(&Request::open_url("a", Some("b")))
+        .verdict
+        .is_allow());
+    // An allow for `@default` must say where to.
+    let d = p.decide(&Request::open_url("b", None));
+    assert!(d.verdict.is_deny());
+    assert!(
+        d.explanation.contains("names no `target=`"),
+        "{}",
+        d.explanation
     );
+    // `@default` cannot be a source.
+    std::fs::write(
+        dir.path().join("policy.d/50.policy"),
+        "bulkhead.OpenURL * @default b allow\n",
+    )
+    .unwrap();
+    let e = Policy::load(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("cannot be a source"), "{e}");
 }
 
 #[test]

@@ -24,7 +24,7 @@
 //! beside), `use:NAME` (the later steps drive NAME; each partition's serial not on stdout
 //! goes to `DIR/serial-<name>.log`), `wait-agent-cut:NAME`. Services between them, as
 //! the app's service broker decides them: `policy:RULE;RULE…` (a policy of these rules
-//! over every partition so far, audited into `DIR/audit/`), `answer:TARGET` / `answer:-`
+//! over every partition so far, audited into `DIR/audit.log`), `answer:TARGET` / `answer:-`
 //! (the oldest waiting question), `wait-service:TEXT` (a status line of the broker);
 //! the clipboard gesture: `clipboard-copy` (the current partition's CLIPBOARD into a
 //! one-slot buffer) and `clipboard-paste` (into the current partition if the policy
@@ -131,7 +131,7 @@ enum Step {
     /// The steps after it drive NAME.
     Use(String),
     /// The service broker decides with a policy of these rules (`;`-separated) over
-    /// every partition so far; audited into `DIR/audit/`.
+    /// every partition so far; audited into `DIR/audit.log`.
     Policy(Vec<String>),
     /// Answer the oldest waiting service question: a target, or `-` to refuse.
     Answer(Option<String>),
@@ -735,7 +735,8 @@ impl Session {
         let text: String = rules.iter().map(|r| format!("{r}\n")).collect();
         std::fs::write(dir.join("policy.d/50-lab.policy"), text).map_err(|e| e.to_string())?;
         isolation_policy::Policy::load(&dir).map_err(|e| format!("the lab policy: {e}"))?;
-        let audit = self.out.join("audit");
+        // DIR/audit.log: the lab machine sends back DIR's files, not subdirectories.
+        let audit = self.out.clone();
         self.broker = Some(ServiceBroker::new(
             Some(dir.clone()),
             Some(&audit),
@@ -1313,6 +1314,10 @@ fn write_outputs(session: &Session, out: &Path) -> Result<(), String> {
         std::fs::write(out.join(name), bytes).map_err(|e| format!("writing {name}: {e}"))
     };
     write("console.bin", &session.console)?;
+    // Each partition's serial whole, when several ran (stdout interleaves them).
+    if !session.others.is_empty() {
+        write(&format!("serial-{}.log", session.name), &session.serial)?;
+    }
     for (name, serial) in &session.others {
         write(&format!("serial-{name}.log"), serial)?;
     }

@@ -72,22 +72,19 @@ fn steps() -> Vec<String> {
             .map(String::from),
         );
     }
-    s.extend(
-        [
-            "console:files\\n".to_string(),
-            "wait-serial:FILE-READY".into(),
-            "answer:peer".into(),
-            "wait-service:copied".into(),
-            "wait-serial:COPY-DONE[".into(),
-            "console:raw\\n".into(),
-            "wait-serial:RAW-READY".into(),
-            "console:go\\n".into(),
-            format!("wait-console-bytes:{FILE_BYTES}"),
-            // Marks the end of the wait in the events.
-            "stats".into(),
-        ]
-        .into_iter(),
-    );
+    s.extend([
+        "console:files\\n".to_string(),
+        "wait-serial:FILE-READY".into(),
+        "answer:peer".into(),
+        "wait-service:copied".into(),
+        "wait-serial:COPY-DONE[".into(),
+        "console:raw\\n".into(),
+        "wait-serial:RAW-READY".into(),
+        "console:go\\n".into(),
+        format!("wait-console-bytes:{FILE_BYTES}"),
+        // Marks the end of the wait in the events.
+        "stats".into(),
+    ]);
     s
 }
 
