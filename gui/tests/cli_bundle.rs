@@ -98,7 +98,7 @@ fn an_exported_partition_imports_under_a_new_name_with_its_disk_byte_identical_a
     let rules =
         fs::read_to_string(home.policy().join("policy.d/45-imported-mail2.policy")).unwrap();
     assert!(
-        rules.contains("bulkhead.OpenIn +url mail2 @dispvm allow"),
+        rules.contains("bulkhead.OpenURL * mail2 @default allow target=@dispvm:browser"),
         "{rules}"
     );
     let spec = isolation_policy::Policy::load(&home.policy()).unwrap().0;

@@ -149,7 +149,7 @@ fn rule_with_an_unknown_action_is_marked_at_its_line() {
 fn what_if_names_the_deciding_rule() {
     let (_tmp, policy) = policy_copy();
     let mut editor = PolicyEditor::open(&policy);
-    editor.set_what_if("bulkhead.OpenIn+url", "mail", "@dispvm");
+    editor.set_what_if("bulkhead.OpenURL", "mail", "@default");
     let answer = editor.what_if_answer().unwrap().unwrap();
     assert!(answer.starts_with("allow"), "{answer}");
     assert!(answer.contains("50-default.policy:"), "{answer}");
@@ -164,14 +164,14 @@ fn audit_panel_reads_decisions_and_filters_them() {
     let (policy, _) = Policy::load(&policy).unwrap();
     let log = AuditLog::open(&tmp.path().join("audit"), 1 << 20, 2).unwrap();
     for request in [
-        Request::service("bulkhead.OpenIn", Some("url"), "mail", "@dispvm"),
+        Request::open_url("mail", None),
         Request::service("bulkhead.FileCopy", None, "work", "vault"),
     ] {
         log.record(&request, &policy.decide(&request)).unwrap();
     }
     let mut panel = AuditPanel::open(&tmp.path().join("audit"));
     assert_eq!(panel.rows.len(), 2, "{}", panel.source_note);
-    assert_eq!(panel.rows[0].service, "bulkhead.OpenIn+url");
+    assert_eq!(panel.rows[0].service, "bulkhead.OpenURL");
     assert_eq!(panel.rows[0].decision, "allow");
     assert!(
         panel.rows[0].rule.contains("50-default.policy"),

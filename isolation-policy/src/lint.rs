@@ -23,11 +23,10 @@ type MakeRequest = fn(&str, &str) -> Request;
 
 /// Data moving from a less trusted into a more trusted partition without `ask`.
 fn trust_flows(policy: &Policy) -> Vec<Diagnostic> {
-    let requests: [(&str, MakeRequest); 4] = [
+    let requests: [(&str, MakeRequest); 3] = [
         ("paste into", Request::clipboard_paste),
         ("copy files into", Request::file_copy),
-        ("open URLs in", |a, b| Request::open_in("url", a, b)),
-        ("open files in", |a, b| Request::open_in("file", a, b)),
+        ("open URLs in", |a, b| Request::open_url(a, Some(b))),
     ];
     // One warning per (rule, kind of flow), naming the first pair it lets through.
     let mut seen: BTreeMap<(RuleRef, &str), (String, usize)> = BTreeMap::new();

@@ -19,8 +19,6 @@ pub mod service {
     pub const HOST: &str = "@host";
     /// Copy files from `source` into `target`.
     pub const FILE_COPY: &str = "bulkhead.FileCopy";
-    /// Open a URL (`+url`) or a file (`+file`) from `source` in `target`.
-    pub const OPEN_IN: &str = "bulkhead.OpenIn";
     /// Open a URL from `source` (`bulkhead-open`) in `target`'s browser; a request that
     /// names no target has the target `@default`.
     pub const OPEN_URL: &str = "bulkhead.OpenURL";
@@ -65,10 +63,6 @@ impl Request {
     }
     pub fn file_copy(from: &str, to: &str) -> Self {
         Request::service(service::FILE_COPY, None, from, to)
-    }
-    /// `what` is `url` or `file`.
-    pub fn open_in(what: &str, from: &str, to: &str) -> Self {
-        Request::service(service::OPEN_IN, Some(what), from, to)
     }
     /// `bulkhead-open` in `from`: `to` is the partition it named, else `@default`.
     pub fn open_url(from: &str, to: Option<&str>) -> Self {

@@ -26,7 +26,7 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// Service name, optionally with its argument: `bulkhead.OpenIn+url`.
+    /// Service name, optionally with its argument: `bulkhead.OpenURL`, `bulkhead.OpenIn+url`.
     #[arg(long)]
     pub service: String,
     /// Source partition.

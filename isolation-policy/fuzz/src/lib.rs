@@ -30,7 +30,7 @@ pub fn check_one(data: &[u8]) -> bool {
     let names: Vec<&str> = policy.partitions().iter().map(|p| p.name.as_str()).take(4).collect();
     for from in &names {
         for to in names.iter().copied().chain(["@dispvm"]) {
-            for req in [Request::clipboard_paste(from, to), Request::open_in("url", from, to)] {
+            for req in [Request::clipboard_paste(from, to), Request::open_url(from, Some(to))] {
                 let d = policy.decide(&req);
                 assert_eq!(d, policy.decide(&req), "decisions are deterministic");
                 assert!(d.verdict.is_deny() || d.rule.is_some(), "allow/ask always cite a rule");
