@@ -3,7 +3,8 @@
 //! text and a PNG image copied in `lab` arrive byte-exact in `peer` when the policy
 //! allows the paste, once, and never when it denies it; `bulkhead-copy` in `lab` asks
 //! where to, and the files land in `peer`'s `~/Incoming/lab/` with the same sha256,
-//! under names that overwrite nothing; a hostile frame from `lab`'s guest (a file offer
+//! under names that overwrite nothing; `bulkhead-open` in `lab`, naming no target, starts
+//! `peer`'s Firefox on the link where the policy sends `@default`; a hostile frame from `lab`'s guest (a file offer
 //! naming `../escape`) cuts `lab`'s agent off, nothing lands, and `peer` works on.
 //! Runs directly on /dev/kvm with VT-x/AMD-V, otherwise in the lab.
 
@@ -14,6 +15,7 @@ use bulkhead_tests::lab::{run_guest, DiskSource, GuestRun, LabDisk};
 const TEXT: &str = "copied in lab: 42 é ✓";
 const SECOND_TEXT: &str = "denied text";
 const AFTER: &str = "peer still here";
+const LINK: &str = "https://example.org/lab-link";
 
 fn template_image() -> PathBuf {
     let image = match std::env::var_os("BULKHEAD_TEMPLATE_IMAGE") {
@@ -96,6 +98,9 @@ if [ "$me" = lab ]; then
   echo "COPY-DONE[$r][$(tr '\n' ' ' < /tmp/copy.log)]"
   [ -f /home/user/out/data.bin ] && echo SOURCE-KEPT
   next
+  if as_user /usr/local/bin/bulkhead-open '{LINK}' > /tmp/open.log 2>&1; then r=ok; else r=failed; fi
+  echo "OPEN-DONE[$r][$(tr '\n' ' ' < /tmp/open.log)]"
+  next
   # A compromised guest writes its own frame on the agent's console: a file offer
   # naming ../escape (length 31: kind 0x86, offer 9, copy, 1 file, 9-byte name, size 5).
   printf '\037\000\000\000\206\011\000\000\000\000\001\000\000\000\011\000\000\000../escape\005\000\000\000\000\000\000\000' > /dev/hvc1
@@ -122,6 +127,12 @@ else
   echo "DST-SHA[$(sha256sum /home/user/Incoming/lab/data.bin | cut -d' ' -f1)]"
   sleep 2
   for f in /home/user/Incoming/lab/*; do echo "DST-FILE[$(basename "$f")][$(cat "$f" | head -c 5)]"; done
+  next
+  i=0
+  until pgrep -f 'lab-link' > /dev/null; do
+    i=$((i + 1)); [ $i -gt 120 ] && break; sleep 1
+  done
+  echo "OPENED[$(pgrep -f 'lab-link' | wc -l)][$(ps -o user= -o comm= -p $(pgrep -f 'lab-link' | head -n 1) 2>/dev/null)]"
   next
   echo "ESCAPED[$(find / -xdev -name escape 2>/dev/null | wc -l)]"
   echo PEER-ALIVE
@@ -173,6 +184,14 @@ fn clipboard_and_files_cross_between_two_partitions_only_as_the_policy_allows() 
         "wait-serial:COPY-DONE[",
         "use:peer",
         "wait-serial:DST-FILE[notes (1) (1).txt]",
+        // A link with no target goes where the policy sends `@default`: peer's browser.
+        "use:lab",
+        "policy:bulkhead.ClipboardPaste * lab peer deny;bulkhead.FileCopy * lab peer ask;bulkhead.OpenURL * lab @default allow target=peer",
+        "console:open\\n",
+        "wait-serial:OPEN-DONE[",
+        "use:peer",
+        "console:check\\n",
+        "wait-serial:OPENED[",
         // A hostile frame from lab's guest cuts its agent off; peer works on.
         "use:lab",
         "console:hostile\\n",
@@ -256,6 +275,12 @@ fn clipboard_and_files_cross_between_two_partitions_only_as_the_policy_allows() 
     assert!(
         events.contains("lab: agent cut off: malformed frame: bad file name"),
         "{}",
+        ctx()
+    );
+    assert!(all.contains("OPEN-DONE[ok]"), "bulkhead-open\n{}", ctx());
+    assert!(
+        peer.contains("OPENED[") && !peer.contains("OPENED[0]") && peer.contains("firefox"),
+        "peer's browser did not get the link\n{}",
         ctx()
     );
     assert!(all.contains("ESCAPED[0]"), "{}", ctx());

@@ -5,7 +5,7 @@
 //! - clipboard round trip: the copy gesture's agent read plus the paste's decision and
 //!   agent write (gesture to the target's CLIPBOARD set), against an agent ping's round
 //!   trip;
-//! - file copy throughput: `bulkhead-copy` of an 8 MB file, from the person's answer to
+//! - file copy throughput: `bulkhead-copy` of a 4 MB file, from the person's answer to
 //!   the file committed in the target, against the same number of bytes written raw to
 //!   the partition's first virtio-console (`/dev/hvc0`) and counted by the host.
 //!
@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use bulkhead_tests::lab::{run_guest, DiskSource, GuestRun, LabDisk};
 
-const FILE_BYTES: u64 = 8_000_000;
+const FILE_BYTES: u64 = 4_000_000;
 const PASTES: usize = 3;
 
 fn script() -> String {
@@ -223,18 +223,22 @@ fn main() -> ExitCode {
             }],
             app: Some("xterm".into()),
             // The bound of the whole round: none may hang.
-            timeout_s: 1500,
+            timeout_s: 900,
             test_script: script(),
             supervise: Some(steps()),
             extra_partitions: 1,
             ..GuestRun::default()
         };
         let out = run_guest(&run);
+        out.save_artifacts(&format!("services-bench-{round}"));
         match measure(&out.file_text("events.log")) {
             Ok(r) => results.push(r),
             Err(e) => {
-                eprintln!("round {round} failed: {e}\n{}", out.diagnostics());
-                out.save_artifacts("services-bench-failed");
+                eprintln!(
+                    "round {round} failed: {e}\n{}\n{}",
+                    out.file_text("events.log"),
+                    out.diagnostics()
+                );
                 return ExitCode::FAILURE;
             }
         }
