@@ -155,8 +155,16 @@ pub fn check_url(url: &str) -> Result<(), UrlError> {
     if !url.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(UrlError::NotPrintable);
     }
+    // ASCII from here on, so byte offsets are character offsets.
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
-    if !(lower.starts_with("http://") || lower.starts_with("https://")) || url.len() < 9 {
+    let rest = if lower.starts_with("https://") {
+        &url[8..]
+    } else if lower.starts_with("http://") {
+        &url[7..]
+    } else {
+        return Err(UrlError::Scheme);
+    };
+    if rest.is_empty() {
         return Err(UrlError::Scheme);
     }
     Ok(())
