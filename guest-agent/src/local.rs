@@ -303,13 +303,13 @@ fn one_line(s: &str) -> String {
 /// agent says, and returns the exit code (0 when the host carried it out).
 pub fn run_client(request: &Request, socket: &Path) -> i32 {
     if let Err(e) = check(request) {
-        eprintln!("{e}");
+        say!("{e}");
         return 1;
     }
     let mut stream = match UnixStream::connect(socket) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!(
+            say!(
                 "bulkhead: no guest agent at {} ({e}): is this a Bulkhead partition?",
                 socket.display()
             );
@@ -319,22 +319,22 @@ pub fn run_client(request: &Request, socket: &Path) -> i32 {
     if stream.write_all(&request.encode()).is_err()
         || stream.shutdown(std::net::Shutdown::Write).is_err()
     {
-        eprintln!("bulkhead: the guest agent hung up");
+        say!("bulkhead: the guest agent hung up");
         return 1;
     }
     for line in BufReader::new(stream).lines() {
         let Ok(line) = line else { break };
         if let Some(t) = line.strip_prefix("wait ") {
-            eprintln!("{t}");
+            say!("{t}");
         } else if let Some(t) = line.strip_prefix("ok ") {
             println!("{t}");
             return 0;
         } else if let Some(t) = line.strip_prefix("error ") {
-            eprintln!("bulkhead: {t}");
+            say!("bulkhead: {t}");
             return 1;
         }
     }
-    eprintln!("bulkhead: the guest agent ended without an answer");
+    say!("bulkhead: the guest agent ended without an answer");
     1
 }
 

@@ -9,6 +9,17 @@
 //! (`local.rs`). Built static, like `bulkhead-vmm`, so the same binary runs in the busybox
 //! initramfs and in every template.
 
+/// One line to stderr in one `write`: the agent shares the guest's console with init's
+/// own messages, and `eprintln!` writes a formatted line in pieces that another writer
+/// can split.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let line = format!("{}\n", format_args!($($arg)*));
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }};
+}
+
 mod files;
 mod local;
 mod open;
@@ -154,13 +165,13 @@ fn main() {
             std::process::exit(client(cmd, &args.socket));
         }
         if let Err(e) = clipboard_command(cmd, &args.display) {
-            eprintln!("bulkhead-agent: {e}");
+            say!("bulkhead-agent: {e}");
             std::process::exit(1);
         }
         return;
     }
     if let Err(e) = run(&args) {
-        eprintln!("bulkhead-agent: {e}");
+        say!("bulkhead-agent: {e}");
         std::process::exit(1);
     }
 }
@@ -234,12 +245,12 @@ fn run(args: &Args) -> Result<(), AgentError> {
     // Until the link is raw the tty would echo the host's bytes back as text: init
     // waits for this before it lets anything snapshot the guest.
     if let Err(e) = File::create(READY_FILE) {
-        eprintln!("bulkhead-agent: writing {READY_FILE}: {e}");
+        say!("bulkhead-agent: writing {READY_FILE}: {e}");
     }
     let owner = args.uid.map(|u| (u, args.gid.unwrap_or(u)));
     let socket_dir = args.socket.parent().unwrap_or(std::path::Path::new("/"));
     if let Err(e) = local::prepare_dir(socket_dir, owner) {
-        eprintln!(
+        say!(
             "bulkhead-agent: {}: {e}; bulkhead-copy and -open will not work",
             socket_dir.display()
         );
@@ -249,7 +260,7 @@ fn run(args: &Args) -> Result<(), AgentError> {
             .map_err(|source| AgentError::Drop { uid, source })?;
     }
     let server = local::Server::bind(&args.socket)
-        .map_err(|e| eprintln!("bulkhead-agent: {}: {e}", args.socket.display()))
+        .map_err(|e| say!("bulkhead-agent: {}: {e}", args.socket.display()))
         .ok();
     let mut agent = Agent {
         clip: x11::Clipboard::new(args.display.clone()),
@@ -405,7 +416,7 @@ impl Agent {
         Ok(Some(match msg {
             HostMessage::Restored { entropy } => {
                 if let Err(e) = self.reseeder.reseed(&entropy) {
-                    eprintln!("bulkhead-agent: handing the host's entropy to the kernel: {e}");
+                    say!("bulkhead-agent: handing the host's entropy to the kernel: {e}");
                 }
                 // The host's end is new: what it had in flight is gone with it.
                 for offer in self.files.reset() {
@@ -529,7 +540,7 @@ fn make_raw(link: &File) {
     unsafe { libc::cfmakeraw(&mut t) };
     // SAFETY: as above.
     if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) } != 0 {
-        eprintln!(
+        say!(
             "bulkhead-agent: cannot make the link raw: {}",
             std::io::Error::last_os_error()
         );

@@ -97,16 +97,16 @@ fn serve(mut pipe: File) -> ! {
 fn fresh_mac(interface: &str) {
     let mut mac = [0u8; 6];
     if getrandom(&mut mac).is_err() {
-        eprintln!("bulkhead-agent: no random bytes for a fresh MAC address");
+        say!("bulkhead-agent: no random bytes for a fresh MAC address");
         return;
     }
     mac[0] = (mac[0] & 0xfe) | 0x02;
     match set_mac(interface, mac) {
-        Ok(()) => eprintln!(
+        Ok(()) => say!(
             "bulkhead-agent: {interface} has a fresh address {}",
             mac.map(|b| format!("{b:02x}")).join(":")
         ),
-        Err(e) => eprintln!("bulkhead-agent: a fresh MAC address for {interface}: {e}"),
+        Err(e) => say!("bulkhead-agent: a fresh MAC address for {interface}: {e}"),
     }
 }
 
@@ -170,12 +170,12 @@ fn add_and_reseed(random: &File, bytes: &[u8]) {
     // SAFETY: RNDRESEEDCRNG takes no argument.
     let reseeded = unsafe { libc::ioctl(fd, RNDRESEEDCRNG) };
     if added != 0 || reseeded != 0 {
-        eprintln!(
+        say!(
             "bulkhead-agent: reseeding the kernel's random generator: {}",
             std::io::Error::last_os_error()
         );
     } else {
-        eprintln!(
+        say!(
             "bulkhead-agent: kernel random generator reseeded with {} bytes from the host",
             bytes.len()
         );

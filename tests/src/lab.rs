@@ -1169,7 +1169,11 @@ pub fn lab_machine(outer_mem_mib: u64, initramfs: &Path) -> Command {
 pub const QEMU: &str = "qemu-system-x86_64";
 
 /// How often a lab run is booted when the lab machine failed it (see [`lab_fault`]).
-const LAB_ATTEMPTS: usize = 3;
+const LAB_ATTEMPTS: usize = 4;
+
+/// How long a running lab machine may print nothing (its init's heartbeat comes every
+/// 15 s) before it counts as frozen.
+const LAB_HEARTBEAT_LOST: Duration = Duration::from_secs(120);
 
 /// What the VMM reports when KVM ends a vCPU with a shutdown (triple fault).
 const GUEST_TRIPLE_FAULT: &str = "triple fault (KVM_EXIT_SHUTDOWN)";
@@ -1211,12 +1215,13 @@ fn run_in_lab(run: &GuestRun) -> RunOutput {
         }
         eprintln!(
             "LAB FAULT after {:.1} s, attempt {attempt} of {LAB_ATTEMPTS}: {fault}; booting it \
-             again (the console and QEMU's log are kept as lab-failure-N.*)",
+             again (the console and QEMU's log are kept as lab-failure-PID-N.*)",
             out.elapsed.as_secs_f64(),
         );
         static FAILURES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        out.save_artifacts(&format!("lab-failure-{n}"));
+        // Named by test process too: every test binary counts from 0.
+        out.save_artifacts(&format!("lab-failure-{}-{n}", std::process::id()));
         attempt += 1;
     }
 }
@@ -1265,17 +1270,21 @@ fn run_lab_machine(run: &GuestRun) -> RunOutput {
     let guest_limit = Duration::from_secs(run.timeout_s + 120);
     let (dump_limit, dump_stall) = (Duration::from_secs(600), Duration::from_secs(60));
     let (mut guest_ended_at, mut last_len, mut last_growth) = (None, 0usize, Instant::now());
+    let mut vmm_started = false;
     while child.try_wait().ok().flatten().is_none() {
         const EXIT_MARK: &[u8] = b"===LAB-VMM-EXIT ";
-        let (len, ended) = output
+        const START_MARK: &[u8] = b"===LAB-VMM-START===";
+        let (len, ended, started_now) = output
             .lock()
             .map(|o| {
-                // Only what arrived since the last look (plus an overlap for the marker).
-                let from = last_len.saturating_sub(EXIT_MARK.len()).min(o.len());
+                // Only what arrived since the last look (plus an overlap for the markers).
+                let from = last_len.saturating_sub(START_MARK.len()).min(o.len());
                 let ended = guest_ended_at.is_some() || contains(&o[from..], EXIT_MARK);
-                (o.len(), ended)
+                let started_now = vmm_started || contains(&o[from..], START_MARK);
+                (o.len(), ended, started_now)
             })
-            .unwrap_or((0, false));
+            .unwrap_or((0, false, vmm_started));
+        vmm_started = started_now;
         if len != last_len {
             (last_len, last_growth) = (len, Instant::now());
         }
@@ -1283,7 +1292,13 @@ fn run_lab_machine(run: &GuestRun) -> RunOutput {
             guest_ended_at = Some(Instant::now());
         }
         let expired = match guest_ended_at {
-            None => started.elapsed() > guest_limit,
+            // While the VMM runs, the lab init prints its heartbeat (`LAB-MEM`) every 15 s:
+            // a lab machine silent for much longer has frozen (seen: nothing for 600 s,
+            // then passing on the next boot in 84 s), so it is not waited out.
+            None => {
+                started.elapsed() > guest_limit
+                    || (vmm_started && last_growth.elapsed() > LAB_HEARTBEAT_LOST)
+            }
             Some(at) => at.elapsed() > dump_limit || last_growth.elapsed() > dump_stall,
         };
         if expired {
