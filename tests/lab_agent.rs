@@ -6,9 +6,11 @@
 //! The guest image must carry the agent: build it with `BULKHEAD_AGENT` pointing at the
 //! static `bulkhead-agent` (as tests/run-all.sh does).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use bulkhead_tests::lab::{run_guest, run_supervised, DiskSource, GuestRun, LabDisk};
+use bulkhead_tests::lab::{
+    run_guest, run_supervised, template_image, DiskSource, GuestRun, LabDisk,
+};
 
 #[test]
 fn the_agent_comes_up_in_the_default_initramfs_and_answers_on_its_own_console() {
@@ -58,19 +60,6 @@ fn the_agent_comes_up_in_the_default_initramfs_and_answers_on_its_own_console() 
     // the host's "done" (ASCII), never a frame (its kind bytes are >= 0x80).
     let hvc0 = out.files.get("console.bin").cloned().unwrap_or_default();
     assert!(hvc0.is_ascii(), "agent bytes on hvc0: {hvc0:?}");
-}
-
-fn template_image() -> PathBuf {
-    let image = match std::env::var_os("BULKHEAD_TEMPLATE_IMAGE") {
-        Some(p) => PathBuf::from(p),
-        None => bulkhead_supervisor::template::default_image_path("debian-12"),
-    };
-    assert!(
-        image.is_file(),
-        "no debian-12 template at {}: build it with `bulkhead template build debian-12`",
-        image.display()
-    );
-    image
 }
 
 fn disks(private: &Path) -> Vec<LabDisk> {

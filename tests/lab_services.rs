@@ -8,27 +8,12 @@
 //! naming `../escape`) cuts `lab`'s agent off, nothing lands, and `peer` works on.
 //! Runs directly on /dev/kvm with VT-x/AMD-V, otherwise in the lab.
 
-use std::path::PathBuf;
-
-use bulkhead_tests::lab::{run_guest, DiskSource, GuestRun, LabDisk};
+use bulkhead_tests::lab::{run_guest, template_image, DiskSource, GuestRun, LabDisk};
 
 const TEXT: &str = "copied in lab: 42 é ✓";
 const SECOND_TEXT: &str = "denied text";
 const AFTER: &str = "peer still here";
 const LINK: &str = "https://example.org/lab-link";
-
-fn template_image() -> PathBuf {
-    let image = match std::env::var_os("BULKHEAD_TEMPLATE_IMAGE") {
-        Some(p) => PathBuf::from(p),
-        None => bulkhead_supervisor::template::default_image_path("debian-12"),
-    };
-    assert!(
-        image.is_file(),
-        "no debian-12 template at {}: build it with `bulkhead template build debian-12`",
-        image.display()
-    );
-    image
-}
 
 /// A small real PNG (a 64x64 gradient), base64 for the guest script.
 fn png() -> Vec<u8> {

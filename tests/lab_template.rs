@@ -9,22 +9,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bulkhead_tests::lab::{run_guest, DiskSource, GuestRun, LabDisk, RunOutput, Screenshot};
+use bulkhead_tests::lab::{
+    run_guest, template_image, DiskSource, GuestRun, LabDisk, RunOutput, Screenshot,
+};
 
 const READY: &str = "BULKHEAD-APP-READY";
-
-fn template_image() -> PathBuf {
-    let image = match std::env::var_os("BULKHEAD_TEMPLATE_IMAGE") {
-        Some(p) => PathBuf::from(p),
-        None => bulkhead_supervisor::template::default_image_path("debian-12"),
-    };
-    assert!(
-        image.is_file(),
-        "no debian-12 template at {}: build it with `bulkhead template build debian-12`",
-        image.display()
-    );
-    image
-}
 
 /// A content hash of a large file, read in chunks.
 fn file_hash(path: &Path) -> u64 {

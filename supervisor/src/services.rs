@@ -687,14 +687,7 @@ impl ServiceBroker {
             offer,
             error: Some(why.clone()),
         };
-        if let Err(e) = sup.agent_outcome(source, outcome) {
-            tracing::warn!(source, "telling the agent its files were refused: {e}");
-        }
-        self.say(
-            source,
-            StatusKind::Refused,
-            format!("files from [{source}] refused: {why}"),
-        );
+        self.refuse(sup, source, outcome, "files", why);
     }
 
     fn refuse_open(&mut self, sup: &Supervisor, source: &str, request: u32, why: String) {
@@ -702,13 +695,29 @@ impl ServiceBroker {
             request,
             error: Some(why.clone()),
         };
+        self.refuse(sup, source, outcome, "open", why);
+    }
+
+    /// Tells `source`'s agent its request was refused and says so in a status line
+    /// (`what` is the line's topic: `files`, `open`).
+    fn refuse(
+        &mut self,
+        sup: &Supervisor,
+        source: &str,
+        outcome: OfferOutcome,
+        what: &str,
+        why: String,
+    ) {
         if let Err(e) = sup.agent_outcome(source, outcome) {
-            tracing::warn!(source, "telling the agent its link was refused: {e}");
+            tracing::warn!(
+                source,
+                "telling the agent its {what} request was refused: {e}"
+            );
         }
         self.say(
             source,
             StatusKind::Refused,
-            format!("open from [{source}] refused: {why}"),
+            format!("{what} from [{source}] refused: {why}"),
         );
     }
 

@@ -340,6 +340,21 @@ fn lab_dir() -> PathBuf {
 }
 
 /// The default guest image, built once per test process.
+/// The `debian-12` template's root image: `BULKHEAD_TEMPLATE_IMAGE`, else where
+/// `bulkhead template build debian-12` puts it. Panics, saying how to build it, when absent.
+pub fn template_image() -> PathBuf {
+    let image = match std::env::var_os("BULKHEAD_TEMPLATE_IMAGE") {
+        Some(p) => PathBuf::from(p),
+        None => bulkhead_supervisor::template::default_image_path("debian-12"),
+    };
+    assert!(
+        image.is_file(),
+        "no debian-12 template at {}: build it with `bulkhead template build debian-12`",
+        image.display()
+    );
+    image
+}
+
 pub fn guest() -> &'static GuestImage {
     static IMAGE: OnceLock<GuestImage> = OnceLock::new();
     IMAGE.get_or_init(|| {
