@@ -339,7 +339,6 @@ fn lab_dir() -> PathBuf {
     guest_image::cache_root().join("lab")
 }
 
-/// The default guest image, built once per test process.
 /// The `debian-12` template's root image: `BULKHEAD_TEMPLATE_IMAGE`, else where
 /// `bulkhead template build debian-12` puts it. Panics, saying how to build it, when absent.
 pub fn template_image() -> PathBuf {
@@ -355,6 +354,7 @@ pub fn template_image() -> PathBuf {
     image
 }
 
+/// The default guest image, built once per test process.
 pub fn guest() -> &'static GuestImage {
     static IMAGE: OnceLock<GuestImage> = OnceLock::new();
     IMAGE.get_or_init(|| {
@@ -1286,6 +1286,7 @@ fn run_lab_machine(run: &GuestRun) -> RunOutput {
     let (dump_limit, dump_stall) = (Duration::from_secs(600), Duration::from_secs(60));
     let (mut guest_ended_at, mut last_len, mut last_growth) = (None, 0usize, Instant::now());
     let mut vmm_started = false;
+    let mut killed: Option<String> = None;
     while child.try_wait().ok().flatten().is_none() {
         const EXIT_MARK: &[u8] = b"===LAB-VMM-EXIT ";
         const START_MARK: &[u8] = b"===LAB-VMM-START===";
@@ -1310,13 +1311,22 @@ fn run_lab_machine(run: &GuestRun) -> RunOutput {
             // While the VMM runs, the lab init prints its heartbeat (`LAB-MEM`) every 15 s:
             // a lab machine silent for much longer has frozen (seen: nothing for 600 s,
             // then passing on the next boot in 84 s), so it is not waited out.
-            None => {
-                started.elapsed() > guest_limit
-                    || (vmm_started && last_growth.elapsed() > LAB_HEARTBEAT_LOST)
+            None if vmm_started && last_growth.elapsed() > LAB_HEARTBEAT_LOST => Some(format!(
+                "killed: silent for {} s while the VMM ran (frozen)",
+                LAB_HEARTBEAT_LOST.as_secs()
+            )),
+            None if started.elapsed() > guest_limit => Some(format!(
+                "killed: past its {} s bound",
+                guest_limit.as_secs()
+            )),
+            None => None,
+            Some(at) if at.elapsed() > dump_limit || last_growth.elapsed() > dump_stall => {
+                Some("killed: copying the results out took too long".into())
             }
-            Some(at) => at.elapsed() > dump_limit || last_growth.elapsed() > dump_stall,
+            Some(_) => None,
         };
-        if expired {
+        if let Some(why) = expired {
+            killed = Some(why);
             let _ = child.kill();
             break;
         }
@@ -1331,6 +1341,10 @@ fn run_lab_machine(run: &GuestRun) -> RunOutput {
     // TCG logs a triple fault of the lab machine's own kernel under `-d cpu_reset`; a
     // clean power-off and a triple fault otherwise look alike (status 0, same resets).
     let triple_faults = qemu_log.matches("Triple fault").count();
+    let status = match killed {
+        Some(why) => format!("{status} ({why})"),
+        None => status,
+    };
     console.push_str(&format!(
         "\n===LAB-QEMU qemu {status}, {resets} CPU resets logged, {triple_faults} triple faults \
          of the lab machine===\n"
