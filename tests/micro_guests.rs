@@ -544,7 +544,8 @@ fn wait32(asm: &mut Asm, addr: u64, value: u32) {
 
 /// The whole path on real KVM: a micro-guest drives the first disk the way a minimal
 /// virtio-blk driver does (probe, one split queue, a write then a read request, polling
-/// the used ring), the MMIO exits reach the device on the vCPU thread and the worker
+/// the used ring); its register accesses are MMIO exits, its two QueueNotify writes reach
+/// the device through KVM's ioeventfd and the notifier thread (no exit), and the worker
 /// thread does the file I/O.
 #[test]
 fn a_guest_writes_and_reads_its_disk_through_virtio_blk() {
@@ -637,6 +638,11 @@ fn a_guest_writes_and_reads_its_disk_through_virtio_blk() {
         .unwrap();
     assert_eq!(p.wait_timeout(TIMEOUT), Some(StopReason::Reset));
     assert_eq!(out.text(), "wr");
+    assert_eq!(
+        p.queue_notifications(),
+        2,
+        "both notifications should come through the ioeventfd"
+    );
     assert_eq!(p.finish(), StopReason::Reset);
     let mut disk = vec![0u8; 16 * 512];
     file.read_exact_at(&mut disk, 0).unwrap();

@@ -812,8 +812,8 @@ mkdir -p /out
 mem_monitor=$!
 {command} 2>/vmm.err >{stdout}
 vmm_status=$?
-kill $mem_monitor
-{exit_line}echo "===LAB-SERIAL-BEGIN==="
+{exit_line}kill $mem_monitor
+echo "===LAB-SERIAL-BEGIN==="
 base64 /guest.log
 echo "===LAB-SERIAL-END==="
 echo "===LAB-STDERR-BEGIN==="
@@ -838,7 +838,8 @@ poweroff -f
 }
 
 /// The line of [`lab_init`] that reports the VMM's exit status (a snapshot run puts its
-/// restores after it).
+/// restores after it, while the heartbeat still runs: a restore may take as long as the
+/// run did, and the results' stall bound must not cut it short).
 const VMM_EXIT_LINE: &str = "echo \"===LAB-VMM-EXIT $vmm_status===\"\n";
 
 /// The start of every lab machine's /init: busybox, /proc, /sys, /dev, kvm-amd.

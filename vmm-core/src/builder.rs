@@ -20,6 +20,7 @@ use crate::devices::virtio::console::{ConsoleHandle, VirtioConsole};
 use crate::devices::virtio::input::{InputEventSender, VirtioInput};
 use crate::devices::virtio::mmio::{MmioError, VirtioMmioDevice};
 use crate::devices::virtio::net::{NetConfig, NetError, NetWorker, VirtioNet};
+use crate::devices::virtio::notify::QueueNotifier;
 use crate::devices::virtio::rng::VirtioRng;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::{Bus, BusDevice, InterruptLine, StopHandle};
@@ -114,6 +115,8 @@ pub enum BuildError {
     Net(#[from] NetError),
     #[error("device bus: {0}")]
     Bus(#[from] crate::devices::BusError),
+    #[error("starting the virtio notifier thread: {source}")]
+    NotifierThread { source: std::io::Error },
     #[error("starting vCPU thread {index}: {source}")]
     Thread { index: u8, source: std::io::Error },
     #[error(transparent)]
@@ -162,6 +165,8 @@ pub struct Partition {
     /// The network interface, whose worker the partition loop starts with the vCPUs
     /// (see [`Partition::take_network`]).
     pub(crate) network: Option<NetInterface>,
+    /// Queue eventfds, served by a thread that starts with the vCPUs.
+    pub(crate) notifier: QueueNotifier,
 }
 
 /// A virtio-net device and its worker, not yet started.
@@ -321,12 +326,15 @@ fn assemble(
     })?;
     let (pio, serial) = legacy_devices(&vm, stop.clone(), config.serial)?;
     let mut mmio = Bus::new();
-    let (virtio, mut slots) = virtio_devices(&vm, &mut mmio, &memory, config.display)?;
+    let mut notifier = QueueNotifier::default();
+    let (virtio, mut slots) =
+        virtio_devices(&vm, &mut mmio, &mut notifier, &memory, config.display)?;
     // The network and the balloon follow the disks.
     let net_windows = usize::from(network.is_some()) + 1;
     let disks = disk_devices(
         &vm,
         &mut mmio,
+        &mut notifier,
         &memory,
         &mut slots,
         config.disks,
@@ -337,7 +345,8 @@ fn assemble(
             let (device, worker) = VirtioNet::new(net)?;
             // disk_devices() checked that this window exists.
             let n = slots.len() as u32;
-            let (dev, slot) = attach_virtio(&vm, &mut mmio, &memory, n, "network", device)?;
+            let (dev, slot) =
+                attach_virtio(&vm, &mut mmio, &mut notifier, &memory, n, "network", device)?;
             slots.push(slot);
             Ok::<_, BuildError>(NetInterface { dev, worker })
         })
@@ -346,8 +355,15 @@ fn assemble(
     {
         // disk_devices() checked that this window exists.
         let n = slots.len() as u32;
-        let (dev, slot) =
-            attach_virtio(&vm, &mut mmio, &memory, n, "balloon", VirtioBalloon::new())?;
+        let (dev, slot) = attach_virtio(
+            &vm,
+            &mut mmio,
+            &mut notifier,
+            &memory,
+            n,
+            "balloon",
+            VirtioBalloon::new(),
+        )?;
         slots.push(slot);
         virtio.balloon = Some(BalloonHandle::new(dev));
     }
@@ -361,6 +377,7 @@ fn assemble(
             &mmio,
             framebuffer.as_ref(),
         )?;
+        notifier.notify_all();
         return Ok(Partition {
             vm,
             vcpus,
@@ -373,6 +390,7 @@ fn assemble(
             virtio,
             disks,
             network,
+            notifier,
         });
     }
 
@@ -453,6 +471,7 @@ fn assemble(
         virtio,
         disks,
         network,
+        notifier,
     })
 }
 
@@ -585,10 +604,11 @@ fn legacy_devices(
 /// A virtio device as both the MMIO bus and its host-side handle hold it.
 type SharedVirtio<D> = Arc<Mutex<VirtioMmioDevice<D>>>;
 
-/// Places one virtio device in window `n` with its irqfd.
+/// Places one virtio device in window `n` with its irqfd and one ioeventfd per queue.
 fn attach_virtio<D: VirtioDevice + 'static>(
     vm: &Vm,
     mmio: &mut Bus,
+    notifier: &mut QueueNotifier,
     memory: &GuestMemoryMmap,
     n: u32,
     name: &'static str,
@@ -601,16 +621,29 @@ fn attach_virtio<D: VirtioDevice + 'static>(
     );
     vm.register_irqfd(&irq, slot.gsi)?;
     let line: Arc<dyn InterruptLine> = irq;
+    let queues = device.queue_max_sizes().len() as u32;
     let dev = VirtioMmioDevice::new(device, memory.clone(), line)
         .map_err(|source| BuildError::Virtio { name, source })?;
     let dev = Arc::new(Mutex::new(dev));
     mmio.insert(dev.clone(), slot.base, slot.size)?;
+    for queue in 0..queues {
+        let evt = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|source| BuildError::EventFd { what: name, source })?;
+        let addr = slot.base + crate::devices::virtio::mmio::reg::QUEUE_NOTIFY;
+        if let Err(e) = vm.register_ioeventfd(&evt, addr, queue) {
+            // The MMIO exit still reaches the device: slower, same behaviour.
+            tracing::warn!(device = name, error = %e, "queue notifications exit to the VMM");
+            break;
+        }
+        notifier.add(evt, dev.clone(), queue);
+    }
     Ok((dev, slot))
 }
 
 fn virtio_devices(
     vm: &Vm,
     mmio: &mut Bus,
+    notifier: &mut QueueNotifier,
     memory: &GuestMemoryMmap,
     display: Option<FramebufferLayout>,
 ) -> Result<(VirtioHandles, Vec<VirtioMmioSlot>), BuildError> {
@@ -623,6 +656,7 @@ fn virtio_devices(
     let (kbd, s) = attach_virtio(
         vm,
         mmio,
+        notifier,
         memory,
         next(),
         "keyboard",
@@ -632,7 +666,7 @@ fn virtio_devices(
     let tablet = match display {
         Some(fb) => {
             let tablet = VirtioInput::tablet(fb.width, fb.height);
-            let (dev, s) = attach_virtio(vm, mmio, memory, next(), "tablet", tablet)?;
+            let (dev, s) = attach_virtio(vm, mmio, notifier, memory, next(), "tablet", tablet)?;
             slots.push(s);
             Some(InputEventSender::new(dev))
         }
@@ -642,15 +676,15 @@ fn virtio_devices(
         what: "virtio-console",
         source,
     })?;
-    let (con, s) = attach_virtio(vm, mmio, memory, next(), "console", console)?;
+    let (con, s) = attach_virtio(vm, mmio, notifier, memory, next(), "console", console)?;
     slots.push(s);
     let agent = VirtioConsole::new().map_err(|source| BuildError::EventFd {
         what: "virtio-console (agent)",
         source,
     })?;
-    let (agent, s) = attach_virtio(vm, mmio, memory, next(), "agent console", agent)?;
+    let (agent, s) = attach_virtio(vm, mmio, notifier, memory, next(), "agent console", agent)?;
     slots.push(s);
-    let (_, s) = attach_virtio(vm, mmio, memory, next(), "rng", VirtioRng::new())?;
+    let (_, s) = attach_virtio(vm, mmio, notifier, memory, next(), "rng", VirtioRng::new())?;
     slots.push(s);
     let handles = VirtioHandles {
         keyboard: InputEventSender::new(kbd),
@@ -668,6 +702,7 @@ fn virtio_devices(
 fn disk_devices(
     vm: &Vm,
     mmio: &mut Bus,
+    notifier: &mut QueueNotifier,
     memory: &GuestMemoryMmap,
     slots: &mut Vec<VirtioMmioSlot>,
     disks: Vec<DiskConfig>,
@@ -688,7 +723,7 @@ fn disk_devices(
             VirtioBlock::new(disk).map_err(|source| BuildError::Disk { index, source })?;
         // Below VIRTIO_MMIO_MAX_DEVICES, checked above.
         let n = slots.len() as u32;
-        let (dev, slot) = attach_virtio(vm, mmio, memory, n, "disk", device)?;
+        let (dev, slot) = attach_virtio(vm, mmio, notifier, memory, n, "disk", device)?;
         slots.push(slot);
         out.push(Disk { dev, worker });
     }

@@ -54,6 +54,11 @@ pub struct RunningPartition {
     /// virtio-blk workers; each ends once the vCPU threads (and with them the MMIO bus
     /// holding its device) are gone, so they are joined after those.
     disk_workers: Vec<JoinHandle<()>>,
+    /// The queue-notification thread (ends on the stop request), if any queue has an
+    /// ioeventfd.
+    notifier: Option<JoinHandle<()>>,
+    /// Queue notifications it processed.
+    notifications: Arc<AtomicU64>,
 }
 
 impl Partition {
@@ -84,6 +89,22 @@ impl Partition {
         let pio = Arc::new(self.pio);
         let mmio = Arc::new(self.mmio);
         let gate = Arc::new(PauseGate::default());
+        let notifications = Arc::new(AtomicU64::new(0));
+        let notifier = if self.notifier.is_empty() {
+            None
+        } else {
+            let filter = vcpu_filter.map(|_| SeccompProfile::Notify);
+            let handle = self
+                .notifier
+                .start(
+                    self.stop.clone(),
+                    gate.clone(),
+                    filter,
+                    notifications.clone(),
+                )
+                .map_err(|source| BuildError::NotifierThread { source })?;
+            Some(handle)
+        };
         let mut vcpu_exits = Vec::new();
         let mut threads = Vec::new();
         for vcpu in self.vcpus {
@@ -115,6 +136,7 @@ impl Partition {
                 Err(e) => {
                     self.stop.request(StopReason::Stopped);
                     kick_and_join(&mut threads);
+                    join_notifier(notifier);
                     return Err(e);
                 }
             }
@@ -133,6 +155,8 @@ impl Partition {
             started: Instant::now(),
             vcpu_exits,
             disk_workers,
+            notifier,
+            notifications,
         })
     }
 }
@@ -190,6 +214,8 @@ impl RunningPartition {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+        // A queue being processed off the vCPUs finishes before the pause is complete.
+        self.gate.quiesce();
     }
 
     pub fn resume(&self) {
@@ -206,6 +232,12 @@ impl RunningPartition {
             .iter()
             .map(|e| e.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// Queue notifications processed off the vCPUs (through ioeventfds); each of them
+    /// would otherwise have been a `KVM_RUN` return.
+    pub fn queue_notifications(&self) -> u64 {
+        self.notifications.load(Ordering::Relaxed)
     }
 
     /// Keyboard, tablet and console of the running guest.
@@ -277,6 +309,7 @@ impl RunningPartition {
     pub fn finish(mut self) -> StopReason {
         self.stop.request(StopReason::Stopped);
         kick_and_join(&mut self.threads);
+        join_notifier(self.notifier.take());
         self.release_devices();
         join_disk_workers(&mut self.disk_workers);
         self.stop.reason().unwrap_or(StopReason::Stopped)
@@ -391,10 +424,10 @@ fn save_device(
 
 impl Drop for RunningPartition {
     fn drop(&mut self) {
-        if !self.threads.is_empty() {
-            self.stop.request(StopReason::Stopped);
-            kick_and_join(&mut self.threads);
-        }
+        // Idempotent after `finish`; ends the vCPUs and the notifier otherwise.
+        self.stop.request(StopReason::Stopped);
+        kick_and_join(&mut self.threads);
+        join_notifier(self.notifier.take());
         self.release_devices();
         join_disk_workers(&mut self.disk_workers);
     }
@@ -407,6 +440,13 @@ impl RunningPartition {
     fn release_devices(&mut self) {
         self.pio = Arc::new(crate::devices::Bus::new());
         self.mmio = Arc::new(crate::devices::Bus::new());
+    }
+}
+
+/// Joins the notifier thread; call after the stop request (which is what ends it).
+fn join_notifier(notifier: Option<JoinHandle<()>>) {
+    if notifier.is_some_and(|n| n.join().is_err()) {
+        tracing::error!("the virtio notifier thread panicked");
     }
 }
 

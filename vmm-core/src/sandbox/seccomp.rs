@@ -47,6 +47,9 @@ pub enum SeccompProfile {
     Vcpu,
     /// A virtio-blk disk's worker thread (`devices::virtio::block`).
     Block,
+    /// The virtio notifier thread (`devices::virtio::notify`): waits on the queue
+    /// eventfds and processes queues as a vCPU thread would, but issues no ioctl.
+    Notify,
     /// The reaper left outside the PID namespace: waits for the VMM, ends like it.
     Reaper,
     /// [`SeccompProfile::Vcpu`] plus reading the rest of its own state (XSAVE, XCRs,
@@ -372,6 +375,15 @@ const BLOCK: &[SyscallRule] = &[
     ),
 ];
 
+/// The notifier: `poll` on its eventfds; a queue it processes may send on a socket (the
+/// network's transmit), like a vCPU thread; reading and writing eventfds is in COMMON.
+const NOTIFY: &[SyscallRule] = &[
+    any("poll", libc::SYS_poll),
+    any("ppoll", libc::SYS_ppoll),
+    any("sendmsg", libc::SYS_sendmsg),
+    any("sendto", libc::SYS_sendto),
+];
+
 /// Extra for the main thread: starting threads (never processes).
 const MAIN_EXTRA: &[SyscallRule] = &[
     with(
@@ -435,6 +447,7 @@ impl SeccompProfile {
             SeccompProfile::Vcpu => rules.extend_from_slice(VCPU),
             SeccompProfile::Device => rules.extend_from_slice(DEVICE),
             SeccompProfile::Block => rules.extend_from_slice(BLOCK),
+            SeccompProfile::Notify => rules.extend_from_slice(NOTIFY),
             SeccompProfile::Main => {
                 rules.extend_from_slice(DEVICE);
                 rules.extend_from_slice(MAIN_EXTRA);

@@ -93,6 +93,8 @@ fn every_profile_compiles() {
         SeccompProfile::Main,
         SeccompProfile::Device,
         SeccompProfile::Vcpu,
+        SeccompProfile::Block,
+        SeccompProfile::Notify,
         SeccompProfile::Reaper,
     ] {
         let programs = p.compile(Violation::KillProcess).unwrap();
@@ -168,6 +170,22 @@ fn ioctl_off_the_table_is_forbidden() {
         0
     });
     assert_eq!(outcome, Outcome::Signaled(libc::SIGSYS));
+}
+
+#[test]
+fn the_notifier_thread_cannot_run_a_vcpu_or_open_files() {
+    let run = under_profile(SeccompProfile::Notify, || {
+        // SAFETY: KVM_RUN on fd 0 (never a vCPU); the filter kills before the kernel
+        // would look at it.
+        unsafe { libc::ioctl(0, KVM_RUN as libc::c_ulong, 0) };
+        0
+    });
+    assert_eq!(run, Outcome::Signaled(libc::SIGSYS));
+    let open = under_profile(SeccompProfile::Notify, || {
+        let _ = open_read(Path::new("/etc/hostname"));
+        0
+    });
+    assert_eq!(open, Outcome::Signaled(libc::SIGSYS));
 }
 
 #[test]

@@ -51,6 +51,8 @@ pub struct PauseGate {
     parked: AtomicUsize,
     save: Mutex<SaveRound>,
     saved: Condvar,
+    /// Held while device work outside the vCPUs runs (see [`PauseGate::run_unpaused`]).
+    work: Mutex<()>,
 }
 
 /// One "save your state" request to every parked vCPU, and the answers so far.
@@ -69,6 +71,36 @@ impl PauseGate {
 
     pub fn is_paused(&self) -> bool {
         *self.paused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `work` (device work done outside the vCPUs: a queue notification) unless the
+    /// partition stopped; while it is paused, waits for the resume first. Returns whether
+    /// `work` ran. Together with [`PauseGate::quiesce`] this makes a pause complete: once
+    /// the vCPUs are parked and the gate quiesced, no device or guest memory changes.
+    pub fn run_unpaused(&self, stop: &StopHandle, work: impl FnOnce()) -> bool {
+        loop {
+            let held = self.work.lock().unwrap_or_else(|e| e.into_inner());
+            if stop.is_stopped() {
+                return false;
+            }
+            if !self.is_paused() {
+                work();
+                drop(held);
+                return true;
+            }
+            drop(held);
+            let paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+            if *paused {
+                // The timeout lets a stop request end the wait without a notify.
+                let _ = self.wake.wait_timeout(paused, Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Waits until work started by [`PauseGate::run_unpaused`] before the pause has ended;
+    /// call after setting the pause.
+    pub fn quiesce(&self) {
+        drop(self.work.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     /// vCPU threads currently waiting at the gate.

@@ -1,4 +1,4 @@
-//! The KVM VM: in-kernel irqchip and PIT, memory slots, irqfds, dirty logging.
+//! The KVM VM: in-kernel irqchip and PIT, memory slots, irqfds, ioeventfds, dirty logging.
 
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
@@ -29,6 +29,12 @@ pub enum VmError {
     },
     #[error("registering irqfd for GSI {gsi}: {source}")]
     Irqfd { gsi: u32, source: kvm_ioctls::Error },
+    #[error("registering an ioeventfd for the 4-byte value {value} at {addr:#x}: {source}")]
+    Ioeventfd {
+        addr: u64,
+        value: u32,
+        source: kvm_ioctls::Error,
+    },
     #[error("reading the dirty log of slot {slot}: {source}")]
     DirtyLog {
         slot: u32,
@@ -110,6 +116,18 @@ impl Vm {
         self.fd
             .register_irqfd(evt, gsi)
             .map_err(|source| VmError::Irqfd { gsi, source })
+    }
+
+    /// Has KVM signal `evt` instead of exiting when the guest writes the 4-byte `value`
+    /// to the MMIO address `addr` (other values and widths still exit).
+    pub fn register_ioeventfd(&self, evt: &EventFd, addr: u64, value: u32) -> Result<(), VmError> {
+        self.fd
+            .register_ioevent(evt, &kvm_ioctls::IoEventAddress::Mmio(addr), value)
+            .map_err(|source| VmError::Ioeventfd {
+                addr,
+                value,
+                source,
+            })
     }
 }
 

@@ -14,7 +14,8 @@
 //! A transport lives in an `Arc<Mutex<VirtioMmioDevice<D>>>` shared by the MMIO bus (vCPU
 //! threads) and the host-side handles ([`input::InputEventSender`],
 //! [`console::ConsoleHandle`]). Everything that touches a queue happens with that mutex
-//! held: a QueueNotify write processes the queue on the vCPU thread that wrote it, and a
+//! held: a QueueNotify write processes the queue on the notifier thread (an ioeventfd, see
+//! [`notify`]) or, where KVM took no eventfd, on the vCPU thread that wrote it, and a
 //! host handle pushing data (input events, console bytes) processes the receive queue on the
 //! caller's thread. The guest is told about used buffers through the [`InterruptLine`]
 //! (an irqfd in a VM), so nobody ever waits on the guest while holding the lock.
@@ -36,6 +37,7 @@ pub mod console;
 pub mod input;
 pub mod mmio;
 pub mod net;
+pub mod notify;
 pub mod queue;
 pub mod rng;
 /// The test-side virtio-mmio driver; public only with the `fuzzing` feature, for
