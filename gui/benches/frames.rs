@@ -96,6 +96,8 @@ fn uploaded(app: &BulkheadApp) -> u64 {
 /// Counts frames in the real window and closes it after `frames` measured ones.
 struct Measured {
     app: BulkheadApp,
+    /// Guest pixels straight to GL textures (the app's way); false: egui's RGBA textures.
+    gl_textures: bool,
     frames: u32,
     seen: u32,
     start: Option<(Instant, Duration, u64)>,
@@ -103,7 +105,10 @@ struct Measured {
 }
 
 impl eframe::App for Measured {
-    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+    fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
+        if self.gl_textures {
+            self.app.use_gl(frame);
+        }
         self.app.frame(ui);
         self.seen += 1;
         if self.seen == WARMUP {
@@ -125,8 +130,13 @@ impl eframe::App for Measured {
     }
 }
 
-/// Child process: one scenario in a real window.
-fn window_scenario(pattern: &str, frames: u32) {
+/// Child process: one scenario in a real window. `scenario` is `idle` or `live`, with
+/// `-egui` for egui's converted textures instead of the app's GL ones.
+fn window_scenario(scenario: &str, frames: u32) {
+    let (pattern, gl_textures) = match scenario.strip_suffix("-egui") {
+        Some(p) => (p, false),
+        None => (scenario, true),
+    };
     let result = std::sync::Arc::new(std::sync::Mutex::new(None));
     let shared = std::sync::Arc::clone(&result);
     let options = eframe::NativeOptions {
@@ -146,6 +156,7 @@ fn window_scenario(pattern: &str, frames: u32) {
         Box::new(move |_cc| {
             Ok(Box::new(Measured {
                 app: app(pattern),
+                gl_textures,
                 frames,
                 seen: 0,
                 start: None,
@@ -288,35 +299,39 @@ fn main() {
         .max(1);
     match display() {
         Some((d, _xvfb)) => {
-            let (mut idle, mut live) = (Vec::new(), Vec::new());
-            // Interleaved, so that a burst of load elsewhere hits both alike.
+            let (mut idle, mut live, mut live_egui) = (Vec::new(), Vec::new(), Vec::new());
+            // Interleaved, so that a burst of load elsewhere hits all alike.
             for round in 0..rounds {
-                let pair = (
+                let runs = (
                     run_window("idle", frames, &d),
                     run_window("live", frames, &d),
+                    run_window("live-egui", frames, &d),
                 );
-                if let (Some(i), Some(l)) = pair {
+                if let (Some(i), Some(l), Some(e)) = runs {
                     if rounds > 1 {
                         println!(
-                            "  round {}: idle {:.1} fps {:.2} ms, live {:.1} fps {:.2} ms",
+                            "  round {}: idle {:.1} fps {:.2} ms, live {:.1} fps {:.2} ms, live with egui textures {:.1} fps {:.2} ms",
                             round + 1,
                             i.fps,
                             i.cpu_ms_per_frame,
                             l.fps,
-                            l.cpu_ms_per_frame
+                            l.cpu_ms_per_frame,
+                            e.fps,
+                            e.cpu_ms_per_frame
                         );
                     }
                     idle.push(i);
                     live.push(l);
+                    live_egui.push(e);
                 }
             }
             if idle.is_empty() {
                 println!("real window: could not measure (no GL under X?)");
             } else {
-                let (idle, live) = (median(&idle), median(&live));
+                let (idle, live, live_egui) = (median(&idle), median(&live), median(&live_egui));
                 let n = idle_count_note(rounds);
                 report(
-                    &format!("real window, glow on llvmpipe (X display {d}), 1280x800, {frames} frames each{n}"),
+                    &format!("real window, glow on llvmpipe (X display {d}), 1280x800, {frames} frames each{n}; guest pixels straight to GL textures"),
                     idle,
                     live,
                 );
@@ -324,6 +339,12 @@ fn main() {
                 println!(
                     "  of live CPU/frame, {guest:.2} ms is the software guests drawing (a real partition draws in its own process); without it live/idle is {:.2}x",
                     (live.cpu_ms_per_frame - guest) / idle.cpu_ms_per_frame
+                );
+                println!(
+                    "  before (egui's RGBA textures, converted): live {}; live/idle {:.2}x CPU per frame, {:.2}x without the guests drawing",
+                    live_egui.line(),
+                    live_egui.cpu_ms_per_frame / idle.cpu_ms_per_frame,
+                    (live_egui.cpu_ms_per_frame - guest) / idle.cpu_ms_per_frame
                 );
             }
         }

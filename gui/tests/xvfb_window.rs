@@ -135,6 +135,32 @@ fn real_window_presents_a_frame_with_the_label_colours() {
             "label colour {name} covers only {n} pixels; log:\n{log_text}"
         );
     }
+    // The guests' pixels reach the screen as they are: with glow they go to GL textures
+    // as BGRX bytes, so a red/blue swap or the X byte taken for alpha (it is 0) would show
+    // here. The test card's bands run red, orange, yellow, green, grey, blue, purple,
+    // black from top to bottom; orange and blue are no label of the shipped partitions.
+    assert!(
+        log_text.contains("guest pixels go straight to a GL texture"),
+        "the glow window did not use its GL textures:\n{log_text}"
+    );
+    let mean_y = |rgb: [u8; 3]| {
+        let ys: Vec<u32> = img
+            .enumerate_pixels()
+            .filter(|(_, _, p)| p.0 == rgb)
+            .map(|(_, y, _)| y)
+            .collect();
+        assert!(
+            ys.len() > 1000,
+            "test-card colour {rgb:?} covers only {} pixels (channels swapped, or drawn translucent?)",
+            ys.len()
+        );
+        ys.iter().map(|&y| f64::from(y)).sum::<f64>() / ys.len() as f64
+    };
+    let (orange, blue) = (mean_y([0xf5, 0x79, 0x00]), mean_y([0x34, 0x65, 0xa4]));
+    assert!(
+        orange < blue,
+        "test-card bands out of order: orange at y {orange:.0}, blue at y {blue:.0}"
+    );
     if std::env::var_os("BULKHEAD_UPDATE_SCREENSHOT").is_some() {
         let dest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/screenshot.png");
         std::fs::copy(&shot, dest).unwrap();

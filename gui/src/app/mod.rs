@@ -956,8 +956,24 @@ fn action_index(action: Action) -> Option<usize> {
     }
 }
 
+impl BulkheadApp {
+    /// When the window draws with glow, guest pixels go to GL textures of our own,
+    /// unconverted (see `display::texture`); a slot added during a frame gets its texture
+    /// on the next one. Call before [`BulkheadApp::frame`], from `App::ui`.
+    pub fn use_gl(&mut self, frame: &mut eframe::Frame) {
+        let Some(gl) = frame.gl().cloned() else {
+            return;
+        };
+        for slot in &mut self.slots {
+            slot.texture
+                .use_gl(&gl, |t| frame.register_native_glow_texture(t));
+        }
+    }
+}
+
 impl eframe::App for BulkheadApp {
-    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+    fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
+        self.use_gl(frame);
         self.frame(ui);
     }
 

@@ -1,12 +1,21 @@
 //! A partition's framebuffer as an egui texture, updated by damage rectangles only.
 //!
-//! Each upload converts the guest's XRGB into egui's RGBA in a staging image that is
-//! reused from frame to frame: egui keeps its reference only until the frame is painted,
-//! so by the next update the buffer is ours again and a live partition allocates (and
-//! page-faults in) nothing per frame.
+//! When the window draws with glow (OpenGL), the texture is a GL texture of our own that
+//! egui's painter draws like any other: each damaged rectangle goes to the GL driver
+//! straight from the guest's framebuffer, as the BGRX bytes it is (`GL_BGRA` with the
+//! framebuffer's stride as the row length, alpha swizzled to one), so nothing is converted
+//! or copied on our side. The texture is allocated with an unsized format from BGRA
+//! data, so Mesa stores it as BGRA and its own copy is a plain one too.
+//!
+//! Elsewhere (wgpu, the headless test renderer), or if GL refuses the texture, each upload
+//! converts the guest's XRGB into egui's RGBA in a staging image that is reused from frame
+//! to frame: egui keeps its reference only until the frame is painted, so by the next
+//! update the buffer is ours again and a live partition allocates (and page-faults in)
+//! nothing per frame.
 
 use std::sync::Arc;
 
+use eframe::glow::{self, HasContext};
 use egui::{Color32, ColorImage, Context, TextureHandle, TextureId, TextureOptions};
 
 use bulkhead_supervisor::damage::DamageSet;
@@ -42,6 +51,10 @@ pub struct UploadStats {
 pub struct GuestTexture {
     name: String,
     handle: Option<TextureHandle>,
+    /// The GL texture filled straight from guest memory, when the window draws with glow.
+    native: Option<GlTexture>,
+    /// GL refused a texture of ours once: egui's textures from then on.
+    native_refused: bool,
     layout: Option<FramebufferLayout>,
     stats: UploadStats,
     staging: StagingPool,
@@ -53,6 +66,7 @@ impl std::fmt::Debug for GuestTexture {
             .field("name", &self.name)
             .field("layout", &self.layout)
             .field("stats", &self.stats)
+            .field("native", &self.native.is_some())
             .field("staging", &self.staging)
             .finish()
     }
@@ -72,16 +86,63 @@ impl GuestTexture {
 
     /// The texture and its size in pixels, once the first frame arrived.
     pub fn texture(&self) -> Option<(TextureId, [usize; 2])> {
-        self.handle.as_ref().map(|h| (h.id(), h.size()))
+        match &self.native {
+            Some(native) => native.size.map(|size| (native.id, size)),
+            None => self.handle.as_ref().map(|h| (h.id(), h.size())),
+        }
+    }
+
+    /// Whether uploads go straight to a GL texture of ours (see the module docs).
+    pub fn is_native(&self) -> bool {
+        self.native.is_some()
+    }
+
+    /// From the next frame on, uploads go to a GL texture of ours, made in `gl` and handed
+    /// to the window's painter with `register` (eframe's `register_native_glow_texture`).
+    /// Call on the thread that paints, with the context current (eframe's `App::ui`).
+    /// Does nothing once done, or after GL refused one.
+    pub fn use_gl(
+        &mut self,
+        gl: &Arc<glow::Context>,
+        register: impl FnOnce(glow::Texture) -> TextureId,
+    ) {
+        if self.native.is_some() || self.native_refused {
+            return;
+        }
+        // SAFETY: `gl` is the window's context, current on this thread (the caller's
+        // contract); creating a texture name has no other precondition.
+        match unsafe { gl.create_texture() } {
+            Ok(texture) => {
+                self.native = Some(GlTexture {
+                    gl: Arc::clone(gl),
+                    texture,
+                    id: register(texture),
+                    size: None,
+                });
+                tracing::info!(texture = %self.name, "guest pixels go straight to a GL texture");
+                // The next frame uploads in full, into the new texture.
+                self.handle = None;
+                self.layout = None;
+            }
+            Err(e) => {
+                tracing::warn!(texture = %self.name, error = %e, "GL texture refused; egui's own textures instead");
+                self.native_refused = true;
+            }
+        }
     }
 
     pub fn layout(&self) -> Option<FramebufferLayout> {
         self.layout
     }
 
-    /// Drops the texture and its staging buffers (the partition stopped).
+    /// Drops the texture and its staging buffers (the partition stopped). A GL texture
+    /// is kept for the next start (the painter owns it; eframe has no way to give it
+    /// back), but no longer drawn.
     pub fn clear(&mut self) {
         self.handle = None;
+        if let Some(native) = &mut self.native {
+            native.size = None;
+        }
         self.layout = None;
         self.staging = StagingPool::default();
     }
@@ -103,15 +164,35 @@ impl GuestTexture {
             w: layout.width,
             h: layout.height,
         };
-        let screen = whole.area() as usize;
-        if self.layout != Some(layout) || self.handle.is_none() {
-            let image = self.staging.convert(&frame, whole);
-            self.staging.finish_frame(screen);
-            self.count(whole);
-            self.handle = Some(ctx.load_texture(&self.name, image, TextureOptions::LINEAR));
-            self.layout = Some(layout);
+        let full = self.layout != Some(layout) || self.texture().is_none();
+        let rects = if full {
+            vec![whole]
+        } else {
+            self.merged_damage(&frame)
+        };
+        if rects.is_empty() {
             return Ok(());
         }
+        if let Some(native) = &mut self.native {
+            if native.upload(&frame, &rects, full) {
+                for &r in &rects {
+                    self.count(r);
+                }
+                self.layout = Some(layout);
+                return Ok(());
+            }
+            tracing::warn!(texture = %self.name, "GL refused a guest frame; egui's own textures instead");
+            self.native = None;
+            self.native_refused = true;
+            self.layout = None;
+            return self.upload_egui(ctx, &frame, &[whole], true);
+        }
+        self.upload_egui(ctx, &frame, &rects, full)
+    }
+
+    /// The frame's damage, clipped to the framebuffer and merged; counts what was clipped.
+    fn merged_damage(&mut self, frame: &FrameView<'_>) -> Vec<DamageRect> {
+        let layout = frame.layout;
         // Whatever the source hands over, one frame uploads at most one screen.
         let mut merged = DamageSet::new(layout.width, layout.height);
         for rect in &frame.damage {
@@ -124,11 +205,35 @@ impl GuestTexture {
             }
             merged.add(clipped);
         }
-        if merged.is_empty() {
+        merged.rects().to_vec()
+    }
+
+    /// Uploads `rects` through egui's texture (converted to RGBA), creating it when `full`.
+    fn upload_egui(
+        &mut self,
+        ctx: &Context,
+        frame: &FrameView<'_>,
+        rects: &[DamageRect],
+        full: bool,
+    ) -> Result<(), FrameError> {
+        let layout = frame.layout;
+        let screen = (layout.width as usize) * (layout.height as usize);
+        if full || self.handle.is_none() {
+            let whole = DamageRect {
+                x: 0,
+                y: 0,
+                w: layout.width,
+                h: layout.height,
+            };
+            let image = self.staging.convert(frame, whole);
+            self.staging.finish_frame(screen);
+            self.count(whole);
+            self.handle = Some(ctx.load_texture(&self.name, image, TextureOptions::LINEAR));
+            self.layout = Some(layout);
             return Ok(());
         }
-        for &clipped in merged.rects() {
-            let image = self.staging.convert(&frame, clipped);
+        for &clipped in rects {
+            let image = self.staging.convert(frame, clipped);
             if let Some(handle) = self.handle.as_mut() {
                 handle.set_partial(
                     [clipped.x as usize, clipped.y as usize],
@@ -167,6 +272,91 @@ fn check_frame(frame: &FrameView<'_>) -> Result<(), FrameError> {
         });
     }
     Ok(())
+}
+
+/// A GL texture of ours that egui's glow painter draws (registered as a user texture).
+struct GlTexture {
+    gl: Arc<glow::Context>,
+    texture: glow::Texture,
+    id: TextureId,
+    /// Its size once storage was allocated by a full upload.
+    size: Option<[usize; 2]>,
+}
+
+impl GlTexture {
+    /// Sends `rects` of the checked `frame` (all inside it) to the texture, allocating it
+    /// anew when `full`; false if GL reported an error (nothing is known about the
+    /// texture's contents then).
+    fn upload(&mut self, frame: &FrameView<'_>, rects: &[DamageRect], full: bool) -> bool {
+        let layout = frame.layout;
+        let stride = layout.stride as usize;
+        if stride % 4 != 0 {
+            return false; // GL's row length counts whole pixels.
+        }
+        let gl = &self.gl;
+        // SAFETY: `gl` is the window's context, current on this (the painting) thread:
+        // `update` is called from `App::ui`, like `use_gl`. Every slice handed to GL
+        // holds all the bytes GL reads: a rectangle (x, y, w, h) inside the framebuffer
+        // read with row length stride/4 from offset y*stride + x*4 ends at
+        // (y+h-1)*stride + (x+w)*4 <= height*stride <= pixels.len() (`check_frame`,
+        // `clip`). The unpack state we change is put back before returning, so egui's own
+        // uploads see what they set.
+        unsafe {
+            gl.bind_texture(glow::TEXTURE_2D, Some(self.texture));
+            gl.pixel_store_i32(glow::UNPACK_ALIGNMENT, 4);
+            gl.pixel_store_i32(glow::UNPACK_ROW_LENGTH, (stride / 4) as i32);
+            if full {
+                for (param, value) in [
+                    (glow::TEXTURE_MIN_FILTER, glow::LINEAR),
+                    (glow::TEXTURE_MAG_FILTER, glow::LINEAR),
+                    (glow::TEXTURE_WRAP_S, glow::CLAMP_TO_EDGE),
+                    (glow::TEXTURE_WRAP_T, glow::CLAMP_TO_EDGE),
+                    // The X byte is whatever the guest left there: guest pixels are opaque.
+                    (glow::TEXTURE_SWIZZLE_A, glow::ONE),
+                ] {
+                    gl.tex_parameter_i32(glow::TEXTURE_2D, param, value as i32);
+                }
+                // The unsized internal format lets the driver store the texture as the
+                // data comes (Mesa does): uploads are then plain copies. With RGBA8
+                // llvmpipe swizzled every pixel, and live frames cost more than before.
+                gl.tex_image_2d(
+                    glow::TEXTURE_2D,
+                    0,
+                    glow::RGBA as i32,
+                    layout.width as i32,
+                    layout.height as i32,
+                    0,
+                    glow::BGRA,
+                    glow::UNSIGNED_BYTE,
+                    glow::PixelUnpackData::Slice(Some(frame.pixels)),
+                );
+            } else {
+                for r in rects {
+                    let start = r.y as usize * stride + r.x as usize * 4;
+                    gl.tex_sub_image_2d(
+                        glow::TEXTURE_2D,
+                        0,
+                        r.x as i32,
+                        r.y as i32,
+                        r.w as i32,
+                        r.h as i32,
+                        glow::BGRA,
+                        glow::UNSIGNED_BYTE,
+                        glow::PixelUnpackData::Slice(Some(&frame.pixels[start..])),
+                    );
+                }
+            }
+            gl.pixel_store_i32(glow::UNPACK_ROW_LENGTH, 0);
+            if gl.get_error() != glow::NO_ERROR {
+                self.size = None;
+                return false;
+            }
+        }
+        if full {
+            self.size = Some([layout.width as usize, layout.height as usize]);
+        }
+        true
+    }
 }
 
 /// The part of `rect` inside the framebuffer, or `None` if nothing is left.
@@ -389,7 +579,10 @@ mod tests {
     fn paint(ctx: &Context, t: &GuestTexture, texels: &mut Vec<Color32>) -> usize {
         let (id, [tw, _]) = t.texture().unwrap();
         let mut delta = ctx.tex_manager().write().take_delta();
-        let Some(deltas) = delta.set.remove(&id) else {
+        let mine = delta.set.remove(&id);
+        // The rest (egui's own font texture) is not this test's: handled by dropping it.
+        delta.clear();
+        let Some(deltas) = mine else {
             return 0;
         };
         for d in &deltas {
@@ -553,13 +746,9 @@ mod tests {
             t.update(&ctx, f).unwrap();
         }
         let (id, _) = t.texture().unwrap();
-        let pending = ctx
-            .tex_manager()
-            .write()
-            .take_delta()
-            .set
-            .remove(&id)
-            .unwrap();
+        let mut delta = ctx.tex_manager().write().take_delta();
+        let pending = delta.set.remove(&id).unwrap();
+        delta.clear();
         assert_eq!(pending.len(), 2);
         for (d, want) in pending.iter().zip(&want) {
             let egui::ImageData::Color(image) = &d.image;
