@@ -7,6 +7,7 @@ use std::time::Duration;
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
+use super::exits::{ExitSite, ExitTally};
 use crate::arch::{cpuid, regs};
 use crate::devices::{Bus, StopHandle, StopReason};
 
@@ -265,21 +266,26 @@ impl Vcpu {
         gate: Arc<PauseGate>,
         exits: Arc<AtomicU64>,
     ) {
+        let mut tally = ExitTally::default();
         while !stop.is_stopped() {
             gate.wait_while_paused(&stop, &mut self);
-            let outcome = self.run_once(&pio, &mmio);
+            let outcome = self.run_once(&pio, &mmio, &mut tally);
             exits.fetch_add(1, Ordering::Relaxed);
             if let Some(reason) = outcome {
                 stop.request(reason);
             }
         }
+        eprintln!("bulkhead-vmm: {}", tally.summary(self.index));
     }
 
-    fn run_once(&mut self, pio: &Bus, mmio: &Bus) -> Option<StopReason> {
+    fn run_once(&mut self, pio: &Bus, mmio: &Bus, tally: &mut ExitTally) -> Option<StopReason> {
         let index = self.index;
         let exit = match self.fd.run() {
             Ok(exit) => exit,
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return None,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                tally.record(ExitSite::Interrupted);
+                return None;
+            }
             Err(e) => {
                 let rip = self.rip();
                 return Some(StopReason::Crashed(format!(
@@ -292,6 +298,7 @@ impl Vcpu {
             // `count` accesses of `size` bytes in `data`; kvm-ioctls hands over the bytes
             // but not the size, which is read below, after the exit's borrow ends.
             VcpuExit::IoIn(port, data) => {
+                tally.record(ExitSite::PioIn(port));
                 let io = PioData::of(data);
                 let unit = self.pio_unit();
                 // SAFETY: `io` was taken from this exit's data slice, which lies in the
@@ -305,6 +312,7 @@ impl Vcpu {
                 None
             }
             VcpuExit::IoOut(port, data) => {
+                tally.record(ExitSite::PioOut(port));
                 // Copied out (at most the one PIO page) so the size can be asked for.
                 let len = data.len().min(PIO_PAGE);
                 let mut bytes = [0u8; PIO_PAGE];
@@ -314,23 +322,35 @@ impl Vcpu {
                 None
             }
             VcpuExit::MmioRead(addr, data) => {
+                tally.record(ExitSite::MmioRead(addr));
                 if !mmio.read(addr, data) {
                     data.fill(0xff);
                 }
                 None
             }
             VcpuExit::MmioWrite(addr, data) => {
+                tally.record(ExitSite::MmioWrite(addr));
                 mmio.write(addr, data);
                 None
             }
-            VcpuExit::Hlt => None,
-            VcpuExit::Intr => None,
-            VcpuExit::SystemEvent(kind, _) => Some(match kind {
-                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => StopReason::PowerOff,
-                kvm_bindings::KVM_SYSTEM_EVENT_RESET => StopReason::Reset,
-                other => StopReason::Crashed(format!("vCPU {index}: system event {other}")),
-            }),
+            VcpuExit::Hlt => {
+                tally.record(ExitSite::Halt);
+                None
+            }
+            VcpuExit::Intr => {
+                tally.record(ExitSite::Interrupted);
+                None
+            }
+            VcpuExit::SystemEvent(kind, _) => {
+                tally.record(ExitSite::Other);
+                Some(match kind {
+                    kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => StopReason::PowerOff,
+                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => StopReason::Reset,
+                    other => StopReason::Crashed(format!("vCPU {index}: system event {other}")),
+                })
+            }
             other => {
+                tally.record(ExitSite::Other);
                 let what = describe_fatal_exit(&other);
                 let rip = self.rip();
                 Some(StopReason::Crashed(format!(
