@@ -185,6 +185,18 @@ mod tests {
         }
     }
 
+    impl Running {
+        fn handled(&self) -> u64 {
+            self.handled.load(Ordering::Relaxed)
+        }
+
+        /// Stops the thread and waits for it to end.
+        fn finish(self) {
+            self.stop.request(crate::devices::StopReason::Stopped);
+            self.thread.join().unwrap();
+        }
+    }
+
     fn wait_for(what: &str, cond: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !cond() {
@@ -201,15 +213,12 @@ mod tests {
     fn a_signalled_queue_reaches_its_device_as_a_queue_notify_write() {
         let r = start(2, |_| {});
         r.notifier_evts[1].write(1).unwrap();
-        wait_for("the notification", || {
-            r.handled.load(Ordering::Relaxed) == 1
-        });
+        wait_for("the notification", || r.handled() == 1);
         assert_eq!(
             writes(&r),
             vec![(reg::QUEUE_NOTIFY, 1u32.to_le_bytes().to_vec())]
         );
-        r.stop.request(crate::devices::StopReason::Stopped);
-        r.thread.join().unwrap();
+        r.finish();
     }
 
     #[test]
@@ -221,27 +230,21 @@ mod tests {
         std::thread::sleep(Duration::from_millis(150));
         assert!(writes(&r).is_empty(), "a paused partition's device changed");
         r.gate.set_paused(false);
-        wait_for("the notification after the resume", || {
-            r.handled.load(Ordering::Relaxed) == 1
-        });
-        r.stop.request(crate::devices::StopReason::Stopped);
-        r.thread.join().unwrap();
+        wait_for("the notification after the resume", || r.handled() == 1);
+        r.finish();
     }
 
     #[test]
     fn notify_all_makes_every_queue_look_once_when_the_thread_starts() {
         let r = start(3, QueueNotifier::notify_all);
-        wait_for("three notifications", || {
-            r.handled.load(Ordering::Relaxed) == 3
-        });
+        wait_for("three notifications", || r.handled() == 3);
         let mut queues: Vec<u32> = writes(&r)
             .iter()
             .map(|(_, d)| u32::from_le_bytes(d[..4].try_into().unwrap()))
             .collect();
         queues.sort_unstable();
         assert_eq!(queues, vec![0, 1, 2]);
-        r.stop.request(crate::devices::StopReason::Stopped);
-        r.thread.join().unwrap();
+        r.finish();
     }
 
     #[test]
