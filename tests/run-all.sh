@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 current_step="start"
-step() { current_step="$*"; printf '\n=== %s ===\n' "$*"; }
+started=$SECONDS
+# Each step says when it began (seconds since the start): where a slow run's time went.
+step() { current_step="$*"; printf '\n=== %s (at %d s) ===\n' "$*" "$((SECONDS - started))"; }
 # CI keeps only the end of the log: name the step that failed last.
 trap 'status=$?; [ $status -ne 0 ] && printf "\nrun-all: FAILED (exit %s) in step: %s\n" "$status" "$current_step"' EXIT
 
@@ -62,3 +64,4 @@ cargo test --release --locked --no-fail-fast -p bulkhead-tests -- --nocapture --
 step "package"
 deb=$(packaging/build-deb.sh --no-build | tail -n 1)
 packaging/test-deb.sh "$deb"
+printf '\nrun-all: passed in %d s\n' "$((SECONDS - started))"
