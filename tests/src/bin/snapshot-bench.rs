@@ -165,6 +165,8 @@ done
 for i in 1 2; do echo "CLONE-TICK $i $(grep -m1 TICK /tmp/clone$i.log)"; done
 kill -KILL -$c1 -$c2 2>/dev/null
 wait
+# What each restore said (a clone that ended early says why).
+for i in 1 2; do sed "s/^/CLONE-ERR $i /" /tmp/clone$i.err; done
 "#,
         c1 = one(1),
         c2 = one(2),
