@@ -52,7 +52,7 @@ pub struct GuestTexture {
     name: String,
     handle: Option<TextureHandle>,
     /// The GL texture filled straight from guest memory, when the window draws with glow.
-    native: Option<GlTexture>,
+    native: Option<GlTextures>,
     /// GL refused a texture of ours once: egui's textures from then on.
     native_refused: bool,
     layout: Option<FramebufferLayout>,
@@ -87,7 +87,7 @@ impl GuestTexture {
     /// The texture and its size in pixels, once the first frame arrived.
     pub fn texture(&self) -> Option<(TextureId, [usize; 2])> {
         match &self.native {
-            Some(native) => native.size.map(|size| (native.id, size)),
+            Some(native) => native.front(),
             None => self.handle.as_ref().map(|h| (h.id(), h.size())),
         }
     }
@@ -97,38 +97,46 @@ impl GuestTexture {
         self.native.is_some()
     }
 
-    /// From the next frame on, uploads go to a GL texture of ours, made in `gl` and handed
-    /// to the window's painter with `register` (eframe's `register_native_glow_texture`).
-    /// Call on the thread that paints, with the context current (eframe's `App::ui`).
-    /// Does nothing once done, or after GL refused one.
+    /// From the next frame on, uploads go to GL textures of ours (two, see [`GlTextures`]),
+    /// made in `gl` and handed to the window's painter with `register` (eframe's
+    /// `register_native_glow_texture`). Call on the thread that paints, with the context
+    /// current (eframe's `App::ui`). Does nothing once done, or after GL refused one.
     pub fn use_gl(
         &mut self,
         gl: &Arc<glow::Context>,
-        register: impl FnOnce(glow::Texture) -> TextureId,
+        mut register: impl FnMut(glow::Texture) -> TextureId,
     ) {
         if self.native.is_some() || self.native_refused {
             return;
         }
-        // SAFETY: `gl` is the window's context, current on this thread (the caller's
-        // contract); creating a texture name has no other precondition.
-        match unsafe { gl.create_texture() } {
-            Ok(texture) => {
-                self.native = Some(GlTexture {
-                    gl: Arc::clone(gl),
+        let mut made = Vec::with_capacity(2);
+        for _ in 0..2 {
+            // SAFETY: `gl` is the window's context, current on this thread (the caller's
+            // contract); creating a texture name has no other precondition.
+            match unsafe { gl.create_texture() } {
+                Ok(texture) => made.push(GlTexture {
                     texture,
                     id: register(texture),
-                    size: None,
-                });
-                tracing::info!(texture = %self.name, "guest pixels go straight to a GL texture");
-                // The next frame uploads in full, into the new texture.
-                self.handle = None;
-                self.layout = None;
-            }
-            Err(e) => {
-                tracing::warn!(texture = %self.name, error = %e, "GL texture refused; egui's own textures instead");
-                self.native_refused = true;
+                }),
+                Err(e) => {
+                    tracing::warn!(texture = %self.name, error = %e, "GL texture refused; egui's own textures instead");
+                    self.native_refused = true;
+                    return;
+                }
             }
         }
+        let (Some(second), Some(first)) = (made.pop(), made.pop()) else {
+            return;
+        };
+        self.native = Some(GlTextures {
+            gl: Arc::clone(gl),
+            pair: [first, second],
+            turns: Alternation::default(),
+        });
+        tracing::info!(texture = %self.name, "guest pixels go straight to a GL texture");
+        // The next frame uploads in full, into the new textures.
+        self.handle = None;
+        self.layout = None;
     }
 
     pub fn layout(&self) -> Option<FramebufferLayout> {
@@ -141,7 +149,7 @@ impl GuestTexture {
     pub fn clear(&mut self) {
         self.handle = None;
         if let Some(native) = &mut self.native {
-            native.size = None;
+            native.forget();
         }
         self.layout = None;
         self.staging = StagingPool::default();
@@ -174,8 +182,8 @@ impl GuestTexture {
             return Ok(());
         }
         if let Some(native) = &mut self.native {
-            if native.upload(&frame, &rects, full) {
-                for &r in &rects {
+            if let Some(uploaded) = native.upload(&frame, &rects, full) {
+                for r in uploaded {
                     self.count(r);
                 }
                 self.layout = Some(layout);
@@ -274,26 +282,135 @@ fn check_frame(frame: &FrameView<'_>) -> Result<(), FrameError> {
     Ok(())
 }
 
-/// A GL texture of ours that egui's glow painter draws (registered as a user texture).
-struct GlTexture {
+/// Two GL textures of ours that egui's glow painter draws (registered as user textures),
+/// used in turn (see [`Alternation`]).
+struct GlTextures {
     gl: Arc<glow::Context>,
+    pair: [GlTexture; 2],
+    turns: Alternation,
+}
+
+struct GlTexture {
     texture: glow::Texture,
     id: TextureId,
-    /// Its size once storage was allocated by a full upload.
-    size: Option<[usize; 2]>,
+}
+
+/// Which of two textures a frame goes into, and what it must bring over. A frame is
+/// uploaded into the one not drawn last, so the upload never waits for the renderer still
+/// drawing the previous frame from it (llvmpipe draws on its own threads while the next
+/// frame is laid out); the texture written also takes what it missed while the other one
+/// was in front.
+#[derive(Debug, Default)]
+struct Alternation {
+    /// The one drawn.
+    front: usize,
+    /// Each one's size once storage was allocated by a full upload.
+    sizes: [Option<[usize; 2]>; 2],
+    /// What the front one got in its last upload, which the other one lacks.
+    missed: Vec<DamageRect>,
+}
+
+/// One upload: into which texture, which rectangles, and whether it is allocated anew.
+#[derive(Debug, PartialEq, Eq)]
+struct Turn {
+    texture: usize,
+    rects: Vec<DamageRect>,
+    full: bool,
+}
+
+impl Alternation {
+    /// The upload for a frame of `layout` damaged in `rects` (`full`: all of it).
+    fn plan(&self, layout: FramebufferLayout, rects: &[DamageRect], full: bool) -> Turn {
+        let back = 1 - self.front;
+        let size = [layout.width as usize, layout.height as usize];
+        let full = full || self.sizes[back] != Some(size);
+        let rects = if full {
+            vec![DamageRect {
+                x: 0,
+                y: 0,
+                w: layout.width,
+                h: layout.height,
+            }]
+        } else {
+            let mut merged = DamageSet::new(layout.width, layout.height);
+            for &r in rects.iter().chain(&self.missed) {
+                merged.add(r);
+            }
+            merged.rects().to_vec()
+        };
+        Turn {
+            texture: back,
+            rects,
+            full,
+        }
+    }
+
+    /// `turn` (for a frame damaged in `rects`) was uploaded: its texture goes in front.
+    fn done(&mut self, turn: &Turn, layout: FramebufferLayout, rects: &[DamageRect]) {
+        if turn.full {
+            self.sizes[turn.texture] = Some([layout.width as usize, layout.height as usize]);
+        }
+        // The one now behind lacks this frame's damage (all of it after a full upload).
+        self.missed = if turn.full {
+            turn.rects.clone()
+        } else {
+            rects.to_vec()
+        };
+        self.front = turn.texture;
+    }
+
+    fn front_size(&self) -> Option<[usize; 2]> {
+        self.sizes[self.front]
+    }
+}
+
+impl GlTextures {
+    /// The texture to draw and its size, once one was filled.
+    fn front(&self) -> Option<(TextureId, [usize; 2])> {
+        let size = self.turns.front_size()?;
+        Some((self.pair[self.turns.front].id, size))
+    }
+
+    /// Nothing drawn until the next full upload (the partition stopped).
+    fn forget(&mut self) {
+        self.turns = Alternation::default();
+    }
+
+    /// Sends the frame's damage `rects` (inside the checked `frame`), plus what the back
+    /// texture missed, to the back texture and puts it in front. Returns the rectangles
+    /// uploaded, or `None` if GL reported an error (nothing is known about the textures'
+    /// contents then).
+    fn upload(
+        &mut self,
+        frame: &FrameView<'_>,
+        rects: &[DamageRect],
+        full: bool,
+    ) -> Option<Vec<DamageRect>> {
+        let turn = self.turns.plan(frame.layout, rects, full);
+        if !self.pair[turn.texture].upload(&self.gl, frame, &turn.rects, turn.full) {
+            self.forget();
+            return None;
+        }
+        self.turns.done(&turn, frame.layout, rects);
+        Some(turn.rects)
+    }
 }
 
 impl GlTexture {
     /// Sends `rects` of the checked `frame` (all inside it) to the texture, allocating it
-    /// anew when `full`; false if GL reported an error (nothing is known about the
-    /// texture's contents then).
-    fn upload(&mut self, frame: &FrameView<'_>, rects: &[DamageRect], full: bool) -> bool {
+    /// anew when `full`; false if GL reported an error.
+    fn upload(
+        &self,
+        gl: &glow::Context,
+        frame: &FrameView<'_>,
+        rects: &[DamageRect],
+        full: bool,
+    ) -> bool {
         let layout = frame.layout;
         let stride = layout.stride as usize;
         if stride % 4 != 0 {
             return false; // GL's row length counts whole pixels.
         }
-        let gl = &self.gl;
         // SAFETY: `gl` is the window's context, current on this (the painting) thread:
         // `update` is called from `App::ui`, like `use_gl`. Every slice handed to GL
         // holds all the bytes GL reads: a rectangle (x, y, w, h) inside the framebuffer
@@ -347,15 +464,8 @@ impl GlTexture {
                 }
             }
             gl.pixel_store_i32(glow::UNPACK_ROW_LENGTH, 0);
-            if gl.get_error() != glow::NO_ERROR {
-                self.size = None;
-                return false;
-            }
+            gl.get_error() == glow::NO_ERROR
         }
-        if full {
-            self.size = Some([layout.width as usize, layout.height as usize]);
-        }
-        true
     }
 }
 
@@ -465,6 +575,78 @@ fn xrgb_to_rgba(v: u32) -> Color32 {
 mod tests {
     use super::*;
     use crate::display::software::{Pattern, SoftwareSource};
+
+    /// Two CPU copies of the textures, uploaded as the alternation says: after every
+    /// frame the one in front holds exactly the frame, whatever each one missed.
+    #[test]
+    fn alternating_textures_each_bring_over_what_they_missed() {
+        let mut s = source(Pattern::TestCard);
+        let layout = s.frame().layout;
+        let mut textures = [Vec::new(), Vec::new()];
+        let mut turns = Alternation::default();
+        let mut partial_turns = 0;
+        for n in 0..12 {
+            if n > 0 {
+                s.advance();
+            }
+            let frame = s.frame();
+            let rects: Vec<DamageRect> = frame.damage.clone();
+            let turn = turns.plan(layout, &rects, n == 0);
+            let t = &mut textures[turn.texture];
+            if turn.full {
+                *t = frame.pixels.to_vec();
+            } else {
+                partial_turns += 1;
+                let stride = layout.stride as usize;
+                for r in &turn.rects {
+                    for y in r.y as usize..(r.y + r.h) as usize {
+                        let row =
+                            y * stride + r.x as usize * 4..y * stride + (r.x + r.w) as usize * 4;
+                        t[row.clone()].copy_from_slice(&frame.pixels[row]);
+                    }
+                }
+            }
+            turns.done(&turn, layout, &rects);
+            assert_eq!(turns.front, turn.texture);
+            assert!(
+                textures[turns.front] == frame.pixels,
+                "frame {n}: the front texture differs from the framebuffer"
+            );
+        }
+        assert!(partial_turns >= 8, "only {partial_turns} partial uploads");
+    }
+
+    #[test]
+    fn a_texture_of_another_size_is_filled_in_full() {
+        let small = FramebufferLayout::new(320, 240).unwrap();
+        let big = FramebufferLayout::new(640, 480).unwrap();
+        let mut turns = Alternation::default();
+        for layout in [small, small] {
+            let turn = turns.plan(layout, &[], false);
+            assert!(turn.full, "a texture never filled is filled in full");
+            turns.done(&turn, layout, &[]);
+        }
+        let dot = [DamageRect {
+            x: 1,
+            y: 1,
+            w: 1,
+            h: 1,
+        }];
+        let turn = turns.plan(small, &dot, false);
+        assert!(!turn.full);
+        turns.done(&turn, small, &dot);
+        let turn = turns.plan(big, &dot, false);
+        assert!(turn.full, "a resized framebuffer is uploaded whole");
+        assert_eq!(
+            turn.rects,
+            vec![DamageRect {
+                x: 0,
+                y: 0,
+                w: 640,
+                h: 480
+            }]
+        );
+    }
 
     fn source(pattern: Pattern) -> SoftwareSource {
         SoftwareSource::new(FramebufferLayout::new(256, 128).unwrap(), pattern)
