@@ -1147,14 +1147,16 @@ fn decode_b64(text: &str) -> Vec<u8> {
 ///
 /// For experiments on the lab itself (not used by CI): `BULKHEAD_LAB_TCG_THREAD`
 /// (`multi`, the default, or `single`) and `BULKHEAD_LAB_APPEND` (more lab kernel
-/// parameters, e.g. `transparent_hugepage=never`).
+/// parameters, e.g. `transparent_hugepage=never`: the lab kernel's khugepaged was seen
+/// stuck for 861 s (`watchdog: BUG: soft lockup … [khugepaged]`) while our VMM ran).
 pub fn lab_machine(outer_mem_mib: u64, initramfs: &Path) -> Command {
     let outer_kernel = lab_root().join(format!("boot/vmlinuz-{}", guest().kernel_version));
     let thread = match std::env::var("BULKHEAD_LAB_TCG_THREAD").as_deref() {
         Ok("single") => "single",
         _ => "multi",
     };
-    let mut append = "console=ttyS0 quiet loglevel=4 panic=-1".to_string();
+    let mut append =
+        "console=ttyS0 quiet loglevel=4 panic=-1 transparent_hugepage=never".to_string();
     if let Ok(extra) = std::env::var("BULKHEAD_LAB_APPEND") {
         append.push(' ');
         append.push_str(&extra);
@@ -1190,6 +1192,12 @@ const LAB_ATTEMPTS: usize = 4;
 /// How long a running lab machine may print nothing (its init's heartbeat comes every
 /// 15 s) before it counts as frozen.
 const LAB_HEARTBEAT_LOST: Duration = Duration::from_secs(120);
+
+/// The lab init's heartbeat line (every 15 s while the VMM runs).
+const LAB_HEARTBEAT: &[u8] = b"LAB-MEM ";
+
+/// What the lab kernel's watchdog prints about a CPU that stopped scheduling.
+const LAB_LOCKUP: &[u8] = b"watchdog: BUG: soft lockup";
 
 /// What the VMM reports when KVM ends a vCPU with a shutdown (triple fault).
 const GUEST_TRIPLE_FAULT: &str = "triple fault (KVM_EXIT_SHUTDOWN)";
@@ -1286,21 +1294,33 @@ fn run_lab_machine(run: &GuestRun) -> RunOutput {
     let guest_limit = Duration::from_secs(run.timeout_s + 120);
     let (dump_limit, dump_stall) = (Duration::from_secs(600), Duration::from_secs(60));
     let (mut guest_ended_at, mut last_len, mut last_growth) = (None, 0usize, Instant::now());
+    let mut last_heartbeat = Instant::now();
     let mut vmm_started = false;
     let mut killed: Option<String> = None;
     while child.try_wait().ok().flatten().is_none() {
         const EXIT_MARK: &[u8] = b"===LAB-VMM-EXIT ";
         const START_MARK: &[u8] = b"===LAB-VMM-START===";
-        let (len, ended, started_now) = output
+        let (len, ended, started_now, heartbeat, locked_up) = output
             .lock()
             .map(|o| {
                 // Only what arrived since the last look (plus an overlap for the markers).
-                let from = last_len.saturating_sub(START_MARK.len()).min(o.len());
-                let ended = guest_ended_at.is_some() || contains(&o[from..], EXIT_MARK);
-                let started_now = vmm_started || contains(&o[from..], START_MARK);
-                (o.len(), ended, started_now)
+                let from = last_len.saturating_sub(LAB_LOCKUP.len()).min(o.len());
+                let new = &o[from..];
+                let ended = guest_ended_at.is_some() || contains(new, EXIT_MARK);
+                let started_now = vmm_started || contains(new, START_MARK);
+                let heartbeat = contains(new, LAB_HEARTBEAT);
+                (
+                    o.len(),
+                    ended,
+                    started_now,
+                    heartbeat,
+                    contains(new, LAB_LOCKUP),
+                )
             })
-            .unwrap_or((0, false, vmm_started));
+            .unwrap_or((0, false, vmm_started, false, false));
+        if heartbeat || (started_now && !vmm_started) {
+            last_heartbeat = Instant::now();
+        }
         vmm_started = started_now;
         if len != last_len {
             (last_len, last_growth) = (len, Instant::now());
@@ -1309,11 +1329,17 @@ fn run_lab_machine(run: &GuestRun) -> RunOutput {
             guest_ended_at = Some(Instant::now());
         }
         let expired = match guest_ended_at {
+            // The lab kernel's own watchdog saw a CPU stuck (seen: khugepaged, for 861 s
+            // until the run's bound): that machine will not recover.
+            _ if locked_up => Some(
+                "killed: the lab kernel reported a CPU stuck (`watchdog: BUG: soft lockup`)".into(),
+            ),
             // While the VMM runs, the lab init prints its heartbeat (`LAB-MEM`) every 15 s:
-            // a lab machine silent for much longer has frozen (seen: nothing for 600 s,
-            // then passing on the next boot in 84 s), so it is not waited out.
-            None if vmm_started && last_growth.elapsed() > LAB_HEARTBEAT_LOST => Some(format!(
-                "killed: silent for {} s while the VMM ran (frozen)",
+            // a lab machine without one for much longer has frozen (seen: nothing for
+            // 600 s, then passing on the next boot in 84 s), so it is not waited out.
+            // Only the heartbeat counts: a stuck machine can go on printing warnings.
+            None if vmm_started && last_heartbeat.elapsed() > LAB_HEARTBEAT_LOST => Some(format!(
+                "killed: no heartbeat for {} s while the VMM ran (frozen)",
                 LAB_HEARTBEAT_LOST.as_secs()
             )),
             None if started.elapsed() > guest_limit => Some(format!(
