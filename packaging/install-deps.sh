@@ -25,9 +25,10 @@ runtime="apt dpkg ca-certificates pkg-config libvulkan1 mesa-vulkan-drivers libg
     libx11-6 libxcursor1 libxrandr2 libxi6 libxkbcommon0 libxkbcommon-x11-0
     libwayland-client0 libwayland-egl1 passt
     mmdebstrap squashfs-tools-ng uidmap e2fsprogs"
-# Tests: the lab (QEMU with emulated SVM), cpio to cross-check our initramfs writer, a
-# real X server and screenshots, ACPI disassembly, the .deb checks.
-testing="qemu-system-x86 cpio xvfb x11-utils imagemagick acpica-tools lintian
+# Tests: the lab (QEMU with emulated SVM), jq to read cargo's list of test executables,
+# cpio to cross-check our initramfs writer, a real X server and screenshots, ACPI
+# disassembly, the .deb checks.
+testing="qemu-system-x86 jq cpio xvfb x11-utils imagemagick acpica-tools lintian
     desktop-file-utils man-db xauth"
 
 packages=$runtime

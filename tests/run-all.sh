@@ -35,9 +35,16 @@ export BULKHEAD_GUEST_EVTEST_STATIC="$PWD/target/x86_64-unknown-linux-gnu/releas
 # The guest image packs the agent (guest_image::agent_binary).
 export BULKHEAD_AGENT="$PWD/target/x86_64-unknown-linux-gnu/release/bulkhead-agent"
 
+step "every binary and test of the workspace, built once"
+# One cargo invocation over the whole workspace, so every crate is compiled with one
+# feature set: `-p vmm-core`, `-p bulkhead` or `-p bulkhead-tests` each resolve features
+# differently (syn, rustix, serde_core...) and would rebuild most of the tree three more
+# times. Every later step reuses this build; the lab step runs its executables directly.
+test_executables=target/workspace-test-executables.json
+cargo test --release --locked --workspace --no-run --message-format=json-render-diagnostics \
+    > "$test_executables"
+
 step "guest image"
-cargo build --release --locked -p vmm-core --bin bulkhead-vmm
-cargo build --release --locked -p bulkhead
 target/release/bulkhead image build
 
 step "debian-12 template (reused while it matches its declaration; packages cached)"
@@ -46,6 +53,7 @@ target/release/bulkhead template build debian-12
 step "tests"
 export BULKHEAD_TEST_ARTIFACTS="$PWD/target/test-artifacts"
 # --no-fail-fast: every test binary runs, and cargo's last lines name each one that failed.
+# (Excluding bulkhead-tests leaves every crate's features as in the build above.)
 cargo test --release --locked --no-fail-fast --workspace --exclude bulkhead-tests
 
 step "fuzz smoke run: each vmm-core target's checked-in corpus, then 20 s of mutants, under the stable fuzzer (a panic fails)"
@@ -59,7 +67,20 @@ for fuzz_target in control_decoder virtio_mmio agent_decoder; do
 done
 
 step "micro-guests and Linux guests (the output names the runner: direct /dev/kvm or the lab)"
-cargo test --release --locked --no-fail-fast -p bulkhead-tests -- --nocapture --test-threads=1
+# bulkhead-tests' own executables from the build above (`cargo test -p bulkhead-tests`
+# would rebuild them with its narrower features), one at a time, from the package's
+# directory as cargo runs them; every one runs and the failed ones are named at the end.
+mapfile -t lab_executables < <(jq -r 'select(.reason == "compiler-artifact" and .profile.test
+        and .executable != null and (.manifest_path | endswith("/tests/Cargo.toml")))
+        | "\(if .target.kind == ["lib"] then 0 else 1 end) \(.target.name) \(.executable)"' \
+        "$test_executables" | sort | cut -d" " -f3)
+[ "${#lab_executables[@]}" -gt 1 ] || { echo "run-all: no bulkhead-tests executables in $test_executables"; exit 1; }
+failed=""
+for exe in "${lab_executables[@]}"; do
+    printf '\n--- %s (at %d s) ---\n' "$(basename "$exe")" "$((SECONDS - started))"
+    (cd tests && "$exe" --nocapture --test-threads=1) || failed="$failed $(basename "$exe")"
+done
+[ -z "$failed" ] || { echo "run-all: these test executables failed:$failed"; exit 1; }
 
 step "package"
 deb=$(packaging/build-deb.sh --no-build | tail -n 1)
