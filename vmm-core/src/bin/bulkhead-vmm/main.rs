@@ -95,7 +95,7 @@ fn ended(result: Result<bare::Outcome, bare::BareError>) -> i32 {
 
 /// `restore DIR`: exit codes as `run`'s; 1 also when the snapshot is refused.
 fn restore(args: &args::RestoreArgs) -> i32 {
-    let started = std::time::Instant::now();
+    let mut clock = bare::PhaseClock::start();
     let sandbox = if args.no_sandbox {
         bare::Sandbox::Off
     } else {
@@ -104,11 +104,13 @@ fn restore(args: &args::RestoreArgs) -> i32 {
             Err(e) => return fail(&format!("sandbox: entering a PID namespace: {e}")),
         }
     };
+    clock.mark("PID namespace");
     let (kvm, mut snapshot, config, options) = match args.open(sandbox) {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
-    ended(bare::restore(&kvm, &mut snapshot, config, options, started))
+    clock.mark("snapshot read");
+    ended(bare::restore(&kvm, &mut snapshot, config, options, clock))
 }
 
 fn check() -> i32 {
