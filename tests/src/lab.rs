@@ -141,7 +141,7 @@ pub struct LabSnapshot {
     pub restores: u8,
     /// After the restores, restore two damaged copies too: one with its state file cut
     /// to half (`damaged truncated exit N`, its serial in `damaged-truncated.log`) and one
-    /// with one byte of it changed in the middle (`damaged corrupted exit N`).
+    /// with its last byte changed, inside the last record's payload (`damaged corrupted exit N`).
     pub damaged: bool,
 }
 
@@ -152,7 +152,7 @@ const DAMAGED_RESTORES: &str = r#"for kind in truncated corrupted; do
   if [ $kind = truncated ]; then
     truncate -s $((size / 2)) /snap-bad/state
   else
-    at=$((size / 2))
+    at=$((size - 1))
     b=$(dd if=/snap-bad/state bs=1 skip=$at count=1 2>/dev/null | od -An -tu1 | tr -d ' ')
     printf "\$(printf %o $((255 - b)))" | dd of=/snap-bad/state bs=1 seek=$at conv=notrunc 2>/dev/null
   fi

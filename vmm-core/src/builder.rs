@@ -521,19 +521,7 @@ fn restore_state(
         }
     }
     if let Some(fb) = framebuffer {
-        let pixels = snapshot.raw(record::FRAMEBUFFER)?;
-        if pixels.len() > fb.region.len() {
-            return Err(SnapshotError::Mismatch(format!(
-                "framebuffer of {} bytes saved, this one has {}",
-                pixels.len(),
-                fb.region.len()
-            ))
-            .into());
-        }
-        fb.region
-            .write_at(0, pixels)
-            .map_err(|e| SnapshotError::Memory(format!("framebuffer: {e}")))?;
-        used.push(record::FRAMEBUFFER.to_string());
+        snapshot.read_framebuffer(&fb.region)?;
     }
     if let Some(extra) = snapshot
         .record_names()

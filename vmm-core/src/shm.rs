@@ -39,6 +39,8 @@ pub enum MemfdError {
     },
     #[error("mapping is read-only")]
     ReadOnly,
+    #[error("reading a file into the mapping: {0}")]
+    Read(String),
     #[error("mapping {len} bytes of memfd: {source}")]
     Map { len: usize, source: MmapRegionError },
 }
@@ -208,6 +210,31 @@ impl MappedRegion {
             .map_err(|_| self.out_of_range(offset, len))?;
         slice.copy_to(dst);
         Ok(())
+    }
+
+    /// Reads `len` bytes of `file` from `file_offset` straight into the mapping at
+    /// `offset` (moves the file's shared offset); fails on a read-only mapping.
+    pub fn fill_from_file(
+        &self,
+        offset: usize,
+        file: &File,
+        file_offset: u64,
+        len: usize,
+    ) -> Result<(), MemfdError> {
+        use std::io::{Seek, SeekFrom};
+        use vm_memory::ReadVolatile;
+        if !self.writable {
+            return Err(MemfdError::ReadOnly);
+        }
+        let mut slice = self
+            .map
+            .get_slice(offset, len)
+            .map_err(|_| self.out_of_range(offset, len))?;
+        let mut file = file;
+        file.seek(SeekFrom::Start(file_offset))
+            .map_err(sys("lseek", ""))?;
+        file.read_exact_volatile(&mut slice)
+            .map_err(|e| MemfdError::Read(e.to_string()))
     }
 
     /// Copies `src` into the mapping at `offset`; fails on a read-only mapping.

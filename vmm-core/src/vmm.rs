@@ -383,10 +383,8 @@ impl RunningPartition {
                 devices += 1;
             }
         }
-        if let Some(fb) = &self.framebuffer {
-            w.raw(record::FRAMEBUFFER, fb.snapshot());
-        }
-        let (state_bytes, memory) = w.finish(&self.memory, files)?;
+        let pixels = self.framebuffer.as_ref().map(|fb| fb.snapshot());
+        let (state_bytes, memory) = w.finish(&self.memory, pixels.as_deref(), files)?;
         Ok(crate::snapshot::SnapshotReport {
             state_bytes,
             memory_bytes: memory.file_len,

@@ -15,10 +15,11 @@ use super::SnapshotError;
 pub const MAGIC: &[u8; 8] = b"BULKSNAP";
 /// Bumped whenever a record's meaning or encoding changes; an older or newer file is
 /// refused, never guessed at.
-pub const FORMAT_VERSION: u32 = 1;
-/// The state file never needs more (the largest record is a framebuffer of at most the
-/// framebuffer window); a larger file is refused before it is read.
-pub const MAX_STATE_FILE: u64 = 128 << 20;
+/// 2: the framebuffer's pixels moved from a state record to the memory file.
+pub const FORMAT_VERSION: u32 = 2;
+/// The state file never needs more (registers and device state, a few KiB per device); a
+/// larger file is refused before it is read.
+pub const MAX_STATE_FILE: u64 = 16 << 20;
 const MAX_RECORDS: u32 = 4096;
 const MAX_NAME: usize = 256;
 

@@ -6,6 +6,11 @@
 //! pages are read from the file on first touch, and every partition restored from the
 //! same file shares the untouched ones through the page cache.
 //!
+//! The framebuffer's pixels follow guest RAM in the same file, page-aligned and sparse
+//! the same way: they are guest-visible memory too, and kept out of the state file they
+//! cost a restore no hashing (a 1024x768 screen is 3 MiB, most of the state file it was).
+//! A restore copies them straight from the file into the framebuffer's memfd.
+//!
 //! Integrity: the file's SHA-256 (holes read as zeros) is computed while writing and kept
 //! in the checksummed state file with the file's size and modification time. A restore
 //! checks size and mtime (cheap, keeps restore lazy); `--verify` also rehashes the whole
@@ -45,6 +50,15 @@ pub struct MemoryRecord {
     pub sha256: String,
     /// Pages written (not all zero), for the report.
     pub pages_written: u64,
+    /// Where the framebuffer's pixels lie in the file, if the partition has one.
+    pub framebuffer: Option<FileSpan>,
+}
+
+/// `len` bytes at `file_offset` of the memory file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSpan {
+    pub file_offset: u64,
+    pub len: u64,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -55,13 +69,42 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> SnapshotError {
     move |source| SnapshotError::Io { what, source }
 }
 
-/// Writes every non-zero page of `mem` to `file` (which must be empty) and returns the
-/// record that lets [`map_memory`] find and check them.
-pub fn write_memory(mem: &GuestMemoryMmap, file: &File) -> Result<MemoryRecord, SnapshotError> {
-    let mut hasher = Sha256::new();
+/// Writes the non-zero pages of `file`'s contents page by page: hashes every byte and
+/// writes only pages that are not all zero (the rest stay holes).
+struct SparseWriter<'a> {
+    file: &'a File,
+    hasher: Sha256,
+    pages_written: u64,
+}
+
+impl SparseWriter<'_> {
+    fn page(&mut self, bytes: &[u8], at: u64) -> Result<(), SnapshotError> {
+        self.hasher.update(bytes);
+        if bytes.iter().any(|&b| b != 0) {
+            self.file
+                .write_all_at(bytes, at)
+                .map_err(io("writing the memory file"))?;
+            self.pages_written += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Writes every non-zero page of `mem`, then of `framebuffer` (page-aligned after RAM),
+/// to `file` (which must be empty) and returns the record that lets [`map_memory`] and
+/// [`read_framebuffer`] find and check them.
+pub fn write_memory(
+    mem: &GuestMemoryMmap,
+    framebuffer: Option<&[u8]>,
+    file: &File,
+) -> Result<MemoryRecord, SnapshotError> {
+    let mut w = SparseWriter {
+        file,
+        hasher: Sha256::new(),
+        pages_written: 0,
+    };
     let mut regions = Vec::new();
     let mut offset = 0u64;
-    let mut pages_written = 0u64;
     let mut page = [0u8; PAGE];
     for region in mem.iter() {
         let len = region.len();
@@ -77,16 +120,35 @@ pub fn write_memory(mem: &GuestMemoryMmap, file: &File) -> Result<MemoryRecord, 
                 .get_slice(MemoryRegionAddress(at), n)
                 .map_err(|e| SnapshotError::Memory(e.to_string()))?;
             slice.copy_to(&mut page[..n]);
-            hasher.update(&page[..n]);
-            if page[..n].iter().any(|&b| b != 0) {
-                file.write_all_at(&page[..n], offset + at)
-                    .map_err(io("writing the memory file"))?;
-                pages_written += 1;
-            }
+            w.page(&page[..n], offset + at)?;
             at += n as u64;
         }
         offset += len;
     }
+    let framebuffer = match framebuffer {
+        Some(pixels) => {
+            // Guest RAM regions are whole pages, so this is page-aligned already; the
+            // hash covers the padding to the page as zeros, like any hole.
+            let span = FileSpan {
+                file_offset: offset,
+                len: pixels.len() as u64,
+            };
+            for (i, chunk) in pixels.chunks(PAGE).enumerate() {
+                w.page(chunk, offset + (i * PAGE) as u64)?;
+            }
+            offset += (pixels.len() as u64).div_ceil(PAGE as u64) * PAGE as u64;
+            if pixels.len() % PAGE != 0 {
+                w.hasher.update(&[0u8; PAGE][..PAGE - pixels.len() % PAGE]);
+            }
+            Some(span)
+        }
+        None => None,
+    };
+    let SparseWriter {
+        hasher,
+        pages_written,
+        ..
+    } = w;
     // Pages never written stay holes up to the full length.
     file.set_len(offset)
         .map_err(io("setting the memory file's length"))?;
@@ -101,7 +163,41 @@ pub fn write_memory(mem: &GuestMemoryMmap, file: &File) -> Result<MemoryRecord, 
         mtime_nsec: meta.mtime_nsec(),
         sha256: hex(&hasher.finalize()),
         pages_written,
+        framebuffer,
     })
+}
+
+/// Copies the framebuffer's pixels from the memory file into `dst` (the framebuffer's
+/// own mapping), checking the span against the file and `dst`.
+pub fn read_framebuffer(
+    record: &MemoryRecord,
+    file: &File,
+    dst: &crate::shm::MappedRegion,
+) -> Result<(), SnapshotError> {
+    let span = record
+        .framebuffer
+        .ok_or_else(|| SnapshotError::Missing("framebuffer".into()))?;
+    if span
+        .file_offset
+        .checked_add(span.len)
+        .is_none_or(|end| end > record.file_len)
+    {
+        return Err(SnapshotError::Malformed(
+            "framebuffer lies outside the memory file".into(),
+        ));
+    }
+    let len = usize::try_from(span.len)
+        .ok()
+        .filter(|&len| len <= dst.len())
+        .ok_or_else(|| {
+            SnapshotError::Mismatch(format!(
+                "framebuffer of {} bytes saved, this one has {}",
+                span.len,
+                dst.len()
+            ))
+        })?;
+    dst.fill_from_file(0, file, span.file_offset, len)
+        .map_err(|e| SnapshotError::Memory(format!("framebuffer: {e}")))
 }
 
 /// Checks `file` against the record: size and mtime always, the whole-file hash when
@@ -151,7 +247,7 @@ pub fn check_memory_file(
 /// the configuration asks for; a snapshot with another layout is refused.
 pub fn map_memory(
     record: &MemoryRecord,
-    file: File,
+    file: std::sync::Arc<File>,
     expected: &[(u64, u64)],
 ) -> Result<GuestMemoryMmap, SnapshotError> {
     let layout: Vec<(u64, u64)> = record
@@ -164,7 +260,6 @@ pub fn map_memory(
             "guest memory layout {layout:x?} differs from the configuration's {expected:x?}"
         )));
     }
-    let file = std::sync::Arc::new(file);
     let mut regions = Vec::with_capacity(record.regions.len());
     for r in &record.regions {
         let end = r.file_offset.checked_add(r.len);
@@ -192,4 +287,84 @@ pub fn map_memory(
         regions.push(region);
     }
     GuestMemoryMmap::from_regions(regions).map_err(|e| SnapshotError::Memory(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::Memfd;
+    use vm_memory::Bytes;
+
+    fn guest_memory() -> GuestMemoryMmap {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 * PAGE)]).unwrap();
+        mem.write_slice(b"guest", GuestAddress(PAGE as u64))
+            .unwrap();
+        mem
+    }
+
+    /// 1.5 pages of pixels: the last page is partial, the first all zero (a hole).
+    fn pixels() -> Vec<u8> {
+        let mut p = vec![0u8; PAGE + PAGE / 2];
+        p[PAGE..]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = i as u8 | 1);
+        p
+    }
+
+    #[test]
+    fn framebuffer_pixels_come_back_from_the_memory_file_and_the_hash_covers_them() {
+        let file = tempfile::tempfile().unwrap();
+        let record = write_memory(&guest_memory(), Some(&pixels()), &file).unwrap();
+        let span = record.framebuffer.unwrap();
+        assert_eq!(span.file_offset, 4 * PAGE as u64);
+        assert_eq!(record.file_len, 6 * PAGE as u64);
+        // Guest page 1 and the pixels' second page; zero pages stay holes.
+        assert_eq!(record.pages_written, 2);
+        check_memory_file(&record, &file, true).unwrap();
+
+        let memfd = Memfd::create("fb-test", 2 * PAGE).unwrap();
+        let region = memfd.map_shared_rw().unwrap();
+        region.write_at(0, &[0xff; 2 * PAGE]).unwrap();
+        read_framebuffer(&record, &file, &region).unwrap();
+        let mut back = vec![0u8; pixels().len()];
+        region.read_at(0, &mut back).unwrap();
+        assert_eq!(back, pixels());
+
+        // One changed pixel byte fails the full check.
+        file.write_all_at(&[0], span.file_offset + PAGE as u64)
+            .unwrap();
+        let mut changed = record.clone();
+        let meta = file.metadata().unwrap();
+        (changed.mtime_sec, changed.mtime_nsec) = (meta.mtime(), meta.mtime_nsec());
+        assert!(matches!(
+            check_memory_file(&changed, &file, true),
+            Err(SnapshotError::MemoryFile(m)) if m.contains("SHA-256")
+        ));
+    }
+
+    #[test]
+    fn a_framebuffer_span_outside_the_file_or_larger_than_the_screen_is_refused() {
+        let file = tempfile::tempfile().unwrap();
+        let mut record = write_memory(&guest_memory(), Some(&pixels()), &file).unwrap();
+        let memfd = Memfd::create("fb-small", PAGE).unwrap();
+        let small = memfd.map_shared_rw().unwrap();
+        assert!(matches!(
+            read_framebuffer(&record, &file, &small),
+            Err(SnapshotError::Mismatch(_))
+        ));
+        record.framebuffer = Some(FileSpan {
+            file_offset: record.file_len - 1,
+            len: 2,
+        });
+        assert!(matches!(
+            read_framebuffer(&record, &file, &small),
+            Err(SnapshotError::Malformed(_))
+        ));
+        record.framebuffer = None;
+        assert!(matches!(
+            read_framebuffer(&record, &file, &small),
+            Err(SnapshotError::Missing(_))
+        ));
+    }
 }

@@ -3,8 +3,9 @@
 //! A snapshot directory holds two files:
 //! - `state`: the versioned, checksummed records ([`format`]) — the configuration, the
 //!   VM's irqchip/PIT/clock, every vCPU, every device on the port-I/O and MMIO buses (by
-//!   base address), the framebuffer pixels and where guest RAM lies in `memory`;
-//! - `memory`: guest RAM, sparse ([`memory`]), mapped back `MAP_PRIVATE` on restore.
+//!   base address) and where guest RAM and the framebuffer lie in `memory`;
+//! - `memory`: guest RAM, sparse ([`memory`]), mapped back `MAP_PRIVATE` on restore, then
+//!   the framebuffer's pixels, copied back into its memfd.
 //!
 //! Modelled on Firecracker's `persist.rs`/`snapshot` crate: save with every vCPU parked,
 //! restore in the order memory, VM (irqchip before any LAPIC), vCPUs (CPUID before
@@ -128,7 +129,6 @@ pub(crate) mod record {
     pub const CONFIG: &str = "config";
     pub const VM: &str = "vm";
     pub const MEMORY: &str = "memory";
-    pub const FRAMEBUFFER: &str = "framebuffer";
     pub fn vcpu(index: u8) -> String {
         format!("vcpu{index}")
     }
@@ -220,7 +220,8 @@ pub struct Snapshot {
     records: Records,
     pub config: SnapshotConfig,
     memory: MemoryRecord,
-    memory_file: Option<File>,
+    memory_file: Option<std::sync::Arc<File>>,
+    mapped: bool,
 }
 
 impl Snapshot {
@@ -273,7 +274,7 @@ impl Snapshot {
         let snapshot = Self::from_bytes(&bytes, kvm)?;
         memory::check_memory_file(&snapshot.memory, &memory_file, verify)?;
         Ok(Self {
-            memory_file: Some(memory_file),
+            memory_file: Some(std::sync::Arc::new(memory_file)),
             ..snapshot
         })
     }
@@ -298,9 +299,11 @@ impl Snapshot {
                 mtime_nsec: 0,
                 sha256: String::new(),
                 pages_written: 0,
+                framebuffer: None,
             },
             records,
             memory_file: None,
+            mapped: false,
         };
         snapshot.config = snapshot.decode(record::CONFIG)?;
         snapshot.memory = snapshot.decode(record::MEMORY)?;
@@ -333,11 +336,26 @@ impl Snapshot {
         &mut self,
         expected: &[(u64, u64)],
     ) -> Result<vm_memory::GuestMemoryMmap, SnapshotError> {
+        if std::mem::replace(&mut self.mapped, true) {
+            return Err(SnapshotError::MemoryFile("already mapped".into()));
+        }
         let file = self
             .memory_file
-            .take()
-            .ok_or_else(|| SnapshotError::MemoryFile("already mapped".into()))?;
+            .clone()
+            .ok_or_else(|| SnapshotError::MemoryFile("not open".into()))?;
         memory::map_memory(&self.memory, file, expected)
+    }
+
+    /// Copies the saved framebuffer's pixels into `dst`.
+    pub(crate) fn read_framebuffer(
+        &self,
+        dst: &crate::shm::MappedRegion,
+    ) -> Result<(), SnapshotError> {
+        let file = self
+            .memory_file
+            .as_deref()
+            .ok_or_else(|| SnapshotError::MemoryFile("not open".into()))?;
+        memory::read_framebuffer(&self.memory, file, dst)
     }
 }
 
@@ -371,9 +389,10 @@ impl Writer {
     pub fn finish(
         mut self,
         mem: &vm_memory::GuestMemoryMmap,
+        framebuffer: Option<&[u8]>,
         files: &SnapshotFiles,
     ) -> Result<(u64, MemoryRecord), SnapshotError> {
-        let record = memory::write_memory(mem, &files.memory)?;
+        let record = memory::write_memory(mem, framebuffer, &files.memory)?;
         self.json(record::MEMORY, &record)?;
         let bytes = self.records.encode();
         std::io::Write::write_all(&mut &files.state, &bytes).map_err(|source| {
