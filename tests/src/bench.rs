@@ -283,6 +283,8 @@ pub struct Measure {
     pub hwm_kib: u64,
     /// Private memory of the reaper between supervisor and VMM (supervised variant).
     pub helper_kib: u64,
+    /// When lab-measure's `--stderr-marker` appeared, if it was asked for and came.
+    pub stderr_ms: Option<u64>,
     pub reason: String,
 }
 
@@ -313,6 +315,7 @@ pub fn parse_measure(line: &str) -> Option<Measure> {
         peak_overhead_kib: num("peak_overhead_kib"),
         hwm_kib: num("hwm_kib"),
         helper_kib: num("helper_kib"),
+        stderr_ms: get("stderr_ms").and_then(|v| v.parse().ok()),
         reason,
     })
 }
@@ -787,6 +790,11 @@ mod tests {
         assert_eq!(m.peak_overhead_kib, 11000);
         assert_eq!(m.hwm_kib, 61000);
         assert_eq!(m.helper_kib, 150);
+        assert_eq!(m.stderr_ms, None);
+        let restore =
+            parse_measure("MEASURE label=restore ok=1 ms=730 rss_kib=0 samples=1 stderr_ms=250")
+                .unwrap();
+        assert_eq!((restore.ms, restore.stderr_ms), (Some(730), Some(250)));
     }
 
     #[test]
@@ -949,6 +957,7 @@ mod tests {
             peak_overhead_kib: 0,
             hwm_kib: 0,
             helper_kib: 0,
+            stderr_ms: None,
             reason: String::new(),
         };
         let all = [

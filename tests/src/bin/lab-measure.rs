@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: lab-measure --label NAME --marker TEXT --guest-mem-mib MIB \
 [--exclude-size BYTES] [--timeout-s S] [--sample-ms MS] [--show-maps] [--measure-child] \
-[--echo] [--no-memory] -- COMMAND [ARGS…]";
+[--echo] [--no-memory] [--stderr-marker TEXT] -- COMMAND [ARGS…]";
 
 struct Options {
     label: String,
@@ -48,6 +48,9 @@ struct Options {
     echo: bool,
     /// Take no memory samples.
     no_memory: bool,
+    /// Also time when this first appears on the command's stderr (`stderr_ms=`); the
+    /// stderr is copied to ours either way.
+    stderr_marker: Option<String>,
     command: Vec<String>,
 }
 
@@ -62,6 +65,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
     let mut measure_child = false;
     let mut echo = false;
     let mut no_memory = false;
+    let mut stderr_marker = None;
     let mut it = args.iter();
     let number = |flag: &str, v: Option<&String>| -> Result<u64, String> {
         let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -80,6 +84,9 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             "--measure-child" => measure_child = true,
             "--echo" => echo = true,
             "--no-memory" => no_memory = true,
+            "--stderr-marker" => {
+                stderr_marker = Some(it.next().ok_or("--stderr-marker needs a value")?.clone())
+            }
             "--" => break,
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -101,6 +108,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         measure_child,
         echo,
         no_memory,
+        stderr_marker: stderr_marker.filter(|m| !m.is_empty()),
         command,
     })
 }
@@ -357,10 +365,32 @@ fn run(opts: &Options) -> Result<String, String> {
         .args(&opts.command[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(if opts.stderr_marker.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        })
         .spawn()
         .map_err(|e| format!("spawning {}: {e}", opts.command[0]))?;
     let pid = child.id();
+    // Its events only say when the stderr marker came; the reader copies stderr to ours.
+    let (stderr_tx, stderr_rx) = mpsc::channel();
+    let stderr_reader = match (child.stderr.take(), &opts.stderr_marker) {
+        (Some(stderr), Some(marker)) => {
+            let marker = marker.clone().into_bytes();
+            Some(std::thread::spawn(move || {
+                let mut ours = std::io::stderr();
+                watch_output(stderr, &marker, &stderr_tx, Some(&mut ours));
+            }))
+        }
+        _ => None,
+    };
+    let stderr_marker_at = || {
+        stderr_rx.try_iter().find_map(|e| match e {
+            Event::Marker(at) => Some(at),
+            Event::Eof => None,
+        })
+    };
     let stdout = child.stdout.take().ok_or("the child has no stdout pipe")?;
     let (tx, rx) = mpsc::channel();
     let marker = opts.marker.clone().into_bytes();
@@ -421,14 +451,20 @@ fn run(opts: &Options) -> Result<String, String> {
         // SAFETY: kill(2) with a pid we just read from /proc and a valid signal number.
         unsafe { libc::kill(measured as libc::pid_t, libc::SIGKILL) };
     }
+    let stderr_ms = stderr_marker_at()
+        .map(|t| format!(" stderr_ms={}", t.duration_since(started).as_millis()))
+        .unwrap_or_default();
     stop(&mut child);
     let _ = reader.join();
+    if let Some(r) = stderr_reader {
+        let _ = r.join();
+    }
     samples += 1;
     peak_overhead = peak_overhead.max(at_marker.overhead_kib());
     Ok(format!(
         "MEASURE label={} ok=1 ms={} rss_kib={} guest_kib={} excluded_kib={} overhead_kib={} \
          anon_overhead_kib={} peak_overhead_kib={} hwm_kib={} helper_kib={helper_kib} \
-         samples={samples}",
+         samples={samples}{stderr_ms}",
         opts.label,
         at.duration_since(started).as_millis(),
         at_marker.rss_kib,
@@ -589,6 +625,39 @@ Anonymous:             0 kB
         assert!(matches!(rx.recv().unwrap(), Event::Eof));
         assert_eq!(tail, b"boot BULKHEAD-READY 6.1\n");
         assert_eq!(echoed, tail, "--echo copies the output as it arrives");
+    }
+
+    #[test]
+    fn a_stderr_marker_is_timed_before_the_stdout_marker() {
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let opts = parse_options(&args(
+            "--marker OUT --guest-mem-mib 1 --no-memory --stderr-marker ERRMARK -- sh -c",
+        ))
+        .map(|mut o| {
+            o.command
+                .push("sleep 0.1; echo ERRMARK >&2; sleep 0.3; echo OUT".into());
+            o
+        })
+        .unwrap();
+        let line = run(&opts).unwrap();
+        let field = |name: &str| -> u64 {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let (ms, stderr_ms) = (field("ms"), field("stderr_ms"));
+        assert!((100..ms).contains(&stderr_ms), "{line}");
+        assert!(ms >= stderr_ms + 300, "{line}");
+        // Without the flag there is no such field.
+        let plain = parse_options(&args("--marker OUT --guest-mem-mib 1 --no-memory -- sh -c"))
+            .map(|mut o| {
+                o.command.push("echo OUT".into());
+                o
+            })
+            .unwrap();
+        assert!(!run(&plain).unwrap().contains("stderr_ms"));
     }
 
     #[test]

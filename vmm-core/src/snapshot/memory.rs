@@ -167,8 +167,33 @@ pub fn write_memory(
     })
 }
 
+/// The data extents of `file` within `[start, end)`, as (offset, len): holes are left
+/// out (a file system without SEEK_DATA gives the whole range as one extent).
+fn data_extents(file: &File, start: u64, end: u64) -> Vec<(u64, u64)> {
+    use rustix::fs::{seek, SeekFrom};
+    let mut extents = Vec::new();
+    let mut at = start;
+    while at < end {
+        let data = match seek(file, SeekFrom::Data(at)) {
+            Ok(d) if d < end => d,
+            // ENXIO: no data after `at`.
+            Ok(_) | Err(rustix::io::Errno::NXIO) => break,
+            Err(_) => {
+                extents.push((at, end - at));
+                break;
+            }
+        };
+        let hole = seek(file, SeekFrom::Hole(data)).map_or(end, |h| h.min(end));
+        extents.push((data, hole - data));
+        at = hole;
+    }
+    extents
+}
+
 /// Copies the framebuffer's pixels from the memory file into `dst` (the framebuffer's
-/// own mapping), checking the span against the file and `dst`.
+/// own mapping, freshly created and so all zero), checking the span against the file
+/// and `dst`. Only the file's data extents are read: a mostly black screen's holes stay
+/// unallocated pages of the memfd.
 pub fn read_framebuffer(
     record: &MemoryRecord,
     file: &File,
@@ -196,8 +221,13 @@ pub fn read_framebuffer(
                 dst.len()
             ))
         })?;
-    dst.fill_from_file(0, file, span.file_offset, len)
-        .map_err(|e| SnapshotError::Memory(format!("framebuffer: {e}")))
+    let start = span.file_offset;
+    for (at, n) in data_extents(file, start, start + len as u64) {
+        // Both within the span just checked against `dst`.
+        dst.fill_from_file((at - start) as usize, file, at, n as usize)
+            .map_err(|e| SnapshotError::Memory(format!("framebuffer: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Checks `file` against the record: size and mtime always, the whole-file hash when
@@ -312,9 +342,16 @@ mod tests {
         p
     }
 
+    /// A memory file on tmpfs semantics (holes and SEEK_DATA, wherever the tests run).
+    fn memory_file() -> File {
+        let fd =
+            rustix::fs::memfd_create("snapshot-memory", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        File::from(fd)
+    }
+
     #[test]
     fn framebuffer_pixels_come_back_from_the_memory_file_and_the_hash_covers_them() {
-        let file = tempfile::tempfile().unwrap();
+        let file = memory_file();
         let record = write_memory(&guest_memory(), Some(&pixels()), &file).unwrap();
         let span = record.framebuffer.unwrap();
         assert_eq!(span.file_offset, 4 * PAGE as u64);
@@ -325,8 +362,11 @@ mod tests {
 
         let memfd = Memfd::create("fb-test", 2 * PAGE).unwrap();
         let region = memfd.map_shared_rw().unwrap();
-        region.write_at(0, &[0xff; 2 * PAGE]).unwrap();
         read_framebuffer(&record, &file, &region).unwrap();
+        // The all-zero first page was a hole and was not copied: the memfd holds one
+        // page (until the read below faults in the other).
+        let allocated = rustix::fs::fstat(&memfd).unwrap().st_blocks * 512;
+        assert_eq!(allocated, PAGE as i64);
         let mut back = vec![0u8; pixels().len()];
         region.read_at(0, &mut back).unwrap();
         assert_eq!(back, pixels());
