@@ -15,9 +15,10 @@ use std::io::Read;
 
 use linux_loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::cmdline::Cmdline;
-use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader, KernelLoaderResult};
+use linux_loader::loader::{bzimage::BzImage, KernelLoader, KernelLoaderResult};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+use super::vmlinux;
 use crate::devices::framebuffer::FramebufferLayout;
 use crate::layout::{
     BOOT_PARAMS_ADDR, CMDLINE_ADDR, CMDLINE_MAX, EBDA_START, FRAMEBUFFER_ADDR, HIMEM_START,
@@ -48,7 +49,7 @@ pub enum BootError {
     #[error("loading the kernel as a bzImage: {0}")]
     LoadKernel(linux_loader::loader::Error),
     #[error("loading the kernel as an uncompressed vmlinux (ELF): {0}")]
-    LoadVmlinux(linux_loader::loader::Error),
+    LoadVmlinux(String),
     #[error("reading the kernel's first bytes: {0}")]
     ReadKernel(std::io::Error),
     #[error(
@@ -116,7 +117,9 @@ pub struct LinuxBoot<'a> {
 
 pub fn load_linux(mem: &GuestMemoryMmap, boot: &LinuxBoot) -> Result<BootInfo, BootError> {
     let format = kernel_format(boot.kernel)?;
-    let (mut hdr, entry, kernel_end) = match format {
+    // A bzImage's initrd is read after it (its limit is in the image's header); a
+    // vmlinux's is copied in together with its segments.
+    let (mut hdr, entry, kernel_end, vmlinux_initrd) = match format {
         KernelFormat::BzImage => {
             let loaded = load_bzimage(mem, boot.kernel)?;
             let hdr = loaded.setup_header.ok_or(BootError::NoSetupHeader)?;
@@ -125,13 +128,35 @@ pub fn load_linux(mem: &GuestMemoryMmap, boot: &LinuxBoot) -> Result<BootInfo, B
             }
             let load = loaded.kernel_load.raw_value();
             // The bzImage loader counts the end from where it loaded the kernel.
-            (hdr, load + STARTUP_64_OFFSET, load + loaded.kernel_end)
+            (
+                hdr,
+                load + STARTUP_64_OFFSET,
+                load + loaded.kernel_end,
+                None,
+            )
         }
         KernelFormat::Vmlinux => {
-            let loaded = load_vmlinux(mem, boot.kernel)?;
-            // The ELF loader's end is already an address; its `kernel_load` is the entry.
-            let (entry, end) = (loaded.kernel_load.raw_value(), loaded.kernel_end);
-            (vmlinux_setup_header(), entry, end)
+            let plan =
+                vmlinux::plan(boot.kernel, mem, HIMEM_START).map_err(BootError::LoadVmlinux)?;
+            let hdr = vmlinux_setup_header();
+            let initrd = boot
+                .initrd
+                .map(|f| place_initrd(mem, f, plan.end, u64::from(hdr.initrd_addr_max)))
+                .transpose()?;
+            let mut jobs: Vec<(&File, vmlinux::FileRange)> =
+                plan.segments.iter().map(|&s| (boot.kernel, s)).collect();
+            if let (Some(file), Some((addr, len))) = (boot.initrd, initrd) {
+                jobs.push((
+                    file,
+                    vmlinux::FileRange {
+                        offset: 0,
+                        addr,
+                        len,
+                    },
+                ));
+            }
+            vmlinux::copy_in(mem, &jobs).map_err(BootError::LoadVmlinux)?;
+            (hdr, plan.entry, plan.end, initrd)
         }
     };
 
@@ -146,14 +171,14 @@ pub fn load_linux(mem: &GuestMemoryMmap, boot: &LinuxBoot) -> Result<BootInfo, B
         }
     })?;
 
-    let initrd = match boot.initrd {
-        Some(f) => Some(load_initrd(
+    let initrd = match (format, boot.initrd) {
+        (KernelFormat::BzImage, Some(f)) => Some(load_initrd(
             mem,
             f,
             kernel_end,
             u64::from(hdr.initrd_addr_max),
         )?),
-        None => None,
+        _ => vmlinux_initrd,
     };
 
     hdr.type_of_loader = 0xff;
@@ -205,14 +230,6 @@ fn load_bzimage(mem: &GuestMemoryMmap, kernel: &File) -> Result<KernelLoaderResu
     .map_err(BootError::LoadKernel)
 }
 
-/// Loads each `PT_LOAD` segment at its physical address (no offset: the kernel was
-/// linked for `CONFIG_PHYSICAL_START`, and its entry is `startup_64`'s physical address).
-/// The loader refuses segments outside guest memory and an entry below 1 MiB.
-fn load_vmlinux(mem: &GuestMemoryMmap, kernel: &File) -> Result<KernelLoaderResult, BootError> {
-    let mut file = kernel;
-    Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(BootError::LoadVmlinux)
-}
-
 /// The setup header a bzImage would carry, for a `vmlinux` that has none: the fields
 /// the kernel reads after the decompressor (which is not there) would have filled them.
 fn vmlinux_setup_header() -> linux_loader::bootparam::setup_header {
@@ -226,7 +243,20 @@ fn vmlinux_setup_header() -> linux_loader::bootparam::setup_header {
     }
 }
 
-/// Places the initrd page-aligned at the top of low RAM, below the kernel's limit.
+/// Where the initrd of `file`'s size goes: page-aligned at the top of low RAM, below the
+/// kernel's limit and past its end. Placed only; [`load_initrd`] or the vmlinux copy
+/// fills it.
+fn place_initrd(
+    mem: &GuestMemoryMmap,
+    file: &File,
+    kernel_end: u64,
+    initrd_addr_max: u64,
+) -> Result<(u64, u64), BootError> {
+    let size = file.metadata().map_err(BootError::ReadInitrd)?.len();
+    initrd_address(mem, size, kernel_end, initrd_addr_max).map(|addr| (addr, size))
+}
+
+/// Reads the initrd and places it as [`place_initrd`] says.
 fn load_initrd(
     mem: &GuestMemoryMmap,
     mut file: &File,
@@ -236,6 +266,21 @@ fn load_initrd(
     let mut data = Vec::new();
     file.read_to_end(&mut data).map_err(BootError::ReadInitrd)?;
     let size = data.len() as u64;
+    let addr = initrd_address(mem, size, kernel_end, initrd_addr_max)?;
+    mem.write_slice(&data, GuestAddress(addr))
+        .map_err(|e| BootError::GuestWrite {
+            what: "initrd",
+            reason: e.to_string(),
+        })?;
+    Ok((addr, size))
+}
+
+fn initrd_address(
+    mem: &GuestMemoryMmap,
+    size: u64,
+    kernel_end: u64,
+    initrd_addr_max: u64,
+) -> Result<u64, BootError> {
     let low_ram_end = mem
         .last_addr()
         .raw_value()
@@ -253,12 +298,7 @@ fn load_initrd(
             })
         }
     };
-    mem.write_slice(&data, GuestAddress(addr))
-        .map_err(|e| BootError::GuestWrite {
-            what: "initrd",
-            reason: e.to_string(),
-        })?;
-    Ok((addr, size))
+    Ok(addr)
 }
 
 fn fill_e820(params: &mut boot_params, mem: &GuestMemoryMmap) {
@@ -452,6 +492,40 @@ mod tests {
         assert_eq!(format, KernelFormat::Vmlinux);
         let err = result.unwrap_err();
         assert!(matches!(err, BootError::LoadVmlinux(_)), "{err}");
+    }
+
+    #[test]
+    fn a_vmlinux_initrd_that_does_not_fit_past_the_kernel_is_refused_before_any_copy() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x200_0000)]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = file_with(
+            &dir,
+            "vmlinux",
+            &tiny_vmlinux(0x100_0000, 0x100_0000, &[0xf4; 16], 0x80_0000),
+        );
+        let initrd = file_with(&dir, "initrd", &vec![1u8; 0x90_0000]);
+        let boot = LinuxBoot {
+            kernel: &kernel,
+            initrd: Some(&initrd),
+            cmdline: "",
+            framebuffer: None,
+            acpi_rsdp: None,
+        };
+        let err = load_linux(&mem, &boot).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BootError::InitrdTooLarge {
+                    kernel_end: 0x180_0000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let mut first = [0u8; 16];
+        mem.read_slice(&mut first, GuestAddress(0x100_0000))
+            .unwrap();
+        assert_eq!(first, [0; 16], "nothing is copied when the plan fails");
     }
 
     #[test]

@@ -4,3 +4,4 @@ pub mod boot;
 pub mod cpuid;
 pub mod mptable;
 pub mod regs;
+pub mod vmlinux;

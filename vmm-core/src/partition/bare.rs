@@ -94,10 +94,12 @@ pub fn exit_code(reason: &StopReason) -> (i32, String) {
 }
 
 /// Runs the partition until it stops, or until it is snapshotted; returns how it ended.
+/// Says on stderr how long after `clock` started the vCPUs ran, and where that went.
 pub fn run(
     launch: &LaunchConfig,
     mut files: LaunchFiles,
     mut options: BareOptions,
+    mut clock: PhaseClock,
 ) -> Result<Outcome, BareError> {
     if options.snapshot.is_some() && options.sandbox != Sandbox::Off {
         return Err(BareError::SnapshotConfined);
@@ -108,7 +110,16 @@ pub fn run(
     let (kvm, config) = super::vm_config(launch, files, serial.0)?;
     let mem_bytes = config.mem_mib << 20;
     let built = builder::build_with_network(&kvm, config, network)?;
-    drive(&kvm, built, mem_bytes, options, serial.1, None, disks)
+    clock.mark("VM built, kernel loaded");
+    drive(
+        &kvm,
+        built,
+        mem_bytes,
+        options,
+        serial.1,
+        (clock, false),
+        disks,
+    )
 }
 
 /// `bulkhead-vmm restore DIR`: the partition a snapshot was taken of, continued. `config`
@@ -128,7 +139,15 @@ pub fn restore(
     let disks = config.disks.len();
     let built = builder::restore(kvm, config, None, snapshot)?;
     clock.mark("VM rebuilt");
-    drive(kvm, built, mem_bytes, options, serial.1, Some(clock), disks)
+    drive(
+        kvm,
+        built,
+        mem_bytes,
+        options,
+        serial.1,
+        (clock, true),
+        disks,
+    )
 }
 
 /// Milestones since a start, for saying where a restore's time went.
@@ -197,12 +216,10 @@ fn drive(
     mem_bytes: u64,
     options: BareOptions,
     marker_rx: mpsc::Receiver<()>,
-    mut restore_clock: Option<PhaseClock>,
+    (mut clock, restored): (PhaseClock, bool),
     disks: usize,
 ) -> Result<Outcome, BareError> {
-    let started = restore_clock
-        .as_ref()
-        .map_or_else(Instant::now, PhaseClock::started);
+    let started = clock.started();
     let net = built.take_network();
     // Opened now: a confined process opens nothing. Left empty if no shot is taken.
     let mut shot_file = match &options.screenshot {
@@ -226,9 +243,7 @@ fn drive(
             false
         }
     };
-    if let Some(clock) = restore_clock.as_mut() {
-        clock.mark("confined");
-    }
+    clock.mark("confined");
     let partition = built
         .start_with(confined.then_some(SeccompProfile::Vcpu))
         .map_err(|e| BareError::Start(e.to_string()))?;
@@ -241,11 +256,16 @@ fn drive(
     if confined {
         sandbox::install(SeccompProfile::Main)?;
     }
-    if let Some(clock) = restore_clock.as_mut() {
-        clock.mark("running");
+    clock.mark("running");
+    if restored {
         // From reading the snapshot to running vCPUs (memory is mapped, not read).
         eprintln!(
             "bulkhead-vmm: restored, guest running {} after the restore began",
+            clock.summary()
+        );
+    } else {
+        eprintln!(
+            "bulkhead-vmm: guest started {} after launch",
             clock.summary()
         );
     }

@@ -44,6 +44,7 @@ fn fail(e: &dyn std::fmt::Display) -> i32 {
 /// Exit codes: 0 powered off or rebooted, 1 could not start (a sandbox step failed
 /// included), 3 crashed, 4 timeout.
 fn run(args: &args::RunArgs) -> i32 {
+    let mut clock = bare::PhaseClock::start();
     let sandbox = if args.no_sandbox {
         bare::Sandbox::Off
     } else {
@@ -62,7 +63,8 @@ fn run(args: &args::RunArgs) -> i32 {
         Ok(o) => o,
         Err(e) => return fail(&e),
     };
-    let code = ended(bare::run(&launch, files, options));
+    clock.mark("PID namespace, files, network helpers");
+    let code = ended(bare::run(&launch, files, options, clock));
     if args.no_sandbox {
         // Killed and reaped.
         drop(net_helpers);
