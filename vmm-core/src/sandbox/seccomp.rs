@@ -302,6 +302,14 @@ const COMMON: &[SyscallRule] = &[
     any("restart_syscall", libc::SYS_restart_syscall),
     any("exit", libc::SYS_exit),
     any("exit_group", libc::SYS_exit_group),
+    // Allowed here but answered with EACCES by a program of its own (see `compile`): once
+    // the partition runs nothing is opened in any thread, whatever Landlock (or its
+    // absence) would allow. An error, not a kill, because glibc itself opens files
+    // lazily from any thread: the first time a thread's malloc heap shrinks it reads
+    // /proc/sys/vm/overcommit_memory (seen killing a vCPU thread whose exit tally had
+    // grown), and counting CPUs for a new arena reads /sys. Both cope with the error.
+    // `open` and `openat2` are not listed: those kill.
+    any("openat", libc::SYS_openat),
 ];
 
 /// A vCPU thread: KVM_RUN and register access; it may kick other threads via eventfds
@@ -398,11 +406,6 @@ const MAIN_EXTRA: &[SyscallRule] = &[
     // flags sit in memory a filter cannot read, and glibc falls back to clone(), which
     // is checked.
     any("clone3", libc::SYS_clone3),
-    // Allowed here but answered with EACCES by the second program (see `compile`): once
-    // the partition runs nothing is opened, whatever Landlock (or its absence) would
-    // allow. Listed so the answer is an error, not a kill (a stray open by a library is
-    // no attack). `open` and `openat2` are not listed: those kill.
-    any("openat", libc::SYS_openat),
     // New threads install their own, narrower profile on top of this one; filters can
     // only be added, never removed, so this grants nothing.
     with(
@@ -490,10 +493,11 @@ impl SeccompProfile {
         let table =
             SeccompFilter::new(map, mismatch, SeccompAction::Allow, arch()).map_err(build)?;
         let mut programs = Vec::new();
+        // First: once the table is installed, installing anything needs its permission.
         if matches!(self, SeccompProfile::Main | SeccompProfile::MainSnapshot) {
-            // First: once the table is installed, installing anything needs its
-            // permission.
             programs.push(errno_for(libc::SYS_clone3, libc::ENOSYS).map_err(build)?);
+        }
+        if self != SeccompProfile::Reaper {
             programs.push(errno_for(libc::SYS_openat, libc::EACCES).map_err(build)?);
         }
         programs.push(BpfProgram::try_from(table).map_err(build)?);
