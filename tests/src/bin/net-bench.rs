@@ -27,6 +27,8 @@ use bulkhead_supervisor::guest_image::cpio::CpioWriter;
 use bulkhead_tests::bench::{self, LabCpio, QEMU};
 use bulkhead_tests::lab::{self, LAB_GATEWAY, LAB_HOST_ADDR};
 
+/// QEMU's trace log in the lab (its exits to user space, for telling a triple fault).
+const QEMU_TRACE: &str = "/tmp/qemu-trace.log";
 const USAGE: &str =
     "usage: net-bench [--runs N] [--mib N] [--upload-s S] [--rr N] [--run-timeout S]";
 const SINK_PORT: u16 = 9001;
@@ -193,6 +195,13 @@ fn vm_command(v: Variant, cfg: &Config, serial: &str) -> Vec<String> {
             "-append",
             cmdline,
             "-no-reboot",
+            // Every exit to QEMU, so a guest triple fault (KVM_EXIT_SHUTDOWN, reason 8)
+            // is told apart from a poweroff: under -no-reboot both end QEMU with 0.
+            // Few exits here (virtio through ioeventfd and irqfd), so little cost.
+            "-trace",
+            "enable=kvm_run_exit",
+            "-D",
+            QEMU_TRACE,
             "-netdev",
             "stream,id=n,server=off,addr.type=unix,addr.path=/tmp/passt.sock",
             "-device",
@@ -239,6 +248,11 @@ while kill -0 $vm 2>/dev/null; do
 done
 wait $vm
 echo "NETEXIT label=$L rc=$?"
+if [ -f {trace} ]; then
+  n=$(grep -c 'reason 8$' {trace} || true)
+  if [ "$n" -gt 0 ]; then echo "NETLOG label=$L qemu: KVM_EXIT_SHUTDOWN x$n: the guest triple-faulted"; fi
+  rm -f {trace}
+fi
 grep -a "NETBENCH-" {serial} | sed "s/^/NETRESULT label=$L /"
 grep -aq NETBENCH-DONE {serial} || {{ echo "NETFAIL label=$L serial tail:"; tail -n 15 {serial}; }}
 for f in /tmp/vm.err /tmp/passt.err; do [ -s $f ] && tail -n 5 $f | sed "s|^|NETLOG label=$L $f: |"; done
@@ -246,6 +260,7 @@ rm -f /tmp/vm.err /tmp/passt.err
 "#,
         label = v.label(),
         vm = vm.join(" "),
+        trace = QEMU_TRACE,
     )
 }
 
