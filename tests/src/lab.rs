@@ -1212,6 +1212,13 @@ fn lab_fault(out: &RunOutput) -> Option<String> {
     if !out.lab_console.contains("===LAB-VMM-EXIT") {
         return Some(format!("the lab machine died ({})", out.lab_failure()));
     }
+    // A run with several VMM runs (a snapshot and its restores) can lose the lab machine
+    // after the first one exited (seen: an RCU stall, then a soft lockup, during the
+    // restores): the lab's own failure, whatever came before.
+    let lab = out.lab_failure();
+    if lab.contains("soft lockup") || lab.contains("(frozen)") || lab_triple_faults(&lab) > 0 {
+        return Some(format!("the lab machine failed ({lab})"));
+    }
     let guest_said =
         |s: &str| s.contains("Kernel panic") || s.contains("BUG:") || s.contains("Oops");
     if (out.vmm_stderr.contains(GUEST_TRIPLE_FAULT) || out.serial.contains(GUEST_TRIPLE_FAULT))
@@ -1220,6 +1227,17 @@ fn lab_fault(out: &RunOutput) -> Option<String> {
         return Some("the guest triple-faulted with no kernel message before it".into());
     }
     None
+}
+
+/// `N` of "…, N triple faults of the lab machine" in QEMU's summary line; 0 without one.
+fn lab_triple_faults(lab_failure: &str) -> u32 {
+    lab_failure
+        .split(" triple faults of the lab machine")
+        .next()
+        .filter(|head| head.len() < lab_failure.len())
+        .and_then(|head| head.rsplit([' ', ',']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn run_in_lab(run: &GuestRun) -> RunOutput {
@@ -1480,6 +1498,39 @@ mod tests {
             "",
         );
         assert!(lab_fault(&out).is_some_and(|f| f.contains("lab machine died")));
+    }
+
+    #[test]
+    fn a_lab_machine_lost_after_a_first_vmm_run_ended_is_a_lab_fault() {
+        let after = |qemu: &str| {
+            lab_run(
+                &format!("===LAB-VMM-START===\n===LAB-VMM-EXIT 0===\n===LAB-QEMU {qemu}==="),
+                "",
+                "",
+            )
+        };
+        for qemu in [
+            "qemu signal: 9 (SIGKILL) (killed: the lab kernel reported a CPU stuck              (`watchdog: BUG: soft lockup`)), 6 CPU resets logged, 0 triple faults of the lab machine",
+            "qemu signal: 9 (SIGKILL) (killed: no heartbeat for 120 s while the VMM ran (frozen))",
+            "qemu exit status: 0, 6 CPU resets logged, 1 triple faults of the lab machine",
+        ] {
+            assert!(
+                lab_fault(&after(qemu)).is_some_and(|f| f.contains("lab machine failed")),
+                "{qemu}"
+            );
+        }
+        // A clean power-off, or our run past its bound, is not the lab's fault.
+        for qemu in [
+            "qemu exit status: 0, 6 CPU resets logged, 0 triple faults of the lab machine",
+            "qemu signal: 9 (SIGKILL) (killed: past its 360 s bound)",
+        ] {
+            assert_eq!(lab_fault(&after(qemu)), None, "{qemu}");
+        }
+        assert_eq!(
+            lab_triple_faults("exit status: 0, 12 triple faults of the lab machine"),
+            12
+        );
+        assert_eq!(lab_triple_faults("no lab machine"), 0);
     }
 
     #[test]

@@ -20,8 +20,9 @@
 //! 6. applies a Landlock allowlist: only the listed paths can be opened, no TCP, no
 //!    abstract sockets, no signals out of the sandbox.
 //!
-//! Then each thread installs its [`SeccompProfile`]; the main thread's answers `openat`
-//! with `EACCES`, so nothing is opened after start whatever Landlock allows.
+//! Then each thread installs its [`SeccompProfile`]; every one answers `openat` with
+//! `EACCES`, so nothing is opened after start whatever Landlock allows (and glibc's own
+//! lazy opens from any thread fail instead of killing the partition).
 //!
 //! **Fail closed.** Every step is attempted, even after one failed, and every failure is
 //! collected into one [`SandboxError`]: a step the host supports that fails means the
