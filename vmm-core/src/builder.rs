@@ -623,6 +623,13 @@ fn attach_virtio<D: VirtioDevice + 'static>(
             tracing::warn!(device = name, error = %e, "queue notifications exit to the VMM");
             break;
         }
+        // Without a second handle the transport comes back to an unfinished queue on its
+        // own thread instead (see VirtioMmioDevice::process_queue).
+        if let Ok(own) = evt.try_clone() {
+            dev.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_queue_event(queue as usize, own);
+        }
         notifier.add(evt, dev.clone(), queue);
     }
     Ok((dev, slot))

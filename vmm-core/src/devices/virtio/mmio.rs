@@ -11,9 +11,10 @@ use std::sync::Arc;
 use tracing::debug;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::queue::{QueueError, Queues};
-use super::{status, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{status, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::devices::persist::{self, PersistError};
 use crate::devices::{BusDevice, InterruptLine};
 
@@ -56,6 +57,10 @@ pub mod reg {
     pub const CONFIG: u64 = 0x100;
 }
 
+/// How often [`VirtioMmioDevice::process_queue`] goes back to a queue the device left
+/// unfinished when the queue has no ioeventfd to kick itself through.
+const UNFINISHED_PASSES: usize = 16;
+
 /// InterruptStatus bits.
 pub const INT_USED_BUFFER: u32 = 1;
 pub const INT_CONFIG_CHANGE: u32 = 2;
@@ -73,6 +78,9 @@ pub struct VirtioMmioDevice<D: VirtioDevice> {
     status: u32,
     interrupt_status: u32,
     config_generation: u32,
+    /// Each queue's ioeventfd (a second handle to what KVM signals), when it has one: the
+    /// transport kicks itself through it to come back to a queue it left unfinished.
+    queue_events: Vec<Option<EventFd>>,
 }
 
 /// What [`VirtioMmioDevice::new`] can fail on (a device model bug, never the guest).
@@ -114,7 +122,18 @@ impl<D: VirtioDevice> VirtioMmioDevice<D> {
             status: 0,
             interrupt_status: 0,
             config_generation: 0,
+            queue_events: Vec::new(),
         })
+    }
+
+    /// Gives the transport a handle to the eventfd KVM signals for queue `index`.
+    pub fn set_queue_event(&mut self, index: usize, evt: EventFd) {
+        if index < self.queues.len() {
+            if self.queue_events.len() <= index {
+                self.queue_events.resize_with(index + 1, || None);
+            }
+            self.queue_events[index] = Some(evt);
+        }
     }
 
     pub fn device(&self) -> &D {
@@ -141,27 +160,69 @@ impl<D: VirtioDevice> VirtioMmioDevice<D> {
     }
 
     fn offered_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | self.device.device_features()
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | self.device.device_features()
     }
 
     /// Runs the device on queue `index` if the device is active; raises the used-buffer
     /// interrupt when buffers were returned, or marks the device broken on a queue error.
     /// Host-side handles call this after giving the device new data.
     pub fn process_queue(&mut self, index: usize) {
+        // A device takes at most one ring's worth per call, so that a driver adding
+        // buffers from another vCPU cannot hold this thread. Under EVENT_IDX the driver
+        // does not kick for chains added while the device was busy, so a queue left
+        // unfinished is looked at again: through its ioeventfd (later, by the notifier
+        // thread, after whatever else is waiting) or, without one, right here, a bounded
+        // number of times.
+        for _ in 0..UNFINISHED_PASSES {
+            if !self.process_queue_once(index) {
+                return;
+            }
+            if let Some(evt) = self.queue_events.get(index).and_then(Option::as_ref) {
+                // A full counter still wakes the notifier, so an error changes nothing.
+                let _ = evt.write(1);
+                return;
+            }
+        }
+    }
+
+    /// One pass of the device over queue `index`; true when, under EVENT_IDX, it left
+    /// the queue unfinished (took a whole ring's worth without finding it empty).
+    fn process_queue_once(&mut self, index: usize) -> bool {
         if !self.is_active() || !self.queues.get(index).is_some_and(|q| q.ready()) {
-            return;
+            return false;
         }
         // Only what was offered counts, whatever the driver wrote.
         let negotiated = self.driver_features & self.offered_features();
         let mut queues = Queues::new(&self.mem, &mut self.queues, negotiated);
         let result = self.device.process_queue(index, &mut queues);
         let used = queues.used_mask();
-        if used != 0 {
+        let unfinished =
+            negotiated & VIRTIO_RING_F_EVENT_IDX != 0 && queues.took_a_full_ring(index);
+        if used != 0 && self.driver_wants_interrupt(used) {
             self.raise(INT_USED_BUFFER);
         }
-        if let Err(e) = result {
-            self.fail(&e);
+        match result {
+            Ok(()) => unfinished,
+            Err(e) => {
+                self.fail(&e);
+                false
+            }
         }
+    }
+
+    /// Whether the driver asked to hear of the buffers just returned on the queues in
+    /// `used` (bit `i`: queue `i`). Asks every such queue, since asking also marks its
+    /// used buffers as announced. Without `VIRTIO_RING_F_EVENT_IDX` the answer is yes;
+    /// with it, yes when the used index passed the driver's `used_event` (a value the
+    /// guest writes: it can only cost itself interrupts). Unreadable: yes.
+    fn driver_wants_interrupt(&mut self, used: u64) -> bool {
+        let mut wanted = false;
+        for (index, queue) in self.queues.iter_mut().enumerate().take(64) {
+            if used & (1 << index) != 0 {
+                wanted |= queue.needs_notification(&self.mem).unwrap_or(true);
+            }
+        }
+        wanted
     }
 
     /// The device changed its config space on the host's behalf (a balloon target):
@@ -413,6 +474,10 @@ impl<D: VirtioDevice> VirtioMmioDevice<D> {
         }
         self.status = new | (self.status & status::DEVICE_NEEDS_RESET);
         if activate {
+            let event_idx = self.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
+            for queue in &mut self.queues {
+                queue.set_event_idx(event_idx);
+            }
             // Buffers made available before DRIVER_OK and data the host queued meanwhile.
             self.process_all_queues();
         }

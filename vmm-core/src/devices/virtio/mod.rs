@@ -111,6 +111,13 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// naming an indirect table breaks the device instead of being followed.
 pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 
+/// The `used_event` and `avail_event` ring fields (virtio 1.2, 2.7.7 and 2.7.10), offered
+/// by every device. A device re-arms the driver's notifications only when it finds a queue
+/// empty ([`Queues::pop`]) and the transport raises the used-buffer interrupt only when the
+/// driver's `used_event` asks for it: Linux's console, for one, kicks after every receive
+/// buffer it adds, and each kick is a VM exit (hundreds while the console probes).
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+
 /// A device model behind the virtio-mmio transport.
 ///
 /// The transport owns negotiation, status, queue setup and interrupts; the device only sees

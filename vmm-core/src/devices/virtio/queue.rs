@@ -73,6 +73,8 @@ pub struct Queues<'a> {
     /// VIRTIO_RING_F_INDIRECT_DESC was negotiated; otherwise a chain naming an indirect
     /// table is refused.
     indirect: bool,
+    /// Chains taken from each queue (the transport has at most 64) during this call.
+    popped: [u16; 64],
 }
 
 impl<'a> Queues<'a> {
@@ -87,7 +89,16 @@ impl<'a> Queues<'a> {
             queues,
             used_mask: 0,
             indirect: driver_features & VIRTIO_RING_F_INDIRECT_DESC != 0,
+            popped: [0; 64],
         }
+    }
+
+    /// Whether the device took a whole ring's worth of chains from queue `index` in this
+    /// call: it stopped at its per-call limit, not at an empty ring, so the driver may
+    /// have more for it that no kick will announce (the ring was not re-armed).
+    pub(crate) fn took_a_full_ring(&self, index: usize) -> bool {
+        let size = self.size(index);
+        size > 0 && self.popped.get(index).is_some_and(|&n| n >= size)
     }
 
     pub fn mem(&self) -> &GuestMemoryMmap {
@@ -110,7 +121,49 @@ impl<'a> Queues<'a> {
 
     /// Takes the next available chain of queue `index`, checked; `Ok(None)` when the ring
     /// is empty or the queue is not ready.
+    ///
+    /// An empty ring re-arms the driver's notifications (with `VIRTIO_RING_F_EVENT_IDX`,
+    /// `avail_event` becomes the next index the device will take), so a device that stops
+    /// at `None` is kicked when the driver adds more, and one that stops earlier (data
+    /// pending on the host side, requests in flight) is not kicked for buffers it will
+    /// come back to anyway.
     pub fn pop(&mut self, index: usize) -> Result<Option<Chain>, QueueError> {
+        // Twice at most: a chain added while re-arming is taken now, since its kick may
+        // have been suppressed; a ring empty again after that stays armed.
+        for _ in 0..2 {
+            if let Some(chain) = self.pop_available(index)? {
+                if let Some(n) = self.popped.get_mut(index) {
+                    *n = n.saturating_add(1);
+                }
+                return Ok(Some(chain));
+            }
+            if !self.arm_notification(index)? {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// With `VIRTIO_RING_F_EVENT_IDX`: asks the driver of ready queue `index` to notify
+    /// once it makes the next chain available; true when one already is.
+    fn arm_notification(&mut self, index: usize) -> Result<bool, QueueError> {
+        let mem = self.mem;
+        let Some(queue) = self.queues.get_mut(index).filter(|q| q.ready()) else {
+            return Ok(false);
+        };
+        if !queue.event_idx_enabled() {
+            return Ok(false);
+        }
+        queue
+            .enable_notification(mem)
+            .map_err(|e| QueueError::Memory {
+                queue: index,
+                reason: e.to_string(),
+            })
+    }
+
+    /// [`Queues::pop`] without re-arming.
+    fn pop_available(&mut self, index: usize) -> Result<Option<Chain>, QueueError> {
         let mem = self.mem;
         let Some(queue) = self.queues.get_mut(index).filter(|q| q.ready()) else {
             return Ok(None);
@@ -194,6 +247,9 @@ impl<'a> Queues<'a> {
     pub fn undo_pop(&mut self, index: usize) {
         if let Some(q) = self.queues.get_mut(index) {
             q.go_to_previous_position();
+        }
+        if let Some(n) = self.popped.get_mut(index) {
+            *n = n.saturating_sub(1);
         }
     }
 

@@ -175,7 +175,12 @@ impl<D: VirtioDevice> TestDriver<D> {
     /// The whole Linux probe: negotiate VERSION_1, set up every queue at its maximum
     /// size, DRIVER_OK. Panics if the device refuses.
     pub fn init(&mut self) {
-        assert!(self.negotiate(VIRTIO_F_VERSION_1), "FEATURES_OK refused");
+        self.init_with(VIRTIO_F_VERSION_1);
+    }
+
+    /// [`TestDriver::init`] accepting `features` (which must include VERSION_1).
+    pub fn init_with(&mut self, features: u64) {
+        assert!(self.negotiate(features), "FEATURES_OK refused");
         let queues = self.avail_idx.len();
         for q in 0..queues {
             self.write32(reg::QUEUE_SEL, q as u32);
@@ -260,6 +265,24 @@ impl<D: VirtioDevice> TestDriver<D> {
         self.next_desc[q] = (head + bufs.len() as u16) % size;
         self.publish(q, head);
         head
+    }
+
+    /// Writes the available ring's `used_event` (VIRTIO_RING_F_EVENT_IDX): interrupt me
+    /// once the used index passes `idx`.
+    pub fn set_used_event(&self, q: usize, idx: u16) {
+        let l = self.layouts[q];
+        self.mem
+            .write_obj(idx, GuestAddress(l.avail + 4 + u64::from(l.size) * 2))
+            .unwrap();
+    }
+
+    /// The used ring's `avail_event` (VIRTIO_RING_F_EVENT_IDX): the device wants a kick
+    /// once the available index passes it.
+    pub fn avail_event(&self, q: usize) -> u16 {
+        let l = self.layouts[q];
+        self.mem
+            .read_obj(GuestAddress(l.used + 4 + u64::from(l.size) * 8))
+            .unwrap()
     }
 
     pub fn notify(&self, q: u32) {

@@ -5,7 +5,7 @@
 use super::*;
 use crate::devices::virtio::mmio::{reg, INT_CONFIG_CHANGE};
 use crate::devices::virtio::test_utils::{Desc, TestDriver, MEM_SIZE, VRING_DESC_F_NEXT};
-use crate::devices::virtio::{status, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{status, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Pages the tests fill and discard: above the test driver's rings and buffers.
@@ -62,7 +62,10 @@ fn offers_free_page_reporting_and_deflate_on_oom_and_identifies_as_a_balloon() {
     assert_eq!(d.read32(reg::DEVICE_ID), device_type::BALLOON);
     assert_eq!(
         d.device_features(),
-        VIRTIO_F_VERSION_1 | VIRTIO_BALLOON_F_REPORTING | VIRTIO_BALLOON_F_DEFLATE_ON_OOM
+        VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_BALLOON_F_REPORTING
+            | VIRTIO_BALLOON_F_DEFLATE_ON_OOM
     );
     assert_eq!(VIRTIO_BALLOON_F_DEFLATE_ON_OOM, 1 << 2, "feature bit 2");
 }

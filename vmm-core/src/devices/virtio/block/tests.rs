@@ -14,7 +14,7 @@ use super::request::{req_type, status, FLAG_UNMAP};
 use super::*;
 use crate::devices::virtio::mmio::reg;
 use crate::devices::virtio::test_utils::{Desc, TestDriver, MEM_SIZE, VRING_DESC_F_NEXT};
-use crate::devices::virtio::VIRTIO_F_VERSION_1;
+use crate::devices::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// Default test disk: 64 sectors.
@@ -156,6 +156,7 @@ fn writable_file_offers_flush_discard_and_limits_and_describes_its_size() {
     assert_eq!(d.read32(reg::DEVICE_ID), device_type::BLOCK);
     let f = d.device_features();
     let want = VIRTIO_F_VERSION_1
+        | VIRTIO_RING_F_EVENT_IDX
         | feature::SIZE_MAX
         | feature::SEG_MAX
         | feature::BLK_SIZE

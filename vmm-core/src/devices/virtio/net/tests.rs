@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::devices::virtio::mmio::reg;
 use crate::devices::virtio::test_utils::{Desc, TestDriver, VRING_DESC_F_NEXT};
-use crate::devices::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC};
+use crate::devices::virtio::{
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
 use vm_memory::{Bytes, GuestAddress};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -149,7 +151,10 @@ impl Drop for Nic {
 fn config_space_holds_the_mac_and_only_mac_is_offered() {
     let n = new_nic();
     assert_eq!(n.d.read_bytes(reg::CONFIG, 6), MAC);
-    assert_eq!(n.d.device_features(), VIRTIO_F_VERSION_1 | feature::MAC);
+    assert_eq!(
+        n.d.device_features(),
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | feature::MAC
+    );
     assert_eq!(n.d.device_features() & VIRTIO_RING_F_INDIRECT_DESC, 0);
     // Past the config struct reads as zero, and writes change nothing.
     n.d.write_bytes(reg::CONFIG, &[0; 6]);
