@@ -19,9 +19,6 @@ packaging/install-deps.sh --test
 step "format"
 cargo fmt --all -- --check
 
-step "lints"
-cargo clippy --workspace --all-targets --locked -- -D warnings
-
 step "static partition binary (for the lab and the package), the guest agent, the lab's supervisor driver, the guest's evtest"
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
     -p vmm-core --bin bulkhead-vmm -p bulkhead-netrelay --bin bulkhead-netrelay \
@@ -43,6 +40,12 @@ step "every binary and test of the workspace, built once"
 test_executables=target/workspace-test-executables.json
 cargo test --release --locked --workspace --no-run --message-format=json-render-diagnostics \
     > "$test_executables"
+
+step "lints"
+# After the build and in its profile: clippy re-checks every crate, but the proc macros and
+# build scripts it needs are the ones just built (a check in the dev profile would compile
+# them all once more).
+cargo clippy --release --workspace --all-targets --locked -- -D warnings
 
 step "guest image"
 target/release/bulkhead image build
