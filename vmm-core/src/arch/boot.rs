@@ -115,6 +115,9 @@ pub struct LinuxBoot<'a> {
     pub acpi_rsdp: Option<u64>,
 }
 
+/// Loads kernel, initrd and command line into the memory of a VM that never ran: above
+/// the boot tables, guest RAM must still be zero, since a `vmlinux`'s all-zero pages are
+/// left unwritten ([`vmlinux::copy_in`]).
 pub fn load_linux(mem: &GuestMemoryMmap, boot: &LinuxBoot) -> Result<BootInfo, BootError> {
     let format = kernel_format(boot.kernel)?;
     // A bzImage's initrd is read after it (its limit is in the image's header); a
