@@ -27,8 +27,8 @@ runtime="apt dpkg ca-certificates pkg-config libvulkan1 mesa-vulkan-drivers libg
     mmdebstrap squashfs-tools-ng uidmap e2fsprogs"
 # Tests: the lab (QEMU with emulated SVM), jq to read cargo's list of test executables,
 # cpio to cross-check our initramfs writer, a real X server and screenshots, ACPI
-# disassembly, the .deb checks.
-testing="qemu-system-x86 jq cpio xvfb x11-utils imagemagick acpica-tools lintian
+# disassembly, building the .deb (dpkg-shlibdeps from dpkg-dev) and checking it.
+testing="qemu-system-x86 jq cpio xvfb x11-utils imagemagick acpica-tools dpkg-dev lintian
     desktop-file-utils man-db xauth"
 
 packages=$runtime
@@ -52,8 +52,4 @@ else
         $SUDO apt-get update -q >/dev/null
 fi
 
-if [ "$want_test" = yes ] && ! cargo deb --version >/dev/null 2>&1; then
-    say "installing cargo-deb"
-    cargo install cargo-deb --locked --quiet
-fi
 say "dependencies present"
