@@ -36,8 +36,22 @@ use bulkhead_agent_proto::{
 };
 use clap::Parser;
 
-/// Created once the link is raw (see `run`).
+/// Written once the link is raw (see `run`): init's FIFO, or a plain file without one.
 const READY_FILE: &str = "/run/bulkhead-agent.ready";
+
+/// Writes a line to `path` ([`READY_FILE`]). Non-blocking: a FIFO nobody reads any more
+/// (init stopped waiting) is an error here, never a hung agent.
+fn say_ready(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?
+        .write_all(b"ready\n")
+}
 
 #[derive(Parser)]
 #[command(name = "bulkhead-agent", about = "Bulkhead's guest agent")]
@@ -244,7 +258,7 @@ fn run(args: &Args) -> Result<(), AgentError> {
     make_raw(&link);
     // Until the link is raw the tty would echo the host's bytes back as text: init
     // waits for this before it lets anything snapshot the guest.
-    if let Err(e) = File::create(READY_FILE) {
+    if let Err(e) = say_ready(std::path::Path::new(READY_FILE)) {
         say!("bulkhead-agent: writing {READY_FILE}: {e}");
     }
     let owner = args.uid.map(|u| (u, args.gid.unwrap_or(u)));
@@ -566,4 +580,60 @@ fn drop_privileges(uid: u32, gid: u32) -> std::io::Result<()> {
         return Err(std::io::Error::other("could regain root after dropping it"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::say_ready;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    fn fifo(dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("ready");
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        path
+    }
+
+    #[test]
+    fn ready_is_a_line_in_a_plain_file_when_init_made_no_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ready");
+        say_ready(&path).unwrap();
+        say_ready(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"ready\n");
+    }
+
+    #[test]
+    fn ready_reaches_init_waiting_on_its_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = fifo(dir.path());
+        // Init holds the FIFO open read-write while it waits.
+        let mut init = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        say_ready(&path).unwrap();
+        let mut line = [0u8; 6];
+        init.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"ready\n");
+    }
+
+    #[test]
+    fn a_fifo_nobody_reads_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = fifo(dir.path());
+        let err = say_ready(&path).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENXIO));
+        // Nothing was left open: a reader that comes later finds no writer.
+        let mut late = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(late.read_to_end(&mut buf).unwrap(), 0);
+    }
 }
