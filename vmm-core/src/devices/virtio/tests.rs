@@ -94,14 +94,19 @@ fn running_rng_with_event_idx() -> TestDriver<VirtioRng> {
     d
 }
 
+/// Adds one 8-byte request to queue 0 of `d`, notifies, and checks it was served.
+fn serve_one(d: &mut TestDriver<VirtioRng>) {
+    let buf = d.alloc(8, 0);
+    d.add_chain(0, &[(buf, 8, true)]);
+    d.notify(0);
+    assert_eq!(d.take_used(0).len(), 1);
+}
+
 #[test]
 fn with_event_idx_a_drained_queue_asks_to_be_kicked_for_the_next_chain_only() {
     let mut d = running_rng_with_event_idx();
     for expected_next in 1..=3u16 {
-        let buf = d.alloc(8, 0);
-        d.add_chain(0, &[(buf, 8, true)]);
-        d.notify(0);
-        assert_eq!(d.take_used(0).len(), 1);
+        serve_one(&mut d);
         // Linux kicks only when its new available index passes avail_event.
         assert_eq!(d.avail_event(0), expected_next);
     }
@@ -110,10 +115,7 @@ fn with_event_idx_a_drained_queue_asks_to_be_kicked_for_the_next_chain_only() {
 #[test]
 fn without_event_idx_the_used_ring_tail_is_left_alone() {
     let mut d = running_rng();
-    let buf = d.alloc(8, 0);
-    d.add_chain(0, &[(buf, 8, true)]);
-    d.notify(0);
-    assert_eq!(d.take_used(0).len(), 1);
+    serve_one(&mut d);
     assert_eq!(d.avail_event(0), 0);
 }
 
@@ -122,10 +124,7 @@ fn with_event_idx_the_interrupt_waits_until_the_used_index_passes_used_event() {
     let mut d = running_rng_with_event_idx();
     // Interrupt me once the used index passes 2, i.e. with the third used chain.
     d.set_used_event(0, 2);
-    let buf = d.alloc(8, 0);
-    d.add_chain(0, &[(buf, 8, true)]);
-    d.notify(0);
-    assert_eq!(d.take_used(0).len(), 1);
+    serve_one(&mut d);
     assert!(!d.take_irq(), "used index 1 has not passed used_event 2");
     for _ in 0..2 {
         let buf = d.alloc(8, 0);
@@ -140,10 +139,7 @@ fn with_event_idx_the_interrupt_waits_until_the_used_index_passes_used_event() {
 fn without_event_idx_every_returned_batch_interrupts_whatever_used_event_says() {
     let mut d = running_rng();
     d.set_used_event(0, 100);
-    let buf = d.alloc(8, 0);
-    d.add_chain(0, &[(buf, 8, true)]);
-    d.notify(0);
-    assert_eq!(d.take_used(0).len(), 1);
+    serve_one(&mut d);
     assert!(d.take_irq());
 }
 
@@ -157,14 +153,21 @@ fn fill_the_ring_and_notify(d: &mut TestDriver<VirtioRng>) {
     assert_eq!(d.take_used(0).len(), usize::from(QUEUE_SIZE));
 }
 
-#[test]
-fn with_event_idx_a_queue_left_after_a_full_ring_kicks_itself_through_its_eventfd() {
-    let mut d = running_rng_with_event_idx();
+/// Gives queue 0's transport an eventfd to kick itself through, as the builder does with
+/// the one KVM signals; returns the test's handle to it.
+fn own_queue_event(d: &TestDriver<VirtioRng>) -> vmm_sys_util::eventfd::EventFd {
     let own = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
     d.dev
         .lock()
         .unwrap()
         .set_queue_event(0, own.try_clone().unwrap());
+    own
+}
+
+#[test]
+fn with_event_idx_a_queue_left_after_a_full_ring_kicks_itself_through_its_eventfd() {
+    let mut d = running_rng_with_event_idx();
+    let own = own_queue_event(&d);
     fill_the_ring_and_notify(&mut d);
     // The device stopped at its limit, not at an empty ring: more may have come without
     // a kick, so the notifier thread is asked to come back.
@@ -189,11 +192,7 @@ fn with_event_idx_a_queue_left_after_a_full_ring_without_an_eventfd_is_finished_
 #[test]
 fn without_event_idx_a_full_ring_needs_no_second_look() {
     let mut d = running_rng();
-    let own = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    d.dev
-        .lock()
-        .unwrap()
-        .set_queue_event(0, own.try_clone().unwrap());
+    let own = own_queue_event(&d);
     fill_the_ring_and_notify(&mut d);
     // Every later chain comes with its own kick.
     assert!(own.read().is_err());
