@@ -299,7 +299,8 @@ impl CgroupBase {
     /// A new cgroup for partition `name`: `NAME`, or `NAME-2` … when that exists (another
     /// supervisor's partition of the same name, or one left by a supervisor that was
     /// killed). Made with an exclusive `mkdir`, so it is this caller's alone: removing
-    /// it never touches another's processes.
+    /// it never touches another's processes. One left behind is taken back on the way
+    /// ([`reclaim_if_stale`]), so killed supervisors do not use up the names.
     pub fn create(&self, name: &str) -> Result<PartitionCgroup, CgroupError> {
         if name.is_empty()
             || name.starts_with('.')
@@ -314,7 +315,16 @@ impl CgroupBase {
                 1 => self.dir.join(name),
                 n => self.dir.join(format!("{name}-{n}")),
             };
-            match std::fs::create_dir(&path) {
+            let made = match std::fs::create_dir(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if !reclaim_if_stale(&path) {
+                        continue;
+                    }
+                    std::fs::create_dir(&path)
+                }
+                made => made,
+            };
+            match made {
                 Ok(()) => {
                     return Ok(PartitionCgroup {
                         path,
@@ -322,12 +332,30 @@ impl CgroupBase {
                         why_missing: self.why_missing.clone(),
                     })
                 }
+                // Another supervisor took it between the two calls.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(io_err(&path)(e)),
             }
         }
         Err(CgroupError::InUse(self.dir.join(name)))
     }
+}
+
+/// How old an empty cgroup must be before [`reclaim_if_stale`] takes it back: far longer
+/// than the moment between another supervisor's `mkdir` and its partition joining.
+const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// Removes `dir` if it is a cgroup nobody uses: made over [`STALE_AFTER`] ago (by a
+/// supervisor that was killed before it could remove it) and empty, which `rmdir`
+/// itself decides: the kernel refuses to remove a cgroup that holds a process or a
+/// child cgroup, so a running partition's is never touched. True when it is gone.
+fn reclaim_if_stale(dir: &Path) -> bool {
+    let old = std::fs::metadata(dir)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > STALE_AFTER);
+    old && std::fs::remove_dir(dir).is_ok()
 }
 
 /// Cgroups of one partition name that may exist side by side.
@@ -488,6 +516,69 @@ pub fn disk_devices<'a>(files: impl IntoIterator<Item = &'a std::fs::File>) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory standing in for a cgroup base: `rmdir` of a plain directory refuses
+    /// one that holds anything, as the kernel refuses a cgroup that holds a process.
+    fn base_in(dir: &Path) -> CgroupBase {
+        CgroupBase {
+            dir: dir.to_path_buf(),
+            controllers: BTreeSet::new(),
+            why_missing: String::new(),
+        }
+    }
+
+    /// Makes `dir` look made `age` ago.
+    fn age(dir: &Path, age: Duration) {
+        let then = std::time::SystemTime::now() - age;
+        std::fs::File::open(dir)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+    }
+
+    #[test]
+    fn an_empty_cgroup_left_long_ago_is_taken_back_but_a_fresh_or_busy_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = base_in(dir.path());
+        // Left by a killed supervisor: empty and old.
+        std::fs::create_dir(dir.path().join("mail")).unwrap();
+        age(&dir.path().join("mail"), STALE_AFTER * 2);
+        assert_eq!(base.create("mail").unwrap().path(), dir.path().join("mail"));
+        // Just made by another supervisor whose partition has not joined yet.
+        std::fs::create_dir(dir.path().join("work")).unwrap();
+        assert_eq!(
+            base.create("work").unwrap().path(),
+            dir.path().join("work-2")
+        );
+        // Old but in use.
+        std::fs::create_dir(dir.path().join("browser")).unwrap();
+        std::fs::write(dir.path().join("browser/cgroup.procs"), "42\n").unwrap();
+        age(&dir.path().join("browser"), STALE_AFTER * 2);
+        assert_eq!(
+            base.create("browser").unwrap().path(),
+            dir.path().join("browser-2")
+        );
+        assert!(dir.path().join("browser/cgroup.procs").exists());
+    }
+
+    #[test]
+    fn names_run_out_only_when_every_one_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = base_in(dir.path());
+        for n in 1..=MAX_SAME_NAME {
+            let made = base.create("vault").unwrap();
+            std::fs::write(made.path().join("cgroup.procs"), format!("{n}\n")).unwrap();
+            age(made.path(), STALE_AFTER * 2);
+        }
+        assert!(matches!(base.create("vault"), Err(CgroupError::InUse(_))));
+        // One of them ended without its supervisor removing it: its name is free again.
+        std::fs::remove_file(dir.path().join("vault-7/cgroup.procs")).unwrap();
+        age(&dir.path().join("vault-7"), STALE_AFTER * 2);
+        assert_eq!(
+            base.create("vault").unwrap().path(),
+            dir.path().join("vault-7")
+        );
+    }
 
     #[test]
     fn limits_are_written_in_the_kernels_formats() {
