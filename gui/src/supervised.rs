@@ -1,7 +1,7 @@
 //! The app's [`PartitionBackend`] for real partition processes run by a [`Supervisor`].
 //!
-//! Pixels never cross the control socket: each poll copies only the damaged rectangles
-//! from the partition's read-only shared framebuffer into the frame the app uploads.
+//! Pixels never cross the control socket: the app uploads the damaged rectangles straight
+//! from the partition's read-only shared framebuffer (no copy of ours in between).
 //! Calls never wait for a partition: stopping and restarting run on their own thread.
 
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use bulkhead_supervisor::{
 
 use crate::app::backend::{BackendError, PartitionBackend};
 use crate::app::model::{PartitionInfo, PartitionState, PartitionStats, SourceKind};
-use crate::display::{DamageRect, FrameView, FramebufferLayout};
+use crate::display::{DamageRect, FramePixels, FrameView};
 use crate::input::UserInput;
 use crate::template_build::{BuildState, TemplateBuild};
 
@@ -29,9 +29,7 @@ pub struct SupervisedPartition {
     info: PartitionInfo,
     supervisor: Arc<Supervisor>,
     shared: Option<Arc<SharedFramebuffer>>,
-    /// The app's copy of the screen, updated rectangle by rectangle.
-    frame: Vec<u8>,
-    /// Copied since the last frame, merged: at most one screen's worth.
+    /// Damaged since the last frame, merged: at most one screen's worth.
     damage: DamageSet,
     serial: Vec<u8>,
     started: Option<Instant>,
@@ -90,7 +88,6 @@ impl SupervisedPartition {
             info,
             supervisor,
             shared: None,
-            frame: Vec::new(),
             damage: DamageSet::default(),
             serial: Vec::new(),
             started: None,
@@ -191,35 +188,27 @@ impl SupervisedPartition {
         }
         self.shared = current;
         self.damage = DamageSet::default();
-        self.frame.clear();
         if let Some(fb) = &self.shared {
-            if fb.read_all(&mut self.frame).is_ok() {
-                let l = fb.layout();
-                self.damage = DamageSet::new(l.width, l.height);
-                self.damage.add(DamageRect {
-                    x: 0,
-                    y: 0,
-                    w: l.width,
-                    h: l.height,
-                });
-            }
+            let l = fb.layout();
+            self.damage = DamageSet::new(l.width, l.height);
+            self.damage.add(DamageRect {
+                x: 0,
+                y: 0,
+                w: l.width,
+                h: l.height,
+            });
         }
     }
 
-    fn copy_damage(&mut self) {
+    fn take_damage(&mut self) {
         let rects = self.supervisor.take_damage(self.name()).unwrap_or_default();
         let Some(fb) = &self.shared else { return };
-        // The supervisor merged them: at most one screen's worth to copy per poll.
-        for rect in rects {
-            // Rectangles were checked against the screen when they arrived.
-            if fb.copy_rect_into(rect, &mut self.frame).is_ok() {
-                self.damage.add(rect);
-            }
+        // The supervisor merged them: at most one screen's worth per poll. Rectangles
+        // were checked against the screen when they arrived; checked again here, since
+        // the upload reads the shared memory itself.
+        for rect in rects.into_iter().filter(|r| fb.contains(r)) {
+            self.damage.add(rect);
         }
-    }
-
-    fn layout(&self) -> Option<FramebufferLayout> {
-        self.shared.as_ref().map(|f| f.layout())
     }
 }
 
@@ -438,7 +427,7 @@ impl PartitionBackend for SupervisedPartition {
             .filter(|_| pid.is_some());
         self.usage.sample(pid, vm_process);
         self.refresh_framebuffer();
-        self.copy_damage();
+        self.take_damage();
         if let Ok(bytes) = self.supervisor.take_serial(self.name()) {
             self.app_ready.feed(&bytes);
             self.serial.extend(bytes);
@@ -449,10 +438,10 @@ impl PartitionBackend for SupervisedPartition {
         if !self.state().has_display() {
             return None;
         }
-        let layout = self.layout()?;
+        let fb = self.shared.as_deref()?;
         Some(FrameView {
-            layout,
-            pixels: &self.frame,
+            layout: fb.layout(),
+            pixels: FramePixels::Shared(fb),
             damage: self.damage.take(),
         })
     }
@@ -735,6 +724,7 @@ pub fn partitions_added(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::display::FramebufferLayout;
     use bulkhead_supervisor::testing::{
         fake_partition_main, fake_spec, kill9, wait_more_damage, wait_running, wait_state,
     };
@@ -835,7 +825,7 @@ mod tests {
         let frame = backend.frame().expect("a running partition has a frame");
         assert_eq!(frame.layout, FramebufferLayout::new(64, 64).unwrap());
         assert!(!frame.damage.is_empty(), "the first frame is all damage");
-        let first = u32::from_le_bytes(frame.pixels[0..4].try_into().unwrap());
+        let first = u32::from_le_bytes(frame.pixels.to_vec()[0..4].try_into().unwrap());
         assert!(first > 0);
 
         wait_more_damage(&sup, "app", 3);
@@ -847,7 +837,7 @@ mod tests {
             w: 1,
             h: 1
         }));
-        let later = u32::from_le_bytes(frame.pixels[0..4].try_into().unwrap());
+        let later = u32::from_le_bytes(frame.pixels.to_vec()[0..4].try_into().unwrap());
         assert!(
             later > first,
             "damaged pixel not copied: {first} -> {later}"

@@ -107,6 +107,29 @@ impl SharedFramebuffer {
         Ok(())
     }
 
+    /// Copies `dst.len()` bytes from `offset` (counted from the screen's first byte).
+    pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> Result<(), MemfdError> {
+        self.map.read_at(offset, dst)
+    }
+
+    /// Bytes of pixel data mapped: `layout().bytes()`.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The first pixel's address, for a reader outside Rust (the GL driver copying it into
+    /// a texture): [`SharedFramebuffer::len`] bytes are mapped there for as long as this
+    /// framebuffer lives. The partition writes them concurrently, so this is never to be
+    /// made into a `&[u8]`; the memfd is sealed against shrinking (`Memfd::from_received`),
+    /// so reading any of them cannot fault.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.map.as_ptr()
+    }
+
     /// Copies the whole screen into `out`.
     pub fn read_all(&self, out: &mut Vec<u8>) -> Result<(), MemfdError> {
         out.resize(self.layout.bytes(), 0);

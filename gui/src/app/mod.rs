@@ -198,6 +198,9 @@ pub struct BulkheadApp {
     first_frame_marker: Option<std::path::PathBuf>,
     /// Partitions added while the app runs: imports and disposables.
     pub source: Option<Box<dyn PartitionSource>>,
+    /// The window's `glTexSubImage2D`, when it draws with glow: guest pixels then go to
+    /// GL textures of ours (see `display::texture`).
+    gl_sub_image: Option<crate::display::texture::TexSubImage2d>,
 }
 
 const PREFS_KEY: &str = "bulkhead-ui-prefs";
@@ -221,6 +224,7 @@ impl BulkheadApp {
             applied_saves: 0,
             first_frame_marker: None,
             source: None,
+            gl_sub_image: None,
         }
     }
 
@@ -341,6 +345,22 @@ impl BulkheadApp {
         }
         for slot in &mut self.slots {
             slot.backend.set_waker(cc.egui_ctx.clone());
+        }
+        self.with_gl_loader(cc.get_proc_address.as_deref())
+    }
+
+    /// Loads what guest pixels need to go straight to GL textures (see
+    /// [`BulkheadApp::use_gl`]) with the window's GL loader, when it has one (glow).
+    pub fn with_gl_loader(
+        mut self,
+        get_proc_address: Option<
+            &(dyn Fn(&std::ffi::CStr) -> *const std::ffi::c_void + Send + Sync),
+        >,
+    ) -> Self {
+        self.gl_sub_image =
+            get_proc_address.and_then(|load| crate::display::texture::TexSubImage2d::load(load));
+        if get_proc_address.is_some() && self.gl_sub_image.is_none() {
+            tracing::warn!("GL has no glTexSubImage2D: guest pixels go through egui's textures");
         }
         self
     }
@@ -961,12 +981,12 @@ impl BulkheadApp {
     /// unconverted (see `display::texture`); a slot added during a frame gets its texture
     /// on the next one. Call before [`BulkheadApp::frame`], from `App::ui`.
     pub fn use_gl(&mut self, frame: &mut eframe::Frame) {
-        let Some(gl) = frame.gl().cloned() else {
+        let (Some(gl), Some(sub_image)) = (frame.gl().cloned(), self.gl_sub_image) else {
             return;
         };
         for slot in &mut self.slots {
             slot.texture
-                .use_gl(&gl, |t| frame.register_native_glow_texture(t));
+                .use_gl(&gl, sub_image, |t| frame.register_native_glow_texture(t));
         }
     }
 }

@@ -2,7 +2,7 @@
 //! hardware virtualization. It is never a partition, and the UI says so wherever it shows
 //! one.
 
-use super::{DamageRect, FrameView, FramebufferLayout};
+use super::{DamageRect, FramePixels, FrameView, FramebufferLayout};
 
 /// What the software source draws.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,7 +11,8 @@ pub enum Pattern {
     Still,
     /// The test card with a small box moving across it: a little damage every frame.
     TestCard,
-    /// The whole screen changes every frame (the benchmark's worst case).
+    /// The whole screen changes every frame (the benchmark's worst case): an XOR ramp
+    /// moving 8 pixels a frame, [`MOTION_FRAMES`] frames drawn once and shown in turn.
     FullMotion,
 }
 
@@ -19,7 +20,11 @@ pub enum Pattern {
 #[derive(Debug)]
 pub struct SoftwareSource {
     layout: FramebufferLayout,
+    /// The test card (with the moving box).
     pixels: Vec<u8>,
+    /// `FullMotion`'s frames, drawn when the pattern is set: a guest draws in its own
+    /// process, so what a live source costs the GUI is the uploads alone.
+    motion: Vec<Vec<u8>>,
     pattern: Pattern,
     frame: u64,
     damage: Vec<DamageRect>,
@@ -27,6 +32,10 @@ pub struct SoftwareSource {
 }
 
 const BOX: u32 = 48;
+
+/// How many different frames `FullMotion` shows in turn: consecutive ones (the last and
+/// the first too) differ in every pixel.
+pub const MOTION_FRAMES: u64 = 8;
 
 /// SMPTE-like bars: white, yellow, cyan, green, magenta, red, blue (as RGB).
 const BARS: [[u8; 3]; 7] = [
@@ -44,13 +53,13 @@ impl SoftwareSource {
         let mut source = Self {
             layout,
             pixels: vec![0; layout.bytes()],
+            motion: Vec::new(),
             pattern,
             frame: 0,
             damage: Vec::new(),
             box_pos: None,
         };
-        source.draw_card();
-        source.damage_all();
+        source.set_pattern(pattern);
         source
     }
 
@@ -65,6 +74,10 @@ impl SoftwareSource {
     pub fn set_pattern(&mut self, pattern: Pattern) {
         self.pattern = pattern;
         self.draw_card();
+        self.motion = match pattern {
+            Pattern::FullMotion => (0..MOTION_FRAMES).map(|n| self.motion_frame(n)).collect(),
+            Pattern::Still | Pattern::TestCard => Vec::new(),
+        };
         self.damage_all();
     }
 
@@ -74,26 +87,34 @@ impl SoftwareSource {
         match self.pattern {
             Pattern::Still => {}
             Pattern::TestCard => self.move_box(),
-            Pattern::FullMotion => {
-                self.draw_motion();
-                self.damage_all();
-            }
+            Pattern::FullMotion => self.damage_all(),
         }
     }
 
     /// The pixels and the damage since the last call (which is then forgotten).
     pub fn frame(&mut self) -> FrameView<'_> {
+        let damage = std::mem::take(&mut self.damage);
         FrameView {
             layout: self.layout,
-            pixels: &self.pixels,
-            damage: std::mem::take(&mut self.damage),
+            pixels: FramePixels::Host(self.shown()),
+            damage,
         }
+    }
+
+    /// The bytes of the frame shown now.
+    fn shown(&self) -> &[u8] {
+        let n = self.frame % MOTION_FRAMES;
+        usize::try_from(n)
+            .ok()
+            .and_then(|n| self.motion.get(n))
+            .unwrap_or(&self.pixels)
     }
 
     /// The pixel at (x, y) as RGB, for tests.
     pub fn rgb_at(&self, x: u32, y: u32) -> [u8; 3] {
         let i = (y * self.layout.stride + x * 4) as usize;
-        [self.pixels[i + 2], self.pixels[i + 1], self.pixels[i]]
+        let p = self.shown();
+        [p[i + 2], p[i + 1], p[i]]
     }
 
     fn damage_all(&mut self) {
@@ -181,18 +202,20 @@ impl SoftwareSource {
         self.box_pos = Some((nx, ny));
     }
 
-    fn draw_motion(&mut self) {
-        let shift = (self.frame * 8) as u32;
+    /// `FullMotion`'s frame `n`: the ramp shifted by 8n pixels.
+    fn motion_frame(&self, n: u64) -> Vec<u8> {
+        let shift = (n * 8) as u32;
         let stride = self.layout.stride as usize;
-        for (y, row) in self.pixels.chunks_exact_mut(stride).enumerate() {
+        let mut pixels = vec![0; self.layout.bytes()];
+        for (y, row) in pixels.chunks_exact_mut(stride).enumerate() {
             for (x, px) in row.chunks_exact_mut(4).enumerate() {
                 let v = (x as u32).wrapping_add(shift) ^ (y as u32);
-                // B = v, G = v >> 2, R = v >> 4, X = 0, as one word so the loop
-                // vectorizes: this stands in for a guest, whose drawing is not GUI time.
+                // B = v, G = v >> 2, R = v >> 4, X = 0.
                 let xrgb = (v & 0xff) | ((v >> 2) & 0xff) << 8 | ((v >> 4) & 0xff) << 16;
                 px.copy_from_slice(&xrgb.to_le_bytes());
             }
         }
+        pixels
     }
 }
 
@@ -258,9 +281,30 @@ mod tests {
         let f = s.frame();
         assert_eq!(f.damage.len(), 1);
         assert!(
-            f.pixels.chunks_exact(4).all(|p| p[3] == 0),
+            f.pixels.to_vec().chunks_exact(4).all(|p| p[3] == 0),
             "X byte stays 0"
         );
+    }
+
+    #[test]
+    fn full_motion_changes_every_pixel_every_frame_and_repeats_after_its_frames() {
+        let mut s = SoftwareSource::new(layout(), Pattern::FullMotion);
+        let first = s.frame().pixels.to_vec();
+        let mut previous = first.clone();
+        for n in 1..=MOTION_FRAMES {
+            s.advance();
+            let f = s.frame();
+            assert_eq!(f.damage.len(), 1, "frame {n} is damaged whole");
+            let now = f.pixels.to_vec();
+            let unchanged = previous
+                .chunks_exact(4)
+                .zip(now.chunks_exact(4))
+                .filter(|(a, b)| a == b)
+                .count();
+            assert_eq!(unchanged, 0, "frame {n}: {unchanged} pixels as before");
+            previous = now;
+        }
+        assert_eq!(previous, first, "frame {MOTION_FRAMES} is frame 0 again");
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! egui's painter draws like any other: each damaged rectangle goes to the GL driver
 //! straight from the guest's framebuffer, as the BGRX bytes it is (`GL_BGRA` with the
 //! framebuffer's stride as the row length, alpha swizzled to one), so nothing is converted
-//! or copied on our side. The texture is allocated with an unsized format from BGRA
+//! or copied on our side. For a partition that is the memory it shares with the GUI,
+//! which it keeps writing: its address goes to `glTexSubImage2D` as loaded from the
+//! window's GL ([`TexSubImage2d`]), since glow would want it as a `&[u8]`, which shared
+//! memory never is. The texture is allocated with an unsized format from BGRA
 //! data, so Mesa stores it as BGRA and its own copy is a plain one too.
 //!
 //! Elsewhere (wgpu, the headless test renderer), or if GL refuses the texture, each upload
@@ -13,6 +16,7 @@
 //! update the buffer is ours again and a live partition allocates (and page-faults in)
 //! nothing per frame.
 
+use std::ffi::{c_void, CStr};
 use std::sync::Arc;
 
 use eframe::glow::{self, HasContext};
@@ -45,6 +49,40 @@ pub struct UploadStats {
     pub pixels: u64,
     /// Damage rectangles that lay (partly) outside the framebuffer and were clipped or dropped.
     pub clipped_rects: u64,
+}
+
+/// The C signature of `glTexSubImage2D` (OpenGL 1.1): target, level, x offset, y offset,
+/// width, height, format, type, pixels. `APIENTRY` is the C convention on Linux.
+type TexSubImage2dFn =
+    unsafe extern "system" fn(u32, i32, i32, i32, i32, i32, u32, u32, *const c_void);
+
+/// `glTexSubImage2D` of the window's GL, called with a plain address: how a partition's
+/// shared framebuffer reaches a texture without a copy of ours (see the module docs).
+#[derive(Clone, Copy)]
+pub struct TexSubImage2d(TexSubImage2dFn);
+
+impl std::fmt::Debug for TexSubImage2d {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("glTexSubImage2D")
+    }
+}
+
+impl TexSubImage2d {
+    /// Looks the function up with the window's GL loader (eframe's
+    /// `CreationContext::get_proc_address`); `None` if the loader has none.
+    pub fn load(get_proc_address: &dyn Fn(&CStr) -> *const c_void) -> Option<Self> {
+        let address = get_proc_address(c"glTexSubImage2D");
+        if address.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null address the context's loader returns for "glTexSubImage2D"
+        // is that GL function (or the dispatch stub that calls it for the current
+        // context), whose signature GL fixes as `TexSubImage2dFn`; function and data
+        // pointers have the same size and representation on every target eframe's glow
+        // runs on.
+        let function = unsafe { std::mem::transmute::<*const c_void, TexSubImage2dFn>(address) };
+        Some(Self(function))
+    }
 }
 
 #[derive(Default)]
@@ -98,12 +136,14 @@ impl GuestTexture {
     }
 
     /// From the next frame on, uploads go to GL textures of ours (two, see [`GlTextures`]),
-    /// made in `gl` and handed to the window's painter with `register` (eframe's
-    /// `register_native_glow_texture`). Call on the thread that paints, with the context
-    /// current (eframe's `App::ui`). Does nothing once done, or after GL refused one.
+    /// made in `gl`, written with `sub_image` (loaded from the same context) and handed to
+    /// the window's painter with `register` (eframe's `register_native_glow_texture`).
+    /// Call on the thread that paints, with the context current (eframe's `App::ui`).
+    /// Does nothing once done, or after GL refused one.
     pub fn use_gl(
         &mut self,
         gl: &Arc<glow::Context>,
+        sub_image: TexSubImage2d,
         mut register: impl FnMut(glow::Texture) -> TextureId,
     ) {
         if self.native.is_some() || self.native_refused {
@@ -130,6 +170,7 @@ impl GuestTexture {
         };
         self.native = Some(GlTextures {
             gl: Arc::clone(gl),
+            sub_image,
             pair: [first, second],
             turns: Alternation::default(),
         });
@@ -286,6 +327,7 @@ fn check_frame(frame: &FrameView<'_>) -> Result<(), FrameError> {
 /// used in turn (see [`Alternation`]).
 struct GlTextures {
     gl: Arc<glow::Context>,
+    sub_image: TexSubImage2d,
     pair: [GlTexture; 2],
     turns: Alternation,
 }
@@ -387,7 +429,8 @@ impl GlTextures {
         full: bool,
     ) -> Option<Vec<DamageRect>> {
         let turn = self.turns.plan(frame.layout, rects, full);
-        if !self.pair[turn.texture].upload(&self.gl, frame, &turn.rects, turn.full) {
+        let texture = &self.pair[turn.texture];
+        if !texture.upload(&self.gl, self.sub_image, frame, &turn.rects, turn.full) {
             self.forget();
             return None;
         }
@@ -402,6 +445,7 @@ impl GlTexture {
     fn upload(
         &self,
         gl: &glow::Context,
+        sub_image: TexSubImage2d,
         frame: &FrameView<'_>,
         rects: &[DamageRect],
         full: bool,
@@ -411,17 +455,22 @@ impl GlTexture {
         if stride % 4 != 0 {
             return false; // GL's row length counts whole pixels.
         }
+        let pixels = frame.pixels.as_ptr();
         // SAFETY: `gl` is the window's context, current on this (the painting) thread:
-        // `update` is called from `App::ui`, like `use_gl`. Every slice handed to GL
-        // holds all the bytes GL reads: a rectangle (x, y, w, h) inside the framebuffer
-        // read with row length stride/4 from offset y*stride + x*4 ends at
-        // (y+h-1)*stride + (x+w)*4 <= height*stride <= pixels.len() (`check_frame`,
-        // `clip`). The unpack state we change is put back before returning, so egui's own
-        // uploads see what they set.
+        // `update` is called from `App::ui`, like `use_gl`, and `sub_image` was loaded
+        // from it. GL reads each rectangle (x, y, w, h), inside the framebuffer, with row
+        // length stride/4 from offset y*stride + x*4 up to (y+h-1)*stride + (x+w)*4 <=
+        // height*stride <= `frame.pixels.len()` (`check_frame`, `clip`), all of which
+        // `as_ptr` has mapped for as long as `frame` is borrowed; GL copies client memory
+        // before the call returns (glthread included), so nothing is read later; no
+        // unpack buffer is bound (unbound here), so GL takes the address as memory. Shared
+        // bytes the partition writes meanwhile are read as whatever they are (a torn
+        // picture at worst). The unpack state we change is put back before returning, so
+        // egui's own uploads see what they set.
         unsafe {
             gl.bind_texture(glow::TEXTURE_2D, Some(self.texture));
+            gl.bind_buffer(glow::PIXEL_UNPACK_BUFFER, None);
             gl.pixel_store_i32(glow::UNPACK_ALIGNMENT, 4);
-            gl.pixel_store_i32(glow::UNPACK_ROW_LENGTH, (stride / 4) as i32);
             if full {
                 for (param, value) in [
                     (glow::TEXTURE_MIN_FILTER, glow::LINEAR),
@@ -436,6 +485,7 @@ impl GlTexture {
                 // The unsized internal format lets the driver store the texture as the
                 // data comes (Mesa does): uploads are then plain copies. With RGBA8
                 // llvmpipe swizzled every pixel, and live frames cost more than before.
+                // Storage only; the pixels follow as one sub-image like any other.
                 gl.tex_image_2d(
                     glow::TEXTURE_2D,
                     0,
@@ -445,23 +495,23 @@ impl GlTexture {
                     0,
                     glow::BGRA,
                     glow::UNSIGNED_BYTE,
-                    glow::PixelUnpackData::Slice(Some(frame.pixels)),
+                    glow::PixelUnpackData::Slice(None),
                 );
-            } else {
-                for r in rects {
-                    let start = r.y as usize * stride + r.x as usize * 4;
-                    gl.tex_sub_image_2d(
-                        glow::TEXTURE_2D,
-                        0,
-                        r.x as i32,
-                        r.y as i32,
-                        r.w as i32,
-                        r.h as i32,
-                        glow::BGRA,
-                        glow::UNSIGNED_BYTE,
-                        glow::PixelUnpackData::Slice(Some(&frame.pixels[start..])),
-                    );
-                }
+            }
+            gl.pixel_store_i32(glow::UNPACK_ROW_LENGTH, (stride / 4) as i32);
+            for r in rects {
+                let start = r.y as usize * stride + r.x as usize * 4;
+                (sub_image.0)(
+                    glow::TEXTURE_2D,
+                    0,
+                    r.x as i32,
+                    r.y as i32,
+                    r.w as i32,
+                    r.h as i32,
+                    glow::BGRA,
+                    glow::UNSIGNED_BYTE,
+                    pixels.add(start).cast(),
+                );
             }
             gl.pixel_store_i32(glow::UNPACK_ROW_LENGTH, 0);
             gl.get_error() == glow::NO_ERROR
@@ -493,6 +543,8 @@ struct StagingPool {
     used: Vec<Arc<ColorImage>>,
     /// Fresh images made so far (a reused one does not count).
     allocations: u64,
+    /// One row of a shared framebuffer, copied out to be converted.
+    row: Vec<u8>,
 }
 
 impl StagingPool {
@@ -525,7 +577,7 @@ impl StagingPool {
         };
         // The picked image is unique, so this never copies; were it shared, egui's
         // pending copy would stay intact.
-        fill_rgba(Arc::make_mut(&mut image), frame, rect);
+        fill_rgba(Arc::make_mut(&mut image), frame, rect, &mut self.row);
         self.used.push(Arc::clone(&image));
         image
     }
@@ -543,7 +595,12 @@ impl StagingPool {
 
 /// Fills `image` with `rect` (inside the checked frame) converted from XRGB to RGBA. The
 /// X byte is ignored and alpha forced opaque: guest pixels are never translucent.
-fn fill_rgba(image: &mut ColorImage, frame: &FrameView<'_>, rect: DamageRect) {
+fn fill_rgba(
+    image: &mut ColorImage,
+    frame: &FrameView<'_>,
+    rect: DamageRect,
+    row_buf: &mut Vec<u8>,
+) {
     let stride = frame.layout.stride as usize;
     let (w, h) = (rect.w as usize, rect.h as usize);
     // Only the length changes when the buffer already has room: no reallocation.
@@ -552,7 +609,10 @@ fn fill_rgba(image: &mut ColorImage, frame: &FrameView<'_>, rect: DamageRect) {
     image.source_size = egui::vec2(w as f32, h as f32);
     for (row, dst) in image.pixels.chunks_exact_mut(w).enumerate() {
         let start = (rect.y as usize + row) * stride + rect.x as usize * 4;
-        let src = &frame.pixels[start..start + w * 4];
+        // Inside the checked frame, so always there; a shared row is copied out first.
+        let Some(src) = frame.pixels.bytes(start, w * 4, row_buf) else {
+            continue;
+        };
         for (d, p) in dst.iter_mut().zip(src.chunks_exact(4)) {
             // A whole-word load (chunks of 4 always convert; the fallback is compiled
             // away): byte-wise indexing here keeps the loop scalar, 4x slower.
@@ -575,6 +635,7 @@ fn xrgb_to_rgba(v: u32) -> Color32 {
 mod tests {
     use super::*;
     use crate::display::software::{Pattern, SoftwareSource};
+    use crate::display::FramePixels;
 
     /// Two CPU copies of the textures, uploaded as the alternation says: after every
     /// frame the one in front holds exactly the frame, whatever each one missed.
@@ -593,6 +654,7 @@ mod tests {
             let rects: Vec<DamageRect> = frame.damage.clone();
             let turn = turns.plan(layout, &rects, n == 0);
             let t = &mut textures[turn.texture];
+            let bytes = frame.pixels.to_vec();
             if turn.full {
                 *t = frame.pixels.to_vec();
             } else {
@@ -602,14 +664,14 @@ mod tests {
                     for y in r.y as usize..(r.y + r.h) as usize {
                         let row =
                             y * stride + r.x as usize * 4..y * stride + (r.x + r.w) as usize * 4;
-                        t[row.clone()].copy_from_slice(&frame.pixels[row]);
+                        t[row.clone()].copy_from_slice(&bytes[row]);
                     }
                 }
             }
             turns.done(&turn, layout, &rects);
             assert_eq!(turns.front, turn.texture);
             assert!(
-                textures[turns.front] == frame.pixels,
+                textures[turns.front] == bytes,
                 "frame {n}: the front texture differs from the framebuffer"
             );
         }
@@ -784,6 +846,7 @@ mod tests {
 
     /// Framebuffer bytes as the texels a correct upload gives.
     fn expected_texels(f: &FrameView<'_>) -> Vec<Color32> {
+        let bytes = f.pixels.to_vec();
         let (w, h, stride) = (
             f.layout.width as usize,
             f.layout.height as usize,
@@ -792,7 +855,7 @@ mod tests {
         (0..h)
             .flat_map(|y| (0..w).map(move |x| (y, x)))
             .map(|(y, x)| {
-                let p = &f.pixels[y * stride + x * 4..];
+                let p = &bytes[y * stride + x * 4..];
                 Color32::from_rgb(p[2], p[1], p[0])
             })
             .collect()
@@ -809,7 +872,7 @@ mod tests {
         let mut t = GuestTexture::new("t");
         let frame = FrameView {
             layout,
-            pixels: &pixels,
+            pixels: FramePixels::Host(&pixels),
             damage: vec![],
         };
         let want = expected_texels(&frame);
@@ -832,7 +895,7 @@ mod tests {
             &ctx,
             FrameView {
                 layout,
-                pixels: &pixels,
+                pixels: FramePixels::Host(&pixels),
                 damage: vec![],
             },
         )
@@ -852,7 +915,7 @@ mod tests {
             &ctx,
             FrameView {
                 layout,
-                pixels: &pixels,
+                pixels: FramePixels::Host(&pixels),
                 damage: vec![rect],
             },
         )
@@ -967,7 +1030,7 @@ mod tests {
                 &ctx,
                 FrameView {
                     layout,
-                    pixels: &pixels,
+                    pixels: FramePixels::Host(&pixels),
                     damage: vec![],
                 },
             )
