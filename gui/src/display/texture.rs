@@ -862,6 +862,43 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_framebuffer_is_converted_as_it_is_when_uploaded() {
+        use crate::display::SharedFramebuffer;
+        use vmm_core::shm::Memfd;
+        let layout = FramebufferLayout::new(64, 64).unwrap();
+        let memfd = Memfd::create("fb-upload-test", layout.bytes()).unwrap();
+        let partition = memfd.map_shared_rw().unwrap();
+        let fb = SharedFramebuffer::adopt(layout, &memfd).unwrap();
+        let drawn: Vec<u8> = (0..64 * 64u32)
+            .flat_map(|i| [i as u8, (i >> 4) as u8, (i >> 8) as u8, 0])
+            .collect();
+        partition.write_at(0, &drawn).unwrap();
+        let ctx = Context::default();
+        let mut t = GuestTexture::new("t");
+        let mut texels = Vec::new();
+        let view = |damage| FrameView {
+            layout,
+            pixels: FramePixels::Shared(&fb),
+            damage,
+        };
+        t.update(&ctx, view(vec![])).unwrap();
+        paint(&ctx, &t, &mut texels);
+        assert_eq!(texels, expected_texels(&view(vec![])));
+        // The partition draws a row; only its damage is read again, from the mapping.
+        partition.write_at(64 * 4 * 10, &[0xff; 64 * 4]).unwrap();
+        let row = DamageRect {
+            x: 0,
+            y: 10,
+            w: 64,
+            h: 1,
+        };
+        t.update(&ctx, view(vec![row])).unwrap();
+        assert_eq!(paint(&ctx, &t, &mut texels), 1);
+        assert!(texels[640..704].iter().all(|&c| c == Color32::WHITE));
+        assert_eq!(texels, expected_texels(&view(vec![])));
+    }
+
+    #[test]
     fn guest_alpha_is_forced_opaque_whatever_its_x_byte() {
         let layout = FramebufferLayout::new(64, 64).unwrap();
         // B, G, R, X with X running over every value, transparent-looking ones included.
