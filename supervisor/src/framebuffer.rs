@@ -87,26 +87,6 @@ impl SharedFramebuffer {
         Ok(())
     }
 
-    /// Copies the pixels of `rect` into `frame`, a whole-screen buffer with this
-    /// framebuffer's layout, at the same position.
-    pub fn copy_rect_into(&self, rect: DamageRect, frame: &mut [u8]) -> Result<(), MemfdError> {
-        let bytes = self.layout.bytes();
-        if !self.contains(&rect) || frame.len() != bytes {
-            return Err(MemfdError::OutOfRange {
-                offset: 0,
-                len: frame.len(),
-                size: bytes,
-            });
-        }
-        let stride = self.layout.stride as usize;
-        let row = rect.w as usize * BYTES_PER_PIXEL as usize;
-        for y in rect.y as usize..(rect.y + rect.h) as usize {
-            let offset = y * stride + rect.x as usize * BYTES_PER_PIXEL as usize;
-            self.map.read_at(offset, &mut frame[offset..offset + row])?;
-        }
-        Ok(())
-    }
-
     /// Copies `dst.len()` bytes from `offset` (counted from the screen's first byte).
     pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> Result<(), MemfdError> {
         self.map.read_at(offset, dst)
