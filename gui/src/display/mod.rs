@@ -90,7 +90,7 @@ impl FramePixels<'_> {
         }
     }
 
-    /// Every byte, copied (tests and screenshots).
+    /// Every byte, copied (for tests).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = vec![0; self.len()];
         if !self.read_at(0, &mut out) {
